@@ -1,0 +1,19 @@
+#pragma once
+// Subcommand registration: each apps/cmd_*.cpp adds its subcommand to the `dsv3` app with
+//   static dsv3::app::Registrar reg("name", [](CLI::App& sub) { ...options...; return run; });
+// so that a new command is one new file and main.cpp never grows a switch.
+#include <functional>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+namespace dsv3::app {
+
+using Runner = std::function<int()>;
+using Setup = std::function<Runner(CLI::App& sub)>;
+
+struct Registrar {
+  Registrar(std::string name, std::string description, Setup setup);
+};
+
+}  // namespace dsv3::app

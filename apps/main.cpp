@@ -1,0 +1,68 @@
+// The dsv3 command line. Subcommands live in apps/cmd_*.cpp and register themselves.
+#include <cstdio>
+#include <map>
+#include <vector>
+
+#include "command.h"
+#include "core/error.h"
+
+namespace dsv3::app {
+namespace {
+struct Entry {
+  std::string name, description;
+  Setup setup;
+};
+std::vector<Entry>& registry() {
+  static std::vector<Entry> entries;
+  return entries;
+}
+}  // namespace
+
+Registrar::Registrar(std::string name, std::string description, Setup setup) {
+  registry().push_back({std::move(name), std::move(description), std::move(setup)});
+}
+}  // namespace dsv3::app
+
+int main(int argc, char** argv) {
+  using namespace dsv3::app;
+  CLI::App app{"dsv3: DeepSeek-V3 training and inference in C++"};
+  app.require_subcommand(1);
+  std::vector<std::pair<CLI::App*, Runner>> runners;
+  // "parent child" names nest: `dsv3 bench train-step`, `dsv3 tokenizer train`.
+  std::map<std::string, CLI::App*> parents;
+  for (auto& entry : registry()) {
+    CLI::App* owner = &app;
+    std::string name = entry.name;
+    if (auto space = name.find(' '); space != std::string::npos) {
+      std::string parent = name.substr(0, space);
+      name = name.substr(space + 1);
+      auto it = parents.find(parent);
+      if (it == parents.end()) {
+        CLI::App* p = app.add_subcommand(parent, parent + " commands");
+        p->require_subcommand(1);
+        it = parents.emplace(parent, p).first;
+      }
+      owner = it->second;
+    }
+    CLI::App* sub = owner->add_subcommand(name, entry.description);
+    runners.emplace_back(sub, entry.setup(*sub));
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  try {
+    for (auto& [sub, run] : runners)
+      if (sub->parsed()) return run();
+  } catch (const dsv3::Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

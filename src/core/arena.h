@@ -1,0 +1,35 @@
+#pragma once
+// Planned allocation: a bump allocator over one block. Buffers for a whole step are laid out
+// once, from the config and the batch shape, and reused for every step, so nothing is allocated
+// inside the training or decoding loop.
+//
+// Use it in two passes: plan with a measuring arena (no memory, only offsets), then allocate one
+// block of the measured size and lay the same buffers out again:
+//   Arena measure = Arena::measuring();   Plan plan(measure, ...);
+//   Arena arena(measure.used());          Plan plan(arena, ...);
+#include <memory>
+
+#include "core/tensor.h"
+
+namespace dsv3 {
+
+class Arena {
+ public:
+  static Arena measuring() { return Arena(); }
+  explicit Arena(size_t capacity_bytes);
+
+  // A zero-initialised view of the next `shape` elements, 64-byte aligned.
+  Tensor alloc(const Shape& shape, DType dtype = DType::F32);
+  size_t used() const { return used_; }
+  size_t capacity() const { return capacity_; }
+  bool is_measuring() const { return base_ == nullptr; }
+
+ private:
+  Arena() = default;
+  std::shared_ptr<void> block_;
+  char* base_ = nullptr;
+  size_t capacity_ = 0;
+  size_t used_ = 0;
+};
+
+}  // namespace dsv3

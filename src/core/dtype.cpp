@@ -1,0 +1,157 @@
+#include "core/dtype.h"
+
+#include <cmath>
+
+#include "core/error.h"
+
+namespace dsv3 {
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return 4;
+    case DType::BF16: return 2;
+    case DType::F16: return 2;
+    case DType::F8E4M3: return 1;
+    case DType::I32: return 4;
+    case DType::I64: return 8;
+  }
+  return 0;
+}
+
+std::string_view dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "F32";
+    case DType::BF16: return "BF16";
+    case DType::F16: return "F16";
+    case DType::F8E4M3: return "F8_E4M3";
+    case DType::I32: return "I32";
+    case DType::I64: return "I64";
+  }
+  return "?";
+}
+
+bool dtype_from_name(std::string_view name, DType* out) {
+  static constexpr DType all[] = {DType::F32, DType::BF16, DType::F16,
+                                  DType::F8E4M3, DType::I32, DType::I64};
+  for (DType d : all) {
+    if (dtype_name(d) == name) {
+      *out = d;
+      return true;
+    }
+  }
+  return false;
+}
+
+float f16_to_f32(uint16_t h) {
+  uint32_t sign = uint32_t(h & 0x8000) << 16;
+  int exponent = (h >> 10) & 0x1f;
+  uint32_t mantissa = h & 0x3ff;
+  float magnitude;
+  if (exponent == 0) {
+    magnitude = std::ldexp(float(mantissa), -24);
+  } else if (exponent == 31) {
+    magnitude = mantissa ? NAN : INFINITY;
+  } else {
+    magnitude = std::ldexp(float(mantissa | 0x400), exponent - 25);
+  }
+  float out = magnitude;
+  uint32_t bits;
+  std::memcpy(&bits, &out, 4);
+  bits |= sign;
+  std::memcpy(&out, &bits, 4);
+  return out;
+}
+
+uint16_t f32_to_f16(float f) {
+  // Round to nearest even through the hardware conversion.
+  _Float16 h = static_cast<_Float16>(f);
+  uint16_t bits;
+  std::memcpy(&bits, &h, 2);
+  return bits;
+}
+
+float f8e4m3_to_f32(uint8_t v) {
+  float sign = (v & 0x80) ? -1.0f : 1.0f;
+  int exponent = (v >> 3) & 0xf;
+  int mantissa = v & 0x7;
+  if (exponent == 0xf && mantissa == 0x7) return NAN;
+  if (exponent == 0) return sign * std::ldexp(float(mantissa), -9);  // subnormal: m/8 * 2^-6
+  return sign * std::ldexp(float(8 + mantissa), exponent - 10);      // (1+m/8) * 2^(e-7)
+}
+
+uint8_t f32_to_f8e4m3(float f) {
+  if (std::isnan(f)) return 0x7f;
+  uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
+  float a = std::fabs(f);
+  if (a >= 448.0f) return sign | 0x7e;
+  // Find the nearest representable magnitude by the spacing of its binade, ties to even.
+  int exponent;
+  std::frexp(a, &exponent);  // a = frac * 2^exponent, frac in [0.5, 1)
+  int e = exponent - 1;      // a in [2^e, 2^(e+1))
+  if (e < -6) e = -6;        // subnormal range shares the spacing of 2^-6 binade
+  float spacing = std::ldexp(1.0f, e - 3);
+  float steps = std::nearbyint(a / spacing);  // default rounding mode: ties to even
+  float rounded = steps * spacing;
+  if (rounded >= 448.0f) return sign | 0x7e;
+  if (rounded == 0.0f) return sign;
+  int re;
+  std::frexp(rounded, &re);
+  int biased = re - 1 + 7;
+  if (biased <= 0) {  // subnormal: value = m * 2^-9
+    return sign | uint8_t(std::lround(rounded / std::ldexp(1.0f, -9)));
+  }
+  int mantissa = int(std::lround(rounded / std::ldexp(1.0f, re - 1 - 3))) - 8;
+  return sign | uint8_t(biased << 3) | uint8_t(mantissa);
+}
+
+void convert_to_f32(DType src_dtype, const void* src, float* dst, size_t n) {
+  switch (src_dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16: {
+      auto s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
+      return;
+    }
+    case DType::F16: {
+      auto s = static_cast<const uint16_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f16_to_f32(s[i]);
+      return;
+    }
+    case DType::F8E4M3: {
+      auto s = static_cast<const uint8_t*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = f8e4m3_to_f32(s[i]);
+      return;
+    }
+    default:
+      fail("convert_to_f32: {} is not a floating dtype", dtype_name(src_dtype));
+  }
+}
+
+void convert_from_f32(const float* src, DType dst_dtype, void* dst, size_t n) {
+  switch (dst_dtype) {
+    case DType::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
+    case DType::BF16: {
+      auto d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
+      return;
+    }
+    case DType::F16: {
+      auto d = static_cast<uint16_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f16(src[i]);
+      return;
+    }
+    case DType::F8E4M3: {
+      auto d = static_cast<uint8_t*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = f32_to_f8e4m3(src[i]);
+      return;
+    }
+    default:
+      fail("convert_from_f32: {} is not a floating dtype", dtype_name(dst_dtype));
+  }
+}
+
+}  // namespace dsv3

@@ -1,0 +1,107 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace dsv3 {
+
+std::string_view device_name(Device device) {
+  return device == Device::CPU ? "cpu" : "cuda";
+}
+
+Shape::Shape(std::initializer_list<int64_t> dims) {
+  for (int64_t d : dims) push_back(d);
+}
+
+int64_t Shape::numel() const {
+  int64_t n = 1;
+  for (int i = 0; i < ndim_; ++i) n *= dims_[size_t(i)];
+  return n;
+}
+
+void Shape::push_back(int64_t d) {
+  DSV3_CHECK(ndim_ < kMaxDims, "shape has more than {} dimensions", kMaxDims);
+  DSV3_CHECK(d >= 0, "negative dimension {} in a shape", d);
+  dims_[size_t(ndim_++)] = d;
+}
+
+bool Shape::operator==(const Shape& o) const {
+  if (ndim_ != o.ndim_) return false;
+  for (int i = 0; i < ndim_; ++i)
+    if (dims_[size_t(i)] != o.dims_[size_t(i)]) return false;
+  return true;
+}
+
+std::string Shape::str() const {
+  std::string s = "[";
+  for (int i = 0; i < ndim_; ++i) s += (i ? ", " : "") + std::to_string(dims_[size_t(i)]);
+  return s + "]";
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  DSV3_CHECK(device == Device::CPU, "Tensor::zeros on {} needs that backend's allocator",
+             device_name(device));
+  Tensor t;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  size_t bytes = (t.nbytes() + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes ? bytes : 64);
+  DSV3_CHECK(p != nullptr, "out of memory allocating {} bytes for a tensor of shape {}", bytes,
+             shape.str());
+  std::memset(p, 0, bytes);
+  t.owner_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
+  t.data_ = p;
+  return t;
+}
+
+Tensor Tensor::view(void* data, const Shape& shape, DType dtype, Device device,
+                    std::shared_ptr<void> keep_alive) {
+  Tensor t;
+  t.data_ = data;
+  t.shape_ = shape;
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.owner_ = std::move(keep_alive);
+  return t;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  DSV3_CHECK(shape.numel() == numel(), "cannot reshape {} to {}", shape_.str(), shape.str());
+  Tensor t = *this;
+  t.shape_ = shape;
+  return t;
+}
+
+Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
+  DSV3_CHECK(ndim() >= 1 && begin >= 0 && begin <= end && end <= dim(0),
+             "row slice [{}, {}) out of range for shape {}", begin, end, shape_.str());
+  Tensor t = *this;
+  int64_t row = dim(0) ? numel() / dim(0) : 0;
+  Shape s;
+  s.push_back(end - begin);
+  for (int i = 1; i < ndim(); ++i) s.push_back(dim(i));
+  t.shape_ = s;
+  t.data_ = static_cast<char*>(data_) + size_t(begin * row) * dtype_size(dtype_);
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = zeros(shape_, dtype_, device_);
+  if (nbytes()) std::memcpy(t.data_, data_, nbytes());
+  return t;
+}
+
+Tensor Tensor::to_f32() const {
+  Tensor t = zeros(shape_, DType::F32, device_);
+  convert_to_f32(dtype_, data_, t.f32(), size_t(numel()));
+  return t;
+}
+
+void Tensor::zero_() {
+  if (nbytes()) std::memset(data_, 0, nbytes());
+}
+
+}  // namespace dsv3
