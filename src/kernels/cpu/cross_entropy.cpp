@@ -1,0 +1,41 @@
+// Softmax cross-entropy over the vocabulary, with its gradient written in place if asked.
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/ops.h"
+
+namespace dsv3::ops {
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
+                     Tensor* d_logits) {
+  const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
+  for (int64_t r = 0; r < rows; ++r)
+    DSV3_CHECK(targets[r] >= -1 && targets[r] < vocab,
+               "cross_entropy: target {} at row {} is outside the vocabulary of {}", targets[r],
+               r, vocab);
+  const float* lp = logits.f32();
+  float* dp = d_logits ? d_logits->f32() : nullptr;
+  double total = 0.0;
+#pragma omp parallel for schedule(static) reduction(+ : total)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = lp + r * vocab;
+    float* drow = dp ? dp + r * vocab : nullptr;
+    if (targets[r] < 0) {
+      if (drow) std::fill(drow, drow + vocab, 0.0f);
+      continue;
+    }
+    float mx = *std::max_element(row, row + vocab);
+    double sum = 0.0;
+    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(row[j] - mx));
+    double log_sum = std::log(sum) + mx;
+    total += log_sum - row[targets[r]];
+    if (drow) {
+      float inv = float(1.0 / sum);
+      for (int64_t j = 0; j < vocab; ++j) drow[j] = std::exp(row[j] - mx) * inv * scale;
+      drow[targets[r]] -= scale;
+    }
+  }
+  return total;
+}
+
+}  // namespace dsv3::ops

@@ -1,0 +1,54 @@
+// Embedding lookup and its gradient (scatter-add by token id), and small elementwise ops.
+#include <cstring>
+
+#include <omp.h>
+
+#include "kernels/ops.h"
+
+namespace dsv3::ops {
+
+void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
+  const int64_t vocab = table.dim(0), dim = table.dim(1);
+  for (int64_t r = 0; r < rows; ++r)
+    DSV3_CHECK(ids[r] >= -1 && ids[r] < vocab, "token id {} at position {} is outside the "
+               "vocabulary of {}", ids[r], r, vocab);
+  const float* tp = table.f32();
+  float* op = out.f32();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    if (ids[r] < 0) {
+      std::memset(op + r * dim, 0, size_t(dim) * sizeof(float));
+    } else {
+      std::memcpy(op + r * dim, tp + int64_t(ids[r]) * dim, size_t(dim) * sizeof(float));
+    }
+  }
+}
+
+void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table) {
+  const int64_t dim = d_table.dim(1);
+  const float* gp = d_out.f32();
+  float* tp = d_table.f32();
+  // Rows sharing a token id collide, so split the work by columns instead of rows.
+#pragma omp parallel
+  {
+    int nt = omp_get_num_threads(), t = omp_get_thread_num();
+    int64_t begin = dim * t / nt, end = dim * (t + 1) / nt;
+    for (int64_t r = 0; r < rows; ++r) {
+      if (ids[r] < 0) continue;
+      float* dst = tp + int64_t(ids[r]) * dim;
+      const float* src = gp + r * dim;
+      for (int64_t i = begin; i < end; ++i) dst[i] += src[i];
+    }
+  }
+}
+
+void add_inplace(Tensor& y, const Tensor& x) {
+  DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
+  float* yp = y.f32();
+  const float* xp = x.f32();
+  const int64_t n = y.numel();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) yp[i] += xp[i];
+}
+
+}  // namespace dsv3::ops

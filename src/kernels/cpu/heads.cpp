@@ -1,0 +1,53 @@
+// Layout changes between token-major activations and the head-major layout attention uses.
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace dsv3::ops {
+
+void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < c.batch; ++b)
+    for (int64_t h = 0; h < c.heads; ++h)
+      for (int64_t t = 0; t < c.seq; ++t) {
+        const float* src = tokens + (b * c.seq + t) * c.tok_row_stride + h * c.tok_head_stride +
+                           c.tok_offset;
+        float* dst = heads + ((b * c.heads + h) * c.seq + t) * c.head_dim + c.head_offset;
+        std::memcpy(dst, src, size_t(c.width) * sizeof(float));
+      }
+}
+
+void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool accumulate) {
+  // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
+#pragma omp parallel for schedule(static)
+  for (int64_t bt = 0; bt < c.batch * c.seq; ++bt) {
+    const int64_t b = bt / c.seq, t = bt % c.seq;
+    float* row = tokens + bt * c.tok_row_stride + c.tok_offset;
+    if (!accumulate && c.tok_head_stride == 0) std::memset(row, 0, size_t(c.width) * 4);
+    for (int64_t h = 0; h < c.heads; ++h) {
+      const float* src = heads + ((b * c.heads + h) * c.seq + t) * c.head_dim + c.head_offset;
+      float* dst = row + h * c.tok_head_stride;
+      if (accumulate || c.tok_head_stride == 0) {
+        for (int64_t i = 0; i < c.width; ++i) dst[i] += src[i];
+      } else {
+        std::memcpy(dst, src, size_t(c.width) * sizeof(float));
+      }
+    }
+  }
+}
+
+void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
+                  int64_t rows) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * width, src + r * src_cols + offset, size_t(width) * sizeof(float));
+}
+
+void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(dst + r * dst_cols + offset, src + r * width, size_t(width) * sizeof(float));
+}
+
+}  // namespace dsv3::ops

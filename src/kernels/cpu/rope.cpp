@@ -1,0 +1,45 @@
+// Rotary position embedding over interleaved pairs, on the CPU.
+#include "kernels/ops.h"
+
+namespace dsv3::ops {
+namespace {
+template <bool kInverse>
+void rotate(float* x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+            const Tensor& sin) {
+  const int64_t half = s.rope_dim / 2;
+  const float* cp = cos.f32();
+  const float* sp = sin.f32();
+  const int64_t max_pos = cos.dim(0);
+  // Checked before the parallel loop: an exception must not escape an OpenMP region.
+  for (int64_t r = 0; r < s.rows; ++r)
+    DSV3_CHECK(positions[r] >= 0 && positions[r] < max_pos,
+               "rope: position {} outside the table of {} positions", positions[r], max_pos);
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < s.rows; ++r) {
+    int64_t pos = positions[r];
+    const float* c = cp + pos * half;
+    const float* sn = sp + pos * half;
+    for (int64_t h = 0; h < s.heads; ++h) {
+      float* v = x + (r * s.heads + h) * s.head_stride + s.offset;
+      for (int64_t i = 0; i < half; ++i) {
+        float a = v[2 * i], b = v[2 * i + 1];
+        float si = kInverse ? -sn[i] : sn[i];
+        v[2 * i] = a * c[i] - b * si;
+        v[2 * i + 1] = a * si + b * c[i];
+      }
+    }
+  }
+}
+}  // namespace
+
+void rope_forward(float* x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                  const Tensor& sin) {
+  rotate<false>(x, s, positions, cos, sin);
+}
+
+void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin) {
+  rotate<true>(d_x, s, positions, cos, sin);
+}
+
+}  // namespace dsv3::ops

@@ -1,0 +1,98 @@
+#pragma once
+// The op table: every numeric operation the model uses, forward and backward, on float32.
+// Model code calls only these; each op dispatches on the device of its tensors, so a CUDA
+// backend adds implementations here without touching model code. Plain reference versions of
+// each op (kernels/reference.h) are the oracle the fast ones are tested against.
+//
+// Conventions: row-major; "rows" is the leading (token) dimension; gradient outputs named
+// d_* are overwritten unless the name says accumulate ("+=").
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace dsv3::ops {
+
+// ---- GEMM (kernels/cpu/gemm.cpp): C = alpha * op(A) op(B) + beta * C, row-major. ----
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+          int64_t ldc);
+
+// y[rows, out] = x[rows, in] W[out, in]^T
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
+// d_x[rows, in] (= or +=) d_y W ; d_w[out, in] += d_y^T x
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
+                     Tensor* d_w, bool accumulate_d_x = false);
+
+// ---- RMSNorm (kernels/cpu/rmsnorm.cpp): y = x * rsqrt(mean(x^2) + eps) * w ----
+// rstd[rows] is saved for the backward pass.
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+// d_x (= or +=), d_w +=
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
+
+// ---- RoPE (kernels/cpu/rope.cpp): rotate interleaved pairs (x[2i], x[2i+1]) in place. ----
+// x is [rows, heads, row_stride] and the rotated part is the `rope_dim` values starting at
+// `offset` of each head; row r uses position positions[r]; cos/sin are [max_pos, rope_dim/2].
+struct RopeSlice {
+  int64_t rows, heads, head_stride, offset, rope_dim;
+};
+void rope_forward(float* x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                  const Tensor& sin);
+// The inverse rotation (the backward pass of a rotation is its transpose).
+void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin);
+
+// ---- SwiGLU (kernels/cpu/swiglu.cpp): h = silu(g) * u over [rows, width] ----
+// gate_up is [rows, 2*width]: gate in the first half of each row, up in the second.
+void swiglu_forward(const Tensor& gate_up, Tensor& h);
+void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
+
+// ---- Causal attention (kernels/cpu/attention.cpp) ----
+// q, k: [batch, heads, seq, qk_dim]; v: [batch, heads, seq, v_dim]; o: [batch, heads, seq, v_dim]
+// probs: [batch, heads, seq, seq] softmax probabilities saved for backward (upper part zero).
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       Tensor& probs, Tensor& o);
+// d_q, d_k, d_v overwritten; scratch: [batch, heads, seq, seq]
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        Tensor& d_v);
+
+// ---- Cross-entropy (kernels/cpu/cross_entropy.cpp) ----
+// logits [rows, vocab]; targets[rows] (-1: position left out). Returns the summed loss over
+// counted rows. When d_logits is given, writes scale * d(sum loss)/d(logits) (zero rows for
+// left-out positions); d_logits may alias logits (in-place).
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
+                     Tensor* d_logits);
+
+// ---- Embedding (kernels/cpu/embedding.cpp) ----
+// An id of -1 stands for "no token": a zero row forward, no gradient.
+void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
+void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
+
+// ---- Elementwise ----
+void add_inplace(Tensor& y, const Tensor& x);  // y += x
+
+}  // namespace dsv3::ops
+
+namespace dsv3::ops {
+// ---- Head layout changes (kernels/cpu/heads.cpp) ----
+// Moves `width` values per (token, head) between a token-major buffer (row per token of a
+// [batch, seq] window, heads inside the row) and a head-major buffer [batch, heads, seq, head_dim].
+struct HeadCopy {
+  int64_t batch, seq, heads, width;
+  int64_t tok_row_stride;   // floats between consecutive tokens in the token-major buffer
+  int64_t tok_head_stride;  // floats between heads there (0: one vector shared by all heads)
+  int64_t tok_offset;       // first column within a head's slot
+  int64_t head_dim;         // row length of the head-major buffer
+  int64_t head_offset;      // first column within that row
+};
+void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c);
+// With tok_head_stride 0 and accumulate, the heads' values are summed into the shared vector.
+void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool accumulate);
+// Copies a column window [offset, offset + width) of each row of src [rows, src_cols] into
+// dst [rows, width] (or back, with accumulate).
+void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
+                  int64_t rows);
+void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows);
+}  // namespace dsv3::ops

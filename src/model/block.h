@@ -1,0 +1,42 @@
+#pragma once
+// One transformer block: x + MLA(RMSNorm(x)), then + FFN(RMSNorm(.)) where the FFN is a dense
+// SwiGLU or a DeepSeekMoE layer.
+#include <memory>
+
+#include "model/ffn.h"
+#include "model/mla.h"
+#include "model/moe.h"
+
+namespace dsv3 {
+
+struct BlockActivations {
+  Tensor h_attn, rstd_attn;  // [N, hidden], [N]: RMSNorm(x) feeding attention
+  Tensor attn_out;           // [N, hidden]
+  Tensor x_mid;              // [N, hidden]  x + attention
+  Tensor h_ffn, rstd_ffn;    // [N, hidden], [N]: RMSNorm(x_mid) feeding the FFN
+  Tensor ffn_out;            // [N, hidden]
+  MlaActivations mla;
+  std::unique_ptr<FfnActivations> dense;  // dense layers
+  std::unique_ptr<MoeActivations> moe;    // MoE layers
+
+  BlockActivations(Arena& arena, const ModelConfig& c, bool is_moe, int64_t batch, int64_t seq);
+};
+
+// Backward scratch shared by every block (one block is in backward at a time).
+struct BlockScratch {
+  Tensor d_h;  // [N, hidden]
+  MlaScratch mla;
+  std::unique_ptr<FfnActivations> d_dense;
+  std::unique_ptr<MoeScratch> moe;
+  BlockScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+// out [N, hidden] = block(x [N, hidden])
+void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& x,
+                   BlockActivations& act, Tensor& out);
+// In place: d_residual holds d(out) on entry and d(x) on return. alpha: balance-loss weight.
+void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
+                    const BlockActivations& act, float alpha, BlockScratch& s,
+                    Tensor& d_residual);
+
+}  // namespace dsv3

@@ -1,0 +1,24 @@
+#pragma once
+// The SwiGLU feed-forward network down(silu(gate(x)) * up(x)): the dense FFN of the first
+// layers, every routed expert and the shared experts.
+#include "core/arena.h"
+#include "model/weights.h"
+
+namespace dsv3 {
+
+// Saved for backward, for `rows` inputs of an FFN of `width`.
+struct FfnActivations {
+  Tensor gate_up;  // [rows, 2 * width] gate(x) | up(x)
+  Tensor act;      // [rows, width]     silu(gate) * up
+  FfnActivations() = default;
+  FfnActivations(Arena& arena, int64_t rows, int64_t width);
+  FfnActivations rows(int64_t begin, int64_t end) const;  // a row range, sharing storage
+};
+
+// out [rows, hidden] = FFN(x [rows, hidden])
+void ffn_forward(const SwigluWeights& w, const Tensor& x, FfnActivations& act, Tensor& out);
+// d_x (= or +=) and the weights' gradients (+=). `scratch` has the shapes of FfnActivations.
+void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act,
+                  const Tensor& d_out, FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x);
+
+}  // namespace dsv3

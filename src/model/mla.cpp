@@ -1,0 +1,143 @@
+#include "model/mla.h"
+
+#include "kernels/ops.h"
+
+namespace dsv3 {
+
+MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
+  const int64_t n = batch * seq, h = c.num_attention_heads, dq = c.qk_head_dim(),
+                r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  if (c.q_lora_rank) {
+    q_a = a.alloc({n, *c.q_lora_rank});
+    q_a_rstd = a.alloc({n});
+    q_a_norm = a.alloc({n, *c.q_lora_rank});
+  }
+  q = a.alloc({n, h * dq});
+  kv_a = a.alloc({n, r + dr});
+  c_kv = a.alloc({n, r});
+  c_kv_rstd = a.alloc({n});
+  c_kv_norm = a.alloc({n, r});
+  k_pe = a.alloc({n, dr});
+  kv = a.alloc({n, h * (c.qk_nope_head_dim + dv)});
+  q_heads = a.alloc({batch, h, seq, dq});
+  k_heads = a.alloc({batch, h, seq, dq});
+  v_heads = a.alloc({batch, h, seq, dv});
+  probs = a.alloc({batch, h, seq, seq});
+  o_heads = a.alloc({batch, h, seq, dv});
+  o = a.alloc({n, h * dv});
+}
+
+MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
+  const int64_t n = batch * seq, h = c.num_attention_heads, dq = c.qk_head_dim(),
+                r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  d_o = a.alloc({n, h * dv});
+  d_o_heads = a.alloc({batch, h, seq, dv});
+  d_q_heads = a.alloc({batch, h, seq, dq});
+  d_k_heads = a.alloc({batch, h, seq, dq});
+  d_v_heads = a.alloc({batch, h, seq, dv});
+  d_probs = a.alloc({batch, h, seq, seq});
+  d_q = a.alloc({n, h * dq});
+  d_kv = a.alloc({n, h * (c.qk_nope_head_dim + dv)});
+  d_kv_a = a.alloc({n, r + dr});
+  d_c_kv_norm = a.alloc({n, r});
+  d_c_kv = a.alloc({n, r});
+  d_k_pe = a.alloc({n, dr});
+  if (c.q_lora_rank) {
+    d_q_a_norm = a.alloc({n, *c.q_lora_rank});
+    d_q_a = a.alloc({n, *c.q_lora_rank});
+  }
+}
+
+namespace {
+// The four layout moves between token-major projections and head-major attention inputs.
+struct MlaLayouts {
+  ops::HeadCopy q, k_nope, k_rope, v, o;
+  MlaLayouts(const ModelConfig& c, int64_t batch, int64_t seq) {
+    const int64_t h = c.num_attention_heads, dn = c.qk_nope_head_dim, dr = c.qk_rope_head_dim,
+                  dq = dn + dr, dv = c.v_head_dim;
+    q = {batch, seq, h, dq, h * dq, dq, 0, dq, 0};
+    k_nope = {batch, seq, h, dn, h * (dn + dv), dn + dv, 0, dq, 0};
+    k_rope = {batch, seq, h, dr, dr, 0, 0, dq, dn};
+    v = {batch, seq, h, dv, h * (dn + dv), dn + dv, dn, dv, 0};
+    o = {batch, seq, h, dv, h * dv, dv, 0, dv, 0};
+  }
+};
+}  // namespace
+
+void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
+                 MlaActivations& act, Tensor& out) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
+                dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
+  const float eps = float(c.rms_norm_eps);
+  // Queries.
+  if (c.q_lora_rank) {
+    ops::linear_forward(x, w.q_a_proj.value, act.q_a);
+    ops::rmsnorm_forward(act.q_a, w.q_a_layernorm.value, eps, act.q_a_norm, act.q_a_rstd);
+    ops::linear_forward(act.q_a_norm, w.q_b_proj.value, act.q);
+  } else {
+    ops::linear_forward(x, w.q_proj.value, act.q);
+  }
+  ops::rope_forward(act.q.f32(), {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos,
+                    ctx.rope->sin);
+  // Keys and values from the compressed latent, plus the shared rope key.
+  ops::linear_forward(x, w.kv_a_proj_with_mqa.value, act.kv_a);
+  ops::copy_columns(act.kv_a.f32(), r + dr, 0, r, act.c_kv.f32(), n);
+  ops::copy_columns(act.kv_a.f32(), r + dr, r, dr, act.k_pe.f32(), n);
+  ops::rmsnorm_forward(act.c_kv, w.kv_a_layernorm.value, eps, act.c_kv_norm, act.c_kv_rstd);
+  ops::rope_forward(act.k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
+                    ctx.rope->sin);
+  ops::linear_forward(act.c_kv_norm, w.kv_b_proj.value, act.kv);
+  // Attention in head-major layout.
+  MlaLayouts lay(c, ctx.batch, ctx.seq);
+  ops::tokens_to_heads(act.q.f32(), act.q_heads.f32(), lay.q);
+  ops::tokens_to_heads(act.kv.f32(), act.k_heads.f32(), lay.k_nope);
+  ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
+  ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
+  ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
+                         act.probs, act.o_heads);
+  ops::heads_to_tokens(act.o_heads.f32(), act.o.f32(), lay.o, false);
+  ops::linear_forward(act.o, w.o_proj.value, out);
+}
+
+void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x,
+                  const MlaActivations& act, const Tensor& d_out, MlaScratch& s, Tensor& d_x) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
+                dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
+  MlaLayouts lay(c, ctx.batch, ctx.seq);
+  ops::linear_backward(act.o, w.o_proj.value, d_out, &s.d_o, &w.o_proj.grad);
+  ops::tokens_to_heads(s.d_o.f32(), s.d_o_heads.f32(), lay.o);
+  ops::attention_backward(act.q_heads, act.k_heads, act.v_heads, act.probs, s.d_o_heads,
+                          ctx.rope->softmax_scale, s.d_probs, s.d_q_heads, s.d_k_heads,
+                          s.d_v_heads);
+  // Back to token-major; the rope key's gradient sums over the heads that shared it.
+  ops::heads_to_tokens(s.d_q_heads.f32(), s.d_q.f32(), lay.q, false);
+  ops::heads_to_tokens(s.d_k_heads.f32(), s.d_kv.f32(), lay.k_nope, false);
+  ops::heads_to_tokens(s.d_v_heads.f32(), s.d_kv.f32(), lay.v, false);
+  ops::heads_to_tokens(s.d_k_heads.f32(), s.d_k_pe.f32(), lay.k_rope, false);
+  ops::rope_backward(s.d_q.f32(), {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos,
+                     ctx.rope->sin);
+  ops::rope_backward(s.d_k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
+                     ctx.rope->sin);
+  // Latent path.
+  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.value, s.d_kv, &s.d_c_kv_norm,
+                       &w.kv_b_proj.grad);
+  ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
+                        w.kv_a_layernorm.grad);
+  ops::put_columns(s.d_c_kv.f32(), r, s.d_kv_a.f32(), r + dr, 0, n);
+  ops::put_columns(s.d_k_pe.f32(), dr, s.d_kv_a.f32(), r + dr, r, n);
+  ops::linear_backward(x, w.kv_a_proj_with_mqa.value, s.d_kv_a, &d_x,
+                       &w.kv_a_proj_with_mqa.grad);
+  // Query path.
+  if (c.q_lora_rank) {
+    ops::linear_backward(act.q_a_norm, w.q_b_proj.value, s.d_q, &s.d_q_a_norm, &w.q_b_proj.grad);
+    ops::rmsnorm_backward(act.q_a, w.q_a_layernorm.value, act.q_a_rstd, s.d_q_a_norm, s.d_q_a,
+                          w.q_a_layernorm.grad);
+    ops::linear_backward(x, w.q_a_proj.value, s.d_q_a, &d_x, &w.q_a_proj.grad, true);
+  } else {
+    ops::linear_backward(x, w.q_proj.value, s.d_q, &d_x, &w.q_proj.grad, true);
+  }
+}
+
+}  // namespace dsv3

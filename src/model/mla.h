@@ -1,0 +1,57 @@
+#pragma once
+// Multi-head Latent Attention, training form (DESIGN.md section 2): queries through an
+// optional low-rank bottleneck, keys and values decompressed from a shared latent c_kv, a
+// decoupled rope key shared by all heads, causal softmax attention, output projection.
+#include "model/step.h"
+#include "model/weights.h"
+
+namespace dsv3 {
+
+// Activations one MLA layer keeps from forward for backward, planned for a [batch, seq] window.
+// N = batch * seq rows; H heads; dq = nope + rope; R = kv_lora_rank; Q = q_lora_rank.
+struct MlaActivations {
+  Tensor q_a;        // [N, Q]      q_a_proj(x)                  (q LoRA only)
+  Tensor q_a_rstd;   // [N]
+  Tensor q_a_norm;   // [N, Q]      RMSNorm_q(q_a)
+  Tensor q;          // [N, H*dq]   per-head queries, rope applied in place
+  Tensor kv_a;       // [N, R+rope] kv_a_proj_with_mqa(x)
+  Tensor c_kv;       // [N, R]      latent (pre-norm)
+  Tensor c_kv_rstd;  // [N]
+  Tensor c_kv_norm;  // [N, R]      RMSNorm_kv(c_kv): what the decode cache stores
+  Tensor k_pe;       // [N, rope]   shared rope key, rotated
+  Tensor kv;         // [N, H*(nope+v)] kv_b_proj(c_kv_norm)
+  Tensor q_heads;    // [B, H, T, dq]
+  Tensor k_heads;    // [B, H, T, dq]
+  Tensor v_heads;    // [B, H, T, v]
+  Tensor probs;      // [B, H, T, T]
+  Tensor o_heads;    // [B, H, T, v]
+  Tensor o;          // [N, H*v]    attention output, token-major (input of o_proj)
+
+  MlaActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+// Scratch shared by all layers' backward passes (only one layer is in backward at a time).
+struct MlaScratch {
+  Tensor d_o;        // [N, H*v]
+  Tensor d_o_heads;  // [B, H, T, v]
+  Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
+  Tensor d_v_heads;  // [B, H, T, v]
+  Tensor d_probs;    // [B, H, T, T]
+  Tensor d_q;        // [N, H*dq]
+  Tensor d_kv;       // [N, H*(nope+v)]
+  Tensor d_kv_a;     // [N, R+rope]
+  Tensor d_c_kv_norm, d_c_kv;  // [N, R]
+  Tensor d_k_pe;     // [N, rope]
+  Tensor d_q_a_norm, d_q_a;    // [N, Q]
+
+  MlaScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+// out [N, hidden] = MLA(x [N, hidden]); x is the pre-normed block input.
+void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
+                 MlaActivations& act, Tensor& out);
+// d_x (overwritten) = d_out . d(out)/d(x); parameter gradients accumulate into w.s grads.
+void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x,
+                  const MlaActivations& act, const Tensor& d_out, MlaScratch& s, Tensor& d_x);
+
+}  // namespace dsv3

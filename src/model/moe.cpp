@@ -1,0 +1,145 @@
+#include "model/moe.h"
+
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace dsv3 {
+
+namespace {
+int64_t shared_width(const ModelConfig& c) {
+  return int64_t(c.n_shared_experts) * c.moe_intermediate_size;
+}
+}  // namespace
+
+MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
+    : router(a, c, batch, seq) {
+  const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
+  expert_offsets = a.alloc({c.n_routed_experts + 1}, DType::I64);
+  permuted_token = a.alloc({nk}, DType::I32);
+  permuted_row = a.alloc({nk}, DType::I32);
+  x_perm = a.alloc({nk, d});
+  experts = FfnActivations(a, nk, c.moe_intermediate_size);
+  y_perm = a.alloc({nk, d});
+  if (c.n_shared_experts > 0) shared = FfnActivations(a, n, shared_width(c));
+}
+
+MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
+  const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
+  d_y_perm = a.alloc({nk, d});
+  d_x_perm = a.alloc({nk, d});
+  d_experts = FfnActivations(a, nk, c.moe_intermediate_size);
+  if (c.n_shared_experts > 0) d_shared = FfnActivations(a, n, shared_width(c));
+  d_weights = a.alloc({n, c.num_experts_per_tok});
+  d_logits = a.alloc({n, c.n_routed_experts});
+}
+
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
+                 MoeActivations& act, Tensor& out) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
+                d = c.hidden_size;
+  router_forward(ctx, w, x, act.router);
+
+  // Permute assignments into expert order (a counting sort, stable in token order).
+  int64_t* off = act.expert_offsets.i64();
+  const int32_t* idx = act.router.indices.i32();
+  std::memset(off, 0, size_t(experts + 1) * sizeof(int64_t));
+  for (int64_t a = 0; a < n * k; ++a) off[idx[a] + 1]++;
+  for (int64_t e = 0; e < experts; ++e) off[e + 1] += off[e];
+  std::vector<int64_t> cursor(off, off + experts);
+  int32_t* tok = act.permuted_token.i32();
+  int32_t* row_of = act.permuted_row.i32();
+  for (int64_t a = 0; a < n * k; ++a) {
+    int64_t r = cursor[size_t(idx[a])]++;
+    tok[r] = int32_t(a / k);
+    row_of[a] = int32_t(r);
+  }
+  const float* xp = x.f32();
+  float* xperm = act.x_perm.f32();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < n * k; ++r)
+    std::memcpy(xperm + r * d, xp + int64_t(tok[r]) * d, size_t(d) * sizeof(float));
+
+  // Each expert over its contiguous rows; experts run in parallel, each GEMM on one thread.
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t e = 0; e < experts; ++e) {
+    if (off[e + 1] == off[e]) continue;
+    FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
+    Tensor y = act.y_perm.slice_rows(off[e], off[e + 1]);
+    ffn_forward(w.experts[size_t(e)], act.x_perm.slice_rows(off[e], off[e + 1]), rows, y);
+  }
+
+  // Shared experts, then the weighted routed outputs.
+  if (c.n_shared_experts > 0) {
+    ffn_forward(w.shared, x, act.shared, out);
+  } else {
+    out.zero_();
+  }
+  const float* wt = act.router.weights.f32();
+  const float* y = act.y_perm.f32();
+  float* o = out.f32();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const float* yr = y + int64_t(row_of[t * k + j]) * d;
+      const float g = wt[t * k + j];
+      for (int64_t i = 0; i < d; ++i) o[t * d + i] += g * yr[i];
+    }
+}
+
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
+                  const MoeActivations& act, const Tensor& d_out, float alpha, MoeScratch& s,
+                  Tensor& d_x) {
+  const ModelConfig& c = *ctx.config;
+  const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
+                d = c.hidden_size;
+  const int64_t* off = act.expert_offsets.i64();
+  const int32_t* row_of = act.permuted_row.i32();
+  const float* wt = act.router.weights.f32();
+  const float* y = act.y_perm.f32();
+  const float* g = d_out.f32();
+  float* dy = s.d_y_perm.f32();
+  float* dw = s.d_weights.f32();
+  // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t r = row_of[t * k + j];
+      const float* gr = g + t * d;
+      const float* yr = y + r * d;
+      float* dyr = dy + r * d;
+      float dot = 0.0f;
+      for (int64_t i = 0; i < d; ++i) {
+        dyr[i] = wt[t * k + j] * gr[i];
+        dot += gr[i] * yr[i];
+      }
+      dw[t * k + j] = dot;
+    }
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t e = 0; e < experts; ++e) {
+    if (off[e + 1] == off[e]) continue;
+    FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
+    FfnActivations scratch = s.d_experts.rows(off[e], off[e + 1]);
+    Tensor dx = s.d_x_perm.slice_rows(off[e], off[e + 1]);
+    ffn_backward(w.experts[size_t(e)], act.x_perm.slice_rows(off[e], off[e + 1]), rows,
+                 s.d_y_perm.slice_rows(off[e], off[e + 1]), scratch, dx, false);
+  }
+  // Shared experts write d_x first; routed inputs and the router add to it.
+  if (c.n_shared_experts > 0) {
+    ffn_backward(w.shared, x, act.shared, d_out, s.d_shared, d_x, false);
+  } else {
+    d_x.zero_();
+  }
+  const float* dxp = s.d_x_perm.f32();
+  float* dxo = d_x.f32();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const float* src = dxp + int64_t(row_of[t * k + j]) * d;
+      for (int64_t i = 0; i < d; ++i) dxo[t * d + i] += src[i];
+    }
+  router_backward(ctx, w, x, act.router, s.d_weights, alpha, s.d_logits, d_x);
+}
+
+}  // namespace dsv3

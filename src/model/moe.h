@@ -1,0 +1,40 @@
+#pragma once
+// DeepSeekMoE layer: route each token to K experts, run each expert once over the tokens it
+// received (tokens permuted into expert order so every expert is one contiguous GEMM), combine
+// with the gating weights, add the shared experts.
+#include "model/ffn.h"
+#include "model/router.h"
+
+namespace dsv3 {
+
+// N rows, K experts per token, E experts, W expert width, S shared width.
+struct MoeActivations {
+  RouterActivations router;
+  Tensor expert_offsets;  // [E + 1] int64: permuted rows of expert e are [off[e], off[e+1])
+  Tensor permuted_token;  // [N*K] int32: token row feeding each permuted row
+  Tensor permuted_row;    // [N*K] int32: permuted row of assignment (t, j) at t*K + j
+  Tensor x_perm;          // [N*K, hidden] inputs in expert order
+  FfnActivations experts; // [N*K, ...]
+  Tensor y_perm;          // [N*K, hidden] expert outputs in expert order
+  FfnActivations shared;  // [N, ...]
+
+  MoeActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+struct MoeScratch {
+  Tensor d_y_perm, d_x_perm;  // [N*K, hidden]
+  FfnActivations d_experts;   // [N*K, ...]
+  FfnActivations d_shared;    // [N, ...]
+  Tensor d_weights;           // [N, K]
+  Tensor d_logits;            // [N, E]
+  MoeScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
+                 MoeActivations& act, Tensor& out);
+// d_x (overwritten); alpha scales the balance term's gradient.
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
+                  const MoeActivations& act, const Tensor& d_out, float alpha, MoeScratch& s,
+                  Tensor& d_x);
+
+}  // namespace dsv3

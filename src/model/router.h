@@ -1,0 +1,36 @@
+#pragma once
+// The DeepSeekMoE router (DESIGN.md section 2): affinity scores, group-limited top-k selection
+// with the auxiliary-loss-free correction bias (selection only), gating weights from the
+// unbiased scores, and the complementary sequence-wise balance loss.
+#include "model/step.h"
+#include "model/weights.h"
+
+namespace dsv3 {
+
+// N rows, E routed experts, K experts per token, B sequences.
+struct RouterActivations {
+  Tensor logits;      // [N, E] x W_gate^T
+  Tensor scores;      // [N, E] sigmoid or softmax of logits
+  Tensor indices;     // [N, K] int32, chosen experts, ascending
+  Tensor weights;     // [N, K] gating weights (normalized, scaled)
+  Tensor seq_counts;  // [B, E] tokens of each sequence routed to each expert
+  Tensor load;        // [E]    tokens routed to each expert in the whole window
+  double balance = 0; // this layer's sequence-wise balance term, before alpha
+
+  RouterActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+// Chooses experts for one token's selection scores (scores + bias). `group_scores` is scratch
+// of n_group floats, `chosen` receives K indices sorted ascending. Shared with inference.
+void select_experts(const ModelConfig& c, const float* selection, float* group_scores,
+                    int32_t* chosen);
+
+void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
+                    RouterActivations& act);
+// d_weights [N, K]: gradient of the loss w.r.t. the gating weights. alpha scales the balance
+// term's gradient. d_logits [N, E] is scratch; d_x += the router's input gradient.
+void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
+                     const RouterActivations& act, const Tensor& d_weights, float alpha,
+                     Tensor& d_logits, Tensor& d_x);
+
+}  // namespace dsv3

@@ -1,0 +1,206 @@
+#include "model/transformer.h"
+
+#include <cstring>
+
+#include "kernels/ops.h"
+
+namespace dsv3 {
+
+namespace {
+// One MTP depth's activations: its input tokens and targets, the two norms, the projection,
+// the block and the head.
+struct MtpBuffers {
+  Tensor ids;              // [N] int32: token i+k of the window, -1 past its end
+  Tensor targets;          // [N] int32: label of position i+k, -1 where i >= T-k
+  Tensor emb;              // [N, D] Emb(t_{i+k}) (zero past the end)
+  Tensor e_norm, e_rstd;   // [N, D], [N]
+  Tensor h_norm, h_rstd;   // [N, D], [N]
+  Tensor cat;              // [N, 2D] [e_norm | h_norm]
+  Tensor x_in, x_out;      // [N, D] block input (eh_proj output) and output
+  Tensor h, h_rstd_out;    // [N, D], [N] shared_head.norm(x_out): h^k
+  Tensor logits;           // [N, V]
+  BlockActivations block;
+
+  MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
+      : block(a, c, c.is_moe_layer(c.num_hidden_layers), batch, seq) {
+    const int64_t n = batch * seq, d = c.hidden_size;
+    ids = a.alloc({n}, DType::I32);
+    targets = a.alloc({n}, DType::I32);
+    emb = a.alloc({n, d});
+    e_norm = a.alloc({n, d});
+    e_rstd = a.alloc({n});
+    h_norm = a.alloc({n, d});
+    h_rstd = a.alloc({n});
+    cat = a.alloc({n, 2 * d});
+    x_in = a.alloc({n, d});
+    x_out = a.alloc({n, d});
+    h = a.alloc({n, d});
+    h_rstd_out = a.alloc({n});
+    logits = a.alloc({n, c.vocab_size});
+  }
+};
+}  // namespace
+
+struct Transformer::Buffers {
+  Tensor positions;                // [N] int32
+  Tensor tokens, labels;           // [N] int32
+  std::vector<Tensor> residual;    // L + 1 of [N, D]: the input of each block, then the output
+  std::vector<std::unique_ptr<BlockActivations>> blocks;
+  Tensor h_final, rstd_final;      // [N, D], [N]
+  Tensor logits;                   // [N, V]
+  std::vector<std::unique_ptr<MtpBuffers>> mtp;
+  // Backward scratch.
+  BlockScratch scratch;
+  Tensor d_logits;                 // [N, V]
+  Tensor d_residual;               // [N, D]
+  std::vector<Tensor> d_h;         // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
+  Tensor d_cat;                    // [N, 2D]
+  Tensor d_e;                      // [N, D]
+
+  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
+      : scratch(a, c, batch, seq) {
+    const int64_t n = batch * seq, d = c.hidden_size;
+    positions = a.alloc({n}, DType::I32);
+    tokens = a.alloc({n}, DType::I32);
+    labels = a.alloc({n}, DType::I32);
+    for (int l = 0; l <= c.num_hidden_layers; ++l) residual.push_back(a.alloc({n, d}));
+    for (int l = 0; l < c.num_hidden_layers; ++l)
+      blocks.push_back(std::make_unique<BlockActivations>(a, c, c.is_moe_layer(l), batch, seq));
+    h_final = a.alloc({n, d});
+    rstd_final = a.alloc({n});
+    logits = a.alloc({n, c.vocab_size});
+    for (int k = 0; k < c.num_nextn_predict_layers; ++k)
+      mtp.push_back(std::make_unique<MtpBuffers>(a, c, batch, seq));
+    d_logits = a.alloc({n, c.vocab_size});
+    d_residual = a.alloc({n, d});
+    for (int k = 0; k <= c.num_nextn_predict_layers; ++k) d_h.push_back(a.alloc({n, d}));
+    d_cat = a.alloc({n, 2 * d});
+    d_e = a.alloc({n, d});
+  }
+};
+
+Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
+    : w_(weights), c_(weights.config()), batch_(batch), seq_(seq) {
+  DSV3_CHECK(batch > 0 && seq > 0, "a training window needs batch > 0 and seq > 0, got {} x {}",
+             batch, seq);
+  rope_ = build_rope_tables(c_, int(std::max<int64_t>(seq, c_.max_position_embeddings)));
+  Arena measure = Arena::measuring();
+  { Buffers plan(measure, c_, batch, seq); }
+  Arena arena(measure.used());
+  arena_bytes_ = measure.used();
+  b_ = std::make_unique<Buffers>(arena, c_, batch, seq);
+  for (int64_t i = 0; i < batch * seq; ++i) b_->positions.i32()[i] = int32_t(i % seq);
+}
+
+Transformer::~Transformer() = default;
+
+const Tensor& Transformer::logits() const { return b_->logits; }
+const Tensor& Transformer::mtp_logits(int depth) const { return b_->mtp.at(size_t(depth - 1))->logits; }
+const Tensor& Transformer::hidden() const { return b_->h_final; }
+
+const RouterActivations* Transformer::routing(int layer) const {
+  if (layer < c_.num_hidden_layers) {
+    const auto& blk = b_->blocks.at(size_t(layer));
+    return blk->moe ? &blk->moe->router : nullptr;
+  }
+  const auto& m = b_->mtp.at(size_t(layer - c_.num_hidden_layers));
+  return m->block.moe ? &m->block.moe->router : nullptr;
+}
+
+StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
+                             const LossWeights& loss, bool backward) {
+  const int64_t n = batch_ * seq_, d = c_.hidden_size;
+  const int depths = c_.num_nextn_predict_layers;
+  const float eps = float(c_.rms_norm_eps);
+  Buffers& b = *b_;
+  StepContext ctx{&c_, &rope_, batch_, seq_, b.positions.i32()};
+  std::memcpy(b.tokens.i32(), tokens, size_t(n) * 4);
+  std::memcpy(b.labels.i32(), labels, size_t(n) * 4);
+  StepResult result;
+
+  // ---- Forward: main model ----
+  ops::embedding_forward(w_.embed.value, b.tokens.i32(), n, b.residual[0]);
+  for (int l = 0; l < c_.num_hidden_layers; ++l) {
+    block_forward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],
+                  b.residual[size_t(l) + 1]);
+    if (const RouterActivations* r = routing(l)) result.balance_sum += r->balance;
+  }
+  ops::rmsnorm_forward(b.residual.back(), w_.norm.value, eps, b.h_final, b.rstd_final);
+  ops::linear_forward(b.h_final, w_.lm_head.value, b.logits);
+  int64_t main_count = 0;
+  for (int64_t i = 0; i < n; ++i) main_count += b.labels.i32()[i] >= 0;
+  DSV3_CHECK(main_count > 0, "the window has no position with a label");
+  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f, nullptr) / double(main_count);
+
+  // ---- Forward: MTP depths ----
+  std::vector<int64_t> mtp_count(size_t(depths), 0);
+  for (int k = 1; k <= depths; ++k) {
+    MtpBuffers& m = *b.mtp[size_t(k - 1)];
+    for (int64_t bi = 0; bi < batch_; ++bi)
+      for (int64_t i = 0; i < seq_; ++i) {
+        bool inside = i + k < seq_;
+        m.ids.i32()[bi * seq_ + i] = inside ? b.tokens.i32()[bi * seq_ + i + k] : -1;
+        m.targets.i32()[bi * seq_ + i] = inside ? b.labels.i32()[bi * seq_ + i + k] : -1;
+      }
+    for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets.i32()[i] >= 0;
+    const MtpWeights& mw = w_.mtp[size_t(k - 1)];
+    const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
+    ops::embedding_forward(w_.embed.value, m.ids.i32(), n, m.emb);
+    ops::rmsnorm_forward(m.emb, mw.enorm.value, eps, m.e_norm, m.e_rstd);
+    ops::rmsnorm_forward(h_prev, mw.hnorm.value, eps, m.h_norm, m.h_rstd);
+    ops::put_columns(m.e_norm.f32(), d, m.cat.f32(), 2 * d, 0, n);
+    ops::put_columns(m.h_norm.f32(), d, m.cat.f32(), 2 * d, d, n);
+    ops::linear_forward(m.cat, mw.eh_proj.value, m.x_in);
+    block_forward(ctx, mw.block, m.x_in, m.block, m.x_out);
+    if (m.block.moe) result.balance_sum += m.block.moe->router.balance;
+    ops::rmsnorm_forward(m.x_out, mw.shared_head_norm.value, eps, m.h, m.h_rstd_out);
+    ops::linear_forward(m.h, w_.lm_head.value, m.logits);
+    double ce = 0.0;
+    if (mtp_count[size_t(k - 1)] > 0)
+      ce = ops::cross_entropy(m.logits, m.targets.i32(), 1.0f, nullptr) /
+           double(mtp_count[size_t(k - 1)]);
+    result.mtp.push_back(ce);
+  }
+  result.total = result.main + loss.balance_alpha * result.balance_sum;
+  for (double ce : result.mtp) result.total += loss.mtp_lambda / depths * ce;
+  if (!backward) return result;
+
+  // ---- Backward: MTP depths, deepest first (depth k feeds h^k back into depth k-1) ----
+  for (Tensor& t : b.d_h) t.zero_();
+  for (int k = depths; k >= 1; --k) {
+    MtpBuffers& m = *b.mtp[size_t(k - 1)];
+    MtpWeights& mw = w_.mtp[size_t(k - 1)];
+    const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
+    if (mtp_count[size_t(k - 1)] > 0) {
+      float scale = loss.mtp_lambda / float(depths) / float(mtp_count[size_t(k - 1)]);
+      ops::cross_entropy(m.logits, m.targets.i32(), scale, &b.d_logits);
+      ops::linear_backward(m.h, w_.lm_head.value, b.d_logits, &b.d_h[size_t(k)],
+                           &w_.lm_head.grad, true);
+    }
+    ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
+                          b.d_residual, mw.shared_head_norm.grad, false);
+    block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
+    ops::linear_backward(m.cat, mw.eh_proj.value, b.d_residual, &b.d_cat, &mw.eh_proj.grad);
+    ops::copy_columns(b.d_cat.f32(), 2 * d, 0, d, b.d_e.f32(), n);  // d e_norm
+    ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
+                          false);
+    ops::embedding_backward(m.ids.i32(), n, b.d_residual, w_.embed.grad);
+    ops::copy_columns(b.d_cat.f32(), 2 * d, d, d, b.d_e.f32(), n);  // d h_norm
+    ops::rmsnorm_backward(h_prev, mw.hnorm.value, m.h_rstd, b.d_e, b.d_h[size_t(k - 1)],
+                          mw.hnorm.grad, true);
+  }
+
+  // ---- Backward: main head, final norm, blocks, embedding ----
+  ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count), &b.d_logits);
+  ops::linear_backward(b.h_final, w_.lm_head.value, b.d_logits, &b.d_h[0], &w_.lm_head.grad,
+                       true);
+  ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
+                        w_.norm.grad, false);
+  for (int l = c_.num_hidden_layers - 1; l >= 0; --l)
+    block_backward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],
+                   loss.balance_alpha, b.scratch, b.d_residual);
+  ops::embedding_backward(b.tokens.i32(), n, b.d_residual, w_.embed.grad);
+  return result;
+}
+
+}  // namespace dsv3
