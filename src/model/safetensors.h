@@ -29,6 +29,19 @@ std::vector<TensorInfo> parse_safetensors_header(std::string_view header_json, s
                                                  const std::string& where,
                                                  std::map<std::string, std::string>* metadata);
 
+// A whole file's layout: where the data section starts and what it holds.
+struct SafetensorsLayout {
+  std::vector<TensorInfo> tensors;  // in name order
+  std::map<std::string, std::string> metadata;
+  size_t data_offset = 0;  // byte offset of the data section in the file (8 + header length)
+  size_t data_size = 0;
+};
+
+// Validates the bytes of a whole safetensors file held in memory (length prefix, header, and
+// every tensor's place in the data section). SafetensorsFile::open uses it on the mapping; the
+// fuzz target calls it directly. `where` names the file in errors.
+SafetensorsLayout parse_safetensors(std::string_view bytes, const std::string& where);
+
 class SafetensorsFile {
  public:
   // Maps and validates the file; throws Error on any problem.
