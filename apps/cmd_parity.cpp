@@ -1,0 +1,38 @@
+// `dsv3 parity DIR...`: checks dsv3 against reference fixtures and prints the table.
+#include <cstdio>
+
+#include "command.h"
+#include "core/threads.h"
+#include "model/parity.h"
+
+namespace {
+struct Options {
+  std::vector<std::string> dirs;
+  bool failures_only = false;
+  int threads = 0;
+  std::string dump;
+  bool optimizer = false;
+};
+
+dsv3::app::Registrar reg(
+    "parity", "Check logits, losses, routing, gradients and an optimizer step against fixtures",
+    [](CLI::App& sub) {
+      auto o = std::make_shared<Options>();
+      sub.add_option("dirs", o->dirs, "Fixture folders (config.json, model/batch/expected.safetensors)")
+          ->required();
+      sub.add_flag("--failures-only", o->failures_only, "Print only the failing rows");
+      sub.add_option("--dump", o->dump, "Write the computed logits and gradients to this safetensors file (one fixture)");
+      sub.add_flag("--optimizer", o->optimizer, "Also check grad_norm, one AdamW step and the bias update");
+      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      return [o]() {
+        dsv3::set_num_threads(o->threads);
+        bool ok = true;
+        for (const auto& dir : o->dirs) {
+          dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer);
+          std::fputs(r.table(o->failures_only).c_str(), stdout);
+          ok &= r.all_pass();
+        }
+        return ok ? 0 : 1;
+      };
+    });
+}  // namespace

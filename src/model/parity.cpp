@@ -1,0 +1,234 @@
+#include "model/parity.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "model/safetensors.h"
+#include "model/transformer.h"
+#include "train/adamw.h"
+
+namespace dsv3 {
+
+namespace {
+
+// Tolerances for a float32 implementation of a float64 reference (fixtures' README).
+constexpr double kForwardTol = 1e-5;   // logits, losses: max|diff| / max|ref|
+constexpr double kGradTol = 1e-4;      // gradients, updated parameters: ||diff|| / ||ref||
+
+double max_rel(const Tensor& got, const Tensor& ref) {
+  double max_diff = 0, max_ref = 0;
+  const float* g = got.f32();
+  const float* r = ref.f32();
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    double d = std::fabs(double(g[i]) - r[i]);
+    if (std::isnan(d)) return INFINITY;  // NaN never passes
+    max_diff = std::max(max_diff, d);
+    max_ref = std::max(max_ref, std::fabs(double(r[i])));
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
+}
+
+double l2_rel(const Tensor& got, const Tensor& ref) {
+  double diff = 0, norm = 0;
+  const float* g = got.f32();
+  const float* r = ref.f32();
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    double d = double(g[i]) - r[i];
+    diff += d * d;
+    norm += double(r[i]) * r[i];
+  }
+  if (std::isnan(diff)) return INFINITY;
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+double scalar_rel(double got, double ref) {
+  double d = std::fabs(got - ref);
+  if (std::isnan(d)) return INFINITY;
+  return std::fabs(ref) > 0 ? d / std::fabs(ref) : d;
+}
+
+class Checker {
+ public:
+  explicit Checker(ParityReport& r) : r_(r) {}
+  void add(std::string q, double err, double tol, const char* metric) {
+    r_.checks.push_back({std::move(q), err, tol, metric, err <= tol});
+  }
+  void tensor(const std::string& q, const Tensor& got, const Tensor& ref, bool grad_like) {
+    if (got.numel() != ref.numel()) {
+      r_.checks.push_back({q + " (shape " + got.shape().str() + " vs " + ref.shape().str() + ")",
+                           INFINITY, 0, "shape", false});
+      return;
+    }
+    if (grad_like) add(q, l2_rel(got, ref), kGradTol, "l2-rel");
+    else add(q, max_rel(got, ref), kForwardTol, "max-rel");
+  }
+  void exact(const std::string& q, const Tensor& got, const Tensor& ref) {
+    int64_t mismatches = got.numel() == ref.numel() ? 0 : std::max(got.numel(), ref.numel());
+    if (!mismatches) {
+      Tensor g = got.dtype() == DType::I32 ? got : got.to_f32();
+      Tensor e = ref.dtype() == DType::I32 ? ref : ref.to_f32();
+      for (int64_t i = 0; i < ref.numel(); ++i) {
+        bool same = g.dtype() == DType::I32 && e.dtype() == DType::I32
+                        ? g.i32()[i] == e.i32()[i]
+                        : (g.dtype() == DType::I32 ? float(g.i32()[i]) : g.f32()[i]) ==
+                              (e.dtype() == DType::I32 ? float(e.i32()[i]) : e.f32()[i]);
+        mismatches += !same;
+      }
+    }
+    add(q, double(mismatches), 0, "mismatches");
+  }
+
+ private:
+  ParityReport& r_;
+};
+
+Tensor as_f32(const Tensor& t) { return t.dtype() == DType::F32 ? t : t.to_f32(); }
+
+}  // namespace
+
+bool ParityReport::all_pass() const {
+  return !checks.empty() &&
+         std::all_of(checks.begin(), checks.end(), [](const ParityCheck& c) { return c.pass; });
+}
+
+std::string ParityReport::table(bool failures_only) const {
+  size_t width = 8;
+  for (const auto& c : checks) width = std::max(width, c.quantity.size());
+  std::string out = fmt::format("{:<{}}  {:>11}  {:>9}  {:<10}  {}\n", "quantity", width, "error",
+                                "tolerance", "metric", "result");
+  size_t failed = 0;
+  for (const auto& c : checks) {
+    failed += !c.pass;
+    if (failures_only && c.pass) continue;
+    out += fmt::format("{:<{}}  {:>11.3e}  {:>9.1e}  {:<10}  {}\n", c.quantity, width, c.error,
+                       c.tolerance, c.metric, c.pass ? "pass" : "FAIL");
+  }
+  out += fmt::format("{}: {} checks, {} passed, {} failed\n", fixture, checks.size(),
+                     checks.size() - failed, failed);
+  return out;
+}
+
+ParityReport run_parity(const std::string& dir, const std::string& dump_path,
+                        bool with_optimizer) {
+  namespace fs = std::filesystem;
+  ParityReport report;
+  report.fixture = dir;
+  for (const char* f : {"config.json", "model.safetensors", "batch.safetensors",
+                        "expected.safetensors"})
+    DSV3_CHECK(fs::exists(fs::path(dir) / f), "{}: missing {} (a parity fixture needs "
+               "config.json, model.safetensors, batch.safetensors, expected.safetensors)", dir, f);
+  ModelConfig config = ModelConfig::load(dir);
+  ModelWeights weights(config);
+  weights.load(WeightStore::open((fs::path(dir) / "model.safetensors").string()));
+  WeightStore batch = WeightStore::open((fs::path(dir) / "batch.safetensors").string());
+  WeightStore expected = WeightStore::open((fs::path(dir) / "expected.safetensors").string());
+
+  Tensor tokens = batch.get("tokens");
+  Tensor labels = batch.get("labels");
+  DSV3_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::I32 && labels.shape() == tokens.shape()
+                 && labels.dtype() == DType::I32,
+             "{}: tokens and labels must be [B, T] int32", batch.where());
+  const int64_t b = tokens.dim(0), t = tokens.dim(1);
+
+  bool wants_grads = false;
+  for (const auto& name : expected.names())
+    wants_grads |= name.rfind("grad.", 0) == 0 || name.rfind("adamw.", 0) == 0;
+
+  Transformer model(weights, b, t);
+  LossWeights lw{float(config.train.mtp_lambda), float(config.train.balance_alpha)};
+  weights.zero_grads();
+  StepResult res = model.step(tokens.i32(), labels.i32(), lw, wants_grads);
+
+  Checker check(report);
+  const int64_t n = b * t;
+  // Forward outputs.
+  if (expected.has("logits"))
+    check.tensor("logits", model.logits(), as_f32(expected.get("logits")), false);
+  for (int k = 1; k <= config.num_nextn_predict_layers; ++k) {
+    std::string name = fmt::format("mtp_logits.{}", k);
+    if (expected.has(name)) check.tensor(name, model.mtp_logits(k), as_f32(expected.get(name)), false);
+  }
+  auto scalar = [&](const std::string& name, double got) {
+    if (expected.has(name))
+      check.add(name, scalar_rel(got, as_f32(expected.get(name)).f32()[0]), kForwardTol, "rel");
+  };
+  scalar("loss.main", res.main);
+  for (int k = 1; k <= int(res.mtp.size()); ++k) scalar(fmt::format("loss.mtp_{}", k), res.mtp[size_t(k - 1)]);
+  scalar("loss.balance_sum", res.balance_sum);
+  scalar("loss.total", res.total);
+  // Routing.
+  const int layers = config.num_hidden_layers + config.num_nextn_predict_layers;
+  for (int l = 0; l < layers; ++l) {
+    const RouterActivations* r = model.routing(l);
+    std::string p = fmt::format("routing.{}.", l);
+    if (!r) continue;
+    if (expected.has(p + "indices")) check.exact(p + "indices", r->indices, expected.get(p + "indices"));
+    if (expected.has(p + "load")) check.exact(p + "load", r->load, expected.get(p + "load"));
+    if (expected.has(p + "balance"))
+      check.add(p + "balance", scalar_rel(r->balance, as_f32(expected.get(p + "balance")).f32()[0]),
+                kForwardTol, "rel");
+  }
+  (void)n;
+  std::vector<std::pair<std::string, Tensor>> dump;
+  auto write_dump = [&]() {
+    if (dump_path.empty()) return;
+    dump.emplace_back("logits", model.logits());
+    write_safetensors(dump_path, dump);
+  };
+  if (!wants_grads) {
+    write_dump();
+    return report;
+  }
+
+  // Gradients. Parameters the reference left without a gradient (experts no token reached)
+  // must have exactly zero gradient here.
+  auto grads = weights.named_grads();
+  int64_t unlisted_nonzero = 0, unlisted = 0;
+  for (const auto& [name, g] : grads) {
+    if (!dump_path.empty()) dump.emplace_back("grad." + name, g.clone());
+    if (expected.has("grad." + name)) {
+      check.tensor("grad." + name, g, as_f32(expected.get("grad." + name)), true);
+    } else {
+      ++unlisted;
+      for (int64_t i = 0; i < g.numel(); ++i) unlisted_nonzero += g.f32()[i] != 0.0f;
+    }
+  }
+  if (unlisted)
+    check.add(fmt::format("grad of {} tensors without reference gradient (nonzero count)", unlisted),
+              double(unlisted_nonzero), 0, "exact");
+
+  if (!with_optimizer) {
+    write_dump();
+    return report;
+  }
+  // One optimizer step and one bias update.
+  AdamW opt(weights);
+  AdamWSettings s{config.train.lr, config.train.beta1, config.train.beta2, config.train.eps,
+                  config.train.weight_decay, config.train.clip};
+  // Bias update uses this step's routing, before parameters change.
+  for (auto& [name, bias] : weights.biases()) {
+    // name: model.layers.{l}.mlp.gate.e_score_correction_bias
+    int layer = std::stoi(name.substr(std::string("model.layers.").size()));
+    const RouterActivations* r = model.routing(layer);
+    if (!r) continue;
+    Tensor updated = bias->clone();
+    update_balance_bias(updated, r->load, config.train.bias_gamma);
+    if (expected.has("bias_after." + name))
+      check.exact("bias_after." + name, updated, as_f32(expected.get("bias_after." + name)));
+  }
+  double norm = opt.step(s, config.train.lr);
+  if (expected.has("grad_norm"))
+    check.add("grad_norm", scalar_rel(norm, as_f32(expected.get("grad_norm")).f32()[0]),
+              kForwardTol, "rel");
+  for (const auto& [name, v] : weights.named_tensors())
+    if (expected.has("adamw." + name))
+      check.tensor("adamw." + name, v, as_f32(expected.get("adamw." + name)), true);
+  write_dump();
+  return report;
+}
+
+}  // namespace dsv3
