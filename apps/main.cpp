@@ -5,6 +5,7 @@
 
 #include "command.h"
 #include "core/error.h"
+#include "core/threads.h"
 
 namespace dsv3::app {
 namespace {
@@ -25,6 +26,7 @@ Registrar::Registrar(std::string name, std::string description, Setup setup) {
 
 int main(int argc, char** argv) {
   using namespace dsv3::app;
+  dsv3::configure_runtime();
   CLI::App app{"dsv3: DeepSeek-V3 training and inference in C++"};
   app.require_subcommand(1);
   std::vector<std::pair<CLI::App*, Runner>> runners;

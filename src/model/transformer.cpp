@@ -19,6 +19,7 @@ struct MtpBuffers {
   Tensor x_in, x_out;      // [N, D] block input (eh_proj output) and output
   Tensor h, h_rstd_out;    // [N, D], [N] shared_head.norm(x_out): h^k
   Tensor logits;           // [N, V]
+  Tensor d_logits;         // [N, V] gradient of the loss, computed with the loss
   BlockActivations block;
 
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
@@ -37,6 +38,7 @@ struct MtpBuffers {
     h = a.alloc({n, d});
     h_rstd_out = a.alloc({n});
     logits = a.alloc({n, c.vocab_size});
+    d_logits = a.alloc({n, c.vocab_size});
   }
 };
 }  // namespace
@@ -49,9 +51,9 @@ struct Transformer::Buffers {
   Tensor h_final, rstd_final;      // [N, D], [N]
   Tensor logits;                   // [N, V]
   std::vector<std::unique_ptr<MtpBuffers>> mtp;
+  Tensor d_logits;                 // [N, V] gradient of the main loss, computed with the loss
   // Backward scratch.
   BlockScratch scratch;
-  Tensor d_logits;                 // [N, V]
   Tensor d_residual;               // [N, D]
   std::vector<Tensor> d_h;         // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
   Tensor d_cat;                    // [N, 2D]
@@ -130,7 +132,10 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
   int64_t main_count = 0;
   for (int64_t i = 0; i < n; ++i) main_count += b.labels.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
-  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f, nullptr) / double(main_count);
+  // The loss gradient is computed in the same pass as the loss (one sweep over the logits).
+  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count),
+                                   backward ? &b.d_logits : nullptr) /
+                double(main_count);
 
   // ---- Forward: MTP depths ----
   std::vector<int64_t> mtp_count(size_t(depths), 0);
@@ -156,9 +161,12 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
     ops::rmsnorm_forward(m.x_out, mw.shared_head_norm.value, eps, m.h, m.h_rstd_out);
     ops::linear_forward(m.h, w_.lm_head.value, m.logits);
     double ce = 0.0;
-    if (mtp_count[size_t(k - 1)] > 0)
-      ce = ops::cross_entropy(m.logits, m.targets.i32(), 1.0f, nullptr) /
-           double(mtp_count[size_t(k - 1)]);
+    if (mtp_count[size_t(k - 1)] > 0) {
+      const double count = double(mtp_count[size_t(k - 1)]);
+      const float scale = float(loss.mtp_lambda / depths / count);
+      ce = ops::cross_entropy(m.logits, m.targets.i32(), scale, backward ? &m.d_logits : nullptr) /
+           count;
+    }
     result.mtp.push_back(ce);
   }
   result.total = result.main + loss.balance_alpha * result.balance_sum;
@@ -171,12 +179,9 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
     MtpBuffers& m = *b.mtp[size_t(k - 1)];
     MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
-    if (mtp_count[size_t(k - 1)] > 0) {
-      float scale = loss.mtp_lambda / float(depths) / float(mtp_count[size_t(k - 1)]);
-      ops::cross_entropy(m.logits, m.targets.i32(), scale, &b.d_logits);
-      ops::linear_backward(m.h, w_.lm_head.value, b.d_logits, &b.d_h[size_t(k)],
+    if (mtp_count[size_t(k - 1)] > 0)
+      ops::linear_backward(m.h, w_.lm_head.value, m.d_logits, &b.d_h[size_t(k)],
                            &w_.lm_head.grad, true);
-    }
     ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
                           b.d_residual, mw.shared_head_norm.grad, false);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
@@ -191,7 +196,6 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
   }
 
   // ---- Backward: main head, final norm, blocks, embedding ----
-  ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count), &b.d_logits);
   ops::linear_backward(b.h_final, w_.lm_head.value, b.d_logits, &b.d_h[0], &w_.lm_head.grad,
                        true);
   ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,

@@ -1,7 +1,8 @@
-// Softmax cross-entropy over the vocabulary, with its gradient written in place if asked.
+// Softmax cross-entropy over the vocabulary, with its gradient in the same pass if asked.
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/fast_math.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -24,14 +25,25 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
       if (drow) std::fill(drow, drow + vocab, 0.0f);
       continue;
     }
-    float mx = *std::max_element(row, row + vocab);
-    double sum = 0.0;
-    for (int64_t j = 0; j < vocab; ++j) sum += std::exp(double(row[j] - mx));
-    double log_sum = std::log(sum) + mx;
-    total += log_sum - row[targets[r]];
+    float mx = row[0];
+    for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, row[j]);
+    // Sum in float lanes of 16 partial sums (vectorized), then in double.
+    float partial[16] = {};
     if (drow) {
-      float inv = float(1.0 / sum);
-      for (int64_t j = 0; j < vocab; ++j) drow[j] = std::exp(row[j] - mx) * inv * scale;
+      for (int64_t j = 0; j < vocab; ++j) {
+        float e = fast::exp(row[j] - mx);
+        drow[j] = e;
+        partial[j & 15] += e;
+      }
+    } else {
+      for (int64_t j = 0; j < vocab; ++j) partial[j & 15] += fast::exp(row[j] - mx);
+    }
+    double sum = 0.0;
+    for (float p : partial) sum += p;
+    total += std::log(sum) + mx - row[targets[r]];
+    if (drow) {
+      const float inv = float(1.0 / sum) * scale;
+      for (int64_t j = 0; j < vocab; ++j) drow[j] *= inv;
       drow[targets[r]] -= scale;
     }
   }
