@@ -1,0 +1,108 @@
+// Model parity against the independent float64 reference fixtures (tests/data/reference).
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "model/parity.h"
+#include "model/safetensors.h"
+#include "model/transformer.h"
+
+namespace {
+
+std::string fixture(const char* name) { return std::string(DSV3_TEST_DATA) + "/reference/" + name; }
+
+void expect_all_pass(const dsv3::ParityReport& r, size_t min_checks) {
+  EXPECT_GE(r.checks.size(), min_checks) << r.table();
+  EXPECT_TRUE(r.all_pass()) << r.table(true);
+}
+
+size_t count_prefix(const dsv3::ParityReport& r, const std::string& prefix) {
+  size_t n = 0;
+  for (const auto& c : r.checks) n += c.quantity.rfind(prefix, 0) == 0;
+  return n;
+}
+
+TEST(Parity, TinyV3ForwardBackward) {
+  auto r = dsv3::run_parity(fixture("tiny-v3"));
+  expect_all_pass(r, 150);
+  // Everything the fixture pins is actually compared.
+  EXPECT_EQ(count_prefix(r, "logits"), 1u);
+  EXPECT_EQ(count_prefix(r, "mtp_logits.1"), 1u);
+  EXPECT_EQ(count_prefix(r, "loss."), 4u);
+  EXPECT_EQ(count_prefix(r, "routing."), 9u);  // 3 MoE layers (2 main + 1 MTP) x 3
+  EXPECT_GT(count_prefix(r, "grad."), 100u);
+}
+
+TEST(Parity, TinyV2LiteForwardBackward) {
+  auto r = dsv3::run_parity(fixture("tiny-v2lite"));
+  expect_all_pass(r, 50);
+  EXPECT_EQ(count_prefix(r, "routing."), 3u);
+  EXPECT_EQ(count_prefix(r, "loss."), 3u);
+}
+
+TEST(Parity, TinyV3Bf16Weights) {
+  auto r = dsv3::run_parity(fixture("tiny-v3-bf16"));
+  expect_all_pass(r, 2);
+}
+
+TEST(Parity, WideV3Fp8BlockScaledWeights) {
+  auto r = dsv3::run_parity(fixture("wide-v3-fp8"));
+  expect_all_pass(r, 2);
+}
+
+TEST(Parity, V2LiteOptimizerStepAndGradNorm) {
+  auto r = dsv3::run_parity(fixture("tiny-v2lite"), "", true);
+  expect_all_pass(r, 100);
+  EXPECT_EQ(count_prefix(r, "grad_norm"), 1u);
+  EXPECT_GT(count_prefix(r, "adamw."), 30u);
+}
+
+TEST(Parity, TinyV3BiasUpdateIsExact) {
+  auto r = dsv3::run_parity(fixture("tiny-v3"), "", true);
+  EXPECT_EQ(count_prefix(r, "bias_after."), 3u);
+  for (const auto& c : r.checks)
+    if (c.quantity.rfind("bias_after.", 0) == 0 || c.quantity == "grad_norm")
+      EXPECT_TRUE(c.pass) << c.quantity << " error " << c.error;
+}
+
+// The checks must be able to fail: a fixture whose weights are perturbed fails parity.
+TEST(Parity, DetectsAPerturbedWeight) {
+  namespace fs = std::filesystem;
+  fs::path dir = fs::temp_directory_path() / "dsv3_parity_perturbed";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  for (const char* f : {"config.json", "batch.safetensors", "expected.safetensors"})
+    fs::copy_file(fs::path(fixture("tiny-v2lite")) / f, dir / f);
+  auto store = dsv3::WeightStore::open(fixture("tiny-v2lite") + "/model.safetensors");
+  std::vector<std::pair<std::string, dsv3::Tensor>> tensors;
+  for (const auto& name : store.names()) {
+    dsv3::Tensor t = store.get(name).clone();
+    if (name == "model.layers.1.self_attn.kv_a_layernorm.weight") t.f32()[3] *= 1.01f;
+    tensors.emplace_back(name, t);
+  }
+  dsv3::write_safetensors((dir / "model.safetensors").string(), tensors);
+  auto r = dsv3::run_parity(dir.string());
+  EXPECT_FALSE(r.all_pass());
+  fs::remove_all(dir);
+}
+
+// Gradients accumulate across steps until zeroed (the trainer's gradient accumulation).
+TEST(Transformer, GradientsAccumulateAcrossMicroBatches) {
+  auto config = dsv3::ModelConfig::load(fixture("tiny-v3"));
+  dsv3::ModelWeights w(config);
+  w.load(dsv3::WeightStore::open(fixture("tiny-v3") + "/model.safetensors"));
+  auto batch = dsv3::WeightStore::open(fixture("tiny-v3") + "/batch.safetensors");
+  dsv3::Tensor tokens = batch.get("tokens"), labels = batch.get("labels");
+  dsv3::Transformer model(w, tokens.dim(0), tokens.dim(1));
+  dsv3::LossWeights lw{0.3f, 0.01f};
+  w.zero_grads();
+  auto r1 = model.step(tokens.i32(), labels.i32(), lw, true);
+  dsv3::Tensor once = w.lm_head.grad.clone();
+  auto r2 = model.step(tokens.i32(), labels.i32(), lw, true);
+  EXPECT_EQ(r1.total, r2.total);  // deterministic
+  for (int64_t i = 0; i < once.numel(); ++i)
+    ASSERT_FLOAT_EQ(w.lm_head.grad.f32()[i], 2.0f * once.f32()[i]);
+}
+
+}  // namespace
