@@ -8,31 +8,43 @@ namespace dsv3 {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::F8E4M3: return 1;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::F8E4M3:
+      return 1;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 std::string_view dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::F8E4M3: return "F8_E4M3";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::F8E4M3:
+      return "F8_E4M3";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
 
 bool dtype_from_name(std::string_view name, DType* out) {
-  static constexpr DType all[] = {DType::F32, DType::BF16, DType::F16,
-                                  DType::F8E4M3, DType::I32, DType::I64};
+  static constexpr DType all[] = {DType::F32,    DType::BF16, DType::F16,
+                                  DType::F8E4M3, DType::I32,  DType::I64};
   for (DType d : all) {
     if (dtype_name(d) == name) {
       *out = d;

@@ -7,13 +7,12 @@
 
 namespace dsv3::ops {
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
-                     Tensor* d_logits) {
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r)
     DSV3_CHECK(targets[r] >= -1 && targets[r] < vocab,
-               "cross_entropy: target {} at row {} is outside the vocabulary of {}", targets[r],
-               r, vocab);
+               "cross_entropy: target {} at row {} is outside the vocabulary of {}", targets[r], r,
+               vocab);
   const float* lp = logits.f32();
   float* dp = d_logits ? d_logits->f32() : nullptr;
   double total = 0.0;
