@@ -75,11 +75,23 @@ float f16_to_f32(uint16_t h) {
 }
 
 uint16_t f32_to_f16(float f) {
-  // Round to nearest even through the hardware conversion.
-  _Float16 h = static_cast<_Float16>(f);
-  uint16_t bits;
-  std::memcpy(&bits, &h, 2);
-  return bits;
+  // Round to nearest even, in integer arithmetic: _Float16 is not available on x86 in every
+  // compiler dsv3 builds with (clang 14, used for the fuzz targets, lacks it).
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  auto sign = uint16_t((bits >> 16) & 0x8000u);
+  uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u)  // NaN: quiet, keeping the top of the payload
+    return uint16_t(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+  if (magnitude >= 0x477ff000u)  // >= 65520, halfway past the largest half (65504): infinity
+    return uint16_t(sign | 0x7c00u);
+  if (magnitude >= 0x38800000u) {  // normal half (>= 2^-14): rebias the exponent, round 13 bits
+    uint32_t v = magnitude - 0x38000000u;
+    return uint16_t(sign | ((v + 0xfffu + ((v >> 13) & 1u)) >> 13));
+  }
+  // Subnormal half: a multiple of 2^-24; scaling by 2^24 is exact and nearbyint rounds to even.
+  float units = std::nearbyint(std::fabs(f) * 16777216.0f);
+  return uint16_t(sign | uint16_t(units));
 }
 
 float f8e4m3_to_f32(uint8_t v) {
