@@ -12,14 +12,20 @@ AdamW::AdamW(ModelWeights& weights) : w_(weights) {
 }
 
 double AdamW::grad_norm() const {
+  // Fixed chunks summed in order: the same value for any thread count (resume is bit-exact).
+  constexpr int64_t kChunks = 64;
   double sum = 0.0;
   for (const auto& p : w_.params()) {
     const float* g = p.param->grad.f32();
     const int64_t n = p.param->grad.numel();
-    double local = 0.0;
-#pragma omp parallel for reduction(+ : local) schedule(static)
-    for (int64_t i = 0; i < n; ++i) local += double(g[i]) * g[i];
-    sum += local;
+    double partial[kChunks] = {};
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < kChunks; ++c) {
+      double local = 0.0;
+      for (int64_t i = n * c / kChunks; i < n * (c + 1) / kChunks; ++i) local += double(g[i]) * g[i];
+      partial[c] = local;
+    }
+    for (double v : partial) sum += v;
   }
   return std::sqrt(sum);
 }
