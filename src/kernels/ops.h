@@ -16,6 +16,10 @@ namespace dsv3::ops {
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 
+// Achieved float32 GEMM GFLOP/s on this machine with the current threads (a short, square
+// measurement): the peak that MFU estimates are taken against.
+double measure_gemm_gflops();
+
 // y[rows, out] = x[rows, in] W[out, in]^T
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 // d_x[rows, in] (= or +=) d_y W ; d_w[out, in] += d_y^T x

@@ -1,6 +1,10 @@
 // GEMM on the CPU through oneDNN's sgemm (row-major), and the linear layer built on it.
 #include <oneapi/dnnl/dnnl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -16,6 +20,20 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b,
                                 ldb, beta, c, ldc);
   DSV3_CHECK(st == dnnl_success, "gemm {}x{}x{} failed in oneDNN (status {})", m, n, k, int(st));
+}
+
+double measure_gemm_gflops() {
+  const int64_t n = 1024;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * double(n * n * n) / s / 1e9);
+  }
+  return best;
 }
 
 static void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* what) {
