@@ -209,7 +209,7 @@ std::vector<OpCase> build_op_cases() {
         return p;
       },
       [](const OpSet& o, Problem& p) { o.linear_forward(p["x"], p["w"], p["y"]); }, {"y"},
-      {kDot, kBf16Dot}, "a sum of `in` products", {256, 512, 512},
+      {kDot, kBf16Dot}, "a sum of `in` products", {128, 512, 512},
       [](const Dims& d) { return 2.0 * prod(d, {0, 1, 2}); },
       [](const Dims& d) { return 4.0 * (d[0] * d[1] + d[1] * d[2] + d[0] * d[2]); }});
 
@@ -240,7 +240,7 @@ std::vector<OpCase> build_op_cases() {
                           &p["d_w"], p.scalar("accumulate") != 0);
       },
       {"d_x", "d_w"}, {kDot, kBf16Dot}, "sums of `out` (d_x) and `rows` (d_w) products",
-      {256, 512, 512, 0, 1}, [](const Dims& d) { return 4.0 * prod(d, {0, 1, 2}); },
+      {128, 512, 512, 0, 1}, [](const Dims& d) { return 4.0 * prod(d, {0, 1, 2}); },
       [](const Dims& d) { return 4.0 * (2 * d[0] * d[1] + 2 * d[1] * d[2] + d[0] * d[2]); }});
 
   // RMSNorm: rows of very different scales (the norm must remove them).
@@ -338,7 +338,7 @@ std::vector<OpCase> build_op_cases() {
       },
       [](const OpSet& o, Problem& p) { o.swiglu_forward(p["gate_up"], p["h"]); }, {"h"},
       {kElementwise, kBf16Elementwise}, "a float32 exp and three products per element",
-      {4096, 1024}, [](const Dims& d) { return 0.0; },
+      {2048, 1024}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 12.0 * d[0] * d[1]; }});
 
   cases.push_back(OpCase{
@@ -354,7 +354,7 @@ std::vector<OpCase> build_op_cases() {
       [](const OpSet& o, Problem& p) { o.swiglu_backward(p["gate_up"], p["d_h"], p["d_gate_up"]); },
       {"d_gate_up"}, {{1e-5, 1e-6}, kBf16Elementwise},
       "a float32 exp and a handful of products per element; 1 - sig loses bits for large gates",
-      {4096, 1024}, [](const Dims& d) { return 0.0; },
+      {2048, 1024}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 20.0 * d[0] * d[1]; }});
 
   // Attention: seq 1, head dims that are no multiple of 16, MLA's 192/128 head dims.
@@ -436,7 +436,7 @@ std::vector<OpCase> build_op_cases() {
       },
       {"loss", "d_logits"}, {kElementwise, kBf16Elementwise},
       "the loss sums in float64 in both; the gradient is one float32 exp per element",
-      {256, 32000, 0, 0, 1}, [](const Dims& d) { return 0.0; },
+      {64, 32000, 0, 0, 1}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 8.0 * d[0] * d[1]; }});
 
   // Embedding: ids -1 (zero row) and repeated ids (the backward's scatter-add collides).
@@ -456,7 +456,7 @@ std::vector<OpCase> build_op_cases() {
       [](const OpSet& o, Problem& p) {
         o.embedding_forward(p["table"], p["ids"].i32(), p["ids"].numel(), p["out"]);
       },
-      {"out"}, {kExact, kExact}, "a copy", {32000, 1024, 2048}, [](const Dims& d) { return 0.0; },
+      {"out"}, {kExact, kExact}, "a copy", {8192, 1024, 2048}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 8.0 * d[1] * d[2]; }});
 
   cases.push_back(OpCase{
@@ -476,7 +476,7 @@ std::vector<OpCase> build_op_cases() {
         o.embedding_backward(p["ids"].i32(), p["ids"].numel(), p["d_out"], p["d_table"]);
       },
       {"d_table"}, {kDot, kBf16Dot}, "float32 sums of the rows sharing an id",
-      {32000, 1024, 2048}, [](const Dims& d) { return 0.0; },
+      {8192, 1024, 2048}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 12.0 * d[1] * d[2]; }});
 
   cases.push_back(OpCase{

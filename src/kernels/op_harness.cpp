@@ -168,10 +168,13 @@ TestResult run_test(const OpCase& c, Backend backend, const Dims& dims, uint64_t
 // ---- Perf mode ----
 
 namespace {
+// Seconds per call of f, over at least `min_reps` calls and `min_seconds`. With `warm_up`, one
+// untimed call first (first touch, caches, oneDNN's kernel selection); without, a first call
+// that alone takes min_seconds is the answer (the slow reference runs once).
 template <typename F>
-double seconds_per_call(F&& f, double min_seconds, int min_reps) {
+double seconds_per_call(F&& f, double min_seconds, int min_reps, bool warm_up) {
   using clock = std::chrono::steady_clock;
-  f();  // warm-up: first-touch, caches, oneDNN's kernel selection
+  if (warm_up) f();
   int reps = 0;
   auto start = clock::now();
   double elapsed = 0.0;
@@ -193,8 +196,8 @@ PerfResult run_perf(const OpCase& c, Backend backend, double min_seconds) {
   PerfResult r;
   // Ops that accumulate or work in place change their buffers between calls; the work per call
   // is the same, which is all that is timed here.
-  r.fast_s = seconds_per_call([&] { c.run(fast_ops(), dev); }, min_seconds, 3);
-  r.ref_s = seconds_per_call([&] { c.run(reference_ops(), ref); }, min_seconds / 2, 1);
+  r.fast_s = seconds_per_call([&] { c.run(fast_ops(), dev); }, min_seconds, 3, true);
+  r.ref_s = seconds_per_call([&] { c.run(reference_ops(), ref); }, min_seconds / 2, 1, false);
   r.flops = c.flops ? c.flops(c.bench) : 0.0;
   r.bytes = c.bytes ? c.bytes(c.bench) : 0.0;
   return r;

@@ -1,5 +1,6 @@
 // Reference embedding lookup and scatter-add gradient (id -1: zero row, no gradient), and the
 // elementwise add.
+#include <map>
 #include <vector>
 
 #include "kernels/reference.h"
@@ -22,12 +23,17 @@ void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t
 template <typename T>
 void embedding_backward(const int32_t* ids, int64_t rows, int64_t vocab, int64_t dim,
                         const T* d_out, T* d_table) {
-  std::vector<double> acc(d_table, d_table + vocab * dim);
+  // Each table row receives the float64 sum of the gradient rows carrying its id.
+  std::map<int32_t, std::vector<double>> sums;
   for (int64_t r = 0; r < rows; ++r) {
     if (ids[r] < 0) continue;
-    for (int64_t i = 0; i < dim; ++i) acc[size_t(int64_t(ids[r]) * dim + i)] += d_out[r * dim + i];
+    auto [it, fresh] = sums.try_emplace(ids[r], static_cast<size_t>(dim), 0.0);
+    if (fresh)
+      for (int64_t i = 0; i < dim; ++i) it->second[size_t(i)] = d_table[int64_t(ids[r]) * dim + i];
+    for (int64_t i = 0; i < dim; ++i) it->second[size_t(i)] += d_out[r * dim + i];
   }
-  for (int64_t i = 0; i < vocab * dim; ++i) d_table[i] = T(acc[size_t(i)]);
+  for (const auto& [id, sum] : sums)
+    for (int64_t i = 0; i < dim; ++i) d_table[int64_t(id) * dim + i] = T(sum[size_t(i)]);
 }
 
 template void embedding_forward<float>(const float*, int64_t, int64_t, const int32_t*, int64_t,
