@@ -121,13 +121,11 @@ Problem make_rope(const Dims& d, Rng& rng) {
   return p;
 }
 
-
 ops::RopeSlice rope_slice(const Problem& p) {
   const Tensor& x = p["x"];
   return ops::RopeSlice{x.dim(0), x.dim(1), x.dim(2), int64_t(p.scalar("offset")),
                         2 * p["cos"].dim(1)};
 }
-
 
 Problem make_attn(const Dims& d, Rng& rng) {
   const int64_t b = d[0], h = d[1], s = d[2], dq = d[3], dv = d[4];
@@ -138,7 +136,6 @@ Problem make_attn(const Dims& d, Rng& rng) {
   p.scalars["scale"] = 1.0 / std::sqrt(double(dq));
   return p;
 }
-
 
 // ---- Test and perf cases ----
 

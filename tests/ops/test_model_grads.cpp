@@ -121,6 +121,8 @@ struct MoeSetup {
   bool weights_cotangent;    // false: the loss is the balance term alone
 };
 
+void PrintTo(const MoeSetup& s, std::ostream* os) { *os << s.name; }
+
 ModelConfig small_moe(bool sigmoid_grouped) {
   ModelConfig c;
   c.hidden_size = 8;

@@ -54,6 +54,10 @@ struct OpParam {
   Backend backend;
 };
 
+void PrintTo(const OpParam& p, std::ostream* os) {
+  *os << op_cases()[p.index].name << " on " << backend_name(p.backend);
+}
+
 class OpTestMode : public ::testing::TestWithParam<OpParam> {};
 
 TEST_P(OpTestMode, FastMatchesReference) {
@@ -89,6 +93,11 @@ struct GradParam {
   bool reference;   // the reference backward (the oracle must be right too)
   Backend backend;  // else the fast backward on this backend
 };
+
+void PrintTo(const GradParam& p, std::ostream* os) {
+  *os << grad_cases()[p.index].name << " "
+      << (p.reference ? std::string("reference") : std::string(backend_name(p.backend)));
+}
 
 class OpGradMode : public ::testing::TestWithParam<GradParam> {};
 
