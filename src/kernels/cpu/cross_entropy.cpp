@@ -37,6 +37,7 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
       if (drow) std::fill(drow, drow + vocab, 0.0f);
       continue;
     }
+    const float target_logit = row[targets[r]];  // read first: d_logits may alias logits
     float mx = row[0];
     for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, row[j]);
     // Sum in float lanes of 16 partial sums (vectorized), then in double.
@@ -52,7 +53,7 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
     }
     double sum = 0.0;
     for (float p : partial) sum += p;
-    row_loss[r] = float(std::log(sum) + mx - row[targets[r]]);
+    row_loss[r] = float(std::log(sum) + mx - target_logit);
     if (drow) {
       const float inv = float(1.0 / sum) * scale;
       for (int64_t j = 0; j < vocab; ++j) drow[j] *= inv;
