@@ -70,6 +70,13 @@ bool flag(const json& object, const char* key) {
 
 std::atomic<uint64_t> next_serial{1};
 
+// A member by reference (json::value() would copy the 7 MB model), or null when absent.
+const json& member(const json& object, const char* key) {
+  static const json null_value;
+  auto it = object.find(key);
+  return it == object.end() ? null_value : *it;
+}
+
 // Pre-token -> ids, per thread: most pre-tokens of real text ("the", " of", ...) repeat, and a
 // lookup is far cheaper than the merge loop. Bounded; cleared when full.
 struct PieceCache {
@@ -119,17 +126,18 @@ Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& wh
   Tokenizer tok;
   tok.serial_ = next_serial++;
   try {
-    check_normalizer(spec.value("normalizer", json()), where);
-    check_decoder(spec.value("decoder", json()), where);
-    check_post_processor(spec.value("post_processor", json()), where);
-    tok.model_ = BpeModel::from_json(spec.value("model", json()));
-    tok.pre_tokenizer_ = PreTokenizer::from_json(spec.value("pre_tokenizer", json()));
+    check_normalizer(member(spec, "normalizer"), where);
+    check_decoder(member(spec, "decoder"), where);
+    check_post_processor(member(spec, "post_processor"), where);
+    tok.model_ = BpeModel::from_json(member(spec, "model"));
+    tok.pre_tokenizer_ = PreTokenizer::from_json(member(spec, "pre_tokenizer"));
 
     uint32_t max_id = 0;
     for (const auto& [token, id] : tok.model_.vocab()) max_id = std::max(max_id, id);
-    const json& added = spec.value("added_tokens", json::array());
-    if (!added.is_array()) fail("{}: added_tokens must be a list", where);
-    for (const json& entry : added) {
+    const json& added = member(spec, "added_tokens");
+    if (!added.is_null() && !added.is_array()) fail("{}: added_tokens must be a list", where);
+    static const json no_tokens = json::array();
+    for (const json& entry : added.is_array() ? added : no_tokens) {
       if (!entry.is_object() || !entry.contains("id") || !entry["id"].is_number_unsigned() ||
           !entry.contains("content") || !entry["content"].is_string())
         fail("{}: each added token needs an unsigned \"id\" and a string \"content\"", where);
