@@ -8,7 +8,7 @@ const path = require("path");
 
 async function main() {
   const [tokenizerPath, modulesDir] = process.argv.slice(2);
-  const { Tokenizer } = require(path.join(modulesDir, "tokenizers"));
+  const { Tokenizer } = require(path.resolve(modulesDir, "tokenizers"));
   const tokenizer = Tokenizer.fromFile(tokenizerPath);
   const lines = fs.readFileSync(0, "utf8").split("\n").filter((l) => l.length > 0);
   const out = [];

@@ -24,8 +24,10 @@ TEST(TokenizerDifferential, RandomUnicodeMatchesHuggingFace) {
   // Fragments of added tokens, whole and cut, so that matching inside text is exercised.
   std::vector<std::string> fragments = {"<｜User｜>", "<｜Assistant｜>", "<｜end▁of▁sentence｜>",
                                         "<｜tool▁sep｜>", "<｜User", "｜>", "<think>", "</think>"};
+  int count = 2000;  // DSV3_TOKENIZER_DIFF_COUNT runs a longer campaign
+  if (const char* n = std::getenv("DSV3_TOKENIZER_DIFF_COUNT")) count = std::atoi(n);
   std::vector<std::string> texts;
-  for (int i = 0; i < 2000; ++i) texts.push_back(random_text(rng, fragments));
+  for (int i = 0; i < count; ++i) texts.push_back(random_text(rng, fragments));
   auto expected = oracle_encode(deepseek_json(), texts);
 
   size_t mismatches = 0;
