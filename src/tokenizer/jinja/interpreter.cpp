@@ -134,6 +134,12 @@ class Interpreter {
     const Stmt* macro = &s;
     auto globals = scopes_.front();
     Value fn = Value::function([this, macro, globals](CallArgs& args) {
+      if (call_depth_ >= kMaxCallDepth) error(macro->line, "macro recursion too deep");
+      struct DepthGuard {
+        int& depth;
+        explicit DepthGuard(int& d) : depth(d) { ++depth; }
+        ~DepthGuard() { --depth; }
+      } guard(call_depth_);
       auto frame = std::make_shared<Scope>();
       for (size_t k = 0; k < macro->params.size(); ++k) {
         const auto& [param, fallback] = macro->params[k];
@@ -337,7 +343,9 @@ class Interpreter {
     return unsupported();
   }
 
+  static constexpr int kMaxCallDepth = 100;
   std::vector<std::shared_ptr<Scope>> scopes_;
+  int call_depth_ = 0;
 };
 
 }  // namespace

@@ -80,6 +80,11 @@ class Parser {
   }
 
   std::unique_ptr<Stmt> parse_statement(const std::string& keyword, int line) {
+    if (++block_depth_ > kMaxDepth) error("blocks nested too deeply");
+    struct Leave {
+      int& depth;
+      ~Leave() { --depth; }
+    } leave{block_depth_};
     auto s = std::make_unique<Stmt>();
     s->line = line;
     std::string stop;
@@ -294,6 +299,13 @@ class Parser {
     return left;
   }
   ExprPtr parse_unary(bool with_filter) {
+    // Every nesting level (parentheses, brackets, unary minus) passes through here.
+    struct DepthGuard {
+      int& depth;
+      explicit DepthGuard(int& d) : depth(d) { ++depth; }
+      ~DepthGuard() { --depth; }
+    } guard(depth_);
+    if (depth_ > kMaxDepth) error("expression nested too deeply");
     ExprPtr node;
     if (is_op("-") || is_op("+")) {
       bool negate = next().text == "-";
@@ -462,8 +474,11 @@ class Parser {
     }
   }
 
+  static constexpr int kMaxDepth = 200;
   std::vector<Token> tokens_;
   size_t pos_ = 0;
+  int depth_ = 0;
+  int block_depth_ = 0;
 };
 
 }  // namespace
