@@ -111,7 +111,11 @@ def main():
     step_s = fwd + bwd
     print(f"mean over {len(fwd_times)} steps: forward {1e3 * fwd:.1f} ms ({B * T / fwd:.0f} tokens/s), "
           f"backward {1e3 * bwd:.1f} ms, step {1e3 * step_s:.1f} ms")
-    print(f"load average {os.getloadavg()[0]:.2f} at end")
+    totals = sorted(f + b for f, b in zip(fwd_times, bwd_times))
+    med = totals[len(totals) // 2]
+    print(f"median step {1e3 * med:.1f} ms ({B * T / med:.1f} tokens/s), fastest "
+          f"{1e3 * totals[0]:.1f} ms, slowest {1e3 * totals[-1]:.1f} ms; "
+          f"load average {os.getloadavg()[0]:.2f} at end")
     print(f"pytorch train-step: batch={B} seq={T} threads={args.threads} "
           f"step_ms={1e3 * step_s:.1f} tokens/s={B * T / step_s:.1f}")
 
