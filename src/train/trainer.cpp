@@ -272,8 +272,9 @@ TrainOutcome train(const TrainSettings& s) {
     std::fflush(stdout);
     out.steps_done = step + 1;
     const bool last = step + 1 == s.steps;
-    if ((s.save_every > 0 && (step + 1) % s.save_every == 0) || last || g_stop_requested) save(step + 1);
-    if (g_stop_requested && !last) {
+    const bool stop = g_stop_requested || step + 1 == s.stop_after;
+    if ((s.save_every > 0 && (step + 1) % s.save_every == 0) || last || stop) save(step + 1);
+    if (stop && !last) {
       std::printf("%sinterrupted: saved %s; continue with --resume\n", tty ? "\n" : "",
                   out.last_checkpoint.c_str());
       break;

@@ -41,6 +41,7 @@ struct TrainSettings {
   int max_bad_steps = 5;        // consecutive non-finite steps before the run stops
   uint64_t seed = 1234;
   bool resume = false;
+  int64_t stop_after = -1;      // stop (with a checkpoint) after this step, as an interruption would
   int threads = 0;
 };
 
