@@ -152,8 +152,12 @@ TEST(DataLoader, RestoreRefusesAnotherDatasetOrFimSetting) {
   EXPECT_ERROR_HAS(other_fim.restore(s), "other FIM settings");
   BatchLoader validation(p.data, "validation", 8, 1, tiny_fim());
   EXPECT_ERROR_HAS(validation.restore(s), "saved for split \"train\"");
+  std::vector<int32_t> t(8), l(8);
+  a.next(1, t.data(), l.data());
+  const nlohmann::json before = a.state();
   s["offset"] = 100000;
   EXPECT_ERROR_HAS(a.restore(s), "past the end of the current document");
+  EXPECT_EQ(a.state(), before);  // a refused state leaves the loader as it was
   EXPECT_ERROR_HAS(a.restore(nlohmann::json{{"x", 1}}), "not a dsv3 batch loader state");
 }
 

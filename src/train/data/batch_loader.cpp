@@ -163,13 +163,21 @@ void BatchLoader::restore(const json& state) {
                   offset = state.at("offset").get<int64_t>();
     DSV3_CHECK(epoch >= 0 && position >= 0 && position < documents() && offset >= 0,
                "{}: cursor out of range (epoch {}, position {}, offset {})", where, epoch, position, offset);
+    const uint64_t old_seed = seed_;
+    const int64_t old_epoch = epoch_, old_position = position_, old_offset = offset_;
     seed_ = state.at("seed").get<uint64_t>();
     epoch_ = epoch;
     position_ = position;
     offset_ = 0;
     perm_epoch_ = doc_epoch_ = doc_position_ = -1;
-    DSV3_CHECK(offset < static_cast<int64_t>(current_document().size()),
-               "{}: offset {} is past the end of the current document", where, offset);
+    if (offset >= static_cast<int64_t>(current_document().size())) {
+      seed_ = old_seed;  // leave the loader as it was
+      epoch_ = old_epoch;
+      position_ = old_position;
+      offset_ = old_offset;
+      perm_epoch_ = doc_epoch_ = doc_position_ = -1;
+      fail("{}: offset {} is past the end of the current document", where, offset);
+    }
     offset_ = offset;
   } catch (const json::exception& e) {
     fail("{}: malformed: {}", where, e.what());
