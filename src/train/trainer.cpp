@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -62,17 +63,47 @@ nlohmann::json run_identity(const TrainSettings& s) {
           {"mtp_lambda", s.mtp_lambda}, {"seed", s.seed}};
 }
 
-double validation_loss(Transformer& model, const TrainSettings& s, const LossWeights& lw,
-                       int64_t batches) {
+struct Validation {
+  double loss = 0;          // main next-token cross-entropy
+  double accuracy = 0;      // main head: top-1 accuracy of the next token
+  double mtp_accuracy = 0;  // MTP depth 1: top-1 accuracy of the token after next (-1: no MTP)
+};
+
+// Top-1 accuracy of logits [rows, vocab] against targets (-1: not counted).
+void count_correct(const Tensor& logits, const int32_t* targets, int64_t* correct, int64_t* total) {
+  const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] < 0) continue;
+    const float* row = logits.f32() + r * vocab;
+    *correct += std::max_element(row, row + vocab) - row == targets[r];
+    ++*total;
+  }
+}
+
+Validation validate(Transformer& model, const TrainSettings& s, const LossWeights& lw,
+                    int64_t batches) {
   // A fresh loader each time: every evaluation sees the same validation windows.
   BatchLoader val(s.data_dir, "validation", s.seq, s.seed, FimSettings{0.0});
-  std::vector<int32_t> tokens(size_t(s.micro_batch * s.seq)), labels(tokens.size());
-  double sum = 0;
+  std::vector<int32_t> tokens(size_t(s.micro_batch * s.seq)), labels(tokens.size()),
+      next_next(tokens.size());
+  Validation v;
+  int64_t correct = 0, total = 0, mtp_correct = 0, mtp_total = 0;
   for (int64_t i = 0; i < batches; ++i) {
     val.next(s.micro_batch, tokens.data(), labels.data());
-    sum += model.step(tokens.data(), labels.data(), lw, false).main;
+    v.loss += model.step(tokens.data(), labels.data(), lw, false).main;
+    count_correct(model.logits(), labels.data(), &correct, &total);
+    if (s.model.num_nextn_predict_layers > 0) {
+      // Depth 1 at position i predicts the label of position i + 1 (the token after next).
+      for (int64_t b = 0; b < s.micro_batch; ++b)
+        for (int64_t t = 0; t < s.seq; ++t)
+          next_next[size_t(b * s.seq + t)] = t + 1 < s.seq ? labels[size_t(b * s.seq + t + 1)] : -1;
+      count_correct(model.mtp_logits(1), next_next.data(), &mtp_correct, &mtp_total);
+    }
   }
-  return sum / double(batches);
+  v.loss /= double(batches);
+  v.accuracy = double(correct) / double(std::max<int64_t>(total, 1));
+  v.mtp_accuracy = mtp_total ? double(mtp_correct) / double(mtp_total) : -1.0;
+  return v;
 }
 
 }  // namespace
@@ -252,10 +283,12 @@ TrainOutcome train(const TrainSettings& s) {
 
     const bool eval_now = s.eval_every > 0 && ((step + 1) % s.eval_every == 0 || step + 1 == s.steps);
     if (eval_now) {
-      double val = validation_loss(model, s, lw, s.eval_batches);
-      rec["val_loss"] = val;
-      rec["val_ppl"] = std::exp(val);
-      out.last_val_loss = val;
+      Validation v = validate(model, s, lw, s.eval_batches);
+      rec["val_loss"] = v.loss;
+      rec["val_ppl"] = std::exp(v.loss);
+      rec["val_acc"] = v.accuracy;
+      if (v.mtp_accuracy >= 0) rec["val_mtp_acc"] = v.mtp_accuracy;
+      out.last_val_loss = v.loss;
     }
     log.write(rec);
     std::string line = fmt::format(
