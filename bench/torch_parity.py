@@ -1,7 +1,7 @@
 """Check the PyTorch baseline (torch_model.py) against the reference fixtures.
 
 Usage: python3 bench/torch_parity.py [FIXTURE_DIR ...]
-       (default: ../shared/reference/tiny-v3 and tiny-v2lite beside the repository)
+       (default: tests/data/reference/tiny-v3 and tiny-v2lite)
 
 Runs each fixture in float64 and in float32 and compares logits, MTP logits, losses, routing and
 every gradient with expected.safetensors. Logits/losses: max|diff|/max|ref|; gradients:
@@ -91,7 +91,7 @@ def run_case(path, dtype):
 
 def main(argv):
     here = os.path.dirname(os.path.abspath(__file__))
-    default_root = os.path.normpath(os.path.join(here, "..", "..", "shared", "reference"))
+    default_root = os.path.normpath(os.path.join(here, "..", "tests", "data", "reference"))
     cases = argv or [os.path.join(default_root, c) for c in ("tiny-v3", "tiny-v2lite")]
     failed = False
     for path in cases:
