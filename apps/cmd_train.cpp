@@ -84,6 +84,9 @@ dsv3::app::Registrar reg(
       sub.add_option("--log-every", s.log_every, "Progress line every N steps (no TTY)")
           ->capture_default_str();
       sub.add_option("--seed", s.seed, "Seed for weights and data order")->capture_default_str();
+      sub.add_option("--max-bad-steps", s.max_bad_steps,
+                     "Consecutive non-finite steps that stop the run")
+          ->capture_default_str();
       sub.add_flag("--resume", s.resume, "Continue the run in --out from its last checkpoint");
       sub.add_option("--threads", s.threads, "CPU threads (default: all)");
       return [o]() { return run(*o); };
