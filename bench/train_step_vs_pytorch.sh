@@ -11,6 +11,7 @@ SEQ=${3:-256}
 THREADS=${4:-2}
 ROUNDS=${5:-2}
 DSV3=${DSV3:-./build/dsv3}
+bash bench/setup.sh
 echo "config=$CONFIG batch=$BATCH seq=$SEQ threads=$THREADS load=$(cut -d' ' -f1-3 /proc/loadavg)"
 best_dsv3=0
 best_torch=0

@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
-  libdnnl-dev libopenblas-dev libopenblas0-openmp libzstd-dev
+  libdnnl-dev libopenblas-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy python3-torch python3-jinja2 gnuplot-nox nodejs npm
+  python3 python3-jinja2 gnuplot-nox nodejs npm
 )
 
 missing=()
