@@ -6,6 +6,7 @@
 
 #include "core/error.h"
 #include "train/checkpoint.h"
+#include "train/data/atomic_file.h"
 
 namespace dsv3 {
 
@@ -25,7 +26,7 @@ MetricsLog::MetricsLog(const std::string& run_dir, int64_t keep_through) {
   // Rewrite the kept records atomically, then append from there.
   std::string text;
   for (const auto& line : kept) text += line + "\n";
-  write_file_atomic(path, text);
+  write_file_atomically(path, text);
   file_ = std::fopen(path.c_str(), "a");
   DSV3_CHECK(file_ != nullptr, "{}: cannot open the metrics log", path);
 }

@@ -19,6 +19,7 @@
 #include "model/transformer.h"
 #include "train/adamw.h"
 #include "train/checkpoint.h"
+#include "train/data/atomic_file.h"
 #include "tokenizer/tokenizer.h"
 #include "train/data/batch_loader.h"
 #include "train/data/hash.h"
@@ -162,7 +163,7 @@ TrainOutcome train(const TrainSettings& s) {
                s.run_dir);
     weights.init_random(s.seed, float(s.init_std));
     // The model config of the run, for dsv3 generate and for other tools.
-    write_file_atomic((fs::path(s.run_dir) / "config.json").string(), c.to_json().dump(2) + "\n");
+    write_file_atomically((fs::path(s.run_dir) / "config.json").string(), c.to_json().dump(2) + "\n");
   }
   nlohmann::json identity = run_identity(s);
   MetricsLog log(s.run_dir, s.resume ? start_step : -1);
