@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
 #include "tokenizer/piece_cache.h"
+#include "tokenizer/tokenizer_json.h"
 #include "tokenizer/utf8.h"
 
 namespace dsv3::tok {
@@ -101,12 +102,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
 
 Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& where,
                                     const std::optional<TokenizerConfig>& config) {
-  json spec;
-  try {
-    spec = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("{}: not valid JSON ({})", where, e.what());
-  }
+  TokenizerJson parsed = parse_tokenizer_json(text, where);
+  const json& spec = parsed.rest;
   if (!spec.is_object()) fail("{}: expected a JSON object", where);
 
   Tokenizer tok;
@@ -115,7 +112,10 @@ Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& wh
     check_normalizer(member(spec, "normalizer"), where);
     check_decoder(member(spec, "decoder"), where);
     check_post_processor(member(spec, "post_processor"), where);
-    tok.model_ = BpeModel::from_json(member(spec, "model"));
+    const json& model = member(spec, "model");
+    if (model.is_object() && (!parsed.has_vocab || !parsed.has_merges))
+      fail("{}: model needs \"vocab\" and \"merges\"", where);
+    tok.model_ = BpeModel::from_parts(model, std::move(parsed.vocab), parsed.merges);
     tok.pre_tokenizer_ = PreTokenizer::from_json(member(spec, "pre_tokenizer"));
 
     uint32_t max_id = 0;
