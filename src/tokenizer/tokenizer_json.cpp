@@ -53,7 +53,7 @@ class Handler {
       return true;
     }
     check_not_captured("an object");
-    ++depth_;
+    enter();
     return dom_.start_object(n);
   }
   bool key(std::string& k) {
@@ -89,7 +89,7 @@ class Handler {
       return true;
     }
     check_not_captured("a list");
-    ++depth_;
+    enter();
     return dom_.start_array(n);
   }
   bool end_array() {
@@ -113,6 +113,13 @@ class Handler {
 
  private:
   enum class Capture { None, VocabPending, Vocab, MergesPending, Merges };
+  // Real files nest a few levels; the components are built recursively, so a hostile file must
+  // not nest deep enough to exhaust the stack.
+  static constexpr int kMaxDepth = 128;
+
+  void enter() {
+    if (++depth_ > kMaxDepth) fail("{}: nested more than {} levels", where_, kMaxDepth);
+  }
 
   template <typename Forward>
   bool value(const char* what, Forward forward) {
