@@ -9,6 +9,8 @@
 
 namespace dsv3::tok::jinja {
 
+void Value::too_large() { fail("chat template: a string grew past {} bytes", kMaxStringBytes); }
+
 Value::Value(List l) : kind_(Kind::List) {
   for (const Value& v : l) depth_ = std::max(depth_, v.depth_ + 1);
   if (depth_ > kMaxNesting) fail("chat template: lists and dicts nested more than {} levels", kMaxNesting);
@@ -186,6 +188,7 @@ void to_json_into(const Value& v, std::string& out, int indent, int depth) {
         first = false;
         newline(depth + 1);
         to_json_into(item, out, indent, depth + 1);
+        Value::check_size(out);
       }
       newline(depth);
       out += ']';
@@ -207,6 +210,7 @@ void to_json_into(const Value& v, std::string& out, int indent, int depth) {
         json_string(out, item->first);
         out += ": ";
         to_json_into(item->second, out, indent, depth + 1);
+        Value::check_size(out);
       }
       newline(depth);
       out += '}';
@@ -231,14 +235,19 @@ std::string Value::repr_at(int depth) const {
     case Kind::String: return python_string_repr(*string_);
     case Kind::List: {
       std::string out = "[";
-      for (size_t i = 0; i < list_->size(); ++i) out += (i ? ", " : "") + (*list_)[i].repr_at(depth + 1);
+      for (size_t i = 0; i < list_->size(); ++i) {
+        out += (i ? ", " : "") + (*list_)[i].repr_at(depth + 1);
+        check_size(out);
+      }
       return out + "]";
     }
     case Kind::Dict:
     case Kind::Namespace: {
       std::string out = kind_ == Kind::Namespace ? "<Namespace {" : "{";
-      for (size_t i = 0; i < dict_->size(); ++i)
+      for (size_t i = 0; i < dict_->size(); ++i) {
         out += (i ? ", " : "") + python_string_repr((*dict_)[i].first) + ": " + (*dict_)[i].second.repr_at(depth + 1);
+        check_size(out);
+      }
       return out + (kind_ == Kind::Namespace ? "}>" : "}");
     }
     case Kind::Function: return "<function>";

@@ -40,6 +40,13 @@ class Value {
   // comparing and freeing values recurse, so a template that nests lists in a loop must get an
   // error instead of exhausting the stack.
   static constexpr int kMaxNesting = 512;
+  // Largest string a template may build (join, replace, repr, tojson, repetition): past it,
+  // rendering is an error rather than an allocation failure.
+  static constexpr size_t kMaxStringBytes = 64u << 20;
+  static void check_size(const std::string& s) {
+    if (s.size() > kMaxStringBytes) too_large();
+  }
+  [[noreturn]] static void too_large();
   Value(List l);
   Value(Dict d);
   static Value make_namespace(Dict d) {
