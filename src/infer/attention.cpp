@@ -7,6 +7,54 @@
 
 namespace dsv3::infer {
 
+namespace {
+// Scores of m query rows against cache rows [0, start + t] (row t), scaled; the same arithmetic
+// for any m, so a token's scores do not depend on the rows beside it.
+void scores_rows(const float* q, int64_t ldq, int64_t m, const float* kv, int64_t w,
+                 int64_t start, float scale, float* sc, int64_t ldsc) {
+  for (int64_t t = 0; t < m; ++t) {
+    const float* qt = q + t * ldq;
+    for (int64_t j = 0; j <= start + t; ++j) {
+      const float* kj = kv + j * w;
+      float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+      for (int64_t c = 0; c < w; ++c) dot += qt[c] * kj[c];
+      sc[t * ldsc + j] = scale * dot;
+    }
+  }
+}
+
+// Softmax of each row t over its causal window [0, start + t]; the rest of the row is zeroed.
+void softmax_causal(float* sc, int64_t m, int64_t ctx, int64_t start) {
+  for (int64_t t = 0; t < m; ++t) {
+    float* row = sc + t * ctx;
+    const int64_t valid = start + t + 1;
+    float mx = row[0];
+    for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < valid; ++j) sum += (row[j] = std::exp(row[j] - mx));
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
+    for (int64_t j = valid; j < ctx; ++j) row[j] = 0.0f;
+  }
+}
+
+// out[t] = sum over the causal window of p[t, j] * latent_j (the first r values of cache row j).
+void weighted_latent(const float* p, int64_t m, int64_t ctx, int64_t start, const float* kv,
+                     int64_t w, int64_t r, float* out, int64_t ldo) {
+  for (int64_t t = 0; t < m; ++t) {
+    float* o = out + t * ldo;
+    for (int64_t c = 0; c < r; ++c) o[c] = 0.0f;
+    for (int64_t j = 0; j <= start + t; ++j) {
+      const float pj = p[t * ctx + j];
+      const float* kj = kv + j * w;
+#pragma omp simd
+      for (int64_t c = 0; c < r; ++c) o[c] += pj * kj[c];
+    }
+  }
+}
+}  // namespace
+
 void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<const Chunk> chunks,
                        const float* xn, float* out) {
   const ModelConfig& c = config();
@@ -69,24 +117,21 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     const int64_t start = ch.cache->len(), m = ch.n, ctx = start + m;
     const float* kv = ch.cache->read(cache_layer, int(ctx), grow(s.kv_read, ctx * w));
     float* scores = grow(s.scores, h * m * ctx);
+    const bool small = m <= kSmallRows;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < h; ++i) {
       float* sc = scores + i * m * ctx;
-      ops::gemm(false, true, m, ctx, w, scale, qcat + (row0 * h + i) * w, h * w, kv, w, 0.0f,
-                sc, ctx);
-      for (int64_t t = 0; t < m; ++t) {
-        float* row = sc + t * ctx;
-        const int64_t valid = start + t + 1;  // causal: positions <= this token's
-        float mx = row[0];
-        for (int64_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < valid; ++j) sum += (row[j] = std::exp(row[j] - mx));
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < valid; ++j) row[j] *= inv;
-        for (int64_t j = valid; j < ctx; ++j) row[j] = 0.0f;
-      }
-      ops::gemm(false, false, m, r, ctx, 1.0f, sc, ctx, kv, w, 0.0f, olat + (row0 * h + i) * r,
-                h * r);
+      if (small)
+        scores_rows(qcat + (row0 * h + i) * w, h * w, m, kv, w, start, scale, sc, ctx);
+      else
+        ops::gemm(false, true, m, ctx, w, scale, qcat + (row0 * h + i) * w, h * w, kv, w, 0.0f,
+                  sc, ctx);
+      softmax_causal(sc, m, ctx, start);
+      if (small)
+        weighted_latent(sc, m, ctx, start, kv, w, r, olat + (row0 * h + i) * r, h * r);
+      else
+        ops::gemm(false, false, m, r, ctx, 1.0f, sc, ctx, kv, w, 0.0f, olat + (row0 * h + i) * r,
+                  h * r);
     }
     row0 += m;
   }

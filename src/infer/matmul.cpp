@@ -43,10 +43,18 @@ inline __m512 load_bf16_masked(const uint16_t* p, __mmask16 mask) {
       _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
 }
 
+inline __m512 load_w(const uint16_t* p) { return load_bf16(p); }
+inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) { return load_bf16_masked(p, m); }
+inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_w_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
 // Output rows [r0, r1) of y[M, n] = x[M, k] . w^T. RB weight rows are processed together so
 // that each activation vector loaded serves RB rows; RB * M accumulators stay in registers.
-template <int M, int RB>
-void gemv_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ld, int64_t k, int64_t r0,
+// Each output element is summed in the same order whatever M and RB are, so a row's result
+// does not depend on which other rows share the call (decode, verification and batches agree
+// bit for bit).
+template <int M, int RB, typename W>
+void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, int64_t r0,
                 int64_t r1, float* y, int64_t ldy, bool accumulate) {
   const int64_t k16 = k / 16 * 16;
   const __mmask16 tail = __mmask16((1u << (k - k16)) - 1u);
@@ -57,7 +65,7 @@ void gemv_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ld, int6
       for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
     for (int64_t kk = 0; kk < k16; kk += 16) {
       __m512 wv[RB];
-      for (int a = 0; a < RB; ++a) wv[a] = load_bf16(w + (r + a) * ld + kk);
+      for (int a = 0; a < RB; ++a) wv[a] = load_w(w + (r + a) * ld + kk);
       for (int i = 0; i < M; ++i) {
         __m512 xv = _mm512_loadu_ps(x + i * ldx + kk);
         for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
@@ -65,7 +73,7 @@ void gemv_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ld, int6
     }
     if (k16 < k) {
       __m512 wv[RB];
-      for (int a = 0; a < RB; ++a) wv[a] = load_bf16_masked(w + (r + a) * ld + k16, tail);
+      for (int a = 0; a < RB; ++a) wv[a] = load_w_masked(w + (r + a) * ld + k16, tail);
       for (int i = 0; i < M; ++i) {
         __m512 xv = _mm512_maskz_loadu_ps(tail, x + i * ldx + k16);
         for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
@@ -83,11 +91,10 @@ void gemv_block(const float* x, int64_t ldx, const uint16_t* w, int64_t ld, int6
   }
 }
 
-template <int M>
-void gemv_bf16(const float* x, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
-               bool accumulate) {
+template <int M, typename W>
+void gemv(const float* x, int64_t ldx, const MatRef& w, float* y, int64_t ldy, bool accumulate) {
   constexpr int RB = M == 1 ? 4 : M == 2 ? 4 : M <= 4 ? 2 : 1;
-  const uint16_t* wp = static_cast<const uint16_t*>(w.data);
+  const W* wp = static_cast<const W*>(w.data);
   const int64_t n = w.rows, k = w.cols;
   // Split the rows in chunks of 16 (a multiple of RB) over the threads.
   const int64_t chunk = 16, chunks = (n + chunk - 1) / chunk;
@@ -99,17 +106,18 @@ void gemv_bf16(const float* x, int64_t ldx, const MatRef& w, float* y, int64_t l
   }
 }
 
-void small_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
+template <typename W>
+void small_rows(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
                 bool accumulate) {
   switch (m) {
-    case 1: return gemv_bf16<1>(x, ldx, w, y, ldy, accumulate);
-    case 2: return gemv_bf16<2>(x, ldx, w, y, ldy, accumulate);
-    case 3: return gemv_bf16<3>(x, ldx, w, y, ldy, accumulate);
-    case 4: return gemv_bf16<4>(x, ldx, w, y, ldy, accumulate);
-    case 5: return gemv_bf16<5>(x, ldx, w, y, ldy, accumulate);
-    case 6: return gemv_bf16<6>(x, ldx, w, y, ldy, accumulate);
-    case 7: return gemv_bf16<7>(x, ldx, w, y, ldy, accumulate);
-    default: return gemv_bf16<8>(x, ldx, w, y, ldy, accumulate);
+    case 1: return gemv<1, W>(x, ldx, w, y, ldy, accumulate);
+    case 2: return gemv<2, W>(x, ldx, w, y, ldy, accumulate);
+    case 3: return gemv<3, W>(x, ldx, w, y, ldy, accumulate);
+    case 4: return gemv<4, W>(x, ldx, w, y, ldy, accumulate);
+    case 5: return gemv<5, W>(x, ldx, w, y, ldy, accumulate);
+    case 6: return gemv<6, W>(x, ldx, w, y, ldy, accumulate);
+    case 7: return gemv<7, W>(x, ldx, w, y, ldy, accumulate);
+    default: return gemv<8, W>(x, ldx, w, y, ldy, accumulate);
   }
 }
 
@@ -169,18 +177,32 @@ void matmul_wt(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y
                bool accumulate) {
   if (m == 0 || w.rows == 0) return;
   if (w.dtype == DType::F32) {
+    if (m <= kSmallRows) return small_rows<float>(x, m, ldx, w, y, ldy, accumulate);
     ops::gemm(false, true, m, w.rows, w.cols, 1.0f, x, ldx, static_cast<const float*>(w.data),
               w.ld, accumulate ? 1.0f : 0.0f, y, ldy);
     return;
   }
   DSV3_CHECK(w.dtype == DType::BF16, "matmul: weights of dtype {} are not supported",
              dtype_name(w.dtype));
-  if (m <= kSmallRows) return small_bf16(x, m, ldx, w, y, ldy, accumulate);
+  if (m <= kSmallRows) return small_rows<uint16_t>(x, m, ldx, w, y, ldy, accumulate);
   large_bf16(x, m, ldx, w, y, ldy, accumulate);
 }
 
 void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy) {
   if (m == 0 || w.cols == 0) return;
+  if (w.dtype == DType::F32 && m <= kSmallRows) {
+    const float* wp = static_cast<const float*>(w.data);
+    for (int64_t i = 0; i < m; ++i) {
+      float* yi = y + i * ldy;
+      for (int64_t c = 0; c < w.cols; ++c) yi[c] = 0.0f;
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const float a = x[i * ldx + r];
+        const float* wr = wp + r * w.ld;
+        for (int64_t c = 0; c < w.cols; ++c) yi[c] += a * wr[c];
+      }
+    }
+    return;
+  }
   if (w.dtype == DType::F32) {
     ops::gemm(false, false, m, w.cols, w.rows, 1.0f, x, ldx, static_cast<const float*>(w.data),
               w.ld, 0.0f, y, ldy);

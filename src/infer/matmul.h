@@ -7,7 +7,9 @@
 //     activation row in F32 (no rounding of the activations);
 //   many rows (prefill): oneDNN's BF16 matmul (activations rounded to BF16, F32 accumulation,
 //     AVX512-BF16 instructions), primitives cached by shape;
-//   F32 weights: oneDNN sgemm.
+//   F32 weights: the same streaming kernel for few rows, oneDNN sgemm for many.
+// Up to kSmallRows rows, every output element is computed the same way whatever the row count,
+// so a token's logits do not depend on which other tokens share the pass.
 #include <cstdint>
 
 #include "core/tensor.h"
