@@ -31,10 +31,11 @@ int run(const Options& o) {
   dsv3::LossWeights loss{float(c.train.mtp_lambda), float(c.train.balance_alpha)};
   dsv3::StepFlops flops = dsv3::training_step_flops(c, o.batch, o.seq);
 
-  std::printf("config: %s  params=%.1fM active=%.1fM  batch=%d seq=%d threads=%d  "
-              "activations=%.0f MiB\n",
-              o.config.c_str(), c.parameter_count() / 1e6, c.active_parameter_count() / 1e6,
-              o.batch, o.seq, dsv3::num_threads(), model.activation_bytes() / 1048576.0);
+  std::printf(
+      "config: %s  params=%.1fM active=%.1fM  batch=%d seq=%d threads=%d  "
+      "activations=%.0f MiB\n",
+      o.config.c_str(), c.parameter_count() / 1e6, c.active_parameter_count() / 1e6, o.batch, o.seq,
+      dsv3::num_threads(), model.activation_bytes() / 1048576.0);
   double total = 0;
   for (int i = 0; i < o.warmup + o.steps; ++i) {
     auto t0 = clock::now();
@@ -48,10 +49,11 @@ int run(const Options& o) {
   }
   double per_step = total / o.steps;
   double tokens_per_s = double(o.batch) * o.seq / per_step;
-  std::printf("forward+backward: %.1f ms/step  model GFLOP/step=%.2f (matmul %.2f, attention "
-              "%.2f)  GFLOP/s=%.1f\n",
-              per_step * 1e3, flops.total() / 1e9, flops.matmul / 1e9, flops.attention / 1e9,
-              flops.total() / per_step / 1e9);
+  std::printf(
+      "forward+backward: %.1f ms/step  model GFLOP/step=%.2f (matmul %.2f, attention "
+      "%.2f)  GFLOP/s=%.1f\n",
+      per_step * 1e3, flops.total() / 1e9, flops.matmul / 1e9, flops.attention / 1e9,
+      flops.total() / per_step / 1e9);
   std::printf("tokens/s=%.1f\n", tokens_per_s);
   return 0;
 }

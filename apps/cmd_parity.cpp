@@ -20,12 +20,17 @@ dsv3::app::Registrar reg(
     "parity", "Check logits, losses, routing, gradients and an optimizer step against fixtures",
     [](CLI::App& sub) {
       auto o = std::make_shared<Options>();
-      sub.add_option("dirs", o->dirs, "Fixture folders (config.json, model/batch/expected.safetensors)")
+      sub.add_option("dirs", o->dirs,
+                     "Fixture folders (config.json, model/batch/expected.safetensors)")
           ->required();
       sub.add_flag("--failures-only", o->failures_only, "Print only the failing rows");
-      sub.add_option("--dump", o->dump, "Write the computed logits and gradients to this safetensors file (one fixture)");
-      sub.add_flag("--optimizer", o->optimizer, "Also check grad_norm, one AdamW step and the bias update");
-      sub.add_flag("--no-decode", o->no_decode, "Skip the inference checks (token-by-token decode through the latent cache)");
+      sub.add_option(
+          "--dump", o->dump,
+          "Write the computed logits and gradients to this safetensors file (one fixture)");
+      sub.add_flag("--optimizer", o->optimizer,
+                   "Also check grad_norm, one AdamW step and the bias update");
+      sub.add_flag("--no-decode", o->no_decode,
+                   "Skip the inference checks (token-by-token decode through the latent cache)");
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
       return [o]() {
         dsv3::set_num_threads(o->threads);

@@ -1,8 +1,8 @@
 // Config loading: Hugging Face defaults, validation with the key named, explicit refusals.
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -82,8 +82,7 @@ TEST(Config, InvalidValuesNameTheKey) {
   };
   for (const Case& c : cases) {
     std::string err = error_of(c.config);
-    EXPECT_NE(err.find(c.must_mention), std::string::npos)
-        << c.config.dump() << " gave: " << err;
+    EXPECT_NE(err.find(c.must_mention), std::string::npos) << c.config.dump() << " gave: " << err;
     EXPECT_EQ(err.rfind("cfg.json", 0), 0u) << err;  // names the file first
   }
 }

@@ -1,8 +1,8 @@
 // Model parity against the independent float64 reference fixtures (tests/data/reference).
+#include <gtest/gtest.h>
+
 #include <filesystem>
 #include <fstream>
-
-#include <gtest/gtest.h>
 
 #include "model/parity.h"
 #include "model/safetensors.h"

@@ -476,5 +476,46 @@ TEST_F(SafetensorsTest, AtomicWriteKeepsOldFileOnFailure) {
   EXPECT_EQ(std::memcmp(view.data(), old_t.data(), old_t.nbytes()), 0);
 }
 
+TEST_F(SafetensorsTest, FuzzSeedsAreValid) {
+  // The fuzz target's seed corpus must hold valid files, or the fuzzer starts from nothing.
+  int n = 0;
+  for (const auto& e : fs::directory_iterator(std::string(DSV3_TEST_DATA) + "/fuzz/safetensors")) {
+    EXPECT_NO_THROW(SafetensorsFile::open(e.path().string())) << e.path();
+    ++n;
+  }
+  EXPECT_GE(n, 3);
+}
+
+TEST_F(SafetensorsTest, CorruptedBytesGiveErrorsOnly) {
+  // A small in-process fuzz over a real file's header, for builds without libFuzzer: every
+  // corruption either still parses into in-bounds tensors or raises dsv3::Error.
+  std::string good = read_bytes(kRef + "/tiny-v3/batch.safetensors");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, good.data(), 8);
+  std::mt19937 rng(1234);
+  int refused = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string bytes = good;
+    int flips = 1 + int(rng() % 4);
+    for (int k = 0; k < flips; ++k) {
+      size_t at = rng() % (8 + header_len);
+      bytes[at] = char(rng() % 3 == 0 ? "0123456789[]{}\",:-e."[rng() % 20] : rng());
+    }
+    if (rng() % 8 == 0) bytes.resize(rng() % bytes.size());
+    try {
+      SafetensorsLayout layout = parse_safetensors(bytes, "corrupt");
+      for (const TensorInfo& t : layout.tensors) {
+        ASSERT_LE(t.begin, t.end);
+        ASSERT_LE(t.end, layout.data_size);
+        ASSERT_EQ(size_t(t.shape.numel()) * dtype_size(t.dtype), t.end - t.begin);
+      }
+    } catch (const Error& e) {
+      ++refused;
+      ASSERT_EQ(std::string(e.what()).rfind("corrupt: ", 0), 0u) << e.what();
+    }
+  }
+  EXPECT_GT(refused, 1000);
+}
+
 }  // namespace
 }  // namespace dsv3

@@ -7,8 +7,7 @@ namespace dsv3 {
 
 Arena::Arena(size_t capacity_bytes) : capacity_((capacity_bytes + 63) / 64 * 64) {
   void* p = std::aligned_alloc(64, capacity_ ? capacity_ : 64);
-  DSV3_CHECK(p != nullptr, "out of memory: cannot reserve {} MiB for activations",
-             capacity_ >> 20);
+  DSV3_CHECK(p != nullptr, "out of memory: cannot reserve {} MiB for activations", capacity_ >> 20);
   std::memset(p, 0, capacity_);
   block_ = std::shared_ptr<void>(p, [](void* q) { std::free(q); });
   base_ = static_cast<char*>(p);

@@ -8,31 +8,43 @@ namespace dsv3 {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::F32: return 4;
-    case DType::BF16: return 2;
-    case DType::F16: return 2;
-    case DType::F8E4M3: return 1;
-    case DType::I32: return 4;
-    case DType::I64: return 8;
+    case DType::F32:
+      return 4;
+    case DType::BF16:
+      return 2;
+    case DType::F16:
+      return 2;
+    case DType::F8E4M3:
+      return 1;
+    case DType::I32:
+      return 4;
+    case DType::I64:
+      return 8;
   }
   return 0;
 }
 
 std::string_view dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "F32";
-    case DType::BF16: return "BF16";
-    case DType::F16: return "F16";
-    case DType::F8E4M3: return "F8_E4M3";
-    case DType::I32: return "I32";
-    case DType::I64: return "I64";
+    case DType::F32:
+      return "F32";
+    case DType::BF16:
+      return "BF16";
+    case DType::F16:
+      return "F16";
+    case DType::F8E4M3:
+      return "F8_E4M3";
+    case DType::I32:
+      return "I32";
+    case DType::I64:
+      return "I64";
   }
   return "?";
 }
 
 bool dtype_from_name(std::string_view name, DType* out) {
-  static constexpr DType all[] = {DType::F32, DType::BF16, DType::F16,
-                                  DType::F8E4M3, DType::I32, DType::I64};
+  static constexpr DType all[] = {DType::F32,    DType::BF16, DType::F16,
+                                  DType::F8E4M3, DType::I32,  DType::I64};
   for (DType d : all) {
     if (dtype_name(d) == name) {
       *out = d;
@@ -63,11 +75,23 @@ float f16_to_f32(uint16_t h) {
 }
 
 uint16_t f32_to_f16(float f) {
-  // Round to nearest even through the hardware conversion.
-  _Float16 h = static_cast<_Float16>(f);
-  uint16_t bits;
-  std::memcpy(&bits, &h, 2);
-  return bits;
+  // Round to nearest even, in integer arithmetic: _Float16 is not available on x86 in every
+  // compiler dsv3 builds with (clang 14, used for the fuzz targets, lacks it).
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  auto sign = uint16_t((bits >> 16) & 0x8000u);
+  uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u)  // NaN: quiet, keeping the top of the payload
+    return uint16_t(sign | 0x7e00u | ((magnitude >> 13) & 0x3ffu));
+  if (magnitude >= 0x477ff000u)  // >= 65520, halfway past the largest half (65504): infinity
+    return uint16_t(sign | 0x7c00u);
+  if (magnitude >= 0x38800000u) {  // normal half (>= 2^-14): rebias the exponent, round 13 bits
+    uint32_t v = magnitude - 0x38000000u;
+    return uint16_t(sign | ((v + 0xfffu + ((v >> 13) & 1u)) >> 13));
+  }
+  // Subnormal half: a multiple of 2^-24; scaling by 2^24 is exact and nearbyint rounds to even.
+  float units = std::nearbyint(std::fabs(f) * 16777216.0f);
+  return uint16_t(sign | uint16_t(units));
 }
 
 float f8e4m3_to_f32(uint8_t v) {

@@ -1,10 +1,10 @@
 #pragma once
 // Errors that name what is wrong and where. Every user-facing failure in dsv3 is a dsv3::Error
 // whose message is one line: "<where>: <what>". The command line prints it and exits non-zero.
+#include <fmt/format.h>
+
 #include <stdexcept>
 #include <string>
-
-#include <fmt/format.h>
 
 namespace dsv3 {
 
@@ -19,9 +19,9 @@ template <typename... Args>
 }
 
 // Checks an invariant that user input can violate; the message is formatted only on failure.
-#define DSV3_CHECK(cond, ...)                    \
-  do {                                           \
-    if (!(cond)) ::dsv3::fail(__VA_ARGS__);      \
+#define DSV3_CHECK(cond, ...)               \
+  do {                                      \
+    if (!(cond)) ::dsv3::fail(__VA_ARGS__); \
   } while (0)
 
 }  // namespace dsv3

@@ -1,15 +1,13 @@
 #include "core/tensor.h"
 
+#include <fmt/format.h>
+
 #include <cstdlib>
 #include <cstring>
 
-#include <fmt/format.h>
-
 namespace dsv3 {
 
-std::string_view device_name(Device device) {
-  return device == Device::CPU ? "cpu" : "cuda";
-}
+std::string_view device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
 
 Shape::Shape(std::initializer_list<int64_t> dims) {
   for (int64_t d : dims) push_back(d);

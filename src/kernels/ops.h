@@ -13,15 +13,18 @@
 namespace dsv3::ops {
 
 // ---- GEMM (kernels/cpu/gemm.cpp): C = alpha * op(A) op(B) + beta * C, row-major. ----
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+
+// Achieved float32 GEMM GFLOP/s on this machine with the current threads (a short, square
+// measurement): the peak that MFU estimates are taken against.
+double measure_gemm_gflops();
 
 // y[rows, out] = x[rows, in] W[out, in]^T
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 // d_x[rows, in] (= or +=) d_y W ; d_w[out, in] += d_y^T x
-void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
-                     Tensor* d_w, bool accumulate_d_x = false);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x = false);
 
 // ---- RMSNorm (kernels/cpu/rmsnorm.cpp): y = x * rsqrt(mean(x^2) + eps) * w ----
 // rstd[rows] is saved for the backward pass.
@@ -61,8 +64,7 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 // logits [rows, vocab]; targets[rows] (-1: position left out). Returns the summed loss over
 // counted rows. When d_logits is given, writes scale * d(sum loss)/d(logits) (zero rows for
 // left-out positions); d_logits may alias logits (in-place).
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
-                     Tensor* d_logits);
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits);
 
 // ---- Embedding (kernels/cpu/embedding.cpp) ----
 // An id of -1 stands for "no token": a zero row forward, no gradient.

@@ -2,7 +2,6 @@
 
 #include <filesystem>
 #include <fstream>
-
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -23,8 +22,8 @@ class KeyReader {
     DSV3_CHECK(v.is_number_integer(), "{}: key \"{}\" must be an integer, got {}", where_, key,
                v.dump());
     long long x = v.get<long long>();
-    DSV3_CHECK(x >= min_value && x <= (1ll << 31) - 1, "{}: key \"{}\" = {} must be >= {}",
-               where_, key, x, min_value);
+    DSV3_CHECK(x >= min_value && x <= (1ll << 31) - 1, "{}: key \"{}\" = {} must be >= {}", where_,
+               key, x, min_value);
     *out = int(x);
   }
   void optional_integer(const char* key, std::optional<int>* out, int min_value = 1) {
@@ -120,7 +119,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
   std::string scoring = c.scoring_func == ScoringFunc::Sigmoid ? "sigmoid" : "softmax";
   r.string("scoring_func", &scoring);
   DSV3_CHECK(scoring == "sigmoid" || scoring == "softmax",
-             "{}: key \"scoring_func\" = \"{}\" must be \"sigmoid\" or \"softmax\"", where, scoring);
+             "{}: key \"scoring_func\" = \"{}\" must be \"sigmoid\" or \"softmax\"", where,
+             scoring);
   c.scoring_func = scoring == "sigmoid" ? ScoringFunc::Sigmoid : ScoringFunc::Softmax;
   r.integer("max_position_embeddings", &c.max_position_embeddings, 1);
   r.number("rms_norm_eps", &c.rms_norm_eps, true);
@@ -151,8 +151,8 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
     DSV3_CHECK(c.n_routed_experts % c.n_group == 0,
                "{}: key \"n_group\" = {} must divide n_routed_experts = {}", where, c.n_group,
                c.n_routed_experts);
-    DSV3_CHECK(c.topk_group <= c.n_group, "{}: key \"topk_group\" = {} exceeds n_group = {}",
-               where, c.topk_group, c.n_group);
+    DSV3_CHECK(c.topk_group <= c.n_group, "{}: key \"topk_group\" = {} exceeds n_group = {}", where,
+               c.topk_group, c.n_group);
     DSV3_CHECK(c.num_experts_per_tok <= c.n_routed_experts / c.n_group * c.topk_group,
                "{}: key \"num_experts_per_tok\" = {} exceeds the experts of the {} kept groups",
                where, c.num_experts_per_tok, c.topk_group);
@@ -164,14 +164,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& where) {
     DSV3_CHECK(rs.is_object(), "{} must be an object or null", rs_where);
     std::string type;
     KeyReader rr(rs, rs_where);
-    if (rs.contains("type")) rr.string("type", &type);
-    else rr.string("rope_type", &type);
+    if (rs.contains("type"))
+      rr.string("type", &type);
+    else
+      rr.string("rope_type", &type);
     DSV3_CHECK(type == "yarn", "{}: type \"{}\" is not supported (only yarn)", rs_where, type);
     c.rope_scaling.yarn = true;
     c.rope_scaling.original_max_position_embeddings = c.max_position_embeddings;
     rr.number("factor", &c.rope_scaling.factor, true);
-    rr.number("original_max_position_embeddings",
-              &c.rope_scaling.original_max_position_embeddings, true);
+    rr.number("original_max_position_embeddings", &c.rope_scaling.original_max_position_embeddings,
+              true);
     rr.number("beta_fast", &c.rope_scaling.beta_fast, true);
     rr.number("beta_slow", &c.rope_scaling.beta_slow, true);
     rr.number("mscale", &c.rope_scaling.mscale);
@@ -273,14 +275,14 @@ json ModelConfig::to_json() const {
   if (eos_token_id) j["eos_token_id"] = *eos_token_id;
   j["torch_dtype"] = torch_dtype;
   if (rope_scaling.yarn) {
-    j["rope_scaling"] = {{"type", "yarn"},
-                         {"factor", rope_scaling.factor},
-                         {"original_max_position_embeddings",
-                          rope_scaling.original_max_position_embeddings},
-                         {"beta_fast", rope_scaling.beta_fast},
-                         {"beta_slow", rope_scaling.beta_slow},
-                         {"mscale", rope_scaling.mscale},
-                         {"mscale_all_dim", rope_scaling.mscale_all_dim}};
+    j["rope_scaling"] = {
+        {"type", "yarn"},
+        {"factor", rope_scaling.factor},
+        {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings},
+        {"beta_fast", rope_scaling.beta_fast},
+        {"beta_slow", rope_scaling.beta_slow},
+        {"mscale", rope_scaling.mscale},
+        {"mscale_all_dim", rope_scaling.mscale_all_dim}};
   } else {
     j["rope_scaling"] = nullptr;
   }

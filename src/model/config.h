@@ -2,10 +2,9 @@
 // The model configuration: a Hugging Face config.json of DeepseekV3ForCausalLM (and the
 // DeepSeek-V2 keys it shares). Absent keys take Hugging Face's defaults; an invalid value is
 // refused with an error naming the key; features dsv3 does not implement are refused explicitly.
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace dsv3 {
 
@@ -81,7 +80,7 @@ struct ModelConfig {
 
   static ModelConfig from_json(const nlohmann::json& j, const std::string& where);
   static ModelConfig load(const std::string& path);  // a config.json, or a folder holding one
-  nlohmann::json to_json() const;                     // a Hugging Face config.json
+  nlohmann::json to_json() const;                    // a Hugging Face config.json
 };
 
 }  // namespace dsv3

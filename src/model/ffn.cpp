@@ -20,13 +20,11 @@ void ffn_forward(const SwigluWeights& w, const Tensor& x, FfnActivations& act, T
   ops::linear_forward(act.act, w.down.value, out);
 }
 
-void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act,
-                  const Tensor& d_out, FfnActivations& scratch, Tensor& d_x,
-                  bool accumulate_d_x) {
+void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act, const Tensor& d_out,
+                  FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x) {
   ops::linear_backward(act.act, w.down.value, d_out, &scratch.act, &w.down.grad);
   ops::swiglu_backward(act.gate_up, scratch.act, scratch.gate_up);
-  ops::linear_backward(x, w.gate_up.value, scratch.gate_up, &d_x, &w.gate_up.grad,
-                       accumulate_d_x);
+  ops::linear_backward(x, w.gate_up.value, scratch.gate_up, &d_x, &w.gate_up.grad, accumulate_d_x);
 }
 
 }  // namespace dsv3

@@ -18,7 +18,7 @@ struct FfnActivations {
 // out [rows, hidden] = FFN(x [rows, hidden])
 void ffn_forward(const SwigluWeights& w, const Tensor& x, FfnActivations& act, Tensor& out);
 // d_x (= or +=) and the weights' gradients (+=). `scratch` has the shapes of FfnActivations.
-void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act,
-                  const Tensor& d_out, FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x);
+void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act, const Tensor& d_out,
+                  FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x);
 
 }  // namespace dsv3

@@ -64,8 +64,8 @@ struct MlaLayouts {
 };
 }  // namespace
 
-void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
-                 MlaActivations& act, Tensor& out) {
+void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
+                 Tensor& out) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
@@ -85,8 +85,7 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
   ops::copy_columns(act.kv_a.f32(), r + dr, 0, r, act.c_kv.f32(), n);
   ops::copy_columns(act.kv_a.f32(), r + dr, r, dr, act.k_pe.f32(), n);
   ops::rmsnorm_forward(act.c_kv, w.kv_a_layernorm.value, eps, act.c_kv_norm, act.c_kv_rstd);
-  ops::rope_forward(act.k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
-                    ctx.rope->sin);
+  ops::rope_forward(act.k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   ops::linear_forward(act.c_kv_norm, w.kv_b_proj.value, act.kv);
   // Attention in head-major layout.
   MlaLayouts lay(c, ctx.batch, ctx.seq);
@@ -94,14 +93,14 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
   ops::tokens_to_heads(act.kv.f32(), act.k_heads.f32(), lay.k_nope);
   ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
   ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
-  ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
-                         act.probs, act.o_heads);
+  ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale, act.probs,
+                         act.o_heads);
   ops::heads_to_tokens(act.o_heads.f32(), act.o.f32(), lay.o, false);
   ops::linear_forward(act.o, w.o_proj.value, out);
 }
 
-void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x,
-                  const MlaActivations& act, const Tensor& d_out, MlaScratch& s, Tensor& d_x) {
+void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const MlaActivations& act,
+                  const Tensor& d_out, MlaScratch& s, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
@@ -121,14 +120,12 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x,
   ops::rope_backward(s.d_k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
                      ctx.rope->sin);
   // Latent path.
-  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.value, s.d_kv, &s.d_c_kv_norm,
-                       &w.kv_b_proj.grad);
+  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.value, s.d_kv, &s.d_c_kv_norm, &w.kv_b_proj.grad);
   ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
                         w.kv_a_layernorm.grad);
   ops::put_columns(s.d_c_kv.f32(), r, s.d_kv_a.f32(), r + dr, 0, n);
   ops::put_columns(s.d_k_pe.f32(), dr, s.d_kv_a.f32(), r + dr, r, n);
-  ops::linear_backward(x, w.kv_a_proj_with_mqa.value, s.d_kv_a, &d_x,
-                       &w.kv_a_proj_with_mqa.grad);
+  ops::linear_backward(x, w.kv_a_proj_with_mqa.value, s.d_kv_a, &d_x, &w.kv_a_proj_with_mqa.grad);
   // Query path.
   if (c.q_lora_rank) {
     ops::linear_backward(act.q_a_norm, w.q_b_proj.value, s.d_q, &s.d_q_a_norm, &w.q_b_proj.grad);

@@ -32,26 +32,26 @@ struct MlaActivations {
 
 // Scratch shared by all layers' backward passes (only one layer is in backward at a time).
 struct MlaScratch {
-  Tensor d_o;        // [N, H*v]
-  Tensor d_o_heads;  // [B, H, T, v]
+  Tensor d_o;                   // [N, H*v]
+  Tensor d_o_heads;             // [B, H, T, v]
   Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
-  Tensor d_v_heads;  // [B, H, T, v]
-  Tensor d_probs;    // [B, H, T, T]
-  Tensor d_q;        // [N, H*dq]
-  Tensor d_kv;       // [N, H*(nope+v)]
-  Tensor d_kv_a;     // [N, R+rope]
-  Tensor d_c_kv_norm, d_c_kv;  // [N, R]
-  Tensor d_k_pe;     // [N, rope]
-  Tensor d_q_a_norm, d_q_a;    // [N, Q]
+  Tensor d_v_heads;             // [B, H, T, v]
+  Tensor d_probs;               // [B, H, T, T]
+  Tensor d_q;                   // [N, H*dq]
+  Tensor d_kv;                  // [N, H*(nope+v)]
+  Tensor d_kv_a;                // [N, R+rope]
+  Tensor d_c_kv_norm, d_c_kv;   // [N, R]
+  Tensor d_k_pe;                // [N, rope]
+  Tensor d_q_a_norm, d_q_a;     // [N, Q]
 
   MlaScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
 
 // out [N, hidden] = MLA(x [N, hidden]); x is the pre-normed block input.
-void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x,
-                 MlaActivations& act, Tensor& out);
+void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
+                 Tensor& out);
 // d_x (overwritten) = d_out . d(out)/d(x); parameter gradients accumulate into w.s grads.
-void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x,
-                  const MlaActivations& act, const Tensor& d_out, MlaScratch& s, Tensor& d_x);
+void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const MlaActivations& act,
+                  const Tensor& d_out, MlaScratch& s, Tensor& d_x);
 
 }  // namespace dsv3

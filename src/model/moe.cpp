@@ -16,6 +16,7 @@ MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, in
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
   expert_offsets = a.alloc({c.n_routed_experts + 1}, DType::I64);
+  cursor = a.alloc({c.n_routed_experts}, DType::I64);
   permuted_token = a.alloc({nk}, DType::I32);
   permuted_row = a.alloc({nk}, DType::I32);
   x_perm = a.alloc({nk, d});
@@ -34,8 +35,8 @@ MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
   d_logits = a.alloc({n, c.n_routed_experts});
 }
 
-void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
-                 MoeActivations& act, Tensor& out) {
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
+                 Tensor& out) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
                 d = c.hidden_size;
@@ -47,11 +48,12 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
   std::memset(off, 0, size_t(experts + 1) * sizeof(int64_t));
   for (int64_t a = 0; a < n * k; ++a) off[idx[a] + 1]++;
   for (int64_t e = 0; e < experts; ++e) off[e + 1] += off[e];
-  std::vector<int64_t> cursor(off, off + experts);
+  int64_t* cursor = act.cursor.i64();
+  std::memcpy(cursor, off, size_t(experts) * sizeof(int64_t));
   int32_t* tok = act.permuted_token.i32();
   int32_t* row_of = act.permuted_row.i32();
   for (int64_t a = 0; a < n * k; ++a) {
-    int64_t r = cursor[size_t(idx[a])]++;
+    int64_t r = cursor[idx[a]]++;
     tok[r] = int32_t(a / k);
     row_of[a] = int32_t(r);
   }
@@ -61,7 +63,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
   for (int64_t r = 0; r < n * k; ++r)
     std::memcpy(xperm + r * d, xp + int64_t(tok[r]) * d, size_t(d) * sizeof(float));
 
-  // Each expert over its contiguous rows; experts run in parallel, each GEMM on one thread.
+    // Each expert over its contiguous rows; experts run in parallel, each GEMM on one thread.
 #pragma omp parallel for schedule(dynamic)
   for (int64_t e = 0; e < experts; ++e) {
     if (off[e + 1] == off[e]) continue;
@@ -88,9 +90,8 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
     }
 }
 
-void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
-                  const MoeActivations& act, const Tensor& d_out, float alpha, MoeScratch& s,
-                  Tensor& d_x) {
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
+                  const Tensor& d_out, float alpha, MoeScratch& s, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
                 d = c.hidden_size;

@@ -10,13 +10,14 @@ namespace dsv3 {
 // N rows, K experts per token, E experts, W expert width, S shared width.
 struct MoeActivations {
   RouterActivations router;
-  Tensor expert_offsets;  // [E + 1] int64: permuted rows of expert e are [off[e], off[e+1])
-  Tensor permuted_token;  // [N*K] int32: token row feeding each permuted row
-  Tensor permuted_row;    // [N*K] int32: permuted row of assignment (t, j) at t*K + j
-  Tensor x_perm;          // [N*K, hidden] inputs in expert order
-  FfnActivations experts; // [N*K, ...]
-  Tensor y_perm;          // [N*K, hidden] expert outputs in expert order
-  FfnActivations shared;  // [N, ...]
+  Tensor expert_offsets;   // [E + 1] int64: permuted rows of expert e are [off[e], off[e+1])
+  Tensor cursor;           // [E] int64: scratch of the counting sort
+  Tensor permuted_token;   // [N*K] int32: token row feeding each permuted row
+  Tensor permuted_row;     // [N*K] int32: permuted row of assignment (t, j) at t*K + j
+  Tensor x_perm;           // [N*K, hidden] inputs in expert order
+  FfnActivations experts;  // [N*K, ...]
+  Tensor y_perm;           // [N*K, hidden] expert outputs in expert order
+  FfnActivations shared;   // [N, ...]
 
   MoeActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
@@ -30,11 +31,10 @@ struct MoeScratch {
   MoeScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
 
-void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
-                 MoeActivations& act, Tensor& out);
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
+                 Tensor& out);
 // d_x (overwritten); alpha scales the balance term's gradient.
-void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
-                  const MoeActivations& act, const Tensor& d_out, float alpha, MoeScratch& s,
-                  Tensor& d_x);
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
+                  const Tensor& d_out, float alpha, MoeScratch& s, Tensor& d_x);
 
 }  // namespace dsv3

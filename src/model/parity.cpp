@@ -1,11 +1,11 @@
 #include "model/parity.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
-
-#include <fmt/format.h>
 
 #include "model/safetensors.h"
 #include "model/transformer.h"
@@ -16,8 +16,8 @@ namespace dsv3 {
 namespace {
 
 // Tolerances for a float32 implementation of a float64 reference (fixtures' README).
-constexpr double kForwardTol = 1e-5;   // logits, losses: max|diff| / max|ref|
-constexpr double kGradTol = 1e-4;      // gradients, updated parameters: ||diff|| / ||ref||
+constexpr double kForwardTol = 1e-5;  // logits, losses: max|diff| / max|ref|
+constexpr double kGradTol = 1e-4;     // gradients, updated parameters: ||diff|| / ||ref||
 
 double max_rel(const Tensor& got, const Tensor& ref) {
   double max_diff = 0, max_ref = 0;
@@ -63,8 +63,10 @@ class Checker {
                            INFINITY, 0, "shape", false});
       return;
     }
-    if (grad_like) add(q, l2_rel(got, ref), kGradTol, "l2-rel");
-    else add(q, max_rel(got, ref), kForwardTol, "max-rel");
+    if (grad_like)
+      add(q, l2_rel(got, ref), kGradTol, "l2-rel");
+    else
+      add(q, max_rel(got, ref), kForwardTol, "max-rel");
   }
   void exact(const std::string& q, const Tensor& got, const Tensor& ref) {
     int64_t mismatches = got.numel() == ref.numel() ? 0 : std::max(got.numel(), ref.numel());
@@ -112,15 +114,16 @@ std::string ParityReport::table(bool failures_only) const {
   return out;
 }
 
-ParityReport run_parity(const std::string& dir, const std::string& dump_path,
-                        bool with_optimizer) {
+ParityReport run_parity(const std::string& dir, const std::string& dump_path, bool with_optimizer) {
   namespace fs = std::filesystem;
   ParityReport report;
   report.fixture = dir;
-  for (const char* f : {"config.json", "model.safetensors", "batch.safetensors",
-                        "expected.safetensors"})
-    DSV3_CHECK(fs::exists(fs::path(dir) / f), "{}: missing {} (a parity fixture needs "
-               "config.json, model.safetensors, batch.safetensors, expected.safetensors)", dir, f);
+  for (const char* f :
+       {"config.json", "model.safetensors", "batch.safetensors", "expected.safetensors"})
+    DSV3_CHECK(fs::exists(fs::path(dir) / f),
+               "{}: missing {} (a parity fixture needs "
+               "config.json, model.safetensors, batch.safetensors, expected.safetensors)",
+               dir, f);
   ModelConfig config = ModelConfig::load(dir);
   ModelWeights weights(config);
   weights.load(WeightStore::open((fs::path(dir) / "model.safetensors").string()));
@@ -129,8 +132,8 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path,
 
   Tensor tokens = batch.get("tokens");
   Tensor labels = batch.get("labels");
-  DSV3_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::I32 && labels.shape() == tokens.shape()
-                 && labels.dtype() == DType::I32,
+  DSV3_CHECK(tokens.ndim() == 2 && tokens.dtype() == DType::I32 &&
+                 labels.shape() == tokens.shape() && labels.dtype() == DType::I32,
              "{}: tokens and labels must be [B, T] int32", batch.where());
   const int64_t b = tokens.dim(0), t = tokens.dim(1);
 
@@ -150,14 +153,16 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path,
     check.tensor("logits", model.logits(), as_f32(expected.get("logits")), false);
   for (int k = 1; k <= config.num_nextn_predict_layers; ++k) {
     std::string name = fmt::format("mtp_logits.{}", k);
-    if (expected.has(name)) check.tensor(name, model.mtp_logits(k), as_f32(expected.get(name)), false);
+    if (expected.has(name))
+      check.tensor(name, model.mtp_logits(k), as_f32(expected.get(name)), false);
   }
   auto scalar = [&](const std::string& name, double got) {
     if (expected.has(name))
       check.add(name, scalar_rel(got, as_f32(expected.get(name)).f32()[0]), kForwardTol, "rel");
   };
   scalar("loss.main", res.main);
-  for (int k = 1; k <= int(res.mtp.size()); ++k) scalar(fmt::format("loss.mtp_{}", k), res.mtp[size_t(k - 1)]);
+  for (int k = 1; k <= int(res.mtp.size()); ++k)
+    scalar(fmt::format("loss.mtp_{}", k), res.mtp[size_t(k - 1)]);
   scalar("loss.balance_sum", res.balance_sum);
   scalar("loss.total", res.total);
   // Routing.
@@ -166,7 +171,8 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path,
     const RouterActivations* r = model.routing(l);
     std::string p = fmt::format("routing.{}.", l);
     if (!r) continue;
-    if (expected.has(p + "indices")) check.exact(p + "indices", r->indices, expected.get(p + "indices"));
+    if (expected.has(p + "indices"))
+      check.exact(p + "indices", r->indices, expected.get(p + "indices"));
     if (expected.has(p + "load")) check.exact(p + "load", r->load, expected.get(p + "load"));
     if (expected.has(p + "balance"))
       check.add(p + "balance", scalar_rel(r->balance, as_f32(expected.get(p + "balance")).f32()[0]),
@@ -198,8 +204,9 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path,
     }
   }
   if (unlisted)
-    check.add(fmt::format("grad of {} tensors without reference gradient (nonzero count)", unlisted),
-              double(unlisted_nonzero), 0, "exact");
+    check.add(
+        fmt::format("grad of {} tensors without reference gradient (nonzero count)", unlisted),
+        double(unlisted_nonzero), 0, "exact");
 
   if (!with_optimizer) {
     write_dump();
@@ -207,8 +214,8 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path,
   }
   // One optimizer step and one bias update.
   AdamW opt(weights);
-  AdamWSettings s{config.train.lr, config.train.beta1, config.train.beta2, config.train.eps,
-                  config.train.weight_decay, config.train.clip};
+  AdamWSettings s{config.train.lr,  config.train.beta1,        config.train.beta2,
+                  config.train.eps, config.train.weight_decay, config.train.clip};
   // Bias update uses this step's routing, before parameters change.
   for (auto& [name, bias] : weights.biases()) {
     // name: model.layers.{l}.mlp.gate.e_score_correction_bias

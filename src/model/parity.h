@@ -9,9 +9,9 @@ namespace dsv3 {
 
 struct ParityCheck {
   std::string quantity;
-  double error = 0;      // the metric named by `metric`
+  double error = 0;  // the metric named by `metric`
   double tolerance = 0;
-  std::string metric;    // "max-rel" (max|diff| / max|ref|), "l2-rel", "exact", "abs"
+  std::string metric;  // "max-rel" (max|diff| / max|ref|), "l2-rel", "exact", "abs"
   bool pass = false;
 };
 

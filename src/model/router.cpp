@@ -14,6 +14,9 @@ RouterActivations::RouterActivations(Arena& a, const ModelConfig& c, int64_t bat
   scores = a.alloc({n, e});
   indices = a.alloc({n, k}, DType::I32);
   weights = a.alloc({n, k});
+  selection = a.alloc({n, e});
+  group_scores = a.alloc({n, c.n_group});
+  score_sum = a.alloc({n});
   seq_counts = a.alloc({batch, e});
   load = a.alloc({e});
 }
@@ -74,32 +77,36 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
   const float* bias = c.has_bias() ? w.bias.f32() : nullptr;
   int32_t* indices = act.indices.i32();
   float* weights = act.weights.f32();
-#pragma omp parallel
-  {
-    std::vector<float> selection(static_cast<size_t>(experts));
-    std::vector<float> groups(static_cast<size_t>(c.n_group));
-#pragma omp for schedule(static)
-    for (int64_t t = 0; t < n; ++t) {
-      const float* l = logits + t * experts;
-      float* s = scores + t * experts;
-      if (c.scoring_func == ScoringFunc::Sigmoid) {
-        for (int64_t e = 0; e < experts; ++e) s[e] = 1.0f / (1.0f + std::exp(-l[e]));
-      } else {
-        float mx = *std::max_element(l, l + experts), sum = 0.0f;
-        for (int64_t e = 0; e < experts; ++e) sum += (s[e] = std::exp(l[e] - mx));
-        for (int64_t e = 0; e < experts; ++e) s[e] /= sum;
-      }
-      for (int64_t e = 0; e < experts; ++e) selection[size_t(e)] = s[e] + (bias ? bias[e] : 0.0f);
-      int32_t* chosen = indices + t * k;
-      select_experts(c, selection.data(), groups.data(), chosen);
-      // Gating weights come from the unbiased scores.
-      float* wt = weights + t * k;
-      float sum = 0.0f;
-      for (int64_t j = 0; j < k; ++j) sum += (wt[j] = s[chosen[j]]);
-      float scale = float(c.routed_scaling_factor);
-      if (c.norm_topk_prob) scale /= (sum + 1e-20f);
-      for (int64_t j = 0; j < k; ++j) wt[j] *= scale;
+  float* selection_all = act.selection.f32();
+  float* groups_all = act.group_scores.f32();
+  float* score_sum = act.score_sum.f32();
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < n; ++t) {
+    float* selection = selection_all + t * experts;
+    const float* l = logits + t * experts;
+    float* s = scores + t * experts;
+    if (c.scoring_func == ScoringFunc::Sigmoid) {
+      for (int64_t e = 0; e < experts; ++e) s[e] = 1.0f / (1.0f + std::exp(-l[e]));
+    } else {
+      float mx = *std::max_element(l, l + experts), sum = 0.0f;
+      for (int64_t e = 0; e < experts; ++e) sum += (s[e] = std::exp(l[e] - mx));
+      for (int64_t e = 0; e < experts; ++e) s[e] /= sum;
     }
+    float total = 0.0f;
+    for (int64_t e = 0; e < experts; ++e) {
+      selection[e] = s[e] + (bias ? bias[e] : 0.0f);
+      total += s[e];
+    }
+    score_sum[t] = total;
+    int32_t* chosen = indices + t * k;
+    select_experts(c, selection, groups_all + t * c.n_group, chosen);
+    // Gating weights come from the unbiased scores.
+    float* wt = weights + t * k;
+    float sum = 0.0f;
+    for (int64_t j = 0; j < k; ++j) sum += (wt[j] = s[chosen[j]]);
+    float scale = float(c.routed_scaling_factor);
+    if (c.norm_topk_prob) scale /= (sum + 1e-20f);
+    for (int64_t j = 0; j < k; ++j) wt[j] *= scale;
   }
   // Loads, per sequence and in total, and the sequence-wise balance term.
   act.seq_counts.zero_();
@@ -115,15 +122,12 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
   double balance = 0.0;
   const double f_scale = double(experts) / double(k * ctx.seq);
   for (int64_t b = 0; b < ctx.batch; ++b) {
-    std::vector<double> p(static_cast<size_t>(experts), 0.0);
-    for (int64_t t = b * ctx.seq; t < (b + 1) * ctx.seq; ++t) {
-      const float* s = scores + t * experts;
-      double total = 0.0;
-      for (int64_t e = 0; e < experts; ++e) total += s[e];
-      for (int64_t e = 0; e < experts; ++e) p[size_t(e)] += s[e] / total;
+    for (int64_t e = 0; e < experts; ++e) {
+      double p = 0.0;  // P_e: mean over the sequence of the normalized score
+      for (int64_t t = b * ctx.seq; t < (b + 1) * ctx.seq; ++t)
+        p += double(scores[t * experts + e]) / score_sum[t];
+      balance += f_scale * seq_counts[b * experts + e] * p / double(ctx.seq);
     }
-    for (int64_t e = 0; e < experts; ++e)
-      balance += f_scale * seq_counts[b * experts + e] * p[size_t(e)] / double(ctx.seq);
   }
   act.balance = balance / double(ctx.batch);
 }
@@ -163,8 +167,8 @@ void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
     // Through the balance term's normalized scores s_e / sum(s).
     if (alpha != 0.0f) {
       const float* counts = seq_counts + (t / ctx.seq) * experts;
-      float total = 0.0f, dot = 0.0f;
-      for (int64_t e = 0; e < experts; ++e) total += s[e];
+      const float total = act.score_sum.f32()[t];
+      float dot = 0.0f;
       for (int64_t e = 0; e < experts; ++e) dot += balance_grad * f_scale * counts[e] * s[e];
       dot /= total;
       for (int64_t e = 0; e < experts; ++e)

@@ -9,13 +9,16 @@ namespace dsv3 {
 
 // N rows, E routed experts, K experts per token, B sequences.
 struct RouterActivations {
-  Tensor logits;      // [N, E] x W_gate^T
-  Tensor scores;      // [N, E] sigmoid or softmax of logits
-  Tensor indices;     // [N, K] int32, chosen experts, ascending
-  Tensor weights;     // [N, K] gating weights (normalized, scaled)
-  Tensor seq_counts;  // [B, E] tokens of each sequence routed to each expert
-  Tensor load;        // [E]    tokens routed to each expert in the whole window
-  double balance = 0; // this layer's sequence-wise balance term, before alpha
+  Tensor logits;        // [N, E] x W_gate^T
+  Tensor scores;        // [N, E] sigmoid or softmax of logits
+  Tensor indices;       // [N, K] int32, chosen experts, ascending
+  Tensor weights;       // [N, K] gating weights (normalized, scaled)
+  Tensor selection;     // [N, E] scores + correction bias (what selection ranks)
+  Tensor group_scores;  // [N, n_group]
+  Tensor score_sum;     // [N]    sum of a token's scores (the balance term normalizes by it)
+  Tensor seq_counts;    // [B, E] tokens of each sequence routed to each expert
+  Tensor load;          // [E]    tokens routed to each expert in the whole window
+  double balance = 0;   // this layer's sequence-wise balance term, before alpha
 
   RouterActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };

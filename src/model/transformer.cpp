@@ -10,16 +10,16 @@ namespace {
 // One MTP depth's activations: its input tokens and targets, the two norms, the projection,
 // the block and the head.
 struct MtpBuffers {
-  Tensor ids;              // [N] int32: token i+k of the window, -1 past its end
-  Tensor targets;          // [N] int32: label of position i+k, -1 where i >= T-k
-  Tensor emb;              // [N, D] Emb(t_{i+k}) (zero past the end)
-  Tensor e_norm, e_rstd;   // [N, D], [N]
-  Tensor h_norm, h_rstd;   // [N, D], [N]
-  Tensor cat;              // [N, 2D] [e_norm | h_norm]
-  Tensor x_in, x_out;      // [N, D] block input (eh_proj output) and output
-  Tensor h, h_rstd_out;    // [N, D], [N] shared_head.norm(x_out): h^k
-  Tensor logits;           // [N, V]
-  Tensor d_logits;         // [N, V] gradient of the loss, computed with the loss
+  Tensor ids;             // [N] int32: token i+k of the window, -1 past its end
+  Tensor targets;         // [N] int32: label of position i+k, -1 where i >= T-k
+  Tensor emb;             // [N, D] Emb(t_{i+k}) (zero past the end)
+  Tensor e_norm, e_rstd;  // [N, D], [N]
+  Tensor h_norm, h_rstd;  // [N, D], [N]
+  Tensor cat;             // [N, 2D] [e_norm | h_norm]
+  Tensor x_in, x_out;     // [N, D] block input (eh_proj output) and output
+  Tensor h, h_rstd_out;   // [N, D], [N] shared_head.norm(x_out): h^k
+  Tensor logits;          // [N, V]
+  Tensor d_logits;        // [N, V] gradient of the loss, computed with the loss
   BlockActivations block;
 
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
@@ -44,23 +44,22 @@ struct MtpBuffers {
 }  // namespace
 
 struct Transformer::Buffers {
-  Tensor positions;                // [N] int32
-  Tensor tokens, labels;           // [N] int32
-  std::vector<Tensor> residual;    // L + 1 of [N, D]: the input of each block, then the output
+  Tensor positions;              // [N] int32
+  Tensor tokens, labels;         // [N] int32
+  std::vector<Tensor> residual;  // L + 1 of [N, D]: the input of each block, then the output
   std::vector<std::unique_ptr<BlockActivations>> blocks;
-  Tensor h_final, rstd_final;      // [N, D], [N]
-  Tensor logits;                   // [N, V]
+  Tensor h_final, rstd_final;  // [N, D], [N]
+  Tensor logits;               // [N, V]
   std::vector<std::unique_ptr<MtpBuffers>> mtp;
-  Tensor d_logits;                 // [N, V] gradient of the main loss, computed with the loss
+  Tensor d_logits;  // [N, V] gradient of the main loss, computed with the loss
   // Backward scratch.
   BlockScratch scratch;
-  Tensor d_residual;               // [N, D]
-  std::vector<Tensor> d_h;         // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
-  Tensor d_cat;                    // [N, 2D]
-  Tensor d_e;                      // [N, D]
+  Tensor d_residual;        // [N, D]
+  std::vector<Tensor> d_h;  // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
+  Tensor d_cat;             // [N, 2D]
+  Tensor d_e;               // [N, D]
 
-  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
-      : scratch(a, c, batch, seq) {
+  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) : scratch(a, c, batch, seq) {
     const int64_t n = batch * seq, d = c.hidden_size;
     positions = a.alloc({n}, DType::I32);
     tokens = a.alloc({n}, DType::I32);
@@ -92,12 +91,15 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   arena_bytes_ = measure.used();
   b_ = std::make_unique<Buffers>(arena, c_, batch, seq);
   for (int64_t i = 0; i < batch * seq; ++i) b_->positions.i32()[i] = int32_t(i % seq);
+  mtp_count_.resize(size_t(c_.num_nextn_predict_layers));
 }
 
 Transformer::~Transformer() = default;
 
 const Tensor& Transformer::logits() const { return b_->logits; }
-const Tensor& Transformer::mtp_logits(int depth) const { return b_->mtp.at(size_t(depth - 1))->logits; }
+const Tensor& Transformer::mtp_logits(int depth) const {
+  return b_->mtp.at(size_t(depth - 1))->logits;
+}
 const Tensor& Transformer::hidden() const { return b_->h_final; }
 
 const RouterActivations* Transformer::routing(int layer) const {
@@ -109,8 +111,8 @@ const RouterActivations* Transformer::routing(int layer) const {
   return m->block.moe ? &m->block.moe->router : nullptr;
 }
 
-StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
-                             const LossWeights& loss, bool backward) {
+StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const LossWeights& loss,
+                             bool backward) {
   const int64_t n = batch_ * seq_, d = c_.hidden_size;
   const int depths = c_.num_nextn_predict_layers;
   const float eps = float(c_.rms_norm_eps);
@@ -138,7 +140,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
                 double(main_count);
 
   // ---- Forward: MTP depths ----
-  std::vector<int64_t> mtp_count(size_t(depths), 0);
+  std::vector<int64_t>& mtp_count = mtp_count_;
+  mtp_count.assign(size_t(depths), 0);  // sized at construction: no allocation
   for (int k = 1; k <= depths; ++k) {
     MtpBuffers& m = *b.mtp[size_t(k - 1)];
     for (int64_t bi = 0; bi < batch_; ++bi)
@@ -180,8 +183,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
     MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     if (mtp_count[size_t(k - 1)] > 0)
-      ops::linear_backward(m.h, w_.lm_head.value, m.d_logits, &b.d_h[size_t(k)],
-                           &w_.lm_head.grad, true);
+      ops::linear_backward(m.h, w_.lm_head.value, m.d_logits, &b.d_h[size_t(k)], &w_.lm_head.grad,
+                           true);
     ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
                           b.d_residual, mw.shared_head_norm.grad, false);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
@@ -196,8 +199,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels,
   }
 
   // ---- Backward: main head, final norm, blocks, embedding ----
-  ops::linear_backward(b.h_final, w_.lm_head.value, b.d_logits, &b.d_h[0], &w_.lm_head.grad,
-                       true);
+  ops::linear_backward(b.h_final, w_.lm_head.value, b.d_logits, &b.d_h[0], &w_.lm_head.grad, true);
   ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
                         w_.norm.grad, false);
   for (int l = c_.num_hidden_layers - 1; l >= 0; --l)

@@ -38,9 +38,9 @@ class Transformer {
   size_t activation_bytes() const { return arena_bytes_; }
 
   // Outputs of the last step.
-  const Tensor& logits() const;                 // [batch * seq, vocab]
-  const Tensor& mtp_logits(int depth) const;    // depth 1..D, [batch * seq, vocab]
-  const Tensor& hidden() const;                 // [batch * seq, hidden] after the final norm
+  const Tensor& logits() const;               // [batch * seq, vocab]
+  const Tensor& mtp_logits(int depth) const;  // depth 1..D, [batch * seq, vocab]
+  const Tensor& hidden() const;               // [batch * seq, hidden] after the final norm
   // Routing of MoE layer `layer` (MTP depth k is layer num_hidden_layers + k - 1); null for a
   // dense layer.
   const RouterActivations* routing(int layer) const;
@@ -52,6 +52,7 @@ class Transformer {
   int64_t batch_, seq_;
   size_t arena_bytes_ = 0;
   RopeTables rope_;
+  std::vector<int64_t> mtp_count_;  // per depth: positions with a target in the current window
   std::unique_ptr<Buffers> b_;
 };
 

@@ -21,10 +21,10 @@ struct Param {
 
 struct MlaWeights {
   // With q LoRA: q = q_b(RMSNorm_qa(q_a(x))); without: q = q_proj(x).
-  Param q_a_proj;      // [q_lora_rank, hidden]
-  Param q_a_layernorm; // [q_lora_rank]
-  Param q_b_proj;      // [heads * qk_head_dim, q_lora_rank]
-  Param q_proj;        // [heads * qk_head_dim, hidden]
+  Param q_a_proj;            // [q_lora_rank, hidden]
+  Param q_a_layernorm;       // [q_lora_rank]
+  Param q_b_proj;            // [heads * qk_head_dim, q_lora_rank]
+  Param q_proj;              // [heads * qk_head_dim, hidden]
   Param kv_a_proj_with_mqa;  // [kv_lora_rank + rope_dim, hidden]
   Param kv_a_layernorm;      // [kv_lora_rank]
   Param kv_b_proj;           // [heads * (nope + v), kv_lora_rank]
@@ -56,9 +56,9 @@ struct BlockWeights {
 };
 
 struct MtpWeights {
-  Param enorm, hnorm;          // [hidden]
-  Param eh_proj;               // [hidden, 2 * hidden]
-  Param shared_head_norm;      // [hidden]
+  Param enorm, hnorm;      // [hidden]
+  Param eh_proj;           // [hidden, 2 * hidden]
+  Param shared_head_norm;  // [hidden]
   BlockWeights block;
 };
 

@@ -12,20 +12,40 @@ AdamW::AdamW(ModelWeights& weights) : w_(weights) {
 }
 
 double AdamW::grad_norm() const {
+  // Fixed chunks summed in order: the same value for any thread count (resume is bit-exact).
+  constexpr int64_t kChunks = 64;
   double sum = 0.0;
   for (const auto& p : w_.params()) {
     const float* g = p.param->grad.f32();
     const int64_t n = p.param->grad.numel();
-    double local = 0.0;
-#pragma omp parallel for reduction(+ : local) schedule(static)
-    for (int64_t i = 0; i < n; ++i) local += double(g[i]) * g[i];
-    sum += local;
+    double partial[kChunks] = {};
+#pragma omp parallel for schedule(static)
+    for (int64_t c = 0; c < kChunks; ++c) {
+      double local = 0.0;
+      for (int64_t i = n * c / kChunks; i < n * (c + 1) / kChunks; ++i) local += double(g[i]) * g[i];
+      partial[c] = local;
+    }
+    for (double v : partial) sum += v;
   }
   return std::sqrt(sum);
 }
 
 double AdamW::step(const AdamWSettings& s, double lr) {
   const double norm = grad_norm();
+  step(s, lr, norm);
+  return norm;
+}
+
+void AdamW::scale_grads(float factor) {
+  for (auto& p : w_.params()) {
+    float* g = p.param->grad.f32();
+    const int64_t n = p.param->grad.numel();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) g[i] *= factor;
+  }
+}
+
+void AdamW::step(const AdamWSettings& s, double lr, double norm) {
   const double clip_scale = s.clip > 0 ? std::min(1.0, s.clip / (norm + 1e-6)) : 1.0;
   ++step_;
   const double bc1 = 1.0 - std::pow(s.beta1, double(step_));
@@ -49,7 +69,6 @@ double AdamW::step(const AdamWSettings& s, double lr) {
       p[i] = p[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
     }
   }
-  return norm;
 }
 
 void update_balance_bias(Tensor& bias, const Tensor& load, double gamma) {

@@ -22,6 +22,10 @@ class AdamW {
   double grad_norm() const;
   // One update with learning rate `lr`; returns the gradient norm before clipping.
   double step(const AdamWSettings& s, double lr);
+  // The same with the gradient norm already computed (the trainer checks it first).
+  void step(const AdamWSettings& s, double lr, double grad_norm);
+  // Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
+  void scale_grads(float factor);
 
   int64_t steps() const { return step_; }
   void set_steps(int64_t steps) { step_ = steps; }

@@ -11,8 +11,7 @@ namespace dsv3::ops {
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        Tensor& probs, Tensor& o) {
-  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3),
-                dv = v.dim(3);
+  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
   DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
                  probs.numel() == batch * heads * seq * seq,
              "attention_forward: shapes q {} k {} v {} o {} do not agree", q.shape().str(),
@@ -47,8 +46,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
                         const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v) {
-  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3),
-                dv = v.dim(3);
+  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < batch * heads; ++bh) {
     const float* qp = q.f32() + bh * seq * dq;

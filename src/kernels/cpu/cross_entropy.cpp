@@ -1,30 +1,43 @@
 // Softmax cross-entropy over the vocabulary, with its gradient in the same pass if asked.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/cpu/fast_math.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
-                     Tensor* d_logits) {
+namespace {
+// Grows once to the largest row count seen, then is reused: no allocation in steady state.
+float* scratch_row_loss(int64_t rows) {
+  static thread_local std::vector<float> buffer;
+  if (int64_t(buffer.size()) < rows) buffer.resize(size_t(rows));
+  return buffer.data();
+}
+}  // namespace
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r)
     DSV3_CHECK(targets[r] >= -1 && targets[r] < vocab,
-               "cross_entropy: target {} at row {} is outside the vocabulary of {}", targets[r],
-               r, vocab);
+               "cross_entropy: target {} at row {} is outside the vocabulary of {}", targets[r], r,
+               vocab);
   const float* lp = logits.f32();
   float* dp = d_logits ? d_logits->f32() : nullptr;
-  double total = 0.0;
-#pragma omp parallel for schedule(static) reduction(+ : total)
+  // Per-row losses are summed in row order afterwards, so the total is the same for any thread
+  // count or timing (an OpenMP reduction would add in arrival order).
+  float* row_loss = scratch_row_loss(rows);
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
+    row_loss[r] = 0.0f;
     const float* row = lp + r * vocab;
     float* drow = dp ? dp + r * vocab : nullptr;
     if (targets[r] < 0) {
       if (drow) std::fill(drow, drow + vocab, 0.0f);
       continue;
     }
+    const float target_logit = row[targets[r]];  // read first: d_logits may alias logits
     float mx = row[0];
     for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, row[j]);
     // Sum in float lanes of 16 partial sums (vectorized), then in double.
@@ -40,13 +53,15 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
     }
     double sum = 0.0;
     for (float p : partial) sum += p;
-    total += std::log(sum) + mx - row[targets[r]];
+    row_loss[r] = float(std::log(sum) + mx - target_logit);
     if (drow) {
       const float inv = float(1.0 / sum) * scale;
       for (int64_t j = 0; j < vocab; ++j) drow[j] *= inv;
       drow[targets[r]] -= scale;
     }
   }
+  double total = 0.0;
+  for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
   return total;
 }
 

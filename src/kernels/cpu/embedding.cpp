@@ -1,7 +1,7 @@
 // Embedding lookup and its gradient (scatter-add by token id), and small elementwise ops.
-#include <cstring>
-
 #include <omp.h>
+
+#include <cstring>
 
 #include "kernels/ops.h"
 
@@ -10,8 +10,10 @@ namespace dsv3::ops {
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
   const int64_t vocab = table.dim(0), dim = table.dim(1);
   for (int64_t r = 0; r < rows; ++r)
-    DSV3_CHECK(ids[r] >= -1 && ids[r] < vocab, "token id {} at position {} is outside the "
-               "vocabulary of {}", ids[r], r, vocab);
+    DSV3_CHECK(ids[r] >= -1 && ids[r] < vocab,
+               "token id {} at position {} is outside the "
+               "vocabulary of {}",
+               ids[r], r, vocab);
   const float* tp = table.f32();
   float* op = out.f32();
 #pragma omp parallel for schedule(static)

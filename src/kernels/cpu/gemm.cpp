@@ -1,22 +1,39 @@
 // GEMM on the CPU through oneDNN's sgemm (row-major), and the linear layer built on it.
 #include <oneapi/dnnl/dnnl.h>
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc) {
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0.0f ? 0.0f : beta * c[i * ldc + j];
     return;
   }
-  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda,
-                                b, ldb, beta, c, ldc);
+  dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', m, n, k, alpha, a, lda, b,
+                                ldb, beta, c, ldc);
   DSV3_CHECK(st == dnnl_success, "gemm {}x{}x{} failed in oneDNN (status {})", m, n, k, int(st));
+}
+
+double measure_gemm_gflops() {
+  const int64_t n = 1024;
+  std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
+  gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    auto t0 = std::chrono::steady_clock::now();
+    gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::max(best, 2.0 * double(n * n * n) / s / 1e9);
+  }
+  return best;
 }
 
 static void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* what) {
@@ -30,20 +47,21 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_forward");
-  DSV3_CHECK(y.numel() == rows * out, "linear_forward: y {} is not [{}, {}]", y.shape().str(),
-             rows, out);
+  DSV3_CHECK(y.numel() == rows * out, "linear_forward: y {} is not [{}, {}]", y.shape().str(), rows,
+             out);
   gemm(false, true, rows, out, in, 1.0f, x.f32(), in, w.f32(), in, 0.0f, y.f32(), out);
 }
 
-void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
-                     Tensor* d_w, bool accumulate_d_x) {
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x) {
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_backward");
   if (d_x)
     gemm(false, false, rows, in, out, 1.0f, d_y.f32(), out, w.f32(), in,
          accumulate_d_x ? 1.0f : 0.0f, d_x->f32(), in);
-  if (d_w) gemm(true, false, out, in, rows, 1.0f, d_y.f32(), out, x.f32(), in, 1.0f, d_w->f32(), in);
+  if (d_w)
+    gemm(true, false, out, in, rows, 1.0f, d_y.f32(), out, x.f32(), in, 1.0f, d_w->f32(), in);
 }
 
 }  // namespace dsv3::ops

@@ -10,8 +10,8 @@ void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
       for (int64_t t = 0; t < c.seq; ++t) {
-        const float* src = tokens + (b * c.seq + t) * c.tok_row_stride + h * c.tok_head_stride +
-                           c.tok_offset;
+        const float* src =
+            tokens + (b * c.seq + t) * c.tok_row_stride + h * c.tok_head_stride + c.tok_offset;
         float* dst = heads + ((b * c.heads + h) * c.seq + t) * c.head_dim + c.head_offset;
         std::memcpy(dst, src, size_t(c.width) * sizeof(float));
       }

@@ -2,6 +2,8 @@
 #include <cmath>
 #include <vector>
 
+#include <omp.h>
+
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -33,31 +35,33 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   const float* gp = d_y.f32();
   float* dxp = d_x.f32();
   float* dwp = d_w.f32();
-  // d_w is a reduction over rows: each thread sums its rows privately, then adds once.
+  // d_x row by row: xhat = x * rstd; d_x = rstd * (g * w - xhat * mean(g * w * xhat)).
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = xp + r * dim;
+    const float* gr = gp + r * dim;
+    float* dxr = dxp + r * dim;
+    const float inv = rp[r];
+    float dot = 0.0f;
+    for (int64_t i = 0; i < dim; ++i) dot += gr[i] * wp[i] * xr[i] * inv;
+    const float mean_dot = dot / float(dim);
+    for (int64_t i = 0; i < dim; ++i) {
+      float v = inv * (gr[i] * wp[i] - xr[i] * inv * mean_dot);
+      dxr[i] = accumulate_d_x ? dxr[i] + v : v;
+    }
+  }
+  // d_w column by column, each summed over rows in order by one thread: the result does not
+  // depend on the thread count or timing (resumed runs must reproduce losses bit for bit).
 #pragma omp parallel
   {
-    std::vector<float> dw_local(size_t(dim), 0.0f);
-#pragma omp for schedule(static)
+    const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
+    const int64_t begin = dim * t / threads, end = dim * (t + 1) / threads;
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = xp + r * dim;
       const float* gr = gp + r * dim;
-      float* dxr = dxp + r * dim;
-      float inv = rp[r];
-      // xhat = x * inv; d_xhat = g * w; d_x = inv * (d_xhat - xhat * mean(d_xhat * xhat))
-      float dot = 0.0f;
-      for (int64_t i = 0; i < dim; ++i) {
-        float xhat = xr[i] * inv;
-        dot += gr[i] * wp[i] * xhat;
-        dw_local[size_t(i)] += gr[i] * xhat;
-      }
-      float mean_dot = dot / float(dim);
-      for (int64_t i = 0; i < dim; ++i) {
-        float v = inv * (gr[i] * wp[i] - xr[i] * inv * mean_dot);
-        dxr[i] = accumulate_d_x ? dxr[i] + v : v;
-      }
+      const float inv = rp[r];
+      for (int64_t i = begin; i < end; ++i) dwp[i] += gr[i] * xr[i] * inv;
     }
-#pragma omp critical
-    for (int64_t i = 0; i < dim; ++i) dwp[i] += dw_local[size_t(i)];
   }
 }
 

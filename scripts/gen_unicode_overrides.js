@@ -1,0 +1,113 @@
+// Generates src/tokenizer/unicode_overrides.inc: where the general categories that Hugging Face
+// tokenizers' regex engine (Oniguruma, built into the npm `tokenizers` binding) assigns differ
+// from those of the Unicode version in Debian's PCRE2 (10.42: Unicode 14.0, the same version as
+// Python 3.11's unicodedata, used here as PCRE2's view). Newer Unicode versions assign new
+// letters, symbols and marks; without these overrides \p{L}, \p{S}, ... would miss them.
+//
+// HF's view is probed, not assumed: for each category X a tokenizer with the pre-tokenizer
+// Split(\p{X}, Removed) encodes every code point, and decoding shows which ones were removed.
+//
+// usage: node scripts/gen_unicode_overrides.js > src/tokenizer/unicode_overrides.inc
+"use strict";
+const fs = require("fs");
+const os = require("os");
+const path = require("path");
+const { execFileSync } = require("child_process");
+const { Tokenizer } = require(path.resolve(__dirname, "..", "third_party", "node", "node_modules", "tokenizers"));
+
+const CATEGORIES = ["L", "M", "N", "P", "S"];
+const MAX = 0x10ffff;
+
+function byteLevelAlphabet() {
+  const vocab = {};
+  let extra = 256;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+    vocab[String.fromCodePoint(printable ? b : extra++)] = b;
+  }
+  return vocab;
+}
+
+async function hfMembers(category) {
+  const spec = {
+    version: "1.0", truncation: null, padding: null, added_tokens: [], normalizer: null,
+    pre_tokenizer: { type: "Sequence", pretokenizers: [
+      { type: "Split", pattern: { Regex: `\\p{${category}}` }, behavior: "Removed", invert: false },
+      { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: false }] },
+    post_processor: null, decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
+    model: { type: "BPE", dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null,
+             fuse_unk: false, byte_fallback: false, vocab: byteLevelAlphabet(), merges: [] },
+  };
+  const file = path.join(os.tmpdir(), `probe_${category}_${process.pid}.json`);
+  fs.writeFileSync(file, JSON.stringify(spec));
+  const tokenizer = Tokenizer.fromFile(file);
+  fs.unlinkSync(file);
+  const members = new Uint8Array(MAX + 1);
+  const CHUNK = 4096;
+  for (let start = 0; start <= MAX; start += CHUNK) {
+    // Each code point followed by a separator that is in no probed category ("\n" is Cc).
+    let text = "";
+    const cps = [];
+    for (let cp = start; cp < Math.min(start + CHUNK, MAX + 1); cp++) {
+      if (cp >= 0xd800 && cp <= 0xdfff) continue;
+      if (cp === 0x0a) continue;
+      cps.push(cp);
+      text += String.fromCodePoint(cp) + "\n";
+    }
+    const ids = (await tokenizer.encode(text, null, { addSpecialTokens: false })).getIds();
+    const decoded = await tokenizer.decode(ids, false);
+    // Removed code points leave an empty field between separators.
+    const fields = decoded.split("\n");
+    if (fields.length !== cps.length + 1) throw new Error(`probe ${category}: separator count mismatch at ${start}`);
+    for (let k = 0; k < cps.length; k++) if (fields[k] === "") members[cps[k]] = 1;
+  }
+  return members;
+}
+
+function pythonCategories() {
+  const script =
+    "import sys, unicodedata\n" +
+    "assert unicodedata.unidata_version == '14.0.0', unicodedata.unidata_version\n" +
+    "sys.stdout.write(''.join(unicodedata.category(chr(c))[0] for c in range(0x110000)))\n";
+  return execFileSync("/usr/bin/python3", ["-c", script], { maxBuffer: 1 << 24 }).toString();
+}
+
+function ranges(flags) {
+  const out = [];
+  for (let cp = 0; cp <= MAX; cp++) {
+    if (!flags[cp]) continue;
+    let end = cp;
+    while (end + 1 <= MAX && flags[end + 1]) end++;
+    out.push([cp, end]);
+    cp = end;
+  }
+  return out;
+}
+
+async function main() {
+  const major = pythonCategories();
+  const hex = (n) => "0x" + n.toString(16).toUpperCase();
+  let body = "";
+  for (const category of CATEGORIES) {
+    const hf = await hfMembers(category);
+    const added = new Uint8Array(MAX + 1), removed = new Uint8Array(MAX + 1);
+    for (let cp = 0; cp <= MAX; cp++) {
+      if ((cp >= 0xd800 && cp <= 0xdfff) || cp === 0x0a) continue;
+      const pcre = major[cp] === category;
+      if (hf[cp] && !pcre) added[cp] = 1;
+      if (!hf[cp] && pcre) removed[cp] = 1;
+    }
+    // Newer Unicode versions only assign code points that were unassigned before, so nothing should
+    // leave a category; a class cannot subtract in PCRE2 10.42, so refuse rather than be wrong.
+    const gone = ranges(removed);
+    if (gone.length) throw new Error(`category ${category}: code points left it: ${JSON.stringify(gone.slice(0, 5))}`);
+    const fmt = (rs) => rs.map(([a, b]) => `{${hex(a)}, ${hex(b)}}`).join(", ");
+    body += `  {'${category}', {${fmt(ranges(added))}}},\n`;
+  }
+  process.stdout.write(
+    "// Generated by scripts/gen_unicode_overrides.js: do not edit. For each general category used in\n" +
+    "// tokenizer regexes, the code point ranges that Hugging Face tokenizers' regex engine puts in it\n" +
+    "// beyond Unicode 14.0 (Debian's PCRE2 10.42). None leaves a category (the generator checks).\n" +
+    body);
+}
+main().catch((e) => { console.error(e); process.exit(1); });

@@ -1,0 +1,154 @@
+#pragma once
+// The op-test table (DESIGN.md section 3, habits 1 and 3): every op of kernels/ops.h as a case
+// that runs on every backend against the float64 reference (kernels/reference.h), in three
+// modes:
+//   test  - random shapes (odd sizes, single rows, dims that are no multiple of 16, seq 1), each
+//           output compared elementwise with a tolerance written down per dtype; NaN never passes;
+//   perf  - one representative shape, the fast op timed against the reference (`dsv3 bench ops`);
+//   grad  - each backward against central differences of the float64 reference forward.
+// tests/ops/ runs the test and grad modes under GoogleTest. A new backend (CUDA) adds a Backend
+// value, moves a Problem's tensors to its device and back, and every case runs on it unchanged.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace dsv3::optest {
+
+// ---- Backends ----
+enum class Backend { CPU };  // CUDA joins here
+std::string_view backend_name(Backend b);
+// The backends this build can run (CPU only for now).
+std::vector<Backend> available_backends();
+
+// ---- The ops, as a table of function pointers: the fast set or the reference set ----
+// A case is written once against an OpSet and run with both.
+struct OpSet {
+  decltype(&ops::gemm) gemm;
+  decltype(&ops::linear_forward) linear_forward;
+  decltype(&ops::linear_backward) linear_backward;
+  decltype(&ops::rmsnorm_forward) rmsnorm_forward;
+  decltype(&ops::rmsnorm_backward) rmsnorm_backward;
+  decltype(&ops::rope_forward) rope_forward;
+  decltype(&ops::rope_backward) rope_backward;
+  decltype(&ops::swiglu_forward) swiglu_forward;
+  decltype(&ops::swiglu_backward) swiglu_backward;
+  decltype(&ops::attention_forward) attention_forward;
+  decltype(&ops::attention_backward) attention_backward;
+  decltype(&ops::cross_entropy) cross_entropy;
+  decltype(&ops::embedding_forward) embedding_forward;
+  decltype(&ops::embedding_backward) embedding_backward;
+  decltype(&ops::add_inplace) add_inplace;
+  decltype(&ops::tokens_to_heads) tokens_to_heads;
+  decltype(&ops::heads_to_tokens) heads_to_tokens;
+  decltype(&ops::copy_columns) copy_columns;
+  decltype(&ops::put_columns) put_columns;
+};
+const OpSet& fast_ops();       // dsv3::ops (dispatching on the tensors' device)
+const OpSet& reference_ops();  // dsv3::ref
+
+// ---- Problems: the named tensors and scalars of one op instance ----
+using Dims = std::vector<int64_t>;  // a case's shape parameters; each case documents its own
+using Rng = std::mt19937_64;
+
+struct Problem {
+  Dims dims;                              // the case's shape parameters (set by the harness)
+  std::map<std::string, Tensor> tensors;  // inputs and output buffers (pre-filled for "+=")
+  std::map<std::string, double> scalars;  // eps, scale, flags, ...
+  Tensor& operator[](const std::string& name);
+  const Tensor& operator[](const std::string& name) const;
+  double scalar(const std::string& name) const;
+  Problem clone() const;  // deep copy
+};
+
+// Copies a host problem to a backend's device, and a device tensor back to the host.
+Problem to_backend(const Problem& host, Backend b);
+Tensor to_host(const Tensor& t);
+
+// Random helpers shared by the cases.
+Tensor randn(const Shape& shape, Rng& rng, double stddev = 1.0);
+int64_t uniform_int(Rng& rng, int64_t lo, int64_t hi);  // inclusive
+
+// ---- Tolerances ----
+// An element passes when |fast - ref| <= rel * |ref| + abs * rms(ref) (rms over the whole
+// output, so that values near zero, which carry the rounding error of their large terms, are
+// judged on the output's scale). A NaN or infinity on either side never passes.
+struct Tolerance {
+  double rel = 0, abs = 0;
+};
+struct Tolerances {
+  Tolerance f32;   // float32 kernels (the CPU backend today)
+  Tolerance bf16;  // bfloat16 kernels, when a backend computes in bf16
+  Tolerance for_dtype(DType d) const { return d == DType::BF16 ? bf16 : f32; }
+};
+
+struct Comparison {
+  bool ok = true;
+  double max_err = 0;        // largest |fast - ref|
+  double max_ratio = 0;      // largest |fast - ref| / allowed (<= 1 passes)
+  int64_t bad = 0;           // failing elements (NaN included)
+  std::string message;       // the first failure, empty when ok
+};
+Comparison compare(const std::string& what, const Tensor& fast, const Tensor& ref, Tolerance tol);
+
+// ---- Test and perf mode: an op case ----
+struct OpCase {
+  std::string name;  // "<op>" ; test names append the backend
+  std::string dims;  // what the Dims mean, e.g. "rows, dim"
+  std::function<std::vector<Dims>(Rng&)> shapes;  // fixed edge cases plus random draws
+  std::function<Problem(const Dims&, Rng&)> make;  // host inputs and output buffers
+  std::function<void(const OpSet&, Problem&)> run;
+  std::vector<std::string> outputs;  // tensors compared after run
+  Tolerances tol;
+  std::string why;  // why the tolerance is what it is
+  // Perf mode: a representative shape and the work it does.
+  Dims bench;
+  std::function<double(const Dims&)> flops;  // 0: memory-bound, report bytes
+  std::function<double(const Dims&)> bytes;
+};
+const std::vector<OpCase>& op_cases();
+
+struct TestResult {
+  bool ok = true;
+  std::string log;  // one line per output compared
+};
+// Runs one case on one shape: the fast set on `backend` and the reference set on the host,
+// from the same random inputs (seeded by `seed`), and compares every output.
+TestResult run_test(const OpCase& c, Backend backend, const Dims& dims, uint64_t seed);
+
+struct PerfResult {
+  double fast_s = 0, ref_s = 0;  // seconds per call
+  double flops = 0, bytes = 0;
+};
+PerfResult run_perf(const OpCase& c, Backend backend, double min_seconds);
+
+// ---- Grad mode: finite differences ----
+using Vars = std::map<std::string, std::vector<double>>;  // float64 copies of the wrt inputs
+struct GradCase {
+  std::string name;
+  std::vector<Dims> shapes;
+  std::function<Problem(const Dims&, Rng&)> make;  // inputs and cotangents
+  std::vector<std::string> wrt;                    // differentiable inputs
+  // L = sum(cotangent * forward(inputs)) in float64 through the reference forward; `vars`
+  // replaces the wrt inputs, everything else is read from the problem.
+  std::function<double(const Problem&, const Vars&)> loss;
+  // Runs forward then backward with an op set; writes "d_<name>" for each wrt input.
+  std::function<void(const OpSet&, Problem&)> backward;
+  double tol = 1e-4;  // see check_gradients
+};
+const std::vector<GradCase>& grad_cases();
+
+// Compares the gradients written by `backward` (into "d_<name>") with central differences
+// of `loss` in float64: every element of small inputs, `max_probes` random ones of large ones.
+// An element passes when |analytic - numeric| <= tol * (|numeric| + rms(numeric)).
+TestResult check_gradients(const Problem& base, const std::vector<std::string>& wrt,
+                           const std::function<double(const Problem&, const Vars&)>& loss,
+                           const std::function<void(Problem&)>& backward, double tol,
+                           uint64_t seed, int max_probes = 256);
+
+}  // namespace dsv3::optest

@@ -1,0 +1,104 @@
+#pragma once
+// The oracle: plain, obviously-correct loop versions of every op in kernels/ops.h. No OpenMP,
+// no BLAS, no cleverness; every sum is accumulated in float64. The fast kernels (CPU now, CUDA
+// later) are tested against these on random shapes (kernels/op_cases.h, tests/ops/), and the
+// gradient checks differentiate the float64 instantiations by central differences.
+//
+// Two layers:
+//  - dsv3::ref::<op>(...) with the same signatures and semantics as dsv3::ops::<op> (float32
+//    tensors in and out, float64 inside);
+//  - dsv3::ref::t::<op><T>(...) over raw arrays of T = float or double, which the first layer
+//    calls with T = float and the gradient checks call with T = double.
+#include <cstdint>
+
+#include "core/tensor.h"
+#include "kernels/ops.h"
+
+namespace dsv3::ref {
+
+// ---- Same signatures as dsv3::ops ----
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+          int64_t ldc);
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
+                     Tensor* d_w, bool accumulate_d_x = false);
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
+void rope_forward(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                  const Tensor& sin);
+void rope_backward(float* d_x, const ops::RopeSlice& s, const int32_t* positions,
+                   const Tensor& cos, const Tensor& sin);
+void swiglu_forward(const Tensor& gate_up, Tensor& h);
+void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       Tensor& probs, Tensor& o);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        Tensor& d_v);
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
+                     Tensor* d_logits);
+void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
+void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
+void add_inplace(Tensor& y, const Tensor& x);
+void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
+void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
+void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
+                  int64_t rows);
+void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows);
+
+// ---- Typed cores (T = float or double; explicitly instantiated for both) ----
+namespace t {
+
+// C[m, n] = alpha op(A) op(B) + beta C (beta 0: C is not read).
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, double beta, T* c, int64_t ldc);
+// y[rows, out] = x[rows, in] W[out, in]^T
+template <typename T>
+void linear_forward(const T* x, const T* w, int64_t rows, int64_t in, int64_t out, T* y);
+template <typename T>
+void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t in, int64_t out,
+                     T* d_x, T* d_w, bool accumulate_d_x);
+
+template <typename T>
+void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y,
+                     T* rstd);
+template <typename T>
+void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64_t rows,
+                      int64_t dim, T* d_x, T* d_w, bool accumulate_d_x);
+
+// cos/sin are [max_pos, rope_dim / 2]; inverse rotates by -angle (the backward pass).
+template <typename T>
+void rope(T* x, const ops::RopeSlice& s, const int32_t* positions, const float* cos,
+          const float* sin, int64_t max_pos, bool inverse);
+
+template <typename T>
+void swiglu_forward(const T* gate_up, int64_t rows, int64_t width, T* h);
+template <typename T>
+void swiglu_backward(const T* gate_up, const T* d_h, int64_t rows, int64_t width, T* d_gate_up);
+
+// q, k [bh, seq, dq]; v, o [bh, seq, dv]; probs [bh, seq, seq] (bh = batch * heads).
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, int64_t bh, int64_t seq, int64_t dq,
+                       int64_t dv, double scale, T* probs, T* o);
+template <typename T>
+void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* d_o,
+                        int64_t bh, int64_t seq, int64_t dq, int64_t dv, double scale, T* d_q,
+                        T* d_k, T* d_v);
+
+template <typename T>
+double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t* targets,
+                     double scale, T* d_logits);
+
+template <typename T>
+void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids,
+                       int64_t rows, T* out);
+template <typename T>
+void embedding_backward(const int32_t* ids, int64_t rows, int64_t vocab, int64_t dim,
+                        const T* d_out, T* d_table);
+
+}  // namespace t
+}  // namespace dsv3::ref

@@ -1,0 +1,115 @@
+// Reference causal softmax attention, one (sequence, head) at a time, in float64.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/reference.h"
+
+namespace dsv3::ref {
+namespace t {
+
+template <typename T>
+void attention_forward(const T* q, const T* k, const T* v, int64_t bh, int64_t seq, int64_t dq,
+                       int64_t dv, double scale, T* probs, T* o) {
+  std::vector<double> row(static_cast<size_t>(seq));
+  for (int64_t h = 0; h < bh; ++h) {
+    const T* qh = q + h * seq * dq;
+    const T* kh = k + h * seq * dq;
+    const T* vh = v + h * seq * dv;
+    for (int64_t i = 0; i < seq; ++i) {
+      // Scores against keys 0..i (causal), then a max-shifted softmax.
+      double mx = -INFINITY;
+      for (int64_t j = 0; j <= i; ++j) {
+        double s = 0.0;
+        for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
+        row[size_t(j)] = s * scale;
+        mx = std::max(mx, row[size_t(j)]);
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j <= i; ++j) sum += (row[size_t(j)] = std::exp(row[size_t(j)] - mx));
+      for (int64_t j = 0; j <= i; ++j) row[size_t(j)] /= sum;
+      T* p = probs + (h * seq + i) * seq;
+      for (int64_t j = 0; j < seq; ++j) p[j] = j <= i ? T(row[size_t(j)]) : T(0);
+      for (int64_t d = 0; d < dv; ++d) {
+        double acc = 0.0;
+        for (int64_t j = 0; j <= i; ++j) acc += row[size_t(j)] * double(vh[j * dv + d]);
+        o[(h * seq + i) * dv + d] = T(acc);
+      }
+    }
+  }
+}
+
+// dV = P^T dO; dP = dO V^T; dS = P (dP - rowsum(P dP)) * scale; dQ = dS K; dK = dS^T Q.
+template <typename T>
+void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* d_o,
+                        int64_t bh, int64_t seq, int64_t dq, int64_t dv, double scale, T* d_q,
+                        T* d_k, T* d_v) {
+  const size_t ss = size_t(seq * seq);
+  std::vector<double> ds(ss), dqa(size_t(seq * dq)), dka(size_t(seq * dq)), dva(size_t(seq * dv));
+  for (int64_t h = 0; h < bh; ++h) {
+    const T* qh = q + h * seq * dq;
+    const T* kh = k + h * seq * dq;
+    const T* vh = v + h * seq * dv;
+    const T* p = probs + h * seq * seq;
+    const T* g = d_o + h * seq * dv;
+    std::fill(ds.begin(), ds.end(), 0.0);
+    std::fill(dqa.begin(), dqa.end(), 0.0);
+    std::fill(dka.begin(), dka.end(), 0.0);
+    std::fill(dva.begin(), dva.end(), 0.0);
+    for (int64_t i = 0; i < seq; ++i) {
+      double dot = 0.0;
+      for (int64_t j = 0; j <= i; ++j) {
+        double dp = 0.0;
+        for (int64_t d = 0; d < dv; ++d) dp += double(g[i * dv + d]) * double(vh[j * dv + d]);
+        ds[size_t(i * seq + j)] = dp;
+        dot += double(p[i * seq + j]) * dp;
+        for (int64_t d = 0; d < dv; ++d)
+          dva[size_t(j * dv + d)] += double(p[i * seq + j]) * double(g[i * dv + d]);
+      }
+      for (int64_t j = 0; j <= i; ++j) {
+        const double s = double(p[i * seq + j]) * (ds[size_t(i * seq + j)] - dot) * scale;
+        for (int64_t d = 0; d < dq; ++d) {
+          dqa[size_t(i * dq + d)] += s * double(kh[j * dq + d]);
+          dka[size_t(j * dq + d)] += s * double(qh[i * dq + d]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < seq * dq; ++i) {
+      d_q[h * seq * dq + i] = T(dqa[size_t(i)]);
+      d_k[h * seq * dq + i] = T(dka[size_t(i)]);
+    }
+    for (int64_t i = 0; i < seq * dv; ++i) d_v[h * seq * dv + i] = T(dva[size_t(i)]);
+  }
+}
+
+#define DSV3_INSTANTIATE(T)                                                                    \
+  template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
+                                     int64_t, double, T*, T*);                                 \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*,        \
+                                      int64_t, int64_t, int64_t, int64_t, double, T*, T*, T*);
+DSV3_INSTANTIATE(float)
+DSV3_INSTANTIATE(double)
+#undef DSV3_INSTANTIATE
+
+}  // namespace t
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       Tensor& probs, Tensor& o) {
+  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
+  DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
+                 probs.numel() == batch * heads * seq * seq,
+             "ref::attention_forward: shapes q {} k {} v {} o {} do not agree", q.shape().str(),
+             k.shape().str(), v.shape().str(), o.shape().str());
+  t::attention_forward(q.f32(), k.f32(), v.f32(), batch * heads, seq, dq, dv, scale, probs.f32(),
+                       o.f32());
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        Tensor& d_v) {
+  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
+  t::attention_backward(q.f32(), k.f32(), v.f32(), probs.f32(), d_o.f32(), batch * heads, seq, dq,
+                        dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
+}
+
+}  // namespace dsv3::ref

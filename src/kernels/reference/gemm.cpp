@@ -1,0 +1,87 @@
+// Reference GEMM and linear layer: the textbook triple loop, summed in float64.
+#include <vector>
+
+#include "kernels/reference.h"
+
+namespace dsv3::ref {
+namespace t {
+
+template <typename T>
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const T* a,
+          int64_t lda, const T* b, int64_t ldb, double beta, T* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      double sum = 0.0;
+      for (int64_t p = 0; p < k; ++p) {
+        double av = trans_a ? a[p * lda + i] : a[i * lda + p];
+        double bv = trans_b ? b[j * ldb + p] : b[p * ldb + j];
+        sum += av * bv;
+      }
+      T& out = c[i * ldc + j];
+      out = T(alpha * sum + (beta == 0.0 ? 0.0 : beta * double(out)));
+    }
+}
+
+template <typename T>
+void linear_forward(const T* x, const T* w, int64_t rows, int64_t in, int64_t out, T* y) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double sum = 0.0;
+      for (int64_t i = 0; i < in; ++i) sum += double(x[r * in + i]) * double(w[o * in + i]);
+      y[r * out + o] = T(sum);
+    }
+}
+
+template <typename T>
+void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t in, int64_t out,
+                     T* d_x, T* d_w, bool accumulate_d_x) {
+  if (d_x)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < in; ++i) {
+        double sum = accumulate_d_x ? double(d_x[r * in + i]) : 0.0;
+        for (int64_t o = 0; o < out; ++o) sum += double(d_y[r * out + o]) * double(w[o * in + i]);
+        d_x[r * in + i] = T(sum);
+      }
+  if (d_w)
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t i = 0; i < in; ++i) {
+        double sum = d_w[o * in + i];
+        for (int64_t r = 0; r < rows; ++r) sum += double(d_y[r * out + o]) * double(x[r * in + i]);
+        d_w[o * in + i] = T(sum);
+      }
+}
+
+#define DSV3_INSTANTIATE(T)                                                                    \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, double, const T*, int64_t,      \
+                        const T*, int64_t, double, T*, int64_t);                               \
+  template void linear_forward<T>(const T*, const T*, int64_t, int64_t, int64_t, T*);          \
+  template void linear_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, \
+                                   T*, bool);
+DSV3_INSTANTIATE(float)
+DSV3_INSTANTIATE(double)
+#undef DSV3_INSTANTIATE
+
+}  // namespace t
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+          int64_t ldc) {
+  t::gemm<float>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+  DSV3_CHECK(x.numel() == rows * in && y.numel() == rows * out,
+             "ref::linear_forward: x {} W {} y {} do not agree", x.shape().str(), w.shape().str(),
+             y.shape().str());
+  t::linear_forward(x.f32(), w.f32(), rows, in, out, y.f32());
+}
+
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
+                     Tensor* d_w, bool accumulate_d_x) {
+  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+  t::linear_backward(x.f32(), w.f32(), d_y.f32(), rows, in, out, d_x ? d_x->f32() : nullptr,
+                     d_w ? d_w->f32() : nullptr, accumulate_d_x);
+}
+
+}  // namespace dsv3::ref
