@@ -66,22 +66,24 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
   const int32_t* pos = s.positions.data();
 
   // Queries [n, H, nope | rope], rope rotated.
+  // Both down-projections of x (query LoRA and latent) in one pass.
   float* q = grow(s.q, n * h * dq);
+  float* kv_a = grow(s.kv_a, n * w);
+  float* c_norm = grow(s.c_norm, n * r);
   if (c.q_lora_rank) {
     const int64_t qr = *c.q_lora_rank;
     float* qa = grow(s.q_a, n * qr);
-    matmul_wt(xn, n, d, a.q_a, qa, qr);
+    GemvJob down[2] = {{xn, n, d, a.q_a, qa, qr}, {xn, n, d, a.kv_a, kv_a, w}};
+    matmul_wt_jobs(down);
     rmsnorm_rows(qa, a.q_a_norm.f32(), n, qr, eps, qa, qr, qr);
     matmul_wt(qa, n, qr, a.q_b, q, h * dq);
   } else {
-    matmul_wt(xn, n, d, a.q_proj, q, h * dq);
+    GemvJob down[2] = {{xn, n, d, a.q_proj, q, h * dq}, {xn, n, d, a.kv_a, kv_a, w}};
+    matmul_wt_jobs(down);
   }
   ops::rope_forward(q, {n, h, dq, dn, dr}, pos, rope_.cos, rope_.sin);
 
   // The latent and the shared rope key of the new tokens, into the caches.
-  float* kv_a = grow(s.kv_a, n * w);
-  float* c_norm = grow(s.c_norm, n * r);
-  matmul_wt(xn, n, d, a.kv_a, kv_a, w);
   rmsnorm_rows(kv_a, a.kv_a_norm.f32(), n, r, eps, c_norm, w, r);
   ops::rope_forward(kv_a, {n, 1, w, r, dr}, pos, rope_.cos, rope_.sin);
   {
@@ -138,9 +140,9 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
 
   // Values: o(h) = latent(h) . W_uv(h)^T, then the output projection.
   float* o = grow(s.o, n * h * dv);
-#pragma omp parallel for schedule(static) if (per_head_parallel)
-  for (int64_t i = 0; i < h; ++i)
-    matmul_wt(olat + i * r, n, h * r, w_uv[size_t(i)], o + i * dv, h * dv);
+  std::vector<GemvJob> uv;
+  for (int64_t i = 0; i < h; ++i) uv.push_back({olat + i * r, n, h * r, w_uv[size_t(i)], o + i * dv, h * dv});
+  matmul_wt_jobs(uv);
   matmul_wt(o, n, h * dv, a.o, out, d);
 }
 

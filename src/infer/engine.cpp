@@ -60,8 +60,8 @@ void Engine::ffn(const FfnWeights& f, const float* x, int64_t n, float* out, boo
   const int64_t d = config().hidden_size, width = f.gate.rows;
   float* g = grow(s_->gate, n * width);
   float* u = grow(s_->up, n * width);
-  matmul_wt(x, n, d, f.gate, g, width);
-  matmul_wt(x, n, d, f.up, u, width);
+  GemvJob gate_up[2] = {{x, n, d, f.gate, g, width}, {x, n, d, f.up, u, width}};
+  matmul_wt_jobs(gate_up);
   for (int64_t i = 0; i < n * width; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
   matmul_wt(g, n, width, f.down, out, d, accumulate);
 }
@@ -97,8 +97,8 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
     for (int64_t j = 0; j < k; ++j) gates[t * k + j] *= scale;
   }
   // Shared experts write the output; routed experts add their weighted rows.
-  if (l.has_shared) ffn(l.shared, xn, n, out, false);
-  else std::fill(out, out + n * d, 0.0f);
+  if (!l.has_shared) std::fill(out, out + n * d, 0.0f);
+  else if (n > kSmallRows) ffn(l.shared, xn, n, out, false);
   int64_t* off = grow(s.expert_off, e + 1);
   int32_t* rows = grow(s.expert_rows, n * k);
   int32_t* slot = grow(s.slot, n * k);
@@ -111,20 +111,64 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
     rows[p] = int32_t(a / k);
     slot[p] = int32_t(a);
   }
+  if (n > kSmallRows) {
+    for (int64_t i = 0; i < e; ++i) {
+      const int64_t m = off[i + 1] - off[i];
+      if (m == 0) continue;
+      float* xin = grow(s.ex_in, m * d);
+      float* y = grow(s.ex_out, m * d);
+      for (int64_t j = 0; j < m; ++j)
+        std::memcpy(xin + j * d, xn + int64_t(rows[off[i] + j]) * d, size_t(d) * 4);
+      ffn(l.experts[size_t(i)], xin, m, y, false);
+      for (int64_t j = 0; j < m; ++j) {
+        const float g = gates[slot[off[i] + j]];
+        float* o = out + int64_t(rows[off[i] + j]) * d;
+        const float* yr = y + j * d;
+        for (int64_t t = 0; t < d; ++t) o[t] += g * yr[t];
+      }
+    }
+    return;
+  }
+  // Few rows (decode, verification): every chosen expert's gate and up projections, and the
+  // shared experts', in one parallel pass; then all down projections in another.
+  const int64_t width = c.moe_intermediate_size;
+  float* xin = grow(s.ex_in, n * k * d);
+  float* y = grow(s.ex_out, n * k * d);
+  float* g = grow(s.gate, n * k * width);
+  float* u = grow(s.up, n * k * width);
+  for (int64_t p = 0; p < n * k; ++p)
+    std::memcpy(xin + p * d, xn + int64_t(rows[p]) * d, size_t(d) * 4);
+  std::vector<GemvJob> jobs;
   for (int64_t i = 0; i < e; ++i) {
     const int64_t m = off[i + 1] - off[i];
     if (m == 0) continue;
-    float* xin = grow(s.ex_in, m * d);
-    float* y = grow(s.ex_out, m * d);
-    for (int64_t j = 0; j < m; ++j)
-      std::memcpy(xin + j * d, xn + int64_t(rows[off[i] + j]) * d, size_t(d) * 4);
-    ffn(l.experts[size_t(i)], xin, m, y, false);
-    for (int64_t j = 0; j < m; ++j) {
-      const float g = gates[slot[off[i] + j]];
-      float* o = out + int64_t(rows[off[i] + j]) * d;
-      const float* yr = y + j * d;
-      for (int64_t t = 0; t < d; ++t) o[t] += g * yr[t];
-    }
+    const FfnWeights& f = l.experts[size_t(i)];
+    jobs.push_back({xin + off[i] * d, m, d, f.gate, g + off[i] * width, width});
+    jobs.push_back({xin + off[i] * d, m, d, f.up, u + off[i] * width, width});
+  }
+  const int64_t sw = l.has_shared ? l.shared.gate.rows : 0;
+  float* sg = grow(s.sh_gate, n * std::max<int64_t>(sw, 1));
+  float* su = grow(s.sh_up, n * std::max<int64_t>(sw, 1));
+  if (l.has_shared) {
+    jobs.push_back({xn, n, d, l.shared.gate, sg, sw});
+    jobs.push_back({xn, n, d, l.shared.up, su, sw});
+  }
+  matmul_wt_jobs(jobs);
+  for (int64_t i = 0; i < n * k * width; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+  for (int64_t i = 0; i < n * sw; ++i) sg[i] = sg[i] / (1.0f + std::exp(-sg[i])) * su[i];
+  jobs.clear();
+  for (int64_t i = 0; i < e; ++i) {
+    const int64_t m = off[i + 1] - off[i];
+    if (m == 0) continue;
+    jobs.push_back({g + off[i] * width, m, width, l.experts[size_t(i)].down, y + off[i] * d, d});
+  }
+  if (l.has_shared) jobs.push_back({sg, n, sw, l.shared.down, out, d});
+  matmul_wt_jobs(jobs);
+  for (int64_t p = 0; p < n * k; ++p) {
+    const float gw = gates[slot[p]];
+    float* o = out + int64_t(rows[p]) * d;
+    const float* yr = y + p * d;
+    for (int64_t t = 0; t < d; ++t) o[t] += gw * yr[t];
   }
 }
 

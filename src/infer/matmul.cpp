@@ -91,33 +91,46 @@ void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, 
   }
 }
 
-template <int M, typename W>
-void gemv(const float* x, int64_t ldx, const MatRef& w, float* y, int64_t ldy, bool accumulate) {
-  constexpr int RB = M == 1 ? 4 : M == 2 ? 4 : M <= 4 ? 2 : 1;
-  const W* wp = static_cast<const W*>(w.data);
-  const int64_t n = w.rows, k = w.cols;
-  // Split the rows in chunks of 16 (a multiple of RB) over the threads.
-  const int64_t chunk = 16, chunks = (n + chunk - 1) / chunk;
-  const bool parallel = n * k >= 32768 && omp_get_max_threads() > 1 && !omp_in_parallel();
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t r0 = c * chunk, r1 = std::min(n, r0 + chunk);
-    gemv_block<M, RB>(x, ldx, wp, w.ld, k, r0, r1, y, ldy, accumulate);
+// Output rows [r0, r1) of one product of m <= kSmallRows rows.
+template <typename W>
+void rows_of(const float* x, int64_t m, int64_t ldx, const MatRef& w, int64_t r0, int64_t r1,
+             float* y, int64_t ldy, bool acc) {
+  const W* p = static_cast<const W*>(w.data);
+  switch (m) {
+    case 1: return gemv_block<1, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 2: return gemv_block<2, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 3: return gemv_block<3, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 4: return gemv_block<4, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 5: return gemv_block<5, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 6: return gemv_block<6, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 7: return gemv_block<7, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    default: return gemv_block<8, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
   }
 }
 
-template <typename W>
-void small_rows(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
-                bool accumulate) {
-  switch (m) {
-    case 1: return gemv<1, W>(x, ldx, w, y, ldy, accumulate);
-    case 2: return gemv<2, W>(x, ldx, w, y, ldy, accumulate);
-    case 3: return gemv<3, W>(x, ldx, w, y, ldy, accumulate);
-    case 4: return gemv<4, W>(x, ldx, w, y, ldy, accumulate);
-    case 5: return gemv<5, W>(x, ldx, w, y, ldy, accumulate);
-    case 6: return gemv<6, W>(x, ldx, w, y, ldy, accumulate);
-    case 7: return gemv<7, W>(x, ldx, w, y, ldy, accumulate);
-    default: return gemv<8, W>(x, ldx, w, y, ldy, accumulate);
+void job_rows(const GemvJob& j, int64_t r0, int64_t r1) {
+  if (j.w.dtype == DType::BF16) rows_of<uint16_t>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+  else rows_of<float>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+}
+
+// Output rows are cut in chunks of 16 (a multiple of every RB) and all chunks of all jobs are
+// shared out in one parallel region.
+constexpr int64_t kChunk = 16;
+
+void run_jobs(std::span<const GemvJob> jobs) {
+  int64_t total = 0, work = 0;
+  for (const GemvJob& j : jobs) {
+    total += (j.w.rows + kChunk - 1) / kChunk;
+    work += j.w.rows * j.w.cols;
+  }
+  const bool parallel = work >= 32768 && omp_get_max_threads() > 1 && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t c = 0; c < total; ++c) {
+    int64_t rest = c;
+    size_t i = 0;
+    while (rest >= (jobs[i].w.rows + kChunk - 1) / kChunk) rest -= (jobs[i++].w.rows + kChunk - 1) / kChunk;
+    const int64_t r0 = rest * kChunk, r1 = std::min(jobs[i].w.rows, r0 + kChunk);
+    job_rows(jobs[i], r0, r1);
   }
 }
 
@@ -176,16 +189,36 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
 void matmul_wt(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
                bool accumulate) {
   if (m == 0 || w.rows == 0) return;
+  if (m <= kSmallRows) {
+    DSV3_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16,
+               "matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+    GemvJob job{x, m, ldx, w, y, ldy, accumulate};
+    return run_jobs({&job, 1});
+  }
   if (w.dtype == DType::F32) {
-    if (m <= kSmallRows) return small_rows<float>(x, m, ldx, w, y, ldy, accumulate);
     ops::gemm(false, true, m, w.rows, w.cols, 1.0f, x, ldx, static_cast<const float*>(w.data),
               w.ld, accumulate ? 1.0f : 0.0f, y, ldy);
     return;
   }
   DSV3_CHECK(w.dtype == DType::BF16, "matmul: weights of dtype {} are not supported",
              dtype_name(w.dtype));
-  if (m <= kSmallRows) return small_rows<uint16_t>(x, m, ldx, w, y, ldy, accumulate);
   large_bf16(x, m, ldx, w, y, ldy, accumulate);
+}
+
+void matmul_wt_jobs(std::span<const GemvJob> jobs) {
+  bool small = true;
+  for (const GemvJob& j : jobs) {
+    DSV3_CHECK(j.w.dtype == DType::F32 || j.w.dtype == DType::BF16,
+               "matmul: weights of dtype {} are not supported", dtype_name(j.w.dtype));
+    small &= j.m <= kSmallRows;
+  }
+  if (small) {
+    std::vector<GemvJob> live;
+    for (const GemvJob& j : jobs)
+      if (j.m > 0 && j.w.rows > 0) live.push_back(j);
+    return run_jobs(live);
+  }
+  for (const GemvJob& j : jobs) matmul_wt(j.x, j.m, j.ldx, j.w, j.y, j.ldy, j.accumulate);
 }
 
 void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy) {

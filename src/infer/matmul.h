@@ -11,6 +11,7 @@
 // Up to kSmallRows rows, every output element is computed the same way whatever the row count,
 // so a token's logits do not depend on which other tokens share the pass.
 #include <cstdint>
+#include <span>
 
 #include "core/tensor.h"
 
@@ -31,6 +32,18 @@ struct MatRef {
 // y[m, w.rows] (= or +=) x[m, w.cols] . w^T   (the linear layer)
 void matmul_wt(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
                bool accumulate = false);
+
+// Several independent products y = x . w^T run in one parallel region (fewer thread
+// synchronisations per decoded token): the jobs' output rows are shared out together.
+struct GemvJob {
+  const float* x;
+  int64_t m, ldx;
+  MatRef w;
+  float* y;
+  int64_t ldy;
+  bool accumulate = false;
+};
+void matmul_wt_jobs(std::span<const GemvJob> jobs);
 
 // y[m, w.cols] = x[m, w.rows] . w   (absorbing the key up-projection into the query)
 void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy);

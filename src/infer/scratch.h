@@ -31,6 +31,7 @@ struct Engine::Scratch {
   std::vector<float> o;            // [N, H*v]
   // FFN / MoE.
   std::vector<float> gate, up;     // [M, I]
+  std::vector<float> sh_gate, sh_up; // [N, I_shared] shared experts (decode path)
   std::vector<float> ex_in, ex_out;// [M, D] rows routed to one expert
   std::vector<float> router;       // [N, E]
   std::vector<int32_t> chosen;     // [N, K]
