@@ -3,6 +3,7 @@
 
 #include "command.h"
 #include "core/threads.h"
+#include "infer/decode_parity.h"
 #include "model/parity.h"
 
 namespace {
@@ -12,6 +13,7 @@ struct Options {
   int threads = 0;
   std::string dump;
   bool optimizer = false;
+  bool no_decode = false;
 };
 
 dsv3::app::Registrar reg(
@@ -27,12 +29,15 @@ dsv3::app::Registrar reg(
           "Write the computed logits and gradients to this safetensors file (one fixture)");
       sub.add_flag("--optimizer", o->optimizer,
                    "Also check grad_norm, one AdamW step and the bias update");
+      sub.add_flag("--no-decode", o->no_decode,
+                   "Skip the inference checks (token-by-token decode through the latent cache)");
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
       return [o]() {
         dsv3::set_num_threads(o->threads);
         bool ok = true;
         for (const auto& dir : o->dirs) {
           dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer);
+          if (!o->no_decode) dsv3::infer::add_decode_parity(dir, r);
           std::fputs(r.table(o->failures_only).c_str(), stdout);
           ok &= r.all_pass();
         }

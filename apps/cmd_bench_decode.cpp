@@ -1,0 +1,89 @@
+// `dsv3 bench decode -m DIR`: prefill and batch-1 decode speed on random prompt ids (greedy,
+// end-of-sequence ignored), with resident memory and achieved weight bandwidth.
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "command.h"
+#include "infer_common.h"
+
+namespace {
+struct Options {
+  dsv3::app::ModelOptions model;
+  int prompt_tokens = 128, new_tokens = 64, repeat = 3;
+  uint64_t seed = 1;
+  std::string speculative;
+};
+
+// Resident and peak resident set sizes from /proc/self/status, in MiB.
+std::pair<double, double> rss_mib() {
+  std::ifstream in("/proc/self/status");
+  std::string key;
+  double rss = 0, hwm = 0;
+  while (in >> key) {
+    if (key == "VmRSS:") in >> rss;
+    else if (key == "VmHWM:") in >> hwm;
+  }
+  return {rss / 1024.0, hwm / 1024.0};
+}
+
+dsv3::app::Registrar reg(
+    "bench decode", "Prefill and decode tokens/s of a model (random prompt, greedy)",
+    [](CLI::App& sub) {
+      auto o = std::make_shared<Options>();
+      o->model.add(sub);
+      sub.add_option("--prompt-tokens", o->prompt_tokens, "Prompt length (default 128)");
+      sub.add_option("--new-tokens", o->new_tokens, "Tokens to generate (default 64)");
+      sub.add_option("--repeat", o->repeat, "Timed runs after one warm-up; the median is reported");
+      sub.add_option("--seed", o->seed, "Seed of the random prompt");
+      sub.add_option("--speculative", o->speculative, "mtp: MTP speculative decoding")
+          ->check(CLI::IsMember({"mtp", "none"}));
+      return [o]() {
+        using namespace dsv3;
+        DSV3_CHECK(o->prompt_tokens > 0 && o->new_tokens > 1 && o->repeat > 0,
+                   "bench decode: needs --prompt-tokens > 0, --new-tokens > 1, --repeat > 0");
+        auto weights = o->model.load();
+        infer::Engine engine(weights);
+        const ModelConfig& c = engine.config();
+        std::mt19937 rng(uint32_t(o->seed));
+        std::uniform_int_distribution<int32_t> id(0, c.vocab_size - 1);
+        std::vector<int32_t> prompt(size_t(o->prompt_tokens));
+        for (auto& t : prompt) t = id(rng);
+        infer::GenerateOptions go;
+        go.max_new_tokens = o->new_tokens;
+        go.cache_dtype = o->model.cache_dtype();
+        go.speculative_mtp = o->speculative == "mtp";
+        infer::Generator gen(engine);
+        std::vector<double> prefill, decode;
+        infer::GenerateStats st;
+        for (int r = 0; r <= o->repeat; ++r) {
+          gen.generate(prompt, go, nullptr, &st);
+          if (r == 0) continue;  // warm-up: page in the weights, create GEMM primitives
+          prefill.push_back(st.prefill_tokens_per_second());
+          decode.push_back(st.decode_tokens_per_second());
+        }
+        auto median = [](std::vector<double> v) {
+          std::sort(v.begin(), v.end());
+          return v[v.size() / 2];
+        };
+        const double pf = median(prefill), dc = median(decode);
+        auto [rss, hwm] = rss_mib();
+        const double active = double(weights->active_bytes_per_token());
+        std::printf("model: %s (%s weights, %s cache), %d threads\n", o->model.model.c_str(),
+                    o->model.precision.c_str(), o->model.cache.c_str(), num_threads());
+        std::printf("weights: %.1f MiB held, %.1f MiB read per decoded token; latent cache: %.2f "
+                    "MiB (%d positions)\n",
+                    double(weights->weight_bytes()) / 1048576.0, active / 1048576.0,
+                    double(st.cache_bytes) / 1048576.0, o->prompt_tokens + o->new_tokens);
+        std::printf("memory: rss=%.1f MiB peak_rss=%.1f MiB\n", rss, hwm);
+        std::printf("decode weight bandwidth: %.1f GB/s\n", active * dc / 1e9);
+        if (go.speculative_mtp)
+          std::printf("speculative: drafted=%d accepted=%d acceptance=%.3f\n", st.drafted,
+                      st.accepted, st.drafted ? double(st.accepted) / st.drafted : 0.0);
+        std::printf("prompt=%d new=%d prefill tokens/s=%.1f decode tokens/s=%.1f\n",
+                    o->prompt_tokens, o->new_tokens, pf, dc);
+        return 0;
+      };
+    });
+}  // namespace

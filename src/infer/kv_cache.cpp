@@ -1,0 +1,46 @@
+#include "infer/kv_cache.h"
+
+#include <cstring>
+
+namespace dsv3::infer {
+
+LatentCache::LatentCache(const ModelConfig& c, int layers, int capacity, DType dtype)
+    : layers_(layers),
+      capacity_(capacity),
+      width_(c.kv_lora_rank + c.qk_rope_head_dim),
+      rank_(c.kv_lora_rank) {
+  DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+             "latent cache: dtype {} is not supported (F32 or BF16)", dtype_name(dtype));
+  DSV3_CHECK(capacity > 0 && layers > 0, "latent cache: needs layers > 0 and capacity > 0, got {} and {}",
+             layers, capacity);
+  data_ = Tensor::zeros({layers, capacity, width_}, dtype);
+}
+
+void LatentCache::write(int layer, int pos, const float* c_kv_norm, const float* k_pe) {
+  DSV3_CHECK(pos >= 0 && pos < capacity_,
+             "latent cache: position {} is past the cache capacity of {} positions", pos, capacity_);
+  const size_t row = (size_t(layer) * size_t(capacity_) + size_t(pos)) * size_t(width_);
+  const size_t es = dtype_size(data_.dtype());
+  char* dst = static_cast<char*>(data_.data()) + row * es;
+  convert_from_f32(c_kv_norm, data_.dtype(), dst, size_t(rank_));
+  convert_from_f32(k_pe, data_.dtype(), dst + size_t(rank_) * es, size_t(width_ - rank_));
+}
+
+const float* LatentCache::read(int layer, int end, float* scratch) const {
+  const size_t row = size_t(layer) * size_t(capacity_) * size_t(width_);
+  if (data_.dtype() == DType::F32) return data_.f32() + row;
+  convert_to_f32(DType::BF16, data_.bf16() + row, scratch, size_t(end) * size_t(width_));
+  return scratch;
+}
+
+void LatentCache::set_len(int n) {
+  DSV3_CHECK(n >= 0 && n <= capacity_, "latent cache: length {} outside [0, {}]", n, capacity_);
+  len_ = n;
+}
+
+void LatentCache::truncate(int n) {
+  DSV3_CHECK(n >= 0 && n <= len_, "latent cache: cannot truncate to {} (length {})", n, len_);
+  len_ = n;
+}
+
+}  // namespace dsv3::infer

@@ -1,0 +1,268 @@
+#include "infer/matmul.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <map>
+#include <mutex>
+#include <tuple>
+#include <vector>
+
+#include <oneapi/dnnl/dnnl.hpp>
+
+#include "kernels/ops.h"
+
+namespace dsv3::infer {
+
+MatRef MatRef::of(const Tensor& t) {
+  DSV3_CHECK(t.ndim() == 2, "matmul: weight of shape {} is not 2-D", t.shape().str());
+  DSV3_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16,
+             "matmul: weights of dtype {} are not supported (F32 or BF16)", dtype_name(t.dtype()));
+  return {t.data(), t.dtype(), t.dim(0), t.dim(1), t.dim(1)};
+}
+
+MatRef MatRef::row_block(int64_t begin, int64_t count) const {
+  DSV3_CHECK(begin >= 0 && count >= 0 && begin + count <= rows,
+             "matmul: row block [{}, {}) outside a matrix of {} rows", begin, begin + count, rows);
+  MatRef r = *this;
+  r.data = static_cast<const char*>(data) + size_t(begin * ld) * dtype_size(dtype);
+  r.rows = count;
+  return r;
+}
+
+namespace {
+
+// ---- Streaming kernel for a few activation rows against BF16 weights ----
+
+inline __m512 load_bf16(const uint16_t* p) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)p)), 16));
+}
+inline __m512 load_bf16_masked(const uint16_t* p, __mmask16 mask) {
+  return _mm512_castsi512_ps(
+      _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+}
+
+inline __m512 load_w(const uint16_t* p) { return load_bf16(p); }
+inline __m512 load_w_masked(const uint16_t* p, __mmask16 m) { return load_bf16_masked(p, m); }
+inline __m512 load_w(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_w_masked(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+
+// Output rows [r0, r1) of y[M, n] = x[M, k] . w^T. RB weight rows are processed together so
+// that each activation vector loaded serves RB rows; RB * M accumulators stay in registers.
+// Each output element is summed in the same order whatever M and RB are, so a row's result
+// does not depend on which other rows share the call (decode, verification and batches agree
+// bit for bit).
+template <int M, int RB, typename W>
+void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, int64_t r0,
+                int64_t r1, float* y, int64_t ldy, bool accumulate) {
+  const int64_t k16 = k / 16 * 16;
+  const __mmask16 tail = __mmask16((1u << (k - k16)) - 1u);
+  int64_t r = r0;
+  for (; r + RB <= r1; r += RB) {
+    __m512 acc[RB][M];
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k16; kk += 16) {
+      __m512 wv[RB];
+      for (int a = 0; a < RB; ++a) wv[a] = load_w(w + (r + a) * ld + kk);
+      for (int i = 0; i < M; ++i) {
+        __m512 xv = _mm512_loadu_ps(x + i * ldx + kk);
+        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
+      }
+    }
+    if (k16 < k) {
+      __m512 wv[RB];
+      for (int a = 0; a < RB; ++a) wv[a] = load_w_masked(w + (r + a) * ld + k16, tail);
+      for (int i = 0; i < M; ++i) {
+        __m512 xv = _mm512_maskz_loadu_ps(tail, x + i * ldx + k16);
+        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
+      }
+    }
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) {
+        float v = _mm512_reduce_add_ps(acc[a][i]);
+        float& out = y[i * ldy + r + a];
+        out = accumulate ? out + v : v;
+      }
+  }
+  if (r < r1) {
+    if constexpr (RB > 1) gemv_block<M, 1>(x, ldx, w, ld, k, r, r1, y, ldy, accumulate);
+  }
+}
+
+// Output rows [r0, r1) of one product of m <= kSmallRows rows.
+template <typename W>
+void rows_of(const float* x, int64_t m, int64_t ldx, const MatRef& w, int64_t r0, int64_t r1,
+             float* y, int64_t ldy, bool acc) {
+  const W* p = static_cast<const W*>(w.data);
+  switch (m) {
+    case 1: return gemv_block<1, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 2: return gemv_block<2, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 3: return gemv_block<3, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 4: return gemv_block<4, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 5: return gemv_block<5, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 6: return gemv_block<6, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 7: return gemv_block<7, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    default: return gemv_block<8, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+  }
+}
+
+void job_rows(const GemvJob& j, int64_t r0, int64_t r1) {
+  if (j.w.dtype == DType::BF16) rows_of<uint16_t>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+  else rows_of<float>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+}
+
+// Output rows are cut in chunks of 16 (a multiple of every RB) and all chunks of all jobs are
+// shared out in one parallel region.
+constexpr int64_t kChunk = 16;
+
+void run_jobs(std::span<const GemvJob> jobs) {
+  int64_t total = 0, work = 0;
+  for (const GemvJob& j : jobs) {
+    total += (j.w.rows + kChunk - 1) / kChunk;
+    work += j.w.rows * j.w.cols;
+  }
+  const bool parallel = work >= 32768 && omp_get_max_threads() > 1 && !omp_in_parallel();
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t c = 0; c < total; ++c) {
+    int64_t rest = c;
+    size_t i = 0;
+    while (rest >= (jobs[i].w.rows + kChunk - 1) / kChunk) rest -= (jobs[i++].w.rows + kChunk - 1) / kChunk;
+    const int64_t r0 = rest * kChunk, r1 = std::min(jobs[i].w.rows, r0 + kChunk);
+    job_rows(jobs[i], r0, r1);
+  }
+}
+
+// ---- oneDNN BF16 matmul for many rows ----
+
+struct DnnlState {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  // (m, n, k, ld, ldy, accumulate) -> primitive
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>, dnnl::matmul> cache;
+  std::mutex mutex;
+};
+DnnlState& dnnl_state() {
+  static DnnlState s;
+  return s;
+}
+
+void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
+                bool accumulate) {
+  using dt = dnnl::memory::data_type;
+  const int64_t n = w.rows, k = w.cols;
+  thread_local std::vector<uint16_t> xb;
+  if (xb.size() < size_t(m * k)) xb.resize(size_t(m * k));
+  for (int64_t i = 0; i < m; ++i) convert_from_f32(x + i * ldx, DType::BF16, xb.data() + i * k, size_t(k));
+  DnnlState& s = dnnl_state();
+  dnnl::memory::desc src_md({m, k}, dt::bf16, dnnl::memory::dims{k, 1});
+  dnnl::memory::desc wei_md({k, n}, dt::bf16, dnnl::memory::dims{1, w.ld});
+  dnnl::memory::desc dst_md({m, n}, dt::f32, dnnl::memory::dims{ldy, 1});
+  dnnl::matmul prim;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    auto key = std::make_tuple(m, n, k, w.ld, ldy, accumulate);
+    auto it = s.cache.find(key);
+    if (it == s.cache.end()) {
+      dnnl::primitive_attr attr;
+      if (accumulate) {
+        dnnl::post_ops po;
+        po.append_sum(1.0f);
+        attr.set_post_ops(po);
+      }
+      dnnl::matmul::desc d(src_md, wei_md, dst_md);
+      dnnl::matmul::primitive_desc pd(d, attr, s.engine);
+      it = s.cache.emplace(key, dnnl::matmul(pd)).first;
+    }
+    prim = it->second;
+  }
+  dnnl::memory src(src_md, s.engine, xb.data());
+  dnnl::memory wei(wei_md, s.engine, const_cast<void*>(w.data));
+  dnnl::memory dst(dst_md, s.engine, y);
+  prim.execute(s.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+  s.stream.wait();
+}
+
+}  // namespace
+
+void matmul_wt(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
+               bool accumulate) {
+  if (m == 0 || w.rows == 0) return;
+  if (m <= kSmallRows) {
+    DSV3_CHECK(w.dtype == DType::F32 || w.dtype == DType::BF16,
+               "matmul: weights of dtype {} are not supported", dtype_name(w.dtype));
+    GemvJob job{x, m, ldx, w, y, ldy, accumulate};
+    return run_jobs({&job, 1});
+  }
+  if (w.dtype == DType::F32) {
+    ops::gemm(false, true, m, w.rows, w.cols, 1.0f, x, ldx, static_cast<const float*>(w.data),
+              w.ld, accumulate ? 1.0f : 0.0f, y, ldy);
+    return;
+  }
+  DSV3_CHECK(w.dtype == DType::BF16, "matmul: weights of dtype {} are not supported",
+             dtype_name(w.dtype));
+  large_bf16(x, m, ldx, w, y, ldy, accumulate);
+}
+
+void matmul_wt_jobs(std::span<const GemvJob> jobs) {
+  bool small = true;
+  for (const GemvJob& j : jobs) {
+    DSV3_CHECK(j.w.dtype == DType::F32 || j.w.dtype == DType::BF16,
+               "matmul: weights of dtype {} are not supported", dtype_name(j.w.dtype));
+    small &= j.m <= kSmallRows;
+  }
+  if (small) {
+    std::vector<GemvJob> live;
+    for (const GemvJob& j : jobs)
+      if (j.m > 0 && j.w.rows > 0) live.push_back(j);
+    return run_jobs(live);
+  }
+  for (const GemvJob& j : jobs) matmul_wt(j.x, j.m, j.ldx, j.w, j.y, j.ldy, j.accumulate);
+}
+
+void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy) {
+  if (m == 0 || w.cols == 0) return;
+  if (w.dtype == DType::F32 && m <= kSmallRows) {
+    const float* wp = static_cast<const float*>(w.data);
+    for (int64_t i = 0; i < m; ++i) {
+      float* yi = y + i * ldy;
+      for (int64_t c = 0; c < w.cols; ++c) yi[c] = 0.0f;
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const float a = x[i * ldx + r];
+        const float* wr = wp + r * w.ld;
+        for (int64_t c = 0; c < w.cols; ++c) yi[c] += a * wr[c];
+      }
+    }
+    return;
+  }
+  if (w.dtype == DType::F32) {
+    ops::gemm(false, false, m, w.cols, w.rows, 1.0f, x, ldx, static_cast<const float*>(w.data),
+              w.ld, 0.0f, y, ldy);
+    return;
+  }
+  DSV3_CHECK(w.dtype == DType::BF16, "matmul: weights of dtype {} are not supported",
+             dtype_name(w.dtype));
+  const uint16_t* wp = static_cast<const uint16_t*>(w.data);
+  if (m > kSmallRows) {
+    // Widen the (small) matrix once and use the F32 GEMM.
+    thread_local std::vector<float> wf;
+    if (wf.size() < size_t(w.rows * w.cols)) wf.resize(size_t(w.rows * w.cols));
+    for (int64_t r = 0; r < w.rows; ++r)
+      convert_to_f32(DType::BF16, wp + r * w.ld, wf.data() + r * w.cols, size_t(w.cols));
+    ops::gemm(false, false, m, w.cols, w.rows, 1.0f, x, ldx, wf.data(), w.cols, 0.0f, y, ldy);
+    return;
+  }
+  // y_i = sum_r x_i[r] * w[r, :], exact F32 products of the widened weights.
+  for (int64_t i = 0; i < m; ++i) {
+    float* yi = y + i * ldy;
+    for (int64_t c = 0; c < w.cols; ++c) yi[c] = 0.0f;
+    for (int64_t r = 0; r < w.rows; ++r) {
+      const float a = x[i * ldx + r];
+      const uint16_t* wr = wp + r * w.ld;
+      for (int64_t c = 0; c < w.cols; ++c) yi[c] += a * bf16_to_f32(wr[c]);
+    }
+  }
+}
+
+}  // namespace dsv3::infer
