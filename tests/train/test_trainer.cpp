@@ -10,6 +10,7 @@
 #include "train/checkpoint.h"
 #include "train/data/prepare.h"
 #include "train/schedule.h"
+#include "train/default_run.h"
 #include "train/trainer.h"
 
 namespace dsv3 {
@@ -203,5 +204,15 @@ TEST(Balance, MaxViolationIsWorstLoadOverMeanMinusOne) {
   EXPECT_DOUBLE_EQ(max_violation(skewed, 4), 10.0 / 4.0 - 1.0);
 }
 
+}  // namespace
+}  // namespace dsv3
+
+namespace dsv3 {
+namespace {
+// bench/configs/default-small.json is the built-in default model (benchmarks run it by file).
+TEST(DefaultRun, BenchConfigFileIsTheBuiltInModel) {
+  ModelConfig file = ModelConfig::load(std::string(DSV3_SOURCE_DIR) + "/bench/configs/default-small.json");
+  EXPECT_EQ(file.to_json(), default_model_config().to_json());
+}
 }  // namespace
 }  // namespace dsv3
