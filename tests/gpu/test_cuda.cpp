@@ -4,7 +4,9 @@
 // and the flash attention forward (o and lse) on sequences long enough for several key tiles.
 //
 // Without a device every test here fails: this executable exists to be run on a GPU machine.
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <random>
 #include <vector>
 
