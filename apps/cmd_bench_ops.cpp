@@ -32,6 +32,11 @@ dsv3::app::Registrar reg(
         using namespace dsv3::optest;
         dsv3::set_num_threads(o->threads);
         for (Backend b : available_backends()) {
+          if (std::string why = backend_unusable(b); !why.empty()) {
+            std::printf("backend %s skipped: %s\n", std::string(backend_name(b)).c_str(),
+                        why.c_str());
+            continue;
+          }
           std::printf("backend %s, %d threads\n", std::string(backend_name(b)).c_str(),
                       dsv3::num_threads());
           std::printf("%-20s %-28s %11s %11s %12s %9s\n", "op", "shape", "fast ms", "ref ms",

@@ -3,9 +3,20 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/device.h"
+
 namespace dsv3 {
 
-Arena::Arena(size_t capacity_bytes) : capacity_((capacity_bytes + 63) / 64 * 64) {
+Arena::Arena(size_t capacity_bytes, Device device)
+    : capacity_((capacity_bytes + 63) / 64 * 64), device_(device) {
+  if (device == Device::CUDA) {
+    // cudaMalloc aligns to 256 bytes, so 64-byte offsets from the base stay 64-byte aligned.
+    void* p = device::cuda_alloc(capacity_);
+    block_ = std::shared_ptr<void>(p, [](void* q) { device::cuda_free(q); });
+    base_ = static_cast<char*>(p);
+    device::zero(p, device, capacity_);
+    return;
+  }
   void* p = std::aligned_alloc(64, capacity_ ? capacity_ : 64);
   DSV3_CHECK(p != nullptr, "out of memory: cannot reserve {} MiB for activations", capacity_ >> 20);
   std::memset(p, 0, capacity_);
@@ -22,7 +33,7 @@ Tensor Arena::alloc(const Shape& shape, DType dtype) {
     return Tensor::view(reinterpret_cast<void*>(uintptr_t(64)), shape, dtype);
   }
   DSV3_CHECK(used_ <= capacity_, "arena overflow: need {} bytes, planned {}", used_, capacity_);
-  return Tensor::view(base_ + offset, shape, dtype, Device::CPU, block_);
+  return Tensor::view(base_ + offset, shape, dtype, device_, block_);
 }
 
 }  // namespace dsv3

@@ -7,6 +7,9 @@
 // block of the measured size and lay the same buffers out again:
 //   Arena measure = Arena::measuring();   Plan plan(measure, ...);
 //   Arena arena(measure.used());          Plan plan(arena, ...);
+// A device arena (Arena(bytes, Device::CUDA)) is planned the same way: the measuring pass is
+// device-agnostic, and the second pass hands out views into one device block, so a whole step's
+// device memory is one cudaMalloc made before the loop.
 #include <memory>
 
 #include "core/tensor.h"
@@ -16,13 +19,14 @@ namespace dsv3 {
 class Arena {
  public:
   static Arena measuring() { return Arena(); }
-  explicit Arena(size_t capacity_bytes);
+  explicit Arena(size_t capacity_bytes, Device device = Device::CPU);
 
-  // A zero-initialised view of the next `shape` elements, 64-byte aligned.
+  // A zero-initialised view of the next `shape` elements, 64-byte aligned, on the arena's device.
   Tensor alloc(const Shape& shape, DType dtype = DType::F32);
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
   bool is_measuring() const { return base_ == nullptr; }
+  Device device() const { return device_; }
 
  private:
   Arena() = default;
@@ -30,6 +34,7 @@ class Arena {
   char* base_ = nullptr;
   size_t capacity_ = 0;
   size_t used_ = 0;
+  Device device_ = Device::CPU;
 };
 
 }  // namespace dsv3

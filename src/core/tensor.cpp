@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/device.h"
+
 namespace dsv3 {
 
 std::string_view device_name(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
@@ -39,13 +41,18 @@ std::string Shape::str() const {
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
-  DSV3_CHECK(device == Device::CPU, "Tensor::zeros on {} needs that backend's allocator",
-             device_name(device));
   Tensor t;
   t.shape_ = shape;
   t.dtype_ = dtype;
   t.device_ = device;
   size_t bytes = (t.nbytes() + 63) / 64 * 64;
+  if (device == Device::CUDA) {
+    void* p = device::cuda_alloc(bytes);
+    t.owner_ = std::shared_ptr<void>(p, [](void* q) { device::cuda_free(q); });
+    t.data_ = p;
+    device::zero(p, device, bytes);
+    return t;
+  }
   void* p = std::aligned_alloc(64, bytes ? bytes : 64);
   DSV3_CHECK(p != nullptr, "out of memory allocating {} bytes for a tensor of shape {}", bytes,
              shape.str());
@@ -88,18 +95,24 @@ Tensor Tensor::slice_rows(int64_t begin, int64_t end) const {
 
 Tensor Tensor::clone() const {
   Tensor t = zeros(shape_, dtype_, device_);
-  if (nbytes()) std::memcpy(t.data_, data_, nbytes());
+  device::copy(t.data_, device_, data_, device_, nbytes());
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = zeros(shape_, dtype_, device);
+  device::copy(t.data_, device, data_, device_, nbytes());
   return t;
 }
 
 Tensor Tensor::to_f32() const {
+  if (device_ != Device::CPU) return to(Device::CPU).to_f32().to(device_);
   Tensor t = zeros(shape_, DType::F32, device_);
   convert_to_f32(dtype_, data_, t.f32(), size_t(numel()));
   return t;
 }
 
-void Tensor::zero_() {
-  if (nbytes()) std::memset(data_, 0, nbytes());
-}
+void Tensor::zero_() { device::zero(data_, device_, nbytes()); }
 
 }  // namespace dsv3

@@ -44,7 +44,9 @@ class Shape {
 class Tensor {
  public:
   Tensor() = default;
-  // Allocates zero-filled, 64-byte aligned storage owned by the tensor.
+  // Allocates zero-filled, 64-byte aligned storage owned by the tensor, on the CPU or (in a
+  // build with the CUDA backend and a visible GPU) in device memory; otherwise a dsv3::Error
+  // "CUDA device requested but ...".
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   // Views memory owned elsewhere; `keep_alive` (optional) is held as long as the view lives.
   static Tensor view(void* data, const Shape& shape, DType dtype, Device device = Device::CPU,
@@ -70,9 +72,12 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Rows [begin, end) along the first dimension, sharing storage.
   Tensor slice_rows(int64_t begin, int64_t end) const;
-  // Deep copy on the CPU in the same dtype.
+  // Deep copy on the same device in the same dtype.
   Tensor clone() const;
-  // A float32 copy (converting BF16/F16/F8 exactly).
+  // A copy on `device` (this tensor itself when it is already there: no copy).
+  Tensor to(Device device) const;
+  // A float32 copy on the same device (converting BF16/F16/F8 exactly; a device tensor makes
+  // the round trip through the host).
   Tensor to_f32() const;
   void zero_();
 

@@ -427,9 +427,12 @@ std::vector<OpCase> build_op_cases() {
       [](const OpSet& o, Problem& p) {
         const bool in_place = p.scalar("in_place") != 0, grad = p.scalar("with_grad") != 0;
         Tensor& d = p["d_logits"];
-        p["loss"].f32()[0] =
+        // The loss is a host value on every backend: it replaces the (host) "loss" tensor.
+        Tensor loss = Tensor::zeros({1});
+        loss.f32()[0] =
             float(o.cross_entropy(in_place ? d : p["logits"], p["targets"].i32(),
                                   float(p.scalar("scale")), grad ? &d : nullptr));
+        p.tensors["loss"] = loss;
       },
       {"loss", "d_logits"}, {kElementwise, kBf16Elementwise},
       "the loss sums in float64 in both; the gradient is one float32 exp per element",
@@ -595,6 +598,9 @@ double moved_dot(const std::vector<int64_t>& map, const std::vector<double>& x, 
 
 void set(Problem& p, const std::string& name, Tensor t) { p.tensors[name] = std::move(t); }
 
+// A zero tensor shaped as t on t's device: the backward lambdas run on every backend.
+Tensor zeros_like(const Tensor& t) { return Tensor::zeros(t.shape(), t.dtype(), t.device()); }
+
 std::vector<GradCase> build_grad_cases() {
   std::vector<GradCase> cases;
   // Gradient tolerance: the analytic side is float32 (the fast backward after the fast forward),
@@ -618,8 +624,8 @@ std::vector<GradCase> build_grad_cases() {
         return dot(y, p["r_y"]);
       },
       [](const OpSet& o, Problem& p) {
-        set(p, "d_x", Tensor::zeros(p["x"].shape()));
-        set(p, "d_w", Tensor::zeros(p["w"].shape()));
+        set(p, "d_x", zeros_like(p["x"]));
+        set(p, "d_w", zeros_like(p["w"]));
         o.linear_backward(p["x"], p["w"], p["r_y"], &p["d_x"], &p["d_w"], false);
       }});
 
@@ -642,10 +648,11 @@ std::vector<GradCase> build_grad_cases() {
         return dot(y, p["r_y"]);
       },
       [](const OpSet& o, Problem& p) {
-        Tensor y = Tensor::zeros(p["x"].shape()), rstd = Tensor::zeros({p.dims[0]});
+        Tensor y = zeros_like(p["x"]);
+        Tensor rstd = Tensor::zeros({p.dims[0]}, DType::F32, p["x"].device());
         o.rmsnorm_forward(p["x"], p["w"], float(p.scalar("eps")), y, rstd);
-        set(p, "d_x", Tensor::zeros(p["x"].shape()));
-        set(p, "d_w", Tensor::zeros(p["w"].shape()));
+        set(p, "d_x", zeros_like(p["x"]));
+        set(p, "d_w", zeros_like(p["w"]));
         o.rmsnorm_backward(p["x"], p["w"], rstd, p["r_y"], p["d_x"], p["d_w"], false);
       }});
 
@@ -684,7 +691,7 @@ std::vector<GradCase> build_grad_cases() {
         return dot(h, p["r_h"]);
       },
       [](const OpSet& o, Problem& p) {
-        set(p, "d_gate_up", Tensor::zeros(p["gate_up"].shape()));
+        set(p, "d_gate_up", zeros_like(p["gate_up"]));
         o.swiglu_backward(p["gate_up"], p["r_h"], p["d_gate_up"]);
       }});
 
@@ -708,12 +715,12 @@ std::vector<GradCase> build_grad_cases() {
       [](const OpSet& o, Problem& p) {
         const Dims& d = p.dims;
         const float scale = float(p.scalar("scale"));
-        Tensor probs = Tensor::zeros({d[0], d[1], d[2], d[2]}), out = Tensor::zeros(p["v"].shape());
-        Tensor scratch = Tensor::zeros(probs.shape());
+        Tensor probs = Tensor::zeros({d[0], d[1], d[2], d[2]}, DType::F32, p["q"].device());
+        Tensor out = zeros_like(p["v"]), scratch = zeros_like(probs);
         o.attention_forward(p["q"], p["k"], p["v"], scale, probs, out);
-        set(p, "d_q", Tensor::zeros(p["q"].shape()));
-        set(p, "d_k", Tensor::zeros(p["k"].shape()));
-        set(p, "d_v", Tensor::zeros(p["v"].shape()));
+        set(p, "d_q", zeros_like(p["q"]));
+        set(p, "d_k", zeros_like(p["k"]));
+        set(p, "d_v", zeros_like(p["v"]));
         o.attention_backward(p["q"], p["k"], p["v"], probs, p["r_o"], scale, scratch, p["d_q"],
                              p["d_k"], p["d_v"]);
       }});
@@ -734,7 +741,7 @@ std::vector<GradCase> build_grad_cases() {
                                                          static_cast<double*>(nullptr));
       },
       [](const OpSet& o, Problem& p) {
-        set(p, "d_logits", Tensor::zeros(p["logits"].shape()));
+        set(p, "d_logits", zeros_like(p["logits"]));
         o.cross_entropy(p["logits"], p["targets"].i32(), float(p.scalar("scale")),
                         &p["d_logits"]);
       }});
@@ -757,7 +764,7 @@ std::vector<GradCase> build_grad_cases() {
         return dot(out, p["r_out"]);
       },
       [](const OpSet& o, Problem& p) {
-        set(p, "d_table", Tensor::zeros(p["table"].shape()));
+        set(p, "d_table", zeros_like(p["table"]));
         o.embedding_backward(p["ids"].i32(), p.dims[2], p["r_out"], p["d_table"]);
       }});
 
@@ -779,7 +786,7 @@ std::vector<GradCase> build_grad_cases() {
         return moved_dot(map, value(p, v, "tokens"), p["r_heads"]);
       },
       [](const OpSet& o, Problem& p) {
-        set(p, "d_tokens", Tensor::zeros(p["tokens"].shape()));
+        set(p, "d_tokens", zeros_like(p["tokens"]));
         o.heads_to_tokens(p["r_heads"].f32(), p["d_tokens"].f32(), head_copy(p.dims), true);
       }});
 
@@ -801,7 +808,7 @@ std::vector<GradCase> build_grad_cases() {
       },
       [](const OpSet& o, Problem& p) {
         const Dims& d = p.dims;
-        set(p, "d_wide", Tensor::zeros(p["wide"].shape()));
+        set(p, "d_wide", zeros_like(p["wide"]));
         o.put_columns(p["r_narrow"].f32(), d[3], p["d_wide"].f32(), d[1], d[2], d[0]);
       }});
   return cases;

@@ -21,10 +21,13 @@
 namespace dsv3::optest {
 
 // ---- Backends ----
-enum class Backend { CPU };  // CUDA joins here
+enum class Backend { CPU, CUDA };
 std::string_view backend_name(Backend b);
-// The backends this build can run (CPU only for now).
+// The backends this build contains (CUDA when built with it, whether or not a GPU is visible).
 std::vector<Backend> available_backends();
+// Empty when the backend can run here; else why not (a CUDA build on a machine without a GPU),
+// for the tests to report as skipped.
+std::string backend_unusable(Backend b);
 
 // ---- The ops, as a table of function pointers: the fast set or the reference set ----
 // A case is written once against an OpSet and run with both.
@@ -66,7 +69,9 @@ struct Problem {
   Problem clone() const;  // deep copy
 };
 
-// Copies a host problem to a backend's device, and a device tensor back to the host.
+// Copies a host problem to a backend's device, and a device tensor back to the host. On a
+// device backend every tensor moves, the integer ones (ids, targets, positions) included: an
+// op's raw pointer arguments then point into device memory as its tensors do.
 Problem to_backend(const Problem& host, Backend b);
 Tensor to_host(const Tensor& t);
 

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "core/device.h"
 #include "kernels/op_cases.h"
 #include "kernels/reference.h"
 
@@ -17,11 +18,22 @@ namespace dsv3::optest {
 std::string_view backend_name(Backend b) {
   switch (b) {
     case Backend::CPU: return "cpu";
+    case Backend::CUDA: return "cuda";
   }
   return "?";
 }
 
-std::vector<Backend> available_backends() { return {Backend::CPU}; }
+std::vector<Backend> available_backends() {
+  if (device::cuda_built()) return {Backend::CPU, Backend::CUDA};
+  return {Backend::CPU};
+}
+
+std::string backend_unusable(Backend b) {
+  if (b == Backend::CUDA && device::cuda_device_count() == 0)
+    return "CUDA backend built but no CUDA device is visible: the CUDA op cases run on a GPU "
+           "machine (ctest -C gpu -L gpu, or dsv3_tests there)";
+  return "";
+}
 
 const OpSet& fast_ops() {
   static const OpSet set{
@@ -78,15 +90,18 @@ Problem Problem::clone() const {
 Problem to_backend(const Problem& host, Backend b) {
   switch (b) {
     case Backend::CPU: return host.clone();
+    case Backend::CUDA: {
+      Problem p;
+      p.dims = host.dims;
+      p.scalars = host.scalars;
+      for (const auto& [name, t] : host.tensors) p.tensors[name] = t.to(Device::CUDA);
+      return p;
+    }
   }
   fail("to_backend: backend {} is not built", backend_name(b));
 }
 
-Tensor to_host(const Tensor& t) {
-  DSV3_CHECK(t.device() == Device::CPU, "to_host: {} tensors need that backend's copy",
-             device_name(t.device()));
-  return t;
-}
+Tensor to_host(const Tensor& t) { return t.to(Device::CPU); }
 
 Tensor randn(const Shape& shape, Rng& rng, double stddev) {
   Tensor t = Tensor::zeros(shape);
@@ -196,7 +211,14 @@ PerfResult run_perf(const OpCase& c, Backend backend, double min_seconds) {
   PerfResult r;
   // Ops that accumulate or work in place change their buffers between calls; the work per call
   // is the same, which is all that is timed here.
-  r.fast_s = seconds_per_call([&] { c.run(fast_ops(), dev); }, min_seconds, 3, true);
+  // Device ops are asynchronous: each timed call waits for its kernels to finish.
+  const Device device = backend == Backend::CUDA ? Device::CUDA : Device::CPU;
+  r.fast_s = seconds_per_call(
+      [&] {
+        c.run(fast_ops(), dev);
+        device::synchronize(device);
+      },
+      min_seconds, 3, true);
   r.ref_s = seconds_per_call([&] { c.run(reference_ops(), ref); }, min_seconds / 2, 1, false);
   r.flops = c.flops ? c.flops(c.bench) : 0.0;
   r.bytes = c.bytes ? c.bytes(c.bench) : 0.0;

@@ -5,13 +5,19 @@
 #include <cmath>
 #include <limits>
 
+<<<<<<< HEAD
 #include "kernels/cpu/fast_math.h"
+=======
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
+>>>>>>> cuda
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        Tensor& probs, Tensor& o) {
+  if (q.device() == Device::CUDA) return cuda_ops::attention_forward(q, k, v, scale, probs, o);
   const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
   DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
                  probs.numel() == batch * heads * seq * seq,
@@ -47,6 +53,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
                         const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v) {
+  if (q.device() == Device::CUDA)
+    return cuda_ops::attention_backward(q, k, v, probs, d_o, scale, scratch, d_q, d_k, d_v);
   const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
 #pragma omp parallel for schedule(dynamic)
   for (int64_t bh = 0; bh < batch * heads; ++bh) {

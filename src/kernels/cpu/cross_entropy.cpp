@@ -4,6 +4,8 @@
 #include <vector>
 
 #include "kernels/cpu/fast_math.h"
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -18,6 +20,8 @@ float* scratch_row_loss(int64_t rows) {
 }  // namespace
 
 double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
+  if (logits.device() == Device::CUDA)
+    return cuda_ops::cross_entropy(logits, targets, scale, d_logits);
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r)
     DSV3_CHECK(targets[r] >= -1 && targets[r] < vocab,

@@ -3,11 +3,14 @@
 
 #include <cstring>
 
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
+  if (table.device() == Device::CUDA) return cuda_ops::embedding_forward(table, ids, rows, out);
   const int64_t vocab = table.dim(0), dim = table.dim(1);
   for (int64_t r = 0; r < rows; ++r)
     DSV3_CHECK(ids[r] >= -1 && ids[r] < vocab,
@@ -27,6 +30,8 @@ void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Te
 }
 
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table) {
+  if (d_table.device() == Device::CUDA)
+    return cuda_ops::embedding_backward(ids, rows, d_out, d_table);
   const int64_t dim = d_table.dim(1);
   const float* gp = d_out.f32();
   float* tp = d_table.f32();
@@ -45,6 +50,7 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {
+  if (y.device() == Device::CUDA) return cuda_ops::add_inplace(y, x);
   DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
   float* yp = y.f32();
   const float* xp = x.f32();

@@ -5,12 +5,16 @@
 #include <chrono>
 #include <vector>
 
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (device::is_cuda_pointer(c))  // raw pointers: dispatch on where C lives
+    return cuda_ops::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   if (m == 0 || n == 0) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i)
@@ -39,12 +43,14 @@ double measure_gemm_gflops() {
 
 static void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* what) {
   DSV3_CHECK(x.device() == Device::CPU && w.device() == Device::CPU,
-             "{}: only the CPU backend is built", what);
+             "{}: x is on {} and W on {} (both must be on one device)", what,
+             device_name(x.device()), device_name(w.device()));
   DSV3_CHECK(w.ndim() == 2 && x.numel() == rows * w.dim(1), "{}: x {} does not match W {}", what,
              x.shape().str(), w.shape().str());
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  if (x.device() == Device::CUDA) return cuda_ops::linear_forward(x, w, y);
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_forward");
@@ -55,6 +61,8 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
                      bool accumulate_d_x) {
+  if (x.device() == Device::CUDA)
+    return cuda_ops::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x);
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_backward");

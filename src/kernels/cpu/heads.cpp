@@ -1,11 +1,14 @@
 // Layout changes between token-major activations and the head-major layout attention uses.
 #include <cstring>
 
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
 
 void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
+  if (device::is_cuda_pointer(heads)) return cuda_ops::tokens_to_heads(tokens, heads, c);
 #pragma omp parallel for collapse(2) schedule(static)
   for (int64_t b = 0; b < c.batch; ++b)
     for (int64_t h = 0; h < c.heads; ++h)
@@ -18,6 +21,8 @@ void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
 }
 
 void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool accumulate) {
+  if (device::is_cuda_pointer(tokens))
+    return cuda_ops::heads_to_tokens(heads, tokens, c, accumulate);
   // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
 #pragma omp parallel for schedule(static)
   for (int64_t bt = 0; bt < c.batch * c.seq; ++bt) {
@@ -38,6 +43,8 @@ void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool 
 
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
                   int64_t rows) {
+  if (device::is_cuda_pointer(dst))
+    return cuda_ops::copy_columns(src, src_cols, offset, width, dst, rows);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     std::memcpy(dst + r * width, src + r * src_cols + offset, size_t(width) * sizeof(float));
@@ -45,6 +52,8 @@ void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t wi
 
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
                  int64_t rows) {
+  if (device::is_cuda_pointer(dst))
+    return cuda_ops::put_columns(src, width, dst, dst_cols, offset, rows);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     std::memcpy(dst + r * dst_cols + offset, src + r * width, size_t(width) * sizeof(float));

@@ -1,4 +1,6 @@
 // Rotary position embedding over interleaved pairs, on the CPU.
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -34,11 +36,13 @@ void rotate(float* x, const RopeSlice& s, const int32_t* positions, const Tensor
 
 void rope_forward(float* x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
                   const Tensor& sin) {
+  if (cos.device() == Device::CUDA) return cuda_ops::rope(x, s, positions, cos, sin, false);
   rotate<false>(x, s, positions, cos, sin);
 }
 
 void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
                    const Tensor& sin) {
+  if (cos.device() == Device::CUDA) return cuda_ops::rope(d_x, s, positions, cos, sin, true);
   rotate<true>(d_x, s, positions, cos, sin);
 }
 

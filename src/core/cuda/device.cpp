@@ -1,0 +1,107 @@
+// The memory functions of core/device.h on CUDA (compiled only when the backend is built).
+//
+// Everything runs on one stream, the legacy default stream (0), so a copy or a kernel launch is
+// ordered after everything queued before it without explicit events. Kernels in kernels/cuda/
+// launch on the same stream (kernels/cuda/context.h). A later multi-stream design (overlapping
+// communication) changes this in one place.
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstring>
+
+#include "core/device.h"
+
+namespace dsv3::device {
+namespace {
+
+// Set by the first successful allocation: until then no pointer can be a device pointer, and
+// is_cuda_pointer answers without asking the runtime (a CPU run of a CUDA build pays nothing).
+std::atomic<bool> g_allocated{false};
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) fail("{}: CUDA error {} ({})", what, cudaGetErrorName(e), cudaGetErrorString(e));
+}
+
+}  // namespace
+
+bool cuda_built() { return true; }
+
+int cuda_device_count() {
+  // Asked once: the answer cannot change during a run, and the first call initialises the
+  // runtime (slow); with no driver or no GPU it fails, which means zero devices here.
+  static const int count = [] {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+      cudaGetLastError();  // clear the error so later calls do not see it
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+void require_cuda(const char* what) {
+  if (cuda_device_count() > 0) return;
+  int driver = 0;
+  cudaDriverGetVersion(&driver);
+  fail("{}: CUDA device requested but no CUDA device is visible ({}; check nvidia-smi and "
+       "CUDA_VISIBLE_DEVICES)",
+       what, driver ? "the driver is loaded but reports no GPU" : "no CUDA driver is loaded");
+}
+
+void* cuda_alloc(size_t bytes) {
+  require_cuda("cuda_alloc");
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    cudaMemGetInfo(&free_b, &total_b);
+    fail("cuda_alloc: cannot allocate {} MiB of device memory ({} of {} MiB free): {}",
+         bytes >> 20, free_b >> 20, total_b >> 20, cudaGetErrorString(e));
+  }
+  g_allocated.store(true, std::memory_order_relaxed);
+  return p;
+}
+
+void cuda_free(void* p) {
+  // Called from destructors: never throws. cudaFree synchronises the device.
+  if (p) cudaFree(p);
+}
+
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t n) {
+  if (n == 0) return;
+  if (dst_device == Device::CPU && src_device == Device::CPU) {
+    std::memmove(dst, src, n);
+    return;
+  }
+  require_cuda("copy");
+  // cudaMemcpyDefault: the runtime tells host from device pointers (unified addressing). The
+  // plain (not Async) copy on the legacy stream waits for queued kernels and returns when done.
+  check(cudaMemcpy(dst, src, n, cudaMemcpyDefault), "copy");
+}
+
+void zero(void* p, Device device, size_t n) {
+  if (n == 0) return;
+  if (device == Device::CPU) {
+    std::memset(p, 0, n);
+    return;
+  }
+  check(cudaMemsetAsync(p, 0, n, nullptr), "zero");
+}
+
+void synchronize(Device device) {
+  if (device == Device::CUDA) check(cudaDeviceSynchronize(), "synchronize");
+}
+
+bool is_cuda_pointer(const void* p) {
+  if (!p || !g_allocated.load(std::memory_order_relaxed)) return false;
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+}  // namespace dsv3::device

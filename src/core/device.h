@@ -1,0 +1,39 @@
+#pragma once
+// The memory side of the backend interface (DESIGN.md section 3, habit 6): allocate, free,
+// copy and fill bytes on a device. The CPU needs none of this; for CUDA the functions are in
+// core/cuda/device.cpp when the backend is built, and in device_nocuda.cpp (which only fails,
+// with a message that says why) when it is not.
+//
+// Every function that touches CUDA memory throws dsv3::Error, never returns an error code.
+#include <cstddef>
+
+#include "core/tensor.h"
+
+namespace dsv3::device {
+
+// True when this build contains the CUDA backend.
+bool cuda_built();
+// The number of CUDA devices visible to this process (0 when none, or when not built).
+int cuda_device_count();
+// Throws "CUDA device requested but ..." unless CUDA is built and a device is visible.
+void require_cuda(const char* what);
+
+// Device memory (CUDA). alloc returns memory aligned to at least 256 bytes; a zero-byte request
+// still returns a valid pointer. The memory is not initialised.
+void* cuda_alloc(size_t bytes);
+void cuda_free(void* p);
+
+// Copies n bytes between any two devices (host <-> device, device <-> device, host <-> host).
+// Ordered after all work already queued on the backend's stream, and complete on return.
+void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t n);
+// Sets n bytes to zero (asynchronously on the device's stream for CUDA).
+void zero(void* p, Device device, size_t n);
+// Waits for all queued device work (no-op for the CPU).
+void synchronize(Device device);
+
+// True when p points into memory from cuda_alloc (or any other CUDA device allocation). Costs
+// nothing while this process has never allocated device memory; otherwise one runtime query.
+// Ops whose arguments are raw pointers (gemm, the layout moves) dispatch on it.
+bool is_cuda_pointer(const void* p);
+
+}  // namespace dsv3::device

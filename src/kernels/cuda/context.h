@@ -1,0 +1,42 @@
+#pragma once
+// The CUDA backend's per-process state: the stream every kernel and copy is queued on, and the
+// cuBLAS handle. Host code only (compiled when the backend is built).
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace dsv3::cuda {
+
+// The legacy default stream (0) for now: every launch and every cudaMemcpy is ordered after
+// the work queued before it, and core/device.h's copies need no events. See core/cuda/device.cpp.
+inline cudaStream_t stream() { return nullptr; }
+
+// The process's cuBLAS handle, created on first use and bound to stream(). Not safe to use from
+// two host threads at once (the engine drives the GPU from one thread).
+cublasHandle_t cublas();
+
+// Throws dsv3::Error "<what>: CUDA error ..." unless e is cudaSuccess.
+void check(cudaError_t e, const char* what);
+void check(cublasStatus_t s, const char* what);
+
+// Row-major GEMM on device pointers through cuBLAS: C = alpha op(A) op(B) + beta C, with A, B
+// of `ab_type` and C of `c_type` (CUDA_R_32F or CUDA_R_16BF), always accumulating in float32
+// (CUBLAS_COMPUTE_32F: no TF32 for float32 inputs, so FP32 mode matches the CPU's precision).
+// batch > 1: `batch` independent products, the i-th at A + i stride_a, etc. (in elements).
+struct BlasGemm {
+  bool trans_a = false, trans_b = false;
+  int64_t m = 0, n = 0, k = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  const void* a = nullptr;
+  int64_t lda = 0, stride_a = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0, stride_b = 0;
+  void* c = nullptr;
+  int64_t ldc = 0, stride_c = 0;
+  int64_t batch = 1;
+  cudaDataType_t ab_type = CUDA_R_32F, c_type = CUDA_R_32F;
+};
+void blas_gemm(const BlasGemm& g, const char* what);
+
+}  // namespace dsv3::cuda

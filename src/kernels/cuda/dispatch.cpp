@@ -1,0 +1,458 @@
+// The tensor-level CUDA ops (kernels/cuda/ops_cuda.h): check shapes, devices and dtypes, fill
+// the kernels' parameter structs (kernels/cuda/params.h), launch, and turn CUDA errors into
+// dsv3::Error. The kernels themselves are in the .cu files beside this one, one op a file.
+#include <cuda_runtime.h>
+
+#include <vector>
+
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace dsv3::cuda_ops {
+namespace {
+
+using cuda::check;
+using cuda::stream;
+
+void need_device(const Tensor& t, const char* op, const char* name) {
+  DSV3_CHECK(t.device() == Device::CUDA, "{}: {} is on {}, the other operands on cuda", op, name,
+             device_name(t.device()));
+}
+
+void need_devices(const char* op, std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts) need_device(*t, op, "an operand");
+}
+
+// A stream-ordered temporary (cudaMallocAsync): freed when it goes out of scope, after the work
+// queued before that point. Used for small per-call buffers (per-row losses, attention lse);
+// the planned arena replaces them once the model runs on the device.
+class Scratch {
+ public:
+  Scratch(size_t bytes, const char* what) {
+    check(cudaMallocAsync(&p_, bytes ? bytes : 256, stream()), what);
+  }
+  ~Scratch() { cudaFreeAsync(p_, stream()); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p_);
+  }
+
+ private:
+  void* p_ = nullptr;
+};
+
+// Token ids, targets and positions are checked on the host, as the CPU ops do: an index out of
+// range would otherwise be a device memory fault with no message. This copies n int32 values
+// back (and waits for the stream); a device-side check that sets an error flag, read once per
+// step, removes the wait when it matters.
+std::vector<int32_t> to_host_ints(const int32_t* p, int64_t n, const char* what) {
+  std::vector<int32_t> h(size_t(n > 0 ? n : 0));
+  if (n > 0) check(cudaMemcpy(h.data(), p, size_t(n) * 4, cudaMemcpyDeviceToHost), what);
+  return h;
+}
+
+cudaDataType_t blas_type(DType d, const char* op) {
+  switch (d) {
+    case DType::F32: return CUDA_R_32F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: fail("{}: dtype {} is not supported on cuda (float32 or bfloat16)", op, dtype_name(d));
+  }
+}
+
+}  // namespace
+
+// ---- GEMM and linear ----
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cuda::BlasGemm g;
+  g.trans_a = trans_a;
+  g.trans_b = trans_b;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.alpha = alpha;
+  g.beta = beta;
+  g.a = a;
+  g.lda = lda;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  cuda::blas_gemm(g, "gemm");
+}
+
+namespace {
+void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* op) {
+  need_device(x, op, "x");
+  need_device(w, op, "W");
+  DSV3_CHECK(w.ndim() == 2 && x.numel() == rows * w.dim(1), "{}: x {} does not match W {}", op,
+             x.shape().str(), w.shape().str());
+  DSV3_CHECK(x.dtype() == w.dtype(), "{}: x is {} but W is {}", op, dtype_name(x.dtype()),
+             dtype_name(w.dtype()));
+}
+}  // namespace
+
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+  check_linear(x, w, rows, "linear_forward");
+  need_device(y, "linear_forward", "y");
+  DSV3_CHECK(y.numel() == rows * out, "linear_forward: y {} is not [{}, {}]", y.shape().str(),
+             rows, out);
+  cuda::BlasGemm g;
+  g.trans_b = true;  // y = x W^T
+  g.m = rows;
+  g.n = out;
+  g.k = in;
+  g.a = x.data();
+  g.lda = in;
+  g.b = w.data();
+  g.ldb = in;
+  g.c = y.data();
+  g.ldc = out;
+  g.ab_type = blas_type(x.dtype(), "linear_forward");
+  g.c_type = blas_type(y.dtype(), "linear_forward");
+  cuda::blas_gemm(g, "linear_forward");
+}
+
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x) {
+  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+  check_linear(x, w, rows, "linear_backward");
+  need_device(d_y, "linear_backward", "d_y");
+  DSV3_CHECK(d_y.dtype() == x.dtype() && d_y.numel() == rows * out,
+             "linear_backward: d_y {} {} does not match x {}", d_y.shape().str(),
+             dtype_name(d_y.dtype()), dtype_name(x.dtype()));
+  const cudaDataType_t ab = blas_type(x.dtype(), "linear_backward");
+  if (d_x) {  // d_x [rows, in] = d_y [rows, out] W [out, in]
+    need_device(*d_x, "linear_backward", "d_x");
+    DSV3_CHECK(d_x->numel() == rows * in, "linear_backward: d_x {} is not [{}, {}]",
+               d_x->shape().str(), rows, in);
+    cuda::BlasGemm g;
+    g.m = rows;
+    g.n = in;
+    g.k = out;
+    g.beta = accumulate_d_x ? 1.0f : 0.0f;
+    g.a = d_y.data();
+    g.lda = out;
+    g.b = w.data();
+    g.ldb = in;
+    g.c = d_x->data();
+    g.ldc = in;
+    g.ab_type = ab;
+    g.c_type = blas_type(d_x->dtype(), "linear_backward");
+    cuda::blas_gemm(g, "linear_backward d_x");
+  }
+  if (d_w) {  // d_w [out, in] += d_y^T [out, rows] x [rows, in]
+    need_device(*d_w, "linear_backward", "d_w");
+    DSV3_CHECK(d_w->shape() == w.shape(), "linear_backward: d_w {} is not W's {}",
+               d_w->shape().str(), w.shape().str());
+    cuda::BlasGemm g;
+    g.trans_a = true;
+    g.m = out;
+    g.n = in;
+    g.k = rows;
+    g.beta = 1.0f;
+    g.a = d_y.data();
+    g.lda = out;
+    g.b = x.data();
+    g.ldb = in;
+    g.c = d_w->data();
+    g.ldc = in;
+    g.ab_type = ab;
+    g.c_type = blas_type(d_w->dtype(), "linear_backward");
+    cuda::blas_gemm(g, "linear_backward d_w");
+  }
+}
+
+// ---- RMSNorm ----
+
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+  need_devices("rmsnorm_forward", {&x, &w, &y, &rstd});
+  const int64_t dim = w.numel(), rows = dim ? x.numel() / dim : 0;
+  DSV3_CHECK(dim > 0 && x.numel() == rows * dim && y.numel() == x.numel() && rstd.numel() == rows,
+             "rmsnorm_forward: x {}, w {}, y {}, rstd {} do not match", x.shape().str(),
+             w.shape().str(), y.shape().str(), rstd.shape().str());
+  check(cuda::rmsnorm_forward({x.f32(), w.f32(), y.f32(), rstd.f32(), rows, dim, eps}, stream()),
+        "rmsnorm_forward");
+}
+
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
+  need_devices("rmsnorm_backward", {&x, &w, &rstd, &d_y, &d_x, &d_w});
+  const int64_t dim = w.numel(), rows = dim ? x.numel() / dim : 0;
+  DSV3_CHECK(dim > 0 && x.numel() == rows * dim && d_y.numel() == x.numel() &&
+                 d_x.numel() == x.numel() && d_w.numel() == dim && rstd.numel() == rows,
+             "rmsnorm_backward: shapes do not match (x {}, w {})", x.shape().str(),
+             w.shape().str());
+  check(cuda::rmsnorm_backward({x.f32(), w.f32(), rstd.f32(), d_y.f32(), d_x.f32(), d_w.f32(),
+                                rows, dim, accumulate_d_x},
+                               stream()),
+        "rmsnorm_backward");
+}
+
+// ---- RoPE ----
+
+void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+          const Tensor& sin, bool inverse) {
+  need_device(cos, "rope", "cos");
+  need_device(sin, "rope", "sin");
+  const int64_t half = s.rope_dim / 2, max_pos = cos.dim(0);
+  DSV3_CHECK(s.rope_dim % 2 == 0 && cos.ndim() == 2 && cos.dim(1) == half &&
+                 sin.shape() == cos.shape() && s.offset + s.rope_dim <= s.head_stride,
+             "rope: slice (offset {}, rope_dim {}, head_stride {}) and table {} do not match",
+             s.offset, s.rope_dim, s.head_stride, cos.shape().str());
+  for (int32_t pos : to_host_ints(positions, s.rows, "rope"))
+    DSV3_CHECK(pos >= 0 && pos < max_pos, "rope: position {} outside the table of {} positions",
+               pos, max_pos);
+  check(cuda::rope({x, positions, cos.f32(), sin.f32(), s.rows, s.heads, s.head_stride, s.offset,
+                    s.rope_dim, inverse},
+                   stream()),
+        "rope");
+}
+
+// ---- SwiGLU ----
+
+void swiglu_forward(const Tensor& gate_up, Tensor& h) {
+  need_device(gate_up, "swiglu_forward", "gate_up");
+  need_device(h, "swiglu_forward", "h");
+  const int64_t width = h.dim(-1), rows = width ? h.numel() / width : 0;
+  DSV3_CHECK(gate_up.numel() == 2 * h.numel(), "swiglu_forward: gate_up {} is not twice h {}",
+             gate_up.shape().str(), h.shape().str());
+  check(cuda::swiglu_forward({gate_up.f32(), nullptr, h.f32(), nullptr, rows, width}, stream()),
+        "swiglu_forward");
+}
+
+void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up) {
+  need_devices("swiglu_backward", {&gate_up, &d_h, &d_gate_up});
+  const int64_t width = d_h.dim(-1), rows = width ? d_h.numel() / width : 0;
+  DSV3_CHECK(gate_up.numel() == 2 * d_h.numel() && d_gate_up.numel() == gate_up.numel(),
+             "swiglu_backward: gate_up {}, d_h {}, d_gate_up {} do not match",
+             gate_up.shape().str(), d_h.shape().str(), d_gate_up.shape().str());
+  check(cuda::swiglu_backward({gate_up.f32(), d_h.f32(), nullptr, d_gate_up.f32(), rows, width},
+                              stream()),
+        "swiglu_backward");
+}
+
+// ---- Attention ----
+
+namespace {
+struct AttnDims {
+  int64_t bh, seq, dq, dv;
+};
+AttnDims check_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                         const char* op) {
+  for (const Tensor* t : {&q, &k, &v, &o}) need_device(*t, op, "a tensor");
+  DSV3_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4 && v.dim(0) == q.dim(0) &&
+                 v.dim(1) == q.dim(1) && v.dim(2) == q.dim(2) && o.shape() == v.shape(),
+             "{}: q {}, k {}, v {}, o {} do not match", op, q.shape().str(), k.shape().str(),
+             v.shape().str(), o.shape().str());
+  const AttnDims d{q.dim(0) * q.dim(1), q.dim(2), q.dim(3), v.dim(3)};
+  DSV3_CHECK(d.dq <= cuda::kAttentionMaxHeadDim && d.dv <= cuda::kAttentionMaxHeadDim,
+             "{}: head dims {} / {} exceed the cuda kernel's {}", op, d.dq, d.dv,
+             cuda::kAttentionMaxHeadDim);
+  return d;
+}
+}  // namespace
+
+void attention_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                             Tensor& o, Tensor& lse) {
+  const AttnDims d = check_attention(q, k, v, o, "attention_flash_forward");
+  need_device(lse, "attention_flash_forward", "lse");
+  DSV3_CHECK(lse.numel() == d.bh * d.seq, "attention_flash_forward: lse {} is not [{}]",
+             lse.shape().str(), d.bh * d.seq);
+  check(cuda::attention_forward({q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d.bh, d.seq, d.dq,
+                                 d.dv, scale},
+                                stream()),
+        "attention_flash_forward");
+}
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       Tensor& probs, Tensor& o) {
+  const AttnDims d = check_attention(q, k, v, o, "attention_forward");
+  need_device(probs, "attention_forward", "probs");
+  DSV3_CHECK(probs.numel() == d.bh * d.seq * d.seq, "attention_forward: probs {} is not [.., {}, {}]",
+             probs.shape().str(), d.seq, d.seq);
+  Scratch lse(size_t(d.bh * d.seq) * sizeof(float), "attention_forward");
+  check(cuda::attention_forward({q.f32(), k.f32(), v.f32(), o.f32(), lse.as<float>(), d.bh, d.seq,
+                                 d.dq, d.dv, scale},
+                                stream()),
+        "attention_forward");
+  // The op interface also returns P (the CPU backward consumes it): S = scale Q K^T per head by
+  // a batched GEMM into probs, then P = exp(S - lse) below the diagonal, 0 above.
+  cuda::BlasGemm g;
+  g.trans_b = true;
+  g.m = d.seq;
+  g.n = d.seq;
+  g.k = d.dq;
+  g.alpha = scale;
+  g.a = q.data();
+  g.lda = d.dq;
+  g.stride_a = d.seq * d.dq;
+  g.b = k.data();
+  g.ldb = d.dq;
+  g.stride_b = d.seq * d.dq;
+  g.c = probs.data();
+  g.ldc = d.seq;
+  g.stride_c = d.seq * d.seq;
+  g.batch = d.bh;
+  cuda::blas_gemm(g, "attention_forward scores");
+  check(cuda::causal_softmax_from_lse({probs.f32(), lse.as<float>(), d.bh, d.seq}, stream()),
+        "attention_forward probs");
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        Tensor& d_v) {
+  const AttnDims d = check_attention(q, k, v, d_o, "attention_backward");
+  need_devices("attention_backward", {&probs, &scratch, &d_q, &d_k, &d_v});
+  DSV3_CHECK(probs.numel() == d.bh * d.seq * d.seq && scratch.numel() == probs.numel() &&
+                 d_q.shape() == q.shape() && d_k.shape() == k.shape() && d_v.shape() == v.shape(),
+             "attention_backward: probs {}, scratch {} or a gradient do not match",
+             probs.shape().str(), scratch.shape().str());
+  const int64_t ss = d.seq * d.seq, sq = d.seq * d.dq, sv = d.seq * d.dv;
+  // Per head, row-major, batched over bh:
+  auto batched = [&](bool ta, bool tb, int64_t m, int64_t n, int64_t kk, float alpha,
+                     const void* a, int64_t lda, int64_t stride_a, const void* b, int64_t ldb,
+                     int64_t stride_b, void* c, int64_t ldc, int64_t stride_c, const char* what) {
+    cuda::BlasGemm g;
+    g.trans_a = ta;
+    g.trans_b = tb;
+    g.m = m;
+    g.n = n;
+    g.k = kk;
+    g.alpha = alpha;
+    g.a = a;
+    g.lda = lda;
+    g.stride_a = stride_a;
+    g.b = b;
+    g.ldb = ldb;
+    g.stride_b = stride_b;
+    g.c = c;
+    g.ldc = ldc;
+    g.stride_c = stride_c;
+    g.batch = d.bh;
+    cuda::blas_gemm(g, what);
+  };
+  // dV [seq, dv] = P^T dO ; dP [seq, seq] = dO V^T (into scratch)
+  batched(true, false, d.seq, d.dv, d.seq, 1.0f, probs.data(), d.seq, ss, d_o.data(), d.dv, sv,
+          d_v.data(), d.dv, sv, "attention_backward dV");
+  batched(false, true, d.seq, d.seq, d.dv, 1.0f, d_o.data(), d.dv, sv, v.data(), d.dv, sv,
+          scratch.data(), d.seq, ss, "attention_backward dP");
+  // dS = scale P (dP - rowsum(P dP)), causal, in place
+  check(cuda::softmax_backward({probs.f32(), scratch.f32(), d.bh, d.seq, scale}, stream()),
+        "attention_backward softmax");
+  // dQ = dS K ; dK = dS^T Q
+  batched(false, false, d.seq, d.dq, d.seq, 1.0f, scratch.data(), d.seq, ss, k.data(), d.dq, sq,
+          d_q.data(), d.dq, sq, "attention_backward dQ");
+  batched(true, false, d.seq, d.dq, d.seq, 1.0f, scratch.data(), d.seq, ss, q.data(), d.dq, sq,
+          d_k.data(), d.dq, sq, "attention_backward dK");
+}
+
+// ---- Cross-entropy ----
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
+  need_device(logits, "cross_entropy", "logits");
+  const int64_t vocab = logits.dim(-1), rows = vocab ? logits.numel() / vocab : 0;
+  if (d_logits) {
+    need_device(*d_logits, "cross_entropy", "d_logits");
+    DSV3_CHECK(d_logits->numel() == logits.numel(), "cross_entropy: d_logits {} is not logits {}",
+               d_logits->shape().str(), logits.shape().str());
+  }
+  const std::vector<int32_t> host_targets = to_host_ints(targets, rows, "cross_entropy");
+  for (int64_t r = 0; r < rows; ++r)
+    DSV3_CHECK(host_targets[size_t(r)] >= -1 && host_targets[size_t(r)] < vocab,
+               "cross_entropy: target {} at row {} is outside the vocabulary of {}",
+               host_targets[size_t(r)], r, vocab);
+  Scratch row_loss(size_t(rows) * sizeof(double), "cross_entropy");
+  check(cuda::cross_entropy({logits.f32(), targets, d_logits ? d_logits->f32() : nullptr,
+                             row_loss.as<double>(), rows, vocab, scale},
+                            stream()),
+        "cross_entropy");
+  // The loss comes back to the host (a wait on the stream); summed in row order as on the CPU.
+  std::vector<double> host_loss(static_cast<size_t>(rows));
+  if (rows)
+    check(cudaMemcpy(host_loss.data(), row_loss.as<double>(), size_t(rows) * sizeof(double),
+                     cudaMemcpyDeviceToHost),
+          "cross_entropy");
+  double total = 0.0;
+  for (double l : host_loss) total += l;
+  return total;
+}
+
+// ---- Embedding ----
+
+namespace {
+void check_ids(const int32_t* ids, int64_t rows, int64_t vocab) {
+  const std::vector<int32_t> h = to_host_ints(ids, rows, "embedding");
+  for (int64_t r = 0; r < rows; ++r)
+    DSV3_CHECK(h[size_t(r)] >= -1 && h[size_t(r)] < vocab,
+               "token id {} at position {} is outside the vocabulary of {}", h[size_t(r)], r,
+               vocab);
+}
+}  // namespace
+
+void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
+  need_device(table, "embedding_forward", "table");
+  need_device(out, "embedding_forward", "out");
+  const int64_t vocab = table.dim(0), dim = table.dim(1);
+  DSV3_CHECK(out.numel() == rows * dim, "embedding_forward: out {} is not [{}, {}]",
+             out.shape().str(), rows, dim);
+  check_ids(ids, rows, vocab);
+  check(cuda::embedding_forward({table.f32(), ids, out.f32(), nullptr, nullptr, vocab, dim, rows},
+                                stream()),
+        "embedding_forward");
+}
+
+void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table) {
+  need_device(d_out, "embedding_backward", "d_out");
+  need_device(d_table, "embedding_backward", "d_table");
+  const int64_t vocab = d_table.dim(0), dim = d_table.dim(1);
+  DSV3_CHECK(d_out.numel() == rows * dim, "embedding_backward: d_out {} is not [{}, {}]",
+             d_out.shape().str(), rows, dim);
+  check_ids(ids, rows, vocab);
+  check(cuda::embedding_backward(
+            {nullptr, ids, nullptr, d_out.f32(), d_table.f32(), vocab, dim, rows}, stream()),
+        "embedding_backward");
+}
+
+// ---- Elementwise and layout moves ----
+
+void add_inplace(Tensor& y, const Tensor& x) {
+  need_device(y, "add_inplace", "y");
+  need_device(x, "add_inplace", "x");
+  DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
+  check(cuda::add_inplace({y.f32(), x.f32(), y.numel()}, stream()), "add_inplace");
+}
+
+void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c) {
+  check(cuda::tokens_to_heads({tokens, heads, c.batch, c.seq, c.heads, c.width, c.tok_row_stride,
+                               c.tok_head_stride, c.tok_offset, c.head_dim, c.head_offset, false},
+                              stream()),
+        "tokens_to_heads");
+}
+
+void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate) {
+  check(cuda::heads_to_tokens({heads, tokens, c.batch, c.seq, c.heads, c.width, c.tok_row_stride,
+                               c.tok_head_stride, c.tok_offset, c.head_dim, c.head_offset,
+                               accumulate},
+                              stream()),
+        "heads_to_tokens");
+}
+
+void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
+                  int64_t rows) {
+  check(cuda::copy_columns({src, dst, rows, width, src_cols, offset, width, 0}, stream()),
+        "copy_columns");
+}
+
+void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows) {
+  check(cuda::copy_columns({src, dst, rows, width, width, 0, dst_cols, offset}, stream()),
+        "put_columns");
+}
+
+}  // namespace dsv3::cuda_ops

@@ -1,0 +1,29 @@
+#pragma once
+// The launchers of the CUDA kernels: one per kernel, each taking its parameter struct
+// (kernels/cuda/params.h) and the stream to queue on. They return the launch's error (an
+// invalid configuration, say) without synchronising; kernels/cuda/dispatch.cpp turns it into a
+// dsv3::Error. Faults inside a kernel surface at the next synchronising call.
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/params.h"
+
+namespace dsv3::cuda {
+
+cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream);
+cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream);
+cudaError_t rope(const Rope& p, cudaStream_t stream);
+cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream);
+cudaError_t swiglu_backward(const SwiGlu& p, cudaStream_t stream);
+cudaError_t cross_entropy(const CrossEntropy& p, cudaStream_t stream);
+cudaError_t embedding_forward(const Embedding& p, cudaStream_t stream);
+cudaError_t embedding_backward(const Embedding& p, cudaStream_t stream);
+cudaError_t tokens_to_heads(const HeadMove& p, cudaStream_t stream);
+cudaError_t heads_to_tokens(const HeadMove& p, cudaStream_t stream);
+cudaError_t copy_columns(const ColumnCopy& p, cudaStream_t stream);
+cudaError_t attention_forward(const AttentionForward& p, cudaStream_t stream);
+cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t stream);
+cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
+cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);
+cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
+
+}  // namespace dsv3::cuda

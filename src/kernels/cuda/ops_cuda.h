@@ -1,0 +1,51 @@
+#pragma once
+// The CUDA implementations of the op table (kernels/ops.h), at the tensor level. The functions
+// of dsv3::ops call these when their tensors live on a CUDA device; model code never calls
+// them directly. Same contracts as kernels/ops.h, plus:
+//   - every tensor (and every raw pointer: ids, targets, positions, gemm operands) of one call
+//     points into device memory;
+//   - float32 everywhere, except linear_forward/linear_backward, which also take BF16 x, W and
+//     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients);
+//   - calls are asynchronous on the backend's stream, except cross_entropy (returns the loss
+//     to the host) and the ops that check token ids or positions on the host (embedding,
+//     rope, cross_entropy), which copy those few bytes back first.
+// Built only with the CUDA backend; in a CPU build every function fails with
+// "CUDA device requested but dsv3 was built without CUDA" (kernels/cuda_ops_nocuda.cpp).
+#include "kernels/ops.h"
+
+namespace dsv3::cuda_ops {
+
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x);
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x);
+void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+          const Tensor& sin, bool inverse);
+void swiglu_forward(const Tensor& gate_up, Tensor& h);
+void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       Tensor& probs, Tensor& o);
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
+                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        Tensor& d_v);
+// The flash forward alone: o and lse [batch, heads, seq] (natural-log log-sum-exp of the scaled
+// scores per query row), with no [seq, seq] buffer. The backward over lse comes with the fused
+// attention backward.
+void attention_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                             Tensor& o, Tensor& lse);
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits);
+void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
+void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
+void add_inplace(Tensor& y, const Tensor& x);
+void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
+void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
+void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
+                  int64_t rows);
+void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows);
+
+}  // namespace dsv3::cuda_ops

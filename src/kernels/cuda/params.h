@@ -1,0 +1,138 @@
+#pragma once
+// Kernel parameters of the CUDA backend as plain structs (DESIGN.md section 3, habit 6): raw
+// device pointers, sizes and scalars, no framework types, so the .cu files include nothing of
+// the engine and a kernel can be launched from a test or a benchmark with a struct literal.
+//
+// All pointers are device pointers. All matrices are row-major and contiguous unless a stride
+// says otherwise. Sizes are int64_t; kernels index with 64-bit arithmetic wherever a product
+// of sizes can pass 2^31 (activations of long sequences, logits of large vocabularies).
+#include <cstdint>
+
+namespace dsv3::cuda {
+
+// y[r, :] = x[r, :] * rstd[r] * w, rstd[r] = rsqrt(mean(x[r, :]^2) + eps)
+struct RmsNormForward {
+  const float* x;  // [rows, dim]
+  const float* w;  // [dim]
+  float* y;        // [rows, dim]
+  float* rstd;     // [rows]
+  int64_t rows, dim;
+  float eps;
+};
+
+// d_x (= or +=) rstd * (g w - xhat * mean(g w xhat)), xhat = x rstd; d_w += sum_r g xhat
+struct RmsNormBackward {
+  const float* x;     // [rows, dim]
+  const float* w;     // [dim]
+  const float* rstd;  // [rows]
+  const float* d_y;   // [rows, dim]
+  float* d_x;         // [rows, dim]
+  float* d_w;         // [dim], accumulated into
+  int64_t rows, dim;
+  bool accumulate_d_x;
+};
+
+// Rotation of interleaved pairs (x[2i], x[2i+1]) of a slice of each head, in place.
+struct Rope {
+  float* x;                 // [rows, heads, head_stride]
+  const int32_t* positions;  // [rows], each in [0, max_pos)
+  const float* cos;         // [max_pos, rope_dim / 2]
+  const float* sin;         // [max_pos, rope_dim / 2]
+  int64_t rows, heads, head_stride, offset, rope_dim;
+  bool inverse;  // the transposed rotation (the backward pass)
+};
+
+// h = silu(gate) * up; gate_up rows hold gate in [0, width) and up in [width, 2 width).
+struct SwiGlu {
+  const float* gate_up;  // [rows, 2 width]
+  const float* d_h;      // [rows, width] (backward only)
+  float* h;              // [rows, width] (forward only)
+  float* d_gate_up;      // [rows, 2 width] (backward only)
+  int64_t rows, width;
+};
+
+// Softmax cross-entropy per row; row_loss[r] = logsumexp(row) - row[target] (0 for target -1).
+// With d_logits: scale * (softmax(row) - onehot(target)), zero rows for target -1; d_logits may
+// be the same memory as logits.
+struct CrossEntropy {
+  const float* logits;     // [rows, vocab]
+  const int32_t* targets;  // [rows], -1 or in [0, vocab)
+  float* d_logits;         // [rows, vocab] or null
+  double* row_loss;        // [rows]
+  int64_t rows, vocab;
+  float scale;
+};
+
+// out[r, :] = table[ids[r], :] (zero row for id -1); backward: d_table[ids[r], :] += d_out[r, :].
+struct Embedding {
+  const float* table;    // [vocab, dim] (forward)
+  const int32_t* ids;    // [rows]
+  float* out;            // [rows, dim] (forward)
+  const float* d_out;    // [rows, dim] (backward)
+  float* d_table;        // [vocab, dim] (backward), accumulated into
+  int64_t vocab, dim, rows;
+};
+
+// Moves between a token-major buffer and a head-major one; the fields are ops::HeadCopy's.
+struct HeadMove {
+  const float* src;
+  float* dst;
+  int64_t batch, seq, heads, width;
+  int64_t tok_row_stride, tok_head_stride, tok_offset;
+  int64_t head_dim, head_offset;
+  bool accumulate;  // heads -> tokens only
+};
+
+// dst[r, dst_offset + c] = src[r, src_offset + c] for c < width (a column window copy).
+struct ColumnCopy {
+  const float* src;
+  float* dst;
+  int64_t rows, width, src_cols, src_offset, dst_cols, dst_offset;
+};
+
+// Causal attention forward, flash style (never materialises the [seq, seq] scores):
+// o[bh, i, :] = sum_{j <= i} softmax_j(scale * q_i . k_j) v_j and lse[bh, i] = the row's
+// log-sum-exp of scale * q_i . k_j (natural log), saved for the backward pass.
+struct AttentionForward {
+  const float* q;  // [bh, seq, qk_dim]
+  const float* k;  // [bh, seq, qk_dim]
+  const float* v;  // [bh, seq, v_dim]
+  float* o;        // [bh, seq, v_dim]
+  float* lse;      // [bh, seq]
+  int64_t bh, seq, qk_dim, v_dim;
+  float scale;
+};
+// Head dimensions the attention kernel takes (registers hold v_dim / 32 values per lane).
+constexpr int64_t kAttentionMaxHeadDim = 256;
+
+// probs[bh, i, j] = exp(s[bh, i, j] - lse[bh, i]) for j <= i, else 0; `probs` holds the raw
+// scaled scores s on entry (written by a batched GEMM).
+struct CausalSoftmaxFromLse {
+  float* probs;      // [bh, seq, seq]
+  const float* lse;  // [bh, seq]
+  int64_t bh, seq;
+};
+
+// Causal softmax backward, in place over d_p: for j <= i,
+// d_s[bh, i, j] = scale * p (d_p - sum_{j' <= i} p d_p), and 0 for j > i (d_s is the gradient
+// of the unscaled q.k products).
+struct SoftmaxBackward {
+  const float* probs;  // [bh, seq, seq]
+  float* d_p;          // [bh, seq, seq] in: d_probs, out: d_s
+  int64_t bh, seq;
+  float scale;
+};
+
+// y[i] += x[i]; c[i] = beta * c[i] (beta 0: c = 0 without reading it).
+struct AddInplace {
+  float* y;
+  const float* x;
+  int64_t n;
+};
+struct ScaleMatrix {
+  float* c;
+  int64_t rows, cols, ld;
+  float beta;
+};
+
+}  // namespace dsv3::cuda

@@ -1,0 +1,79 @@
+// Fused RMSNorm forward and backward (float32).
+//
+// Forward: one block of 256 threads per row; the threads stride the row (coalesced), a block
+// reduction gives the sum of squares, then the same threads write y. rstd is saved per row.
+// Backward d_x: same shape, one block per row, two reductions (none needed for g w xhat's mean
+// besides one). Backward d_w: a separate kernel, a tile of 32 columns x 8 row-lanes per block;
+// each lane walks rows with stride 8 and the 8 partial sums are added in a fixed order, so the
+// result does not depend on timing (no atomics).
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void rmsnorm_forward_kernel(RmsNormForward p) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const float* x = p.x + r * p.dim;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) ss += x[i] * x[i];
+  ss = block_sum(ss, red);
+  const float rstd = rsqrtf(ss / float(p.dim) + p.eps);
+  float* y = p.y + r * p.dim;
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) y[i] = x[i] * rstd * p.w[i];
+  if (threadIdx.x == 0) p.rstd[r] = rstd;
+}
+
+__global__ void rmsnorm_backward_dx_kernel(RmsNormBackward p) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const float* x = p.x + r * p.dim;
+  const float* g = p.d_y + r * p.dim;
+  const float rstd = p.rstd[r];
+  // mean over the row of (g w) * xhat
+  float dot = 0.0f;
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) dot += g[i] * p.w[i] * x[i] * rstd;
+  const float mean = block_sum(dot, red) / float(p.dim);
+  float* dx = p.d_x + r * p.dim;
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    const float v = rstd * (g[i] * p.w[i] - x[i] * rstd * mean);
+    dx[i] = p.accumulate_d_x ? dx[i] + v : v;
+  }
+}
+
+// Block (32, 8): threadIdx.x picks the column inside a tile of 32, threadIdx.y the row lane.
+__global__ void rmsnorm_backward_dw_kernel(RmsNormBackward p) {
+  __shared__ float part[8][33];  // +1: lanes of one row lane write one bank apart
+  const int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (col < p.dim)
+    for (int64_t r = threadIdx.y; r < p.rows; r += 8)
+      s += p.d_y[r * p.dim + col] * p.x[r * p.dim + col] * p.rstd[r];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < p.dim) {
+    float total = 0.0f;
+    for (int l = 0; l < 8; ++l) total += part[l][threadIdx.x];
+    p.d_w[col] += total;
+  }
+}
+
+}  // namespace
+
+cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  rmsnorm_forward_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  if (p.d_x) rmsnorm_backward_dx_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  rmsnorm_backward_dw_kernel<<<unsigned((p.dim + 31) / 32), dim3(32, 8), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda

@@ -1,0 +1,67 @@
+// The CUDA ops (kernels/cuda/ops_cuda.h) in a build without the CUDA backend. They are reached
+// only when an op is handed device tensors or pointers, which such a build cannot make except
+// through a hand-made Tensor::view: each fails with the same message as the allocator.
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
+
+namespace dsv3::cuda_ops {
+namespace {
+[[noreturn]] void unavailable(const char* op) {
+  device::require_cuda(op);
+  fail("{}: CUDA device requested but dsv3 was built without CUDA", op);
+}
+}  // namespace
+
+void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*,
+          int64_t, float, float*, int64_t) {
+  unavailable("gemm");
+}
+void linear_forward(const Tensor&, const Tensor&, Tensor&) { unavailable("linear_forward"); }
+void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor*, bool) {
+  unavailable("linear_backward");
+}
+void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&) {
+  unavailable("rmsnorm_forward");
+}
+void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
+                      bool) {
+  unavailable("rmsnorm_backward");
+}
+void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&, bool) {
+  unavailable("rope");
+}
+void swiglu_forward(const Tensor&, Tensor&) { unavailable("swiglu_forward"); }
+void swiglu_backward(const Tensor&, const Tensor&, Tensor&) { unavailable("swiglu_backward"); }
+void attention_forward(const Tensor&, const Tensor&, const Tensor&, float, Tensor&, Tensor&) {
+  unavailable("attention_forward");
+}
+void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        float, Tensor&, Tensor&, Tensor&, Tensor&) {
+  unavailable("attention_backward");
+}
+void attention_flash_forward(const Tensor&, const Tensor&, const Tensor&, float, Tensor&,
+                             Tensor&) {
+  unavailable("attention_flash_forward");
+}
+double cross_entropy(const Tensor&, const int32_t*, float, Tensor*) {
+  unavailable("cross_entropy");
+}
+void embedding_forward(const Tensor&, const int32_t*, int64_t, Tensor&) {
+  unavailable("embedding_forward");
+}
+void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) {
+  unavailable("embedding_backward");
+}
+void add_inplace(Tensor&, const Tensor&) { unavailable("add_inplace"); }
+void tokens_to_heads(const float*, float*, const ops::HeadCopy&) { unavailable("tokens_to_heads"); }
+void heads_to_tokens(const float*, float*, const ops::HeadCopy&, bool) {
+  unavailable("heads_to_tokens");
+}
+void copy_columns(const float*, int64_t, int64_t, int64_t, float*, int64_t) {
+  unavailable("copy_columns");
+}
+void put_columns(const float*, int64_t, float*, int64_t, int64_t, int64_t) {
+  unavailable("put_columns");
+}
+
+}  // namespace dsv3::cuda_ops

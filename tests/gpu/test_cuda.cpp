@@ -1,0 +1,157 @@
+// Tests that need a CUDA device (dsv3_gpu_tests; ctest -C gpu -L gpu). The op cases themselves
+// run on CUDA in dsv3_tests (tests/ops/test_ops.cpp), which skips them without a GPU; this file
+// holds what the table does not cover: device memory and the planned device arena, BF16 GEMMs,
+// and the flash attention forward (o and lse) on sequences long enough for several key tiles.
+//
+// Without a device every test here fails: this executable exists to be run on a GPU machine.
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "core/arena.h"
+#include "core/device.h"
+#include "kernels/cuda/ops_cuda.h"
+#include "kernels/op_cases.h"
+#include "kernels/reference.h"
+
+namespace dsv3 {
+namespace {
+
+using optest::compare;
+using optest::Tolerance;
+
+#define REQUIRE_GPU() \
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device"
+
+Tensor randn(const Shape& shape, uint64_t seed, double stddev = 1.0) {
+  optest::Rng rng(seed);
+  return optest::randn(shape, rng, stddev);
+}
+
+TEST(CudaMemory, ZerosAreZeroAndRoundTripsAreExact) {
+  REQUIRE_GPU();
+  Tensor d = Tensor::zeros({3, 5}, DType::F32, Device::CUDA);
+  EXPECT_EQ(d.device(), Device::CUDA);
+  Tensor h = d.to(Device::CPU);
+  for (int64_t i = 0; i < h.numel(); ++i) EXPECT_EQ(h.f32()[i], 0.0f);
+  Tensor x = randn({7, 33}, 1);
+  Tensor back = x.to(Device::CUDA).clone().to(Device::CPU);
+  EXPECT_EQ(std::memcmp(back.data(), x.data(), x.nbytes()), 0);
+  Tensor y = x.to(Device::CUDA);
+  y.zero_();
+  Tensor z = y.to(Device::CPU);
+  for (int64_t i = 0; i < z.numel(); ++i) EXPECT_EQ(z.f32()[i], 0.0f);
+  EXPECT_TRUE(device::is_cuda_pointer(y.data()));
+  EXPECT_FALSE(device::is_cuda_pointer(x.data()));
+}
+
+TEST(CudaMemory, ArenaPlansOnceAndHandsOutDeviceViews) {
+  REQUIRE_GPU();
+  auto plan = [](Arena& a) {
+    return std::vector<Tensor>{a.alloc({10, 3}), a.alloc({7}, DType::BF16), a.alloc({64, 64})};
+  };
+  Arena measure = Arena::measuring();
+  plan(measure);
+  Arena arena(measure.used(), Device::CUDA);
+  std::vector<Tensor> ts = plan(arena);
+  EXPECT_EQ(arena.used(), measure.used());
+  for (const Tensor& t : ts) {
+    EXPECT_EQ(t.device(), Device::CUDA);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data()) % 64, 0u);
+  }
+  Tensor x = randn({64, 64}, 2);
+  device::copy(ts[2].data(), Device::CUDA, x.data(), Device::CPU, x.nbytes());
+  Tensor back = ts[2].to(Device::CPU);
+  EXPECT_EQ(std::memcmp(back.data(), x.data(), x.nbytes()), 0);
+}
+
+Tensor to_bf16(const Tensor& t) {
+  Tensor b = Tensor::zeros(t.shape(), DType::BF16);
+  convert_from_f32(t.f32(), DType::BF16, b.data(), size_t(t.numel()));
+  return b;
+}
+
+// BF16 inputs, float32 accumulation: against the float64 reference on the same (rounded)
+// inputs, the only error is the output's rounding (bf16 output) or float32 sums (f32 output).
+TEST(CudaGemm, LinearBf16MatchesReferenceOnRoundedInputs) {
+  REQUIRE_GPU();
+  for (auto [rows, in, out] : {std::array<int64_t, 3>{1, 7, 5}, {33, 129, 65}, {256, 512, 384}}) {
+    Tensor x = to_bf16(randn({rows, in}, 3)), w = to_bf16(randn({out, in}, 4));
+    Tensor ref_y = Tensor::zeros({rows, out});
+    ref::linear_forward(x.to_f32(), w.to_f32(), ref_y);
+    for (DType ydt : {DType::F32, DType::BF16}) {
+      Tensor y = Tensor::zeros({rows, out}, ydt, Device::CUDA);
+      ops::linear_forward(x.to(Device::CUDA), w.to(Device::CUDA), y);
+      const Tolerance tol = ydt == DType::F32 ? Tolerance{1e-5, 1e-5} : Tolerance{8e-3, 1e-3};
+      auto c = compare("y", y.to(Device::CPU).to_f32(), ref_y, tol);
+      EXPECT_TRUE(c.ok) << rows << "x" << in << "x" << out << " " << dtype_name(ydt) << ": "
+                        << c.message;
+    }
+    // Backward: BF16 d_y, float32 master gradient d_w accumulated.
+    Tensor d_y = to_bf16(randn({rows, out}, 5));
+    Tensor d_w0 = randn({out, in}, 6);
+    Tensor ref_dx = Tensor::zeros({rows, in}), ref_dw = d_w0.clone();
+    ref::linear_backward(x.to_f32(), w.to_f32(), d_y.to_f32(), &ref_dx, &ref_dw, false);
+    Tensor d_x = Tensor::zeros({rows, in}, DType::F32, Device::CUDA);
+    Tensor d_w = d_w0.to(Device::CUDA);
+    ops::linear_backward(x.to(Device::CUDA), w.to(Device::CUDA), d_y.to(Device::CUDA), &d_x, &d_w);
+    EXPECT_TRUE(compare("d_x", d_x.to(Device::CPU), ref_dx, {1e-5, 1e-5}).ok);
+    EXPECT_TRUE(compare("d_w", d_w.to(Device::CPU), ref_dw, {1e-5, 1e-5}).ok);
+  }
+}
+
+// The flash forward on its own: o, and lse against log(sum exp) of the reference's scores,
+// on sequences that span many key tiles and partial tiles, at MLA's head dims and others.
+TEST(CudaAttention, FlashForwardMatchesReference) {
+  REQUIRE_GPU();
+  for (auto [b, h, s, dq, dv] : {std::array<int64_t, 5>{1, 2, 1, 192, 128},
+                                 {1, 3, 31, 192, 128},
+                                 {2, 2, 257, 192, 128},
+                                 {1, 1, 1000, 64, 64},
+                                 {1, 2, 100, 256, 256},
+                                 {1, 1, 77, 13, 5}}) {
+    Tensor q = randn({b, h, s, dq}, 7), k = randn({b, h, s, dq}, 8), v = randn({b, h, s, dv}, 9);
+    const float scale = float(1.0 / std::sqrt(double(dq)));
+    Tensor probs = Tensor::zeros({b, h, s, s}), ref_o = Tensor::zeros({b, h, s, dv});
+    ref::attention_forward(q, k, v, scale, probs, ref_o);
+    // lse from the float64-accurate probabilities: lse_i = scale q_i.k_0 - log p_i0.
+    Tensor ref_lse = Tensor::zeros({b, h, s});
+    for (int64_t bh = 0; bh < b * h; ++bh)
+      for (int64_t i = 0; i < s; ++i) {
+        double dot = 0;
+        for (int64_t d = 0; d < dq; ++d)
+          dot += double(q.f32()[(bh * s + i) * dq + d]) * double(k.f32()[bh * s * dq + d]);
+        ref_lse.f32()[bh * s + i] =
+            float(double(scale) * dot - std::log(double(probs.f32()[(bh * s + i) * s])));
+      }
+    Tensor o = Tensor::zeros({b, h, s, dv}, DType::F32, Device::CUDA);
+    Tensor lse = Tensor::zeros({b, h, s}, DType::F32, Device::CUDA);
+    cuda_ops::attention_flash_forward(q.to(Device::CUDA), k.to(Device::CUDA), v.to(Device::CUDA),
+                                      scale, o, lse);
+    auto co = compare("o", o.to(Device::CPU), ref_o, {1e-5, 1e-5});
+    EXPECT_TRUE(co.ok) << s << " " << dq << "/" << dv << ": " << co.message;
+    // p_i0 can underflow in float32 for long rows; lse is judged where it is meaningful.
+    auto cl = compare("lse", lse.to(Device::CPU), ref_lse, {1e-4, 1e-5});
+    EXPECT_TRUE(cl.ok) << s << " " << dq << "/" << dv << ": " << cl.message;
+  }
+}
+
+TEST(CudaErrors, MixedDevicesAreAnErrorNotAFault) {
+  REQUIRE_GPU();
+  Tensor x = Tensor::zeros({4, 8}, DType::F32, Device::CUDA), w = Tensor::zeros({3, 8});
+  Tensor y = Tensor::zeros({4, 3}, DType::F32, Device::CUDA);
+  EXPECT_THROW(ops::linear_forward(x, w, y), Error);
+  Tensor table = Tensor::zeros({5, 4}, DType::F32, Device::CUDA);
+  Tensor ids = Tensor::zeros({2}, DType::I32);
+  ids.i32()[1] = 5;  // out of range
+  Tensor out = Tensor::zeros({2, 4}, DType::F32, Device::CUDA);
+  Tensor dids = ids.to(Device::CUDA);
+  EXPECT_THROW(ops::embedding_forward(table, dids.i32(), 2, out), Error);
+}
+
+}  // namespace
+}  // namespace dsv3
