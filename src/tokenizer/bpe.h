@@ -6,6 +6,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -45,8 +46,10 @@ class MergeTable {
 
 class BpeModel {
  public:
-  // Builds from the "model" object of tokenizer.json (type BPE).
-  static BpeModel from_json(const nlohmann::json& model);
+  // Builds from the "model" object of tokenizer.json (type BPE and options) and its vocab and
+  // merges, which the loader parses apart (see tokenizer_json.h).
+  static BpeModel from_parts(const nlohmann::json& model, std::vector<std::pair<std::string, uint32_t>> vocab,
+                             const std::vector<std::pair<std::string, std::string>>& merges);
 
   // Appends the ids of one pre-token (raw bytes) to out.
   void encode_word(std::string_view bytes, std::vector<uint32_t>& out) const;

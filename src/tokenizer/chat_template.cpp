@@ -32,9 +32,13 @@ std::string ChatTemplate::render(const nlohmann::ordered_json& context) const {
     if (args.positional.size() >= 2) start = args.positional[0].as_int(), stop = args.positional[1].as_int();
     if (args.positional.size() >= 3) step = args.positional[2].as_int();
     if (step == 0) fail("chat template: range() step must not be zero");
-    if ((stop - start) / step > 100000) fail("chat template: range() too large");
+    __int128 count = (static_cast<__int128>(stop) - start) / step;
+    if (count > 100000) fail("chat template: range() too large");
     List out;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) out.emplace_back(i);
+    for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
+      out.emplace_back(i);
+      if (__builtin_add_overflow(i, step, &i)) break;
+    }
     return Value(std::move(out));
   });
   globals["dict"] = Value::function([](CallArgs& args) {

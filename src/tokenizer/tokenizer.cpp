@@ -11,6 +11,8 @@
 
 #include "core/error.h"
 #include "tokenizer/byte_level.h"
+#include "tokenizer/piece_cache.h"
+#include "tokenizer/tokenizer_json.h"
 #include "tokenizer/utf8.h"
 
 namespace dsv3::tok {
@@ -77,29 +79,14 @@ const json& member(const json& object, const char* key) {
   return it == object.end() ? null_value : *it;
 }
 
-// Pre-token -> ids, per thread: most pre-tokens of real text ("the", " of", ...) repeat, and a
-// lookup is far cheaper than the merge loop. Bounded; cleared when full.
-struct PieceCache {
-  static constexpr size_t kMaxEntries = 1 << 18;
-  static constexpr size_t kMaxPieceBytes = 48;
-  struct Hash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
-  };
-  uint64_t owner = 0;
-  std::unordered_map<std::string, std::pair<uint32_t, uint32_t>, Hash, std::equal_to<>> index;
-  std::vector<uint32_t> ids;
-
-  void reset(uint64_t serial) {
-    owner = serial;
-    index.clear();
-    ids.clear();
-  }
-};
-
+// The calling thread's cache, emptied when it last served another tokenizer.
 PieceCache& piece_cache(uint64_t serial) {
   thread_local PieceCache cache;
-  if (cache.owner != serial) cache.reset(serial);
+  thread_local uint64_t owner = 0;
+  if (owner != serial) {
+    cache.clear();
+    owner = serial;
+  }
   return cache;
 }
 
@@ -115,12 +102,8 @@ Tokenizer Tokenizer::load(const std::string& path) {
 
 Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& where,
                                     const std::optional<TokenizerConfig>& config) {
-  json spec;
-  try {
-    spec = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail("{}: not valid JSON ({})", where, e.what());
-  }
+  TokenizerJson parsed = parse_tokenizer_json(text, where);
+  const json& spec = parsed.rest;
   if (!spec.is_object()) fail("{}: expected a JSON object", where);
 
   Tokenizer tok;
@@ -129,7 +112,10 @@ Tokenizer Tokenizer::from_json_text(std::string_view text, const std::string& wh
     check_normalizer(member(spec, "normalizer"), where);
     check_decoder(member(spec, "decoder"), where);
     check_post_processor(member(spec, "post_processor"), where);
-    tok.model_ = BpeModel::from_json(member(spec, "model"));
+    const json& model = member(spec, "model");
+    if (model.is_object() && (!parsed.has_vocab || !parsed.has_merges))
+      fail("{}: model needs \"vocab\" and \"merges\"", where);
+    tok.model_ = BpeModel::from_parts(model, std::move(parsed.vocab), parsed.merges);
     tok.pre_tokenizer_ = PreTokenizer::from_json(member(spec, "pre_tokenizer"));
 
     uint32_t max_id = 0;
@@ -213,18 +199,16 @@ void Tokenizer::encode_piece(std::string_view piece, std::vector<uint32_t>& out)
     return;
   }
   PieceCache& cache = piece_cache(serial_);
-  auto it = cache.index.find(piece);
-  if (it != cache.index.end()) {
-    out.insert(out.end(), cache.ids.begin() + it->second.first,
-               cache.ids.begin() + it->second.first + it->second.second);
+  const uint64_t hash = PieceCache::hash(piece);
+  const uint32_t* cached;
+  size_t count;
+  if (cache.find(piece, hash, &cached, &count)) {
+    out.insert(out.end(), cached, cached + count);
     return;
   }
   size_t before = out.size();
   model_.encode_word(piece, out);
-  if (cache.index.size() >= PieceCache::kMaxEntries) cache.reset(serial_);
-  uint32_t offset = static_cast<uint32_t>(cache.ids.size());
-  cache.ids.insert(cache.ids.end(), out.begin() + before, out.end());
-  cache.index.emplace(std::string(piece), std::make_pair(offset, static_cast<uint32_t>(out.size() - before)));
+  cache.insert(piece, hash, out.data() + before, out.size() - before);
 }
 
 void Tokenizer::encode_text(std::string_view text, std::vector<uint32_t>& out) const {

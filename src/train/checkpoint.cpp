@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "model/safetensors.h"
+#include "train/data/atomic_file.h"
 
 namespace dsv3 {
 
@@ -41,35 +42,6 @@ std::string read_file(const fs::path& p) {
 
 }  // namespace
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  fs::path target(path);
-  fs::path tmp = target.parent_path() / ("." + target.filename().string() + ".tmp");
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  DSV3_CHECK(fd >= 0, "{}: cannot create: {}", tmp.string(), std::strerror(errno));
-  size_t done = 0;
-  while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      int err = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      fail("{}: write failed: {}", path, std::strerror(err));
-    }
-    done += size_t(n);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    fail("{}: write failed: {}", path, std::strerror(err));
-  }
-  if (::rename(tmp.c_str(), target.c_str()) != 0) {
-    int err = errno;
-    ::unlink(tmp.c_str());
-    fail("{}: rename failed: {}", path, std::strerror(err));
-  }
-  fsync_path(target.parent_path());
-}
-
 std::string save_checkpoint(const std::string& run_dir, int64_t step,
                             const CheckpointContents& c, int keep_last) {
   DSV3_CHECK(c.weights != nullptr, "save_checkpoint: no weights");
@@ -85,13 +57,13 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
     // The model, as Hugging Face names it.
     nlohmann::json config = c.weights->config().to_json();
     config["torch_dtype"] = "float32";
-    write_file_atomic((tmp / "config.json").string(), config.dump(2) + "\n");
+    write_file_atomically((tmp / "config.json").string(), config.dump(2) + "\n");
     write_safetensors((tmp / "model.safetensors").string(), c.weights->named_tensors(),
                       {{"format", "pt"}});
     if (!c.tokenizer_dir.empty()) {
       for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
         fs::path src = fs::path(c.tokenizer_dir) / f;
-        if (fs::exists(src)) write_file_atomic((tmp / f).string(), read_file(src));
+        if (fs::exists(src)) write_file_atomically((tmp / f).string(), read_file(src));
       }
     }
     // The training state.
@@ -109,14 +81,14 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
     nlohmann::json state = c.state;
     state["step"] = step;
     if (c.optimizer) state["optimizer_steps"] = c.optimizer->steps();
-    write_file_atomic((tmp / "trainer_state" / "state.json").string(), state.dump(2) + "\n");
+    write_file_atomically((tmp / "trainer_state" / "state.json").string(), state.dump(2) + "\n");
     fsync_path(tmp / "trainer_state");
     fsync_path(tmp);
     // Publish: rename the finished folder into place, then move the pointer.
     fs::remove_all(final_dir, ec);
     fs::rename(tmp, final_dir);
     fsync_path(root);
-    write_file_atomic((root / "latest").string(), name + "\n");
+    write_file_atomically((root / "latest").string(), name + "\n");
   } catch (const std::exception& e) {
     fs::remove_all(tmp, ec);
     fail("saving checkpoint {} failed (the previous checkpoint is intact): {}",

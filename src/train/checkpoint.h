@@ -35,7 +35,4 @@ std::optional<std::string> latest_checkpoint(const std::string& run_dir);
 void load_checkpoint(const std::string& checkpoint_dir, ModelWeights& weights, AdamW* optimizer,
                      nlohmann::json* state);
 
-// Writes bytes to path atomically (temporary file, fsync, rename, fsync of the folder).
-void write_file_atomic(const std::string& path, const std::string& bytes);
-
 }  // namespace dsv3

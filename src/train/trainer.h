@@ -22,11 +22,11 @@ struct TrainSettings {
   std::string tokenizer_dir;  // copied into checkpoints (tokenizer.json, tokenizer_config.json)
   ModelConfig model;
   int64_t seq = 256;
-  int64_t micro_batch = 8;           // sequences per forward/backward
-  int64_t micro_batches = 1;         // per optimizer step at full batch size
+  int64_t micro_batch = 4;           // sequences per forward/backward
+  int64_t micro_batches = 2;         // per optimizer step at full batch size
   int64_t start_micro_batches = 1;   // the batch-size ramp starts here
   int64_t steps = 1000;
-  int64_t warmup_steps = 50;
+  int64_t warmup_steps = 30;
   double lr = 1e-3;
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
   double init_std = 0.006;
@@ -34,13 +34,14 @@ struct TrainSettings {
   double balance_alpha = 1e-4;  // sequence-wise balance loss weight
   double bias_gamma = 0.001;    // bias update speed
   double mtp_lambda = 0.3;      // 0.1 for the last third (schedule.h)
-  int64_t eval_every = 100, eval_batches = 8;
-  int64_t save_every = 200;
-  int keep_last = 3;
+  int64_t eval_every = 100, eval_batches = 16;
+  int64_t save_every = 250;
+  int keep_last = 2;
   int64_t log_every = 10;
   int max_bad_steps = 5;        // consecutive non-finite steps before the run stops
   uint64_t seed = 1234;
   bool resume = false;
+  int64_t stop_after = -1;      // stop (with a checkpoint) after this step, as an interruption would
   int threads = 0;
 };
 

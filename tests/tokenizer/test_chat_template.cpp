@@ -188,5 +188,22 @@ TEST(ChatTemplate, SyntaxErrorsNameTheLine) {
   EXPECT_THROW(ChatTemplate("{% unknowntag %}"), dsv3::Error);
 }
 
+// Templates come with checkpoints; hostile ones must end in an error, not a hang, a stack overflow,
+// an allocation failure or undefined behaviour.
+TEST(ChatTemplate, HostileTemplatesEndInErrors) {
+  const char* hostile[] = {
+      "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+      "{% set ns = namespace(x=[]) %}{% for i in range(5000) %}{% set ns.x = [ns.x] %}{% endfor %}",
+      "{% set ns = namespace(x=[1]) %}{% for i in range(64) %}{% set ns.x = ns.x + ns.x %}{% endfor %}",
+      "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+      "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+      "{{ 9223372036854775807 + 1 }}", "{{ 2 ** 64 }}", "{{ 'x' * 100000000000 }}", "{{ 1e300 | int }}",
+      "{{ ((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((((1" };
+  for (const char* t : hostile) {
+    SCOPED_TRACE(t);
+    EXPECT_THROW(ChatTemplate(t).render(ojson{{"messages", ojson::array()}}), dsv3::Error);
+  }
+}
+
 }  // namespace
 }  // namespace dsv3::tok::testing

@@ -71,6 +71,12 @@ TEST(TokenizerLoader, MalformedFilesGiveOneLineErrors) {
   spec["model"]["vocab"]["a"] = "zero";
   EXPECT_FALSE(error_of(spec).empty());
   EXPECT_THROW(Tokenizer::from_json_text("{\"model\": ", "x"), dsv3::Error);
+  // Deep nesting is refused before the recursive component builders see it.
+  std::string deep = "{\"pre_tokenizer\":";
+  for (int i = 0; i < 100000; ++i) deep += "{\"type\":\"Sequence\",\"pretokenizers\":[";
+  for (int i = 0; i < 100000; ++i) deep += "]}";
+  deep += "}";
+  EXPECT_THROW(Tokenizer::from_json_text(deep, "x"), dsv3::Error);
   EXPECT_THROW(Tokenizer::load("/nonexistent/tokenizer.json"), dsv3::Error);
 }
 

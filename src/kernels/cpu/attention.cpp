@@ -5,6 +5,7 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/cpu/fast_math.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -31,7 +32,7 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
       for (int64_t j = 0; j <= i; ++j) mx = std::max(mx, row[j]);
       float sum = 0.0f;
       for (int64_t j = 0; j <= i; ++j) {
-        row[j] = std::exp(row[j] - mx);
+        row[j] = fast::exp(row[j] - mx);
         sum += row[j];
       }
       float inv = 1.0f / sum;

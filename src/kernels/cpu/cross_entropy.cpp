@@ -40,16 +40,21 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
     const float target_logit = row[targets[r]];  // read first: d_logits may alias logits
     float mx = row[0];
     for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, row[j]);
-    // Sum in float lanes of 16 partial sums (vectorized), then in double.
-    float partial[16] = {};
-    if (drow) {
-      for (int64_t j = 0; j < vocab; ++j) {
-        float e = fast::exp(row[j] - mx);
-        drow[j] = e;
-        partial[j & 15] += e;
-      }
-    } else {
-      for (int64_t j = 0; j < vocab; ++j) partial[j & 15] += fast::exp(row[j] - mx);
+    // exp(row - max): 16 independent partial sums per chunk so the loop vectorizes.
+    constexpr int64_t kLanes = 16;
+    float partial[kLanes] = {};
+    const int64_t whole = vocab / kLanes * kLanes;
+    for (int64_t j0 = 0; j0 < whole; j0 += kLanes) {
+      float e[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) e[l] = fast::exp(row[j0 + l] - mx);
+      for (int64_t l = 0; l < kLanes; ++l) partial[l] += e[l];
+      if (drow)
+        for (int64_t l = 0; l < kLanes; ++l) drow[j0 + l] = e[l];
+    }
+    for (int64_t j = whole; j < vocab; ++j) {
+      float e = fast::exp(row[j] - mx);
+      partial[j - whole] += e;
+      if (drow) drow[j] = e;
     }
     double sum = 0.0;
     for (float p : partial) sum += p;

@@ -11,7 +11,8 @@ namespace dsv3::fast {
 inline float exp(float x) {
   // exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n*ln2 (in two parts for accuracy).
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  const float n = std::nearbyint(x * 1.44269504088896341f);
+  // Round to nearest by adding and subtracting 1.5 * 2^23 (vectorizes, unlike nearbyint).
+  const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723212e-6f;
   // Minimax-style Taylor expansion of exp(r) on |r| <= ln2/2, degree 6 (error < 2e-7).
   float p = 1.0f / 720.0f;

@@ -1,6 +1,7 @@
 // SwiGLU h = silu(gate) * up, on the CPU.
 #include <cmath>
 
+#include "kernels/cpu/fast_math.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -14,7 +15,7 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
     const float* g = gu + r * 2 * width;
     const float* u = g + width;
     float* o = hp + r * width;
-    for (int64_t i = 0; i < width; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+    for (int64_t i = 0; i < width; ++i) o[i] = g[i] * fast::sigmoid(g[i]) * u[i];
   }
 }
 
@@ -31,7 +32,7 @@ void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up
     float* dg = dgu + r * 2 * width;
     float* du = dg + width;
     for (int64_t i = 0; i < width; ++i) {
-      float sig = 1.0f / (1.0f + std::exp(-g[i]));
+      float sig = fast::sigmoid(g[i]);
       float silu = g[i] * sig;
       du[i] = d[i] * silu;
       dg[i] = d[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));

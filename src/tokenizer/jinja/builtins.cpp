@@ -57,6 +57,7 @@ std::string replace_all(const std::string& s, const std::string& from, const std
     for (const auto& c : code_points(s)) {
       if (count < 0 || done < count) out += to, ++done;
       out += c;
+      Value::check_size(out);
     }
     if (count < 0 || done < count) out += to;
     return out;
@@ -69,6 +70,7 @@ std::string replace_all(const std::string& s, const std::string& from, const std
     if (at == std::string::npos) break;
     out.append(s, pos, at - pos);
     out += to;
+    Value::check_size(out);
     pos = at + from.size();
     ++done;
   }
@@ -197,9 +199,10 @@ Value python_slice(const Value& seq, const Value& start_v, const Value& stop_v, 
   int64_t stop = adjust(as_opt(stop_v), step < 0 ? -1 : n);
   std::string out_string;
   List out_list;
-  for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+  for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
     if (is_string) out_string += chars[static_cast<size_t>(i)];
     else out_list.push_back(items[static_cast<size_t>(i)]);
+    if (__builtin_add_overflow(i, step, &i)) break;  // a huge step leaves the sequence at once
   }
   return is_string ? Value(out_string) : Value(out_list);
 }
@@ -227,6 +230,8 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
   static const Value undefined;
   if (name == "tojson") {
     const Value& indent = arg(args, 0, "indent", none_value);
+    if (indent.is_number() && (indent.as_int() < 0 || indent.as_int() > 64))
+      type_error(line, "tojson: indent must be between 0 and 64");
     return Value(value.to_json(indent.is_number() ? static_cast<int>(indent.as_int()) : -1));
   }
   if (name == "safe") return value;
@@ -257,6 +262,7 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
       if (!first) out += sep.str();
       first = false;
       out += (attribute.is_string() ? attribute_of(item, attribute.as_string()) : item).str();
+      Value::check_size(out);
     }
     return Value(out);
   }
@@ -272,7 +278,13 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
                              count.is_number() ? count.as_int() : -1));
   }
   if (name == "int") {
-    if (value.is_number()) return Value(static_cast<int64_t>(value.as_float()));
+    if (value.kind() == Value::Kind::Float) {
+      double d = value.as_float();
+      // Python's int() is unbounded; ours is int64, and anything outside is refused.
+      if (!(d > -9.2e18 && d < 9.2e18)) type_error(line, "int: value out of range");
+      return Value(static_cast<int64_t>(d));
+    }
+    if (value.is_number()) return Value(value.as_int());
     try {
       return Value(static_cast<int64_t>(std::stoll(strip(value.str(), true, true, undefined))));
     } catch (const std::exception&) {
@@ -289,7 +301,10 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
   }
   if (name == "abs") {
     if (value.kind() == Value::Kind::Float) return Value(std::fabs(value.as_float()));
-    if (value.is_number()) return Value(static_cast<int64_t>(std::llabs(value.as_int())));
+    if (value.is_number()) {
+      if (value.as_int() == INT64_MIN) type_error(line, "abs: integer overflow");
+      return Value(static_cast<int64_t>(std::llabs(value.as_int())));
+    }
     type_error(line, "bad operand type for abs()");
   }
   if (name == "list") return Value(iterate(value, line));
@@ -360,6 +375,7 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
   }
   if (name == "indent") {
     int64_t width = arg(args, 0, "width", Value(static_cast<int64_t>(4))).as_int();
+    if (width > 1000) type_error(line, "indent: width above 1000");
     bool first = arg(args, 1, "first", Value(false)).truthy();
     bool blank = arg(args, 2, "blank", Value(false)).truthy();
     std::string pad(static_cast<size_t>(std::max<int64_t>(0, width)), ' ');
@@ -371,6 +387,7 @@ Value apply_filter(const std::string& name, const Value& value, CallArgs& args, 
       std::string line_text = s.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
       if ((!first_line || first) && (blank || !line_text.empty())) out += pad;
       out += line_text;
+      Value::check_size(out);
       if (nl == std::string::npos) break;
       out += '\n';
       start = nl + 1;
@@ -402,7 +419,11 @@ bool apply_test(const std::string& name, const Value& value, CallArgs& args, int
     if (!value.is_number()) type_error(line, "even/odd test needs a number");
     return (value.as_int() % 2 == 0) == (name == "even");
   }
-  if (name == "divisibleby") return other.as_int() != 0 && value.as_int() % other.as_int() == 0;
+  if (name == "divisibleby") {
+    if (other.as_int() == 0) return false;
+    if (other.as_int() == -1) return true;  // INT64_MIN % -1 would overflow
+    return value.as_int() % other.as_int() == 0;
+  }
   if (name == "eq" || name == "equalto" || name == "==") return value == other;
   if (name == "ne" || name == "!=") return !(value == other);
   if (name == "lt" || name == "lessthan" || name == "<") return less_than(value, other, line);
@@ -472,6 +493,7 @@ Value bound_method(const Value& obj, const std::string& name, int line) {
           if (!first) out += s;
           first = false;
           out += item.str();
+          Value::check_size(out);
         }
         return Value(out);
       });

@@ -31,6 +31,10 @@ class Interpreter {
   }
 
   void exec(const Stmt& s, std::string& out) {
+    // A budget on work and output: templates are data from checkpoints, and a loop nest or a
+    // doubling string must end in an error rather than run for hours or exhaust memory.
+    if (++steps_ > kMaxSteps) error(s.line, "template ran past its step budget");
+    if (out.size() > kMaxOutputBytes) error(s.line, "template output too large");
     switch (s.kind) {
       case Stmt::Kind::Text: out += s.text; return;
       case Stmt::Kind::Output: out += eval(*s.expr).str(); return;
@@ -80,6 +84,7 @@ class Interpreter {
     if (!s.conditions.empty()) {  // {% for x in xs if cond %}: filter before numbering
       std::vector<Value> kept;
       for (const Value& item : items) {
+        if (++steps_ > kMaxSteps) error(s.line, "template ran past its step budget");
         scopes_.push_back(std::make_shared<Scope>());
         bind_targets(s, item);
         bool keep = eval(*s.conditions[0]).truthy();
@@ -90,6 +95,7 @@ class Interpreter {
     }
     const int64_t n = static_cast<int64_t>(items.size());
     for (int64_t i = 0; i < n; ++i) {
+      if (++steps_ > kMaxSteps) error(s.line, "template ran past its step budget");
       scopes_.push_back(std::make_shared<Scope>());
       bind_targets(s, items[static_cast<size_t>(i)]);
       Dict loop = {{"index", Value(i + 1)},
@@ -221,7 +227,10 @@ class Interpreter {
       case Expr::Kind::Negate: {
         Value v = eval(*e.children[0]);
         if (v.kind() == Value::Kind::Float) return Value(-v.as_float());
-        if (v.is_number()) return Value(-v.as_int());
+        if (v.is_number()) {
+          if (v.as_int() == INT64_MIN) error(e.line, "integer overflow");
+          return Value(-v.as_int());
+        }
         error(e.line, "bad operand type for unary -: '" + v.type_name() + "'");
       }
       case Expr::Kind::And: {
@@ -266,7 +275,11 @@ class Interpreter {
       if (a.is_undefined() || b.is_undefined()) error(e.line, "an undefined value used with '" + op + "'");
       error(e.line, "unsupported operand types for " + op + ": '" + a.type_name() + "' and '" + b.type_name() + "'");
     };
-    if (op == "~") return Value(a.str() + b.str());
+    if (op == "~") {
+      std::string joined = a.str() + b.str();
+      Value::check_size(joined);
+      return Value(std::move(joined));
+    }
     if (op == "==") return Value(a == b);
     if (op == "!=") return Value(!(a == b));
     if (op == "in" || op == "not in") {
@@ -294,14 +307,23 @@ class Interpreter {
       return Value(order >= 0);
     }
     if (op == "+") {
-      if (a.is_string() && b.is_string()) return Value(a.as_string() + b.as_string());
+      if (a.is_string() && b.is_string()) {
+        std::string joined = a.as_string() + b.as_string();
+        Value::check_size(joined);
+        return Value(std::move(joined));
+      }
       if (a.is_list() && b.is_list()) {
+        if (a.as_list().size() + b.as_list().size() > (1u << 20)) error(e.line, "list grew past 2^20 items");
         List joined = a.as_list();
         joined.insert(joined.end(), b.as_list().begin(), b.as_list().end());
         return Value(std::move(joined));
       }
     }
     if (op == "*" && (a.is_string() || a.is_list()) && b.kind() == Value::Kind::Int) {
+      size_t unit = a.is_string() ? a.as_string().size() : a.as_list().size();
+      // Lists count as their elements' bytes would: a list of a big string repeated is as large.
+      if (b.as_int() > 0 && unit > 0 && static_cast<uint64_t>(b.as_int()) > (a.is_string() ? Value::kMaxStringBytes : 1u << 20) / unit)
+        error(e.line, "repetition result too large");
       if (a.is_string()) {
         std::string out;
         for (int64_t k = 0; k < b.as_int(); ++k) out += a.as_string();
@@ -315,9 +337,15 @@ class Interpreter {
     bool floating = a.kind() == Value::Kind::Float || b.kind() == Value::Kind::Float;
     double x = a.as_float(), y = b.as_float();
     int64_t i = a.as_int(), j = b.as_int();
-    if (op == "+") return floating ? Value(x + y) : Value(i + j);
-    if (op == "-") return floating ? Value(x - y) : Value(i - j);
-    if (op == "*") return floating ? Value(x * y) : Value(i * j);
+    // Python integers are unbounded; ours are int64, and overflow is an error, not a wrap.
+    int64_t r = 0;
+    auto checked = [&](bool overflowed) -> Value {
+      if (overflowed) error(e.line, "integer overflow in '" + op + "'");
+      return Value(r);
+    };
+    if (op == "+") return floating ? Value(x + y) : checked(__builtin_add_overflow(i, j, &r));
+    if (op == "-") return floating ? Value(x - y) : checked(__builtin_sub_overflow(i, j, &r));
+    if (op == "*") return floating ? Value(x * y) : checked(__builtin_mul_overflow(i, j, &r));
     if (op == "/") {
       if (y == 0) error(e.line, "division by zero");
       return Value(x / y);
@@ -328,15 +356,20 @@ class Interpreter {
         double q = std::floor(x / y);
         return op == "//" ? Value(q) : Value(x - q * y);
       }
+      if (i == INT64_MIN && j == -1) error(e.line, "integer overflow in '" + op + "'");
       int64_t q = i / j;
       if ((i % j != 0) && ((i < 0) != (j < 0))) --q;  // Python floors
       return op == "//" ? Value(q) : Value(i - q * j);
     }
     if (op == "**") {
       if (!floating && j >= 0) {
-        int64_t r = 1;
-        for (int64_t k = 0; k < j; ++k) r *= i;
-        return Value(r);
+        if (i == 0) return Value(static_cast<int64_t>(j == 0 ? 1 : 0));
+        if (i == 1) return Value(static_cast<int64_t>(1));
+        if (i == -1) return Value(static_cast<int64_t>(j % 2 ? -1 : 1));
+        int64_t power = 1;  // |i| >= 2: overflows within 63 steps
+        for (int64_t k = 0; k < j; ++k)
+          if (__builtin_mul_overflow(power, i, &power)) error(e.line, "integer overflow in '**'");
+        return Value(power);
       }
       return Value(std::pow(x, y));
     }
@@ -344,6 +377,9 @@ class Interpreter {
   }
 
   static constexpr int kMaxCallDepth = 100;
+  static constexpr uint64_t kMaxSteps = 2'000'000;
+  static constexpr uint64_t kMaxOutputBytes = 64ull << 20;
+  uint64_t steps_ = 0;
   std::vector<std::shared_ptr<Scope>> scopes_;
   int call_depth_ = 0;
 };

@@ -9,9 +9,33 @@
 
 namespace dsv3::tok::jinja {
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+void Value::too_large() { fail("chat template: a string grew past {} bytes", kMaxStringBytes); }
+
+Value::Value(List l) : kind_(Kind::List) {
+  for (const Value& v : l) depth_ = std::max(depth_, v.depth_ + 1);
+  if (depth_ > kMaxNesting) fail("chat template: lists and dicts nested more than {} levels", kMaxNesting);
+  list_ = std::make_shared<List>(std::move(l));
+}
+
+Value::Value(Dict d) : kind_(Kind::Dict) {
+  for (const auto& [k, v] : d) depth_ = std::max(depth_, v.depth_ + 1);
+  if (depth_ > kMaxNesting) fail("chat template: lists and dicts nested more than {} levels", kMaxNesting);
+  dict_ = std::make_shared<Dict>(std::move(d));
+}
+
+namespace {
+constexpr int kMaxNesting = Value::kMaxNesting;
+
+Value from_json_at(const nlohmann::ordered_json& j, int depth);
+}  // namespace
+
+Value Value::from_json(const nlohmann::ordered_json& j) { return from_json_at(j, 0); }
+
+namespace {
+Value from_json_at(const nlohmann::ordered_json& j, int depth) {
+  if (depth > kMaxNesting) fail("chat template: the JSON input is nested more than {} levels", kMaxNesting);
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return none();
+    case nlohmann::ordered_json::value_t::null: return Value::none();
     case nlohmann::ordered_json::value_t::boolean: return Value(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer: return Value(j.get<int64_t>());
     case nlohmann::ordered_json::value_t::number_unsigned: return Value(static_cast<int64_t>(j.get<uint64_t>()));
@@ -19,17 +43,18 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
     case nlohmann::ordered_json::value_t::string: return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       List list;
-      for (const auto& item : j) list.push_back(from_json(item));
+      for (const auto& item : j) list.push_back(from_json_at(item, depth + 1));
       return Value(std::move(list));
     }
     case nlohmann::ordered_json::value_t::object: {
       Dict dict;
-      for (const auto& [k, v] : j.items()) dict.emplace_back(k, from_json(v));
+      for (const auto& [k, v] : j.items()) dict.emplace_back(k, from_json_at(v, depth + 1));
       return Value(std::move(dict));
     }
     default: fail("chat template: unsupported JSON value");
   }
 }
+}  // namespace
 
 bool Value::truthy() const {
   switch (kind_) {
@@ -139,6 +164,7 @@ void json_string(std::string& out, const std::string& s) {
 }
 
 void to_json_into(const Value& v, std::string& out, int indent, int depth) {
+  if (depth > kMaxNesting) fail("chat template: tojson: value nested more than {} levels", kMaxNesting);
   auto newline = [&](int d) {
     if (indent >= 0) out += "\n" + std::string(static_cast<size_t>(indent * d), ' ');
   };
@@ -162,6 +188,7 @@ void to_json_into(const Value& v, std::string& out, int indent, int depth) {
         first = false;
         newline(depth + 1);
         to_json_into(item, out, indent, depth + 1);
+        Value::check_size(out);
       }
       newline(depth);
       out += ']';
@@ -183,6 +210,7 @@ void to_json_into(const Value& v, std::string& out, int indent, int depth) {
         json_string(out, item->first);
         out += ": ";
         to_json_into(item->second, out, indent, depth + 1);
+        Value::check_size(out);
       }
       newline(depth);
       out += '}';
@@ -194,7 +222,10 @@ void to_json_into(const Value& v, std::string& out, int indent, int depth) {
 
 }  // namespace
 
-std::string Value::repr() const {
+std::string Value::repr() const { return repr_at(0); }
+
+std::string Value::repr_at(int depth) const {
+  if (depth > kMaxNesting) fail("chat template: value nested more than {} levels", kMaxNesting);
   switch (kind_) {
     case Kind::Undefined: return "";
     case Kind::None: return "None";
@@ -204,14 +235,19 @@ std::string Value::repr() const {
     case Kind::String: return python_string_repr(*string_);
     case Kind::List: {
       std::string out = "[";
-      for (size_t i = 0; i < list_->size(); ++i) out += (i ? ", " : "") + (*list_)[i].repr();
+      for (size_t i = 0; i < list_->size(); ++i) {
+        out += (i ? ", " : "") + (*list_)[i].repr_at(depth + 1);
+        check_size(out);
+      }
       return out + "]";
     }
     case Kind::Dict:
     case Kind::Namespace: {
       std::string out = kind_ == Kind::Namespace ? "<Namespace {" : "{";
-      for (size_t i = 0; i < dict_->size(); ++i)
-        out += (i ? ", " : "") + python_string_repr((*dict_)[i].first) + ": " + (*dict_)[i].second.repr();
+      for (size_t i = 0; i < dict_->size(); ++i) {
+        out += (i ? ", " : "") + python_string_repr((*dict_)[i].first) + ": " + (*dict_)[i].second.repr_at(depth + 1);
+        check_size(out);
+      }
       return out + (kind_ == Kind::Namespace ? "}>" : "}");
     }
     case Kind::Function: return "<function>";

@@ -36,8 +36,19 @@ class Value {
   Value(double d) : kind_(Kind::Float), float_(d) {}
   Value(std::string s) : kind_(Kind::String), string_(std::make_shared<std::string>(std::move(s))) {}
   Value(const char* s) : Value(std::string(s)) {}
-  Value(List l) : kind_(Kind::List), list_(std::make_shared<List>(std::move(l))) {}
-  Value(Dict d) : kind_(Kind::Dict), dict_(std::make_shared<Dict>(std::move(d))) {}
+  // Containers record their nesting depth and refuse to pass kMaxNesting: converting, printing,
+  // comparing and freeing values recurse, so a template that nests lists in a loop must get an
+  // error instead of exhausting the stack.
+  static constexpr int kMaxNesting = 512;
+  // Largest string a template may build (join, replace, repr, tojson, repetition): past it,
+  // rendering is an error rather than an allocation failure.
+  static constexpr size_t kMaxStringBytes = 64u << 20;
+  static void check_size(const std::string& s) {
+    if (s.size() > kMaxStringBytes) too_large();
+  }
+  [[noreturn]] static void too_large();
+  Value(List l);
+  Value(Dict d);
   static Value make_namespace(Dict d) {
     Value v(std::move(d));
     v.kind_ = Kind::Namespace;
@@ -85,7 +96,10 @@ class Value {
   friend bool operator==(const Value& a, const Value& b);
 
  private:
+  std::string repr_at(int depth) const;
+
   Kind kind_ = Kind::Undefined;
+  int depth_ = 0;
   int64_t int_ = 0;
   double float_ = 0;
   std::shared_ptr<std::string> string_;

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Bad input on the command line: one clear "error:" line naming the file (and the tensor or key),
+# a non-zero exit, no crash, no partial output.
+# Usage: bad_input.sh PATH/TO/dsv3
+set -uo pipefail
+DSV3=$1
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+failures=0
+passes=0
+
+# expect_error NAME NEEDLE COMMAND...: the command must exit 1 with exactly one stderr line that
+# starts with "error:" and contains NEEDLE.
+expect_error() {
+  local name=$1 needle=$2
+  shift 2
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local rc=$?
+  local lines
+  lines=$(wc -l <"$WORK/err")
+  if [ $rc -ne 1 ] || [ "$lines" -ne 1 ] || ! grep -q "^error: .*$needle" "$WORK/err"; then
+    echo "FAIL $name: rc=$rc, stderr:"; cat "$WORK/err"
+    failures=$((failures + 1))
+  else
+    passes=$((passes + 1))
+  fi
+}
+
+FIX=tests/data/reference/tiny-v2lite
+expect_error missing-fixture "nowhere" "$DSV3" parity "$WORK/nowhere"
+
+mkdir -p "$WORK/truncated"
+cp "$FIX"/*.json "$FIX"/batch.safetensors "$FIX"/expected.safetensors "$WORK/truncated/"
+head -c 200000 "$FIX/model.safetensors" >"$WORK/truncated/model.safetensors"
+expect_error truncated-safetensors "model.safetensors" "$DSV3" parity "$WORK/truncated"
+
+mkdir -p "$WORK/badconfig"
+cp "$FIX"/*.safetensors "$WORK/badconfig/"
+sed 's/"hidden_size": 48/"hidden_size": "wide"/' "$FIX/config.json" >"$WORK/badconfig/config.json"
+expect_error bad-config-value '"hidden_size"' "$DSV3" parity "$WORK/badconfig"
+
+mkdir -p "$WORK/shape"
+cp "$FIX"/*.safetensors "$WORK/shape/"
+sed 's/"intermediate_size": 96/"intermediate_size": 64/' "$FIX/config.json" >"$WORK/shape/config.json"
+expect_error wrong-shape "mlp" "$DSV3" parity "$WORK/shape"
+
+printf '{"hidden_size": 64,' >"$WORK/broken.json"
+expect_error malformed-config "broken.json" "$DSV3" bench train-step --config "$WORK/broken.json"
+
+expect_error train-missing-data "nowhere" "$DSV3" train --data "$WORK/nowhere" --out "$WORK/run" \
+  --steps 1
+
+echo "bad_input: $passes passed, $failures failed"
+[ $failures -eq 0 ]
