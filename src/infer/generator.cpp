@@ -60,6 +60,17 @@ void check_request(const Engine& e, std::span<const int32_t> prompt, const Gener
 }
 }  // namespace
 
+std::pair<int32_t, bool> speculative_choice(std::vector<float>& p, const std::vector<float>& q,
+                                            int32_t draft, Sampler& sampler) {
+  const double ratio = q[size_t(draft)] > 0 ? double(p[size_t(draft)]) / q[size_t(draft)] : 0.0;
+  if (sampler.uniform() < std::min(1.0, ratio)) return {draft, true};
+  std::vector<float> residual(p.size());
+  double mass = 0;
+  for (size_t i = 0; i < p.size(); ++i) mass += (residual[i] = std::max(0.0f, p[i] - q[i]));
+  // p == q leaves nothing to correct (and then rejection has probability 0): draw from p.
+  return {sampler.draw(mass > 0 ? residual : p), false};
+}
+
 double GenerateStats::prefill_tokens_per_second() const {
   return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0;
 }
@@ -158,18 +169,9 @@ std::vector<int32_t> Generator::speculative(std::span<const int32_t> prompt,
       accepted = next == draft;
     } else {
       sampler.distribution(main_logits.data(), history, p_dist);
-      const double ratio = q_dist[size_t(draft)] > 0 ? p_dist[size_t(draft)] / q_dist[size_t(draft)] : 0.0;
-      accepted = sampler.uniform() < std::min(1.0, ratio);
-      if (accepted) {
-        next = draft;
-      } else {
-        for (int i = 0; i < v; ++i) p_dist[size_t(i)] = std::max(0.0f, p_dist[size_t(i)] - q_dist[size_t(i)]);
-        double mass = 0;
-        for (float x : p_dist) mass += x;
-        // When p == q exactly there is nothing left to correct: draw from p itself.
-        if (mass <= 0) sampler.distribution(main_logits.data(), history, p_dist);
-        next = sampler.draw(p_dist);
-      }
+      auto [token, kept] = speculative_choice(p_dist, q_dist, draft, sampler);
+      next = token;
+      accepted = kept;
     }
     if (accepted) {
       st.accepted++;

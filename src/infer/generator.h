@@ -68,6 +68,12 @@ class Generator {
   Engine& engine_;
 };
 
+// The speculative-sampling rule for one drafted token: `draft` was drawn from q; keep it with
+// probability min(1, p(draft) / q(draft)), else draw from normalize(max(0, p - q)). The result
+// is distributed as p. Returns the token and whether it is the draft.
+std::pair<int32_t, bool> speculative_choice(std::vector<float>& p, const std::vector<float>& q,
+                                            int32_t draft, Sampler& sampler);
+
 // Stop strings over streamed text: push() returns the text that is safe to show (text that
 // could still turn into a stop string is held back); once a stop string appears, stopped() is
 // true and the text up to it has been returned.

@@ -156,13 +156,16 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   if (xb.size() < size_t(m * k)) xb.resize(size_t(m * k));
   for (int64_t i = 0; i < m; ++i) convert_from_f32(x + i * ldx, DType::BF16, xb.data() + i * k, size_t(k));
   DnnlState& s = dnnl_state();
+  // The row count is a runtime dimension: one primitive per weight shape serves every prompt
+  // length and expert group size (the cache stays small however long a session runs).
+  const dnnl::memory::dim rt = DNNL_RUNTIME_DIM_VAL;
   dnnl::memory::desc src_md({m, k}, dt::bf16, dnnl::memory::dims{k, 1});
   dnnl::memory::desc wei_md({k, n}, dt::bf16, dnnl::memory::dims{1, w.ld});
   dnnl::memory::desc dst_md({m, n}, dt::f32, dnnl::memory::dims{ldy, 1});
   dnnl::matmul prim;
   {
     std::lock_guard<std::mutex> lock(s.mutex);
-    auto key = std::make_tuple(m, n, k, w.ld, ldy, accumulate);
+    auto key = std::make_tuple(int64_t(0), n, k, w.ld, ldy, accumulate);
     auto it = s.cache.find(key);
     if (it == s.cache.end()) {
       dnnl::primitive_attr attr;
@@ -171,7 +174,9 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
         po.append_sum(1.0f);
         attr.set_post_ops(po);
       }
-      dnnl::matmul::desc d(src_md, wei_md, dst_md);
+      dnnl::memory::desc src_rt({rt, k}, dt::bf16, dnnl::memory::dims{k, 1});
+      dnnl::memory::desc dst_rt({rt, n}, dt::f32, dnnl::memory::dims{ldy, 1});
+      dnnl::matmul::desc d(src_rt, wei_md, dst_rt);
       dnnl::matmul::primitive_desc pd(d, attr, s.engine);
       it = s.cache.emplace(key, dnnl::matmul(pd)).first;
     }

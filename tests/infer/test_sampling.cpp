@@ -150,3 +150,27 @@ TEST(StopStrings, HoldsBackPartialMatchesAndStops) {
 }
 
 }  // namespace
+
+namespace {
+// The speculative-sampling rule turns drafts from q into tokens distributed as p.
+TEST(Speculative, ChoiceRuleYieldsTheTargetDistribution) {
+  using namespace dsv3::infer;
+  const std::vector<float> p = {0.5f, 0.3f, 0.2f, 0.0f, 0.0f};
+  const std::vector<float> q = {0.1f, 0.2f, 0.2f, 0.4f, 0.1f};
+  Sampler s({.temperature = 1.0f, .seed = 9}, 5);
+  const int n = 40000;
+  std::vector<int> count(5, 0);
+  int kept = 0;
+  for (int i = 0; i < n; ++i) {
+    const int32_t draft = s.draw(q);
+    std::vector<float> pc = p;
+    auto [token, accepted] = speculative_choice(pc, q, draft, s);
+    count[size_t(token)]++;
+    kept += accepted;
+    if (accepted) EXPECT_EQ(token, draft);
+  }
+  for (int i = 0; i < 5; ++i) EXPECT_NEAR(double(count[size_t(i)]) / n, p[size_t(i)], 0.01) << i;
+  // Acceptance probability is sum_i min(p_i, q_i) = 0.1 + 0.2 + 0.2 = 0.5.
+  EXPECT_NEAR(double(kept) / n, 0.5, 0.01);
+}
+}  // namespace
