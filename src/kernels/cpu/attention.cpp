@@ -5,12 +5,9 @@
 #include <cmath>
 #include <limits>
 
-<<<<<<< HEAD
-#include "kernels/cpu/fast_math.h"
-=======
 #include "core/device.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
->>>>>>> cuda
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
