@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 BUILD=${1:-build}
 MODEL=runs/bench-300m-bf16
 if [ ! -f "$MODEL/model.safetensors" ]; then
-  "$BUILD/dsv3" init-model ../shared/configs/bench-300m.json "$MODEL" --dtype bf16
+  "$BUILD/dsv3" init-model bench/configs/bench-300m.json "$MODEL" --dtype bf16
 fi
 for threads in 2 1; do
   "$BUILD/dsv3" bench decode -m "$MODEL" --threads "$threads" --prompt-tokens 128 --new-tokens 64 --repeat 3
