@@ -33,6 +33,7 @@ MatRef MatRef::row_block(int64_t begin, int64_t count) const {
 namespace {
 
 // ---- Streaming kernel for a few activation rows against BF16 weights ----
+#if defined(__AVX512F__)
 
 inline __m512 load_bf16(const uint16_t* p) {
   return _mm512_castsi512_ps(
@@ -90,6 +91,27 @@ void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, 
     if constexpr (RB > 1) gemv_block<M, 1>(x, ldx, w, ld, k, r, r1, y, ldy, accumulate);
   }
 }
+
+#else
+// Portable version for builds without AVX-512 (DSV3_NATIVE=OFF, other CPUs): the same contract
+// (each output summed in 16 lanes in a fixed order, independent of M and RB), plain loops.
+inline float weight_value(const uint16_t* w, int64_t i) { return bf16_to_f32(w[i]); }
+inline float weight_value(const float* w, int64_t i) { return w[i]; }
+
+template <int M, int RB, typename W>
+void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, int64_t r0,
+                int64_t r1, float* y, int64_t ldy, bool accumulate) {
+  for (int64_t r = r0; r < r1; ++r)
+    for (int i = 0; i < M; ++i) {
+      float lanes[16] = {};
+      for (int64_t kk = 0; kk < k; ++kk) lanes[kk % 16] += weight_value(w, r * ld + kk) * x[i * ldx + kk];
+      float v = 0.0f;
+      for (float lane : lanes) v += lane;
+      float& out = y[i * ldy + r];
+      out = accumulate ? out + v : v;
+    }
+}
+#endif
 
 // Output rows [r0, r1) of one product of m <= kSmallRows rows.
 template <typename W>
