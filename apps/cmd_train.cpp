@@ -40,6 +40,7 @@ int run(Options& o) {
     if (std::filesystem::exists(guess / "tokenizer.json")) s.tokenizer_dir = guess.string();
   }
   dsv3::TrainOutcome out = dsv3::train(s);
+  if (out.already_complete) return 0;
   std::printf("done: %lld steps, train loss %.4f, validation loss %.4f; checkpoint %s\n",
               (long long)out.steps_done, out.last_loss, out.last_val_loss,
               out.last_checkpoint.c_str());

@@ -155,6 +155,15 @@ TrainOutcome train(const TrainSettings& s) {
     start_step = state.at("step").get<int64_t>();
     tokens_seen = state.value("tokens_seen", 0.0);
     loader.restore(state.at("data"));
+    if (start_step >= s.steps) {
+      std::printf("the run is complete: %lld of %lld steps, checkpoint %s\n",
+                  (long long)start_step, (long long)s.steps, latest->c_str());
+      TrainOutcome done;
+      done.steps_done = start_step;
+      done.last_checkpoint = *latest;
+      done.already_complete = true;
+      return done;
+    }
     std::printf("resuming %s at step %lld\n", latest->c_str(), (long long)start_step);
   } else {
     DSV3_CHECK(!latest.has_value(),

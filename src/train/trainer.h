@@ -49,6 +49,7 @@ struct TrainOutcome {
   int64_t steps_done = 0;
   double last_loss = 0, last_val_loss = 0;
   std::string last_checkpoint;
+  bool already_complete = false;  // --resume of a run that had done all its steps
 };
 
 // Runs (or resumes) a training run; throws dsv3::Error with a clear message on bad input.

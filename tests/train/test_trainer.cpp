@@ -170,6 +170,19 @@ TEST(Trainer, NonFiniteStepsAreSkippedThenStopTheRun) {
   EXPECT_TRUE(latest_checkpoint(t.dir / "run").has_value());  // a usable checkpoint is left
 }
 
+TEST(Trainer, ResumingACompleteRunTrainsNothing) {
+  TinyRun t;
+  TrainSettings s = t.settings(t.dir / "run");
+  s.steps = 2;
+  TrainOutcome first = train(s);
+  s.resume = true;
+  TrainOutcome again = train(s);
+  EXPECT_TRUE(again.already_complete);
+  EXPECT_EQ(again.steps_done, 2);
+  EXPECT_EQ(again.last_checkpoint, first.last_checkpoint);
+  EXPECT_EQ(read_metrics(t.dir / "run").size(), 2u);
+}
+
 TEST(Trainer, MissingDataIsAClearError) {
   TinyRun t;
   TrainSettings s = t.settings(t.dir / "run");
