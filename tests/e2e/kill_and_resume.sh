@@ -25,7 +25,7 @@ cat > "$WORK/config.json" <<JSON
  "n_routed_experts": 8, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2,
  "topk_group": 1, "num_nextn_predict_layers": 1, "max_position_embeddings": 64}
 JSON
-STEPS=60
+STEPS=200
 args=(--config "$WORK/config.json" --data "$WORK/data" --tokenizer-dir "$WORK/tok" --steps $STEPS
       --batch 2 --seq 32 --accum 2 --lr 3e-3 --warmup 3 --eval-every 10 --eval-batches 2
       --save-every 1 --keep 2 --threads 1)
@@ -33,12 +33,12 @@ args=(--config "$WORK/config.json" --data "$WORK/data" --tokenizer-dir "$WORK/to
 "$DSV3" train "${args[@]}" --out "$WORK/straight" >/dev/null
 
 kills=0
-for attempt in $(seq 1 60); do
+for attempt in $(seq 1 400); do
   resume=()
   [ -e "$WORK/killed/checkpoints/latest" ] && resume=(--resume)
   "$DSV3" train "${args[@]}" --out "$WORK/killed" "${resume[@]}" >"$WORK/log" 2>&1 &
   pid=$!
-  sleep "0.$(( 1 + RANDOM % 9 ))"
+  sleep "$(printf '0.%03d' $(( 50 + RANDOM % 250 )))"  # 0.05 to 0.3 s
   if kill -9 $pid 2>/dev/null; then
     kills=$((kills + 1))
     wait $pid 2>/dev/null || true
