@@ -204,6 +204,7 @@ TrainOutcome train(const TrainSettings& s) {
   };
 
   const double peak_gflops = ops::measure_gemm_gflops();
+  const StepFlops f = training_step_flops(c, s.micro_batch, s.seq);  // per micro-batch
   const bool tty = isatty(fileno(stdout));
   std::vector<int32_t> tokens(size_t(s.micro_batch * s.seq)), labels(tokens.size());
   g_stop_requested = false;
@@ -281,7 +282,6 @@ TrainOutcome train(const TrainSettings& s) {
     }
     const double seconds = std::chrono::duration<double>(clock::now() - t0).count();
     const double tps = step_tokens / seconds;
-    const StepFlops f = training_step_flops(c, s.micro_batch, s.seq);
     const double mfu = f.total() * m / seconds / (peak_gflops * 1e9);
     ++steps_this_run;
     const double elapsed = std::chrono::duration<double>(clock::now() - run_start).count();
