@@ -14,6 +14,7 @@ struct Options {
   std::string dump;
   bool optimizer = false;
   bool no_decode = false;
+  dsv3::Device device = dsv3::Device::CPU;
 };
 
 dsv3::app::Registrar reg(
@@ -32,12 +33,15 @@ dsv3::app::Registrar reg(
       sub.add_flag("--no-decode", o->no_decode,
                    "Skip the inference checks (token-by-token decode through the latent cache)");
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_device_option(sub, o->device);
       return [o]() {
         dsv3::set_num_threads(o->threads);
         bool ok = true;
         for (const auto& dir : o->dirs) {
-          dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer);
-          if (!o->no_decode) dsv3::infer::add_decode_parity(dir, r);
+          dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer, o->device);
+          // The decode checks exercise the CPU inference engine; they run with the CPU model.
+          if (!o->no_decode && o->device == dsv3::Device::CPU)
+            dsv3::infer::add_decode_parity(dir, r);
           std::fputs(r.table(o->failures_only).c_str(), stdout);
           ok &= r.all_pass();
         }

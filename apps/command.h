@@ -7,6 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "core/tensor.h"
+
 namespace dsv3::app {
 
 using Runner = std::function<int()>;
@@ -15,5 +17,8 @@ using Setup = std::function<Runner(CLI::App& sub)>;
 struct Registrar {
   Registrar(std::string name, std::string description, Setup setup);
 };
+
+// Adds `--device cpu|cuda` (default cpu) to a subcommand, writing into `device`.
+void add_device_option(CLI::App& sub, Device& device);
 
 }  // namespace dsv3::app

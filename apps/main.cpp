@@ -22,6 +22,13 @@ std::vector<Entry>& registry() {
 Registrar::Registrar(std::string name, std::string description, Setup setup) {
   registry().push_back({std::move(name), std::move(description), std::move(setup)});
 }
+
+void add_device_option(CLI::App& sub, Device& device) {
+  static const std::map<std::string, Device> kDevices{{"cpu", Device::CPU},
+                                                       {"cuda", Device::CUDA}};
+  sub.add_option("--device", device, "Where the model runs: cpu or cuda (default cpu)")
+      ->transform(CLI::CheckedTransformer(kDevices, CLI::ignore_case));
+}
 }  // namespace dsv3::app
 
 int main(int argc, char** argv) {

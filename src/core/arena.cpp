@@ -36,4 +36,15 @@ Tensor Arena::alloc(const Shape& shape, DType dtype) {
   return Tensor::view(base_ + offset, shape, dtype, device_, block_);
 }
 
+Arena& Arena::host() {
+  if (host_) return *host_;
+  DSV3_CHECK(device_ == Device::CPU, "a device arena has no host arena attached (attach_host)");
+  return *this;
+}
+
+Arena::Mirrored Arena::alloc_mirrored(const Shape& shape, DType dtype) {
+  Tensor h = host().alloc(shape, dtype);
+  return {h, &host() == this ? h : alloc(shape, dtype)};
+}
+
 }  // namespace dsv3

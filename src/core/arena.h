@@ -28,6 +28,18 @@ class Arena {
   bool is_measuring() const { return base_ == nullptr; }
   Device device() const { return device_; }
 
+  // Where buffers that host code reads and writes go (routing decisions, index arrays, their
+  // staging copies): this arena itself for the CPU, the attached host arena for a device arena.
+  // Plan both in the same pass: attach a measuring host arena to the measuring device arena.
+  Arena& host();
+  void attach_host(Arena& host_arena) { host_ = &host_arena; }
+  // A host buffer and its twin on this arena's device, for data that crosses between host code
+  // and device ops; one and the same tensor when this arena is the host's own.
+  struct Mirrored {
+    Tensor host, device;
+  };
+  Mirrored alloc_mirrored(const Shape& shape, DType dtype = DType::F32);
+
  private:
   Arena() = default;
   std::shared_ptr<void> block_;
@@ -35,6 +47,7 @@ class Arena {
   size_t capacity_ = 0;
   size_t used_ = 0;
   Device device_ = Device::CPU;
+  Arena* host_ = nullptr;
 };
 
 }  // namespace dsv3

@@ -115,4 +115,12 @@ Tensor Tensor::to_f32() const {
 
 void Tensor::zero_() { device::zero(data_, device_, nbytes()); }
 
+void Tensor::copy_from(const Tensor& src) {
+  DSV3_CHECK(src.dtype_ == dtype_ && src.numel() == numel(),
+             "copy_from: {} {} into {} {}", dtype_name(src.dtype_), src.shape_.str(),
+             dtype_name(dtype_), shape_.str());
+  if (src.data_ == data_ && src.device_ == device_) return;
+  device::copy(data_, device_, src.data_, src.device_, nbytes());
+}
+
 }  // namespace dsv3

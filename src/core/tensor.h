@@ -80,6 +80,8 @@ class Tensor {
   // the round trip through the host).
   Tensor to_f32() const;
   void zero_();
+  // Overwrites this tensor's bytes with src's (same dtype and element count; any devices).
+  void copy_from(const Tensor& src);
 
  private:
   template <typename T>

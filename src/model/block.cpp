@@ -36,7 +36,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   const float eps = float(ctx.config->rms_norm_eps);
   ops::rmsnorm_forward(x, w.input_layernorm.value, eps, act.h_attn, act.rstd_attn);
   mla_forward(ctx, w.attn, act.h_attn, act.mla, act.attn_out);
-  std::memcpy(act.x_mid.f32(), x.f32(), x.nbytes());
+  act.x_mid.copy_from(x);
   ops::add_inplace(act.x_mid, act.attn_out);
   ops::rmsnorm_forward(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn, act.rstd_ffn);
   if (w.moe) {
@@ -44,7 +44,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   } else {
     ffn_forward(w.dense, act.h_ffn, *act.dense, act.ffn_out);
   }
-  std::memcpy(out.f32(), act.x_mid.f32(), out.nbytes());
+  out.copy_from(act.x_mid);
   ops::add_inplace(out, act.ffn_out);
 }
 

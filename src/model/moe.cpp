@@ -25,14 +25,13 @@ MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, in
   if (c.n_shared_experts > 0) shared = FfnActivations(a, n, shared_width(c));
 }
 
-MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
+MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
+    : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
   d_y_perm = a.alloc({nk, d});
   d_x_perm = a.alloc({nk, d});
   d_experts = FfnActivations(a, nk, c.moe_intermediate_size);
   if (c.n_shared_experts > 0) d_shared = FfnActivations(a, n, shared_width(c));
-  d_weights = a.alloc({n, c.num_experts_per_tok});
-  d_logits = a.alloc({n, c.n_routed_experts});
 }
 
 void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
@@ -101,7 +100,7 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   const float* y = act.y_perm.f32();
   const float* g = d_out.f32();
   float* dy = s.d_y_perm.f32();
-  float* dw = s.d_weights.f32();
+  float* dw = s.router.device_d_weights.f32();
   // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; ++t)
@@ -140,7 +139,7 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
       const float* src = dxp + int64_t(row_of[t * k + j]) * d;
       for (int64_t i = 0; i < d; ++i) dxo[t * d + i] += src[i];
     }
-  router_backward(ctx, w, x, act.router, s.d_weights, alpha, s.d_logits, d_x);
+  router_backward(ctx, w, x, act.router, alpha, s.router, d_x);
 }
 
 }  // namespace dsv3

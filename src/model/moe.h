@@ -26,8 +26,7 @@ struct MoeScratch {
   Tensor d_y_perm, d_x_perm;  // [N*K, hidden]
   FfnActivations d_experts;   // [N*K, ...]
   FfnActivations d_shared;    // [N, ...]
-  Tensor d_weights;           // [N, K]
-  Tensor d_logits;            // [N, E]
+  RouterScratch router;       // d gating weights [N, K], d logits [N, E]
   MoeScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
 

@@ -57,7 +57,8 @@ class Checker {
   void add(std::string q, double err, double tol, const char* metric) {
     r_.checks.push_back({std::move(q), err, tol, metric, err <= tol});
   }
-  void tensor(const std::string& q, const Tensor& got, const Tensor& ref, bool grad_like) {
+  void tensor(const std::string& q, const Tensor& got_anywhere, const Tensor& ref, bool grad_like) {
+    const Tensor got = got_anywhere.to(Device::CPU);
     if (got.numel() != ref.numel()) {
       r_.checks.push_back({q + " (shape " + got.shape().str() + " vs " + ref.shape().str() + ")",
                            INFINITY, 0, "shape", false});
@@ -68,7 +69,8 @@ class Checker {
     else
       add(q, max_rel(got, ref), kForwardTol, "max-rel");
   }
-  void exact(const std::string& q, const Tensor& got, const Tensor& ref) {
+  void exact(const std::string& q, const Tensor& got_anywhere, const Tensor& ref) {
+    const Tensor got = got_anywhere.to(Device::CPU);
     int64_t mismatches = got.numel() == ref.numel() ? 0 : std::max(got.numel(), ref.numel());
     if (!mismatches) {
       Tensor g = got.dtype() == DType::I32 ? got : got.to_f32();
@@ -114,7 +116,8 @@ std::string ParityReport::table(bool failures_only) const {
   return out;
 }
 
-ParityReport run_parity(const std::string& dir, const std::string& dump_path, bool with_optimizer) {
+ParityReport run_parity(const std::string& dir, const std::string& dump_path, bool with_optimizer,
+                        Device device) {
   namespace fs = std::filesystem;
   ParityReport report;
   report.fixture = dir;
@@ -127,6 +130,7 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
   ModelConfig config = ModelConfig::load(dir);
   ModelWeights weights(config);
   weights.load(WeightStore::open((fs::path(dir) / "model.safetensors").string()));
+  weights.to_device(device);
   WeightStore batch = WeightStore::open((fs::path(dir) / "batch.safetensors").string());
   WeightStore expected = WeightStore::open((fs::path(dir) / "expected.safetensors").string());
 
@@ -182,7 +186,7 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
   std::vector<std::pair<std::string, Tensor>> dump;
   auto write_dump = [&]() {
     if (dump_path.empty()) return;
-    dump.emplace_back("logits", model.logits());
+    dump.emplace_back("logits", model.logits().to(Device::CPU));
     write_safetensors(dump_path, dump);
   };
   if (!wants_grads) {
@@ -194,8 +198,9 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
   // must have exactly zero gradient here.
   auto grads = weights.named_grads();
   int64_t unlisted_nonzero = 0, unlisted = 0;
-  for (const auto& [name, g] : grads) {
-    if (!dump_path.empty()) dump.emplace_back("grad." + name, g.clone());
+  for (const auto& [name, g_anywhere] : grads) {
+    const Tensor g = g_anywhere.to(Device::CPU).clone();
+    if (!dump_path.empty()) dump.emplace_back("grad." + name, g);
     if (expected.has("grad." + name)) {
       check.tensor("grad." + name, g, as_f32(expected.get("grad." + name)), true);
     } else {

@@ -5,6 +5,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace dsv3 {
 
 struct ParityCheck {
@@ -27,7 +29,8 @@ struct ParityReport {
 // safetensors file for inspection.
 // with_optimizer: also check grad_norm, one AdamW step (adamw.*) and the bias update
 // (bias_after.*).
+// device: where the training step runs (weights, activations, gradients).
 ParityReport run_parity(const std::string& fixture_dir, const std::string& dump_path = "",
-                        bool with_optimizer = false);
+                        bool with_optimizer = false, Device device = Device::CPU);
 
 }  // namespace dsv3

@@ -8,17 +8,27 @@
 
 namespace dsv3 {
 
-RouterActivations::RouterActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
+RouterActivations::RouterActivations(Arena& arena, const ModelConfig& c, int64_t batch,
+                                     int64_t seq) {
   const int64_t n = batch * seq, e = c.n_routed_experts, k = c.num_experts_per_tok;
-  logits = a.alloc({n, e});
+  auto [l, dl] = arena.alloc_mirrored({n, e});
+  auto [wt, dwt] = arena.alloc_mirrored({n, k});
+  logits = l, device_logits = dl, weights = wt, device_weights = dwt;
+  Arena& a = arena.host();
   scores = a.alloc({n, e});
   indices = a.alloc({n, k}, DType::I32);
-  weights = a.alloc({n, k});
   selection = a.alloc({n, e});
   group_scores = a.alloc({n, c.n_group});
   score_sum = a.alloc({n});
   seq_counts = a.alloc({batch, e});
   load = a.alloc({e});
+}
+
+RouterScratch::RouterScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq) {
+  const int64_t n = batch * seq;
+  auto [dw, ddw] = arena.alloc_mirrored({n, c.num_experts_per_tok});
+  auto [dl, ddl] = arena.alloc_mirrored({n, c.n_routed_experts});
+  d_weights = dw, device_d_weights = ddw, d_logits = dl, device_d_logits = ddl;
 }
 
 void select_experts(const ModelConfig& c, const float* selection, float* group_scores,
@@ -71,7 +81,8 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), experts = c.n_routed_experts, k = c.num_experts_per_tok;
   DSV3_CHECK(c.n_group <= 64, "n_group = {} exceeds the 64 groups dsv3 supports", c.n_group);
-  ops::linear_forward(x, w.gate.value, act.logits);
+  ops::linear_forward(x, w.gate.value, act.device_logits);
+  act.logits.copy_from(act.device_logits);  // no-op on the CPU
   const float* logits = act.logits.f32();
   float* scores = act.scores.f32();
   const float* bias = c.has_bias() ? w.bias.f32() : nullptr;
@@ -108,6 +119,7 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
     if (c.norm_topk_prob) scale /= (sum + 1e-20f);
     for (int64_t j = 0; j < k; ++j) wt[j] *= scale;
   }
+  act.device_weights.copy_from(act.weights);
   // Loads, per sequence and in total, and the sequence-wise balance term.
   act.seq_counts.zero_();
   act.load.zero_();
@@ -133,15 +145,15 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
 }
 
 void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
-                     const RouterActivations& act, const Tensor& d_weights, float alpha,
-                     Tensor& d_logits, Tensor& d_x) {
+                     const RouterActivations& act, float alpha, RouterScratch& rs, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), experts = c.n_routed_experts, k = c.num_experts_per_tok;
+  rs.d_weights.copy_from(rs.device_d_weights);  // no-op on the CPU
   const float* scores = act.scores.f32();
   const int32_t* indices = act.indices.i32();
-  const float* dw = d_weights.f32();
+  const float* dw = rs.d_weights.f32();
   const float* seq_counts = act.seq_counts.f32();
-  float* dl = d_logits.f32();
+  float* dl = rs.d_logits.f32();
   // d(balance)/d(normalized score of expert e at a token of sequence b) = f_{b,e} / (B * T).
   const float f_scale = float(experts) / float(k * ctx.seq);
   const float balance_grad = alpha / float(ctx.batch * ctx.seq);
@@ -183,7 +195,8 @@ void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
       for (int64_t e = 0; e < experts; ++e) d[e] = s[e] * (d[e] - dot);
     }
   }
-  ops::linear_backward(x, w.gate.value, d_logits, &d_x, &w.gate.grad, true);
+  rs.device_d_logits.copy_from(rs.d_logits);
+  ops::linear_backward(x, w.gate.value, rs.device_d_logits, &d_x, &w.gate.grad, true);
 }
 
 }  // namespace dsv3

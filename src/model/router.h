@@ -7,8 +7,12 @@
 
 namespace dsv3 {
 
-// N rows, E routed experts, K experts per token, B sequences.
+// N rows, E routed experts, K experts per token, B sequences. Routing runs on the host: every
+// buffer here is host memory. On a GPU the logits are computed there and copied over, and the
+// gating weights copied back (device_logits, device_weights; the same tensors on the CPU).
 struct RouterActivations {
+  Tensor device_logits;   // [N, E] x W_gate^T, on the model's device
+  Tensor device_weights;  // [N, K] the gating weights, on the model's device
   Tensor logits;        // [N, E] x W_gate^T
   Tensor scores;        // [N, E] sigmoid or softmax of logits
   Tensor indices;       // [N, K] int32, chosen experts, ascending
@@ -30,10 +34,19 @@ void select_experts(const ModelConfig& c, const float* selection, float* group_s
 
 void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
                     RouterActivations& act);
-// d_weights [N, K]: gradient of the loss w.r.t. the gating weights. alpha scales the balance
-// term's gradient. d_logits [N, E] is scratch; d_x += the router's input gradient.
+// Backward scratch: host buffers for the routing arithmetic, device views for the GEMM (the
+// same tensors on the CPU).
+struct RouterScratch {
+  Tensor d_weights;         // [N, K] host: d loss / d gating weights
+  Tensor device_d_weights;  // [N, K] where the MoE combine writes it
+  Tensor d_logits;          // [N, E] host
+  Tensor device_d_logits;   // [N, E] on the model's device
+  RouterScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
+};
+
+// Reads s.device_d_weights (the gradient of the loss w.r.t. the gating weights); alpha scales
+// the balance term's gradient; d_x += the router's input gradient.
 void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
-                     const RouterActivations& act, const Tensor& d_weights, float alpha,
-                     Tensor& d_logits, Tensor& d_x);
+                     const RouterActivations& act, float alpha, RouterScratch& s, Tensor& d_x);
 
 }  // namespace dsv3

@@ -12,6 +12,7 @@ namespace {
 struct MtpBuffers {
   Tensor ids;             // [N] int32: token i+k of the window, -1 past its end
   Tensor targets;         // [N] int32: label of position i+k, -1 where i >= T-k
+  Tensor ids_host, targets_host;  // the same, built on the host
   Tensor emb;             // [N, D] Emb(t_{i+k}) (zero past the end)
   Tensor e_norm, e_rstd;  // [N, D], [N]
   Tensor h_norm, h_rstd;  // [N, D], [N]
@@ -25,8 +26,9 @@ struct MtpBuffers {
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
       : block(a, c, c.is_moe_layer(c.num_hidden_layers), batch, seq) {
     const int64_t n = batch * seq, d = c.hidden_size;
-    ids = a.alloc({n}, DType::I32);
-    targets = a.alloc({n}, DType::I32);
+    auto [ih, id] = a.alloc_mirrored({n}, DType::I32);
+    auto [th, td] = a.alloc_mirrored({n}, DType::I32);
+    ids_host = ih, ids = id, targets_host = th, targets = td;
     emb = a.alloc({n, d});
     e_norm = a.alloc({n, d});
     e_rstd = a.alloc({n});
@@ -46,6 +48,7 @@ struct MtpBuffers {
 struct Transformer::Buffers {
   Tensor positions;              // [N] int32
   Tensor tokens, labels;         // [N] int32
+  Tensor positions_host, tokens_host, labels_host;  // host copies of the three
   std::vector<Tensor> residual;  // L + 1 of [N, D]: the input of each block, then the output
   std::vector<std::unique_ptr<BlockActivations>> blocks;
   Tensor h_final, rstd_final;  // [N, D], [N]
@@ -61,9 +64,11 @@ struct Transformer::Buffers {
 
   Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) : scratch(a, c, batch, seq) {
     const int64_t n = batch * seq, d = c.hidden_size;
-    positions = a.alloc({n}, DType::I32);
-    tokens = a.alloc({n}, DType::I32);
-    labels = a.alloc({n}, DType::I32);
+    auto [ph, pd] = a.alloc_mirrored({n}, DType::I32);
+    auto [th, td] = a.alloc_mirrored({n}, DType::I32);
+    auto [lh, ld] = a.alloc_mirrored({n}, DType::I32);
+    positions_host = ph, positions = pd, tokens_host = th, tokens = td, labels_host = lh,
+    labels = ld;
     for (int l = 0; l <= c.num_hidden_layers; ++l) residual.push_back(a.alloc({n, d}));
     for (int l = 0; l < c.num_hidden_layers; ++l)
       blocks.push_back(std::make_unique<BlockActivations>(a, c, c.is_moe_layer(l), batch, seq));
@@ -84,13 +89,21 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
     : w_(weights), c_(weights.config()), batch_(batch), seq_(seq) {
   DSV3_CHECK(batch > 0 && seq > 0, "a training window needs batch > 0 and seq > 0, got {} x {}",
              batch, seq);
+  const Device device = weights.device();
   rope_ = build_rope_tables(c_, int(std::max<int64_t>(seq, c_.max_position_embeddings)));
-  Arena measure = Arena::measuring();
+  rope_.cos = rope_.cos.to(device);
+  rope_.sin = rope_.sin.to(device);
+  // Two plans in one pass on a device: the device buffers, and the host buffers that routing
+  // and the index arrays need (on the CPU both are one arena).
+  Arena measure = Arena::measuring(), measure_host = Arena::measuring();
+  if (device != Device::CPU) measure.attach_host(measure_host);
   { Buffers plan(measure, c_, batch, seq); }
-  Arena arena(measure.used());
-  arena_bytes_ = measure.used();
+  Arena arena(measure.used(), device), host_arena(measure_host.used());
+  if (device != Device::CPU) arena.attach_host(host_arena);
+  arena_bytes_ = measure.used() + measure_host.used();
   b_ = std::make_unique<Buffers>(arena, c_, batch, seq);
-  for (int64_t i = 0; i < batch * seq; ++i) b_->positions.i32()[i] = int32_t(i % seq);
+  for (int64_t i = 0; i < batch * seq; ++i) b_->positions_host.i32()[i] = int32_t(i % seq);
+  b_->positions.copy_from(b_->positions_host);
   mtp_count_.resize(size_t(c_.num_nextn_predict_layers));
 }
 
@@ -118,8 +131,10 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   const float eps = float(c_.rms_norm_eps);
   Buffers& b = *b_;
   StepContext ctx{&c_, &rope_, batch_, seq_, b.positions.i32()};
-  std::memcpy(b.tokens.i32(), tokens, size_t(n) * 4);
-  std::memcpy(b.labels.i32(), labels, size_t(n) * 4);
+  std::memcpy(b.tokens_host.i32(), tokens, size_t(n) * 4);
+  std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
+  b.tokens.copy_from(b.tokens_host);
+  b.labels.copy_from(b.labels_host);
   StepResult result;
 
   // ---- Forward: main model ----
@@ -132,7 +147,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   ops::rmsnorm_forward(b.residual.back(), w_.norm.value, eps, b.h_final, b.rstd_final);
   ops::linear_forward(b.h_final, w_.lm_head.value, b.logits);
   int64_t main_count = 0;
-  for (int64_t i = 0; i < n; ++i) main_count += b.labels.i32()[i] >= 0;
+  for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
   // The loss gradient is computed in the same pass as the loss (one sweep over the logits).
   result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count),
@@ -147,10 +162,13 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     for (int64_t bi = 0; bi < batch_; ++bi)
       for (int64_t i = 0; i < seq_; ++i) {
         bool inside = i + k < seq_;
-        m.ids.i32()[bi * seq_ + i] = inside ? b.tokens.i32()[bi * seq_ + i + k] : -1;
-        m.targets.i32()[bi * seq_ + i] = inside ? b.labels.i32()[bi * seq_ + i + k] : -1;
+        m.ids_host.i32()[bi * seq_ + i] = inside ? b.tokens_host.i32()[bi * seq_ + i + k] : -1;
+        m.targets_host.i32()[bi * seq_ + i] =
+            inside ? b.labels_host.i32()[bi * seq_ + i + k] : -1;
       }
-    for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets.i32()[i] >= 0;
+    for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets_host.i32()[i] >= 0;
+    m.ids.copy_from(m.ids_host);
+    m.targets.copy_from(m.targets_host);
     const MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     ops::embedding_forward(w_.embed.value, m.ids.i32(), n, m.emb);

@@ -90,6 +90,13 @@ void ModelWeights::register_all() {
   }
 }
 
+void ModelWeights::to_device(Device device) {
+  for (auto& np : params_) {
+    np.param->value = np.param->value.to(device);
+    np.param->grad = Tensor::zeros(np.param->value.shape(), DType::F32, device);
+  }
+}
+
 void ModelWeights::init_random(uint64_t seed, float std) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal(0.0f, std);

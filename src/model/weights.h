@@ -90,6 +90,10 @@ class ModelWeights {
   std::vector<NamedParam>& params() { return params_; }
   std::vector<std::pair<std::string, Tensor*>>& biases() { return biases_; }
   void zero_grads();
+  // Moves every parameter and its gradient to `device` (the correction biases stay on the host,
+  // where routing runs). The Param objects stay where they are; their tensors are replaced.
+  void to_device(Device device);
+  Device device() const { return embed.value.device(); }
 
   const ModelConfig& config() const { return config_; }
   Param embed;    // [vocab, hidden]

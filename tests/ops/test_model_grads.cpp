@@ -284,20 +284,21 @@ class MoeGradMode : public ::testing::TestWithParam<MoeSetup> {};
 TEST_P(MoeGradMode, RouterBackwardMatchesFiniteDifferences) {
   const MoeSetup s = GetParam();
   const ModelConfig& c = s.config;
-  const int64_t n = s.batch * s.seq;
   Rng rng(11);
   Problem base = make_moe_problem(s, rng, false);
   StepContext ctx{&c, nullptr, s.batch, s.seq, nullptr};
   Arena measure = Arena::measuring();
   RouterActivations(measure, c, s.batch, s.seq);
+  RouterScratch(measure, c, s.batch, s.seq);
   Arena arena(measure.used());
   RouterActivations act(arena, c, s.batch, s.seq);
+  RouterScratch scratch(arena, c, s.batch, s.seq);
   auto backward = [&](Problem& p) {
     MoeWeights w = moe_weights_of(p, c, false);
     router_forward(ctx, w, p["x"], act);
-    Tensor d_logits = Tensor::zeros({n, c.n_routed_experts});
+    scratch.device_d_weights.copy_from(p["r_weights"]);
     p.tensors["d_x"] = Tensor::zeros(p["x"].shape());
-    router_backward(ctx, w, p["x"], act, p["r_weights"], s.alpha, d_logits, p["d_x"]);
+    router_backward(ctx, w, p["x"], act, s.alpha, scratch, p["d_x"]);
     p.tensors["d_gate"] = w.gate.grad;
   };
   auto loss = [&](const Problem& p, const Vars& v) {
