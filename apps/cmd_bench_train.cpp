@@ -3,9 +3,12 @@
 #include <chrono>
 #include <cstdio>
 #include <random>
+#include <string>
 
 #include "command.h"
+#include "core/device.h"
 #include "core/threads.h"
+#include "kernels/device_peak.h"
 #include "model/flops.h"
 #include "model/transformer.h"
 
@@ -14,6 +17,7 @@ struct Options {
   std::string config;
   int batch = 4, seq = 256, threads = 0, steps = 5, warmup = 1;
   uint64_t seed = 0;
+  dsv3::Device device = dsv3::Device::CPU;
 };
 
 int run(const Options& o) {
@@ -22,6 +26,7 @@ int run(const Options& o) {
   dsv3::ModelConfig c = dsv3::ModelConfig::load(o.config);
   dsv3::ModelWeights weights(c);
   weights.init_random(o.seed);
+  weights.to_device(o.device);
   dsv3::Transformer model(weights, o.batch, o.seq);
   std::mt19937 rng(uint32_t(o.seed + 1));
   std::uniform_int_distribution<int32_t> token(0, c.vocab_size - 1);
@@ -32,15 +37,17 @@ int run(const Options& o) {
   dsv3::StepFlops flops = dsv3::training_step_flops(c, o.batch, o.seq);
 
   std::printf(
-      "config: %s  params=%.1fM active=%.1fM  batch=%d seq=%d threads=%d  "
+      "config: %s  params=%.1fM active=%.1fM  batch=%d seq=%d device=%s threads=%d  "
       "activations=%.0f MiB\n",
       o.config.c_str(), c.parameter_count() / 1e6, c.active_parameter_count() / 1e6, o.batch, o.seq,
-      dsv3::num_threads(), model.activation_bytes() / 1048576.0);
+      std::string(dsv3::device_name(o.device)).c_str(), dsv3::num_threads(),
+      model.activation_bytes() / 1048576.0);
   double total = 0;
   for (int i = 0; i < o.warmup + o.steps; ++i) {
     auto t0 = clock::now();
     weights.zero_grads();
     dsv3::StepResult r = model.step(tokens.data(), labels, loss, true);
+    dsv3::device::synchronize(o.device);  // the backward pass may still be queued
     double s = std::chrono::duration<double>(clock::now() - t0).count();
     bool warm = i < o.warmup;
     if (!warm) total += s;
@@ -54,6 +61,15 @@ int run(const Options& o) {
       "%.2f)  GFLOP/s=%.1f\n",
       per_step * 1e3, flops.total() / 1e9, flops.matmul / 1e9, flops.attention / 1e9,
       flops.total() / per_step / 1e9);
+  if (o.device == dsv3::Device::CUDA) {
+    // The step runs in float32 on the GPU; MFU against both measured dense peaks.
+    const double achieved = flops.total() / per_step / 1e9;
+    const double f32 = dsv3::ops::measure_device_gemm_gflops(dsv3::DType::F32);
+    const double bf16 = dsv3::ops::measure_device_gemm_gflops(dsv3::DType::BF16);
+    std::printf("MFU: %.1f%% of the FP32 GEMM peak (%.0f GFLOP/s), %.1f%% of the BF16 peak "
+                "(%.0f GFLOP/s)\n",
+                100 * achieved / f32, f32, 100 * achieved / bf16, bf16);
+  }
   std::printf("tokens/s=%.1f\n", tokens_per_s);
   return 0;
 }
@@ -69,6 +85,7 @@ dsv3::app::Registrar reg(
       sub.add_option("--steps", o->steps, "Timed steps")->check(CLI::PositiveNumber);
       sub.add_option("--warmup", o->warmup, "Untimed steps first");
       sub.add_option("--seed", o->seed, "Seed for weights and tokens");
+      dsv3::app::add_device_option(sub, o->device);
       return [o]() { return run(*o); };
     });
 }  // namespace

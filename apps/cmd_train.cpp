@@ -99,6 +99,7 @@ dsv3::app::Registrar reg(
           ->capture_default_str();
       sub.add_flag("--resume", s.resume, "Continue the run in --out from its last checkpoint");
       sub.add_option("--threads", s.threads, "CPU threads (default: all)");
+      dsv3::app::add_device_option(sub, s.device);
       return [o, &sub]() {
         o->gamma_given = sub.count("--gamma") > 0;
         return run(*o);

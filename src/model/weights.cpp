@@ -143,6 +143,7 @@ void read_into(const WeightStore& store, const std::string& name, float* dst, co
 }  // namespace
 
 void ModelWeights::load(const WeightStore& store) {
+  DSV3_CHECK(device() == Device::CPU, "ModelWeights::load: load on the host, then to_device");
   for (auto& np : params_) {
     Tensor& v = np.param->value;
     if (np.name.size() >= kGateUp.size() &&

@@ -11,6 +11,11 @@ AdamW::AdamW(ModelWeights& weights) : w_(weights) {
   }
 }
 
+void AdamW::to_device(Device device) {
+  for (Tensor& t : m_) t = t.to(device);
+  for (Tensor& t : v_) t = t.to(device);
+}
+
 double AdamW::grad_norm() const {
   // Fixed chunks summed in order: the same value for any thread count (resume is bit-exact).
   constexpr int64_t kChunks = 64;

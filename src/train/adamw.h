@@ -27,6 +27,9 @@ class AdamW {
   // Multiplies every gradient by `factor` (averaging over accumulated micro-batches).
   void scale_grads(float factor);
 
+  // Moves the moments to `device` (the weights' device: call after weights.to_device).
+  void to_device(Device device);
+
   int64_t steps() const { return step_; }
   void set_steps(int64_t steps) { step_ = steps; }
   // Moments, in the order of weights.params(): m then v for each.

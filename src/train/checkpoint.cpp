@@ -58,8 +58,9 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
     nlohmann::json config = c.weights->config().to_json();
     config["torch_dtype"] = "float32";
     write_file_atomically((tmp / "config.json").string(), config.dump(2) + "\n");
-    write_safetensors((tmp / "model.safetensors").string(), c.weights->named_tensors(),
-                      {{"format", "pt"}});
+    auto named = c.weights->named_tensors();
+    for (auto& [name, t] : named) t = t.to(Device::CPU);  // a GPU run's weights: host copies
+    write_safetensors((tmp / "model.safetensors").string(), named, {{"format", "pt"}});
     if (!c.tokenizer_dir.empty()) {
       for (const char* f : {"tokenizer.json", "tokenizer_config.json"}) {
         fs::path src = fs::path(c.tokenizer_dir) / f;
@@ -73,8 +74,8 @@ std::string save_checkpoint(const std::string& run_dir, int64_t step,
       auto& m = const_cast<AdamW*>(c.optimizer)->first_moments();
       auto& v = const_cast<AdamW*>(c.optimizer)->second_moments();
       for (size_t i = 0; i < params.size(); ++i) {
-        moments.emplace_back("exp_avg." + params[i].name, m[i]);
-        moments.emplace_back("exp_avg_sq." + params[i].name, v[i]);
+        moments.emplace_back("exp_avg." + params[i].name, m[i].to(Device::CPU));
+        moments.emplace_back("exp_avg_sq." + params[i].name, v[i].to(Device::CPU));
       }
       write_safetensors((tmp / "trainer_state" / "optimizer.safetensors").string(), moments);
     }
@@ -149,8 +150,8 @@ void load_checkpoint(const std::string& dir, ModelWeights& weights, AdamW* optim
       const Shape& shape = params[i].param->value.shape();
       Tensor m = moments.get("exp_avg." + params[i].name, shape);
       Tensor v = moments.get("exp_avg_sq." + params[i].name, shape);
-      std::memcpy(optimizer->first_moments()[i].f32(), m.f32(), m.nbytes());
-      std::memcpy(optimizer->second_moments()[i].f32(), v.f32(), v.nbytes());
+      optimizer->first_moments()[i].copy_from(m);
+      optimizer->second_moments()[i].copy_from(v);
     }
   }
   if (state) {

@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "core/threads.h"
+#include "kernels/device_peak.h"
 #include "kernels/ops.h"
 #include "model/flops.h"
 #include "model/transformer.h"
@@ -72,10 +73,11 @@ struct Validation {
 
 // Top-1 accuracy of logits [rows, vocab] against targets (-1: not counted).
 void count_correct(const Tensor& logits, const int32_t* targets, int64_t* correct, int64_t* total) {
+  const Tensor host = logits.to(Device::CPU);
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r) {
     if (targets[r] < 0) continue;
-    const float* row = logits.f32() + r * vocab;
+    const float* row = host.f32() + r * vocab;
     *correct += std::max_element(row, row + vocab) - row == targets[r];
     ++*total;
   }
@@ -174,6 +176,9 @@ TrainOutcome train(const TrainSettings& s) {
     // The model config of the run, for dsv3 generate and for other tools.
     write_file_atomically((fs::path(s.run_dir) / "config.json").string(), c.to_json().dump(2) + "\n");
   }
+  // Loaded and initialised on the host; trained where the settings say.
+  weights.to_device(s.device);
+  opt.to_device(s.device);
   nlohmann::json identity = run_identity(s);
   MetricsLog log(s.run_dir, s.resume ? start_step : -1);
 
@@ -203,17 +208,21 @@ TrainOutcome train(const TrainSettings& s) {
                : weights.mtp[size_t(layer - c.num_hidden_layers)].block.experts.bias;
   };
 
-  const double peak_gflops = ops::measure_gemm_gflops();
+  // MFU is taken against the measured float32 GEMM rate: the precision the step runs in.
+  const double peak_gflops = s.device == Device::CPU
+                                 ? ops::measure_gemm_gflops()
+                                 : ops::measure_device_gemm_gflops(DType::F32);
   const StepFlops f = training_step_flops(c, s.micro_batch, s.seq);  // per micro-batch
   const bool tty = isatty(fileno(stdout));
   std::vector<int32_t> tokens(size_t(s.micro_batch * s.seq)), labels(tokens.size());
   g_stop_requested = false;
   auto old_handler = std::signal(SIGINT, on_interrupt);
   std::printf("training %s: %.1fM parameters (%.1fM active), %lld steps of up to %lld x %lld x "
-              "%lld tokens, %d threads, balance %s, GEMM peak %.0f GFLOP/s\n",
+              "%lld tokens, on %s, %d threads, balance %s, GEMM peak %.0f GFLOP/s\n",
               s.run_dir.c_str(), c.parameter_count() / 1e6, c.active_parameter_count() / 1e6,
               (long long)s.steps, (long long)s.micro_batches, (long long)s.micro_batch,
-              (long long)s.seq, num_threads(), balance_name(s.balance), peak_gflops);
+              (long long)s.seq, std::string(device_name(s.device)).c_str(), num_threads(),
+              balance_name(s.balance), peak_gflops);
 
   TrainOutcome out;
   auto save = [&](int64_t step) {

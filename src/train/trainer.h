@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/tensor.h"
 #include "model/config.h"
 
 namespace dsv3 {
@@ -43,6 +44,7 @@ struct TrainSettings {
   bool resume = false;
   int64_t stop_after = -1;      // stop (with a checkpoint) after this step, as an interruption would
   int threads = 0;
+  Device device = Device::CPU;  // where the model trains (the data pipeline stays on the host)
 };
 
 struct TrainOutcome {

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The checks and measurements that need an NVIDIA GPU, in one go (docs/cuda.md):
+#
+#   scripts/gpu_checks.sh LOG_DIR [STAGE...]     stages: tests parity bench train (default: all)
+#
+# Uses the dsv3 binaries on PATH, else build/. Every stage writes LOG_DIR/<stage>.log; the last
+# lines printed are a summary. `bench` also runs the PyTorch/transformers baselines when python3
+# can import torch and transformers. `train` needs prepared data: DATA_DIR (dsv3 prepare output)
+# and TOKENIZER_DIR.
+set -uo pipefail
+log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train]}
+shift
+stages=("$@")
+[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench train)
+mkdir -p "$log_dir"
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin() { command -v "$1" 2>/dev/null || echo "$here/build/$1"; }
+DSV3=$(bin dsv3)
+summary=()
+note() { summary+=("$1"); echo "== $1"; }
+run_stage() {  # name, command...
+  local name=$1
+  shift
+  local t0=$SECONDS
+  "$@" 2>&1 | tee -a "$log_dir/$name.log"
+  local rc=${PIPESTATUS[0]}
+  note "$name: rc=$rc in $((SECONDS - t0)) s"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv \
+  | tee "$log_dir/gpu.txt"
+
+for stage in "${stages[@]}"; do
+  case $stage in
+    tests)
+      run_stage gpu_tests "$(bin dsv3_gpu_tests)"
+      run_stage op_table_cuda "$(bin dsv3_tests)" --gtest_filter='*cuda*'
+      ;;
+    parity)
+      for f in "$here"/tests/data/reference/*/; do
+        [[ -f $f/expected.safetensors ]] || continue
+        run_stage "parity_$(basename "$f")" "$DSV3" parity --device cuda --optimizer "$f"
+      done
+      ;;
+    bench)
+      run_stage bench_device "$DSV3" bench device
+      run_stage bench_ops_cuda "$DSV3" bench ops --seconds 0.05
+      cfg=$here/bench/configs/bench-1b.json
+      run_stage train_step_dsv3 "$DSV3" bench train-step --device cuda --config "$cfg" \
+        --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
+      if python3 -c 'import torch, transformers' 2>/dev/null; then
+        run_stage train_step_hf python3 "$here/bench/hf_train_step.py" "$cfg" \
+          --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}"
+      fi
+      ;;
+    train)
+      : "${DATA_DIR:?train stage needs DATA_DIR}" "${TOKENIZER_DIR:?and TOKENIZER_DIR}"
+      common=(--config "$here/bench/configs/default-small.json" --data "$DATA_DIR"
+        --tokenizer-dir "$TOKENIZER_DIR" --steps "${TRAIN_STEPS:-200}" --eval-every 100
+        --save-every 0 --log-every 20 --lr 1e-3 --warmup 30)
+      rm -rf "$log_dir/run_cpu" "$log_dir/run_cuda"
+      run_stage train_cpu "$DSV3" train "${common[@]}" --out "$log_dir/run_cpu"
+      run_stage train_cuda "$DSV3" train "${common[@]}" --out "$log_dir/run_cuda" --device cuda
+      python3 - "$log_dir/run_cpu/metrics.jsonl" "$log_dir/run_cuda/metrics.jsonl" \
+        <<'PY' 2>&1 | tee "$log_dir/train_compare.log"
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
+print(f"steps compared: {min(len(a), len(b))}; largest relative loss difference {worst:.3e}")
+for x, y in zip(a, b):
+    if x["step"] % 20 == 0 or x["step"] == 1:
+        print(f"step {x['step']:>4}: cpu {x['loss']:.6f}  cuda {y['loss']:.6f}")
+PY
+      ;;
+    *) echo "unknown stage $stage" >&2; exit 2 ;;
+  esac
+done
+echo
+printf '%s\n' "${summary[@]}"
