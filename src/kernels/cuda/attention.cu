@@ -115,13 +115,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_kernel(Attentio
   }
 }
 
-// One thread per element of P, grid-stride.
+// One thread per element of P, grid-stride. Row 0 has a single key, so its softmax is exactly
+// 1: exp(s - lse) with s from the GEMM and lse from the flash kernel (two roundings of the same
+// score) gives 1 +- an ulp, and softmax_backward would then leave dS = P dP (1 - P) != 0 where
+// the gradient is exactly zero. With P = 1 its dS = 1 (dP - dP) is an exact 0.
 __global__ void causal_softmax_from_lse_kernel(CausalSoftmaxFromLse p) {
   const int64_t n = p.bh * p.seq * p.seq;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = idx % p.seq, row = idx / p.seq, i = row % p.seq;
-    p.probs[idx] = j <= i ? expf(p.probs[idx] - p.lse[row]) : 0.0f;
+    p.probs[idx] = j > i ? 0.0f : i == 0 ? 1.0f : expf(p.probs[idx] - p.lse[row]);
   }
 }
 
