@@ -6,6 +6,7 @@
 //
 // Every function that touches CUDA memory throws dsv3::Error, never returns an error code.
 #include <cstddef>
+#include <functional>
 
 #include "core/tensor.h"
 
@@ -30,6 +31,10 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
 void zero(void* p, Device device, size_t n);
 // Waits for all queued device work (no-op for the CPU).
 void synchronize(Device device);
+// Milliseconds of device time the work that `f` queues on the backend's stream takes, measured
+// with CUDA events recorded before and after it (waits for that work to finish). For benchmarks:
+// unlike a host clock it leaves out launch latency and host work between launches.
+double cuda_elapsed_ms(const std::function<void()>& f);
 
 // True when p points into memory from cuda_alloc (or any other CUDA device allocation). Costs
 // nothing while this process has never allocated device memory; otherwise one runtime query.

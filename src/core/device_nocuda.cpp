@@ -32,6 +32,10 @@ void zero(void* p, Device device, size_t n) {
 }
 
 void synchronize(Device) {}
+double cuda_elapsed_ms(const std::function<void()>&) {
+  require_cuda("cuda_elapsed_ms");
+  return 0.0;
+}
 bool is_cuda_pointer(const void*) { return false; }
 
 }  // namespace dsv3::device

@@ -39,9 +39,12 @@ void attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tenso
                         float, Tensor&, Tensor&, Tensor&, Tensor&) {
   unavailable("attention_backward");
 }
-void attention_flash_forward(const Tensor&, const Tensor&, const Tensor&, float, Tensor&,
-                             Tensor&) {
-  unavailable("attention_flash_forward");
+void attention_forward_lse(const Tensor&, const Tensor&, const Tensor&, float, Tensor&, Tensor&) {
+  unavailable("attention_forward_lse");
+}
+void attention_backward_lse(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                            const Tensor&, const Tensor&, float, Tensor&, Tensor&, Tensor&) {
+  unavailable("attention_backward_lse");
 }
 double cross_entropy(const Tensor&, const int32_t*, float, Tensor*) {
   unavailable("cross_entropy");

@@ -43,6 +43,8 @@ struct OpSet {
   decltype(&ops::swiglu_backward) swiglu_backward;
   decltype(&ops::attention_forward) attention_forward;
   decltype(&ops::attention_backward) attention_backward;
+  decltype(&ops::attention_forward_lse) attention_forward_lse;
+  decltype(&ops::attention_backward_lse) attention_backward_lse;
   decltype(&ops::cross_entropy) cross_entropy;
   decltype(&ops::embedding_forward) embedding_forward;
   decltype(&ops::embedding_backward) embedding_backward;

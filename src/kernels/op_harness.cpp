@@ -40,7 +40,8 @@ const OpSet& fast_ops() {
       &ops::gemm,           &ops::linear_forward,    &ops::linear_backward,
       &ops::rmsnorm_forward, &ops::rmsnorm_backward, &ops::rope_forward,
       &ops::rope_backward,  &ops::swiglu_forward,    &ops::swiglu_backward,
-      &ops::attention_forward, &ops::attention_backward, &ops::cross_entropy,
+      &ops::attention_forward, &ops::attention_backward,
+      &ops::attention_forward_lse, &ops::attention_backward_lse, &ops::cross_entropy,
       &ops::embedding_forward, &ops::embedding_backward, &ops::add_inplace,
       &ops::tokens_to_heads, &ops::heads_to_tokens,  &ops::copy_columns,
       &ops::put_columns};
@@ -52,7 +53,8 @@ const OpSet& reference_ops() {
       &ref::gemm,           &ref::linear_forward,    &ref::linear_backward,
       &ref::rmsnorm_forward, &ref::rmsnorm_backward, &ref::rope_forward,
       &ref::rope_backward,  &ref::swiglu_forward,    &ref::swiglu_backward,
-      &ref::attention_forward, &ref::attention_backward, &ref::cross_entropy,
+      &ref::attention_forward, &ref::attention_backward,
+      &ref::attention_forward_lse, &ref::attention_backward_lse, &ref::cross_entropy,
       &ref::embedding_forward, &ref::embedding_backward, &ref::add_inplace,
       &ref::tokens_to_heads, &ref::heads_to_tokens,  &ref::copy_columns,
       &ref::put_columns};

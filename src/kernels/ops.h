@@ -59,6 +59,16 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
                         const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v);
+// The same attention without the [seq, seq] probabilities: the forward saves lse [batch, heads,
+// seq], the natural-log log-sum-exp of each query row's scaled scores (scale q_i . k_j over
+// j <= i), and the backward recomputes P = exp(scale q_i . k_j - lse_i) from q, k and lse. Memory
+// beyond the operands is O(seq) per row block, so long sequences fit where probs would not.
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           Tensor& lse, Tensor& o);
+// o and lse are the forward's outputs; d_q, d_k, d_v overwritten.
+void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            Tensor& d_k, Tensor& d_v);
 
 // ---- Cross-entropy (kernels/cpu/cross_entropy.cpp) ----
 // logits [rows, vocab]; targets[rows] (-1: position left out). Returns the summed loss over

@@ -37,6 +37,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
                         const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v);
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           Tensor& lse, Tensor& o);
+void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            Tensor& d_k, Tensor& d_v);
 double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
                      Tensor* d_logits);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
@@ -88,6 +93,14 @@ template <typename T>
 void attention_backward(const T* q, const T* k, const T* v, const T* probs, const T* d_o,
                         int64_t bh, int64_t seq, int64_t dq, int64_t dv, double scale, T* d_q,
                         T* d_k, T* d_v);
+// The lse form: lse [bh, seq] instead of probs; the backward recomputes P from q, k and lse.
+template <typename T>
+void attention_forward_lse(const T* q, const T* k, const T* v, int64_t bh, int64_t seq, int64_t dq,
+                           int64_t dv, double scale, T* lse, T* o);
+template <typename T>
+void attention_backward_lse(const T* q, const T* k, const T* v, const T* o, const T* lse,
+                            const T* d_o, int64_t bh, int64_t seq, int64_t dq, int64_t dv,
+                            double scale, T* d_q, T* d_k, T* d_v);
 
 template <typename T>
 double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t* targets,

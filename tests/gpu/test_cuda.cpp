@@ -1,13 +1,15 @@
 // Tests that need a CUDA device (dsv3_gpu_tests; ctest -C gpu -L gpu). The op cases themselves
 // run on CUDA in dsv3_tests (tests/ops/test_ops.cpp), which skips them without a GPU; this file
 // holds what the table does not cover: device memory and the planned device arena, BF16 GEMMs,
-// and the flash attention forward (o and lse) on sequences long enough for several key tiles.
+// and the flash attention forward (o and lse) and backward on sequences long enough for several
+// key tiles.
 //
 // Without a device every test here fails: this executable exists to be run on a GPU machine.
 #include <array>
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -130,13 +132,64 @@ TEST(CudaAttention, FlashForwardMatchesReference) {
       }
     Tensor o = Tensor::zeros({b, h, s, dv}, DType::F32, Device::CUDA);
     Tensor lse = Tensor::zeros({b, h, s}, DType::F32, Device::CUDA);
-    cuda_ops::attention_flash_forward(q.to(Device::CUDA), k.to(Device::CUDA), v.to(Device::CUDA),
-                                      scale, o, lse);
+    ops::attention_forward_lse(q.to(Device::CUDA), k.to(Device::CUDA), v.to(Device::CUDA), scale,
+                               lse, o);
     auto co = compare("o", o.to(Device::CPU), ref_o, {1e-5, 1e-5});
     EXPECT_TRUE(co.ok) << s << " " << dq << "/" << dv << ": " << co.message;
     // p_i0 can underflow in float32 for long rows; lse is judged where it is meaningful.
     auto cl = compare("lse", lse.to(Device::CPU), ref_lse, {1e-4, 1e-5});
     EXPECT_TRUE(cl.ok) << s << " " << dq << "/" << dv << ": " << cl.message;
+  }
+}
+
+// The flash backward from lse on sequences that span many query and key tiles (and partial
+// ones), against the float64 reference fed the same o and lse; and the forward + backward pair
+// against the probs-based reference backward, which shares nothing with it but the math.
+TEST(CudaAttention, FlashBackwardMatchesReference) {
+  REQUIRE_GPU();
+  for (auto [b, h, s, dq, dv] : {std::array<int64_t, 5>{1, 2, 1, 192, 128},
+                                 {1, 3, 31, 192, 128},
+                                 {2, 2, 257, 192, 128},
+                                 {1, 1, 600, 64, 64},
+                                 {1, 2, 100, 256, 256},
+                                 {1, 1, 77, 13, 5}}) {
+    Tensor q = randn({b, h, s, dq}, 17), k = randn({b, h, s, dq}, 18), v = randn({b, h, s, dv}, 19);
+    Tensor d_o = randn({b, h, s, dv}, 20);
+    const float scale = float(1.0 / std::sqrt(double(dq)));
+    Tensor o = Tensor::zeros({b, h, s, dv}), lse = Tensor::zeros({b, h, s});
+    ref::attention_forward_lse(q, k, v, scale, lse, o);
+    Tensor ref_dq = Tensor::zeros(q.shape()), ref_dk = Tensor::zeros(k.shape()),
+           ref_dv = Tensor::zeros(v.shape());
+    ref::attention_backward_lse(q, k, v, o, lse, d_o, scale, ref_dq, ref_dk, ref_dv);
+    Tensor gq = Tensor::zeros(q.shape(), DType::F32, Device::CUDA);
+    Tensor gk = Tensor::zeros(k.shape(), DType::F32, Device::CUDA);
+    Tensor gv = Tensor::zeros(v.shape(), DType::F32, Device::CUDA);
+    ops::attention_backward_lse(q.to(Device::CUDA), k.to(Device::CUDA), v.to(Device::CUDA),
+                                o.to(Device::CUDA), lse.to(Device::CUDA), d_o.to(Device::CUDA),
+                                scale, gq, gk, gv);
+    for (auto [name, got, want] : {std::tuple{"d_q", &gq, &ref_dq}, std::tuple{"d_k", &gk, &ref_dk},
+                                   std::tuple{"d_v", &gv, &ref_dv}}) {
+      // The op table's tolerance for this op, doubled for sums over up to 600 rows.
+      auto c = compare(name, got->to(Device::CPU), *want, {6e-5, 6e-5});
+      EXPECT_TRUE(c.ok) << s << " " << dq << "/" << dv << ": " << c.message;
+    }
+    // Forward and backward on the device against the probs-based float64 backward.
+    Tensor probs = Tensor::zeros({b, h, s, s}), ref_o = Tensor::zeros(v.shape());
+    ref::attention_forward(q, k, v, scale, probs, ref_o);
+    Tensor scratch = Tensor::zeros(probs.shape());
+    ref::attention_backward(q, k, v, probs, d_o, scale, scratch, ref_dq, ref_dk, ref_dv);
+    Tensor dev_o = Tensor::zeros(v.shape(), DType::F32, Device::CUDA);
+    Tensor dev_lse = Tensor::zeros({b, h, s}, DType::F32, Device::CUDA);
+    const Tensor dq_in = q.to(Device::CUDA), dk_in = k.to(Device::CUDA), dv_in = v.to(Device::CUDA);
+    ops::attention_forward_lse(dq_in, dk_in, dv_in, scale, dev_lse, dev_o);
+    ops::attention_backward_lse(dq_in, dk_in, dv_in, dev_o, dev_lse, d_o.to(Device::CUDA), scale,
+                                gq, gk, gv);
+    for (auto [name, got, want] : {std::tuple{"d_q", &gq, &ref_dq}, std::tuple{"d_k", &gk, &ref_dk},
+                                   std::tuple{"d_v", &gv, &ref_dv}}) {
+      // Plus the float32 rounding of o and lse from the device forward.
+      auto c = compare(name, got->to(Device::CPU), *want, {1e-4, 6e-5});
+      EXPECT_TRUE(c.ok) << "fwd+bwd " << s << " " << dq << "/" << dv << ": " << c.message;
+    }
   }
 }
 

@@ -94,6 +94,34 @@ void synchronize(Device device) {
   if (device == Device::CUDA) check(cudaDeviceSynchronize(), "synchronize");
 }
 
+double cuda_elapsed_ms(const std::function<void()>& f) {
+  require_cuda("cuda_elapsed_ms");
+  cudaEvent_t start = nullptr, stop = nullptr;
+  check(cudaEventCreate(&start), "cuda_elapsed_ms");
+  if (cudaError_t e = cudaEventCreate(&stop); e != cudaSuccess) {
+    cudaEventDestroy(start);
+    check(e, "cuda_elapsed_ms");
+  }
+  float ms = 0.0f;
+  cudaError_t e = cudaEventRecord(start, nullptr);
+  if (e == cudaSuccess) {
+    try {
+      f();
+    } catch (...) {
+      cudaEventDestroy(start);
+      cudaEventDestroy(stop);
+      throw;
+    }
+    e = cudaEventRecord(stop, nullptr);
+  }
+  if (e == cudaSuccess) e = cudaEventSynchronize(stop);
+  if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, start, stop);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  check(e, "cuda_elapsed_ms");
+  return double(ms);
+}
+
 bool is_cuda_pointer(const void* p) {
   if (!p || !g_allocated.load(std::memory_order_relaxed)) return false;
   cudaPointerAttributes attr{};

@@ -1,6 +1,7 @@
 // Causal attention: a flash-style forward (online softmax over key tiles; the [seq, seq] score
 // matrix never exists in device memory), plus the two row-wise kernels the probability-based
 // op interface needs (ops::attention_forward returns P; ops::attention_backward consumes it).
+// The lse-based backward (ops::attention_backward_lse) is in attention_backward.cu.
 //
 // ---- attention_forward_kernel: launch shape and memory layout ----
 // grid (ceil(seq / kWarps), bh), block kWarps warps of 32. Warp w of block x owns query row
@@ -77,11 +78,11 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_kernel(Attentio
     const int64_t j = j0 + lane;
     float s = -INFINITY;
     if (j <= i) {
-      const float* qrow = Qs + warp * qk;
-      const float* krow = Ks + lane * ks_stride;
-      float dot = 0.0f;
-      for (int64_t d = 0; d < qk; ++d) dot += qrow[d] * krow[d];
-      s = dot;
+      // attention_backward.cu forms its scores with the same score_dots, so its
+      // P = exp(s - lse) uses the very s whose log-sum-exp lse is.
+      float dot[1];
+      score_dots<1>(Qs + warp * qk, 0, Ks + lane * ks_stride, int(qk), dot);
+      s = dot[0];
     }
     // Key j0 <= i is valid, so the tile max is finite.
     const float m_new = fmaxf(m, warp_max(s));
@@ -115,13 +116,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_forward_kernel(Attentio
   }
 }
 
-// One thread per element of P, grid-stride.
+// One thread per element of P, grid-stride. Row 0 has a single key, so its softmax is exactly
+// 1: exp(s - lse) with s from the GEMM and lse from the flash kernel (two roundings of the same
+// score) gives 1 +- an ulp, and softmax_backward would then leave dS = P dP (1 - P) != 0 where
+// the gradient is exactly zero. With P = 1 its dS = 1 (dP - dP) is an exact 0.
 __global__ void causal_softmax_from_lse_kernel(CausalSoftmaxFromLse p) {
   const int64_t n = p.bh * p.seq * p.seq;
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t j = idx % p.seq, row = idx / p.seq, i = row % p.seq;
-    p.probs[idx] = j <= i ? expf(p.probs[idx] - p.lse[row]) : 0.0f;
+    p.probs[idx] = j > i ? 0.0f : i == 0 ? 1.0f : expf(p.probs[idx] - p.lse[row]);
   }
 }
 

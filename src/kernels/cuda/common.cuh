@@ -1,5 +1,6 @@
 #pragma once
-// Small device helpers shared by the kernels: warp and block reductions, grid sizing.
+// Small device helpers shared by the kernels: warp and block reductions, attention score dot
+// products, grid sizing.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -39,6 +40,41 @@ __device__ __forceinline__ float block_max(float v, float* shared) {
   __syncthreads();
   v = lane < warps ? shared[lane] : -INFINITY;
   return warp_max(v);
+}
+
+// Attention scores: out[r] = sum_{d < n} a[r * a_stride + d] * b[d] for R rows of `a` against
+// one vector `b` (read once per d for all rows). Four interleaved partial sums (d mod 4), each an
+// fmaf chain in order, combined as (s0 + s1) + (s2 + s3): four chains grow the rounding error
+// about half as fast as one (the backward's P = exp(s - lse) turns an absolute error of s into
+// a relative one of P) and give the FMA pipe independent work. The forward and backward
+// attention kernels both form their scores here, so they round identically, row for row.
+template <int R>
+__device__ __forceinline__ void score_dots(const float* a, int a_stride, const float* b, int n,
+                                           float (&out)[R]) {
+  float acc[R][4];
+#pragma unroll
+  for (int r = 0; r < R; ++r)
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc[r][u] = 0.0f;
+  int d = 0;
+  for (; d + 4 <= n; d += 4) {
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const float bv = b[d + u];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r][u] = fmaf(a[r * a_stride + d + u], bv, acc[r][u]);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 3; ++u) {  // the last n % 4 dims (constant indices: acc stays in registers)
+    if (d + u < n) {
+      const float bv = b[d + u];
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r][u] = fmaf(a[r * a_stride + d + u], bv, acc[r][u]);
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < R; ++r) out[r] = (acc[r][0] + acc[r][1]) + (acc[r][2] + acc[r][3]);
 }
 
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, never more than needed.

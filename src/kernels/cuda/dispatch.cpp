@@ -258,16 +258,45 @@ AttnDims check_attention(const Tensor& q, const Tensor& k, const Tensor& v, cons
 }
 }  // namespace
 
-void attention_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                             Tensor& o, Tensor& lse) {
-  const AttnDims d = check_attention(q, k, v, o, "attention_flash_forward");
-  need_device(lse, "attention_flash_forward", "lse");
-  DSV3_CHECK(lse.numel() == d.bh * d.seq, "attention_flash_forward: lse {} is not [{}]",
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           Tensor& lse, Tensor& o) {
+  const AttnDims d = check_attention(q, k, v, o, "attention_forward_lse");
+  need_device(lse, "attention_forward_lse", "lse");
+  DSV3_CHECK(lse.numel() == d.bh * d.seq, "attention_forward_lse: lse {} is not [{}]",
              lse.shape().str(), d.bh * d.seq);
   check(cuda::attention_forward({q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d.bh, d.seq, d.dq,
                                  d.dv, scale},
                                 stream()),
-        "attention_flash_forward");
+        "attention_forward_lse");
+}
+
+void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            Tensor& d_k, Tensor& d_v) {
+  const AttnDims d = check_attention(q, k, v, o, "attention_backward_lse");
+  need_devices("attention_backward_lse", {&lse, &d_o, &d_q, &d_k, &d_v});
+  DSV3_CHECK(lse.numel() == d.bh * d.seq && d_o.shape() == o.shape() && d_q.shape() == q.shape() &&
+                 d_k.shape() == k.shape() && d_v.shape() == v.shape(),
+             "attention_backward_lse: lse {}, d_o {} or a gradient does not match q {} / v {}",
+             lse.shape().str(), d_o.shape().str(), q.shape().str(), v.shape().str());
+  DSV3_CHECK(d.bh <= 65535, "attention_backward_lse: batch x heads = {} exceeds the grid's 65535",
+             d.bh);
+  // The tile kernels keep a 32-key and a 32-query tile of q, k, v, dO in shared memory.
+  const size_t smem = cuda::attention_backward_smem_bytes(d.dq, d.dv);
+  int device = 0, optin = 0;
+  check(cudaGetDevice(&device), "attention_backward_lse");
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        "attention_backward_lse");
+  DSV3_CHECK(smem <= size_t(optin),
+             "attention_backward_lse: head dims {} / {} need {} bytes of shared memory per block; "
+             "this GPU grants {}",
+             d.dq, d.dv, smem, optin);
+  Scratch rows(size_t(d.bh * d.seq) * sizeof(float), "attention_backward_lse");
+  check(cuda::attention_backward({q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d_o.f32(),
+                                  rows.as<float>(), d_q.f32(), d_k.f32(), d_v.f32(), d.bh, d.seq,
+                                  d.dq, d.dv, scale},
+                                 stream()),
+        "attention_backward_lse");
 }
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,

@@ -21,6 +21,10 @@ cudaError_t tokens_to_heads(const HeadMove& p, cudaStream_t stream);
 cudaError_t heads_to_tokens(const HeadMove& p, cudaStream_t stream);
 cudaError_t copy_columns(const ColumnCopy& p, cudaStream_t stream);
 cudaError_t attention_forward(const AttentionForward& p, cudaStream_t stream);
+cudaError_t attention_backward(const AttentionBackward& p, cudaStream_t stream);
+// Dynamic shared memory per block of the attention backward kernels at these head dims (the
+// caller checks it against the device's opt-in limit to give a clear message).
+size_t attention_backward_smem_bytes(int64_t qk_dim, int64_t v_dim);
 cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t stream);
 cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
 cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);

@@ -32,11 +32,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
                         const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v);
-// The flash forward alone: o and lse [batch, heads, seq] (natural-log log-sum-exp of the scaled
-// scores per query row), with no [seq, seq] buffer. The backward over lse comes with the fused
-// attention backward.
-void attention_flash_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                             Tensor& o, Tensor& lse);
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           Tensor& lse, Tensor& o);
+void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            Tensor& d_k, Tensor& d_v);
 double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);

@@ -105,8 +105,28 @@ struct AttentionForward {
 // Head dimensions the attention kernel takes (registers hold v_dim / 32 values per lane).
 constexpr int64_t kAttentionMaxHeadDim = 256;
 
+// Causal attention backward from lse, flash style: P is recomputed tile by tile from q, k and
+// lse and never stored. For j <= i: P_ij = exp(scale q_i . k_j - lse_i), dP_ij = dO_i . v_j,
+// dS_ij = P_ij (dP_ij - D_i) with D_i = dO_i . O_i (first pass, into `d_rows`); then
+// d_v = P^T dO, d_k = scale dS^T Q, d_q = scale dS K, all overwritten. Row 0 has a single key:
+// its softmax is the constant 1, so P = 1 and dS = 0 exactly.
+struct AttentionBackward {
+  const float* q;    // [bh, seq, qk_dim]
+  const float* k;    // [bh, seq, qk_dim]
+  const float* v;    // [bh, seq, v_dim]
+  const float* o;    // [bh, seq, v_dim], the forward's output
+  const float* lse;  // [bh, seq], the forward's lse
+  const float* d_o;  // [bh, seq, v_dim]
+  float* d_rows;     // [bh, seq] scratch: D
+  float* d_q;        // [bh, seq, qk_dim]
+  float* d_k;        // [bh, seq, qk_dim]
+  float* d_v;        // [bh, seq, v_dim]
+  int64_t bh, seq, qk_dim, v_dim;
+  float scale;
+};
+
 // probs[bh, i, j] = exp(s[bh, i, j] - lse[bh, i]) for j <= i, else 0; `probs` holds the raw
-// scaled scores s on entry (written by a batched GEMM).
+// scaled scores s on entry (written by a batched GEMM). Row 0 (a single key) is exactly 1.
 struct CausalSoftmaxFromLse {
   float* probs;      // [bh, seq, seq]
   const float* lse;  // [bh, seq]

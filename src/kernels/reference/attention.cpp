@@ -82,11 +82,87 @@ void attention_backward(const T* q, const T* k, const T* v, const T* probs, cons
   }
 }
 
+// Row by row: scores against keys 0..i, lse_i = max + log(sum exp(s - max)), o_i = sum p_j v_j.
+template <typename T>
+void attention_forward_lse(const T* q, const T* k, const T* v, int64_t bh, int64_t seq, int64_t dq,
+                           int64_t dv, double scale, T* lse, T* o) {
+  std::vector<double> row(static_cast<size_t>(seq));
+  for (int64_t h = 0; h < bh; ++h) {
+    const T* qh = q + h * seq * dq;
+    const T* kh = k + h * seq * dq;
+    const T* vh = v + h * seq * dv;
+    for (int64_t i = 0; i < seq; ++i) {
+      double mx = -INFINITY;
+      for (int64_t j = 0; j <= i; ++j) {
+        double s = 0.0;
+        for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
+        row[size_t(j)] = s * scale;
+        mx = std::max(mx, row[size_t(j)]);
+      }
+      double sum = 0.0;
+      for (int64_t j = 0; j <= i; ++j) sum += (row[size_t(j)] = std::exp(row[size_t(j)] - mx));
+      lse[h * seq + i] = T(mx + std::log(sum));
+      for (int64_t d = 0; d < dv; ++d) {
+        double acc = 0.0;
+        for (int64_t j = 0; j <= i; ++j) acc += row[size_t(j)] * double(vh[j * dv + d]);
+        o[(h * seq + i) * dv + d] = T(acc / sum);
+      }
+    }
+  }
+}
+
+// P_ij = exp(scale q_i.k_j - lse_i); D_i = dO_i . O_i (= sum_j P_ij dP_ij); dS = P (dP - D);
+// dV = P^T dO; dQ = scale dS K; dK = scale dS^T Q. Row 0 has one key, so its softmax is the
+// constant 1: P = 1 and dS = 0 exactly (from the rounded lse, P would be 1 +- an ulp and dS a
+// rounding residue where the gradient is exactly zero).
+template <typename T>
+void attention_backward_lse(const T* q, const T* k, const T* v, const T* o, const T* lse,
+                            const T* d_o, int64_t bh, int64_t seq, int64_t dq, int64_t dv,
+                            double scale, T* d_q, T* d_k, T* d_v) {
+  std::vector<double> dqa(size_t(seq * dq)), dka(size_t(seq * dq)), dva(size_t(seq * dv));
+  for (int64_t h = 0; h < bh; ++h) {
+    const T* qh = q + h * seq * dq;
+    const T* kh = k + h * seq * dq;
+    const T* vh = v + h * seq * dv;
+    const T* oh = o + h * seq * dv;
+    const T* g = d_o + h * seq * dv;
+    std::fill(dqa.begin(), dqa.end(), 0.0);
+    std::fill(dka.begin(), dka.end(), 0.0);
+    std::fill(dva.begin(), dva.end(), 0.0);
+    for (int64_t i = 0; i < seq; ++i) {
+      double di = 0.0;
+      for (int64_t d = 0; d < dv; ++d) di += double(g[i * dv + d]) * double(oh[i * dv + d]);
+      for (int64_t j = 0; j <= i; ++j) {
+        double s = 0.0, dp = 0.0;
+        for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
+        for (int64_t d = 0; d < dv; ++d) dp += double(g[i * dv + d]) * double(vh[j * dv + d]);
+        const double p = i == 0 ? 1.0 : std::exp(s * scale - double(lse[h * seq + i]));
+        const double ds = i == 0 ? 0.0 : p * (dp - di) * scale;
+        for (int64_t d = 0; d < dv; ++d) dva[size_t(j * dv + d)] += p * double(g[i * dv + d]);
+        for (int64_t d = 0; d < dq; ++d) {
+          dqa[size_t(i * dq + d)] += ds * double(kh[j * dq + d]);
+          dka[size_t(j * dq + d)] += ds * double(qh[i * dq + d]);
+        }
+      }
+    }
+    for (int64_t i = 0; i < seq * dq; ++i) {
+      d_q[h * seq * dq + i] = T(dqa[size_t(i)]);
+      d_k[h * seq * dq + i] = T(dka[size_t(i)]);
+    }
+    for (int64_t i = 0; i < seq * dv; ++i) d_v[h * seq * dv + i] = T(dva[size_t(i)]);
+  }
+}
+
 #define DSV3_INSTANTIATE(T)                                                                    \
   template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
                                      int64_t, double, T*, T*);                                 \
   template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*,        \
-                                      int64_t, int64_t, int64_t, int64_t, double, T*, T*, T*);
+                                      int64_t, int64_t, int64_t, int64_t, double, T*, T*, T*); \
+  template void attention_forward_lse<T>(const T*, const T*, const T*, int64_t, int64_t,       \
+                                         int64_t, int64_t, double, T*, T*);                    \
+  template void attention_backward_lse<T>(const T*, const T*, const T*, const T*, const T*,    \
+                                          const T*, int64_t, int64_t, int64_t, int64_t, double, \
+                                          T*, T*, T*);
 DSV3_INSTANTIATE(float)
 DSV3_INSTANTIATE(double)
 #undef DSV3_INSTANTIATE
@@ -110,6 +186,39 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
   t::attention_backward(q.f32(), k.f32(), v.f32(), probs.f32(), d_o.f32(), batch * heads, seq, dq,
                         dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
+}
+
+namespace {
+struct RefAttnDims {
+  int64_t bh, seq, dq, dv;
+};
+RefAttnDims ref_attn_dims(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                          const Tensor& lse, const char* op) {
+  DSV3_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4 && v.dim(0) == q.dim(0) &&
+                 v.dim(1) == q.dim(1) && v.dim(2) == q.dim(2) && o.shape() == v.shape() &&
+                 lse.numel() == q.dim(0) * q.dim(1) * q.dim(2),
+             "{}: shapes q {} k {} v {} o {} lse {} do not agree", op, q.shape().str(),
+             k.shape().str(), v.shape().str(), o.shape().str(), lse.shape().str());
+  return {q.dim(0) * q.dim(1), q.dim(2), q.dim(3), v.dim(3)};
+}
+}  // namespace
+
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                           Tensor& lse, Tensor& o) {
+  const RefAttnDims d = ref_attn_dims(q, k, v, o, lse, "ref::attention_forward_lse");
+  t::attention_forward_lse(q.f32(), k.f32(), v.f32(), d.bh, d.seq, d.dq, d.dv, scale, lse.f32(),
+                           o.f32());
+}
+
+void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            Tensor& d_k, Tensor& d_v) {
+  const RefAttnDims d = ref_attn_dims(q, k, v, o, lse, "ref::attention_backward_lse");
+  DSV3_CHECK(d_o.shape() == o.shape() && d_q.shape() == q.shape() && d_k.shape() == k.shape() &&
+                 d_v.shape() == v.shape(),
+             "ref::attention_backward_lse: d_o or a gradient does not match its operand");
+  t::attention_backward_lse(q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d_o.f32(), d.bh, d.seq,
+                            d.dq, d.dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
 }
 
 }  // namespace dsv3::ref
