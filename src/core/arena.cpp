@@ -30,7 +30,7 @@ Tensor Arena::alloc(const Shape& shape, DType dtype) {
   used_ += bytes;
   if (is_measuring()) {
     // A placeholder pointer: measured plans are never read or written.
-    return Tensor::view(reinterpret_cast<void*>(uintptr_t(64)), shape, dtype);
+    return Tensor::view(reinterpret_cast<void*>(uintptr_t(64)), shape, dtype, device_);
   }
   DSV3_CHECK(used_ <= capacity_, "arena overflow: need {} bytes, planned {}", used_, capacity_);
   return Tensor::view(base_ + offset, shape, dtype, device_, block_);

@@ -18,7 +18,12 @@ namespace dsv3 {
 
 class Arena {
  public:
-  static Arena measuring() { return Arena(); }
+  // A plan for `device`: plans may differ by device (a GPU saves less for attention).
+  static Arena measuring(Device device = Device::CPU) {
+    Arena a;
+    a.device_ = device;
+    return a;
+  }
   explicit Arena(size_t capacity_bytes, Device device = Device::CPU);
 
   // A zero-initialised view of the next `shape` elements, 64-byte aligned, on the arena's device.

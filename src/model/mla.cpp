@@ -22,7 +22,10 @@ MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, in
   q_heads = a.alloc({batch, h, seq, dq});
   k_heads = a.alloc({batch, h, seq, dq});
   v_heads = a.alloc({batch, h, seq, dv});
-  probs = a.alloc({batch, h, seq, seq});
+  if (a.device() == Device::CPU)
+    probs = a.alloc({batch, h, seq, seq});
+  else
+    lse = a.alloc({batch, h, seq});
   o_heads = a.alloc({batch, h, seq, dv});
   o = a.alloc({n, h * dv});
 }
@@ -35,7 +38,7 @@ MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
   d_q_heads = a.alloc({batch, h, seq, dq});
   d_k_heads = a.alloc({batch, h, seq, dq});
   d_v_heads = a.alloc({batch, h, seq, dv});
-  d_probs = a.alloc({batch, h, seq, seq});
+  if (a.device() == Device::CPU) d_probs = a.alloc({batch, h, seq, seq});
   d_q = a.alloc({n, h * dq});
   d_kv = a.alloc({n, h * (c.qk_nope_head_dim + dv)});
   d_kv_a = a.alloc({n, r + dr});
@@ -93,8 +96,12 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   ops::tokens_to_heads(act.kv.f32(), act.k_heads.f32(), lay.k_nope);
   ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
   ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
-  ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale, act.probs,
-                         act.o_heads);
+  if (act.lse.defined())
+    ops::attention_forward_lse(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
+                               act.lse, act.o_heads);
+  else
+    ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
+                           act.probs, act.o_heads);
   ops::heads_to_tokens(act.o_heads.f32(), act.o.f32(), lay.o, false);
   ops::linear_forward(act.o, w.o_proj.value, out);
 }
@@ -107,9 +114,14 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   MlaLayouts lay(c, ctx.batch, ctx.seq);
   ops::linear_backward(act.o, w.o_proj.value, d_out, &s.d_o, &w.o_proj.grad);
   ops::tokens_to_heads(s.d_o.f32(), s.d_o_heads.f32(), lay.o);
-  ops::attention_backward(act.q_heads, act.k_heads, act.v_heads, act.probs, s.d_o_heads,
-                          ctx.rope->softmax_scale, s.d_probs, s.d_q_heads, s.d_k_heads,
-                          s.d_v_heads);
+  if (act.lse.defined())
+    ops::attention_backward_lse(act.q_heads, act.k_heads, act.v_heads, act.o_heads, act.lse,
+                                s.d_o_heads, ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads,
+                                s.d_v_heads);
+  else
+    ops::attention_backward(act.q_heads, act.k_heads, act.v_heads, act.probs, s.d_o_heads,
+                            ctx.rope->softmax_scale, s.d_probs, s.d_q_heads, s.d_k_heads,
+                            s.d_v_heads);
   // Back to token-major; the rope key's gradient sums over the heads that shared it.
   ops::heads_to_tokens(s.d_q_heads.f32(), s.d_q.f32(), lay.q, false);
   ops::heads_to_tokens(s.d_k_heads.f32(), s.d_kv.f32(), lay.k_nope, false);

@@ -23,7 +23,8 @@ struct MlaActivations {
   Tensor q_heads;    // [B, H, T, dq]
   Tensor k_heads;    // [B, H, T, dq]
   Tensor v_heads;    // [B, H, T, v]
-  Tensor probs;      // [B, H, T, T]
+  Tensor probs;      // [B, H, T, T] on the CPU (its attention saves P)
+  Tensor lse;        // [B, H, T] on a GPU (flash attention saves the log-sum-exp, never P)
   Tensor o_heads;    // [B, H, T, v]
   Tensor o;          // [N, H*v]    attention output, token-major (input of o_proj)
 
@@ -36,7 +37,7 @@ struct MlaScratch {
   Tensor d_o_heads;             // [B, H, T, v]
   Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
   Tensor d_v_heads;             // [B, H, T, v]
-  Tensor d_probs;               // [B, H, T, T]
+  Tensor d_probs;               // [B, H, T, T] on the CPU only
   Tensor d_q;                   // [N, H*dq]
   Tensor d_kv;                  // [N, H*(nope+v)]
   Tensor d_kv_a;                // [N, R+rope]

@@ -95,7 +95,7 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   rope_.sin = rope_.sin.to(device);
   // Two plans in one pass on a device: the device buffers, and the host buffers that routing
   // and the index arrays need (on the CPU both are one arena).
-  Arena measure = Arena::measuring(), measure_host = Arena::measuring();
+  Arena measure = Arena::measuring(device), measure_host = Arena::measuring();
   if (device != Device::CPU) measure.attach_host(measure_host);
   { Buffers plan(measure, c_, batch, seq); }
   Arena arena(measure.used(), device), host_arena(measure_host.used());
