@@ -66,5 +66,21 @@ void copy_columns(const float*, int64_t, int64_t, int64_t, float*, int64_t) {
 void put_columns(const float*, int64_t, float*, int64_t, int64_t, int64_t) {
   unavailable("put_columns");
 }
+void moe_gather_rows(const Tensor&, const int32_t*, Tensor&) { unavailable("moe_gather_rows"); }
+void moe_combine(const Tensor&, const int32_t*, const Tensor&, Tensor&) {
+  unavailable("moe_combine");
+}
+void moe_combine_backward(const Tensor&, const Tensor&, const int32_t*, const Tensor&, Tensor&,
+                          Tensor&) {
+  unavailable("moe_combine_backward");
+}
+void moe_scatter_add(const Tensor&, const int32_t*, int64_t, Tensor&) {
+  unavailable("moe_scatter_add");
+}
+double sum_squares(const Tensor&, double) { unavailable("sum_squares"); }
+void scale_inplace(Tensor&, float) { unavailable("scale_inplace"); }
+void adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamWScalars&) {
+  unavailable("adamw_update");
+}
 
 }  // namespace dsv3::cuda_ops

@@ -23,18 +23,6 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-Tensor filled(const Shape& shape, float v) {
-  Tensor t = Tensor::zeros(shape);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = v;
-  return t;
-}
-
-Tensor int_tensor(const std::vector<int32_t>& v) {
-  Tensor t = Tensor::zeros({int64_t(v.size())}, DType::I32);
-  for (size_t i = 0; i < v.size(); ++i) t.i32()[i] = v[i];
-  return t;
-}
-
 // Token ids in [0, vocab), about one in `hole_every` replaced by -1 ("no token").
 Tensor random_ids(Rng& rng, int64_t rows, int64_t vocab, int hole_every) {
   std::vector<int32_t> ids(static_cast<size_t>(rows));
@@ -43,16 +31,6 @@ Tensor random_ids(Rng& rng, int64_t rows, int64_t vocab, int hole_every) {
              ? -1
              : int32_t(uniform_int(rng, 0, vocab - 1));
   return int_tensor(ids);
-}
-
-// Fixed edge cases followed by `n` random draws.
-std::function<std::vector<Dims>(Rng&)> shapes(std::vector<Dims> fixed, int n,
-                                              std::function<Dims(Rng&)> draw) {
-  return [fixed, n, draw](Rng& rng) {
-    std::vector<Dims> all = fixed;
-    for (int i = 0; i < n; ++i) all.push_back(draw(rng));
-    return all;
-  };
 }
 
 int64_t prod(const Dims& d, std::initializer_list<size_t> idx) {
@@ -906,12 +884,20 @@ std::vector<GradCase> build_grad_cases() {
 }  // namespace
 
 const std::vector<GradCase>& grad_cases() {
-  static const std::vector<GradCase> cases = build_grad_cases();
+  static const std::vector<GradCase> cases = [] {
+    std::vector<GradCase> all = build_grad_cases();
+    for (GradCase& c : moe_grad_cases()) all.push_back(std::move(c));
+    return all;
+  }();
   return cases;
 }
 
 const std::vector<OpCase>& op_cases() {
-  static const std::vector<OpCase> cases = build_op_cases();
+  static const std::vector<OpCase> cases = [] {
+    std::vector<OpCase> all = build_op_cases();
+    for (OpCase& c : moe_optimizer_op_cases()) all.push_back(std::move(c));
+    return all;
+  }();
   return cases;
 }
 

@@ -53,6 +53,13 @@ struct OpSet {
   decltype(&ops::heads_to_tokens) heads_to_tokens;
   decltype(&ops::copy_columns) copy_columns;
   decltype(&ops::put_columns) put_columns;
+  decltype(&ops::moe_gather_rows) moe_gather_rows;
+  decltype(&ops::moe_combine) moe_combine;
+  decltype(&ops::moe_combine_backward) moe_combine_backward;
+  decltype(&ops::moe_scatter_add) moe_scatter_add;
+  decltype(&ops::sum_squares) sum_squares;
+  decltype(&ops::scale_inplace) scale_inplace;
+  decltype(&ops::adamw_update) adamw_update;
 };
 const OpSet& fast_ops();       // dsv3::ops (dispatching on the tensors' device)
 const OpSet& reference_ops();  // dsv3::ref
@@ -77,9 +84,14 @@ struct Problem {
 Problem to_backend(const Problem& host, Backend b);
 Tensor to_host(const Tensor& t);
 
-// Random helpers shared by the cases.
+// Helpers shared by the case files.
 Tensor randn(const Shape& shape, Rng& rng, double stddev = 1.0);
 int64_t uniform_int(Rng& rng, int64_t lo, int64_t hi);  // inclusive
+Tensor filled(const Shape& shape, float v);             // float32, every element v
+Tensor int_tensor(const std::vector<int32_t>& v);       // int32 [v.size()]
+// Fixed edge cases followed by `n` random draws.
+std::function<std::vector<Dims>(Rng&)> shapes(std::vector<Dims> fixed, int n,
+                                              std::function<Dims(Rng&)> draw);
 
 // ---- Tolerances ----
 // An element passes when |fast - ref| <= rel * |ref| + abs * rms(ref) (rms over the whole
@@ -119,6 +131,8 @@ struct OpCase {
   std::function<double(const Dims&)> bytes;
 };
 const std::vector<OpCase>& op_cases();
+// The MoE permutation moves and the optimizer (op_cases_moe_adamw.cpp), part of op_cases().
+std::vector<OpCase> moe_optimizer_op_cases();
 
 struct TestResult {
   bool ok = true;
@@ -149,6 +163,8 @@ struct GradCase {
   double tol = 1e-4;  // see check_gradients
 };
 const std::vector<GradCase>& grad_cases();
+// The MoE combine and gather (op_cases_moe_adamw.cpp), part of grad_cases().
+std::vector<GradCase> moe_grad_cases();
 
 // Compares the gradients written by `backward` (into "d_<name>") with central differences
 // of `loss` in float64: every element of small inputs, `max_probes` random ones of large ones.

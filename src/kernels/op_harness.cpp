@@ -44,7 +44,9 @@ const OpSet& fast_ops() {
       &ops::attention_forward_lse, &ops::attention_backward_lse, &ops::cross_entropy,
       &ops::embedding_forward, &ops::embedding_backward, &ops::add_inplace,
       &ops::tokens_to_heads, &ops::heads_to_tokens,  &ops::copy_columns,
-      &ops::put_columns};
+      &ops::put_columns,     &ops::moe_gather_rows,   &ops::moe_combine,
+      &ops::moe_combine_backward, &ops::moe_scatter_add, &ops::sum_squares,
+      &ops::scale_inplace,   &ops::adamw_update};
   return set;
 }
 
@@ -57,7 +59,9 @@ const OpSet& reference_ops() {
       &ref::attention_forward_lse, &ref::attention_backward_lse, &ref::cross_entropy,
       &ref::embedding_forward, &ref::embedding_backward, &ref::add_inplace,
       &ref::tokens_to_heads, &ref::heads_to_tokens,  &ref::copy_columns,
-      &ref::put_columns};
+      &ref::put_columns,     &ref::moe_gather_rows,   &ref::moe_combine,
+      &ref::moe_combine_backward, &ref::moe_scatter_add, &ref::sum_squares,
+      &ref::scale_inplace,   &ref::adamw_update};
   return set;
 }
 
@@ -114,6 +118,27 @@ Tensor randn(const Shape& shape, Rng& rng, double stddev) {
 
 int64_t uniform_int(Rng& rng, int64_t lo, int64_t hi) {
   return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+Tensor filled(const Shape& shape, float v) {
+  Tensor t = Tensor::zeros(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = v;
+  return t;
+}
+
+Tensor int_tensor(const std::vector<int32_t>& v) {
+  Tensor t = Tensor::zeros({int64_t(v.size())}, DType::I32);
+  for (size_t i = 0; i < v.size(); ++i) t.i32()[i] = v[i];
+  return t;
+}
+
+std::function<std::vector<Dims>(Rng&)> shapes(std::vector<Dims> fixed, int n,
+                                              std::function<Dims(Rng&)> draw) {
+  return [fixed, n, draw](Rng& rng) {
+    std::vector<Dims> all = fixed;
+    for (int i = 0; i < n; ++i) all.push_back(draw(rng));
+    return all;
+  };
 }
 
 // ---- Comparison ----

@@ -83,6 +83,48 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
 
 // ---- Elementwise ----
 void add_inplace(Tensor& y, const Tensor& x);  // y += x
+void scale_inplace(Tensor& x, float factor);   // x *= factor
+
+// ---- MoE data movement (kernels/cpu/moe.cpp) ----
+// N tokens, K experts per token, d the hidden size. Token t's j-th assignment is at flat index
+// t*K + j of the router's outputs; the permutation into expert order puts it at permuted row
+// row_of[t*K + j]. Index arrays live on the same device as the tensors. The sums below run over
+// j = 0 .. K-1 in order, so a result never depends on the thread count.
+//
+// out[r, :] = x[src_row[r], :] for each of the m rows of out; x [rows, d], src_row [m],
+// out [m, d] (overwritten).
+void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
+// out[t, :] += sum_j weights[t, j] * y_perm[row_of[t*K + j], :]
+// y_perm [N*K, d], row_of [N*K], weights [N, K], out [N, d] (accumulated into).
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
+// The combine's backward: d_y_perm[row_of[t*K + j], :] = weights[t, j] * d_out[t, :] and
+// d_weights[t, j] = d_out[t, :] . y_perm[row_of[t*K + j], :]. Both overwritten; rows of
+// d_y_perm that row_of does not name are left as they are (a permutation names them all).
+void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
+                          const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights);
+// The gather's backward when row_of is the inverse of the gather's src_row:
+// d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]; d_x_perm [N*K, d], d_x [N, d].
+void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
+
+// ---- Optimizer (kernels/cpu/optimizer.cpp) ----
+// acc + sum of g[i]^2 in float64. The elements are split into a fixed number of chunks whose
+// partial sums are added to `acc` in order: the result does not depend on the thread count or
+// the run (bit-exact resume), and threading `acc` through the tensors of a model keeps one
+// sequence of additions for the whole global norm. The CUDA backend uses its own fixed split,
+// equally deterministic, so the two backends agree to float64 rounding, not bit for bit.
+double sum_squares(const Tensor& g, double acc);
+// One AdamW step's per-tensor constants, computed in double by the optimizer and rounded once.
+struct AdamWScalars {
+  float decay;         // 1 - lr * weight_decay, or 1 for tensors without decay
+  float b1, b2;        // beta1, beta2
+  float clip_scale;    // multiplies the gradient (global-norm clipping)
+  float step_size;     // lr / (1 - beta1^step)
+  float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^step)
+  float eps;
+};
+// With gc = g * clip_scale: m = b1 m + (1 - b1) gc; v = b2 v + (1 - b2) gc^2;
+// p = p decay - step_size m / (sqrt(v) inv_sqrt_bc2 + eps). p, m, v updated in place.
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWScalars& s);
 
 }  // namespace dsv3::ops
 

@@ -15,10 +15,12 @@ int64_t shared_width(const ModelConfig& c) {
 MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
-  expert_offsets = a.alloc({c.n_routed_experts + 1}, DType::I64);
-  cursor = a.alloc({c.n_routed_experts}, DType::I64);
-  permuted_token = a.alloc({nk}, DType::I32);
-  permuted_row = a.alloc({nk}, DType::I32);
+  expert_offsets = a.host().alloc({c.n_routed_experts + 1}, DType::I64);
+  cursor = a.host().alloc({c.n_routed_experts}, DType::I64);
+  auto [tok_host, tok] = a.alloc_mirrored({nk}, DType::I32);
+  auto [row_host, row] = a.alloc_mirrored({nk}, DType::I32);
+  permuted_token_host = tok_host, permuted_token = tok, permuted_row_host = row_host,
+  permuted_row = row;
   x_perm = a.alloc({nk, d});
   experts = FfnActivations(a, nk, c.moe_intermediate_size);
   y_perm = a.alloc({nk, d});
@@ -37,8 +39,7 @@ MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
 void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
                  Tensor& out) {
   const ModelConfig& c = *ctx.config;
-  const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
-                d = c.hidden_size;
+  const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts;
   router_forward(ctx, w, x, act.router);
 
   // Permute assignments into expert order (a counting sort, stable in token order).
@@ -49,21 +50,21 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   for (int64_t e = 0; e < experts; ++e) off[e + 1] += off[e];
   int64_t* cursor = act.cursor.i64();
   std::memcpy(cursor, off, size_t(experts) * sizeof(int64_t));
-  int32_t* tok = act.permuted_token.i32();
-  int32_t* row_of = act.permuted_row.i32();
+  int32_t* tok = act.permuted_token_host.i32();
+  int32_t* row_of = act.permuted_row_host.i32();
   for (int64_t a = 0; a < n * k; ++a) {
     int64_t r = cursor[idx[a]]++;
     tok[r] = int32_t(a / k);
     row_of[a] = int32_t(r);
   }
-  const float* xp = x.f32();
-  float* xperm = act.x_perm.f32();
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < n * k; ++r)
-    std::memcpy(xperm + r * d, xp + int64_t(tok[r]) * d, size_t(d) * sizeof(float));
+  act.permuted_token.copy_from(act.permuted_token_host);  // no-ops on the CPU
+  act.permuted_row.copy_from(act.permuted_row_host);
+  ops::moe_gather_rows(x, act.permuted_token.i32(), act.x_perm);
 
-    // Each expert over its contiguous rows; experts run in parallel, each GEMM on one thread.
-#pragma omp parallel for schedule(dynamic)
+  // Each expert over its contiguous rows. On the CPU experts run in parallel, each GEMM on one
+  // thread; on a GPU they are queued one after another on the stream.
+  const bool on_cpu = x.device() == Device::CPU;
+#pragma omp parallel for schedule(dynamic) if (on_cpu)
   for (int64_t e = 0; e < experts; ++e) {
     if (off[e + 1] == off[e]) continue;
     FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
@@ -77,46 +78,20 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   } else {
     out.zero_();
   }
-  const float* wt = act.router.weights.f32();
-  const float* y = act.y_perm.f32();
-  float* o = out.f32();
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const float* yr = y + int64_t(row_of[t * k + j]) * d;
-      const float g = wt[t * k + j];
-      for (int64_t i = 0; i < d; ++i) o[t * d + i] += g * yr[i];
-    }
+  ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.device_weights, out);
 }
 
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
                   const Tensor& d_out, float alpha, MoeScratch& s, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
-  const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts,
-                d = c.hidden_size;
+  const int64_t k = c.num_experts_per_tok, experts = c.n_routed_experts;
   const int64_t* off = act.expert_offsets.i64();
   const int32_t* row_of = act.permuted_row.i32();
-  const float* wt = act.router.weights.f32();
-  const float* y = act.y_perm.f32();
-  const float* g = d_out.f32();
-  float* dy = s.d_y_perm.f32();
-  float* dw = s.router.device_d_weights.f32();
   // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t r = row_of[t * k + j];
-      const float* gr = g + t * d;
-      const float* yr = y + r * d;
-      float* dyr = dy + r * d;
-      float dot = 0.0f;
-      for (int64_t i = 0; i < d; ++i) {
-        dyr[i] = wt[t * k + j] * gr[i];
-        dot += gr[i] * yr[i];
-      }
-      dw[t * k + j] = dot;
-    }
-#pragma omp parallel for schedule(dynamic)
+  ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.device_weights, s.d_y_perm,
+                            s.router.device_d_weights);
+  const bool on_cpu = x.device() == Device::CPU;
+#pragma omp parallel for schedule(dynamic) if (on_cpu)
   for (int64_t e = 0; e < experts; ++e) {
     if (off[e + 1] == off[e]) continue;
     FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
@@ -131,14 +106,7 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   } else {
     d_x.zero_();
   }
-  const float* dxp = s.d_x_perm.f32();
-  float* dxo = d_x.f32();
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const float* src = dxp + int64_t(row_of[t * k + j]) * d;
-      for (int64_t i = 0; i < d; ++i) dxo[t * d + i] += src[i];
-    }
+  ops::moe_scatter_add(s.d_x_perm, row_of, k, d_x);
   router_backward(ctx, w, x, act.router, alpha, s.router, d_x);
 }
 

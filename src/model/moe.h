@@ -10,10 +10,11 @@ namespace dsv3 {
 // N rows, K experts per token, E experts, W expert width, S shared width.
 struct MoeActivations {
   RouterActivations router;
-  Tensor expert_offsets;   // [E + 1] int64: permuted rows of expert e are [off[e], off[e+1])
+  Tensor expert_offsets;   // [E + 1] int64 (host): permuted rows of expert e are [off[e], off[e+1])
   Tensor cursor;           // [E] int64: scratch of the counting sort
   Tensor permuted_token;   // [N*K] int32: token row feeding each permuted row
   Tensor permuted_row;     // [N*K] int32: permuted row of assignment (t, j) at t*K + j
+  Tensor permuted_token_host, permuted_row_host;  // the same two, built on the host
   Tensor x_perm;           // [N*K, hidden] inputs in expert order
   FfnActivations experts;  // [N*K, ...]
   Tensor y_perm;           // [N*K, hidden] expert outputs in expert order

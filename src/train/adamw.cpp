@@ -1,13 +1,18 @@
 #include "train/adamw.h"
 
+#include <algorithm>
 #include <cmath>
+
+#include "kernels/ops.h"
 
 namespace dsv3 {
 
 AdamW::AdamW(ModelWeights& weights) : w_(weights) {
+  // Moments live beside their parameters (the same device), where adamw_update reads them.
   for (auto& p : w_.params()) {
-    m_.push_back(Tensor::zeros(p.param->value.shape()));
-    v_.push_back(Tensor::zeros(p.param->value.shape()));
+    const Tensor& value = p.param->value;
+    m_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
+    v_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
   }
 }
 
@@ -17,21 +22,10 @@ void AdamW::to_device(Device device) {
 }
 
 double AdamW::grad_norm() const {
-  // Fixed chunks summed in order: the same value for any thread count (resume is bit-exact).
-  constexpr int64_t kChunks = 64;
+  // One float64 sum threaded through the tensors in order (see ops::sum_squares): the same
+  // value for any thread count, so resume is bit-exact.
   double sum = 0.0;
-  for (const auto& p : w_.params()) {
-    const float* g = p.param->grad.f32();
-    const int64_t n = p.param->grad.numel();
-    double partial[kChunks] = {};
-#pragma omp parallel for schedule(static)
-    for (int64_t c = 0; c < kChunks; ++c) {
-      double local = 0.0;
-      for (int64_t i = n * c / kChunks; i < n * (c + 1) / kChunks; ++i) local += double(g[i]) * g[i];
-      partial[c] = local;
-    }
-    for (double v : partial) sum += v;
-  }
+  for (const auto& p : w_.params()) sum = ops::sum_squares(p.param->grad, sum);
   return std::sqrt(sum);
 }
 
@@ -42,12 +36,7 @@ double AdamW::step(const AdamWSettings& s, double lr) {
 }
 
 void AdamW::scale_grads(float factor) {
-  for (auto& p : w_.params()) {
-    float* g = p.param->grad.f32();
-    const int64_t n = p.param->grad.numel();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) g[i] *= factor;
-  }
+  for (auto& p : w_.params()) ops::scale_inplace(p.param->grad, factor);
 }
 
 void AdamW::step(const AdamWSettings& s, double lr, double norm) {
@@ -55,24 +44,18 @@ void AdamW::step(const AdamWSettings& s, double lr, double norm) {
   ++step_;
   const double bc1 = 1.0 - std::pow(s.beta1, double(step_));
   const double bc2 = 1.0 - std::pow(s.beta2, double(step_));
+  // The per-tensor constants in double, rounded once to the float32 the update runs in.
+  ops::AdamWScalars k;
+  k.b1 = float(s.beta1);
+  k.b2 = float(s.beta2);
+  k.clip_scale = float(clip_scale);
+  k.step_size = float(lr / bc1);
+  k.inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
+  k.eps = float(s.eps);
   auto& params = w_.params();
   for (size_t t = 0; t < params.size(); ++t) {
-    float* p = params[t].param->value.f32();
-    const float* g = params[t].param->grad.f32();
-    float* m = m_[t].f32();
-    float* v = v_[t].f32();
-    const int64_t n = params[t].param->value.numel();
-    const float decay = params[t].decay ? float(1.0 - lr * s.weight_decay) : 1.0f;
-    const float b1 = float(s.beta1), b2 = float(s.beta2), cs = float(clip_scale);
-    const float step_size = float(lr / bc1), inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
-    const float eps = float(s.eps);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      const float gi = g[i] * cs;
-      m[i] = b1 * m[i] + (1.0f - b1) * gi;
-      v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-      p[i] = p[i] * decay - step_size * m[i] / (std::sqrt(v[i]) * inv_sqrt_bc2 + eps);
-    }
+    k.decay = params[t].decay ? float(1.0 - lr * s.weight_decay) : 1.0f;
+    ops::adamw_update(params[t].param->value, params[t].param->grad, m_[t], v_[t], k);
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "core/device.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -482,6 +483,113 @@ void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, 
                  int64_t rows) {
   check(cuda::copy_columns({src, dst, rows, width, width, 0, dst_cols, offset}, stream()),
         "put_columns");
+}
+
+// ---- MoE permutation moves ----
+// The index arrays must be device memory like the tensors (a host pointer would fault inside
+// the kernel with no message). Their values are not range-checked here: they come from the
+// engine's own counting sort, and checking them would cost a copy back and a wait per call.
+
+namespace {
+void need_device_indices(const int32_t* idx, int64_t n, const char* op) {
+  DSV3_CHECK(n == 0 || device::is_cuda_pointer(idx),
+             "{}: the index array is in host memory, the tensors on cuda", op);
+}
+int64_t rows_of(const Tensor& t, int64_t d) { return d ? t.numel() / d : 0; }
+}  // namespace
+
+void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
+  need_devices("moe_gather_rows", {&x, &out});
+  const int64_t d = out.dim(-1), m = rows_of(out, d);
+  DSV3_CHECK(x.dim(-1) == d, "moe_gather_rows: x {} and out {} differ in row length",
+             x.shape().str(), out.shape().str());
+  need_device_indices(src_row, m, "moe_gather_rows");
+  check(cuda::moe_gather_rows({x.f32(), src_row, out.f32(), m, d}, stream()), "moe_gather_rows");
+}
+
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
+  need_devices("moe_combine", {&y_perm, &weights, &out});
+  const int64_t d = out.dim(-1), n = rows_of(out, d), k = n ? weights.numel() / n : 0;
+  DSV3_CHECK(y_perm.dim(-1) == d && weights.numel() == n * k && y_perm.numel() == n * k * d,
+             "moe_combine: y_perm {}, weights {} and out {} do not match", y_perm.shape().str(),
+             weights.shape().str(), out.shape().str());
+  need_device_indices(row_of, n * k, "moe_combine");
+  cuda::MoeCombine p{};
+  p.y_perm = y_perm.f32();
+  p.row_of = row_of;
+  p.weights = weights.f32();
+  p.out = out.f32();
+  p.n = n;
+  p.k = k;
+  p.dim = d;
+  check(cuda::moe_combine(p, stream()), "moe_combine");
+}
+
+void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
+                          const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights) {
+  need_devices("moe_combine_backward", {&d_out, &y_perm, &weights, &d_y_perm, &d_weights});
+  const int64_t d = d_out.dim(-1), n = rows_of(d_out, d), k = n ? weights.numel() / n : 0;
+  DSV3_CHECK(y_perm.dim(-1) == d && y_perm.numel() == n * k * d &&
+                 d_y_perm.numel() == y_perm.numel() && d_weights.numel() == weights.numel() &&
+                 weights.numel() == n * k,
+             "moe_combine_backward: d_out {}, y_perm {}, weights {}, d_y_perm {}, d_weights {} "
+             "do not match",
+             d_out.shape().str(), y_perm.shape().str(), weights.shape().str(),
+             d_y_perm.shape().str(), d_weights.shape().str());
+  need_device_indices(row_of, n * k, "moe_combine_backward");
+  cuda::MoeCombine p{};
+  p.y_perm = y_perm.f32();
+  p.row_of = row_of;
+  p.weights = weights.f32();
+  p.d_out = d_out.f32();
+  p.d_y_perm = d_y_perm.f32();
+  p.d_weights = d_weights.f32();
+  p.n = n;
+  p.k = k;
+  p.dim = d;
+  check(cuda::moe_combine_backward(p, stream()), "moe_combine_backward");
+}
+
+void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x) {
+  need_devices("moe_scatter_add", {&d_x_perm, &d_x});
+  const int64_t d = d_x.dim(-1), n = rows_of(d_x, d);
+  DSV3_CHECK(k >= 1 && d_x_perm.dim(-1) == d && rows_of(d_x_perm, d) == n * k,
+             "moe_scatter_add: d_x_perm {} is not [{} * {}, {}]", d_x_perm.shape().str(), n, k, d);
+  need_device_indices(row_of, n * k, "moe_scatter_add");
+  check(cuda::moe_scatter_add({d_x_perm.f32(), row_of, d_x.f32(), n, k, d}, stream()),
+        "moe_scatter_add");
+}
+
+// ---- Optimizer ----
+
+double sum_squares(const Tensor& g, double acc) {
+  need_device(g, "sum_squares", "g");
+  Scratch partial(cuda::kSumSquaresBlocks * sizeof(double), "sum_squares");
+  check(cuda::sum_squares({g.f32(), partial.as<double>(), g.numel()}, stream()), "sum_squares");
+  // Back to the host (a wait on the stream), added in block order: deterministic.
+  std::vector<double> host(cuda::kSumSquaresBlocks);
+  check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
+                   cudaMemcpyDeviceToHost),
+        "sum_squares");
+  for (double v : host) acc += v;
+  return acc;
+}
+
+void scale_inplace(Tensor& x, float factor) {
+  need_device(x, "scale_inplace", "x");
+  check(cuda::scale_inplace({x.f32(), x.numel(), factor}, stream()), "scale_inplace");
+}
+
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s) {
+  need_devices("adamw_update", {&p, &g, &m, &v});
+  const int64_t n = p.numel();
+  DSV3_CHECK(g.numel() == n && m.numel() == n && v.numel() == n,
+             "adamw_update: p {}, g {}, m {}, v {} differ in size", p.shape().str(),
+             g.shape().str(), m.shape().str(), v.shape().str());
+  check(cuda::adamw_update({p.f32(), g.f32(), m.f32(), v.f32(), n, s.decay, s.b1, s.b2,
+                            s.clip_scale, s.step_size, s.inv_sqrt_bc2, s.eps},
+                           stream()),
+        "adamw_update");
 }
 
 }  // namespace dsv3::cuda_ops

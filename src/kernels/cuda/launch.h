@@ -29,5 +29,12 @@ cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t 
 cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
 cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);
 cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
+cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream);
+cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream);
+cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream);
+cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream);
+cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream);
+cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream);
+cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream);
 
 }  // namespace dsv3::cuda

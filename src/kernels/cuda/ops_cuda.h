@@ -6,9 +6,9 @@
 //     points into device memory;
 //   - float32 everywhere, except linear_forward/linear_backward, which also take BF16 x, W and
 //     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients);
-//   - calls are asynchronous on the backend's stream, except cross_entropy (returns the loss
-//     to the host) and the ops that check token ids or positions on the host (embedding,
-//     rope, cross_entropy), which copy those few bytes back first.
+//   - calls are asynchronous on the backend's stream, except cross_entropy and sum_squares
+//     (return a value to the host) and the ops that check token ids or positions on the host
+//     (embedding, rope, cross_entropy), which copy those few bytes back first.
 // Built only with the CUDA backend; in a CPU build every function fails with
 // "CUDA device requested but dsv3 was built without CUDA" (kernels/cuda_ops_nocuda.cpp).
 #include "kernels/ops.h"
@@ -47,5 +47,14 @@ void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t wi
                   int64_t rows);
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
+void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
+void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
+                          const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights);
+void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
+// Returns to the host (a wait on the stream): the global norm is a host decision (clipping).
+double sum_squares(const Tensor& g, double acc);
+void scale_inplace(Tensor& x, float factor);
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s);
 
 }  // namespace dsv3::cuda_ops

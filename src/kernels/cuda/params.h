@@ -155,4 +155,68 @@ struct ScaleMatrix {
   float beta;
 };
 
+// ---- MoE permutation moves (ops::moe_*) ----
+// N tokens, K experts each; token t's j-th assignment sits at permuted row row_of[t*K + j].
+// Indices are not range-checked on the device: they come from the engine's own counting sort.
+
+// out[r, :] = x[src_row[r], :]
+struct MoeGather {
+  const float* x;          // [x rows, dim]
+  const int32_t* src_row;  // [rows]
+  float* out;              // [rows, dim]
+  int64_t rows, dim;
+};
+
+// Forward: out[t, :] += sum_j weights[t, j] y_perm[row_of[t*K + j], :].
+// Backward: d_y_perm[row_of[t*K + j], :] = weights[t, j] d_out[t, :],
+// d_weights[t, j] = d_out[t, :] . y_perm[row_of[t*K + j], :].
+struct MoeCombine {
+  const float* y_perm;    // [N*K, dim]
+  const int32_t* row_of;  // [N*K]
+  const float* weights;   // [N, K]
+  float* out;             // [N, dim], accumulated into (forward only)
+  const float* d_out;     // [N, dim] (backward only)
+  float* d_y_perm;        // [N*K, dim] (backward only)
+  float* d_weights;       // [N, K] (backward only)
+  int64_t n, k, dim;
+};
+
+// d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]
+struct MoeScatterAdd {
+  const float* d_x_perm;  // [N*K, dim]
+  const int32_t* row_of;  // [N*K]
+  float* d_x;             // [N, dim]
+  int64_t n, k, dim;
+};
+
+// ---- Optimizer ----
+
+// partial[b] = sum of x[i]^2 (float64) over the elements that block b of a fixed grid of
+// kSumSquaresBlocks x kSumSquaresThreads visits; the host adds the partials in order. The grid
+// does not depend on the GPU, so neither does the result.
+constexpr int kSumSquaresBlocks = 256;
+constexpr int kSumSquaresThreads = 256;
+struct SumSquares {
+  const float* x;   // [n]
+  double* partial;  // [kSumSquaresBlocks]
+  int64_t n;
+};
+
+// x[i] *= factor
+struct ScaleInplace {
+  float* x;
+  int64_t n;
+  float factor;
+};
+
+// One AdamW step over n elements; the scalars are ops::AdamWScalars'.
+struct AdamWUpdate {
+  float* param;       // [n]
+  const float* grad;  // [n]
+  float* m;           // [n] first moment
+  float* v;           // [n] second moment
+  int64_t n;
+  float decay, b1, b2, clip_scale, step_size, inv_sqrt_bc2, eps;
+};
+
 }  // namespace dsv3::cuda

@@ -1,0 +1,120 @@
+// The MoE layer's permutation moves (ops::moe_*): gather token rows into expert order, combine
+// the experts' outputs back per token, and the backward of both.
+//
+// A block per output row (grid-stride over rows past the grid's size), its threads across the
+// row's columns, so every load and store of a warp touches consecutive addresses. A token's K
+// contributions are added by the one thread that owns the output element, in order
+// j = 0 .. K-1: no atomics, and the result is the same every run. The gather is a pure copy and
+// moves float4s when the row length and the pointers allow it.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::cuda {
+namespace {
+
+constexpr int64_t kMaxRowBlocks = int64_t(65535) * 16;  // rows past this loop in the kernel
+
+// Threads for a row of `cols` elements: whole warps, up to 256, so that short rows (the tests,
+// small models) do not leave most of a block idle and long rows (7168 for V3) loop a few times.
+int row_threads(int64_t cols) {
+  int64_t t = (cols + 31) / 32 * 32;
+  return int(t < 32 ? 32 : (t > 256 ? 256 : t));
+}
+
+unsigned row_blocks(int64_t rows) { return unsigned(rows < kMaxRowBlocks ? rows : kMaxRowBlocks); }
+
+template <typename V>  // float or float4; dim is a multiple of the vector width
+__global__ void gather_kernel(MoeGather p) {
+  const int64_t cols = p.dim / int64_t(sizeof(V) / sizeof(float));
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const V* src = reinterpret_cast<const V*>(p.x + int64_t(p.src_row[r]) * p.dim);
+    V* dst = reinterpret_cast<V*>(p.out + r * p.dim);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
+__global__ void combine_kernel(MoeCombine p) {
+  for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
+    const int32_t* rows = p.row_of + t * p.k;
+    const float* w = p.weights + t * p.k;
+    float* o = p.out + t * p.dim;
+    for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+      float acc = o[i];
+      for (int64_t j = 0; j < p.k; ++j) acc += w[j] * p.y_perm[int64_t(rows[j]) * p.dim + i];
+      o[i] = acc;
+    }
+  }
+}
+
+// Per token and expert: the scaled copy of d_out, and the dot product reduced over the block
+// (a fixed tree, so the same sum every run).
+__global__ void combine_backward_kernel(MoeCombine p) {
+  __shared__ float red[32];
+  for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
+    const float* g = p.d_out + t * p.dim;
+    for (int64_t j = 0; j < p.k; ++j) {
+      const int64_t r = p.row_of[t * p.k + j];
+      const float w = p.weights[t * p.k + j];
+      const float* y = p.y_perm + r * p.dim;
+      float* dy = p.d_y_perm + r * p.dim;
+      float dot = 0.0f;
+      for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+        const float gi = g[i];
+        dy[i] = w * gi;
+        dot += gi * y[i];
+      }
+      dot = block_sum(dot, red);
+      if (threadIdx.x == 0) p.d_weights[t * p.k + j] = dot;
+    }
+  }
+}
+
+__global__ void scatter_add_kernel(MoeScatterAdd p) {
+  for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
+    const int32_t* rows = p.row_of + t * p.k;
+    float* dx = p.d_x + t * p.dim;
+    for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+      float acc = dx[i];
+      for (int64_t j = 0; j < p.k; ++j) acc += p.d_x_perm[int64_t(rows[j]) * p.dim + i];
+      dx[i] = acc;
+    }
+  }
+}
+
+bool aligned16(const void* a, const void* b) {
+  return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15) == 0;
+}
+
+}  // namespace
+
+cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  // Every row starts 16-byte aligned when the bases are and dim is a multiple of 4.
+  if (p.dim % 4 == 0 && aligned16(p.x, p.out)) {
+    gather_kernel<float4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);
+  } else {
+    gather_kernel<float><<<row_blocks(p.rows), row_threads(p.dim), 0, stream>>>(p);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream) {
+  if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
+  combine_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream) {
+  if (p.n == 0 || p.k == 0) return cudaSuccess;
+  // dim 0 still writes d_weights (zeros): the block runs with one warp and an empty loop.
+  combine_backward_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream) {
+  if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
+  scatter_add_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda
