@@ -1,7 +1,8 @@
 // `dsv3 bench attention`: times causal attention in the lse form (ops::attention_forward_lse,
 // then ops::attention_backward_lse) at given shapes, forward alone and forward + backward. The
 // other side of bench/attention_vs_sdpa.sh, which times PyTorch's scaled_dot_product_attention
-// at the same shapes: one `key=value` line per shape, so a script can read it.
+// at the same shapes: one `key=value` line per shape, so a script can read it. --dtype bf16
+// runs the BF16 tensor-core kernels (q, k, v, d_o and o in BF16; lse and gradients float32).
 //
 // On CUDA each repeat is timed with CUDA events around it (device time, not the host clock);
 // on the CPU with the host clock. The median over the repeats after the warm-up is reported.
@@ -15,6 +16,7 @@
 
 #include "command.h"
 #include "core/device.h"
+#include "core/dtype.h"
 #include "core/threads.h"
 #include "kernels/op_cases.h"
 #include "kernels/ops.h"
@@ -22,6 +24,7 @@
 namespace {
 struct Options {
   std::string device = "cuda";
+  std::string dtype = "f32";
   int64_t batch = 1, heads = 16, qk_dim = 192, v_dim = 128;
   std::string seqs = "1024,2048,4096";
   int warmup = 3, reps = 10, threads = 0;
@@ -47,6 +50,9 @@ dsv3::app::Registrar reg(
     [](CLI::App& sub) {
       auto o = std::make_shared<Options>();
       sub.add_option("--device", o->device, "cuda or cpu (default cuda)");
+      sub.add_option("--dtype", o->dtype,
+                     "f32 or bf16: q, k, v, d_o (and o) in that dtype; lse and the gradients are "
+                     "float32 either way (default f32)");
       sub.add_option("--batch", o->batch, "Batch size (default 1)");
       sub.add_option("--heads", o->heads, "Heads (default 16)");
       sub.add_option("--seq", o->seqs,
@@ -62,6 +68,17 @@ dsv3::app::Registrar reg(
         DSV3_CHECK(cuda || o->device == "cpu", "bench attention: --device is cuda or cpu, not {}",
                    o->device);
         DSV3_CHECK(o->reps >= 1 && o->warmup >= 0, "bench attention: --reps >= 1, --warmup >= 0");
+        DSV3_CHECK(o->dtype == "f32" || o->dtype == "bf16",
+                   "bench attention: --dtype is f32 or bf16, not {}", o->dtype);
+        DSV3_CHECK(cuda || o->dtype == "f32", "bench attention: --dtype bf16 needs --device cuda");
+        const DType dt = o->dtype == "bf16" ? DType::BF16 : DType::F32;
+        // Inputs in the benchmarked dtype: rounded on the host, then moved to the device.
+        auto input = [&](const Tensor& t) {
+          if (dt == DType::F32) return t.to(cuda ? Device::CUDA : Device::CPU);
+          Tensor b = Tensor::zeros(t.shape(), DType::BF16);
+          convert_from_f32(t.f32(), DType::BF16, b.data(), size_t(t.numel()));
+          return b.to(Device::CUDA);
+        };
         if (cuda) device::require_cuda("bench attention");
         set_num_threads(o->threads);
         const Device dev = cuda ? Device::CUDA : Device::CPU;
@@ -84,11 +101,11 @@ dsv3::app::Registrar reg(
         const float scale = float(1.0 / std::sqrt(double(dq)));
         for (int64_t t : parse_list(o->seqs)) {
           optest::Rng rng{uint64_t(t)};
-          const Tensor q = optest::randn({b, h, t, dq}, rng).to(dev);
-          const Tensor k = optest::randn({b, h, t, dq}, rng).to(dev);
-          const Tensor v = optest::randn({b, h, t, dv}, rng).to(dev);
-          const Tensor d_o = optest::randn({b, h, t, dv}, rng).to(dev);
-          Tensor out = Tensor::zeros({b, h, t, dv}, DType::F32, dev);
+          const Tensor q = input(optest::randn({b, h, t, dq}, rng));
+          const Tensor k = input(optest::randn({b, h, t, dq}, rng));
+          const Tensor v = input(optest::randn({b, h, t, dv}, rng));
+          const Tensor d_o = input(optest::randn({b, h, t, dv}, rng));
+          Tensor out = Tensor::zeros({b, h, t, dv}, dt, dev);
           Tensor lse = Tensor::zeros({b, h, t}, DType::F32, dev);
           Tensor d_q = Tensor::zeros(q.shape(), DType::F32, dev);
           Tensor d_k = Tensor::zeros(k.shape(), DType::F32, dev);
@@ -103,9 +120,9 @@ dsv3::app::Registrar reg(
           // 2.5 times that backward.
           const double fwd_flops = double(b) * h * t * t * (dq + dv);
           std::printf(
-              "attention device=%s batch=%lld heads=%lld seq=%lld qk_dim=%lld v_dim=%lld "
+              "attention device=%s dtype=%s batch=%lld heads=%lld seq=%lld qk_dim=%lld v_dim=%lld "
               "fwd_ms=%.4f fwd_bwd_ms=%.4f fwd_tflops=%.3f fwd_bwd_tflops=%.3f\n",
-              o->device.c_str(), (long long)b, (long long)h, (long long)t, (long long)dq,
+              o->device.c_str(), o->dtype.c_str(), (long long)b, (long long)h, (long long)t, (long long)dq,
               (long long)dv, fwd_ms, fwd_bwd_ms, fwd_flops / fwd_ms * 1e-9,
               3.5 * fwd_flops / fwd_bwd_ms * 1e-9);
           std::fflush(stdout);

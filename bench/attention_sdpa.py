@@ -2,8 +2,9 @@
 """Causal attention, dsv3's CUDA kernels against PyTorch's scaled_dot_product_attention.
 
 Times forward and forward+backward at the same shapes on one GPU:
-  - dsv3: `dsv3 bench attention` (float32, the lse form: ops::attention_forward_lse then
-    ops::attention_backward_lse), median of CUDA-event-timed repeats after a warm-up;
+  - dsv3: `dsv3 bench attention` (the lse form: ops::attention_forward_lse then
+    ops::attention_backward_lse) in float32 (CUDA cores) and bfloat16 (tensor cores; lse and
+    gradients float32), median of CUDA-event-timed repeats after a warm-up;
   - PyTorch: F.scaled_dot_product_attention(q, k, v, is_causal=True) in float32 and bfloat16,
     timed the same way (CUDA events around each repeat, median after a warm-up).
 
@@ -33,9 +34,10 @@ def parse_ints(s):
     return [int(x) for x in s.split(",") if x]
 
 
-def run_dsv3(args, batch, seqs):
-    """Runs `dsv3 bench attention`; returns {seq: (fwd_ms, fwd_bwd_ms)}."""
-    cmd = [args.dsv3, "bench", "attention", "--device", args.dsv3_device, "--batch", str(batch),
+def run_dsv3(args, batch, seqs, dtype):
+    """Runs `dsv3 bench attention --dtype dtype`; returns {seq: (fwd_ms, fwd_bwd_ms)}."""
+    cmd = [args.dsv3, "bench", "attention", "--device", args.dsv3_device, "--dtype", dtype,
+           "--batch", str(batch),
            "--heads", str(args.heads), "--seq", ",".join(map(str, seqs)),
            "--qk-dim", str(args.qk_dim), "--v-dim", str(args.v_dim),
            "--warmup", str(args.warmup), "--reps", str(args.reps)]
@@ -124,6 +126,8 @@ def main():
     ap.add_argument("--peak-bf16", type=float, default=0.0,
                     help="dense bfloat16 peak in TFLOP/s, for a fraction-of-peak column")
     ap.add_argument("--skip-torch", action="store_true", help="time dsv3 only")
+    ap.add_argument("--dsv3-dtypes", default="f32,bf16",
+                    help="dsv3 dtypes to time, comma-separated (default f32,bf16)")
     ap.add_argument("--dsv3-device", default="cuda",
                     help="device for dsv3 (cpu only to try the script on a machine without a GPU)")
     args = ap.parse_args()
@@ -155,14 +159,16 @@ def main():
     if args.peak_fp32 or args.peak_bf16:
         header += f" {'fwd %pk':>8} {'f+b %pk':>8}"
     print(f"# H={args.heads} dq={args.qk_dim} dv={args.v_dim}; TF/s = useful causal TFLOP/s; "
-          "x = dsv3 TF/s / this row's TF/s (above 1: dsv3 is faster); %pk = of the dense peak "
-          "of the row's dtype")
+          "x = dsv3 TF/s (same dtype as the row) / this row's TF/s (above 1: dsv3 is faster); "
+          "%pk = of the dense peak of the row's dtype")
     print(header)
     for batch in batches:
-        dsv3 = run_dsv3(args, batch, seqs)
+        names = {"f32": "fp32", "bf16": "bf16"}
+        dsv3 = {names[dt]: run_dsv3(args, batch, seqs, dt)
+                for dt in args.dsv3_dtypes.split(",") if dt}
         for seq in seqs:
             fwd_flops = batch * args.heads * seq * seq * (args.qk_dim + args.v_dim)
-            rows = [("dsv3 fp32", "fp32", dsv3[seq])]
+            rows = [(f"dsv3 {dt}", dt, runs[seq]) for dt, runs in dsv3.items()]
             if torch is not None:
                 for dtype_name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
                     for tag, v_dim in v_modes:
@@ -174,8 +180,9 @@ def main():
                             first = str(e).strip().splitlines()[0] if str(e).strip() else "error"
                             print(f"{name:<22} {batch:>2} {seq:>5} unsupported: {first[:100]}")
                             torch.cuda.empty_cache()
-            ref_fwd, ref_fb = dsv3[seq]
+            first = next(iter(dsv3.values()))[seq]
             for name, dtype_name, (fwd_ms, fb_ms) in rows:
+                ref_fwd, ref_fb = dsv3[dtype_name][seq] if dtype_name in dsv3 else first
                 fwd_tf = fwd_flops / fwd_ms * 1e-9
                 fb_tf = 3.5 * fwd_flops / fb_ms * 1e-9
                 line = (f"{name:<22} {batch:>2} {seq:>5} {fwd_ms:>9.3f} {fwd_tf:>9.2f} "

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The checks and measurements that need an NVIDIA GPU, in one go (docs/cuda.md):
 #
-#   scripts/gpu_checks.sh LOG_DIR [STAGE...]     stages: tests parity bench train (default: all)
+#   scripts/gpu_checks.sh LOG_DIR [STAGE...]     stages: tests parity bench train ops (default: all)
 #
 # Uses the dsv3 binaries on PATH, else build/. Every stage writes LOG_DIR/<stage>.log; the last
 # lines printed are a summary. `bench` also runs the PyTorch/transformers baselines when python3
@@ -11,7 +11,7 @@ set -uo pipefail
 log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train]}
 shift
 stages=("$@")
-[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench train)
+[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench train ops)
 mkdir -p "$log_dir"
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin() { command -v "$1" 2>/dev/null || echo "$here/build/$1"; }
@@ -44,7 +44,6 @@ for stage in "${stages[@]}"; do
       ;;
     bench)
       run_stage bench_device "$DSV3" bench device
-      run_stage bench_ops_cuda "$DSV3" bench ops --seconds 0.05
       cfg=$here/bench/configs/bench-1b.json
       run_stage train_step_dsv3 "$DSV3" bench train-step --device cuda --config "$cfg" \
         --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
@@ -52,6 +51,9 @@ for stage in "${stages[@]}"; do
         run_stage train_step_hf python3 "$here/bench/hf_train_step.py" "$cfg" \
           --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}"
       fi
+      ;;
+    ops)
+      run_stage bench_ops "$DSV3" bench ops --seconds 0.05
       ;;
     train)
       : "${DATA_DIR:?train stage needs DATA_DIR}" "${TOKENIZER_DIR:?and TOKENIZER_DIR}"

@@ -23,6 +23,13 @@ namespace {
 
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
+// A BF16 copy of a float32 host tensor (round to nearest even; NaN stays NaN).
+Tensor as_bf16(const Tensor& t) {
+  Tensor b = Tensor::zeros(t.shape(), DType::BF16);
+  convert_from_f32(t.f32(), DType::BF16, b.data(), size_t(t.numel()));
+  return b;
+}
+
 // Token ids in [0, vocab), about one in `hole_every` replaced by -1 ("no token").
 Tensor random_ids(Rng& rng, int64_t rows, int64_t vocab, int hole_every) {
   std::vector<int32_t> ids(static_cast<size_t>(rows));
@@ -434,6 +441,78 @@ std::vector<OpCase> build_op_cases() {
       "0.55 of 1e-5 at seq 115, and the GPU sums dK, dV over up to seq rows in one chain",
       {1, 16, 512, 192, 128}, [causal_flops](const Dims& d) { return 2.5 * causal_flops(d); },
       [](const Dims& d) { return 0.0; }});
+
+  // BF16 inputs (tensor cores on CUDA, attention_bf16*.cu): q, k, v, d_o are BF16, o BF16, lse
+  // and the gradients float32, against the float64 reference on the same BF16-rounded inputs
+  // (and, for the backward, the same BF16-rounded o). Head dims are multiples of 8 (the kernels'
+  // granularity) except 13/5 and the backward at 256/256, which take the float32 fallback.
+  // The CPU backend has no BF16 attention: there the case widens the inputs and runs float32.
+  auto bf16_shapes = shapes(
+      {{1, 1, 1, 64, 64}, {1, 2, 1, 192, 128}, {2, 3, 7, 24, 16}, {1, 4, 33, 192, 128},
+       {2, 2, 17, 16, 8}, {1, 2, 130, 192, 128}, {1, 1, 65, 256, 256}, {1, 1, 40, 8, 200},
+       {1, 2, 129, 64, 64}, {2, 2, 17, 13, 5}},
+      4, [](Rng& r) {
+        return Dims{uniform_int(r, 1, 2), uniform_int(r, 1, 4), uniform_int(r, 1, 200),
+                    8 * uniform_int(r, 1, 24), 8 * uniform_int(r, 1, 16)};
+      });
+  // bf16 output rounding is 2^-9 (0.2%) relative; P and dS are rounded to bf16 before the P V,
+  // P^T dO, dS K and dS^T Q products, 2^-9 relative per term, which adds up like a random walk
+  // to about 0.2% of the output's rms. 2e-2 leaves ten times that; a wrong index, mask or scale
+  // moves an element by its own size.
+  const Tolerance kBf16Attn{2e-2, 2e-2};
+  cases.push_back(OpCase{
+      "attention_forward_lse_bf16", "batch, heads, seq, qk_dim, v_dim", bf16_shapes,
+      [](const Dims& d, Rng& rng) {
+        Problem p = make_attn(d, rng);
+        for (const char* n : {"q", "k", "v"}) p.tensors[n] = as_bf16(p[n]);
+        p.tensors["lse"] = filled({d[0], d[1], d[2]}, kNaN);
+        p.tensors["o"] = as_bf16(filled({d[0], d[1], d[2], d[4]}, kNaN));
+        return p;
+      },
+      [](const OpSet& o, Problem& p) {
+        const float scale = float(p.scalar("scale"));
+        if (p["q"].device() != Device::CPU) {
+          o.attention_forward_lse(p["q"], p["k"], p["v"], scale, p["lse"], p["o"]);
+          return;
+        }
+        Tensor out = Tensor::zeros(p["o"].shape());
+        o.attention_forward_lse(p["q"].to_f32(), p["k"].to_f32(), p["v"].to_f32(), scale,
+                                p["lse"], out);
+        p.tensors["o"] = as_bf16(out);
+      },
+      {"lse", "o"}, {kDot, kBf16Attn}, "see kBf16Attn",
+      {1, 16, 512, 192, 128}, causal_flops, [](const Dims& d) { return 0.0; }, DType::BF16});
+
+  cases.push_back(OpCase{
+      "attention_backward_lse_bf16", "batch, heads, seq, qk_dim, v_dim", bf16_shapes,
+      [](const Dims& d, Rng& rng) {
+        Problem p = make_attn(d, rng);
+        for (const char* n : {"q", "k", "v"}) p.tensors[n] = as_bf16(p[n]);
+        Tensor lse = Tensor::zeros({d[0], d[1], d[2]}), o = Tensor::zeros(p["v"].shape());
+        ref::attention_forward_lse(p["q"].to_f32(), p["k"].to_f32(), p["v"].to_f32(),
+                                   float(p.scalar("scale")), lse, o);
+        p.tensors["lse"] = lse;
+        p.tensors["o"] = as_bf16(o);
+        p.tensors["d_o"] = as_bf16(randn(o.shape(), rng));
+        p.tensors["d_q"] = filled(p["q"].shape(), kNaN);
+        p.tensors["d_k"] = filled(p["k"].shape(), kNaN);
+        p.tensors["d_v"] = filled(p["v"].shape(), kNaN);
+        return p;
+      },
+      [](const OpSet& o, Problem& p) {
+        const float scale = float(p.scalar("scale"));
+        if (p["q"].device() != Device::CPU) {
+          o.attention_backward_lse(p["q"], p["k"], p["v"], p["o"], p["lse"], p["d_o"], scale,
+                                   p["d_q"], p["d_k"], p["d_v"]);
+          return;
+        }
+        o.attention_backward_lse(p["q"].to_f32(), p["k"].to_f32(), p["v"].to_f32(),
+                                 p["o"].to_f32(), p["lse"], p["d_o"].to_f32(), scale, p["d_q"],
+                                 p["d_k"], p["d_v"]);
+      },
+      {"d_q", "d_k", "d_v"}, {{3e-5, 3e-5}, kBf16Attn}, "see kBf16Attn",
+      {1, 16, 512, 192, 128}, [causal_flops](const Dims& d) { return 2.5 * causal_flops(d); },
+      [](const Dims& d) { return 0.0; }, DType::BF16});
 
   // Cross-entropy: peaked rows (logits of scale 3), left-out rows (-1), the in-place form
   // (d_logits aliasing logits) and the loss-only form.

@@ -129,6 +129,8 @@ struct OpCase {
   Dims bench;
   std::function<double(const Dims&)> flops;  // 0: memory-bound, report bytes
   std::function<double(const Dims&)> bytes;
+  // The dtype the op computes in on a device backend: picks tol.f32 or tol.bf16.
+  DType dtype = DType::F32;
 };
 const std::vector<OpCase>& op_cases();
 // The MoE permutation moves and the optimizer (op_cases_moe_adamw.cpp), part of op_cases().

@@ -198,7 +198,7 @@ TestResult run_test(const OpCase& c, Backend backend, const Dims& dims, uint64_t
   for (size_t i = 0; i < dims.size(); ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
   shape += "]";
   for (const auto& out : c.outputs) {
-    Comparison cmp = compare(out, dev[out], ref[out], c.tol.for_dtype(DType::F32));
+    Comparison cmp = compare(out, dev[out], ref[out], c.tol.for_dtype(c.dtype));
     result.ok &= cmp.ok;
     result.log += fmt::format("{} {} ({}) {}: max|diff| {:.3g}, {:.3f} of the tolerance{}{}\n",
                               c.name, shape, c.dims, out, cmp.max_err, cmp.max_ratio,

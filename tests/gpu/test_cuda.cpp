@@ -193,6 +193,60 @@ TEST(CudaAttention, FlashBackwardMatchesReference) {
   }
 }
 
+// BF16 tensor-core attention (attention_bf16*.cu) against the float64 reference on the same
+// BF16-rounded inputs, every output element; outputs start as NaN so an unwritten element
+// fails. Tolerance 2e-2 (the op table's kBf16Attn): the bf16 rounding of o and of P / dS before
+// their products is 2^-9 relative per term and sums like a random walk to ~0.2% of the rms.
+Tensor nan_tensor(const Shape& shape, DType dt) {
+  Tensor t = Tensor::zeros(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = NAN;
+  return (dt == DType::BF16 ? to_bf16(t) : t).to(Device::CUDA);
+}
+
+TEST(CudaAttention, Bf16ForwardAndBackwardMatchReference) {
+  REQUIRE_GPU();
+  const Tolerance tol{2e-2, 2e-2};
+  for (auto [b, h, s, dq, dv] : {std::array<int64_t, 5>{1, 2, 1, 192, 128},
+                                 {1, 3, 31, 192, 128},
+                                 {2, 2, 257, 192, 128},
+                                 {1, 2, 1000, 192, 128},
+                                 {1, 1, 1000, 64, 64},
+                                 {2, 3, 100, 64, 64},
+                                 {1, 2, 100, 256, 256},
+                                 {1, 1, 77, 13, 5}}) {
+    Tensor q = to_bf16(randn({b, h, s, dq}, 27)), k = to_bf16(randn({b, h, s, dq}, 28)),
+           v = to_bf16(randn({b, h, s, dv}, 29)), d_o = to_bf16(randn({b, h, s, dv}, 30));
+    const float scale = float(1.0 / std::sqrt(double(dq)));
+    Tensor ref_o = Tensor::zeros({b, h, s, dv}), ref_lse = Tensor::zeros({b, h, s});
+    ref::attention_forward_lse(q.to_f32(), k.to_f32(), v.to_f32(), scale, ref_lse, ref_o);
+    const Tensor gq_in = q.to(Device::CUDA), gk_in = k.to(Device::CUDA), gv_in = v.to(Device::CUDA);
+    for (DType odt : {DType::BF16, DType::F32}) {
+      Tensor o = nan_tensor({b, h, s, dv}, odt), lse = nan_tensor({b, h, s}, DType::F32);
+      ops::attention_forward_lse(gq_in, gk_in, gv_in, scale, lse, o);
+      auto co = compare("o", o.to(Device::CPU).to_f32(), ref_o, tol);
+      EXPECT_TRUE(co.ok) << s << " " << dq << "/" << dv << " o " << dtype_name(odt) << ": "
+                         << co.message;
+      auto cl = compare("lse", lse.to(Device::CPU), ref_lse, {1e-4, 1e-5});
+      EXPECT_TRUE(cl.ok) << s << " " << dq << "/" << dv << ": " << cl.message;
+    }
+    // Backward from the reference's o (rounded to BF16, as the device forward stores it).
+    const Tensor o16 = to_bf16(ref_o);
+    Tensor ref_dq = Tensor::zeros(q.shape()), ref_dk = Tensor::zeros(k.shape()),
+           ref_dv = Tensor::zeros(v.shape());
+    ref::attention_backward_lse(q.to_f32(), k.to_f32(), v.to_f32(), o16.to_f32(), ref_lse,
+                                d_o.to_f32(), scale, ref_dq, ref_dk, ref_dv);
+    Tensor gq = nan_tensor(q.shape(), DType::F32), gk = nan_tensor(k.shape(), DType::F32),
+           gv = nan_tensor(v.shape(), DType::F32);
+    ops::attention_backward_lse(gq_in, gk_in, gv_in, o16.to(Device::CUDA),
+                                ref_lse.to(Device::CUDA), d_o.to(Device::CUDA), scale, gq, gk, gv);
+    for (auto [name, got, want] : {std::tuple{"d_q", &gq, &ref_dq}, std::tuple{"d_k", &gk, &ref_dk},
+                                   std::tuple{"d_v", &gv, &ref_dv}}) {
+      auto c = compare(name, got->to(Device::CPU), *want, tol);
+      EXPECT_TRUE(c.ok) << "bf16 " << s << " " << dq << "/" << dv << ": " << c.message;
+    }
+  }
+}
+
 TEST(CudaErrors, MixedDevicesAreAnErrorNotAFault) {
   REQUIRE_GPU();
   Tensor x = Tensor::zeros({4, 8}, DType::F32, Device::CUDA), w = Tensor::zeros({3, 8});

@@ -3,6 +3,7 @@
 // dsv3::Error. The kernels themselves are in the .cu files beside this one, one op a file.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "core/device.h"
@@ -259,12 +260,92 @@ AttnDims check_attention(const Tensor& q, const Tensor& k, const Tensor& v, cons
 }
 }  // namespace
 
+// ---- BF16 attention (attention_bf16*.cu) ----
+// q, k, v (and d_o) BF16; o BF16 or float32; lse and the gradients float32. Head dims that are
+// multiples of 8 up to the kernels' capacities (forward 256/256, backward 192/128) run the
+// tensor-core kernels; any other dims are widened to float32 scratch copies and run the float32
+// kernels (slower, same results up to the float32 rounding).
+namespace {
+void check_bf16_attention(const char* op, std::initializer_list<const Tensor*> bf16s,
+                          const Tensor& o) {
+  for (const Tensor* t : bf16s)
+    DSV3_CHECK(t->dtype() == DType::BF16, "{}: q is bfloat16 but another input is {}", op,
+               dtype_name(t->dtype()));
+  DSV3_CHECK(o.dtype() == DType::BF16 || o.dtype() == DType::F32,
+             "{}: o is {}; bfloat16 or float32 with bfloat16 inputs", op, dtype_name(o.dtype()));
+}
+
+bool aligned16(std::initializer_list<const Tensor*> ts) {
+  for (const Tensor* t : ts)
+    if (reinterpret_cast<uintptr_t>(t->data()) % 16) return false;
+  return true;
+}
+
+// Whether this device grants `smem` bytes of dynamic shared memory per block.
+bool smem_fits(size_t smem, const char* op) {
+  int device = 0, optin = 0;
+  check(cudaGetDevice(&device), op);
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), op);
+  return smem > 0 && smem <= size_t(optin);
+}
+
+// A float32 device copy of a BF16 (or float32) tensor, for the fallback.
+Tensor widened(const Tensor& t, const char* op) {
+  if (t.dtype() == DType::F32) return t;
+  Tensor w = Tensor::zeros(t.shape(), DType::F32, Device::CUDA);
+  check(cuda::bf16_to_f32(t.bf16(), w.f32(), t.numel(), stream()), op);
+  return w;
+}
+
+void attention_forward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                            Tensor& lse, Tensor& o, const AttnDims& d) {
+  const char* op = "attention_forward_lse";
+  check_bf16_attention(op, {&k, &v}, o);
+  if (cuda::attention_bf16_forward_supported(d.dq, d.dv) && aligned16({&q, &k, &v}) &&
+      smem_fits(cuda::attention_bf16_forward_smem_bytes(d.dq, d.dv), op)) {
+    check(cuda::attention_forward_bf16({q.bf16(), k.bf16(), v.bf16(), o.data(), lse.f32(), d.bh,
+                                        d.seq, d.dq, d.dv, scale, o.dtype() == DType::F32},
+                                       stream()),
+          op);
+    return;
+  }
+  Tensor qf = widened(q, op), kf = widened(k, op), vf = widened(v, op);
+  Tensor of = o.dtype() == DType::F32 ? o : Tensor::zeros(o.shape(), DType::F32, Device::CUDA);
+  attention_forward_lse(qf, kf, vf, scale, lse, of);
+  if (o.dtype() == DType::BF16) check(cuda::f32_to_bf16(of.f32(), o.bf16(), o.numel(), stream()), op);
+}
+
+void attention_backward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                             const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                             Tensor& d_k, Tensor& d_v, const AttnDims& d) {
+  const char* op = "attention_backward_lse";
+  check_bf16_attention(op, {&k, &v, &d_o}, o);
+  for (const Tensor* t : {&d_q, &d_k, &d_v})
+    DSV3_CHECK(t->dtype() == DType::F32, "{}: gradients are float32 (got {})", op,
+               dtype_name(t->dtype()));
+  if (cuda::attention_bf16_backward_supported(d.dq, d.dv) && aligned16({&q, &k, &v, &d_o}) &&
+      smem_fits(cuda::attention_bf16_backward_smem_bytes(d.dq, d.dv), op)) {
+    Scratch rows(size_t(d.bh * d.seq) * sizeof(float), op);
+    check(cuda::attention_backward_bf16({q.bf16(), k.bf16(), v.bf16(), o.data(), lse.f32(),
+                                         d_o.bf16(), rows.as<float>(), d_q.f32(), d_k.f32(),
+                                         d_v.f32(), d.bh, d.seq, d.dq, d.dv, scale,
+                                         o.dtype() == DType::F32},
+                                        stream()),
+          op);
+    return;
+  }
+  attention_backward_lse(widened(q, op), widened(k, op), widened(v, op), widened(o, op), lse,
+                         widened(d_o, op), scale, d_q, d_k, d_v);
+}
+}  // namespace
+
 void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            Tensor& lse, Tensor& o) {
   const AttnDims d = check_attention(q, k, v, o, "attention_forward_lse");
   need_device(lse, "attention_forward_lse", "lse");
   DSV3_CHECK(lse.numel() == d.bh * d.seq, "attention_forward_lse: lse {} is not [{}]",
              lse.shape().str(), d.bh * d.seq);
+  if (q.dtype() == DType::BF16) return attention_forward_bf16(q, k, v, scale, lse, o, d);
   check(cuda::attention_forward({q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d.bh, d.seq, d.dq,
                                  d.dv, scale},
                                 stream()),
@@ -282,6 +363,8 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
              lse.shape().str(), d_o.shape().str(), q.shape().str(), v.shape().str());
   DSV3_CHECK(d.bh <= 65535, "attention_backward_lse: batch x heads = {} exceeds the grid's 65535",
              d.bh);
+  if (q.dtype() == DType::BF16)
+    return attention_backward_bf16(q, k, v, o, lse, d_o, scale, d_q, d_k, d_v, d);
   // The tile kernels keep a 32-key and a 32-query tile of q, k, v, dO in shared memory.
   const size_t smem = cuda::attention_backward_smem_bytes(d.dq, d.dv);
   int device = 0, optin = 0;

@@ -25,6 +25,19 @@ cudaError_t attention_backward(const AttentionBackward& p, cudaStream_t stream);
 // Dynamic shared memory per block of the attention backward kernels at these head dims (the
 // caller checks it against the device's opt-in limit to give a clear message).
 size_t attention_backward_smem_bytes(int64_t qk_dim, int64_t v_dim);
+// BF16 tensor-core attention (attention_bf16.cu, attention_bf16_backward.cu). supported: a
+// kernel exists for these head dims (multiples of 8, capacities in the .cu files); smem: its
+// dynamic shared memory per block (0 when unsupported), for the caller to check against the
+// device's opt-in limit.
+bool attention_bf16_forward_supported(int64_t qk_dim, int64_t v_dim);
+size_t attention_bf16_forward_smem_bytes(int64_t qk_dim, int64_t v_dim);
+cudaError_t attention_forward_bf16(const AttentionForwardBf16& p, cudaStream_t stream);
+bool attention_bf16_backward_supported(int64_t qk_dim, int64_t v_dim);
+size_t attention_bf16_backward_smem_bytes(int64_t qk_dim, int64_t v_dim);
+cudaError_t attention_backward_bf16(const AttentionBackwardBf16& p, cudaStream_t stream);
+// Elementwise dtype conversions (round to nearest even), for the float32 fallback.
+cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream);
+cudaError_t f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
 cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t stream);
 cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
 cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);

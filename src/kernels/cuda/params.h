@@ -125,6 +125,36 @@ struct AttentionBackward {
   float scale;
 };
 
+// The same two ops on BF16 q, k, v (and d_o) with tensor cores (attention_bf16*.cu). bf16
+// values are passed as their bit patterns (uint16_t). Head dims are multiples of 8 (16-byte
+// rows for cp.async); attention_bf16_supported says which dims have a kernel. o is BF16 or
+// float32 (o_f32); lse, D and the gradients are float32 (the model's master gradients).
+struct AttentionForwardBf16 {
+  const uint16_t* q;  // [bh, seq, qk_dim]
+  const uint16_t* k;  // [bh, seq, qk_dim]
+  const uint16_t* v;  // [bh, seq, v_dim]
+  void* o;            // [bh, seq, v_dim], bf16 or float32
+  float* lse;         // [bh, seq]
+  int64_t bh, seq, qk_dim, v_dim;
+  float scale;
+  bool o_f32;
+};
+struct AttentionBackwardBf16 {
+  const uint16_t* q;    // [bh, seq, qk_dim]
+  const uint16_t* k;    // [bh, seq, qk_dim]
+  const uint16_t* v;    // [bh, seq, v_dim]
+  const void* o;        // [bh, seq, v_dim], bf16 or float32: the forward's output
+  const float* lse;     // [bh, seq]
+  const uint16_t* d_o;  // [bh, seq, v_dim]
+  float* d_rows;        // [bh, seq] scratch: D = rowsum(dO * O)
+  float* d_q;           // [bh, seq, qk_dim]
+  float* d_k;           // [bh, seq, qk_dim]
+  float* d_v;           // [bh, seq, v_dim]
+  int64_t bh, seq, qk_dim, v_dim;
+  float scale;
+  bool o_f32;
+};
+
 // probs[bh, i, j] = exp(s[bh, i, j] - lse[bh, i]) for j <= i, else 0; `probs` holds the raw
 // scaled scores s on entry (written by a batched GEMM). Row 0 (a single key) is exactly 1.
 struct CausalSoftmaxFromLse {
