@@ -15,10 +15,12 @@ struct Options {
   int vocab = 4096;
   bool no_mtp = false;
   bool gamma_given = false;
+  std::string precision = "auto";
 };
 
 int run(Options& o) {
   dsv3::TrainSettings& s = o.s;
+  s.precision = dsv3::app::resolve_precision(o.precision, s.device);
   s.model = o.config.empty() ? dsv3::default_model_config() : dsv3::ModelConfig::load(o.config);
   if (o.no_mtp) s.model.num_nextn_predict_layers = 0;
   if (o.balance == "loss-free") s.balance = dsv3::BalanceMode::LossFree;
@@ -100,6 +102,7 @@ dsv3::app::Registrar reg(
       sub.add_flag("--resume", s.resume, "Continue the run in --out from its last checkpoint");
       sub.add_option("--threads", s.threads, "CPU threads (default: all)");
       dsv3::app::add_device_option(sub, s.device);
+      dsv3::app::add_precision_option(sub, o->precision);
       return [o, &sub]() {
         o->gamma_given = sub.count("--gamma") > 0;
         return run(*o);

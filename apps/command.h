@@ -20,5 +20,9 @@ struct Registrar {
 
 // Adds `--device cpu|cuda` (default cpu) to a subcommand, writing into `device`.
 void add_device_option(CLI::App& sub, Device& device);
+// Adds `--precision auto|f32|bf16` (GEMM operand precision of training); resolve it with the
+// device: auto is BF16 mixed precision on a GPU and float32 on the CPU.
+void add_precision_option(CLI::App& sub, std::string& precision);
+DType resolve_precision(const std::string& precision, Device device);
 
 }  // namespace dsv3::app

@@ -23,6 +23,19 @@ Registrar::Registrar(std::string name, std::string description, Setup setup) {
   registry().push_back({std::move(name), std::move(description), std::move(setup)});
 }
 
+void add_precision_option(CLI::App& sub, std::string& precision) {
+  sub.add_option("--precision", precision,
+                 "GEMM precision: auto (bf16 on cuda, f32 on cpu), f32, or bf16 (cuda: BF16 "
+                 "operands, float32 accumulation and master weights)")
+      ->check(CLI::IsMember({"auto", "f32", "bf16"}));
+}
+
+DType resolve_precision(const std::string& precision, Device device) {
+  if (precision == "f32") return DType::F32;
+  if (precision == "bf16") return DType::BF16;
+  return device == Device::CUDA ? DType::BF16 : DType::F32;
+}
+
 void add_device_option(CLI::App& sub, Device& device) {
   static const std::map<std::string, Device> kDevices{{"cpu", Device::CPU},
                                                        {"cuda", Device::CUDA}};

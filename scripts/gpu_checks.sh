@@ -45,8 +45,11 @@ for stage in "${stages[@]}"; do
     bench)
       run_stage bench_device "$DSV3" bench device
       cfg=$here/bench/configs/bench-1b.json
-      run_stage train_step_dsv3 "$DSV3" bench train-step --device cuda --config "$cfg" \
-        --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
+      for p in bf16 f32; do
+        run_stage "train_step_dsv3_$p" "$DSV3" bench train-step --device cuda --precision $p \
+          --config "$cfg" --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 \
+          --warmup 2
+      done
       if python3 -c 'import torch, transformers' 2>/dev/null; then
         run_stage train_step_hf python3 "$here/bench/hf_train_step.py" "$cfg" \
           --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}"
@@ -60,18 +63,25 @@ for stage in "${stages[@]}"; do
       common=(--config "$here/bench/configs/default-small.json" --data "$DATA_DIR"
         --tokenizer-dir "$TOKENIZER_DIR" --steps "${TRAIN_STEPS:-200}" --eval-every 100
         --save-every 0 --log-every 20 --lr 1e-3 --warmup 30)
-      rm -rf "$log_dir/run_cpu" "$log_dir/run_cuda"
+      rm -rf "$log_dir"/run_*
       run_stage train_cpu "$DSV3" train "${common[@]}" --out "$log_dir/run_cpu"
-      run_stage train_cuda "$DSV3" train "${common[@]}" --out "$log_dir/run_cuda" --device cuda
-      python3 - "$log_dir/run_cpu/metrics.jsonl" "$log_dir/run_cuda/metrics.jsonl" \
+      for p in f32 bf16; do
+        run_stage "train_cuda_$p" "$DSV3" train "${common[@]}" --out "$log_dir/run_cuda_$p" \
+          --device cuda --precision $p
+      done
+      python3 - "$log_dir"/run_cpu/metrics.jsonl "$log_dir"/run_cuda_{f32,bf16}/metrics.jsonl \
         <<'PY' 2>&1 | tee "$log_dir/train_compare.log"
 import json, sys
-a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(a, b))
-print(f"steps compared: {min(len(a), len(b))}; largest relative loss difference {worst:.3e}")
-for x, y in zip(a, b):
+cpu, f32, bf16 = ([json.loads(l) for l in open(p)] for p in sys.argv[1:4])
+for name, run in (("cuda f32", f32), ("cuda bf16", bf16)):
+    worst = max(abs(x["loss"] - y["loss"]) / abs(x["loss"]) for x, y in zip(cpu, run))
+    print(f"{name}: {min(len(cpu), len(run))} steps; largest relative loss difference to the "
+          f"cpu run {worst:.3e}; final validation loss cpu {cpu[-1].get('val_loss')} "
+          f"{name} {run[-1].get('val_loss')}")
+for x, y, z in zip(cpu, f32, bf16):
     if x["step"] % 20 == 0 or x["step"] == 1:
-        print(f"step {x['step']:>4}: cpu {x['loss']:.6f}  cuda {y['loss']:.6f}")
+        print(f"step {x['step']:>4}: cpu {x['loss']:.6f}  cuda f32 {y['loss']:.6f}  "
+              f"cuda bf16 {z['loss']:.6f}")
 PY
       ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

@@ -56,6 +56,7 @@ void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) {
   unavailable("embedding_backward");
 }
 void add_inplace(Tensor&, const Tensor&) { unavailable("add_inplace"); }
+void convert(const Tensor&, Tensor&) { unavailable("convert"); }
 void tokens_to_heads(const float*, float*, const ops::HeadCopy&) { unavailable("tokens_to_heads"); }
 void heads_to_tokens(const float*, float*, const ops::HeadCopy&, bool) {
   unavailable("heads_to_tokens");

@@ -83,6 +83,9 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
 
 // ---- Elementwise ----
 void add_inplace(Tensor& y, const Tensor& x);  // y += x
+// dst = src converted between float32 and bfloat16 (round to nearest even; NaN stays NaN),
+// or copied when the dtypes match. Same element count, same device.
+void convert(const Tensor& src, Tensor& dst);
 void scale_inplace(Tensor& x, float factor);   // x *= factor
 
 // ---- MoE data movement (kernels/cpu/moe.cpp) ----

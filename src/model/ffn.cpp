@@ -15,16 +15,16 @@ FfnActivations FfnActivations::rows(int64_t begin, int64_t end) const {
 }
 
 void ffn_forward(const SwigluWeights& w, const Tensor& x, FfnActivations& act, Tensor& out) {
-  ops::linear_forward(x, w.gate_up.value, act.gate_up);
+  ops::linear_forward(x, w.gate_up.for_matmul(), act.gate_up);
   ops::swiglu_forward(act.gate_up, act.act);
-  ops::linear_forward(act.act, w.down.value, out);
+  ops::linear_forward(act.act, w.down.for_matmul(), out);
 }
 
 void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act, const Tensor& d_out,
                   FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x) {
-  ops::linear_backward(act.act, w.down.value, d_out, &scratch.act, &w.down.grad);
+  ops::linear_backward(act.act, w.down.for_matmul(), d_out, &scratch.act, &w.down.grad);
   ops::swiglu_backward(act.gate_up, scratch.act, scratch.gate_up);
-  ops::linear_backward(x, w.gate_up.value, scratch.gate_up, &d_x, &w.gate_up.grad, accumulate_d_x);
+  ops::linear_backward(x, w.gate_up.for_matmul(), scratch.gate_up, &d_x, &w.gate_up.grad, accumulate_d_x);
 }
 
 }  // namespace dsv3

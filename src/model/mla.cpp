@@ -75,35 +75,43 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   const float eps = float(c.rms_norm_eps);
   // Queries.
   if (c.q_lora_rank) {
-    ops::linear_forward(x, w.q_a_proj.value, act.q_a);
+    ops::linear_forward(x, w.q_a_proj.for_matmul(), act.q_a);
     ops::rmsnorm_forward(act.q_a, w.q_a_layernorm.value, eps, act.q_a_norm, act.q_a_rstd);
-    ops::linear_forward(act.q_a_norm, w.q_b_proj.value, act.q);
+    ops::linear_forward(act.q_a_norm, w.q_b_proj.for_matmul(), act.q);
   } else {
-    ops::linear_forward(x, w.q_proj.value, act.q);
+    ops::linear_forward(x, w.q_proj.for_matmul(), act.q);
   }
   ops::rope_forward(act.q.f32(), {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos,
                     ctx.rope->sin);
   // Keys and values from the compressed latent, plus the shared rope key.
-  ops::linear_forward(x, w.kv_a_proj_with_mqa.value, act.kv_a);
+  ops::linear_forward(x, w.kv_a_proj_with_mqa.for_matmul(), act.kv_a);
   ops::copy_columns(act.kv_a.f32(), r + dr, 0, r, act.c_kv.f32(), n);
   ops::copy_columns(act.kv_a.f32(), r + dr, r, dr, act.k_pe.f32(), n);
   ops::rmsnorm_forward(act.c_kv, w.kv_a_layernorm.value, eps, act.c_kv_norm, act.c_kv_rstd);
   ops::rope_forward(act.k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
-  ops::linear_forward(act.c_kv_norm, w.kv_b_proj.value, act.kv);
+  ops::linear_forward(act.c_kv_norm, w.kv_b_proj.for_matmul(), act.kv);
   // Attention in head-major layout.
   MlaLayouts lay(c, ctx.batch, ctx.seq);
   ops::tokens_to_heads(act.q.f32(), act.q_heads.f32(), lay.q);
   ops::tokens_to_heads(act.kv.f32(), act.k_heads.f32(), lay.k_nope);
   ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
   ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
-  if (act.lse.defined())
+  if (ctx.bf16_attention) {
+    AttentionCasts casts = *ctx.bf16_attention;  // tensor handles onto the shared buffers
+    ops::convert(act.q_heads, casts.q);
+    ops::convert(act.k_heads, casts.k);
+    ops::convert(act.v_heads, casts.v);
+    ops::attention_forward_lse(casts.q, casts.k, casts.v, ctx.rope->softmax_scale, act.lse,
+                               act.o_heads);
+  } else if (act.lse.defined()) {
     ops::attention_forward_lse(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
                                act.lse, act.o_heads);
-  else
+  } else {
     ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
                            act.probs, act.o_heads);
+  }
   ops::heads_to_tokens(act.o_heads.f32(), act.o.f32(), lay.o, false);
-  ops::linear_forward(act.o, w.o_proj.value, out);
+  ops::linear_forward(act.o, w.o_proj.for_matmul(), out);
 }
 
 void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const MlaActivations& act,
@@ -112,16 +120,25 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
   MlaLayouts lay(c, ctx.batch, ctx.seq);
-  ops::linear_backward(act.o, w.o_proj.value, d_out, &s.d_o, &w.o_proj.grad);
+  ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad);
   ops::tokens_to_heads(s.d_o.f32(), s.d_o_heads.f32(), lay.o);
-  if (act.lse.defined())
+  if (ctx.bf16_attention) {
+    AttentionCasts casts = *ctx.bf16_attention;  // refilled: other layers used them since
+    ops::convert(act.q_heads, casts.q);
+    ops::convert(act.k_heads, casts.k);
+    ops::convert(act.v_heads, casts.v);
+    ops::convert(s.d_o_heads, casts.d_o);
+    ops::attention_backward_lse(casts.q, casts.k, casts.v, act.o_heads, act.lse, casts.d_o,
+                                ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads, s.d_v_heads);
+  } else if (act.lse.defined()) {
     ops::attention_backward_lse(act.q_heads, act.k_heads, act.v_heads, act.o_heads, act.lse,
                                 s.d_o_heads, ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads,
                                 s.d_v_heads);
-  else
+  } else {
     ops::attention_backward(act.q_heads, act.k_heads, act.v_heads, act.probs, s.d_o_heads,
                             ctx.rope->softmax_scale, s.d_probs, s.d_q_heads, s.d_k_heads,
                             s.d_v_heads);
+  }
   // Back to token-major; the rope key's gradient sums over the heads that shared it.
   ops::heads_to_tokens(s.d_q_heads.f32(), s.d_q.f32(), lay.q, false);
   ops::heads_to_tokens(s.d_k_heads.f32(), s.d_kv.f32(), lay.k_nope, false);
@@ -132,20 +149,20 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   ops::rope_backward(s.d_k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
                      ctx.rope->sin);
   // Latent path.
-  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.value, s.d_kv, &s.d_c_kv_norm, &w.kv_b_proj.grad);
+  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm, &w.kv_b_proj.grad);
   ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
                         w.kv_a_layernorm.grad);
   ops::put_columns(s.d_c_kv.f32(), r, s.d_kv_a.f32(), r + dr, 0, n);
   ops::put_columns(s.d_k_pe.f32(), dr, s.d_kv_a.f32(), r + dr, r, n);
-  ops::linear_backward(x, w.kv_a_proj_with_mqa.value, s.d_kv_a, &d_x, &w.kv_a_proj_with_mqa.grad);
+  ops::linear_backward(x, w.kv_a_proj_with_mqa.for_matmul(), s.d_kv_a, &d_x, &w.kv_a_proj_with_mqa.grad);
   // Query path.
   if (c.q_lora_rank) {
-    ops::linear_backward(act.q_a_norm, w.q_b_proj.value, s.d_q, &s.d_q_a_norm, &w.q_b_proj.grad);
+    ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), s.d_q, &s.d_q_a_norm, &w.q_b_proj.grad);
     ops::rmsnorm_backward(act.q_a, w.q_a_layernorm.value, act.q_a_rstd, s.d_q_a_norm, s.d_q_a,
                           w.q_a_layernorm.grad);
-    ops::linear_backward(x, w.q_a_proj.value, s.d_q_a, &d_x, &w.q_a_proj.grad, true);
+    ops::linear_backward(x, w.q_a_proj.for_matmul(), s.d_q_a, &d_x, &w.q_a_proj.grad, true);
   } else {
-    ops::linear_backward(x, w.q_proj.value, s.d_q, &d_x, &w.q_proj.grad, true);
+    ops::linear_backward(x, w.q_proj.for_matmul(), s.d_q, &d_x, &w.q_proj.grad, true);
   }
 }
 

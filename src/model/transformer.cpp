@@ -61,8 +61,17 @@ struct Transformer::Buffers {
   std::vector<Tensor> d_h;  // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
   Tensor d_cat;             // [N, 2D]
   Tensor d_e;               // [N, D]
+  AttentionCasts casts;     // BF16 attention inputs (mixed precision only)
 
-  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) : scratch(a, c, batch, seq) {
+  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq, bool bf16)
+      : scratch(a, c, batch, seq) {
+    if (bf16) {
+      const int64_t h = c.num_attention_heads;
+      casts.q = a.alloc({batch, h, seq, c.qk_head_dim()}, DType::BF16);
+      casts.k = a.alloc({batch, h, seq, c.qk_head_dim()}, DType::BF16);
+      casts.v = a.alloc({batch, h, seq, c.v_head_dim}, DType::BF16);
+      casts.d_o = a.alloc({batch, h, seq, c.v_head_dim}, DType::BF16);
+    }
     const int64_t n = batch * seq, d = c.hidden_size;
     auto [ph, pd] = a.alloc_mirrored({n}, DType::I32);
     auto [th, td] = a.alloc_mirrored({n}, DType::I32);
@@ -97,11 +106,12 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   // and the index arrays need (on the CPU both are one arena).
   Arena measure = Arena::measuring(device), measure_host = Arena::measuring();
   if (device != Device::CPU) measure.attach_host(measure_host);
-  { Buffers plan(measure, c_, batch, seq); }
+  const bool bf16 = weights.compute_dtype() == DType::BF16;
+  { Buffers plan(measure, c_, batch, seq, bf16); }
   Arena arena(measure.used(), device), host_arena(measure_host.used());
   if (device != Device::CPU) arena.attach_host(host_arena);
   arena_bytes_ = measure.used() + measure_host.used();
-  b_ = std::make_unique<Buffers>(arena, c_, batch, seq);
+  b_ = std::make_unique<Buffers>(arena, c_, batch, seq, bf16);
   for (int64_t i = 0; i < batch * seq; ++i) b_->positions_host.i32()[i] = int32_t(i % seq);
   b_->positions.copy_from(b_->positions_host);
   mtp_count_.resize(size_t(c_.num_nextn_predict_layers));
@@ -130,7 +140,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   const int depths = c_.num_nextn_predict_layers;
   const float eps = float(c_.rms_norm_eps);
   Buffers& b = *b_;
-  StepContext ctx{&c_, &rope_, batch_, seq_, b.positions.i32()};
+  StepContext ctx{&c_, &rope_, batch_, seq_, b.positions.i32(),
+                  b.casts.q.defined() ? &b.casts : nullptr};
   std::memcpy(b.tokens_host.i32(), tokens, size_t(n) * 4);
   std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
   b.tokens.copy_from(b.tokens_host);
@@ -145,7 +156,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     if (const RouterActivations* r = routing(l)) result.balance_sum += r->balance;
   }
   ops::rmsnorm_forward(b.residual.back(), w_.norm.value, eps, b.h_final, b.rstd_final);
-  ops::linear_forward(b.h_final, w_.lm_head.value, b.logits);
+  ops::linear_forward(b.h_final, w_.lm_head.for_matmul(), b.logits);
   int64_t main_count = 0;
   for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
@@ -176,11 +187,11 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     ops::rmsnorm_forward(h_prev, mw.hnorm.value, eps, m.h_norm, m.h_rstd);
     ops::put_columns(m.e_norm.f32(), d, m.cat.f32(), 2 * d, 0, n);
     ops::put_columns(m.h_norm.f32(), d, m.cat.f32(), 2 * d, d, n);
-    ops::linear_forward(m.cat, mw.eh_proj.value, m.x_in);
+    ops::linear_forward(m.cat, mw.eh_proj.for_matmul(), m.x_in);
     block_forward(ctx, mw.block, m.x_in, m.block, m.x_out);
     if (m.block.moe) result.balance_sum += m.block.moe->router.balance;
     ops::rmsnorm_forward(m.x_out, mw.shared_head_norm.value, eps, m.h, m.h_rstd_out);
-    ops::linear_forward(m.h, w_.lm_head.value, m.logits);
+    ops::linear_forward(m.h, w_.lm_head.for_matmul(), m.logits);
     double ce = 0.0;
     if (mtp_count[size_t(k - 1)] > 0) {
       const double count = double(mtp_count[size_t(k - 1)]);
@@ -201,12 +212,12 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     if (mtp_count[size_t(k - 1)] > 0)
-      ops::linear_backward(m.h, w_.lm_head.value, m.d_logits, &b.d_h[size_t(k)], &w_.lm_head.grad,
+      ops::linear_backward(m.h, w_.lm_head.for_matmul(), m.d_logits, &b.d_h[size_t(k)], &w_.lm_head.grad,
                            true);
     ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
                           b.d_residual, mw.shared_head_norm.grad, false);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
-    ops::linear_backward(m.cat, mw.eh_proj.value, b.d_residual, &b.d_cat, &mw.eh_proj.grad);
+    ops::linear_backward(m.cat, mw.eh_proj.for_matmul(), b.d_residual, &b.d_cat, &mw.eh_proj.grad);
     ops::copy_columns(b.d_cat.f32(), 2 * d, 0, d, b.d_e.f32(), n);  // d e_norm
     ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
                           false);
@@ -217,7 +228,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   }
 
   // ---- Backward: main head, final norm, blocks, embedding ----
-  ops::linear_backward(b.h_final, w_.lm_head.value, b.d_logits, &b.d_h[0], &w_.lm_head.grad, true);
+  ops::linear_backward(b.h_final, w_.lm_head.for_matmul(), b.d_logits, &b.d_h[0], &w_.lm_head.grad, true);
   ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
                         w_.norm.grad, false);
   for (int l = c_.num_hidden_layers - 1; l >= 0; --l)

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <random>
 
+#include "kernels/ops.h"
 #include "model/safetensors.h"
 
 namespace dsv3 {
@@ -95,6 +96,29 @@ void ModelWeights::to_device(Device device) {
     np.param->value = np.param->value.to(device);
     np.param->grad = Tensor::zeros(np.param->value.shape(), DType::F32, device);
   }
+  if (compute_dtype_ != DType::F32) set_compute_dtype(compute_dtype_);  // copies on the device
+}
+
+void ModelWeights::set_compute_dtype(DType dtype) {
+  DSV3_CHECK(dtype == DType::F32 || dtype == DType::BF16,
+             "compute precision {}: dsv3 trains in F32 or BF16", dtype_name(dtype));
+  DSV3_CHECK(dtype == DType::F32 || device() == Device::CUDA,
+             "BF16 mixed precision runs on the GPU (--device cuda); the CPU trains in float32");
+  compute_dtype_ = dtype;
+  for (auto& np : params_) {
+    const bool lookup_or_routing =
+        &np.param->value == &embed.value || np.name.ends_with("mlp.gate.weight");
+    if (dtype == DType::BF16 && np.param->value.ndim() == 2 && !lookup_or_routing)
+      np.param->compute = Tensor::zeros(np.param->value.shape(), DType::BF16, device());
+    else
+      np.param->compute = Tensor();
+  }
+  refresh_compute();
+}
+
+void ModelWeights::refresh_compute() {
+  for (auto& np : params_)
+    if (np.param->compute.defined()) ops::convert(np.param->value, np.param->compute);
 }
 
 void ModelWeights::init_random(uint64_t seed, float std) {

@@ -17,6 +17,10 @@ class WeightStore;
 struct Param {
   Tensor value;
   Tensor grad;
+  // Mixed precision: a BF16 copy of value that the GEMMs read (refreshed after each update);
+  // undefined when the model computes in float32.
+  Tensor compute;
+  const Tensor& for_matmul() const { return compute.defined() ? compute : value; }
 };
 
 struct MlaWeights {
@@ -94,6 +98,12 @@ class ModelWeights {
   // where routing runs). The Param objects stay where they are; their tensors are replaced.
   void to_device(Device device);
   Device device() const { return embed.value.device(); }
+  // F32 (default): every GEMM reads the float32 weights. BF16 (GPU only): the matrices that
+  // feed GEMMs get BF16 copies (the embedding table and the router's gate stay float32: a
+  // lookup, and the routing decision); call refresh_compute() after each optimizer update.
+  void set_compute_dtype(DType dtype);
+  DType compute_dtype() const { return compute_dtype_; }
+  void refresh_compute();
 
   const ModelConfig& config() const { return config_; }
   Param embed;    // [vocab, hidden]
@@ -109,6 +119,7 @@ class ModelWeights {
   void add_block(const std::string& prefix, BlockWeights& b, int layer);
 
   ModelConfig config_;
+  DType compute_dtype_ = DType::F32;
   std::vector<NamedParam> params_;
   std::vector<std::pair<std::string, Tensor*>> biases_;
 };

@@ -179,6 +179,7 @@ TrainOutcome train(const TrainSettings& s) {
   // Loaded and initialised on the host; trained where the settings say.
   weights.to_device(s.device);
   opt.to_device(s.device);
+  weights.set_compute_dtype(s.precision);
   nlohmann::json identity = run_identity(s);
   MetricsLog log(s.run_dir, s.resume ? start_step : -1);
 
@@ -208,20 +209,21 @@ TrainOutcome train(const TrainSettings& s) {
                : weights.mtp[size_t(layer - c.num_hidden_layers)].block.experts.bias;
   };
 
-  // MFU is taken against the measured float32 GEMM rate: the precision the step runs in.
+  // MFU is taken against the measured dense GEMM rate of the precision the step runs in.
   const double peak_gflops = s.device == Device::CPU
                                  ? ops::measure_gemm_gflops()
-                                 : ops::measure_device_gemm_gflops(DType::F32);
+                                 : ops::measure_device_gemm_gflops(s.precision);
   const StepFlops f = training_step_flops(c, s.micro_batch, s.seq);  // per micro-batch
   const bool tty = isatty(fileno(stdout));
   std::vector<int32_t> tokens(size_t(s.micro_batch * s.seq)), labels(tokens.size());
   g_stop_requested = false;
   auto old_handler = std::signal(SIGINT, on_interrupt);
   std::printf("training %s: %.1fM parameters (%.1fM active), %lld steps of up to %lld x %lld x "
-              "%lld tokens, on %s, %d threads, balance %s, GEMM peak %.0f GFLOP/s\n",
+              "%lld tokens, on %s (%s), %d threads, balance %s, GEMM peak %.0f GFLOP/s\n",
               s.run_dir.c_str(), c.parameter_count() / 1e6, c.active_parameter_count() / 1e6,
               (long long)s.steps, (long long)s.micro_batches, (long long)s.micro_batch,
-              (long long)s.seq, std::string(device_name(s.device)).c_str(), num_threads(),
+              (long long)s.seq, std::string(device_name(s.device)).c_str(),
+              std::string(dtype_name(s.precision)).c_str(), num_threads(),
               balance_name(s.balance), peak_gflops);
 
   TrainOutcome out;
@@ -284,6 +286,7 @@ TrainOutcome train(const TrainSettings& s) {
     }
     bad_in_a_row = 0;
     opt.step(adam, sv.lr, norm);
+    weights.refresh_compute();  // BF16 copies of the updated master weights (no-op in F32)
     double worst_vio = 0;
     for (size_t i = 0; i < moe_layers.size(); ++i) {
       worst_vio = std::max(worst_vio, max_violation(step_load[i].f32(), c.n_routed_experts));

@@ -45,6 +45,7 @@ struct TrainSettings {
   int64_t stop_after = -1;      // stop (with a checkpoint) after this step, as an interruption would
   int threads = 0;
   Device device = Device::CPU;  // where the model trains (the data pipeline stays on the host)
+  DType precision = DType::F32;  // GEMM operands: F32, or BF16 mixed precision (GPU)
 };
 
 struct TrainOutcome {

@@ -106,6 +106,35 @@ TEST(CudaGemm, LinearBf16MatchesReferenceOnRoundedInputs) {
   }
 }
 
+// Mixed precision: float32 activations against BF16 weights are rounded to BF16 inside the op
+// (RNE, as the host conversion), so the result equals the all-BF16 product up to float32 sums;
+// the conversion op itself round-trips exactly.
+TEST(CudaGemm, MixedPrecisionLinearRoundsActivationsToBf16) {
+  REQUIRE_GPU();
+  for (auto [rows, in, out] : {std::array<int64_t, 3>{1, 7, 5}, {67, 130, 96}}) {
+    Tensor x = randn({rows, in}, 13), w = to_bf16(randn({out, in}, 14));
+    Tensor x_rounded = to_bf16(x).to_f32();
+    Tensor x_dev = x.to(Device::CUDA), x_bf16 = Tensor::zeros(x.shape(), DType::BF16, Device::CUDA);
+    ops::convert(x_dev, x_bf16);
+    auto cc = compare("convert", x_bf16.to(Device::CPU).to_f32(), x_rounded, {0, 0});
+    EXPECT_TRUE(cc.ok) << cc.message;
+    Tensor ref_y = Tensor::zeros({rows, out});
+    ref::linear_forward(x_rounded, w.to_f32(), ref_y);
+    Tensor y = Tensor::zeros({rows, out}, DType::F32, Device::CUDA);
+    ops::linear_forward(x_dev, w.to(Device::CUDA), y);
+    auto cy = compare("y", y.to(Device::CPU), ref_y, {1e-5, 1e-5});
+    EXPECT_TRUE(cy.ok) << cy.message;
+    Tensor d_y = randn({rows, out}, 15);
+    Tensor ref_dx = Tensor::zeros({rows, in}), ref_dw = Tensor::zeros({out, in});
+    ref::linear_backward(x_rounded, w.to_f32(), to_bf16(d_y).to_f32(), &ref_dx, &ref_dw, false);
+    Tensor d_x = Tensor::zeros({rows, in}, DType::F32, Device::CUDA);
+    Tensor d_w = Tensor::zeros({out, in}, DType::F32, Device::CUDA);
+    ops::linear_backward(x_dev, w.to(Device::CUDA), d_y.to(Device::CUDA), &d_x, &d_w);
+    EXPECT_TRUE(compare("d_x", d_x.to(Device::CPU), ref_dx, {1e-5, 1e-5}).ok);
+    EXPECT_TRUE(compare("d_w", d_w.to(Device::CPU), ref_dw, {1e-5, 1e-5}).ok);
+  }
+}
+
 // The flash forward on its own: o, and lse against log(sum exp) of the reference's scores,
 // on sequences that span many key tiles and partial tiles, at MLA's head dims and others.
 TEST(CudaAttention, FlashForwardMatchesReference) {

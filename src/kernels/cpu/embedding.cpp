@@ -49,6 +49,21 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
   }
 }
 
+void convert(const Tensor& src, Tensor& dst) {
+  if (src.device() == Device::CUDA || dst.device() == Device::CUDA)
+    return cuda_ops::convert(src, dst);
+  DSV3_CHECK(src.numel() == dst.numel(), "convert: {} into {}", src.shape().str(),
+             dst.shape().str());
+  if (src.dtype() == dst.dtype()) return dst.copy_from(src);
+  if (src.dtype() == DType::F32) {
+    convert_from_f32(src.f32(), dst.dtype(), dst.data(), size_t(src.numel()));
+  } else {
+    DSV3_CHECK(dst.dtype() == DType::F32, "convert: {} to {} (one side must be F32)",
+               dtype_name(src.dtype()), dtype_name(dst.dtype()));
+    convert_to_f32(src.dtype(), src.data(), dst.f32(), size_t(src.numel()));
+  }
+}
+
 void add_inplace(Tensor& y, const Tensor& x) {
   if (y.device() == Device::CUDA) return cuda_ops::add_inplace(y, x);
   DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "core/device.h"
@@ -98,7 +99,23 @@ void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* op
 }
 }  // namespace
 
-void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+namespace {
+// Mixed precision: float32 activations against a BF16 weight are rounded to BF16 into scratch
+// first, so that the GEMM runs on tensor cores with float32 accumulation.
+Tensor bf16_operand(const Tensor& t, std::optional<Scratch>& holder, const char* op) {
+  if (t.dtype() == DType::BF16) return t;
+  holder.emplace(size_t(t.numel()) * 2, op);
+  Tensor b = Tensor::view(holder->as<void>(), t.shape(), DType::BF16, Device::CUDA);
+  convert(t, b);
+  return b;
+}
+}  // namespace
+
+void linear_forward(const Tensor& x_in, const Tensor& w, Tensor& y) {
+  std::optional<Scratch> x_bf16;
+  const Tensor x = w.dtype() == DType::BF16 && x_in.dtype() == DType::F32
+                       ? bf16_operand(x_in, x_bf16, "linear_forward")
+                       : x_in;
   const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_forward");
   need_device(y, "linear_forward", "y");
@@ -120,8 +137,12 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
   cuda::blas_gemm(g, "linear_forward");
 }
 
-void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x) {
+void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, Tensor* d_x,
+                     Tensor* d_w, bool accumulate_d_x) {
+  std::optional<Scratch> x_bf16, d_y_bf16;
+  const bool mixed = w.dtype() == DType::BF16 && x_in.dtype() == DType::F32;
+  const Tensor x = mixed ? bf16_operand(x_in, x_bf16, "linear_backward") : x_in;
+  const Tensor d_y = mixed ? bf16_operand(d_y_in, d_y_bf16, "linear_backward") : d_y_in;
   const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_backward");
   need_device(d_y, "linear_backward", "d_y");
@@ -533,6 +554,22 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
 }
 
 // ---- Elementwise and layout moves ----
+
+void convert(const Tensor& src, Tensor& dst) {
+  need_device(src, "convert", "src");
+  need_device(dst, "convert", "dst");
+  DSV3_CHECK(src.numel() == dst.numel(), "convert: {} into {}", src.shape().str(),
+             dst.shape().str());
+  if (src.dtype() == dst.dtype()) return dst.copy_from(src);
+  if (src.dtype() == DType::F32 && dst.dtype() == DType::BF16) {
+    check(cuda::f32_to_bf16(src.f32(), dst.bf16(), src.numel(), stream()), "convert");
+  } else if (src.dtype() == DType::BF16 && dst.dtype() == DType::F32) {
+    check(cuda::bf16_to_f32(src.bf16(), dst.f32(), src.numel(), stream()), "convert");
+  } else {
+    fail("convert: {} to {} on the GPU (F32 <-> BF16 only)", dtype_name(src.dtype()),
+         dtype_name(dst.dtype()));
+  }
+}
 
 void add_inplace(Tensor& y, const Tensor& x) {
   need_device(y, "add_inplace", "y");
