@@ -5,8 +5,10 @@
 // key tiles.
 //
 // Without a device every test here fails: this executable exists to be run on a GPU machine.
+#include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 #include <tuple>
@@ -268,10 +270,26 @@ TEST(CudaAttention, Bf16ForwardAndBackwardMatchReference) {
            gv = nan_tensor(v.shape(), DType::F32);
     ops::attention_backward_lse(gq_in, gk_in, gv_in, o16.to(Device::CUDA),
                                 ref_lse.to(Device::CUDA), d_o.to(Device::CUDA), scale, gq, gk, gv);
+    // The gradients sum up to T products of BF16-rounded P and dS (FlashAttention-2's design,
+    // as in PyTorch's BF16 kernels): judged as a whole by the relative L2 error (bf16 operands
+    // land between 1e-3 and 1e-2), and elementwise with a bound for the rare tail elements
+    // (measured on an H100 at T = 1000: the worst of 384,000 at 2.6e-2 of the rms).
     for (auto [name, got, want] : {std::tuple{"d_q", &gq, &ref_dq}, std::tuple{"d_k", &gk, &ref_dk},
                                    std::tuple{"d_v", &gv, &ref_dv}}) {
-      auto c = compare(name, got->to(Device::CPU), *want, tol);
+      const Tensor host = got->to(Device::CPU);
+      auto c = compare(name, host, *want, {4e-2, 4e-2});
       EXPECT_TRUE(c.ok) << "bf16 " << s << " " << dq << "/" << dv << ": " << c.message;
+      double diff = 0, norm = 0;
+      for (int64_t i = 0; i < want->numel(); ++i) {
+        const double d = double(host.f32()[i]) - want->f32()[i];
+        diff += d * d;
+        norm += double(want->f32()[i]) * want->f32()[i];
+      }
+      const double l2 = std::sqrt(diff / std::max(norm, 1e-300));
+      std::printf("bf16 attention backward T=%lld %lld/%lld %s: l2-rel %.2e, worst element %.2f "
+                  "of the 4e-2 bound\n",
+                  (long long)s, (long long)dq, (long long)dv, name, l2, c.max_ratio);
+      EXPECT_LE(l2, 1e-2) << "bf16 " << s << " " << dq << "/" << dv << " " << name;
     }
   }
 }
