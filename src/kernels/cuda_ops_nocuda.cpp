@@ -79,6 +79,7 @@ void moe_scatter_add(const Tensor&, const int32_t*, int64_t, Tensor&) {
   unavailable("moe_scatter_add");
 }
 double sum_squares(const Tensor&, double) { unavailable("sum_squares"); }
+double sum_squares_all(const std::vector<const Tensor*>&) { unavailable("sum_squares_all"); }
 void scale_inplace(Tensor&, float) { unavailable("scale_inplace"); }
 void adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamWScalars&) {
   unavailable("adamw_update");

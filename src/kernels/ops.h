@@ -7,6 +7,7 @@
 // Conventions: row-major; "rows" is the leading (token) dimension; gradient outputs named
 // d_* are overwritten unless the name says accumulate ("+=").
 #include <cstdint>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -116,6 +117,9 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
 // sequence of additions for the whole global norm. The CUDA backend uses its own fixed split,
 // equally deterministic, so the two backends agree to float64 rounding, not bit for bit.
 double sum_squares(const Tensor& g, double acc);
+// The same as threading sum_squares through `gs` in order from 0 (bit for bit), with one wait
+// on a GPU instead of one per tensor: the global gradient norm of a model of many tensors.
+double sum_squares_all(const std::vector<const Tensor*>& gs);
 // One AdamW step's per-tensor constants, computed in double by the optimizer and rounded once.
 struct AdamWScalars {
   float decay;         // 1 - lr * weight_decay, or 1 for tensors without decay

@@ -24,9 +24,10 @@ void AdamW::to_device(Device device) {
 double AdamW::grad_norm() const {
   // One float64 sum threaded through the tensors in order (see ops::sum_squares): the same
   // value for any thread count, so resume is bit-exact.
-  double sum = 0.0;
-  for (const auto& p : w_.params()) sum = ops::sum_squares(p.param->grad, sum);
-  return std::sqrt(sum);
+  std::vector<const Tensor*> grads;
+  grads.reserve(w_.params().size());
+  for (const auto& p : w_.params()) grads.push_back(&p.param->grad);
+  return std::sqrt(ops::sum_squares_all(grads));
 }
 
 double AdamW::step(const AdamWSettings& s, double lr) {

@@ -294,6 +294,22 @@ TEST(CudaAttention, Bf16ForwardAndBackwardMatchReference) {
   }
 }
 
+// The global norm in one wait equals the per-tensor chain bit for bit (resume relies on the
+// same numbers whichever way the norm is taken).
+TEST(CudaOptimizer, SumSquaresAllEqualsTheChain) {
+  REQUIRE_GPU();
+  std::vector<Tensor> grads;
+  for (int64_t n : {1, 7, 1000, 65537, 0, 300000})
+    grads.push_back(randn({std::max<int64_t>(n, 1)}, uint64_t(n) + 40).to(Device::CUDA));
+  std::vector<const Tensor*> ptrs;
+  double chained = 0.0;
+  for (const Tensor& g : grads) {
+    ptrs.push_back(&g);
+    chained = ops::sum_squares(g, chained);
+  }
+  EXPECT_EQ(ops::sum_squares_all(ptrs), chained);
+}
+
 TEST(CudaErrors, MixedDevicesAreAnErrorNotAFault) {
   REQUIRE_GPU();
   Tensor x = Tensor::zeros({4, 8}, DType::F32, Device::CUDA), w = Tensor::zeros({3, 8});

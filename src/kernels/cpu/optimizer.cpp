@@ -26,6 +26,13 @@ double sum_squares(const Tensor& g, double acc) {
   return acc;
 }
 
+double sum_squares_all(const std::vector<const Tensor*>& gs) {
+  if (!gs.empty() && gs.front()->device() == Device::CUDA) return cuda_ops::sum_squares_all(gs);
+  double acc = 0.0;
+  for (const Tensor* g : gs) acc = sum_squares(*g, acc);
+  return acc;
+}
+
 void scale_inplace(Tensor& x, float factor) {
   if (x.device() == Device::CUDA) return cuda_ops::scale_inplace(x, factor);
   float* xp = x.f32();

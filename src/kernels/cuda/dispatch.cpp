@@ -3,6 +3,7 @@
 // dsv3::Error. The kernels themselves are in the .cu files beside this one, one op a file.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -691,6 +692,26 @@ double sum_squares(const Tensor& g, double acc) {
   check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
                    cudaMemcpyDeviceToHost),
         "sum_squares");
+  for (double v : host) acc += v;
+  return acc;
+}
+
+double sum_squares_all(const std::vector<const Tensor*>& gs) {
+  // Every tensor's partials into one buffer, one copy back, then the host adds them in the
+  // order sum_squares would have: tensor by tensor, block by block.
+  const size_t blocks = cuda::kSumSquaresBlocks;
+  Scratch partial(std::max<size_t>(gs.size(), 1) * blocks * sizeof(double), "sum_squares_all");
+  for (size_t t = 0; t < gs.size(); ++t) {
+    need_device(*gs[t], "sum_squares_all", "g");
+    check(cuda::sum_squares({gs[t]->f32(), partial.as<double>() + t * blocks, gs[t]->numel()},
+                            stream()),
+          "sum_squares_all");
+  }
+  std::vector<double> host(gs.size() * blocks);
+  check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
+                   cudaMemcpyDeviceToHost),
+        "sum_squares_all");
+  double acc = 0.0;
   for (double v : host) acc += v;
   return acc;
 }

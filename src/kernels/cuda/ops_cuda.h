@@ -55,6 +55,7 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
 // Returns to the host (a wait on the stream): the global norm is a host decision (clipping).
 double sum_squares(const Tensor& g, double acc);
+double sum_squares_all(const std::vector<const Tensor*>& gs);
 void scale_inplace(Tensor& x, float factor);
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s);
 
