@@ -20,6 +20,14 @@ void linear_forward(const Tensor&, const Tensor&, Tensor&) { unavailable("linear
 void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor*, bool) {
   unavailable("linear_backward");
 }
+void grouped_linear_forward(const Tensor&, const std::vector<const Tensor*>&, const int64_t*,
+                            Tensor&) {
+  unavailable("grouped_linear_forward");
+}
+void grouped_linear_backward(const Tensor&, const std::vector<const Tensor*>&, const Tensor&,
+                             const int64_t*, Tensor*, const std::vector<Tensor*>&) {
+  unavailable("grouped_linear_backward");
+}
 void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&) {
   unavailable("rmsnorm_forward");
 }

@@ -975,6 +975,7 @@ const std::vector<OpCase>& op_cases() {
   static const std::vector<OpCase> cases = [] {
     std::vector<OpCase> all = build_op_cases();
     for (OpCase& c : moe_optimizer_op_cases()) all.push_back(std::move(c));
+    for (OpCase& c : grouped_linear_op_cases()) all.push_back(std::move(c));
     return all;
   }();
   return cases;

@@ -60,6 +60,8 @@ struct OpSet {
   decltype(&ops::sum_squares) sum_squares;
   decltype(&ops::scale_inplace) scale_inplace;
   decltype(&ops::adamw_update) adamw_update;
+  decltype(&ops::grouped_linear_forward) grouped_linear_forward;
+  decltype(&ops::grouped_linear_backward) grouped_linear_backward;
 };
 const OpSet& fast_ops();       // dsv3::ops (dispatching on the tensors' device)
 const OpSet& reference_ops();  // dsv3::ref
@@ -135,6 +137,8 @@ struct OpCase {
 const std::vector<OpCase>& op_cases();
 // The MoE permutation moves and the optimizer (op_cases_moe_adamw.cpp), part of op_cases().
 std::vector<OpCase> moe_optimizer_op_cases();
+// The grouped linear ops (op_cases_grouped.cpp), part of op_cases().
+std::vector<OpCase> grouped_linear_op_cases();
 
 struct TestResult {
   bool ok = true;

@@ -46,7 +46,8 @@ const OpSet& fast_ops() {
       &ops::tokens_to_heads, &ops::heads_to_tokens,  &ops::copy_columns,
       &ops::put_columns,     &ops::moe_gather_rows,   &ops::moe_combine,
       &ops::moe_combine_backward, &ops::moe_scatter_add, &ops::sum_squares,
-      &ops::scale_inplace,   &ops::adamw_update};
+      &ops::scale_inplace,   &ops::adamw_update,      &ops::grouped_linear_forward,
+      &ops::grouped_linear_backward};
   return set;
 }
 
@@ -61,7 +62,8 @@ const OpSet& reference_ops() {
       &ref::tokens_to_heads, &ref::heads_to_tokens,  &ref::copy_columns,
       &ref::put_columns,     &ref::moe_gather_rows,   &ref::moe_combine,
       &ref::moe_combine_backward, &ref::moe_scatter_add, &ref::sum_squares,
-      &ref::scale_inplace,   &ref::adamw_update};
+      &ref::scale_inplace,   &ref::adamw_update,      &ref::grouped_linear_forward,
+      &ref::grouped_linear_backward};
   return set;
 }
 

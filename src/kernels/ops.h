@@ -27,6 +27,21 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
                      bool accumulate_d_x = false);
 
+// Grouped linear (the routed experts of an MoE layer): G weights, and the rows of x split into
+// G contiguous groups, group g being rows [offsets[g], offsets[g + 1]) (offsets: host, G + 1
+// values, offsets[0] = 0, offsets[G] = R). Groups with no rows are skipped. Equal to a loop of
+// linear_forward/linear_backward over the groups, in one call: on a GPU one grouped GEMM for
+// all groups instead of a launch (and, with BF16 weights, a BF16 rounding of x) per group.
+// y[rows of g, out] = x[rows of g, in] W_g[out, in]^T; x [R, in], y [R, out].
+void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y);
+// d_x[rows of g] = d_y[rows of g] W_g (overwritten; rows of empty groups do not exist);
+// d_w[g] += d_y[rows of g]^T x[rows of g] (float32; untouched for empty groups).
+// d_x may be null; d_w has G entries.
+void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w);
+
 // ---- RMSNorm (kernels/cpu/rmsnorm.cpp): y = x * rsqrt(mean(x^2) + eps) * w ----
 // rstd[rows] is saved for the backward pass.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);

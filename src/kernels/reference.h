@@ -23,6 +23,11 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
                      Tensor* d_w, bool accumulate_d_x = false);
+void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y);
+void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w);
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);

@@ -1,6 +1,7 @@
 #include "model/moe.h"
 
 #include <cstring>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -61,16 +62,22 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   act.permuted_row.copy_from(act.permuted_row_host);
   ops::moe_gather_rows(x, act.permuted_token.i32(), act.x_perm);
 
-  // Each expert over its contiguous rows. On the CPU experts run in parallel, each GEMM on one
-  // thread; on a GPU they are queued one after another on the stream.
-  const bool on_cpu = x.device() == Device::CPU;
-#pragma omp parallel for schedule(dynamic) if (on_cpu)
-  for (int64_t e = 0; e < experts; ++e) {
-    if (off[e + 1] == off[e]) continue;
-    FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
-    Tensor y = act.y_perm.slice_rows(off[e], off[e + 1]);
-    ffn_forward(w.experts[size_t(e)], act.x_perm.slice_rows(off[e], off[e + 1]), rows, y);
+  // The routed experts, each over its contiguous rows: one grouped GEMM per projection for all
+  // experts, and one SwiGLU over all N*K rows (row r's activation depends on row r only). On
+  // the CPU the groups run in parallel, each GEMM on one thread; on a GPU each projection is
+  // one cuBLAS call instead of a GEMM (and a BF16 rounding of its input) per expert.
+  std::vector<const Tensor*> gate_up(static_cast<size_t>(experts)), down(gate_up.size());
+  for (size_t e = 0; e < size_t(experts); ++e) {
+    gate_up[e] = &w.experts[e].gate_up.for_matmul();
+    down[e] = &w.experts[e].down.for_matmul();
   }
+  // The buffers hold the rows of the largest batch; this step uses the first N*K.
+  FfnActivations routed = act.experts.rows(0, n * k);
+  Tensor y_perm = act.y_perm.slice_rows(0, n * k);
+  ops::grouped_linear_forward(act.x_perm.slice_rows(0, n * k), gate_up, off,
+                              routed.gate_up);                 // [N*K, 2*width]
+  ops::swiglu_forward(routed.gate_up, routed.act);             // [N*K, width]
+  ops::grouped_linear_forward(routed.act, down, off, y_perm);  // [N*K, d]
 
   // Shared experts, then the weighted routed outputs.
   if (c.n_shared_experts > 0) {
@@ -90,16 +97,25 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
   ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.device_weights, s.d_y_perm,
                             s.router.device_d_weights);
-  const bool on_cpu = x.device() == Device::CPU;
-#pragma omp parallel for schedule(dynamic) if (on_cpu)
-  for (int64_t e = 0; e < experts; ++e) {
-    if (off[e + 1] == off[e]) continue;
-    FfnActivations rows = act.experts.rows(off[e], off[e + 1]);
-    FfnActivations scratch = s.d_experts.rows(off[e], off[e + 1]);
-    Tensor dx = s.d_x_perm.slice_rows(off[e], off[e + 1]);
-    ffn_backward(w.experts[size_t(e)], act.x_perm.slice_rows(off[e], off[e + 1]), rows,
-                 s.d_y_perm.slice_rows(off[e], off[e + 1]), scratch, dx, false);
+  // The routed experts' backward mirrors the forward: down, SwiGLU, gate_up, each one call
+  // over all experts' rows; the weight gradients accumulate into each expert's own.
+  std::vector<const Tensor*> gate_up(static_cast<size_t>(experts)), down(gate_up.size());
+  std::vector<Tensor*> d_gate_up(gate_up.size()), d_down(gate_up.size());
+  for (size_t e = 0; e < size_t(experts); ++e) {
+    gate_up[e] = &w.experts[e].gate_up.for_matmul();
+    down[e] = &w.experts[e].down.for_matmul();
+    d_gate_up[e] = &w.experts[e].gate_up.grad;
+    d_down[e] = &w.experts[e].down.grad;
   }
+  const int64_t nk = off[experts];  // N*K: the rows of this step
+  const FfnActivations routed = act.experts.rows(0, nk);
+  FfnActivations d_routed = s.d_experts.rows(0, nk);
+  Tensor d_x_perm = s.d_x_perm.slice_rows(0, nk);
+  ops::grouped_linear_backward(routed.act, down, s.d_y_perm.slice_rows(0, nk), off, &d_routed.act,
+                               d_down);
+  ops::swiglu_backward(routed.gate_up, d_routed.act, d_routed.gate_up);
+  ops::grouped_linear_backward(act.x_perm.slice_rows(0, nk), gate_up, d_routed.gate_up, off,
+                               &d_x_perm, d_gate_up);
   // Shared experts write d_x first; routed inputs and the router add to it.
   if (c.n_shared_experts > 0) {
     ffn_backward(w.shared, x, act.shared, d_out, s.d_shared, d_x, false);

@@ -75,4 +75,55 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor
     gemm(true, false, out, in, rows, 1.0f, d_y.f32(), out, x.f32(), in, 1.0f, d_w->f32(), in);
 }
 
+namespace {
+void check_groups(const std::vector<const Tensor*>& w, const int64_t* offsets, int64_t rows,
+                  const char* what) {
+  DSV3_CHECK(!w.empty() && offsets != nullptr && offsets[0] == 0 && offsets[w.size()] == rows,
+             "{}: {} groups whose offsets do not cover the {} rows of x", what, w.size(), rows);
+  for (size_t g = 0; g < w.size(); ++g)
+    DSV3_CHECK(offsets[g + 1] >= offsets[g] && w[g] && w[g]->shape() == w[0]->shape(),
+               "{}: group {} has a decreasing offset or a weight of another shape", what, g);
+}
+}  // namespace
+
+// The groups run in parallel, each GEMM on one thread (oneDNN does not nest inside the
+// parallel region): the per-expert loop the MoE layer ran before these ops existed, so the
+// results are bit for bit those of linear_forward/linear_backward on each group.
+void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y) {
+  if (x.device() == Device::CUDA) return cuda_ops::grouped_linear_forward(x, w, offsets, y);
+  DSV3_CHECK(!w.empty() && w[0]->ndim() == 2, "grouped_linear_forward: no groups or W not 2-D");
+  const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
+  check_groups(w, offsets, rows, "grouped_linear_forward");
+  const int64_t groups = int64_t(w.size());
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b = offsets[g], e = offsets[g + 1];
+    if (b == e) continue;
+    Tensor yg = y.slice_rows(b, e);
+    linear_forward(x.slice_rows(b, e), *w[size_t(g)], yg);
+  }
+}
+
+void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w) {
+  if (x.device() == Device::CUDA)
+    return cuda_ops::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w);
+  DSV3_CHECK(!w.empty() && w[0]->ndim() == 2, "grouped_linear_backward: no groups or W not 2-D");
+  const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
+  check_groups(w, offsets, rows, "grouped_linear_backward");
+  DSV3_CHECK(d_w.size() == w.size(), "grouped_linear_backward: {} weights but {} gradients",
+             w.size(), d_w.size());
+  const int64_t groups = int64_t(w.size());
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b = offsets[g], e = offsets[g + 1];
+    if (b == e) continue;
+    Tensor dxg = d_x ? d_x->slice_rows(b, e) : Tensor();
+    linear_backward(x.slice_rows(b, e), *w[size_t(g)], d_y.slice_rows(b, e), d_x ? &dxg : nullptr,
+                    d_w[size_t(g)], false);
+  }
+}
+
 }  // namespace dsv3::ops

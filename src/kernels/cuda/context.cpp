@@ -3,7 +3,10 @@
 
 #include <dlfcn.h>
 
+#include <atomic>
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 
@@ -36,12 +39,21 @@ using GemmStridedBatchedExFn = cublasStatus_t (*)(
     cudaDataType, int, long long, const void*, cudaDataType, int, long long, const void*, void*,
     cudaDataType, int, long long, int, cublasComputeType_t, cublasGemmAlgo_t);
 
+// Since cuBLAS 12.5. Per group: transposes, sizes, leading dimensions and host alpha/beta
+// values; A, B and C are device arrays of pointers, one per product (group_size of each).
+using GemmGroupedBatchedExFn = cublasStatus_t (*)(
+    cublasHandle_t, const cublasOperation_t[], const cublasOperation_t[], const int[], const int[],
+    const int[], const void*, const void* const[], cudaDataType_t, const int[], const void* const[],
+    cudaDataType_t, const int[], const void*, void* const[], cudaDataType_t, const int[], int,
+    const int[], cublasComputeType_t);
+
 struct Cublas {
   decltype(&cublasCreate_v2) create = nullptr;
   decltype(&cublasSetStream_v2) set_stream = nullptr;
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   GemmExFn gemm_ex = nullptr;
   GemmStridedBatchedExFn gemm_strided_batched_ex = nullptr;
+  GemmGroupedBatchedExFn gemm_grouped_batched_ex = nullptr;  // null before cuBLAS 12.5
   cublasHandle_t handle = nullptr;
 };
 
@@ -73,6 +85,9 @@ const Cublas& cublas_lib() {
     resolve(h, "cublasSetMathMode", &lib.set_math_mode);
     resolve(h, "cublasGemmEx", &lib.gemm_ex);
     resolve(h, "cublasGemmStridedBatchedEx", &lib.gemm_strided_batched_ex);
+    // Optional: without it the grouped GEMMs run one cublasGemmEx per group.
+    lib.gemm_grouped_batched_ex =
+        reinterpret_cast<GemmGroupedBatchedExFn>(dlsym(h, "cublasGemmGroupedBatchedEx"));
     check(lib.create(&lib.handle), "cublasCreate");
     check(lib.set_stream(lib.handle, stream()), "cublasSetStream");
     // FP32 stays FP32: no TF32 tensor-core shortcut unless a caller asks for it explicitly.
@@ -123,6 +138,129 @@ void blas_gemm(const BlasGemm& g, const char* what) {
                                      CUBLAS_GEMM_DEFAULT),
           what);
   }
+}
+
+namespace {
+
+// What cublasGemmGroupedBatchedEx has answered per type combination, indexed by (A/B is BF16)
+// * 2 + (C is BF16): 0 not tried yet, 1 ran, 2 refused. cuBLAS documents FP32 x FP32 -> FP32
+// and BF16 x BF16 -> BF16 under CUBLAS_COMPUTE_32F; BF16 x BF16 -> FP32 (the mixed-precision
+// case: float32 activations and master gradients) is not in every version's list, so it is
+// tried, and where refused those calls take the loop of cublasGemmEx below instead.
+std::atomic<int> grouped_state[4];
+
+int combo(cudaDataType_t ab, cudaDataType_t c) {
+  return (ab == CUDA_R_16BF ? 2 : 0) + (c == CUDA_R_16BF ? 1 : 0);
+}
+
+// DSV3_GROUPED_GEMM=0 runs the loop of cublasGemmEx instead (to time one against the other).
+bool grouped_disabled() {
+  static const bool off = [] {
+    const char* v = std::getenv("DSV3_GROUPED_GEMM");
+    return v && std::string(v) == "0";
+  }();
+  return off;
+}
+
+BlasGemm one_product(const BlasGroupedGemm& g, size_t i) {
+  BlasGemm p;
+  p.trans_a = g.trans_a;
+  p.trans_b = g.trans_b;
+  p.m = g.m[i];
+  p.n = g.n[i];
+  p.k = g.k[i];
+  p.alpha = g.alpha;
+  p.beta = g.beta;
+  p.a = g.a[i];
+  p.lda = g.lda;
+  p.b = g.b[i];
+  p.ldb = g.ldb;
+  p.c = g.c[i];
+  p.ldc = g.ldc;
+  p.ab_type = g.ab_type;
+  p.c_type = g.c_type;
+  return p;
+}
+
+}  // namespace
+
+// The same column-major reading as blas_gemm, per product: cuBLAS computes C_i^T =
+// op(B_i)^T op(A_i)^T, so its A array holds the B_i, its B array the A_i, and its m, n are
+// our n, m. Each product is a group of its own (group_size 1): the products differ in size.
+void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
+  const size_t count = g.m.size();
+  DSV3_CHECK(g.n.size() == count && g.k.size() == count && g.a.size() == count &&
+                 g.b.size() == count && g.c.size() == count,
+             "{}: per-product arrays of different lengths", what);
+  std::vector<size_t> live;  // products with work for cuBLAS
+  live.reserve(count);
+  for (size_t i = 0; i < count; ++i) {
+    if (g.m[i] == 0 || g.n[i] == 0) continue;
+    if (g.k[i] == 0) {  // C = beta C: blas_gemm's path for an empty reduction
+      blas_gemm(one_product(g, i), what);
+      continue;
+    }
+    DSV3_CHECK(g.m[i] <= INT32_MAX && g.n[i] <= INT32_MAX && g.k[i] <= INT32_MAX,
+               "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m[i], g.n[i], g.k[i]);
+    live.push_back(i);
+  }
+  if (live.empty()) return;
+  DSV3_CHECK(g.lda <= INT32_MAX && g.ldb <= INT32_MAX && g.ldc <= INT32_MAX,
+             "{}: leading dimensions beyond cuBLAS's 32-bit sizes", what);
+  const Cublas& lib = cublas_lib();
+  std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
+  if (lib.gemm_grouped_batched_ex && state.load() != 2 && !grouped_disabled() && live.size() > 1) {
+    const size_t n = live.size();
+    // Host arrays, read by cuBLAS during the call.
+    std::vector<cublasOperation_t> op_a(n, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
+    std::vector<cublasOperation_t> op_b(n, g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+    std::vector<int> m(n), nn(n), k(n), lda(n, int(g.ldb)), ldb(n, int(g.lda)), ldc(n, int(g.ldc)),
+        group_size(n, 1);
+    std::vector<float> alpha(n, g.alpha), beta(n, g.beta);
+    // The device arrays of pointers: [A'_0..A'_n-1 | B'_0.. | C'_0..], staged on the host and
+    // sent with one copy. A pageable source makes the copy synchronous for the host, so
+    // `staged` may go when this function returns; the device buffer is freed in stream order,
+    // after the GEMM that reads it.
+    std::vector<const void*> staged(3 * n);
+    for (size_t j = 0; j < n; ++j) {
+      const size_t i = live[j];
+      m[j] = int(g.n[i]);
+      nn[j] = int(g.m[i]);
+      k[j] = int(g.k[i]);
+      staged[j] = g.b[i];
+      staged[n + j] = g.a[i];
+      staged[2 * n + j] = g.c[i];
+    }
+    void* dev = nullptr;
+    const size_t bytes = staged.size() * sizeof(void*);
+    check(cudaMallocAsync(&dev, bytes, stream()), what);
+    check(cudaMemcpyAsync(dev, staged.data(), bytes, cudaMemcpyHostToDevice, stream()), what);
+    const void* const* ptrs = static_cast<const void* const*>(dev);
+    const cublasStatus_t s = lib.gemm_grouped_batched_ex(
+        lib.handle, op_a.data(), op_b.data(), m.data(), nn.data(), k.data(), alpha.data(), ptrs,
+        g.ab_type, lda.data(), ptrs + n, g.ab_type, ldb.data(), beta.data(),
+        const_cast<void* const*>(ptrs + 2 * n), g.c_type, ldc.data(), int(n), group_size.data(),
+        CUBLAS_COMPUTE_32F);
+    check(cudaFreeAsync(dev, stream()), what);
+    if (s == CUBLAS_STATUS_SUCCESS) {
+      state.store(1);
+      return;
+    }
+    // A refusal (unsupported types, or sizes or alignments this version does not take) runs
+    // the loop, which takes everything; any other status is an error. Never tried with success
+    // before: refused for good, said once; after a success (a refusal that depends on the
+    // sizes): said each time, since the loop then runs where the grouped call did not.
+    if (s != CUBLAS_STATUS_NOT_SUPPORTED && s != CUBLAS_STATUS_INVALID_VALUE) check(s, what);
+    int expected = 0;
+    if (state.compare_exchange_strong(expected, 2) || expected == 1)
+      std::fprintf(stderr,
+                   "dsv3: cublasGemmGroupedBatchedEx refused (status %d) A/B type %d with C type "
+                   "%d for %s; running one cublasGemmEx per group instead\n",
+                   int(s), int(g.ab_type), int(g.c_type), what);
+  }
+  // The fallback (and a single product): one cublasGemmEx each, still without per-group
+  // conversions or allocations.
+  for (size_t i : live) blas_gemm(one_product(g, i), what);
 }
 
 }  // namespace dsv3::cuda

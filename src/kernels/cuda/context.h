@@ -5,6 +5,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace dsv3::cuda {
 
@@ -38,5 +39,20 @@ struct BlasGemm {
   cudaDataType_t ab_type = CUDA_R_32F, c_type = CUDA_R_32F;
 };
 void blas_gemm(const BlasGemm& g, const char* what);
+
+// Row-major GEMMs of different sizes in one call (cublasGemmGroupedBatchedEx): product i is
+// C_i = alpha op(A_i) op(B_i) + beta C_i, m[i] x n[i] x k[i], on device pointers a[i], b[i],
+// c[i]. Transposes, leading dimensions, alpha, beta and types are shared by all products.
+// Empty products (m, n or k zero) are handled as blas_gemm handles them.
+struct BlasGroupedGemm {
+  bool trans_a = false, trans_b = false;
+  std::vector<int64_t> m, n, k;
+  std::vector<const void*> a, b;
+  std::vector<void*> c;
+  int64_t lda = 0, ldb = 0, ldc = 0;
+  float alpha = 1.0f, beta = 0.0f;
+  cudaDataType_t ab_type = CUDA_R_32F, c_type = CUDA_R_32F;
+};
+void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what);
 
 }  // namespace dsv3::cuda

@@ -192,6 +192,143 @@ void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, 
   }
 }
 
+// ---- Grouped linear ----
+
+namespace {
+// Checks the groups and returns the rows of x. Every weight has W[0]'s shape and dtype.
+int64_t check_grouped(const Tensor& x, const std::vector<const Tensor*>& w, const int64_t* offsets,
+                      const char* op) {
+  DSV3_CHECK(!w.empty() && w[0] && w[0]->ndim() == 2, "{}: no groups, or W is not 2-D", op);
+  need_device(x, op, "x");
+  DSV3_CHECK(x.dtype() == DType::F32, "{}: x is {}, not float32", op, dtype_name(x.dtype()));
+  const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
+  DSV3_CHECK(x.numel() == rows * in, "{}: x {} does not match W {}", op, x.shape().str(),
+             w[0]->shape().str());
+  DSV3_CHECK(offsets != nullptr && offsets[0] == 0 && offsets[w.size()] == rows,
+             "{}: {} groups whose offsets do not cover the {} rows of x", op, w.size(), rows);
+  for (size_t g = 0; g < w.size(); ++g) {
+    DSV3_CHECK(offsets[g + 1] >= offsets[g], "{}: offsets decrease at group {}", op, g);
+    DSV3_CHECK(w[g] && w[g]->shape() == w[0]->shape() && w[g]->dtype() == w[0]->dtype(),
+               "{}: W of group {} differs from group 0's {} {}", op, g, w[0]->shape().str(),
+               dtype_name(w[0]->dtype()));
+    need_device(*w[g], op, "W");
+  }
+  blas_type(w[0]->dtype(), op);
+  return rows;
+}
+
+// The BF16 operand of a mixed-precision grouped GEMM: the whole [R, cols] buffer rounded once
+// (one conversion for all groups), or the float32 tensor itself when the weights are float32.
+const void* grouped_operand(const Tensor& t, DType w_dtype, std::optional<Scratch>& holder,
+                            const char* op) {
+  if (w_dtype == DType::F32) return t.data();
+  return bf16_operand(t, holder, op).data();
+}
+
+// Row offset of group g in a row-major [R, cols] buffer of `elem` bytes per value.
+const void* row_ptr(const void* base, int64_t row, int64_t cols, size_t elem) {
+  return static_cast<const char*>(base) + size_t(row * cols) * elem;
+}
+}  // namespace
+
+void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y) {
+  const char* op = "grouped_linear_forward";
+  const int64_t rows = check_grouped(x_in, w, offsets, op);
+  const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
+  need_device(y, op, "y");
+  DSV3_CHECK(y.dtype() == DType::F32 && y.numel() == rows * out,
+             "{}: y {} {} is not [{}, {}] float32", op, y.shape().str(), dtype_name(y.dtype()),
+             rows, out);
+  const DType wt = w[0]->dtype();
+  std::optional<Scratch> x_bf16;
+  const void* x = grouped_operand(x_in, wt, x_bf16, op);
+  const size_t xe = wt == DType::BF16 ? 2 : 4;
+  cuda::BlasGroupedGemm g;  // per group: y_g [r_g, out] = x_g [r_g, in] W_g^T
+  g.trans_b = true;
+  g.lda = in;
+  g.ldb = in;
+  g.ldc = out;
+  g.ab_type = blas_type(wt, op);
+  g.c_type = CUDA_R_32F;
+  for (size_t e = 0; e < w.size(); ++e) {
+    const int64_t b = offsets[e], r = offsets[e + 1] - b;
+    if (r == 0) continue;
+    g.m.push_back(r);
+    g.n.push_back(out);
+    g.k.push_back(in);
+    g.a.push_back(row_ptr(x, b, in, xe));
+    g.b.push_back(w[e]->data());
+    g.c.push_back(y.f32() + b * out);
+  }
+  cuda::blas_grouped_gemm(g, op);
+}
+
+void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y_in, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w) {
+  const char* op = "grouped_linear_backward";
+  const int64_t rows = check_grouped(x_in, w, offsets, op);
+  const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
+  need_device(d_y_in, op, "d_y");
+  DSV3_CHECK(d_y_in.dtype() == DType::F32 && d_y_in.numel() == rows * out,
+             "{}: d_y {} {} is not [{}, {}] float32", op, d_y_in.shape().str(),
+             dtype_name(d_y_in.dtype()), rows, out);
+  DSV3_CHECK(d_w.size() == w.size(), "{}: {} weights but {} gradients", op, w.size(), d_w.size());
+  const DType wt = w[0]->dtype();
+  const cudaDataType_t ab = blas_type(wt, op);
+  const size_t e_size = wt == DType::BF16 ? 2 : 4;
+  std::optional<Scratch> x_bf16, d_y_bf16;
+  const void* d_y = grouped_operand(d_y_in, wt, d_y_bf16, op);
+  if (d_x) {  // per group: d_x_g [r_g, in] = d_y_g [r_g, out] W_g [out, in]
+    need_device(*d_x, op, "d_x");
+    DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
+               "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
+               dtype_name(d_x->dtype()), rows, in);
+    cuda::BlasGroupedGemm g;
+    g.lda = out;
+    g.ldb = in;
+    g.ldc = in;
+    g.ab_type = ab;
+    g.c_type = CUDA_R_32F;
+    for (size_t e = 0; e < w.size(); ++e) {
+      const int64_t b = offsets[e], r = offsets[e + 1] - b;
+      if (r == 0) continue;
+      g.m.push_back(r);
+      g.n.push_back(in);
+      g.k.push_back(out);
+      g.a.push_back(row_ptr(d_y, b, out, e_size));
+      g.b.push_back(w[e]->data());
+      g.c.push_back(d_x->f32() + b * in);
+    }
+    cuda::blas_grouped_gemm(g, "grouped_linear_backward d_x");
+  }
+  const void* x = grouped_operand(x_in, wt, x_bf16, op);
+  // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
+  cuda::BlasGroupedGemm g;
+  g.trans_a = true;
+  g.beta = 1.0f;
+  g.lda = out;
+  g.ldb = in;
+  g.ldc = in;
+  g.ab_type = ab;
+  g.c_type = CUDA_R_32F;
+  for (size_t e = 0; e < w.size(); ++e) {
+    const int64_t b = offsets[e], r = offsets[e + 1] - b;
+    if (r == 0) continue;
+    DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
+               "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
+    need_device(*d_w[e], op, "d_w");
+    g.m.push_back(out);
+    g.n.push_back(in);
+    g.k.push_back(r);
+    g.a.push_back(row_ptr(d_y, b, out, e_size));
+    g.b.push_back(row_ptr(x, b, in, e_size));
+    g.c.push_back(d_w[e]->data());
+  }
+  cuda::blas_grouped_gemm(g, "grouped_linear_backward d_w");
+}
+
 // ---- RMSNorm ----
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {

@@ -5,7 +5,8 @@
 //   - every tensor (and every raw pointer: ids, targets, positions, gemm operands) of one call
 //     points into device memory;
 //   - float32 everywhere, except linear_forward/linear_backward, which also take BF16 x, W and
-//     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients);
+//     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients), and
+//     the grouped linear ops, which take BF16 or float32 weights with float32 x, d_y, y, d_x;
 //   - calls are asynchronous on the backend's stream, except cross_entropy and sum_squares
 //     (return a value to the host) and the ops that check token ids or positions on the host
 //     (embedding, rope, cross_entropy), which copy those few bytes back first.
@@ -20,6 +21,11 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
                      bool accumulate_d_x);
+void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y);
+void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w);
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x);

@@ -84,4 +84,26 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor
                      d_w ? d_w->f32() : nullptr, accumulate_d_x);
 }
 
+// The grouped forms: the definition itself, a loop over the groups' row ranges.
+void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
+                            const int64_t* offsets, Tensor& y) {
+  for (size_t g = 0; g < w.size(); ++g) {
+    if (offsets[g + 1] == offsets[g]) continue;
+    Tensor yg = y.slice_rows(offsets[g], offsets[g + 1]);
+    linear_forward(x.slice_rows(offsets[g], offsets[g + 1]), *w[g], yg);
+  }
+}
+
+void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
+                             const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
+                             const std::vector<Tensor*>& d_w) {
+  for (size_t g = 0; g < w.size(); ++g) {
+    const int64_t b = offsets[g], e = offsets[g + 1];
+    if (b == e) continue;
+    Tensor dxg = d_x ? d_x->slice_rows(b, e) : Tensor();
+    linear_backward(x.slice_rows(b, e), *w[g], d_y.slice_rows(b, e), d_x ? &dxg : nullptr, d_w[g],
+                    false);
+  }
+}
+
 }  // namespace dsv3::ref
