@@ -33,15 +33,26 @@ args=(--config "$WORK/config.json" --data "$WORK/data" --tokenizer-dir "$WORK/to
 "$DSV3" train "${args[@]}" --out "$WORK/straight" >/dev/null
 
 kills=0
+# Kills land 0.05 to 0.3 s after each start. On a loaded machine a start can take longer than
+# that and no restart would ever progress, so the window widens (up to 5 s) after 5 restarts in
+# a row that saved nothing new, and narrows again once one does.
+max_ms=300
+stalled=0
+last=""
 for attempt in $(seq 1 400); do
   resume=()
   [ -e "$WORK/killed/checkpoints/latest" ] && resume=(--resume)
   "$DSV3" train "${args[@]}" --out "$WORK/killed" "${resume[@]}" >"$WORK/log" 2>&1 &
   pid=$!
-  sleep "$(printf '0.%03d' $(( 50 + RANDOM % 250 )))"  # 0.05 to 0.3 s
+  delay_ms=$(( 50 + RANDOM % (max_ms - 49) ))
+  sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
   if kill -9 $pid 2>/dev/null; then
     kills=$((kills + 1))
     wait $pid 2>/dev/null || true
+    now=$(cat "$WORK/killed/checkpoints/latest" 2>/dev/null || true)
+    if [ "$now" = "$last" ]; then stalled=$((stalled + 1)); else stalled=0; max_ms=300; fi
+    last=$now
+    if [ $stalled -ge 5 ] && [ $max_ms -lt 5000 ]; then max_ms=$((max_ms * 2)); stalled=0; fi
   else
     wait $pid || { cat "$WORK/log"; echo "FAIL: a restart failed"; exit 1; }
     if grep -q "^done: $STEPS steps" "$WORK/log"; then break; fi

@@ -7,6 +7,7 @@
 
 #include "core/device.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "core/threads.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -27,9 +28,10 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
 }
 
 double measure_gemm_gflops() {
-  // Large enough that many threads are busy and start-up costs vanish (512 measured 70 GFLOP/s
-  // on 16 cores, far under what the training step itself reached).
-  const int64_t n = 1024;
+  // Large enough to keep every thread busy (512 measured 70 GFLOP/s on 16 cores, far under what
+  // the training step itself reached), small enough to stay a short pause at start-up on few
+  // cores (every start and resume of a run measures it).
+  const int64_t n = num_threads() > 4 ? 1024 : 512;
   std::vector<float> a(size_t(n * n), 0.5f), b(size_t(n * n), 0.25f), c(size_t(n * n));
   gemm(false, true, n, n, n, 1.0f, a.data(), n, b.data(), n, 0.0f, c.data(), n);  // warm-up
   // The best of several: other work on the machine only ever makes a repetition slower.
