@@ -29,8 +29,10 @@ struct ParityReport {
 // safetensors file for inspection.
 // with_optimizer: also check grad_norm, one AdamW step (adamw.*) and the bias update
 // (bias_after.*).
-// device: where the training step runs (weights, activations, gradients).
+// device: where the training step runs (weights, activations, gradients); precision: F32, or
+// BF16 mixed precision (GPU) judged at wider tolerances (parity.cpp, docs/cuda.md).
 ParityReport run_parity(const std::string& fixture_dir, const std::string& dump_path = "",
-                        bool with_optimizer = false, Device device = Device::CPU);
+                        bool with_optimizer = false, Device device = Device::CPU,
+                        DType precision = DType::F32);
 
 }  // namespace dsv3
