@@ -7,6 +7,7 @@
 
 #include "command.h"
 #include "core/device.h"
+#include "core/profile.h"
 #include "core/threads.h"
 #include "kernels/device_peak.h"
 #include "model/flops.h"
@@ -19,6 +20,7 @@ struct Options {
   uint64_t seed = 0;
   dsv3::Device device = dsv3::Device::CPU;
   std::string precision = "auto";
+  bool profile = false;
 };
 
 int run(const Options& o) {
@@ -27,6 +29,7 @@ int run(const Options& o) {
   dsv3::ModelConfig c = dsv3::ModelConfig::load(o.config);
   dsv3::ModelWeights weights(c);
   weights.init_random(o.seed);
+  dsv3::profile::enable(o.profile);
   weights.to_device(o.device);
   const dsv3::DType precision = dsv3::app::resolve_precision(o.precision, o.device);
   weights.set_compute_dtype(precision);
@@ -55,6 +58,7 @@ int run(const Options& o) {
     double s = std::chrono::duration<double>(clock::now() - t0).count();
     bool warm = i < o.warmup;
     if (!warm) total += s;
+    if (i + 1 == o.warmup) dsv3::profile::reset();  // phases of the timed steps only
     std::printf("step %d%s: %.1f ms  loss=%.4f\n", i + 1, warm ? " (warm-up)" : "", s * 1e3,
                 r.total);
   }
@@ -78,6 +82,17 @@ int run(const Options& o) {
     }
     std::printf("\n");
   }
+  if (o.profile) {
+    // Phases waited for the device at both ends: shares of a serialised step.
+    double phased = 0;
+    for (const auto& e : dsv3::profile::entries()) phased += e.seconds;
+    std::printf("profile (each phase synchronised; per step, of %.1f ms):\n", total / o.steps * 1e3);
+    for (const auto& e : dsv3::profile::entries())
+      std::printf("  %-44s %8.2f ms  %5.1f%%  (%ld calls)\n", e.name.c_str(),
+                  e.seconds / o.steps * 1e3, 100 * e.seconds / total, e.calls / o.steps);
+    std::printf("  %-44s %8.2f ms  %5.1f%%\n", "other (norms, residuals, embedding, MTP glue)",
+                (total - phased) / o.steps * 1e3, 100 * (total - phased) / total);
+  }
   std::printf("tokens/s=%.1f\n", tokens_per_s);
   return 0;
 }
@@ -95,6 +110,8 @@ dsv3::app::Registrar reg(
       sub.add_option("--seed", o->seed, "Seed for weights and tokens");
       dsv3::app::add_device_option(sub, o->device);
       dsv3::app::add_precision_option(sub, o->precision);
+      sub.add_flag("--profile", o->profile,
+                   "Time the step's phases (each waits for the device: slower, shares only)");
       return [o]() { return run(*o); };
     });
 }  // namespace

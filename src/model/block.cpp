@@ -2,6 +2,7 @@
 
 #include <cstring>
 
+#include "core/profile.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
@@ -42,6 +43,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   if (w.moe) {
     moe_forward(ctx, w.experts, act.h_ffn, *act.moe, act.ffn_out);
   } else {
+    profile::Phase phase("dense ffn fwd", x.device());
     ffn_forward(w.dense, act.h_ffn, *act.dense, act.ffn_out);
   }
   out.copy_from(act.x_mid);
@@ -54,6 +56,7 @@ void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
   if (w.moe) {
     moe_backward(ctx, w.experts, act.h_ffn, *act.moe, d_residual, alpha, *s.moe, s.d_h);
   } else {
+    profile::Phase phase("dense ffn bwd", x.device());
     ffn_backward(w.dense, act.h_ffn, *act.dense, d_residual, *s.d_dense, s.d_h, false);
   }
   ops::rmsnorm_backward(act.x_mid, w.post_attention_layernorm.value, act.rstd_ffn, s.d_h,

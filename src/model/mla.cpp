@@ -1,5 +1,6 @@
 #include "model/mla.h"
 
+#include "core/profile.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
@@ -69,6 +70,7 @@ struct MlaLayouts {
 
 void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
                  Tensor& out) {
+  profile::Phase phase("attention fwd (MLA, projections included)", x.device());
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
@@ -116,6 +118,7 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
 
 void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const MlaActivations& act,
                   const Tensor& d_out, MlaScratch& s, Tensor& d_x) {
+  profile::Phase phase("attention bwd (MLA, projections included)", x.device());
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;

@@ -1,8 +1,10 @@
 #include "model/moe.h"
 
 #include <cstring>
+#include <optional>
 #include <vector>
 
+#include "core/profile.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
@@ -41,6 +43,8 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
                  Tensor& out) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts;
+  std::optional<profile::Phase> phase;
+  phase.emplace("moe fwd: routing + permutation", x.device());
   router_forward(ctx, w, x, act.router);
 
   // Permute assignments into expert order (a counting sort, stable in token order).
@@ -60,6 +64,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   }
   act.permuted_token.copy_from(act.permuted_token_host);  // no-ops on the CPU
   act.permuted_row.copy_from(act.permuted_row_host);
+  phase.emplace("moe fwd: routed experts", x.device());
   ops::moe_gather_rows(x, act.permuted_token.i32(), act.x_perm);
 
   // The routed experts, each over its contiguous rows: one grouped GEMM per projection for all
@@ -80,6 +85,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   ops::grouped_linear_forward(routed.act, down, off, y_perm);  // [N*K, d]
 
   // Shared experts, then the weighted routed outputs.
+  phase.emplace("moe fwd: shared + combine", x.device());
   if (c.n_shared_experts > 0) {
     ffn_forward(w.shared, x, act.shared, out);
   } else {
@@ -94,6 +100,8 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   const int64_t k = c.num_experts_per_tok, experts = c.n_routed_experts;
   const int64_t* off = act.expert_offsets.i64();
   const int32_t* row_of = act.permuted_row.i32();
+  std::optional<profile::Phase> phase;
+  phase.emplace("moe bwd: combine", x.device());
   // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
   ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.device_weights, s.d_y_perm,
                             s.router.device_d_weights);
@@ -107,6 +115,7 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
     d_gate_up[e] = &w.experts[e].gate_up.grad;
     d_down[e] = &w.experts[e].down.grad;
   }
+  phase.emplace("moe bwd: routed experts", x.device());
   const int64_t nk = off[experts];  // N*K: the rows of this step
   const FfnActivations routed = act.experts.rows(0, nk);
   FfnActivations d_routed = s.d_experts.rows(0, nk);
@@ -117,11 +126,13 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   ops::grouped_linear_backward(act.x_perm.slice_rows(0, nk), gate_up, d_routed.gate_up, off,
                                &d_x_perm, d_gate_up);
   // Shared experts write d_x first; routed inputs and the router add to it.
+  phase.emplace("moe bwd: shared", x.device());
   if (c.n_shared_experts > 0) {
     ffn_backward(w.shared, x, act.shared, d_out, s.d_shared, d_x, false);
   } else {
     d_x.zero_();
   }
+  phase.emplace("moe bwd: scatter + router", x.device());
   ops::moe_scatter_add(s.d_x_perm, row_of, k, d_x);
   router_backward(ctx, w, x, act.router, alpha, s.router, d_x);
 }

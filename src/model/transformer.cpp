@@ -1,7 +1,9 @@
 #include "model/transformer.h"
 
 #include <cstring>
+#include <optional>
 
+#include "core/profile.h"
 #include "kernels/ops.h"
 
 namespace dsv3 {
@@ -156,6 +158,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     if (const RouterActivations* r = routing(l)) result.balance_sum += r->balance;
   }
   ops::rmsnorm_forward(b.residual.back(), w_.norm.value, eps, b.h_final, b.rstd_final);
+  std::optional<profile::Phase> head_phase;
+  head_phase.emplace("lm head + loss fwd", b.logits.device());
   ops::linear_forward(b.h_final, w_.lm_head.for_matmul(), b.logits);
   int64_t main_count = 0;
   for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
@@ -164,6 +168,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count),
                                    backward ? &b.d_logits : nullptr) /
                 double(main_count);
+
+  head_phase.reset();
 
   // ---- Forward: MTP depths ----
   std::vector<int64_t>& mtp_count = mtp_count_;
@@ -228,9 +234,11 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   }
 
   // ---- Backward: main head, final norm, blocks, embedding ----
+  head_phase.emplace("lm head bwd", b.logits.device());
   ops::linear_backward(b.h_final, w_.lm_head.for_matmul(), b.d_logits, &b.d_h[0], &w_.lm_head.grad, true);
   ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
                         w_.norm.grad, false);
+  head_phase.reset();
   for (int l = c_.num_hidden_layers - 1; l >= 0; --l)
     block_backward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],
                    loss.balance_alpha, b.scratch, b.d_residual);
