@@ -225,26 +225,6 @@ const void* grouped_operand(const Tensor& t, DType w_dtype, std::optional<Scratc
   return bf16_operand(t, holder, op).data();
 }
 
-// cuBLAS 13.0's grouped GEMM refuses BF16 inputs with float32 outputs (measured on an H100), so
-// with BF16 weights the products whose results are activations (y, d_x) are written in BF16 by
-// one grouped call and widened after, as a framework's BF16 autocast stores them; the weight
-// gradients keep float32 outputs (they accumulate into the float32 master gradients).
-struct Bf16Output {
-  std::optional<Scratch> buffer;
-  void* data = nullptr;
-};
-void* grouped_output(Tensor& t, DType w_dtype, Bf16Output& out, const char* op) {
-  if (w_dtype == DType::F32) return t.data();
-  out.buffer.emplace(size_t(t.numel()) * 2, op);
-  out.data = out.buffer->as<void>();
-  return out.data;
-}
-void widen_output(const Bf16Output& out, Tensor& t) {
-  if (!out.data) return;
-  Tensor b = Tensor::view(out.data, t.shape(), DType::BF16, Device::CUDA);
-  convert(b, t);
-}
-
 // Row offset of group g in a row-major [R, cols] buffer of `elem` bytes per value.
 const void* row_ptr(const void* base, int64_t row, int64_t cols, size_t elem) {
   return static_cast<const char*>(base) + size_t(row * cols) * elem;
@@ -264,15 +244,13 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
   std::optional<Scratch> x_bf16;
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
   const size_t xe = wt == DType::BF16 ? 2 : 4;
-  Bf16Output y16;
-  void* y_out = grouped_output(y, wt, y16, op);
   cuda::BlasGroupedGemm g;  // per group: y_g [r_g, out] = x_g [r_g, in] W_g^T
   g.trans_b = true;
   g.lda = in;
   g.ldb = in;
   g.ldc = out;
   g.ab_type = blas_type(wt, op);
-  g.c_type = g.ab_type;  // float32, or BF16 widened below
+  g.c_type = CUDA_R_32F;
   for (size_t e = 0; e < w.size(); ++e) {
     const int64_t b = offsets[e], r = offsets[e + 1] - b;
     if (r == 0) continue;
@@ -281,10 +259,9 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
     g.k.push_back(in);
     g.a.push_back(row_ptr(x, b, in, xe));
     g.b.push_back(w[e]->data());
-    g.c.push_back(static_cast<char*>(y_out) + size_t(b * out) * xe);
+    g.c.push_back(y.f32() + b * out);
   }
   cuda::blas_grouped_gemm(g, op);
-  widen_output(y16, y);
 }
 
 void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*>& w,
@@ -308,14 +285,12 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
     DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
                "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
                dtype_name(d_x->dtype()), rows, in);
-    Bf16Output d_x16;
-    void* d_x_out = grouped_output(*d_x, wt, d_x16, op);
     cuda::BlasGroupedGemm g;
     g.lda = out;
     g.ldb = in;
     g.ldc = in;
     g.ab_type = ab;
-    g.c_type = ab;  // float32, or BF16 widened below
+    g.c_type = CUDA_R_32F;
     for (size_t e = 0; e < w.size(); ++e) {
       const int64_t b = offsets[e], r = offsets[e + 1] - b;
       if (r == 0) continue;
@@ -324,10 +299,9 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
       g.k.push_back(out);
       g.a.push_back(row_ptr(d_y, b, out, e_size));
       g.b.push_back(w[e]->data());
-      g.c.push_back(static_cast<char*>(d_x_out) + size_t(b * in) * e_size);
+      g.c.push_back(d_x->f32() + b * in);
     }
     cuda::blas_grouped_gemm(g, "grouped_linear_backward d_x");
-    widen_output(d_x16, *d_x);
   }
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
   // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
