@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "command.h"
+#include "core/device.h"
 #include "train/default_run.h"
 #include "train/trainer.h"
 
@@ -21,6 +22,8 @@ struct Options {
 int run(Options& o) {
   dsv3::TrainSettings& s = o.s;
   s.precision = dsv3::app::resolve_precision(o.precision, s.device);
+  // Before any data preparation: a missing GPU is known at once.
+  if (s.device == dsv3::Device::CUDA) dsv3::device::require_cuda("dsv3 train --device cuda");
   s.model = o.config.empty() ? dsv3::default_model_config() : dsv3::ModelConfig::load(o.config);
   if (o.no_mtp) s.model.num_nextn_predict_layers = 0;
   if (o.balance == "loss-free") s.balance = dsv3::BalanceMode::LossFree;

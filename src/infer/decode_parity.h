@@ -9,7 +9,7 @@
 //   F32 weights + F32 cache: 1e-5 relative (max|diff| / max|ref|), the fixtures' float32 bound.
 //   BF16 weights + BF16 cache: kBf16DecodeTol relative. The cached latents, the weights (for a
 //     float32 fixture; FP8 blocks dequantized to BF16) and, in prefill-sized products, the
-//     activations are rounded to 8 significant bits (relative error <= 2^-9 each). Measured on
+//     activations are rounded to 8 significant bits (relative error <= 2^-8 each). Measured on
 //     the four fixtures: 1.3e-3 .. 4.2e-3; the bound is 2e-2 (about 5x the worst case). Wrong
 //     math gives errors of order 1.
 #include <string>

@@ -455,10 +455,10 @@ std::vector<OpCase> build_op_cases() {
         return Dims{uniform_int(r, 1, 2), uniform_int(r, 1, 4), uniform_int(r, 1, 200),
                     8 * uniform_int(r, 1, 24), 8 * uniform_int(r, 1, 16)};
       });
-  // bf16 output rounding is 2^-9 (0.2%) relative; P and dS are rounded to bf16 before the P V,
-  // P^T dO, dS K and dS^T Q products, 2^-9 relative per term, which adds up like a random walk
-  // to about 0.2% of the output's rms. 2e-2 leaves ten times that; a wrong index, mask or scale
-  // moves an element by its own size.
+  // bf16 output rounding is at most 2^-8 (0.4%) relative; P and dS are rounded to bf16 before
+  // the P V, P^T dO, dS K and dS^T Q products, at most 2^-8 relative per term, which adds up
+  // like a random walk to about 0.2% of the output's rms. 2e-2 leaves ten times that; a wrong
+  // index, mask or scale moves an element by its own size.
   const Tolerance kBf16Attn{2e-2, 2e-2};
   cases.push_back(OpCase{
       "attention_forward_lse_bf16", "batch, heads, seq, qk_dim, v_dim", bf16_shapes,

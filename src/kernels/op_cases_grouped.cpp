@@ -118,11 +118,11 @@ std::vector<OpCase> grouped_linear_op_cases() {
   std::vector<OpCase> cases;
   // A sum of `in` (y, d_w: rows of the group) float32 products, as linear_forward's case.
   const Tolerance kDot{1e-5, 1e-5};
-  // Mixed precision: the device rounds x and d_y to BF16 (2^-9 relative per value) and sums in
-  // float32, against the float64 reference on the float32 x and d_y and the same BF16 weights:
-  // the roundings add up like a random walk to about 0.3% of the output's rms. 3e-2 leaves ten
-  // times that (linear_forward's BF16 tolerance); a wrong group's rows or weight moves an
-  // element by its own size.
+  // Mixed precision: the device rounds x and d_y to BF16 (at most 2^-8 relative per value) and
+  // sums in float32, against the float64 reference on the float32 x and d_y and the same BF16
+  // weights: the roundings add up like a random walk to about 0.3% of the output's rms. 3e-2
+  // leaves ten times that (linear_forward's BF16 tolerance); a wrong group's rows or weight
+  // moves an element by its own size.
   const Tolerance kBf16Dot{3e-2, 3e-2};
   // A wide MoE layer's expert projection: 32 experts of uneven load, a 1024-wide hidden state.
   Dims bench_fwd{1024, 512};

@@ -227,7 +227,7 @@ TEST(CudaAttention, FlashBackwardMatchesReference) {
 // BF16 tensor-core attention (attention_bf16*.cu) against the float64 reference on the same
 // BF16-rounded inputs, every output element; outputs start as NaN so an unwritten element
 // fails. Tolerance 2e-2 (the op table's kBf16Attn): the bf16 rounding of o and of P / dS before
-// their products is 2^-9 relative per term and sums like a random walk to ~0.2% of the rms.
+// their products is at most 2^-8 relative per term and sums like a random walk to ~0.2% of the rms.
 Tensor nan_tensor(const Shape& shape, DType dt) {
   Tensor t = Tensor::zeros(shape);
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = NAN;
