@@ -24,7 +24,8 @@ void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act, 
                   FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x) {
   ops::linear_backward(act.act, w.down.for_matmul(), d_out, &scratch.act, &w.down.grad);
   ops::swiglu_backward(act.gate_up, scratch.act, scratch.gate_up);
-  ops::linear_backward(x, w.gate_up.for_matmul(), scratch.gate_up, &d_x, &w.gate_up.grad, accumulate_d_x);
+  ops::linear_backward(x, w.gate_up.for_matmul(), scratch.gate_up, &d_x, &w.gate_up.grad,
+                       accumulate_d_x);
 }
 
 }  // namespace dsv3

@@ -66,6 +66,14 @@ struct MlaLayouts {
     o = {batch, seq, h, dv, h * dv, dv, 0, dv, 0};
   }
 };
+// The shared BF16 buffers filled with this layer's q, k, v heads (tensor handles onto them).
+AttentionCasts bf16_inputs(const StepContext& ctx, const MlaActivations& act) {
+  AttentionCasts casts = *ctx.bf16_attention;
+  ops::convert(act.q_heads, casts.q);
+  ops::convert(act.k_heads, casts.k);
+  ops::convert(act.v_heads, casts.v);
+  return casts;
+}
 }  // namespace
 
 void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
@@ -99,10 +107,7 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
   ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
   if (ctx.bf16_attention) {
-    AttentionCasts casts = *ctx.bf16_attention;  // tensor handles onto the shared buffers
-    ops::convert(act.q_heads, casts.q);
-    ops::convert(act.k_heads, casts.k);
-    ops::convert(act.v_heads, casts.v);
+    const AttentionCasts casts = bf16_inputs(ctx, act);
     ops::attention_forward_lse(casts.q, casts.k, casts.v, ctx.rope->softmax_scale, act.lse,
                                act.o_heads);
   } else if (act.lse.defined()) {
@@ -126,10 +131,7 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad);
   ops::tokens_to_heads(s.d_o.f32(), s.d_o_heads.f32(), lay.o);
   if (ctx.bf16_attention) {
-    AttentionCasts casts = *ctx.bf16_attention;  // refilled: other layers used them since
-    ops::convert(act.q_heads, casts.q);
-    ops::convert(act.k_heads, casts.k);
-    ops::convert(act.v_heads, casts.v);
+    AttentionCasts casts = bf16_inputs(ctx, act);  // refilled: other layers used them since
     ops::convert(s.d_o_heads, casts.d_o);
     ops::attention_backward_lse(casts.q, casts.k, casts.v, act.o_heads, act.lse, casts.d_o,
                                 ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads, s.d_v_heads);
@@ -152,15 +154,18 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   ops::rope_backward(s.d_k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
                      ctx.rope->sin);
   // Latent path.
-  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm, &w.kv_b_proj.grad);
+  ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm,
+                       &w.kv_b_proj.grad);
   ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
                         w.kv_a_layernorm.grad);
   ops::put_columns(s.d_c_kv.f32(), r, s.d_kv_a.f32(), r + dr, 0, n);
   ops::put_columns(s.d_k_pe.f32(), dr, s.d_kv_a.f32(), r + dr, r, n);
-  ops::linear_backward(x, w.kv_a_proj_with_mqa.for_matmul(), s.d_kv_a, &d_x, &w.kv_a_proj_with_mqa.grad);
+  ops::linear_backward(x, w.kv_a_proj_with_mqa.for_matmul(), s.d_kv_a, &d_x,
+                       &w.kv_a_proj_with_mqa.grad);
   // Query path.
   if (c.q_lora_rank) {
-    ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), s.d_q, &s.d_q_a_norm, &w.q_b_proj.grad);
+    ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), s.d_q, &s.d_q_a_norm,
+                         &w.q_b_proj.grad);
     ops::rmsnorm_backward(act.q_a, w.q_a_layernorm.value, act.q_a_rstd, s.d_q_a_norm, s.d_q_a,
                           w.q_a_layernorm.grad);
     ops::linear_backward(x, w.q_a_proj.for_matmul(), s.d_q_a, &d_x, &w.q_a_proj.grad, true);

@@ -12,17 +12,17 @@ namespace {
 // One MTP depth's activations: its input tokens and targets, the two norms, the projection,
 // the block and the head.
 struct MtpBuffers {
-  Tensor ids;             // [N] int32: token i+k of the window, -1 past its end
-  Tensor targets;         // [N] int32: label of position i+k, -1 where i >= T-k
+  Tensor ids;                     // [N] int32: token i+k of the window, -1 past its end
+  Tensor targets;                 // [N] int32: label of position i+k, -1 where i >= T-k
   Tensor ids_host, targets_host;  // the same, built on the host
-  Tensor emb;             // [N, D] Emb(t_{i+k}) (zero past the end)
-  Tensor e_norm, e_rstd;  // [N, D], [N]
-  Tensor h_norm, h_rstd;  // [N, D], [N]
-  Tensor cat;             // [N, 2D] [e_norm | h_norm]
-  Tensor x_in, x_out;     // [N, D] block input (eh_proj output) and output
-  Tensor h, h_rstd_out;   // [N, D], [N] shared_head.norm(x_out): h^k
-  Tensor logits;          // [N, V]
-  Tensor d_logits;        // [N, V] gradient of the loss, computed with the loss
+  Tensor emb;                     // [N, D] Emb(t_{i+k}) (zero past the end)
+  Tensor e_norm, e_rstd;          // [N, D], [N]
+  Tensor h_norm, h_rstd;          // [N, D], [N]
+  Tensor cat;                     // [N, 2D] [e_norm | h_norm]
+  Tensor x_in, x_out;             // [N, D] block input (eh_proj output) and output
+  Tensor h, h_rstd_out;           // [N, D], [N] shared_head.norm(x_out): h^k
+  Tensor logits;                  // [N, V]
+  Tensor d_logits;                // [N, V] gradient of the loss, computed with the loss
   BlockActivations block;
 
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
@@ -48,8 +48,8 @@ struct MtpBuffers {
 }  // namespace
 
 struct Transformer::Buffers {
-  Tensor positions;              // [N] int32
-  Tensor tokens, labels;         // [N] int32
+  Tensor positions;                                 // [N] int32
+  Tensor tokens, labels;                            // [N] int32
   Tensor positions_host, tokens_host, labels_host;  // host copies of the three
   std::vector<Tensor> residual;  // L + 1 of [N, D]: the input of each block, then the output
   std::vector<std::unique_ptr<BlockActivations>> blocks;
@@ -142,8 +142,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   const int depths = c_.num_nextn_predict_layers;
   const float eps = float(c_.rms_norm_eps);
   Buffers& b = *b_;
-  StepContext ctx{&c_, &rope_, batch_, seq_, b.positions.i32(),
-                  b.casts.q.defined() ? &b.casts : nullptr};
+  StepContext ctx{
+      &c_, &rope_, batch_, seq_, b.positions.i32(), b.casts.q.defined() ? &b.casts : nullptr};
   std::memcpy(b.tokens_host.i32(), tokens, size_t(n) * 4);
   std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
   b.tokens.copy_from(b.tokens_host);
@@ -180,8 +180,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
       for (int64_t i = 0; i < seq_; ++i) {
         bool inside = i + k < seq_;
         m.ids_host.i32()[bi * seq_ + i] = inside ? b.tokens_host.i32()[bi * seq_ + i + k] : -1;
-        m.targets_host.i32()[bi * seq_ + i] =
-            inside ? b.labels_host.i32()[bi * seq_ + i + k] : -1;
+        m.targets_host.i32()[bi * seq_ + i] = inside ? b.labels_host.i32()[bi * seq_ + i + k] : -1;
       }
     for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets_host.i32()[i] >= 0;
     m.ids.copy_from(m.ids_host);
@@ -218,8 +217,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     if (mtp_count[size_t(k - 1)] > 0)
-      ops::linear_backward(m.h, w_.lm_head.for_matmul(), m.d_logits, &b.d_h[size_t(k)], &w_.lm_head.grad,
-                           true);
+      ops::linear_backward(m.h, w_.lm_head.for_matmul(), m.d_logits, &b.d_h[size_t(k)],
+                           &w_.lm_head.grad, true);
     ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
                           b.d_residual, mw.shared_head_norm.grad, false);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
@@ -235,7 +234,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
 
   // ---- Backward: main head, final norm, blocks, embedding ----
   head_phase.emplace("lm head bwd", b.logits.device());
-  ops::linear_backward(b.h_final, w_.lm_head.for_matmul(), b.d_logits, &b.d_h[0], &w_.lm_head.grad, true);
+  ops::linear_backward(b.h_final, w_.lm_head.for_matmul(), b.d_logits, &b.d_h[0], &w_.lm_head.grad,
+                       true);
   ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
                         w_.norm.grad, false);
   head_phase.reset();

@@ -92,6 +92,7 @@ void ModelWeights::register_all() {
 }
 
 void ModelWeights::to_device(Device device) {
+  if (device == this->device()) return;
   for (auto& np : params_) {
     np.param->value = np.param->value.to(device);
     np.param->grad = Tensor::zeros(np.param->value.shape(), DType::F32, device);

@@ -95,7 +95,8 @@ class ModelWeights {
   std::vector<std::pair<std::string, Tensor*>>& biases() { return biases_; }
   void zero_grads();
   // Moves every parameter and its gradient to `device` (the correction biases stay on the host,
-  // where routing runs). The Param objects stay where they are; their tensors are replaced.
+  // where routing runs); nothing happens when they are there already. The Param objects stay
+  // where they are; their tensors are replaced (gradients start at zero).
   void to_device(Device device);
   Device device() const { return embed.value.device(); }
   // F32 (default): every GEMM reads the float32 weights. BF16 (GPU only): the matrices that

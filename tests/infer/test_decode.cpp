@@ -100,7 +100,7 @@ TEST(Decode, BatchRowsMatchSingleRowsBitForBit) {
   }
   std::vector<LatentCache> caches;
   std::vector<Chunk> chunks;
-  for (const auto& s : seqs) caches.push_back(eng.make_cache(10, DType::BF16));
+  for (size_t i = 0; i < seqs.size(); ++i) caches.push_back(eng.make_cache(10, DType::BF16));
   for (size_t i = 0; i < seqs.size(); ++i) chunks.push_back({&caches[i], seqs[i].data(), int(seqs[i].size())});
   eng.forward(chunks, LogitsFor::Last);
   std::vector<float> first(eng.logits(), eng.logits() + seqs.size() * v);

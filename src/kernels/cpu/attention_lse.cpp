@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/attention_dims.h"
 #include "kernels/ops.h"
 
 namespace dsv3::ops {
@@ -23,26 +24,12 @@ namespace {
 // thread's tiles ([kRows, seq] floats, two of them in the backward) stay in L2 at moderate seq.
 constexpr int64_t kRows = 64;
 
-struct LseDims {
-  int64_t bh, seq, dq, dv;
-};
-
-LseDims check_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                  const Tensor& lse, const char* op) {
-  DSV3_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4 && v.dim(0) == q.dim(0) &&
-                 v.dim(1) == q.dim(1) && v.dim(2) == q.dim(2) && o.shape() == v.shape() &&
-                 lse.numel() == q.dim(0) * q.dim(1) * q.dim(2),
-             "{}: shapes q {} k {} v {} o {} lse {} do not agree", op, q.shape().str(),
-             k.shape().str(), v.shape().str(), o.shape().str(), lse.shape().str());
-  return {q.dim(0) * q.dim(1), q.dim(2), q.dim(3), v.dim(3)};
-}
-
 }  // namespace
 
 void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            Tensor& lse, Tensor& o) {
   if (q.device() == Device::CUDA) return cuda_ops::attention_forward_lse(q, k, v, scale, lse, o);
-  const LseDims d = check_lse(q, k, v, o, lse, "attention_forward_lse");
+  const LseAttentionDims d = lse_attention_dims(q, k, v, o, lse, "attention_forward_lse");
   const int64_t seq = d.seq, dq = d.dq, dv = d.dv;
 #pragma omp parallel
   {
@@ -86,7 +73,7 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
                             Tensor& d_k, Tensor& d_v) {
   if (q.device() == Device::CUDA)
     return cuda_ops::attention_backward_lse(q, k, v, o, lse, d_o, scale, d_q, d_k, d_v);
-  const LseDims d = check_lse(q, k, v, o, lse, "attention_backward_lse");
+  const LseAttentionDims d = lse_attention_dims(q, k, v, o, lse, "attention_backward_lse");
   DSV3_CHECK(d_o.shape() == o.shape() && d_q.shape() == q.shape() && d_k.shape() == k.shape() &&
                  d_v.shape() == v.shape(),
              "attention_backward_lse: d_o {} or a gradient (d_q {}, d_k {}, d_v {}) does not "

@@ -471,7 +471,8 @@ void attention_forward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, f
   Tensor qf = widened(q, op), kf = widened(k, op), vf = widened(v, op);
   Tensor of = o.dtype() == DType::F32 ? o : Tensor::zeros(o.shape(), DType::F32, Device::CUDA);
   attention_forward_lse(qf, kf, vf, scale, lse, of);
-  if (o.dtype() == DType::BF16) check(cuda::f32_to_bf16(of.f32(), o.bf16(), o.numel(), stream()), op);
+  if (o.dtype() == DType::BF16)
+    check(cuda::f32_to_bf16(of.f32(), o.bf16(), o.numel(), stream()), op);
 }
 
 void attention_backward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
@@ -546,8 +547,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
                        Tensor& probs, Tensor& o) {
   const AttnDims d = check_attention(q, k, v, o, "attention_forward");
   need_device(probs, "attention_forward", "probs");
-  DSV3_CHECK(probs.numel() == d.bh * d.seq * d.seq, "attention_forward: probs {} is not [.., {}, {}]",
-             probs.shape().str(), d.seq, d.seq);
+  DSV3_CHECK(probs.numel() == d.bh * d.seq * d.seq,
+             "attention_forward: probs {} is not [.., {}, {}]", probs.shape().str(), d.seq, d.seq);
   Scratch lse(size_t(d.bh * d.seq) * sizeof(float), "attention_forward");
   check(cuda::attention_forward({q.f32(), k.f32(), v.f32(), o.f32(), lse.as<float>(), d.bh, d.seq,
                                  d.dq, d.dv, scale},
@@ -820,37 +821,33 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
 
 // ---- Optimizer ----
 
-double sum_squares(const Tensor& g, double acc) {
-  need_device(g, "sum_squares", "g");
-  Scratch partial(cuda::kSumSquaresBlocks * sizeof(double), "sum_squares");
-  check(cuda::sum_squares({g.f32(), partial.as<double>(), g.numel()}, stream()), "sum_squares");
-  // Back to the host (a wait on the stream), added in block order: deterministic.
-  std::vector<double> host(cuda::kSumSquaresBlocks);
-  check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
-                   cudaMemcpyDeviceToHost),
-        "sum_squares");
-  for (double v : host) acc += v;
-  return acc;
-}
-
-double sum_squares_all(const std::vector<const Tensor*>& gs) {
-  // Every tensor's partials into one buffer, one copy back, then the host adds them in the
-  // order sum_squares would have: tensor by tensor, block by block.
+namespace {
+// acc + every tensor's block partials, copied back once and added on the host in order (tensor
+// by tensor, block by block): deterministic, and the same sums whichever entry point is used.
+double add_sum_squares(const std::vector<const Tensor*>& gs, double acc, const char* op) {
   const size_t blocks = cuda::kSumSquaresBlocks;
-  Scratch partial(std::max<size_t>(gs.size(), 1) * blocks * sizeof(double), "sum_squares_all");
+  Scratch partial(std::max<size_t>(gs.size(), 1) * blocks * sizeof(double), op);
   for (size_t t = 0; t < gs.size(); ++t) {
-    need_device(*gs[t], "sum_squares_all", "g");
+    need_device(*gs[t], op, "g");
     check(cuda::sum_squares({gs[t]->f32(), partial.as<double>() + t * blocks, gs[t]->numel()},
                             stream()),
-          "sum_squares_all");
+          op);
   }
   std::vector<double> host(gs.size() * blocks);
   check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
                    cudaMemcpyDeviceToHost),
-        "sum_squares_all");
-  double acc = 0.0;
+        op);
   for (double v : host) acc += v;
   return acc;
+}
+}  // namespace
+
+double sum_squares(const Tensor& g, double acc) {
+  return add_sum_squares({&g}, acc, "sum_squares");
+}
+
+double sum_squares_all(const std::vector<const Tensor*>& gs) {
+  return add_sum_squares(gs, 0.0, "sum_squares_all");
 }
 
 void scale_inplace(Tensor& x, float factor) {

@@ -3,10 +3,30 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/attention_dims.h"
 #include "kernels/reference.h"
 
 namespace dsv3::ref {
 namespace t {
+
+// Row i of causal attention: row[j] = exp(scale q_i.k_j - max) for keys j <= i, in float64.
+struct ExpRow {
+  double max, sum;  // the largest scaled score, and the sum of row[0..i]
+};
+template <typename T>
+ExpRow causal_exp_row(const T* qh, const T* kh, int64_t i, int64_t dq, double scale,
+                      std::vector<double>& row) {
+  double mx = -INFINITY;
+  for (int64_t j = 0; j <= i; ++j) {
+    double s = 0.0;
+    for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
+    row[size_t(j)] = s * scale;
+    mx = std::max(mx, row[size_t(j)]);
+  }
+  double sum = 0.0;
+  for (int64_t j = 0; j <= i; ++j) sum += (row[size_t(j)] = std::exp(row[size_t(j)] - mx));
+  return {mx, sum};
+}
 
 template <typename T>
 void attention_forward(const T* q, const T* k, const T* v, int64_t bh, int64_t seq, int64_t dq,
@@ -18,15 +38,7 @@ void attention_forward(const T* q, const T* k, const T* v, int64_t bh, int64_t s
     const T* vh = v + h * seq * dv;
     for (int64_t i = 0; i < seq; ++i) {
       // Scores against keys 0..i (causal), then a max-shifted softmax.
-      double mx = -INFINITY;
-      for (int64_t j = 0; j <= i; ++j) {
-        double s = 0.0;
-        for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
-        row[size_t(j)] = s * scale;
-        mx = std::max(mx, row[size_t(j)]);
-      }
-      double sum = 0.0;
-      for (int64_t j = 0; j <= i; ++j) sum += (row[size_t(j)] = std::exp(row[size_t(j)] - mx));
+      const double sum = causal_exp_row(qh, kh, i, dq, scale, row).sum;
       for (int64_t j = 0; j <= i; ++j) row[size_t(j)] /= sum;
       T* p = probs + (h * seq + i) * seq;
       for (int64_t j = 0; j < seq; ++j) p[j] = j <= i ? T(row[size_t(j)]) : T(0);
@@ -92,16 +104,9 @@ void attention_forward_lse(const T* q, const T* k, const T* v, int64_t bh, int64
     const T* kh = k + h * seq * dq;
     const T* vh = v + h * seq * dv;
     for (int64_t i = 0; i < seq; ++i) {
-      double mx = -INFINITY;
-      for (int64_t j = 0; j <= i; ++j) {
-        double s = 0.0;
-        for (int64_t d = 0; d < dq; ++d) s += double(qh[i * dq + d]) * double(kh[j * dq + d]);
-        row[size_t(j)] = s * scale;
-        mx = std::max(mx, row[size_t(j)]);
-      }
-      double sum = 0.0;
-      for (int64_t j = 0; j <= i; ++j) sum += (row[size_t(j)] = std::exp(row[size_t(j)] - mx));
-      lse[h * seq + i] = T(mx + std::log(sum));
+      const ExpRow r = causal_exp_row(qh, kh, i, dq, scale, row);
+      const double sum = r.sum;
+      lse[h * seq + i] = T(r.max + std::log(sum));
       for (int64_t d = 0; d < dv; ++d) {
         double acc = 0.0;
         for (int64_t j = 0; j <= i; ++j) acc += row[size_t(j)] * double(vh[j * dv + d]);
@@ -188,24 +193,11 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
 }
 
-namespace {
-struct RefAttnDims {
-  int64_t bh, seq, dq, dv;
-};
-RefAttnDims ref_attn_dims(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                          const Tensor& lse, const char* op) {
-  DSV3_CHECK(q.ndim() == 4 && k.shape() == q.shape() && v.ndim() == 4 && v.dim(0) == q.dim(0) &&
-                 v.dim(1) == q.dim(1) && v.dim(2) == q.dim(2) && o.shape() == v.shape() &&
-                 lse.numel() == q.dim(0) * q.dim(1) * q.dim(2),
-             "{}: shapes q {} k {} v {} o {} lse {} do not agree", op, q.shape().str(),
-             k.shape().str(), v.shape().str(), o.shape().str(), lse.shape().str());
-  return {q.dim(0) * q.dim(1), q.dim(2), q.dim(3), v.dim(3)};
-}
-}  // namespace
 
 void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                            Tensor& lse, Tensor& o) {
-  const RefAttnDims d = ref_attn_dims(q, k, v, o, lse, "ref::attention_forward_lse");
+  const ops::LseAttentionDims d =
+      ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_forward_lse");
   t::attention_forward_lse(q.f32(), k.f32(), v.f32(), d.bh, d.seq, d.dq, d.dv, scale, lse.f32(),
                            o.f32());
 }
@@ -213,7 +205,8 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, fl
 void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                             const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v) {
-  const RefAttnDims d = ref_attn_dims(q, k, v, o, lse, "ref::attention_backward_lse");
+  const ops::LseAttentionDims d =
+      ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_backward_lse");
   DSV3_CHECK(d_o.shape() == o.shape() && d_q.shape() == q.shape() && d_k.shape() == k.shape() &&
                  d_v.shape() == v.shape(),
              "ref::attention_backward_lse: d_o or a gradient does not match its operand");
