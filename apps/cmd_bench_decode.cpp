@@ -2,16 +2,19 @@
 // end-of-sequence ignored), with resident memory and achieved weight bandwidth.
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <random>
 
 #include "command.h"
+#include "core/profile.h"
 #include "infer_common.h"
 
 namespace {
 struct Options {
   dsv3::app::ModelOptions model;
   int prompt_tokens = 128, new_tokens = 64, repeat = 3;
+  bool profile = false;
   uint64_t seed = 1;
   std::string speculative;
 };
@@ -28,6 +31,27 @@ std::pair<double, double> rss_mib() {
   return {rss / 1024.0, hwm / 1024.0};
 }
 
+// Phase times per prefill (over all its tokens) and per decoded token, against the measured
+// time of each; the remainder is what no phase covers (embedding, norms, residuals, sampling).
+void print_profile(int runs, int prompt_tokens, int new_tokens, double prefill_tps,
+                   double decode_tps) {
+  const double prefill_ms = prompt_tokens / prefill_tps * 1e3, token_ms = 1e3 / decode_tps;
+  for (const char* mode : {"prefill", "decode"}) {
+    const bool prefill = mode[0] == 'p';
+    // Prefill: one pass per run. Decode: new_tokens - 1 passes per run after the first token.
+    const double per = prefill ? runs : double(runs) * (new_tokens - 1), total = prefill ? prefill_ms : token_ms;
+    std::printf("profile, %s (ms per %s, of %.3f ms):\n", mode, prefill ? "prompt" : "token", total);
+    double phased = 0;
+    for (const auto& e : dsv3::profile::entries()) {
+      if (e.name.rfind(mode, 0) != 0) continue;
+      const double ms = e.seconds / per * 1e3;
+      phased += ms;
+      std::printf("  %-28s %8.3f ms  %5.1f%%\n", e.name.c_str() + std::strlen(mode) + 1, ms, 100 * ms / total);
+    }
+    std::printf("  %-28s %8.3f ms  %5.1f%%\n", "other", total - phased, 100 * (total - phased) / total);
+  }
+}
+
 dsv3::app::Registrar reg(
     "bench decode", "Prefill and decode tokens/s of a model (random prompt, greedy)",
     [](CLI::App& sub) {
@@ -39,6 +63,8 @@ dsv3::app::Registrar reg(
       sub.add_option("--seed", o->seed, "Seed of the random prompt");
       sub.add_option("--speculative", o->speculative, "mtp: MTP speculative decoding")
           ->check(CLI::IsMember({"mtp", "none"}));
+      sub.add_flag("--profile", o->profile,
+                   "Time the phases of the forward pass (prefill and decode apart) and print them");
       return [o]() {
         using namespace dsv3;
         DSV3_CHECK(o->prompt_tokens > 0 && o->new_tokens > 1 && o->repeat > 0,
@@ -57,9 +83,13 @@ dsv3::app::Registrar reg(
         infer::Generator gen(engine);
         std::vector<double> prefill, decode;
         infer::GenerateStats st;
+        profile::enable(o->profile);
         for (int r = 0; r <= o->repeat; ++r) {
           gen.generate(prompt, go, nullptr, &st);
-          if (r == 0) continue;  // warm-up: page in the weights, create GEMM primitives
+          if (r == 0) {  // warm-up: page in the weights, create GEMM primitives
+            profile::reset();
+            continue;
+          }
           prefill.push_back(st.prefill_tokens_per_second());
           decode.push_back(st.decode_tokens_per_second());
         }
@@ -81,6 +111,7 @@ dsv3::app::Registrar reg(
         if (go.speculative_mtp)
           std::printf("speculative: drafted=%d accepted=%d acceptance=%.3f\n", st.drafted,
                       st.accepted, st.drafted ? double(st.accepted) / st.drafted : 0.0);
+        if (o->profile) print_profile(o->repeat, o->prompt_tokens, o->new_tokens, pf, dc);
         std::printf("prompt=%d new=%d prefill tokens/s=%.1f decode tokens/s=%.1f\n",
                     o->prompt_tokens, o->new_tokens, pf, dc);
         return 0;

@@ -70,6 +70,8 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
   float* q = grow(s.q, n * h * dq);
   float* kv_a = grow(s.kv_a, n * w);
   float* c_norm = grow(s.c_norm, n * r);
+  std::optional<profile::Phase> ph;
+  ph.emplace(DSV3_PHASE_NAME(n, "attn.q_kv"), Device::CPU);
   if (c.q_lora_rank) {
     const int64_t qr = *c.q_lora_rank;
     float* qa = grow(s.q_a, n * qr);
@@ -96,6 +98,8 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     }
   }
 
+  ph.reset();
+  ph.emplace(DSV3_PHASE_NAME(n, "attn.absorb_q"), Device::CPU);
   // Absorbed queries: [q_nope . W_uk(h) | q_pe] per head, [n, H, R + rope].
   std::vector<MatRef> w_uk(static_cast<size_t>(h)), w_uv(static_cast<size_t>(h));
   for (int64_t i = 0; i < h; ++i) {
@@ -103,14 +107,22 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     w_uv[size_t(i)] = a.kv_b.row_block(i * (dn + dv) + dn, dv);
   }
   float* qcat = grow(s.qcat, n * h * w);
-  const bool per_head_parallel = n <= kSmallRows;
-#pragma omp parallel for schedule(static) if (per_head_parallel)
-  for (int64_t i = 0; i < h; ++i) {
+  auto absorb_head = [&](int64_t i) {
     matmul_w(q + i * dq, n, h * dq, w_uk[size_t(i)], qcat + i * w, h * w);
     for (int64_t t = 0; t < n; ++t)
       std::memcpy(qcat + (t * h + i) * w + r, q + (t * h + i) * dq + dn, size_t(dr) * 4);
+  };
+  // Few rows: one head per thread. Many rows: heads in turn, each product parallel inside (a
+  // GEMM called from inside a parallel region, even an inactive one, runs on one thread).
+  if (n <= kSmallRows) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < h; ++i) absorb_head(i);
+  } else {
+    for (int64_t i = 0; i < h; ++i) absorb_head(i);
   }
 
+  ph.reset();
+  ph.emplace(DSV3_PHASE_NAME(n, "attn.scores_latent"), Device::CPU);
   // Scores and weighted latents, chunk by chunk over each chunk's own cache.
   float* olat = grow(s.olat, n * h * r);
   const float scale = rope_.softmax_scale;
@@ -138,6 +150,8 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     row0 += m;
   }
 
+  ph.reset();
+  ph.emplace(DSV3_PHASE_NAME(n, "attn.values_o"), Device::CPU);
   // Values: o(h) = latent(h) . W_uv(h)^T, then the output projection.
   float* o = grow(s.o, n * h * dv);
   std::vector<GemvJob> uv;

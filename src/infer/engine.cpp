@@ -75,6 +75,8 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
   float* logits = grow(s.router, n * e);
   int32_t* chosen = grow(s.chosen, n * k);
   float* gates = grow(s.gates, n * k);
+  std::optional<profile::Phase> ph;
+  ph.emplace(DSV3_PHASE_NAME(n, "moe.router"), Device::CPU);
   matmul_wt(xn, n, d, l.router, logits, e);
   std::vector<float> selection(size_t(e) + 0), groups(size_t(std::max(1, c.n_group)));
   const float* bias = l.router_bias.f32();
@@ -96,6 +98,8 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
     if (c.norm_topk_prob) scale /= (sum + 1e-20f);
     for (int64_t j = 0; j < k; ++j) gates[t * k + j] *= scale;
   }
+  ph.reset();
+  ph.emplace(DSV3_PHASE_NAME(n, "moe.experts"), Device::CPU);
   // Shared experts write the output; routed experts add their weighted rows.
   if (!l.has_shared) std::fill(out, out + n * d, 0.0f);
   else if (n > kSmallRows) ffn(l.shared, xn, n, out, false);
@@ -183,8 +187,12 @@ void Engine::block(const LayerWeights& l, int cache_layer, std::span<const Chunk
   attention(l.attn, cache_layer, chunks, xn, sub);
   for (int64_t i = 0; i < n * d; ++i) x[i] += sub[i];
   rmsnorm_rows(x, l.post_attention_norm.f32(), n, d, eps, xn, d, d);
-  if (l.moe) moe(l, xn, n, sub);
-  else ffn(l.dense, xn, n, sub, false);
+  if (l.moe) {
+    moe(l, xn, n, sub);
+  } else {
+    profile::Phase ph(DSV3_PHASE_NAME(n, "dense_ffn"), Device::CPU);
+    ffn(l.dense, xn, n, sub, false);
+  }
   for (int64_t i = 0; i < n * d; ++i) x[i] += sub[i];
 }
 
@@ -192,6 +200,7 @@ void Engine::head(std::span<const Chunk> chunks, const float* x, const Tensor& n
                   LogitsFor which) {
   const ModelConfig& c = config();
   const int64_t n = rows_, d = c.hidden_size, v = c.vocab_size;
+  profile::Phase ph(DSV3_PHASE_NAME(n, "head"), Device::CPU);
   float* h = grow(hidden_, n * d);
   rmsnorm_rows(x, norm.f32(), n, d, float(c.rms_norm_eps), h, d, d);
   if (which == LogitsFor::None) {

@@ -3,6 +3,7 @@
 #include <immintrin.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -92,6 +93,53 @@ void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, 
   }
 }
 
+#if defined(__AVX512BF16__)
+// The same row blocking for BF16 weights on CPUs with AVX512-BF16: the activations are rounded to
+// BF16 once per product (`xb` [M, kp], kp = k rounded up to 32, zero-padded) and each
+// instruction multiplies 32 weight/activation pairs with F32 accumulation (vdpbf16ps), half the
+// instructions of widening the weights. The summation order depends only on k, so a row's result
+// is again independent of M and RB.
+template <int M, int RB>
+void gemv_block_dp(const uint16_t* xb, int64_t kp, const uint16_t* w, int64_t ld, int64_t k,
+                   int64_t r0, int64_t r1, float* y, int64_t ldy, bool accumulate) {
+  const int64_t k32 = k / 32 * 32;
+  const __mmask32 tail = __mmask32((uint64_t(1) << (k - k32)) - 1u);
+  int64_t r = r0;
+  for (; r + RB <= r1; r += RB) {
+    __m512 acc[RB][M];
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
+    for (int64_t kk = 0; kk < k32; kk += 32) {
+      __m512bh wv[RB];
+      for (int a = 0; a < RB; ++a) wv[a] = (__m512bh)_mm512_loadu_si512(w + (r + a) * ld + kk);
+      for (int i = 0; i < M; ++i) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i * kp + kk);
+        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_dpbf16_ps(acc[a][i], wv[a], xv);
+      }
+    }
+    if (k32 < k) {
+      __m512bh wv[RB];
+      for (int a = 0; a < RB; ++a)
+        wv[a] = (__m512bh)_mm512_maskz_loadu_epi16(tail, w + (r + a) * ld + k32);
+      for (int i = 0; i < M; ++i) {
+        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i * kp + k32);
+        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_dpbf16_ps(acc[a][i], wv[a], xv);
+      }
+    }
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) {
+        float v = _mm512_reduce_add_ps(acc[a][i]);
+        float& out = y[i * ldy + r + a];
+        out = accumulate ? out + v : v;
+      }
+  }
+  if (r < r1) {
+    if constexpr (RB > 1) gemv_block_dp<M, 1>(xb, kp, w, ld, k, r, r1, y, ldy, accumulate);
+  }
+}
+#define DSV3_GEMV_BF16_DOT 1
+#endif
+
 #else
 // Portable version for builds without AVX-512 (DSV3_NATIVE=OFF, other CPUs): the same contract
 // (each output summed in 16 lanes in a fixed order, independent of M and RB), plain loops.
@@ -130,9 +178,69 @@ void rows_of(const float* x, int64_t m, int64_t ldx, const MatRef& w, int64_t r0
   }
 }
 
-void job_rows(const GemvJob& j, int64_t r0, int64_t r1) {
-  if (j.w.dtype == DType::BF16) rows_of<uint16_t>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
-  else rows_of<float>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+#if defined(DSV3_GEMV_BF16_DOT)
+// Output rows [r0, r1) of one product against BF16 weights, from BF16 activations xb [m, kp].
+void rows_of_dp(const uint16_t* xb, int64_t kp, int64_t m, const MatRef& w, int64_t r0, int64_t r1,
+                float* y, int64_t ldy, bool acc) {
+  const uint16_t* p = static_cast<const uint16_t*>(w.data);
+  switch (m) {
+    case 1: return gemv_block_dp<1, 4>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 2: return gemv_block_dp<2, 4>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 3: return gemv_block_dp<3, 2>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 4: return gemv_block_dp<4, 2>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 5: return gemv_block_dp<5, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 6: return gemv_block_dp<6, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    case 7: return gemv_block_dp<7, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+    default: return gemv_block_dp<8, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+  }
+}
+#endif
+
+// The activations of every BF16-weight job rounded to BF16 once ([m, kp] each, zero-padded to
+// a multiple of 32 columns), before the rows are shared out.
+struct Bf16Activations {
+  std::vector<uint16_t> data;
+  std::vector<size_t> offset;  // per job; unused for F32-weight jobs
+  std::vector<int64_t> kp;
+
+  void prepare(std::span<const GemvJob> jobs) {
+#if defined(DSV3_GEMV_BF16_DOT)
+    size_t total = 0;
+    offset.assign(jobs.size(), 0);
+    kp.assign(jobs.size(), 0);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      if (jobs[i].w.dtype != DType::BF16) continue;
+      kp[i] = (jobs[i].w.cols + 31) / 32 * 32;
+      offset[i] = total;
+      total += size_t(jobs[i].m * kp[i]);
+    }
+    if (data.size() < total) data.resize(total);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const GemvJob& j = jobs[i];
+      if (j.w.dtype != DType::BF16) continue;
+      for (int64_t r = 0; r < j.m; ++r) {
+        uint16_t* dst = data.data() + offset[i] + size_t(r * kp[i]);
+        convert_from_f32(j.x + r * j.ldx, DType::BF16, dst, size_t(j.w.cols));
+        std::fill(dst + j.w.cols, dst + kp[i], uint16_t(0));
+      }
+    }
+#else
+    (void)jobs;
+#endif
+  }
+};
+
+void job_rows(const GemvJob& j, [[maybe_unused]] const Bf16Activations& xb, [[maybe_unused]] size_t index,
+              int64_t r0, int64_t r1) {
+  if (j.w.dtype == DType::BF16) {
+#if defined(DSV3_GEMV_BF16_DOT)
+    return rows_of_dp(xb.data.data() + xb.offset[index], xb.kp[index], j.m, j.w, r0, r1, j.y,
+                      j.ldy, j.accumulate);
+#else
+    return rows_of<uint16_t>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
+#endif
+  }
+  rows_of<float>(j.x, j.m, j.ldx, j.w, r0, r1, j.y, j.ldy, j.accumulate);
 }
 
 // Output rows are cut in chunks of 16 (a multiple of every RB) and all chunks of all jobs are
@@ -145,6 +253,9 @@ void run_jobs(std::span<const GemvJob> jobs) {
     total += (j.w.rows + kChunk - 1) / kChunk;
     work += j.w.rows * j.w.cols;
   }
+  thread_local Bf16Activations calling_thread;
+  const Bf16Activations& xb = calling_thread;  // the workers read the caller's copy
+  calling_thread.prepare(jobs);
   const bool parallel = work >= 32768 && omp_get_max_threads() > 1 && !omp_in_parallel();
 #pragma omp parallel for schedule(static) if (parallel)
   for (int64_t c = 0; c < total; ++c) {
@@ -152,7 +263,7 @@ void run_jobs(std::span<const GemvJob> jobs) {
     size_t i = 0;
     while (rest >= (jobs[i].w.rows + kChunk - 1) / kChunk) rest -= (jobs[i++].w.rows + kChunk - 1) / kChunk;
     const int64_t r0 = rest * kChunk, r1 = std::min(jobs[i].w.rows, r0 + kChunk);
-    job_rows(jobs[i], r0, r1);
+    job_rows(jobs[i], xb, i, r0, r1);
   }
 }
 
@@ -170,10 +281,12 @@ DnnlState& dnnl_state() {
   return s;
 }
 
+// y[m, n] (= or +=) x[m, k] . W with BF16 operands and F32 accumulation, where W [k, n] is
+// w^T (the linear layer: w is [n, k]) or, with `plain`, w itself (w is [k, n]).
 void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
-                bool accumulate) {
+                bool accumulate, bool plain = false) {
   using dt = dnnl::memory::data_type;
-  const int64_t n = w.rows, k = w.cols;
+  const int64_t n = plain ? w.cols : w.rows, k = plain ? w.rows : w.cols;
   thread_local std::vector<uint16_t> xb;
   if (xb.size() < size_t(m * k)) xb.resize(size_t(m * k));
   for (int64_t i = 0; i < m; ++i) convert_from_f32(x + i * ldx, DType::BF16, xb.data() + i * k, size_t(k));
@@ -182,12 +295,13 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   // length and expert group size (the cache stays small however long a session runs).
   const dnnl::memory::dim rt = DNNL_RUNTIME_DIM_VAL;
   dnnl::memory::desc src_md({m, k}, dt::bf16, dnnl::memory::dims{k, 1});
-  dnnl::memory::desc wei_md({k, n}, dt::bf16, dnnl::memory::dims{1, w.ld});
+  dnnl::memory::desc wei_md({k, n}, dt::bf16,
+                            plain ? dnnl::memory::dims{w.ld, 1} : dnnl::memory::dims{1, w.ld});
   dnnl::memory::desc dst_md({m, n}, dt::f32, dnnl::memory::dims{ldy, 1});
   dnnl::matmul prim;
   {
     std::lock_guard<std::mutex> lock(s.mutex);
-    auto key = std::make_tuple(int64_t(0), n, k, w.ld, ldy, accumulate);
+    auto key = std::make_tuple(int64_t(plain), n, k, w.ld, ldy, accumulate);
     auto it = s.cache.find(key);
     if (it == s.cache.end()) {
       dnnl::primitive_attr attr;
@@ -271,15 +385,7 @@ void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y,
   DSV3_CHECK(w.dtype == DType::BF16, "matmul: weights of dtype {} are not supported",
              dtype_name(w.dtype));
   const uint16_t* wp = static_cast<const uint16_t*>(w.data);
-  if (m > kSmallRows) {
-    // Widen the (small) matrix once and use the F32 GEMM.
-    thread_local std::vector<float> wf;
-    if (wf.size() < size_t(w.rows * w.cols)) wf.resize(size_t(w.rows * w.cols));
-    for (int64_t r = 0; r < w.rows; ++r)
-      convert_to_f32(DType::BF16, wp + r * w.ld, wf.data() + r * w.cols, size_t(w.cols));
-    ops::gemm(false, false, m, w.cols, w.rows, 1.0f, x, ldx, wf.data(), w.cols, 0.0f, y, ldy);
-    return;
-  }
+  if (m > kSmallRows) return large_bf16(x, m, ldx, w, y, ldy, false, /*plain=*/true);
   // y_i = sum_r x_i[r] * w[r, :], exact F32 products of the widened weights.
   for (int64_t i = 0; i < m; ++i) {
     float* yi = y + i * ldy;

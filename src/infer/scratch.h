@@ -2,11 +2,18 @@
 // Working buffers of the inference forward pass. They grow to the largest batch seen and are
 // reused; a steady decode loop allocates nothing.
 #include <cstdint>
+#include <optional>
 #include <vector>
 
+#include "core/profile.h"
 #include "infer/engine.h"
+#include "infer/matmul.h"
 
 namespace dsv3::infer {
+
+// The profile phase NAME of a prefill pass or of a decode pass (by its rows), for
+// `dsv3 bench decode --profile`.
+#define DSV3_PHASE_NAME(rows, name) ((rows) > kSmallRows ? "prefill " name : "decode " name)
 
 template <typename T>
 T* grow(std::vector<T>& v, int64_t n) {
