@@ -1,6 +1,10 @@
 // `dsv3 generate -m DIR -p TEXT`: generates a continuation and streams it as it comes.
 // `--prompt-ids 1,2,3` and `--print-ids` drive a model without a tokenizer (a parity fixture).
+// `--batch FILE` decodes several prompts together (one per line; with --batch-ids, lines of
+// comma-separated ids), each with its own cache and position, and prints each result when all
+// are done.
 #include <cstdio>
+#include <fstream>
 
 #include <fmt/format.h>
 
@@ -11,9 +15,55 @@ namespace {
 struct Options {
   dsv3::app::ModelOptions model;
   dsv3::app::SamplingOptions sampling;
-  std::string prompt, prompt_ids;
+  std::string prompt, prompt_ids, batch;
+  bool batch_ids = false;
   bool print_ids = false, stats = false, bos = false;
 };
+
+// --batch: reads the prompts, decodes them together, prints "[i] " and each continuation.
+int run_batch(const Options& o) {
+  using namespace dsv3;
+  DSV3_CHECK(o.prompt.empty() && o.prompt_ids.empty(),
+             "generate: give exactly one of -p/--prompt, --prompt-ids and --batch");
+  std::ifstream in(o.batch);
+  DSV3_CHECK(in.good(), "generate: cannot read the batch file {}", o.batch);
+  auto weights = o.model.load();
+  infer::Engine engine(weights);
+  auto text = infer::TextCodec::open(o.model.model);
+  DSV3_CHECK(o.batch_ids || text != nullptr,
+             "{}: no tokenizer.json; give the batch as ids with --batch-ids", o.model.model);
+  std::vector<std::vector<int32_t>> prompts;
+  std::string line;
+  for (int number = 1; std::getline(in, line); ++number) {
+    if (line.empty()) continue;
+    try {
+      prompts.push_back(o.batch_ids ? app::parse_ids(line)
+                                    : text->encode(line, o.bos || text->adds_bos()));
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}:{}: {}", o.batch, number, e.what()));
+    }
+  }
+  DSV3_CHECK(!prompts.empty(), "generate: the batch file {} has no prompts", o.batch);
+  DSV3_CHECK(o.sampling.stop.empty(), "generate: --stop is not supported with --batch");
+  infer::GenerateOptions go = o.sampling.make(engine.config(), text.get(), o.model.cache_dtype());
+  infer::Generator gen(engine);
+  infer::GenerateStats st;
+  auto out = gen.generate_batch(prompts, go, &st);
+  for (size_t i = 0; i < out.size(); ++i) {
+    std::string shown;
+    if (text && !o.print_ids) {
+      shown = text->decode(out[i]);
+    } else {
+      for (size_t j = 0; j < out[i].size(); ++j) shown += (j ? "," : "") + std::to_string(out[i][j]);
+    }
+    std::printf("[%zu] %s\n", i, shown.c_str());
+  }
+  if (o.stats)
+    std::fprintf(stderr, "sequences=%zu prompt=%d new=%d prefill_tokens/s=%.1f decode_tokens/s=%.1f\n",
+                 out.size(), st.prompt_tokens, st.new_tokens, st.prefill_tokens_per_second(),
+                 st.decode_tokens_per_second());
+  return 0;
+}
 
 dsv3::app::Registrar reg(
     "generate", "Generate text (or token ids) from a prompt, streaming it", [](CLI::App& sub) {
@@ -22,13 +72,18 @@ dsv3::app::Registrar reg(
       o->sampling.add(sub);
       sub.add_option("-p,--prompt", o->prompt, "Prompt text (needs tokenizer.json in the model folder)");
       sub.add_option("--prompt-ids", o->prompt_ids, "Prompt as comma-separated token ids");
+      sub.add_option("--batch", o->batch,
+                     "Decode the prompts of FILE (one per line) together as a batch");
+      sub.add_flag("--batch-ids", o->batch_ids,
+                   "The --batch lines are comma-separated token ids, not text");
       sub.add_flag("--print-ids", o->print_ids, "Print the generated token ids (comma-separated)");
       sub.add_flag("--bos", o->bos, "Prepend the tokenizer's BOS token to a text prompt");
       sub.add_flag("--stats", o->stats, "Print timing and speculative acceptance to stderr");
       return [o]() {
         using namespace dsv3;
+        if (!o->batch.empty()) return run_batch(*o);
         DSV3_CHECK(o->prompt.empty() != o->prompt_ids.empty(),
-                   "generate: give exactly one of -p/--prompt and --prompt-ids");
+                   "generate: give exactly one of -p/--prompt, --prompt-ids and --batch");
         auto weights = o->model.load();
         infer::Engine engine(weights);
         auto text = infer::TextCodec::open(o->model.model);

@@ -57,9 +57,13 @@ void Engine::check_chunks(std::span<const Chunk> chunks, bool mtp) const {
 }
 
 void Engine::ffn(const FfnWeights& f, const float* x, int64_t n, float* out, bool accumulate) {
+  const int64_t width = f.gate.rows;
+  ffn_into(f, x, n, out, accumulate, grow(s_->gate, n * width), grow(s_->up, n * width));
+}
+
+void Engine::ffn_into(const FfnWeights& f, const float* x, int64_t n, float* out, bool accumulate,
+                      float* g, float* u) const {
   const int64_t d = config().hidden_size, width = f.gate.rows;
-  float* g = grow(s_->gate, n * width);
-  float* u = grow(s_->up, n * width);
   GemvJob gate_up[2] = {{x, n, d, f.gate, g, width}, {x, n, d, f.up, u, width}};
   matmul_wt_jobs(gate_up);
   for (int64_t i = 0; i < n * width; ++i) g[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
@@ -116,19 +120,33 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
     slot[p] = int32_t(a);
   }
   if (n > kSmallRows) {
+    // Many rows (prefill): the experts share out over the threads, one whole expert (gather,
+    // gate/up, SwiGLU, down) per thread at a time, each product on its own thread: a few rows
+    // per expert make one multi-threaded GEMM per product mostly synchronisation. Then every
+    // token adds its experts' weighted rows, in its own order of choice.
+    const int64_t width = c.moe_intermediate_size;
+    float* xin = grow(s.ex_in, n * k * d);   // [n*k, D] rows grouped by expert
+    float* y = grow(s.ex_out, n * k * d);    // [n*k, D]
+    float* g = grow(s.gate, n * k * width);  // [n*k, I]
+    float* u = grow(s.up, n * k * width);    // [n*k, I]
+    int32_t* grouped_of = grow(s.grouped_of, n * k);  // choice a = t*K + j -> grouped row
+    for (int64_t p = 0; p < n * k; ++p) grouped_of[slot[p]] = int32_t(p);
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t i = 0; i < e; ++i) {
       const int64_t m = off[i + 1] - off[i];
       if (m == 0) continue;
-      float* xin = grow(s.ex_in, m * d);
-      float* y = grow(s.ex_out, m * d);
       for (int64_t j = 0; j < m; ++j)
-        std::memcpy(xin + j * d, xn + int64_t(rows[off[i] + j]) * d, size_t(d) * 4);
-      ffn(l.experts[size_t(i)], xin, m, y, false);
-      for (int64_t j = 0; j < m; ++j) {
-        const float g = gates[slot[off[i] + j]];
-        float* o = out + int64_t(rows[off[i] + j]) * d;
-        const float* yr = y + j * d;
-        for (int64_t t = 0; t < d; ++t) o[t] += g * yr[t];
+        std::memcpy(xin + (off[i] + j) * d, xn + int64_t(rows[off[i] + j]) * d, size_t(d) * 4);
+      ffn_into(l.experts[size_t(i)], xin + off[i] * d, m, y + off[i] * d, false,
+               g + off[i] * width, u + off[i] * width);
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < n; ++t) {
+      float* o = out + t * d;
+      for (int64_t j = 0; j < k; ++j) {
+        const float gw = gates[t * k + j];
+        const float* yr = y + int64_t(grouped_of[t * k + j]) * d;
+        for (int64_t q = 0; q < d; ++q) o[q] += gw * yr[q];
       }
     }
     return;

@@ -63,6 +63,9 @@ class Engine {
   void attention(const AttentionWeights& a, int cache_layer, std::span<const Chunk> chunks,
                  const float* xn, float* out);
   void ffn(const FfnWeights& f, const float* x, int64_t n, float* out, bool accumulate);
+  // The same with the caller's gate/up buffers [n, I] (thread-safe: no shared scratch).
+  void ffn_into(const FfnWeights& f, const float* x, int64_t n, float* out, bool accumulate,
+                float* g, float* u) const;
   void moe(const LayerWeights& l, const float* xn, int64_t n, float* out);
   void head(std::span<const Chunk> chunks, const float* x, const Tensor& norm, LogitsFor which);
 

@@ -271,7 +271,6 @@ void run_jobs(std::span<const GemvJob> jobs) {
 
 struct DnnlState {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  dnnl::stream stream{engine};
   // (m, n, k, ld, ldy, accumulate) -> primitive
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>, dnnl::matmul> cache;
   std::mutex mutex;
@@ -321,8 +320,11 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   dnnl::memory src(src_md, s.engine, xb.data());
   dnnl::memory wei(wei_md, s.engine, const_cast<void*>(w.data));
   dnnl::memory dst(dst_md, s.engine, y);
-  prim.execute(s.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
-  s.stream.wait();
+  // One stream per thread: products may run concurrently, one per thread, from inside a
+  // parallel region (then each runs on its own thread).
+  thread_local dnnl::stream stream{s.engine};
+  prim.execute(stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wei}, {DNNL_ARG_DST, dst}});
+  stream.wait();
 }
 
 }  // namespace

@@ -46,6 +46,7 @@ struct Engine::Scratch {
   std::vector<int32_t> expert_rows;// rows of each expert, grouped
   std::vector<int64_t> expert_off; // [E+1]
   std::vector<int32_t> slot;       // [N*K] index into gates of each grouped row
+  std::vector<int32_t> grouped_of; // [N*K] grouped row of each choice (inverse of slot)
   // MTP.
   std::vector<float> emb;          // [N, D]
   std::vector<float> cat;          // [N, 2D]

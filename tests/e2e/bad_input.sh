@@ -50,5 +50,11 @@ expect_error malformed-config "broken.json" "$DSV3" bench train-step --config "$
 expect_error train-missing-data "nowhere" "$DSV3" train --data "$WORK/nowhere" --out "$WORK/run" \
   --steps 1
 
+printf '5,6,7\n300,x\n' >"$WORK/batch.txt"
+expect_error batch-bad-id "batch.txt:2: .*'x'" "$DSV3" generate -m tests/data/reference/tiny-v3 \
+  --batch "$WORK/batch.txt" --batch-ids -n 2
+expect_error batch-missing-file "nowhere.txt" "$DSV3" generate -m tests/data/reference/tiny-v3 \
+  --batch "$WORK/nowhere.txt" --batch-ids -n 2
+
 echo "bad_input: $passes passed, $failures failed"
 [ $failures -eq 0 ]
