@@ -1,4 +1,6 @@
 // Absorbed MLA attention over the latent cache (see engine.h for the form).
+#include <immintrin.h>
+
 #include <cmath>
 #include <cstring>
 
@@ -8,19 +10,64 @@
 namespace dsv3::infer {
 
 namespace {
+#if defined(__AVX512F__)
+// Dot products of one query row with four cache rows, 16 lanes each, in a fixed order.
+inline void dot4(const float* q, const float* k0, int64_t w, float scale, float* out) {
+  const int64_t w16 = w / 16 * 16;
+  const __mmask16 tail = __mmask16((1u << (w - w16)) - 1u);
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t c = 0; c < w16; c += 16) {
+    const __m512 qv = _mm512_loadu_ps(q + c);
+    a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + c), a0);
+    a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + w + c), a1);
+    a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + 2 * w + c), a2);
+    a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + 3 * w + c), a3);
+  }
+  if (w16 < w) {
+    const __m512 qv = _mm512_maskz_loadu_ps(tail, q + w16);
+    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + w16), a0);
+    a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + w + w16), a1);
+    a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + 2 * w + w16), a2);
+    a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + 3 * w + w16), a3);
+  }
+  out[0] = scale * _mm512_reduce_add_ps(a0);
+  out[1] = scale * _mm512_reduce_add_ps(a1);
+  out[2] = scale * _mm512_reduce_add_ps(a2);
+  out[3] = scale * _mm512_reduce_add_ps(a3);
+}
+
+// One cache row's dot product, summed exactly as one lane group of dot4.
+inline float dot1(const float* q, const float* k, int64_t w, float scale) {
+  const int64_t w16 = w / 16 * 16;
+  const __mmask16 tail = __mmask16((1u << (w - w16)) - 1u);
+  __m512 a = _mm512_setzero_ps();
+  for (int64_t c = 0; c < w16; c += 16)
+    a = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(k + c), a);
+  if (w16 < w)
+    a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + w16), _mm512_maskz_loadu_ps(tail, k + w16), a);
+  return scale * _mm512_reduce_add_ps(a);
+}
+#endif
+
 // Scores of m query rows against cache rows [0, start + t] (row t), scaled; the same arithmetic
 // for any m, so a token's scores do not depend on the rows beside it.
 void scores_rows(const float* q, int64_t ldq, int64_t m, const float* kv, int64_t w,
                  int64_t start, float scale, float* sc, int64_t ldsc) {
   for (int64_t t = 0; t < m; ++t) {
     const float* qt = q + t * ldq;
-    for (int64_t j = 0; j <= start + t; ++j) {
+    const int64_t valid = start + t + 1;
+    int64_t j = 0;
+#if defined(__AVX512F__)
+    for (; j + 4 <= valid; j += 4) dot4(qt, kv + j * w, w, scale, sc + t * ldsc + j);
+    for (; j < valid; ++j) sc[t * ldsc + j] = dot1(qt, kv + j * w, w, scale);
+#else
+    for (; j < valid; ++j) {
       const float* kj = kv + j * w;
       float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
       for (int64_t c = 0; c < w; ++c) dot += qt[c] * kj[c];
       sc[t * ldsc + j] = scale * dot;
     }
+#endif
   }
 }
 
@@ -44,12 +91,28 @@ void weighted_latent(const float* p, int64_t m, int64_t ctx, int64_t start, cons
                      int64_t w, int64_t r, float* out, int64_t ldo) {
   for (int64_t t = 0; t < m; ++t) {
     float* o = out + t * ldo;
-    for (int64_t c = 0; c < r; ++c) o[c] = 0.0f;
-    for (int64_t j = 0; j <= start + t; ++j) {
-      const float pj = p[t * ctx + j];
+    const float* pt = p + t * ctx;
+    const int64_t valid = start + t + 1;
+    int64_t c0 = 0;
+#if defined(__AVX512F__)
+    // Blocks of 128 latent values stay in 8 registers over the whole window.
+    constexpr int kBlock = 8;
+    for (; c0 + 16 * kBlock <= r; c0 += 16 * kBlock) {
+      __m512 acc[kBlock];
+      for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
+      for (int64_t j = 0; j < valid; ++j) {
+        const __m512 pj = _mm512_set1_ps(pt[j]);
+        const float* kj = kv + j * w + c0;
+        for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(kj + 16 * b), acc[b]);
+      }
+      for (int b = 0; b < kBlock; ++b) _mm512_storeu_ps(o + c0 + 16 * b, acc[b]);
+    }
+#endif
+    for (int64_t c = c0; c < r; ++c) o[c] = 0.0f;
+    for (int64_t j = 0; j < valid; ++j) {
+      const float pj = pt[j];
       const float* kj = kv + j * w;
-#pragma omp simd
-      for (int64_t c = 0; c < r; ++c) o[c] += pj * kj[c];
+      for (int64_t c = c0; c < r; ++c) o[c] += pj * kj[c];
     }
   }
 }
@@ -112,12 +175,13 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     for (int64_t t = 0; t < n; ++t)
       std::memcpy(qcat + (t * h + i) * w + r, q + (t * h + i) * dq + dn, size_t(dr) * 4);
   };
-  // Few rows: one head per thread. Many rows: heads in turn, each product parallel inside (a
-  // GEMM called from inside a parallel region, even an inactive one, runs on one thread).
+  // One head per thread at a time (a prefill's GEMMs then run one per thread: a GEMM called
+  // from inside a parallel region runs on the calling thread).
   if (n <= kSmallRows) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < h; ++i) absorb_head(i);
   } else {
+#pragma omp parallel for schedule(dynamic, 1)
     for (int64_t i = 0; i < h; ++i) absorb_head(i);
   }
 

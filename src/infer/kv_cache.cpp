@@ -1,5 +1,9 @@
 #include "infer/kv_cache.h"
 
+#include <omp.h>
+
+#include <algorithm>
+
 #include <cstring>
 
 namespace dsv3::infer {
@@ -29,7 +33,16 @@ void LatentCache::write(int layer, int pos, const float* c_kv_norm, const float*
 const float* LatentCache::read(int layer, int end, float* scratch) const {
   const size_t row = size_t(layer) * size_t(capacity_) * size_t(width_);
   if (data_.dtype() == DType::F32) return data_.f32() + row;
-  convert_to_f32(DType::BF16, data_.bf16() + row, scratch, size_t(end) * size_t(width_));
+  // Widened in blocks of 64 positions shared out over the threads: at every decoded token each
+  // layer reads its whole window, which is worth more than one thread.
+  const uint16_t* src = data_.bf16() + row;
+  const int64_t blocks = (int64_t(end) + 63) / 64;
+#pragma omp parallel for schedule(static) if (blocks > 1 && !omp_in_parallel())
+  for (int64_t b = 0; b < blocks; ++b) {
+    const size_t first = size_t(b) * 64 * size_t(width_);
+    const size_t count = size_t(std::min<int64_t>(64, int64_t(end) - b * 64)) * size_t(width_);
+    convert_to_f32(DType::BF16, src + first, scratch + first, count);
+  }
   return scratch;
 }
 

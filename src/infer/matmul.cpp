@@ -361,6 +361,18 @@ void matmul_wt_jobs(std::span<const GemvJob> jobs) {
       if (j.m > 0 && j.w.rows > 0) live.push_back(j);
     return run_jobs(live);
   }
+  // Many jobs (the per-head value products of a prefill): one whole job per thread at a time,
+  // each GEMM on its own thread, rather than every small GEMM synchronising all threads.
+  // Few jobs: one after another, each GEMM parallel inside.
+  const int threads = omp_get_max_threads();
+  if (threads > 1 && !omp_in_parallel() && int64_t(jobs.size()) >= 2 * threads) {
+#pragma omp parallel for schedule(dynamic, 1)
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const GemvJob& j = jobs[i];
+      matmul_wt(j.x, j.m, j.ldx, j.w, j.y, j.ldy, j.accumulate);
+    }
+    return;
+  }
   for (const GemvJob& j : jobs) matmul_wt(j.x, j.m, j.ldx, j.w, j.y, j.ldy, j.accumulate);
 }
 

@@ -4,12 +4,18 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <random>
 
+#include <nlohmann/json.hpp>
+
+#include "infer/convert.h"
 #include "infer/decode_parity.h"
 #include "infer/engine.h"
 #include "model/safetensors.h"
 #include "model/transformer.h"
+#include "model/weights.h"
 
 namespace {
 using namespace dsv3;
@@ -45,8 +51,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, DecodeFixture,
                          ::testing::Values("tiny-v3", "tiny-v2lite", "tiny-v3-bf16", "wide-v3-fp8"));
 
 // Random token windows (not the fixture's): the decode path equals the training forward pass.
-void compare_with_training_forward(const char* name, uint32_t seed, int64_t seq) {
-  const std::string dir = fixture(name);
+void compare_with_training_forward_in(const std::string& dir, uint32_t seed, int64_t seq) {
   ModelConfig c = ModelConfig::load(dir);
   ModelWeights tw(c);
   tw.load(WeightStore::open(dir + "/model.safetensors"));
@@ -68,10 +73,39 @@ void compare_with_training_forward(const char* name, uint32_t seed, int64_t seq)
   }
   EXPECT_EQ(cache.len(), seq);
   EXPECT_EQ(cache.width(), c.kv_lora_rank + c.qk_rope_head_dim);
-  EXPECT_LE(max_rel(got.data(), ref, got.size()), 1e-5) << name;
+  EXPECT_LE(max_rel(got.data(), ref, got.size()), 1e-5) << dir;
+}
+
+void compare_with_training_forward(const char* name, uint32_t seed, int64_t seq) {
+  compare_with_training_forward_in(fixture(name), seed, seq);
 }
 
 TEST(Decode, EqualsTrainingForwardTinyV3) { compare_with_training_forward("tiny-v3", 7, 30); }
+
+// A latent rank of 160 and a cache row of 184 values: the attention kernels' 128-value register
+// blocks, their scalar remainder and the masked 16-lane tail all run (the fixtures' ranks are
+// below one block).
+TEST(Decode, EqualsTrainingForwardWideLatent) {
+  nlohmann::json raw;
+  {
+    std::ifstream f(fixture("tiny-v3") + "/config.json");
+    raw = nlohmann::json::parse(f);
+  }
+  raw["kv_lora_rank"] = 160;
+  raw["qk_rope_head_dim"] = 24;
+  raw["num_nextn_predict_layers"] = 0;
+  const std::string dir = ::testing::TempDir() + "dsv3_wide_latent";
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream f(dir + "/config.json");
+    f << raw.dump(2);
+  }
+  ModelConfig c = ModelConfig::load(dir);
+  ModelWeights w(c);
+  w.init_random(5, 0.05f);
+  write_checkpoint(dir, raw, w.named_tensors(), CheckpointFormat::F32);
+  compare_with_training_forward_in(dir, 9, 40);
+}
 TEST(Decode, EqualsTrainingForwardV2Lite) { compare_with_training_forward("tiny-v2lite", 8, 17); }
 
 TEST(Decode, CacheHoldsOnlyTheLatent) {
