@@ -401,13 +401,29 @@ void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y,
   const uint16_t* wp = static_cast<const uint16_t*>(w.data);
   if (m > kSmallRows) return large_bf16(x, m, ldx, w, y, ldy, false, /*plain=*/true);
   // y_i = sum_r x_i[r] * w[r, :], exact F32 products of the widened weights.
+  int64_t c0 = 0;
+#if defined(__AVX512F__)
+  // Blocks of 128 outputs stay in 8 registers while the rows stream by.
+  constexpr int kBlock = 8;
+  for (; c0 + 16 * kBlock <= w.cols; c0 += 16 * kBlock)
+    for (int64_t i = 0; i < m; ++i) {
+      __m512 acc[kBlock];
+      for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_setzero_ps();
+      for (int64_t r = 0; r < w.rows; ++r) {
+        const __m512 a = _mm512_set1_ps(x[i * ldx + r]);
+        const uint16_t* wr = wp + r * w.ld + c0;
+        for (int b = 0; b < kBlock; ++b) acc[b] = _mm512_fmadd_ps(a, load_bf16(wr + 16 * b), acc[b]);
+      }
+      for (int b = 0; b < kBlock; ++b) _mm512_storeu_ps(y + i * ldy + c0 + 16 * b, acc[b]);
+    }
+#endif
   for (int64_t i = 0; i < m; ++i) {
     float* yi = y + i * ldy;
-    for (int64_t c = 0; c < w.cols; ++c) yi[c] = 0.0f;
+    for (int64_t c = c0; c < w.cols; ++c) yi[c] = 0.0f;
     for (int64_t r = 0; r < w.rows; ++r) {
       const float a = x[i * ldx + r];
       const uint16_t* wr = wp + r * w.ld;
-      for (int64_t c = 0; c < w.cols; ++c) yi[c] += a * bf16_to_f32(wr[c]);
+      for (int64_t c = c0; c < w.cols; ++c) yi[c] += a * bf16_to_f32(wr[c]);
     }
   }
 }
