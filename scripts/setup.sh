@@ -9,7 +9,7 @@ DEBIAN_PACKAGES=(
   nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev libpcre2-dev libcpp-httplib-dev
   libdnnl-dev libopenblas-dev libzstd-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-jinja2 gnuplot-nox
+  python3 python3-jinja2 gnuplot-nox git
 )
 
 missing=()
