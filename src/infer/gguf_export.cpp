@@ -1,5 +1,8 @@
 #include "infer/gguf_export.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
@@ -54,6 +57,16 @@ class SourceMatrix {
   int64_t rows() const { return rows_; }
   int64_t cols() const { return cols_; }
 
+  // Drops the mapped file pages this tensor was read from (whole pages inside it only), so an
+  // export's resident memory stays at about one tensor's pieces, not the whole checkpoint.
+  void release() const {
+    static const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t start = reinterpret_cast<uintptr_t>(src_.data());
+    const uintptr_t begin = (start + page - 1) / page * page;
+    const uintptr_t end = (start + src_.nbytes()) / page * page;
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+
   // Rows [r0, r1) into out [(r1 - r0) * cols].
   void read(int64_t r0, int64_t r1, float* out) const {
     const size_t es = dtype_size(src_.dtype());
@@ -101,6 +114,7 @@ void emit_rows(const SourceMatrix& m, TensorType type, const TensorSink& sink) {
     m.read(r, r1, rows.data());
     emit(rows.data(), size_t((r1 - r) * m.cols()), type, sink, buffer);
   }
+  m.release();
 }
 
 class Exporter {
@@ -270,6 +284,7 @@ class Exporter {
           for (int64_t j = 0; j < r; ++j) t[size_t(j * nope + i)] = rows[size_t(i * r + j)];
         emit(t.data(), t.size(), type, s, buffer);  // [R, nope]
       }
+      m->release();
     });
     w_.add_tensor(blk + "attn_v_b.weight", type, {r, v, h}, [=](const TensorSink& s) {
       std::vector<float> rows(size_t(v * r));
@@ -278,6 +293,7 @@ class Exporter {
         m->read(head * (nope + v) + nope, (head + 1) * (nope + v), rows.data());  // [v, R]
         emit(rows.data(), rows.size(), type, s, buffer);
       }
+      m->release();
     });
   }
 
