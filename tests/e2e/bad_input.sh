@@ -56,5 +56,22 @@ expect_error batch-bad-id "batch.txt:2: .*'x'" "$DSV3" generate -m tests/data/re
 expect_error batch-missing-file "nowhere.txt" "$DSV3" generate -m tests/data/reference/tiny-v3 \
   --batch "$WORK/nowhere.txt" --batch-ids -n 2
 
+# export --gguf: a missing folder, a truncated checkpoint, an unwritable output and a config
+# llama.cpp would run differently are refused, and no file appears at the output path.
+expect_error export-missing "nowhere" "$DSV3" export --gguf "$WORK/out.gguf" "$WORK/nowhere"
+expect_error export-truncated "model.safetensors" "$DSV3" export --gguf "$WORK/out.gguf" \
+  "$WORK/truncated"
+expect_error export-unwritable "no-such-folder" "$DSV3" export --gguf \
+  "$WORK/no-such-folder/out.gguf" "$FIX"
+mkdir -p "$WORK/interleaved"
+cp "$FIX"/*.safetensors "$WORK/interleaved/"
+sed 's/"moe_layer_freq": 1/"moe_layer_freq": 2/' "$FIX/config.json" >"$WORK/interleaved/config.json"
+expect_error export-unsupported "moe_layer_freq" "$DSV3" export --gguf "$WORK/out.gguf" \
+  "$WORK/interleaved"
+if ls "$WORK"/out.gguf* >/dev/null 2>&1; then
+  echo "FAIL export: a failed export left $(ls "$WORK"/out.gguf*)"
+  failures=$((failures + 1))
+fi
+
 echo "bad_input: $passes passed, $failures failed"
 [ $failures -eq 0 ]
