@@ -74,7 +74,10 @@ int run(const std::string& cmd, std::string* output) {
 
 std::string join(const int32_t* ids, int64_t n) {
   std::string s;
-  for (int64_t i = 0; i < n; ++i) s += (i ? "," : "") + std::to_string(ids[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    if (i > 0) s += ',';
+    s += std::to_string(ids[i]);
+  }
   return s;
 }
 
@@ -217,7 +220,10 @@ TEST(LlamaCppVocab, TokenizesLikeDsv3) {
         kHarness + " tokenize -m " + gguf_path + " --text-file " + text_file.string();
     ASSERT_EQ(run(cmd, &out), 0) << cmd << "\n" << out;
     std::string want;
-    for (uint32_t id : t.encode(texts[i])) want += (want.empty() ? "" : ",") + std::to_string(id);
+    for (uint32_t id : t.encode(texts[i])) {
+      if (!want.empty()) want += ',';
+      want += std::to_string(id);
+    }
     while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
     EXPECT_EQ(out, want) << "text " << i << ": " << texts[i];
   }
