@@ -7,10 +7,11 @@ bash scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
 
 # Fuzz targets: a separate clang build with libFuzzer and sanitizers, a short run of each (the
-# fuzzed code is host code: the CUDA backend is left out of this build).
+# fuzzed code is host code: the CUDA backend and the llama.cpp harness are left out of this
+# build).
 FUZZ_DIR=${FUZZ_DIR:-build-fuzz}
 CC=clang CXX=clang++ cmake -S . -B "$FUZZ_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DDSV3_FUZZ=ON -DDSV3_TESTS=OFF -DDSV3_NATIVE=OFF -DDSV3_CUDA=OFF >/dev/null
+  -DDSV3_FUZZ=ON -DDSV3_TESTS=OFF -DDSV3_NATIVE=OFF -DDSV3_CUDA=OFF -DDSV3_LLAMACPP=OFF >/dev/null
 cmake --build "$FUZZ_DIR" -j "$(nproc)"
 for fuzzer in "$FUZZ_DIR"/dsv3_fuzz_*; do
   [ -x "$fuzzer" ] || continue
