@@ -135,12 +135,12 @@ llama_flash_attn_type flash_attn(const std::string& name) {
 }
 
 // The model and one context with room for `positions` tokens, decoded in one batch.
-struct Session {
+struct Llama {
   llama_model* model = nullptr;
   llama_context* ctx = nullptr;
   int vocab = 0;
 
-  Session(const Options& o, int positions) {
+  Llama(const Options& o, int positions) {
     llama_model_params mp = llama_model_default_params();
     model = llama_model_load_from_file(o.model.c_str(), mp);
     if (!model) throw std::runtime_error(o.model + ": llama.cpp could not load the model");
@@ -158,7 +158,7 @@ struct Session {
     ctx = llama_init_from_model(model, cp);
     if (!ctx) throw std::runtime_error(o.model + ": llama.cpp could not create a context");
   }
-  ~Session() {
+  ~Llama() {
     if (ctx) llama_free(ctx);
     if (model) llama_model_free(model);
   }
@@ -190,7 +190,7 @@ struct Session {
 int run_logits(const Options& o) {
   const std::vector<llama_token> ids = parse_ids(o.ids);
   if (o.out.empty()) usage_error("logits needs --out FILE");
-  Session s(o, int(ids.size()));
+  Llama s(o, int(ids.size()));
   s.decode(ids, 0, true);
   std::ofstream f(o.out, std::ios::binary);
   for (size_t i = 0; i < ids.size(); ++i)
@@ -203,7 +203,7 @@ int run_logits(const Options& o) {
 
 int run_generate(const Options& o) {
   const std::vector<llama_token> ids = parse_ids(o.ids);
-  Session s(o, int(ids.size()) + o.new_tokens);
+  Llama s(o, int(ids.size()) + o.new_tokens);
   s.decode(ids, 0, false);
   std::vector<llama_token> out{llama_token(s.argmax_last())};
   while (int(out.size()) < o.new_tokens) {
@@ -219,7 +219,7 @@ int run_tokenize(const Options& o) {
   std::ifstream f(o.text_file, std::ios::binary);
   if (!f.good()) usage_error("tokenize needs --text-file FILE");
   const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  Session s(o, 16);
+  Llama s(o, 16);
   const llama_vocab* v = llama_model_get_vocab(s.model);
   std::vector<llama_token> ids(text.size() + 16);
   int32_t n = llama_tokenize(v, text.data(), int32_t(text.size()), ids.data(), int32_t(ids.size()),
@@ -233,7 +233,7 @@ int run_tokenize(const Options& o) {
 int run_bench(const Options& o) {
   if (o.prompt_tokens < 1 || o.new_tokens < 2 || o.repeat < 1)
     usage_error("bench needs --prompt-tokens > 0, --new-tokens > 1, --repeat > 0");
-  Session s(o, o.prompt_tokens + o.new_tokens);
+  Llama s(o, o.prompt_tokens + o.new_tokens);
   // The same draw as `dsv3 bench decode --seed`.
   std::mt19937 rng(uint32_t(o.seed));
   std::uniform_int_distribution<int32_t> id(0, s.vocab - 1);
