@@ -67,6 +67,8 @@ struct SamplingOptions {
                               DType cache) const {
     infer::GenerateOptions o;
     o.sampling = p;
+    // With a tokenizer, only ids it can decode are drawn.
+    if (text) o.sampling.allowed = text->token_ids(c.vocab_size);
     o.max_new_tokens = max_new_tokens;
     o.cache_dtype = cache;
     o.speculative_mtp = speculative == "mtp";

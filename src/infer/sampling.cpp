@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <unordered_map>
 
@@ -19,6 +20,8 @@ void SamplingParams::validate() const {
              repetition_penalty);
   DSV3_CHECK(std::isfinite(presence_penalty) && std::isfinite(frequency_penalty),
              "sampling: presence and frequency penalties must be finite");
+  DSV3_CHECK(allowed.empty() || std::find(allowed.begin(), allowed.end(), true) != allowed.end(),
+             "sampling: no token id may be drawn");
 }
 
 int32_t argmax(const float* values, int n) {
@@ -37,6 +40,10 @@ void Sampler::penalize(const float* logits, std::span<const int32_t> history,
                        std::vector<float>& out) const {
   out.assign(logits, logits + vocab_);
   const SamplingParams& p = params_;
+  if (!p.allowed.empty())
+    for (int i = 0; i < vocab_; ++i)
+      if (size_t(i) >= p.allowed.size() || !p.allowed[size_t(i)])
+        out[size_t(i)] = -std::numeric_limits<float>::infinity();
   if (history.empty() ||
       (p.repetition_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f))
     return;

@@ -1,5 +1,6 @@
 #pragma once
 // Token sampling. The logits of one position go through, in order:
+//   0. ids outside `allowed` (when set) get probability zero;
 //   1. penalties over the tokens seen so far (prompt and generated):
 //      repetition (a seen token's logit is divided by the penalty when positive, multiplied when
 //      negative), presence (minus presence_penalty once per seen token) and frequency (minus
@@ -24,6 +25,9 @@ struct SamplingParams {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   uint64_t seed = 0;
+  // Ids that may be drawn (empty: all). A model's vocabulary may be larger than its tokenizer's
+  // (DeepSeek-V3: 129,280 embedding rows, 128,815 tokens): ids without a token are never drawn.
+  std::vector<bool> allowed;
 
   bool greedy() const { return temperature <= 0.0f; }
   void validate() const;  // a clear error for out-of-range values

@@ -39,6 +39,12 @@ std::string TextCodec::decode(std::span<const int32_t> ids) const {
 std::string TextCodec::push(int32_t id) { return stream_->push(uint32_t(id)); }
 std::string TextCodec::finish() { return stream_->finish(); }
 
+std::vector<bool> TextCodec::token_ids(int n) const {
+  std::vector<bool> known(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) known[size_t(i)] = tokenizer_->has_id(uint32_t(i));
+  return known;
+}
+
 std::optional<int32_t> TextCodec::eos_id() const {
   auto e = tokenizer_->eos_id();
   if (!e) return std::nullopt;

@@ -32,6 +32,8 @@ class TextCodec {
   std::string push(int32_t id);
   std::string finish();
   std::optional<int32_t> eos_id() const;
+  // Which ids below `n` are tokens (ids of a model's padding rows are not).
+  std::vector<bool> token_ids(int n) const;
   bool adds_bos() const;
   bool has_chat_template() const;
   // Renders `messages` ([{role, content}]) with the chat template, ending with the assistant's

@@ -174,3 +174,20 @@ TEST(Speculative, ChoiceRuleYieldsTheTargetDistribution) {
   EXPECT_NEAR(double(kept) / n, 0.5, 0.01);
 }
 }  // namespace
+
+TEST(Sampling, OnlyAllowedIdsAreDrawn) {
+  // The most likely ids (5 and 6) are not allowed: greedy and sampled draws avoid them.
+  std::vector<float> logits(8, 0.0f);
+  logits[5] = 9.0f;
+  logits[6] = 8.0f;
+  SamplingParams p;
+  p.allowed = {true, true, true, true, true, false, false};  // id 7: beyond the list, not allowed
+  Sampler greedy(p, 8);
+  EXPECT_EQ(greedy.sample(logits.data(), {}), 0);
+  p.temperature = 1.0f;
+  p.seed = 3;
+  Sampler sampled(p, 8);
+  for (int i = 0; i < 200; ++i) EXPECT_LT(sampled.sample(logits.data(), {}), 5);
+  p.allowed.assign(8, false);
+  EXPECT_THROW(Sampler(p, 8), dsv3::Error);
+}
