@@ -161,21 +161,30 @@ void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, 
 }
 #endif
 
+// Calls kernel.template operator()<M, RB>() for m rows (1..kSmallRows): M activation rows held
+// in registers, RB weight rows per step (as many accumulators as fit: RB * M <= 8).
+template <typename Kernel>
+void with_row_blocking(int64_t m, Kernel&& kernel) {
+  switch (m) {
+    case 1: return kernel.template operator()<1, 4>();
+    case 2: return kernel.template operator()<2, 4>();
+    case 3: return kernel.template operator()<3, 2>();
+    case 4: return kernel.template operator()<4, 2>();
+    case 5: return kernel.template operator()<5, 1>();
+    case 6: return kernel.template operator()<6, 1>();
+    case 7: return kernel.template operator()<7, 1>();
+    default: return kernel.template operator()<8, 1>();
+  }
+}
+
 // Output rows [r0, r1) of one product of m <= kSmallRows rows.
 template <typename W>
 void rows_of(const float* x, int64_t m, int64_t ldx, const MatRef& w, int64_t r0, int64_t r1,
              float* y, int64_t ldy, bool acc) {
   const W* p = static_cast<const W*>(w.data);
-  switch (m) {
-    case 1: return gemv_block<1, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 2: return gemv_block<2, 4>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 3: return gemv_block<3, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 4: return gemv_block<4, 2>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 5: return gemv_block<5, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 6: return gemv_block<6, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 7: return gemv_block<7, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    default: return gemv_block<8, 1>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-  }
+  with_row_blocking(m, [&]<int M, int RB>() {
+    gemv_block<M, RB>(x, ldx, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+  });
 }
 
 #if defined(DSV3_GEMV_BF16_DOT)
@@ -183,16 +192,9 @@ void rows_of(const float* x, int64_t m, int64_t ldx, const MatRef& w, int64_t r0
 void rows_of_dp(const uint16_t* xb, int64_t kp, int64_t m, const MatRef& w, int64_t r0, int64_t r1,
                 float* y, int64_t ldy, bool acc) {
   const uint16_t* p = static_cast<const uint16_t*>(w.data);
-  switch (m) {
-    case 1: return gemv_block_dp<1, 4>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 2: return gemv_block_dp<2, 4>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 3: return gemv_block_dp<3, 2>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 4: return gemv_block_dp<4, 2>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 5: return gemv_block_dp<5, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 6: return gemv_block_dp<6, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    case 7: return gemv_block_dp<7, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-    default: return gemv_block_dp<8, 1>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
-  }
+  with_row_blocking(m, [&]<int M, int RB>() {
+    gemv_block_dp<M, RB>(xb, kp, p, w.ld, w.cols, r0, r1, y, ldy, acc);
+  });
 }
 #endif
 
