@@ -32,7 +32,7 @@ int run(Options& o) {
   const bool default_run = o.config.empty() && s.data_dir.empty();
   if (default_run && !o.gamma_given) {
     // The report's gamma (0.001) moves a bias by at most 0.001 a step: right for its ~10^5
-    // steps, too slow for a run of 1,000 (docs/experiments.md), so the built-in run uses 0.01.
+    // steps, too slow for a run of 2,000 (docs/experiments.md), so the built-in run uses 0.01.
     s.bias_gamma = 0.01;
   }
   if (s.data_dir.empty()) {

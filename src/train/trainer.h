@@ -26,7 +26,7 @@ struct TrainSettings {
   int64_t micro_batch = 4;           // sequences per forward/backward
   int64_t micro_batches = 2;         // per optimizer step at full batch size
   int64_t start_micro_batches = 1;   // the batch-size ramp starts here
-  int64_t steps = 1000;
+  int64_t steps = 2000;
   int64_t warmup_steps = 30;
   double lr = 1e-3;
   double weight_decay = 0.1, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, clip = 1.0;
