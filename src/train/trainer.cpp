@@ -151,9 +151,21 @@ TrainOutcome train(const TrainSettings& s) {
     nlohmann::json state;
     load_checkpoint(*latest, weights, &opt, &state);
     nlohmann::json want = run_identity(s);
-    if (state.contains("run") && state["run"] != want)
-      fail("{}: --resume with different settings than the run was started with ({} vs {})",
-           *latest, state["run"].dump(), want.dump());
+    if (state.contains("run") && state["run"] != want) {
+      // Name each setting that differs, with the value the run was started with.
+      std::string diff;
+      const nlohmann::json& was = state["run"];
+      for (const auto& [key, value] : want.items()) {
+        const std::string before = was.contains(key) ? was[key].dump() : "(unset)";
+        if (before != value.dump())
+          diff += fmt::format("{}{} {} (now {})", diff.empty() ? "" : ", ", key, before, value.dump());
+      }
+      for (const auto& [key, value] : was.items())
+        if (!want.contains(key)) diff += fmt::format("{}{} {} (now unset)", diff.empty() ? "" : ", ", key, value.dump());
+      fail("{}: --resume with different settings than the run was started with: {}; resume with "
+           "the settings it was started with, or start a new run (--out)",
+           *latest, diff);
+    }
     start_step = state.at("step").get<int64_t>();
     tokens_seen = state.value("tokens_seen", 0.0);
     loader.restore(state.at("data"));

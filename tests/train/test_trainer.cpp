@@ -145,6 +145,19 @@ TEST(Trainer, RefusesMismatchedResumes) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("different model config"), std::string::npos) << e.what();
   }
+  // Different run settings: the error names each one, with the value the run started with.
+  TrainSettings longer = s;
+  longer.resume = true;
+  longer.steps = 5;
+  longer.lr = s.lr * 2;
+  try {
+    train(longer);
+    FAIL() << "resumed with different settings";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("steps 3 (now 5)"), std::string::npos) << what;
+    EXPECT_NE(what.find("lr "), std::string::npos) << what;
+  }
   // Resume with nothing to resume from.
   TrainSettings fresh = t.settings(t.dir / "empty");
   fresh.resume = true;
