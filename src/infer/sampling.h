@@ -27,7 +27,7 @@ struct SamplingParams {
   uint64_t seed = 0;
   // Ids that may be drawn (empty: all). A model's vocabulary may be larger than its tokenizer's
   // (DeepSeek-V3: 129,280 embedding rows, 128,815 tokens): ids without a token are never drawn.
-  std::vector<bool> allowed;
+  std::vector<bool> allowed = {};
 
   bool greedy() const { return temperature <= 0.0f; }
   void validate() const;  // a clear error for out-of-range values
