@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "core/profile.h"
+#include "infer/matmul.h"
 #include "infer_common.h"
 
 namespace {
@@ -69,6 +70,10 @@ dsv3::app::Registrar reg(
         using namespace dsv3;
         DSV3_CHECK(o->prompt_tokens > 0 && o->new_tokens > 1 && o->repeat > 0,
                    "bench decode: needs --prompt-tokens > 0, --new-tokens > 1, --repeat > 0");
+        // Phases are filed as prefill or decode by the rows of the pass.
+        DSV3_CHECK(!o->profile || o->prompt_tokens > infer::kSmallRows,
+                   "bench decode: --profile needs --prompt-tokens > {} (shorter prompts run "
+                   "like decode steps and could not be told apart)", infer::kSmallRows);
         auto weights = o->model.load();
         infer::Engine engine(weights);
         const ModelConfig& c = engine.config();

@@ -4,6 +4,7 @@
 // comma-separated ids), each with its own cache and position, and prints each result when all
 // are done.
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 
 #include <fmt/format.h>
@@ -25,8 +26,10 @@ int run_batch(const Options& o) {
   using namespace dsv3;
   DSV3_CHECK(o.prompt.empty() && o.prompt_ids.empty(),
              "generate: give exactly one of -p/--prompt, --prompt-ids and --batch");
+  DSV3_CHECK(o.sampling.stop.empty(), "generate: --stop is not supported with --batch");
   std::ifstream in(o.batch);
-  DSV3_CHECK(in.good(), "generate: cannot read the batch file {}", o.batch);
+  DSV3_CHECK(in.good() && !std::filesystem::is_directory(o.batch),
+             "generate: cannot read the batch file {}", o.batch);
   auto weights = o.model.load();
   infer::Engine engine(weights);
   auto text = infer::TextCodec::open(o.model.model);
@@ -35,16 +38,15 @@ int run_batch(const Options& o) {
   std::vector<std::vector<int32_t>> prompts;
   std::string line;
   for (int number = 1; std::getline(in, line); ++number) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
     if (line.empty()) continue;
-    try {
-      prompts.push_back(o.batch_ids ? app::parse_ids(line)
-                                    : text->encode(line, o.bos || text->adds_bos()));
-    } catch (const Error& e) {
-      throw Error(fmt::format("{}:{}: {}", o.batch, number, e.what()));
-    }
+    const std::string where = fmt::format("{}:{}", o.batch, number);
+    prompts.push_back(o.batch_ids ? app::parse_ids(line, where)
+                                  : text->encode(line, o.bos || text->adds_bos()));
+    infer::check_token_ids(engine.config(), prompts.back().data(), prompts.back().size(),
+                           where.c_str());
   }
   DSV3_CHECK(!prompts.empty(), "generate: the batch file {} has no prompts", o.batch);
-  DSV3_CHECK(o.sampling.stop.empty(), "generate: --stop is not supported with --batch");
   infer::GenerateOptions go = o.sampling.make(engine.config(), text.get(), o.model.cache_dtype());
   infer::Generator gen(engine);
   infer::GenerateStats st;
@@ -82,6 +84,7 @@ dsv3::app::Registrar reg(
       return [o]() {
         using namespace dsv3;
         if (!o->batch.empty()) return run_batch(*o);
+        DSV3_CHECK(!o->batch_ids, "generate: --batch-ids needs --batch FILE");
         DSV3_CHECK(o->prompt.empty() != o->prompt_ids.empty(),
                    "generate: give exactly one of -p/--prompt, --prompt-ids and --batch");
         auto weights = o->model.load();

@@ -81,8 +81,8 @@ struct SamplingOptions {
   }
 };
 
-// "1,2,3" -> ids.
-inline std::vector<int32_t> parse_ids(const std::string& s) {
+// "1,2,3" -> ids; errors are prefixed with `what` (the option or file:line it came from).
+inline std::vector<int32_t> parse_ids(const std::string& s, const std::string& what = "--prompt-ids") {
   std::vector<int32_t> ids;
   size_t i = 0;
   while (i < s.size()) {
@@ -95,11 +95,11 @@ inline std::vector<int32_t> parse_ids(const std::string& s) {
       DSV3_CHECK(used == item.size() && v >= INT32_MIN && v <= INT32_MAX, "bad id");
       ids.push_back(int32_t(v));
     } catch (const std::exception&) {
-      fail("--prompt-ids: '{}' is not an integer token id", item);
+      fail("{}: '{}' is not an integer token id", what, item);
     }
     i = j + 1;
   }
-  DSV3_CHECK(!ids.empty(), "--prompt-ids: no ids given");
+  DSV3_CHECK(!ids.empty(), "{}: no ids given", what);
   return ids;
 }
 

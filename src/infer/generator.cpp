@@ -220,9 +220,6 @@ std::vector<std::vector<int32_t>> Generator::generate_batch(
   }
   auto t0 = Clock::now();
   std::vector<Chunk> chunks;
-  for (size_t i = 0; i < b; ++i)
-    chunks.push_back({&caches[i], prompts[i].data(), int(prompts[i].size())});
-  engine_.forward(chunks, LogitsFor::Last);
   std::vector<int32_t> next(b);
   auto take = [&](const std::vector<size_t>& active) {
     for (size_t j = 0; j < active.size(); ++j) {
@@ -237,9 +234,14 @@ std::vector<std::vector<int32_t>> Generator::generate_batch(
         done[i] = true;
     }
   };
-  std::vector<size_t> active(b);
-  for (size_t i = 0; i < b; ++i) active[i] = i;
-  take(active);
+  // Each prompt is prefilled in its own pass: its arithmetic is then exactly that of the prompt
+  // decoded alone (a pass of more than kSmallRows rows in all would take the BF16 GEMM).
+  std::vector<size_t> active;
+  for (size_t i = 0; i < b; ++i) {
+    Chunk ch{&caches[i], prompts[i].data(), int(prompts[i].size())};
+    engine_.forward({&ch, 1}, LogitsFor::Last);
+    take({i});
+  }
   st.prefill_seconds = seconds_since(t0);
   auto t1 = Clock::now();
   while (true) {

@@ -55,7 +55,9 @@ class Generator {
                                 GenerateStats* stats = nullptr);
 
   // Several prompts decoded together (each with its own cache, position and sampler seeded with
-  // seed + index). Returns each sequence's new tokens.
+  // seed + index). Each prompt is prefilled in its own pass; the decode steps run all live
+  // sequences in one pass. Up to kSmallRows sequences, each gets exactly the tokens it gets
+  // alone. Returns each sequence's new tokens.
   std::vector<std::vector<int32_t>> generate_batch(
       const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& options,
       GenerateStats* stats = nullptr);

@@ -273,7 +273,7 @@ void run_jobs(std::span<const GemvJob> jobs) {
 
 struct DnnlState {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-  // (m, n, k, ld, ldy, accumulate) -> primitive
+  // (plain, n, k, ld, ldy, accumulate) -> primitive (the row count m is a runtime dimension)
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>, dnnl::matmul> cache;
   std::mutex mutex;
 };

@@ -3,8 +3,9 @@
 // float32 activations and float32 accumulation.
 //
 //   few rows (decode, verification, small expert groups): a hand-written AVX-512 kernel that
-//     streams each weight row once, converts BF16 to F32 exactly and multiplies it with every
-//     activation row in F32 (no rounding of the activations);
+//     streams each weight row once; against BF16 weights, on CPUs with AVX512-BF16 it rounds the
+//     activations to BF16 once and multiplies pairs with vdpbf16ps (F32 accumulation), elsewhere
+//     it widens the weights exactly and keeps the activations in F32;
 //   many rows (prefill): oneDNN's BF16 matmul (activations rounded to BF16, F32 accumulation,
 //     AVX512-BF16 instructions), primitives cached by shape;
 //   F32 weights: the same streaming kernel for few rows, oneDNN sgemm for many.

@@ -3,6 +3,8 @@
 // per-row bit-for-bit independence of the streaming kernel, and job lists.
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <random>
 #include <vector>
@@ -123,7 +125,9 @@ TEST(Matmul, JobsEqualSeparateProducts) {
     std::vector<GemvJob> jobs;
     jobs.push_back({xa.data(), m, 96, a.ref(DType::BF16), ja.data(), 40});
     jobs.push_back({xb.data(), m, 64, b.ref(DType::F32), jb.data(), 70});
-    std::vector<std::vector<float>> extra(6, std::vector<float>(size_t(m * 40)));
+    // 2 + 2 * threads jobs: at least twice the threads, whatever their number.
+    std::vector<std::vector<float>> extra(size_t(2 * omp_get_max_threads()),
+                                          std::vector<float>(size_t(m * 40)));
     for (auto& e : extra) jobs.push_back({xa.data(), m, 96, a.ref(DType::BF16), e.data(), 40});
     matmul_wt_jobs(jobs);
     EXPECT_EQ(ja, ya) << "m=" << m;
