@@ -94,6 +94,11 @@ uint16_t f32_to_f16(float f) {
   return uint16_t(sign | uint16_t(units));
 }
 
+void dequantize_fp8_row(const uint8_t* q, const float* scale, int64_t cols, int64_t block_cols,
+                        float* out) {
+  for (int64_t c = 0; c < cols; ++c) out[c] = f8e4m3_to_f32(q[c]) * scale[c / block_cols];
+}
+
 float f8e4m3_to_f32(uint8_t v) {
   float sign = (v & 0x80) ? -1.0f : 1.0f;
   int exponent = (v >> 3) & 0xf;

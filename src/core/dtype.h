@@ -36,6 +36,10 @@ uint16_t f32_to_f16(float f);
 
 // OCP FP8 E4M3 ("fn": no infinities, 0x7f/0xff are NaN, max finite 448).
 float f8e4m3_to_f32(uint8_t v);
+// One row of a block-scaled FP8 matrix as float32: out[c] = e4m3(q[c]) * scale[c / block_cols],
+// where `scale` is the row of block scales for this row's block (one float32 per block).
+void dequantize_fp8_row(const uint8_t* q, const float* scale, int64_t cols, int64_t block_cols,
+                        float* out);
 // Round to nearest even with saturation to +-448 (the convention of DeepSeek's FP8 recipe).
 uint8_t f32_to_f8e4m3(float f);
 

@@ -11,41 +11,25 @@ namespace dsv3::infer {
 
 namespace {
 #if defined(__AVX512F__)
-// Dot products of one query row with four cache rows, 16 lanes each, in a fixed order.
-inline void dot4(const float* q, const float* k0, int64_t w, float scale, float* out) {
+// Dot products of one query row with N consecutive cache rows (stride w), scaled. Each row is
+// summed in 16 lanes in the same order whatever N, so a score does not depend on whether its row
+// fell in a group of four or in the remainder.
+template <int N>
+inline void dots(const float* q, const float* k0, int64_t w, float scale, float* out) {
   const int64_t w16 = w / 16 * 16;
   const __mmask16 tail = __mmask16((1u << (w - w16)) - 1u);
-  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  __m512 acc[N];
+  for (int n = 0; n < N; ++n) acc[n] = _mm512_setzero_ps();
   for (int64_t c = 0; c < w16; c += 16) {
     const __m512 qv = _mm512_loadu_ps(q + c);
-    a0 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + c), a0);
-    a1 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + w + c), a1);
-    a2 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + 2 * w + c), a2);
-    a3 = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + 3 * w + c), a3);
+    for (int n = 0; n < N; ++n) acc[n] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k0 + n * w + c), acc[n]);
   }
   if (w16 < w) {
     const __m512 qv = _mm512_maskz_loadu_ps(tail, q + w16);
-    a0 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + w16), a0);
-    a1 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + w + w16), a1);
-    a2 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + 2 * w + w16), a2);
-    a3 = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + 3 * w + w16), a3);
+    for (int n = 0; n < N; ++n)
+      acc[n] = _mm512_fmadd_ps(qv, _mm512_maskz_loadu_ps(tail, k0 + n * w + w16), acc[n]);
   }
-  out[0] = scale * _mm512_reduce_add_ps(a0);
-  out[1] = scale * _mm512_reduce_add_ps(a1);
-  out[2] = scale * _mm512_reduce_add_ps(a2);
-  out[3] = scale * _mm512_reduce_add_ps(a3);
-}
-
-// One cache row's dot product, summed exactly as one lane group of dot4.
-inline float dot1(const float* q, const float* k, int64_t w, float scale) {
-  const int64_t w16 = w / 16 * 16;
-  const __mmask16 tail = __mmask16((1u << (w - w16)) - 1u);
-  __m512 a = _mm512_setzero_ps();
-  for (int64_t c = 0; c < w16; c += 16)
-    a = _mm512_fmadd_ps(_mm512_loadu_ps(q + c), _mm512_loadu_ps(k + c), a);
-  if (w16 < w)
-    a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, q + w16), _mm512_maskz_loadu_ps(tail, k + w16), a);
-  return scale * _mm512_reduce_add_ps(a);
+  for (int n = 0; n < N; ++n) out[n] = scale * _mm512_reduce_add_ps(acc[n]);
 }
 #endif
 
@@ -58,8 +42,8 @@ void scores_rows(const float* q, int64_t ldq, int64_t m, const float* kv, int64_
     const int64_t valid = start + t + 1;
     int64_t j = 0;
 #if defined(__AVX512F__)
-    for (; j + 4 <= valid; j += 4) dot4(qt, kv + j * w, w, scale, sc + t * ldsc + j);
-    for (; j < valid; ++j) sc[t * ldsc + j] = dot1(qt, kv + j * w, w, scale);
+    for (; j + 4 <= valid; j += 4) dots<4>(qt, kv + j * w, w, scale, sc + t * ldsc + j);
+    for (; j < valid; ++j) dots<1>(qt, kv + j * w, w, scale, sc + t * ldsc + j);
 #else
     for (; j < valid; ++j) {
       const float* kj = kv + j * w;
@@ -133,6 +117,7 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
   float* q = grow(s.q, n * h * dq);
   float* kv_a = grow(s.kv_a, n * w);
   float* c_norm = grow(s.c_norm, n * r);
+  // Consecutive phases: each emplace ends the previous one.
   std::optional<profile::Phase> ph;
   ph.emplace(DSV3_PHASE_NAME(n, "attn.q_kv"), Device::CPU);
   if (c.q_lora_rank) {
@@ -161,7 +146,6 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     }
   }
 
-  ph.reset();
   ph.emplace(DSV3_PHASE_NAME(n, "attn.absorb_q"), Device::CPU);
   // Absorbed queries: [q_nope . W_uk(h) | q_pe] per head, [n, H, R + rope].
   std::vector<MatRef> w_uk(static_cast<size_t>(h)), w_uv(static_cast<size_t>(h));
@@ -185,7 +169,6 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     for (int64_t i = 0; i < h; ++i) absorb_head(i);
   }
 
-  ph.reset();
   ph.emplace(DSV3_PHASE_NAME(n, "attn.scores_latent"), Device::CPU);
   // Scores and weighted latents, chunk by chunk over each chunk's own cache.
   float* olat = grow(s.olat, n * h * r);
@@ -214,7 +197,6 @@ void Engine::attention(const AttentionWeights& a, int cache_layer, std::span<con
     row0 += m;
   }
 
-  ph.reset();
   ph.emplace(DSV3_PHASE_NAME(n, "attn.values_o"), Device::CPU);
   // Values: o(h) = latent(h) . W_uv(h)^T, then the output projection.
   float* o = grow(s.o, n * h * dv);

@@ -193,9 +193,8 @@ void convert_checkpoint(const std::string& in_dir, const std::string& out_dir,
     Tensor out = Tensor::zeros(e.shape);
     const uint8_t* q = static_cast<const uint8_t*>(src.data());
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t col = 0; col < cols; ++col)
-        out.f32()[r * cols + col] =
-            f8e4m3_to_f32(q[r * cols + col]) * scale.f32()[(r / block) * bc + col / block];
+      dequantize_fp8_row(q + r * cols, scale.f32() + (r / block) * bc, cols, block,
+                         out.f32() + r * cols);
     return out;
   };
   fs::create_directories(out_dir);

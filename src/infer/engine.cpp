@@ -102,7 +102,6 @@ void Engine::moe(const LayerWeights& l, const float* xn, int64_t n, float* out) 
     if (c.norm_topk_prob) scale /= (sum + 1e-20f);
     for (int64_t j = 0; j < k; ++j) gates[t * k + j] *= scale;
   }
-  ph.reset();
   ph.emplace(DSV3_PHASE_NAME(n, "moe.experts"), Device::CPU);
   // Shared experts write the output; routed experts add their weighted rows.
   if (!l.has_shared) std::fill(out, out + n * d, 0.0f);

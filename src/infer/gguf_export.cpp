@@ -76,12 +76,9 @@ class SourceMatrix {
       return;
     }
     const int64_t scale_cols = scale_.dim(1);
-    for (int64_t r = r0; r < r1; ++r) {
-      const uint8_t* q = reinterpret_cast<const uint8_t*>(base) + (r - r0) * cols_;
-      const float* s = scale_.f32() + (r / br_) * scale_cols;
-      float* o = out + (r - r0) * cols_;
-      for (int64_t col = 0; col < cols_; ++col) o[col] = f8e4m3_to_f32(q[col]) * s[col / bc_];
-    }
+    for (int64_t r = r0; r < r1; ++r)
+      dequantize_fp8_row(reinterpret_cast<const uint8_t*>(base) + (r - r0) * cols_,
+                         scale_.f32() + (r / br_) * scale_cols, cols_, bc_, out + (r - r0) * cols_);
   }
 
  private:

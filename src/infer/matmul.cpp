@@ -54,88 +54,95 @@ inline __m512 load_w_masked(const float* p, __mmask16 m) { return _mm512_maskz_l
 // that each activation vector loaded serves RB rows; RB * M accumulators stay in registers.
 // Each output element is summed in the same order whatever M and RB are, so a row's result
 // does not depend on which other rows share the call (decode, verification and batches agree
-// bit for bit).
+// bit for bit). `Op` says how one step of kStep values of k is loaded and multiplied.
+template <int M, int RB, typename Op>
+void row_kernel(const Op& op, int64_t k, int64_t r0, int64_t r1, float* y, int64_t ldy,
+                bool accumulate) {
+  constexpr int64_t kStep = Op::kStep;
+  const int64_t full = k / kStep * kStep, rest = k - full;
+  int64_t r = r0;
+  for (; r + RB <= r1; r += RB) {
+    __m512 acc[RB][M];
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
+    auto step = [&](int64_t kk, int64_t count) {
+      typename Op::Weights wv[RB];
+      for (int a = 0; a < RB; ++a) wv[a] = op.weights(r + a, kk, count);
+      for (int i = 0; i < M; ++i) {
+        const typename Op::Activations xv = op.activations(i, kk, count);
+        for (int a = 0; a < RB; ++a) acc[a][i] = Op::madd(acc[a][i], wv[a], xv);
+      }
+    };
+    for (int64_t kk = 0; kk < full; kk += kStep) step(kk, kStep);
+    if (rest) step(full, rest);
+    for (int a = 0; a < RB; ++a)
+      for (int i = 0; i < M; ++i) {
+        float v = _mm512_reduce_add_ps(acc[a][i]);
+        float& out = y[i * ldy + r + a];
+        out = accumulate ? out + v : v;
+      }
+  }
+  if constexpr (RB > 1)
+    if (r < r1) row_kernel<M, 1>(op, k, r, r1, y, ldy, accumulate);
+}
+
+// F32 activations x [M, ldx] against F32 or BF16 weights (widened exactly): 16 values a step.
+template <typename W>
+struct WidenedOperands {
+  static constexpr int64_t kStep = 16;
+  using Weights = __m512;
+  using Activations = __m512;
+  const float* x;
+  int64_t ldx;
+  const W* w;
+  int64_t ld;
+  static __mmask16 mask(int64_t count) { return __mmask16((1u << count) - 1u); }
+  __m512 weights(int64_t row, int64_t kk, int64_t count) const {
+    return count == kStep ? load_w(w + row * ld + kk) : load_w_masked(w + row * ld + kk, mask(count));
+  }
+  __m512 activations(int i, int64_t kk, int64_t count) const {
+    return count == kStep ? _mm512_loadu_ps(x + i * ldx + kk)
+                          : _mm512_maskz_loadu_ps(mask(count), x + i * ldx + kk);
+  }
+  static __m512 madd(__m512 acc, __m512 wv, __m512 xv) { return _mm512_fmadd_ps(wv, xv, acc); }
+};
+
 template <int M, int RB, typename W>
 void gemv_block(const float* x, int64_t ldx, const W* w, int64_t ld, int64_t k, int64_t r0,
                 int64_t r1, float* y, int64_t ldy, bool accumulate) {
-  const int64_t k16 = k / 16 * 16;
-  const __mmask16 tail = __mmask16((1u << (k - k16)) - 1u);
-  int64_t r = r0;
-  for (; r + RB <= r1; r += RB) {
-    __m512 acc[RB][M];
-    for (int a = 0; a < RB; ++a)
-      for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
-    for (int64_t kk = 0; kk < k16; kk += 16) {
-      __m512 wv[RB];
-      for (int a = 0; a < RB; ++a) wv[a] = load_w(w + (r + a) * ld + kk);
-      for (int i = 0; i < M; ++i) {
-        __m512 xv = _mm512_loadu_ps(x + i * ldx + kk);
-        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
-      }
-    }
-    if (k16 < k) {
-      __m512 wv[RB];
-      for (int a = 0; a < RB; ++a) wv[a] = load_w_masked(w + (r + a) * ld + k16, tail);
-      for (int i = 0; i < M; ++i) {
-        __m512 xv = _mm512_maskz_loadu_ps(tail, x + i * ldx + k16);
-        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_fmadd_ps(wv[a], xv, acc[a][i]);
-      }
-    }
-    for (int a = 0; a < RB; ++a)
-      for (int i = 0; i < M; ++i) {
-        float v = _mm512_reduce_add_ps(acc[a][i]);
-        float& out = y[i * ldy + r + a];
-        out = accumulate ? out + v : v;
-      }
-  }
-  if (r < r1) {
-    if constexpr (RB > 1) gemv_block<M, 1>(x, ldx, w, ld, k, r, r1, y, ldy, accumulate);
-  }
+  row_kernel<M, RB>(WidenedOperands<W>{x, ldx, w, ld}, k, r0, r1, y, ldy, accumulate);
 }
 
 #if defined(__AVX512BF16__)
-// The same row blocking for BF16 weights on CPUs with AVX512-BF16: the activations are rounded to
-// BF16 once per product (`xb` [M, kp], kp = k rounded up to 32, zero-padded) and each
-// instruction multiplies 32 weight/activation pairs with F32 accumulation (vdpbf16ps), half the
-// instructions of widening the weights. The summation order depends only on k, so a row's result
-// is again independent of M and RB.
+// BF16 weights on CPUs with AVX512-BF16: the activations are rounded to BF16 once per product
+// (`xb` [M, kp], kp = k rounded up to 32, zero-padded) and each instruction multiplies 32
+// weight/activation pairs with F32 accumulation (vdpbf16ps), half the instructions of widening
+// the weights.
+struct Bf16DotOperands {
+  static constexpr int64_t kStep = 32;
+  using Weights = __m512bh;
+  using Activations = __m512bh;
+  const uint16_t* xb;
+  int64_t kp;
+  const uint16_t* w;
+  int64_t ld;
+  __m512bh weights(int64_t row, int64_t kk, int64_t count) const {
+    const uint16_t* p = w + row * ld + kk;
+    return count == kStep
+               ? (__m512bh)_mm512_loadu_si512(p)
+               : (__m512bh)_mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << count) - 1u), p);
+  }
+  // The padding is zero, so a partial step reads whole vectors.
+  __m512bh activations(int i, int64_t kk, int64_t) const {
+    return (__m512bh)_mm512_loadu_si512(xb + i * kp + kk);
+  }
+  static __m512 madd(__m512 acc, __m512bh wv, __m512bh xv) { return _mm512_dpbf16_ps(acc, wv, xv); }
+};
+
 template <int M, int RB>
 void gemv_block_dp(const uint16_t* xb, int64_t kp, const uint16_t* w, int64_t ld, int64_t k,
                    int64_t r0, int64_t r1, float* y, int64_t ldy, bool accumulate) {
-  const int64_t k32 = k / 32 * 32;
-  const __mmask32 tail = __mmask32((uint64_t(1) << (k - k32)) - 1u);
-  int64_t r = r0;
-  for (; r + RB <= r1; r += RB) {
-    __m512 acc[RB][M];
-    for (int a = 0; a < RB; ++a)
-      for (int i = 0; i < M; ++i) acc[a][i] = _mm512_setzero_ps();
-    for (int64_t kk = 0; kk < k32; kk += 32) {
-      __m512bh wv[RB];
-      for (int a = 0; a < RB; ++a) wv[a] = (__m512bh)_mm512_loadu_si512(w + (r + a) * ld + kk);
-      for (int i = 0; i < M; ++i) {
-        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i * kp + kk);
-        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_dpbf16_ps(acc[a][i], wv[a], xv);
-      }
-    }
-    if (k32 < k) {
-      __m512bh wv[RB];
-      for (int a = 0; a < RB; ++a)
-        wv[a] = (__m512bh)_mm512_maskz_loadu_epi16(tail, w + (r + a) * ld + k32);
-      for (int i = 0; i < M; ++i) {
-        const __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + i * kp + k32);
-        for (int a = 0; a < RB; ++a) acc[a][i] = _mm512_dpbf16_ps(acc[a][i], wv[a], xv);
-      }
-    }
-    for (int a = 0; a < RB; ++a)
-      for (int i = 0; i < M; ++i) {
-        float v = _mm512_reduce_add_ps(acc[a][i]);
-        float& out = y[i * ldy + r + a];
-        out = accumulate ? out + v : v;
-      }
-  }
-  if (r < r1) {
-    if constexpr (RB > 1) gemv_block_dp<M, 1>(xb, kp, w, ld, k, r, r1, y, ldy, accumulate);
-  }
+  row_kernel<M, RB>(Bf16DotOperands{xb, kp, w, ld}, k, r0, r1, y, ldy, accumulate);
 }
 #define DSV3_GEMV_BF16_DOT 1
 #endif

@@ -34,16 +34,16 @@ int32_t argmax(const float* values, int n) {
 Sampler::Sampler(const SamplingParams& params, int vocab_size)
     : params_(params), vocab_(vocab_size), rng_(params.seed) {
   params_.validate();
+  if (!params_.allowed.empty())
+    for (int i = 0; i < vocab_; ++i)
+      if (size_t(i) >= params_.allowed.size() || !params_.allowed[size_t(i)]) banned_.push_back(i);
 }
 
 void Sampler::penalize(const float* logits, std::span<const int32_t> history,
                        std::vector<float>& out) const {
   out.assign(logits, logits + vocab_);
   const SamplingParams& p = params_;
-  if (!p.allowed.empty())
-    for (int i = 0; i < vocab_; ++i)
-      if (size_t(i) >= p.allowed.size() || !p.allowed[size_t(i)])
-        out[size_t(i)] = -std::numeric_limits<float>::infinity();
+  for (int32_t id : banned_) out[size_t(id)] = -std::numeric_limits<float>::infinity();
   if (history.empty() ||
       (p.repetition_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f))
     return;

@@ -55,6 +55,7 @@ class Sampler {
  private:
   SamplingParams params_;
   int vocab_;
+  std::vector<int32_t> banned_;  // ids below vocab_ outside params_.allowed
   std::mt19937_64 rng_;
   std::vector<float> work_;
   mutable std::vector<int32_t> order_;

@@ -63,9 +63,8 @@ struct InferWeights::Loader {
         std::vector<float> row(static_cast<size_t>(cols));
 #pragma omp for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-          const float* s = scale.f32() + (r / br) * scale_shape[1];
-          for (int64_t col = 0; col < cols; ++col)
-            row[size_t(col)] = f8e4m3_to_f32(q[r * cols + col]) * s[col / bc];
+          dequantize_fp8_row(q + r * cols, scale.f32() + (r / br) * scale_shape[1], cols, bc,
+                             row.data());
           convert_from_f32(row.data(), want, static_cast<char*>(dst.data()) +
                                                  size_t(r * cols) * dtype_size(want),
                            size_t(cols));

@@ -30,29 +30,21 @@ uint64_t padded(uint64_t n, uint64_t alignment) {
 
 }  // namespace
 
-size_t type_size(TensorType type) {
+DType dtype_of(TensorType type) {
   switch (type) {
     case TensorType::F32:
-      return 4;
+      return DType::F32;
     case TensorType::F16:
-      return 2;
+      return DType::F16;
     case TensorType::BF16:
-      return 2;
+      return DType::BF16;
   }
   fail("gguf: unknown tensor type {}", uint32_t(type));
 }
 
-std::string_view type_name(TensorType type) {
-  switch (type) {
-    case TensorType::F32:
-      return "F32";
-    case TensorType::F16:
-      return "F16";
-    case TensorType::BF16:
-      return "BF16";
-  }
-  fail("gguf: unknown tensor type {}", uint32_t(type));
-}
+size_t type_size(TensorType type) { return dtype_size(dtype_of(type)); }
+
+std::string_view type_name(TensorType type) { return dtype_name(dtype_of(type)); }
 
 void Writer::begin_key(const std::string& key, ValueType type) {
   DSV3_CHECK(!key.empty(), "gguf: a key must not be empty");

@@ -22,6 +22,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/dtype.h"
+
 namespace dsv3::gguf {
 
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" read as a little-endian u32
@@ -46,6 +48,7 @@ enum class ValueType : uint32_t {
 
 // The ggml element types dsv3 writes (ggml's type ids).
 enum class TensorType : uint32_t { F32 = 0, F16 = 1, BF16 = 30 };
+DType dtype_of(TensorType type);  // the dsv3 dtype with the same bytes
 size_t type_size(TensorType type);
 std::string_view type_name(TensorType type);  // "F32", "F16", "BF16"
 

@@ -155,9 +155,8 @@ void read_into(const WeightStore& store, const std::string& name, float* dst, co
     Tensor scale = store.get(scale_name, scale_shape).to_f32();
     const uint8_t* q = static_cast<const uint8_t*>(src.data());
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t col = 0; col < cols; ++col)
-        dst[r * cols + col] =
-            f8e4m3_to_f32(q[r * cols + col]) * scale.f32()[(r / br) * scale_shape[1] + col / bc];
+      dequantize_fp8_row(q + r * cols, scale.f32() + (r / br) * scale_shape[1], cols, bc,
+                         dst + r * cols);
     return;
   }
   DSV3_CHECK(src.dtype() == DType::F32 || src.dtype() == DType::BF16 || src.dtype() == DType::F16,
