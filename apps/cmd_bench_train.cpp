@@ -39,7 +39,7 @@ int run(const Options& o) {
   std::vector<int32_t> tokens(size_t(o.batch) * o.seq + 1);
   for (auto& t : tokens) t = token(rng);
   const int32_t* labels = tokens.data() + 1;  // next-token labels of a random stream
-  dsv3::LossWeights loss{float(c.train.mtp_lambda), float(c.train.balance_alpha)};
+  dsv3::LossWeights loss{c.train.mtp_lambda, c.train.balance_alpha};
   dsv3::StepFlops flops = dsv3::training_step_flops(c, o.batch, o.seq);
 
   std::printf(

@@ -36,16 +36,18 @@ dsv3::app::Registrar reg(
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
       dsv3::app::add_device_option(sub, o->device);
       sub.add_option("--precision", o->precision,
-                     "f32 (default: the fixtures' tolerances) or bf16 (cuda: mixed precision, "
-                     "wider documented tolerances)")
-          ->check(CLI::IsMember({"f32", "bf16"}));
+                     "f32 (default: the fixtures' tolerances), f64 (the whole step in float64 "
+                     "through the reference kernels, tighter tolerances; cpu) or bf16 (cuda: "
+                     "mixed precision, wider documented tolerances)")
+          ->check(CLI::IsMember({"f32", "f64", "bf16"}));
       return [o]() {
         dsv3::set_num_threads(o->threads);
         bool ok = true;
         for (const auto& dir : o->dirs) {
-          dsv3::ParityReport r =
-              dsv3::run_parity(dir, o->dump, o->optimizer, o->device,
-                               dsv3::app::resolve_precision(o->precision, o->device));
+          const dsv3::DType precision = o->precision == "f64"
+                                            ? dsv3::DType::F64
+                                            : dsv3::app::resolve_precision(o->precision, o->device);
+          dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer, o->device, precision);
           // The decode checks exercise the CPU inference engine; they run with the CPU model.
           if (!o->no_decode && o->device == dsv3::Device::CPU)
             dsv3::infer::add_decode_parity(dir, r);

@@ -90,6 +90,7 @@ TEST_F(SafetensorsTest, RoundTripEveryDtype) {
       {"h.empty", random_tensor({0, 4}, DType::BF16, 8)},
       {"i.odd_f8", random_tensor({5}, DType::F8E4M3, 9)},
       {"j.six_dims", random_tensor({1, 2, 1, 2, 1, 3}, DType::I64, 10)},
+      {"k.f64", random_tensor({3, 2}, DType::F64, 11)},
   };
   std::map<std::string, std::string> meta = {{"format", "pt"}, {"note", "round trip"}};
   write_safetensors(path("rt.safetensors"), tensors, meta);
@@ -126,6 +127,16 @@ TEST_F(SafetensorsTest, RoundTripEveryDtype) {
   EXPECT_EQ(std::memcmp(kept.data(), tensors[0].second.data(), kept.nbytes()), 0);
   kept = Tensor();
   EXPECT_TRUE(weak.expired());
+}
+
+// Float64 tensors read as float32 rounded to nearest (a float64 checkpoint loads like any other).
+TEST_F(SafetensorsTest, Float64ConvertsToFloat32) {
+  Tensor t = Tensor::zeros({4}, DType::F64);
+  const double values[4] = {1.0 / 3.0, -2.5, 1e-40, 3.0e38};
+  for (int i = 0; i < 4; ++i) t.f64()[i] = values[i];
+  write_safetensors(path("f64.safetensors"), {{"w", t}});
+  Tensor r = SafetensorsFile::open(path("f64.safetensors"))->get("w").to_f32();
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(r.f32()[i], float(values[i])) << i;
 }
 
 TEST_F(SafetensorsTest, MappedTensorsAreWritableWithoutTouchingTheFile) {
@@ -298,8 +309,8 @@ TEST_F(SafetensorsTest, MalformedFiles) {
        "missing 'data_offsets'"},
       {"dtype not string", make_file(one(R"("dtype":1,"shape":[2],"data_offsets":[0,8])"), 8), "t",
        "dtype"},
-      {"unknown dtype", make_file(one(R"("dtype":"F64","shape":[1],"data_offsets":[0,8])"), 8),
-       "t", "F64"},
+      {"unknown dtype", make_file(one(R"("dtype":"F8_E5M2","shape":[8],"data_offsets":[0,8])"), 8),
+       "t", "F8_E5M2"},
       {"shape not array", make_file(one(R"("dtype":"F32","shape":2,"data_offsets":[0,8])"), 8),
        "t", "'shape'"},
       {"negative dim", make_file(one(R"("dtype":"F32","shape":[-2],"data_offsets":[0,8])"), 8),

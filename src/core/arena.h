@@ -26,8 +26,13 @@ class Arena {
   }
   explicit Arena(size_t capacity_bytes, Device device = Device::CPU);
 
-  // A zero-initialised view of the next `shape` elements, 64-byte aligned, on the arena's device.
-  Tensor alloc(const Shape& shape, DType dtype = DType::F32);
+  // A zero-initialised view of the next `shape` elements, 64-byte aligned, on the arena's device;
+  // without a dtype, in the arena's real dtype (floating activations: F32, or F64 for a
+  // float64 step).
+  Tensor alloc(const Shape& shape) { return alloc(shape, real_dtype_); }
+  Tensor alloc(const Shape& shape, DType dtype);
+  void set_real_dtype(DType dtype) { real_dtype_ = dtype; }
+  DType real_dtype() const { return real_dtype_; }
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
   bool is_measuring() const { return base_ == nullptr; }
@@ -43,7 +48,8 @@ class Arena {
   struct Mirrored {
     Tensor host, device;
   };
-  Mirrored alloc_mirrored(const Shape& shape, DType dtype = DType::F32);
+  Mirrored alloc_mirrored(const Shape& shape) { return alloc_mirrored(shape, real_dtype_); }
+  Mirrored alloc_mirrored(const Shape& shape, DType dtype);
 
  private:
   Arena() = default;
@@ -52,6 +58,7 @@ class Arena {
   size_t capacity_ = 0;
   size_t used_ = 0;
   Device device_ = Device::CPU;
+  DType real_dtype_ = DType::F32;
   Arena* host_ = nullptr;
 };
 

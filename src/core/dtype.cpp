@@ -20,6 +20,8 @@ size_t dtype_size(DType dtype) {
       return 4;
     case DType::I64:
       return 8;
+    case DType::F64:
+      return 8;
   }
   return 0;
 }
@@ -38,13 +40,15 @@ std::string_view dtype_name(DType dtype) {
       return "I32";
     case DType::I64:
       return "I64";
+    case DType::F64:
+      return "F64";
   }
   return "?";
 }
 
 bool dtype_from_name(std::string_view name, DType* out) {
-  static constexpr DType all[] = {DType::F32,    DType::BF16, DType::F16,
-                                  DType::F8E4M3, DType::I32,  DType::I64};
+  static constexpr DType all[] = {DType::F32, DType::BF16, DType::F16, DType::F8E4M3,
+                                  DType::I32, DType::I64,  DType::F64};
   for (DType d : all) {
     if (dtype_name(d) == name) {
       *out = d;
@@ -153,6 +157,11 @@ void convert_to_f32(DType src_dtype, const void* src, float* dst, size_t n) {
       for (size_t i = 0; i < n; ++i) dst[i] = f8e4m3_to_f32(s[i]);
       return;
     }
+    case DType::F64: {  // rounds to nearest
+      auto s = static_cast<const double*>(src);
+      for (size_t i = 0; i < n; ++i) dst[i] = float(s[i]);
+      return;
+    }
     default:
       fail("convert_to_f32: {} is not a floating dtype", dtype_name(src_dtype));
   }
@@ -176,6 +185,11 @@ void convert_from_f32(const float* src, DType dst_dtype, void* dst, size_t n) {
     case DType::F8E4M3: {
       auto d = static_cast<uint8_t*>(dst);
       for (size_t i = 0; i < n; ++i) d[i] = f32_to_f8e4m3(src[i]);
+      return;
+    }
+    case DType::F64: {  // exact
+      auto d = static_cast<double*>(dst);
+      for (size_t i = 0; i < n; ++i) d[i] = src[i];
       return;
     }
     default:

@@ -7,10 +7,12 @@
 
 namespace dsv3 {
 
-enum class DType : uint8_t { F32, BF16, F16, F8E4M3, I32, I64 };
+// F64 is the precision of `dsv3 parity --precision f64`: the training step run through the
+// reference kernels in float64 (kernels/reference.h); no fast kernel computes in it.
+enum class DType : uint8_t { F32, BF16, F16, F8E4M3, I32, I64, F64 };
 
 size_t dtype_size(DType dtype);
-// Safetensors spelling: "F32", "BF16", "F16", "F8_E4M3", "I32", "I64".
+// Safetensors spelling: "F32", "BF16", "F16", "F8_E4M3", "I32", "I64", "F64".
 std::string_view dtype_name(DType dtype);
 // Returns false when the name is not a dtype dsv3 supports.
 bool dtype_from_name(std::string_view name, DType* out);

@@ -7,6 +7,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "core/error.h"
@@ -67,6 +68,13 @@ class Tensor {
   int32_t* i32() const { return typed<int32_t>(DType::I32); }
   int64_t* i64() const { return typed<int64_t>(DType::I64); }
   uint16_t* bf16() const { return typed<uint16_t>(DType::BF16); }
+  double* f64() const { return typed<double>(DType::F64); }
+  // The same for a floating type named by T: float (F32) or double (F64).
+  template <typename T>
+  T* real() const {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>);
+    return typed<T>(std::is_same_v<T, float> ? DType::F32 : DType::F64);
+  }
 
   // Same bytes, new shape with the same element count.
   Tensor reshape(const Shape& shape) const;

@@ -31,14 +31,21 @@ std::string backend_unusable(Backend b);
 
 // ---- The ops, as a table of function pointers: the fast set or the reference set ----
 // A case is written once against an OpSet and run with both.
+// The pointer forms of the rotation and the layout moves (ops.h also has Tensor forms).
+using RopeFn = void (*)(float*, const ops::RopeSlice&, const int32_t*, const Tensor&,
+                        const Tensor&);
+using ToHeadsFn = void (*)(const float*, float*, const ops::HeadCopy&);
+using ToTokensFn = void (*)(const float*, float*, const ops::HeadCopy&, bool);
+using CopyColumnsFn = void (*)(const float*, int64_t, int64_t, int64_t, float*, int64_t);
+using PutColumnsFn = void (*)(const float*, int64_t, float*, int64_t, int64_t, int64_t);
 struct OpSet {
   decltype(&ops::gemm) gemm;
   decltype(&ops::linear_forward) linear_forward;
   decltype(&ops::linear_backward) linear_backward;
   decltype(&ops::rmsnorm_forward) rmsnorm_forward;
   decltype(&ops::rmsnorm_backward) rmsnorm_backward;
-  decltype(&ops::rope_forward) rope_forward;
-  decltype(&ops::rope_backward) rope_backward;
+  RopeFn rope_forward;
+  RopeFn rope_backward;
   decltype(&ops::swiglu_forward) swiglu_forward;
   decltype(&ops::swiglu_backward) swiglu_backward;
   decltype(&ops::attention_forward) attention_forward;
@@ -49,10 +56,10 @@ struct OpSet {
   decltype(&ops::embedding_forward) embedding_forward;
   decltype(&ops::embedding_backward) embedding_backward;
   decltype(&ops::add_inplace) add_inplace;
-  decltype(&ops::tokens_to_heads) tokens_to_heads;
-  decltype(&ops::heads_to_tokens) heads_to_tokens;
-  decltype(&ops::copy_columns) copy_columns;
-  decltype(&ops::put_columns) put_columns;
+  ToHeadsFn tokens_to_heads;
+  ToTokensFn heads_to_tokens;
+  CopyColumnsFn copy_columns;
+  PutColumnsFn put_columns;
   decltype(&ops::moe_gather_rows) moe_gather_rows;
   decltype(&ops::moe_combine) moe_combine;
   decltype(&ops::moe_combine_backward) moe_combine_backward;

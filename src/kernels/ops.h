@@ -60,6 +60,12 @@ void rope_forward(float* x, const RopeSlice& s, const int32_t* positions, const 
 // The inverse rotation (the backward pass of a rotation is its transpose).
 void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
                    const Tensor& sin);
+// Tensor forms (x: the whole buffer the slice describes): float32 tensors take the pointer
+// versions above; float64 ones (the float64 step) the reference rotation, with float64 tables.
+void rope_forward(Tensor& x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                  const Tensor& sin);
+void rope_backward(Tensor& d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin);
 
 // ---- SwiGLU (kernels/cpu/swiglu.cpp): h = silu(g) * u over [rows, width] ----
 // gate_up is [rows, 2*width]: gate in the first half of each row, up in the second.
@@ -69,28 +75,28 @@ void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up
 // ---- Causal attention (kernels/cpu/attention.cpp) ----
 // q, k: [batch, heads, seq, qk_dim]; v: [batch, heads, seq, v_dim]; o: [batch, heads, seq, v_dim]
 // probs: [batch, heads, seq, seq] softmax probabilities saved for backward (upper part zero).
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                        Tensor& probs, Tensor& o);
 // d_q, d_k, d_v overwritten; scratch: [batch, heads, seq, seq]
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
-                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        const Tensor& d_o, double scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v);
 // The same attention without the [seq, seq] probabilities: the forward saves lse [batch, heads,
 // seq], the natural-log log-sum-exp of each query row's scaled scores (scale q_i . k_j over
 // j <= i), and the backward recomputes P = exp(scale q_i . k_j - lse_i) from q, k and lse. Memory
 // beyond the operands is O(seq) per row block, so long sequences fit where probs would not.
-void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                            Tensor& lse, Tensor& o);
 // o and lse are the forward's outputs; d_q, d_k, d_v overwritten.
 void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            const Tensor& lse, const Tensor& d_o, double scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v);
 
 // ---- Cross-entropy (kernels/cpu/cross_entropy.cpp) ----
 // logits [rows, vocab]; targets[rows] (-1: position left out). Returns the summed loss over
 // counted rows. When d_logits is given, writes scale * d(sum loss)/d(logits) (zero rows for
 // left-out positions); d_logits may alias logits (in-place).
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits);
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits);
 
 // ---- Embedding (kernels/cpu/embedding.cpp) ----
 // An id of -1 stands for "no token": a zero row forward, no gradient.
@@ -102,7 +108,7 @@ void add_inplace(Tensor& y, const Tensor& x);  // y += x
 // dst = src converted between float32 and bfloat16 (round to nearest even; NaN stays NaN),
 // or copied when the dtypes match. Same element count, same device.
 void convert(const Tensor& src, Tensor& dst);
-void scale_inplace(Tensor& x, float factor);   // x *= factor
+void scale_inplace(Tensor& x, float factor);  // x *= factor
 
 // ---- MoE data movement (kernels/cpu/moe.cpp) ----
 // N tokens, K experts per token, d the hidden size. Token t's j-th assignment is at flat index
@@ -170,5 +176,13 @@ void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool 
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,
                   int64_t rows);
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows);
+// Tensor forms of the four moves: float32 tensors take the pointer versions above (and their
+// device dispatch), float64 ones the reference moves.
+void tokens_to_heads(const Tensor& tokens, Tensor& heads, const HeadCopy& c);
+void heads_to_tokens(const Tensor& heads, Tensor& tokens, const HeadCopy& c, bool accumulate);
+void copy_columns(const Tensor& src, int64_t src_cols, int64_t offset, int64_t width, Tensor& dst,
+                  int64_t rows);
+void put_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
 }  // namespace dsv3::ops

@@ -16,13 +16,20 @@
 
 namespace dsv3::ref {
 
+// Runs fn(T{}) with T = double for a float64 tensor and T = float otherwise: one body serves the
+// float32 oracle and the float64 training step (ops dispatch F64 tensors here).
+template <typename Fn>
+decltype(auto) with_real(const Tensor& probe, Fn&& fn) {
+  if (probe.dtype() == DType::F64) return fn(double{});
+  return fn(float{});
+}
+
 // ---- Same signatures as dsv3::ops ----
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
-void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
-                     Tensor* d_w, bool accumulate_d_x = false);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x = false);
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y);
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
@@ -33,22 +40,21 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
 void rope_forward(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
                   const Tensor& sin);
-void rope_backward(float* d_x, const ops::RopeSlice& s, const int32_t* positions,
-                   const Tensor& cos, const Tensor& sin);
+void rope_backward(float* d_x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                        Tensor& probs, Tensor& o);
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
-                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        const Tensor& d_o, double scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v);
-void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                            Tensor& lse, Tensor& o);
 void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            const Tensor& lse, const Tensor& d_o, double scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v);
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
-                     Tensor* d_logits);
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 void add_inplace(Tensor& y, const Tensor& x);
@@ -82,16 +88,28 @@ void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t
                      T* d_x, T* d_w, bool accumulate_d_x);
 
 template <typename T>
-void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y,
-                     T* rstd);
+void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y, T* rstd);
 template <typename T>
 void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64_t rows,
                       int64_t dim, T* d_x, T* d_w, bool accumulate_d_x);
 
-// cos/sin are [max_pos, rope_dim / 2]; inverse rotates by -angle (the backward pass).
+// cos/sin are [max_pos, rope_dim / 2] of type U (float tables, or double ones for the float64
+// step); inverse rotates by -angle (the backward pass).
+template <typename T, typename U>
+void rope(T* x, const ops::RopeSlice& s, const int32_t* positions, const U* cos, const U* sin,
+          int64_t max_pos, bool inverse);
+
+// The layout moves of kernels/ops.h over T = float or double.
 template <typename T>
-void rope(T* x, const ops::RopeSlice& s, const int32_t* positions, const float* cos,
-          const float* sin, int64_t max_pos, bool inverse);
+void tokens_to_heads(const T* tokens, T* heads, const ops::HeadCopy& c);
+template <typename T>
+void heads_to_tokens(const T* heads, T* tokens, const ops::HeadCopy& c, bool accumulate);
+template <typename T>
+void copy_columns(const T* src, int64_t src_cols, int64_t offset, int64_t width, T* dst,
+                  int64_t rows);
+template <typename T>
+void put_columns(const T* src, int64_t width, T* dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows);
 
 template <typename T>
 void swiglu_forward(const T* gate_up, int64_t rows, int64_t width, T* h);
@@ -120,8 +138,8 @@ double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t
                      double scale, T* d_logits);
 
 template <typename T>
-void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids,
-                       int64_t rows, T* out);
+void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids, int64_t rows,
+                       T* out);
 template <typename T>
 void embedding_backward(const int32_t* ids, int64_t rows, int64_t vocab, int64_t dim,
                         const T* d_out, T* d_table);

@@ -51,7 +51,8 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
 }
 
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
-                    const BlockActivations& act, float alpha, BlockScratch& s, Tensor& d_residual) {
+                    const BlockActivations& act, double alpha, BlockScratch& s,
+                    Tensor& d_residual) {
   // FFN branch: d_residual (= d out) flows to x_mid directly and through the FFN and its norm.
   if (w.moe) {
     moe_backward(ctx, w.experts, act.h_ffn, *act.moe, d_residual, alpha, *s.moe, s.d_h);

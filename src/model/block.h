@@ -36,6 +36,6 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
                    BlockActivations& act, Tensor& out);
 // In place: d_residual holds d(out) on entry and d(x) on return. alpha: balance-loss weight.
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
-                    const BlockActivations& act, float alpha, BlockScratch& s, Tensor& d_residual);
+                    const BlockActivations& act, double alpha, BlockScratch& s, Tensor& d_residual);
 
 }  // namespace dsv3

@@ -91,21 +91,20 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   } else {
     ops::linear_forward(x, w.q_proj.for_matmul(), act.q);
   }
-  ops::rope_forward(act.q.f32(), {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos,
-                    ctx.rope->sin);
+  ops::rope_forward(act.q, {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   // Keys and values from the compressed latent, plus the shared rope key.
   ops::linear_forward(x, w.kv_a_proj_with_mqa.for_matmul(), act.kv_a);
-  ops::copy_columns(act.kv_a.f32(), r + dr, 0, r, act.c_kv.f32(), n);
-  ops::copy_columns(act.kv_a.f32(), r + dr, r, dr, act.k_pe.f32(), n);
+  ops::copy_columns(act.kv_a, r + dr, 0, r, act.c_kv, n);
+  ops::copy_columns(act.kv_a, r + dr, r, dr, act.k_pe, n);
   ops::rmsnorm_forward(act.c_kv, w.kv_a_layernorm.value, eps, act.c_kv_norm, act.c_kv_rstd);
-  ops::rope_forward(act.k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
+  ops::rope_forward(act.k_pe, {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   ops::linear_forward(act.c_kv_norm, w.kv_b_proj.for_matmul(), act.kv);
   // Attention in head-major layout.
   MlaLayouts lay(c, ctx.batch, ctx.seq);
-  ops::tokens_to_heads(act.q.f32(), act.q_heads.f32(), lay.q);
-  ops::tokens_to_heads(act.kv.f32(), act.k_heads.f32(), lay.k_nope);
-  ops::tokens_to_heads(act.k_pe.f32(), act.k_heads.f32(), lay.k_rope);
-  ops::tokens_to_heads(act.kv.f32(), act.v_heads.f32(), lay.v);
+  ops::tokens_to_heads(act.q, act.q_heads, lay.q);
+  ops::tokens_to_heads(act.kv, act.k_heads, lay.k_nope);
+  ops::tokens_to_heads(act.k_pe, act.k_heads, lay.k_rope);
+  ops::tokens_to_heads(act.kv, act.v_heads, lay.v);
   if (ctx.bf16_attention) {
     const AttentionCasts casts = bf16_inputs(ctx, act);
     ops::attention_forward_lse(casts.q, casts.k, casts.v, ctx.rope->softmax_scale, act.lse,
@@ -117,7 +116,7 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
     ops::attention_forward(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
                            act.probs, act.o_heads);
   }
-  ops::heads_to_tokens(act.o_heads.f32(), act.o.f32(), lay.o, false);
+  ops::heads_to_tokens(act.o_heads, act.o, lay.o, false);
   ops::linear_forward(act.o, w.o_proj.for_matmul(), out);
 }
 
@@ -129,7 +128,7 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
   MlaLayouts lay(c, ctx.batch, ctx.seq);
   ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad);
-  ops::tokens_to_heads(s.d_o.f32(), s.d_o_heads.f32(), lay.o);
+  ops::tokens_to_heads(s.d_o, s.d_o_heads, lay.o);
   if (ctx.bf16_attention) {
     AttentionCasts casts = bf16_inputs(ctx, act);  // refilled: other layers used them since
     ops::convert(s.d_o_heads, casts.d_o);
@@ -145,21 +144,19 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
                             s.d_v_heads);
   }
   // Back to token-major; the rope key's gradient sums over the heads that shared it.
-  ops::heads_to_tokens(s.d_q_heads.f32(), s.d_q.f32(), lay.q, false);
-  ops::heads_to_tokens(s.d_k_heads.f32(), s.d_kv.f32(), lay.k_nope, false);
-  ops::heads_to_tokens(s.d_v_heads.f32(), s.d_kv.f32(), lay.v, false);
-  ops::heads_to_tokens(s.d_k_heads.f32(), s.d_k_pe.f32(), lay.k_rope, false);
-  ops::rope_backward(s.d_q.f32(), {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos,
-                     ctx.rope->sin);
-  ops::rope_backward(s.d_k_pe.f32(), {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos,
-                     ctx.rope->sin);
+  ops::heads_to_tokens(s.d_q_heads, s.d_q, lay.q, false);
+  ops::heads_to_tokens(s.d_k_heads, s.d_kv, lay.k_nope, false);
+  ops::heads_to_tokens(s.d_v_heads, s.d_kv, lay.v, false);
+  ops::heads_to_tokens(s.d_k_heads, s.d_k_pe, lay.k_rope, false);
+  ops::rope_backward(s.d_q, {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
+  ops::rope_backward(s.d_k_pe, {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   // Latent path.
   ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm,
                        &w.kv_b_proj.grad);
   ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
                         w.kv_a_layernorm.grad);
-  ops::put_columns(s.d_c_kv.f32(), r, s.d_kv_a.f32(), r + dr, 0, n);
-  ops::put_columns(s.d_k_pe.f32(), dr, s.d_kv_a.f32(), r + dr, r, n);
+  ops::put_columns(s.d_c_kv, r, s.d_kv_a, r + dr, 0, n);
+  ops::put_columns(s.d_k_pe, dr, s.d_kv_a, r + dr, r, n);
   ops::linear_backward(x, w.kv_a_proj_with_mqa.for_matmul(), s.d_kv_a, &d_x,
                        &w.kv_a_proj_with_mqa.grad);
   // Query path.

@@ -95,7 +95,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
 }
 
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, float alpha, MoeScratch& s, Tensor& d_x) {
+                  const Tensor& d_out, double alpha, MoeScratch& s, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t k = c.num_experts_per_tok, experts = c.n_routed_experts;
   const int64_t* off = act.expert_offsets.i64();

@@ -35,6 +35,6 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
                  Tensor& out);
 // d_x (overwritten); alpha scales the balance term's gradient.
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, float alpha, MoeScratch& s, Tensor& d_x);
+                  const Tensor& d_out, double alpha, MoeScratch& s, Tensor& d_x);
 
 }  // namespace dsv3

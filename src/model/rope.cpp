@@ -11,7 +11,7 @@ double yarn_mscale(double factor, double mscale) {
   return 0.1 * mscale * std::log(factor) + 1.0;
 }
 
-RopeTables build_rope_tables(const ModelConfig& c, int positions) {
+RopeTables build_rope_tables(const ModelConfig& c, int positions, DType dtype) {
   const int dim = c.qk_rope_head_dim, half = dim / 2;
   const double theta = c.rope_theta;
   std::vector<double> inv_freq(static_cast<size_t>(half));
@@ -19,7 +19,7 @@ RopeTables build_rope_tables(const ModelConfig& c, int positions) {
 
   double magnitude = 1.0;
   RopeTables t;
-  t.softmax_scale = float(1.0 / std::sqrt(double(c.qk_head_dim())));
+  t.softmax_scale = 1.0 / std::sqrt(double(c.qk_head_dim()));
   if (c.rope_scaling.yarn) {
     const RopeScaling& y = c.rope_scaling;
     const double orig = y.original_max_position_embeddings;
@@ -39,15 +39,23 @@ RopeTables build_rope_tables(const ModelConfig& c, int positions) {
     }
     magnitude = yarn_mscale(y.factor, y.mscale) / yarn_mscale(y.factor, y.mscale_all_dim);
     double m = yarn_mscale(y.factor, y.mscale_all_dim);
-    t.softmax_scale = float(1.0 / std::sqrt(double(c.qk_head_dim())) * m * m);
+    t.softmax_scale = 1.0 / std::sqrt(double(c.qk_head_dim())) * m * m;
   }
-  t.cos = Tensor::zeros({positions, half});
-  t.sin = Tensor::zeros({positions, half});
+  DSV3_CHECK(dtype == DType::F32 || dtype == DType::F64, "rope tables in {} are not supported",
+             dtype_name(dtype));
+  t.cos = Tensor::zeros({positions, half}, dtype);
+  t.sin = Tensor::zeros({positions, half}, dtype);
   for (int p = 0; p < positions; ++p) {
     for (int i = 0; i < half; ++i) {
-      double angle = double(p) * inv_freq[size_t(i)];
-      t.cos.f32()[p * half + i] = float(std::cos(angle) * magnitude);
-      t.sin.f32()[p * half + i] = float(std::sin(angle) * magnitude);
+      const double angle = double(p) * inv_freq[size_t(i)];
+      const double c_val = std::cos(angle) * magnitude, s_val = std::sin(angle) * magnitude;
+      if (dtype == DType::F64) {
+        t.cos.f64()[p * half + i] = c_val;
+        t.sin.f64()[p * half + i] = s_val;
+      } else {
+        t.cos.f32()[p * half + i] = float(c_val);
+        t.sin.f32()[p * half + i] = float(s_val);
+      }
     }
   }
   return t;

@@ -6,13 +6,14 @@
 namespace dsv3 {
 
 struct RopeTables {
-  Tensor cos, sin;            // [positions, qk_rope_head_dim / 2], YaRN mscale folded in
-  float softmax_scale = 1.0;  // (nope + rope)^-0.5, times m(factor, mscale_all_dim)^2 for YaRN
+  Tensor cos, sin;             // [positions, qk_rope_head_dim / 2], YaRN mscale folded in
+  double softmax_scale = 1.0;  // (nope + rope)^-0.5, times m(factor, mscale_all_dim)^2 for YaRN
 };
 
 // YaRN's attention-magnitude correction m(s, a) = 0.1 a ln(s) + 1 (1 when s <= 1).
 double yarn_mscale(double factor, double mscale);
 
-RopeTables build_rope_tables(const ModelConfig& config, int positions);
+// Computed in float64 and stored as `dtype` (F32, or F64 for the float64 step).
+RopeTables build_rope_tables(const ModelConfig& config, int positions, DType dtype = DType::F32);
 
 }  // namespace dsv3

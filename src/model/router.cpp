@@ -20,8 +20,8 @@ RouterActivations::RouterActivations(Arena& arena, const ModelConfig& c, int64_t
   selection = a.alloc({n, e});
   group_scores = a.alloc({n, c.n_group});
   score_sum = a.alloc({n});
-  seq_counts = a.alloc({batch, e});
-  load = a.alloc({e});
+  seq_counts = a.alloc({batch, e}, DType::F32);
+  load = a.alloc({e}, DType::F32);
 }
 
 RouterScratch::RouterScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq) {
@@ -31,17 +31,17 @@ RouterScratch::RouterScratch(Arena& arena, const ModelConfig& c, int64_t batch, 
   d_weights = dw, device_d_weights = ddw, d_logits = dl, device_d_logits = ddl;
 }
 
-void select_experts(const ModelConfig& c, const float* selection, float* group_scores,
-                    int32_t* chosen) {
+template <typename T>
+void select_experts(const ModelConfig& c, const T* selection, T* group_scores, int32_t* chosen) {
   const int experts = c.n_routed_experts, groups = c.n_group, k = c.num_experts_per_tok;
   const int per_group = experts / groups;
-  const float kNeg = -std::numeric_limits<float>::infinity();
+  const T kNeg = -std::numeric_limits<T>::infinity();
   // Group limit: score each group (sum of its top-2 for noaux_tc, else its max), keep the best.
   uint64_t kept_groups = ~0ull;  // bit g set: group g may be chosen (n_group <= 64 checked below)
   if (groups > 1) {
     for (int g = 0; g < groups; ++g) {
-      const float* s = selection + g * per_group;
-      float first = kNeg, second = kNeg;
+      const T* s = selection + g * per_group;
+      T first = kNeg, second = kNeg;
       for (int i = 0; i < per_group; ++i) {
         if (s[i] > first) {
           second = first;
@@ -75,51 +75,51 @@ void select_experts(const ModelConfig& c, const float* selection, float* group_s
   }
   std::sort(chosen, chosen + k);
 }
+template void select_experts<float>(const ModelConfig&, const float*, float*, int32_t*);
+template void select_experts<double>(const ModelConfig&, const double*, double*, int32_t*);
 
-void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
-                    RouterActivations& act) {
+namespace {
+// Scores, selection, gating weights and the balance term for every token, in T.
+template <typename T>
+void route_tokens(const StepContext& ctx, const MoeWeights& w, RouterActivations& act) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), experts = c.n_routed_experts, k = c.num_experts_per_tok;
-  DSV3_CHECK(c.n_group <= 64, "n_group = {} exceeds the 64 groups dsv3 supports", c.n_group);
-  ops::linear_forward(x, w.gate.value, act.device_logits);
-  act.logits.copy_from(act.device_logits);  // no-op on the CPU
-  const float* logits = act.logits.f32();
-  float* scores = act.scores.f32();
+  const T* logits = act.logits.real<T>();
+  T* scores = act.scores.real<T>();
   const float* bias = c.has_bias() ? w.bias.f32() : nullptr;
   int32_t* indices = act.indices.i32();
-  float* weights = act.weights.f32();
-  float* selection_all = act.selection.f32();
-  float* groups_all = act.group_scores.f32();
-  float* score_sum = act.score_sum.f32();
+  T* weights = act.weights.real<T>();
+  T* selection_all = act.selection.real<T>();
+  T* groups_all = act.group_scores.real<T>();
+  T* score_sum = act.score_sum.real<T>();
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; ++t) {
-    float* selection = selection_all + t * experts;
-    const float* l = logits + t * experts;
-    float* s = scores + t * experts;
+    T* selection = selection_all + t * experts;
+    const T* l = logits + t * experts;
+    T* s = scores + t * experts;
     if (c.scoring_func == ScoringFunc::Sigmoid) {
-      for (int64_t e = 0; e < experts; ++e) s[e] = 1.0f / (1.0f + std::exp(-l[e]));
+      for (int64_t e = 0; e < experts; ++e) s[e] = T(1) / (T(1) + std::exp(-l[e]));
     } else {
-      float mx = *std::max_element(l, l + experts), sum = 0.0f;
+      T mx = *std::max_element(l, l + experts), sum = T(0);
       for (int64_t e = 0; e < experts; ++e) sum += (s[e] = std::exp(l[e] - mx));
       for (int64_t e = 0; e < experts; ++e) s[e] /= sum;
     }
-    float total = 0.0f;
+    T total = T(0);
     for (int64_t e = 0; e < experts; ++e) {
-      selection[e] = s[e] + (bias ? bias[e] : 0.0f);
+      selection[e] = s[e] + (bias ? T(bias[e]) : T(0));
       total += s[e];
     }
     score_sum[t] = total;
     int32_t* chosen = indices + t * k;
     select_experts(c, selection, groups_all + t * c.n_group, chosen);
     // Gating weights come from the unbiased scores.
-    float* wt = weights + t * k;
-    float sum = 0.0f;
+    T* wt = weights + t * k;
+    T sum = T(0);
     for (int64_t j = 0; j < k; ++j) sum += (wt[j] = s[chosen[j]]);
-    float scale = float(c.routed_scaling_factor);
-    if (c.norm_topk_prob) scale /= (sum + 1e-20f);
+    T scale = T(c.routed_scaling_factor);
+    if (c.norm_topk_prob) scale /= (sum + T(1e-20));
     for (int64_t j = 0; j < k; ++j) wt[j] *= scale;
   }
-  act.device_weights.copy_from(act.weights);
   // Loads, per sequence and in total, and the sequence-wise balance term.
   act.seq_counts.zero_();
   act.load.zero_();
@@ -144,57 +144,81 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
   act.balance = balance / double(ctx.batch);
 }
 
-void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
-                     const RouterActivations& act, float alpha, RouterScratch& rs, Tensor& d_x) {
+// d loss / d logits from the gating weights' gradient and the balance term, in T.
+template <typename T>
+void route_tokens_backward(const StepContext& ctx, const RouterActivations& act, double alpha,
+                           RouterScratch& rs) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), experts = c.n_routed_experts, k = c.num_experts_per_tok;
-  rs.d_weights.copy_from(rs.device_d_weights);  // no-op on the CPU
-  const float* scores = act.scores.f32();
+  const T* scores = act.scores.real<T>();
   const int32_t* indices = act.indices.i32();
-  const float* dw = rs.d_weights.f32();
+  const T* dw = rs.d_weights.real<T>();
   const float* seq_counts = act.seq_counts.f32();
-  float* dl = rs.d_logits.f32();
+  T* dl = rs.d_logits.real<T>();
   // d(balance)/d(normalized score of expert e at a token of sequence b) = f_{b,e} / (B * T).
-  const float f_scale = float(experts) / float(k * ctx.seq);
-  const float balance_grad = alpha / float(ctx.batch * ctx.seq);
+  const T f_scale = T(experts) / T(k * ctx.seq);
+  const T balance_grad = T(alpha) / T(ctx.batch * ctx.seq);
+  const T routed_scale = T(c.routed_scaling_factor);
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < n; ++t) {
-    const float* s = scores + t * experts;
-    float* d = dl + t * experts;
-    for (int64_t e = 0; e < experts; ++e) d[e] = 0.0f;
+    const T* s = scores + t * experts;
+    T* d = dl + t * experts;
+    for (int64_t e = 0; e < experts; ++e) d[e] = T(0);
     // Through the gating weights w_j = scale * s_j (/ Z, Z = sum of chosen s + 1e-20).
     const int32_t* chosen = indices + t * k;
-    const float* g = dw + t * k;
+    const T* g = dw + t * k;
     if (c.norm_topk_prob) {
-      float z = 1e-20f, dot = 0.0f;
+      T z = T(1e-20), dot = T(0);
       for (int64_t j = 0; j < k; ++j) {
         z += s[chosen[j]];
         dot += g[j] * s[chosen[j]];
       }
-      for (int64_t j = 0; j < k; ++j)
-        d[chosen[j]] += float(c.routed_scaling_factor) * (g[j] / z - dot / (z * z));
+      for (int64_t j = 0; j < k; ++j) d[chosen[j]] += routed_scale * (g[j] / z - dot / (z * z));
     } else {
-      for (int64_t j = 0; j < k; ++j) d[chosen[j]] += float(c.routed_scaling_factor) * g[j];
+      for (int64_t j = 0; j < k; ++j) d[chosen[j]] += routed_scale * g[j];
     }
     // Through the balance term's normalized scores s_e / sum(s).
-    if (alpha != 0.0f) {
+    if (alpha != 0.0) {
       const float* counts = seq_counts + (t / ctx.seq) * experts;
-      const float total = act.score_sum.f32()[t];
-      float dot = 0.0f;
-      for (int64_t e = 0; e < experts; ++e) dot += balance_grad * f_scale * counts[e] * s[e];
+      const T total = act.score_sum.real<T>()[t];
+      T dot = T(0);
+      for (int64_t e = 0; e < experts; ++e) dot += balance_grad * f_scale * T(counts[e]) * s[e];
       dot /= total;
       for (int64_t e = 0; e < experts; ++e)
-        d[e] += (balance_grad * f_scale * counts[e] - dot) / total;
+        d[e] += (balance_grad * f_scale * T(counts[e]) - dot) / total;
     }
     // Through the scoring function.
     if (c.scoring_func == ScoringFunc::Sigmoid) {
-      for (int64_t e = 0; e < experts; ++e) d[e] *= s[e] * (1.0f - s[e]);
+      for (int64_t e = 0; e < experts; ++e) d[e] *= s[e] * (T(1) - s[e]);
     } else {
-      float dot = 0.0f;
+      T dot = T(0);
       for (int64_t e = 0; e < experts; ++e) dot += d[e] * s[e];
       for (int64_t e = 0; e < experts; ++e) d[e] = s[e] * (d[e] - dot);
     }
   }
+}
+}  // namespace
+
+void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
+                    RouterActivations& act) {
+  DSV3_CHECK(ctx.config->n_group <= 64, "n_group = {} exceeds the 64 groups dsv3 supports",
+             ctx.config->n_group);
+  ops::linear_forward(x, w.gate.value, act.device_logits);
+  act.logits.copy_from(act.device_logits);  // no-op on the CPU
+  if (act.logits.dtype() == DType::F64)
+    route_tokens<double>(ctx, w, act);
+  else
+    route_tokens<float>(ctx, w, act);
+  act.device_weights.copy_from(act.weights);
+}
+
+void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
+                     const RouterActivations& act, double alpha, RouterScratch& rs, Tensor& d_x) {
+  rs.d_weights.copy_from(rs.device_d_weights);  // no-op on the CPU
+  if (rs.d_logits.dtype() == DType::F64)
+    route_tokens_backward<double>(ctx, act, alpha, rs);
+  else
+    route_tokens_backward<float>(ctx, act, alpha, rs);
   rs.device_d_logits.copy_from(rs.d_logits);
   ops::linear_backward(x, w.gate.value, rs.device_d_logits, &d_x, &w.gate.grad, true);
 }

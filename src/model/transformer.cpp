@@ -101,17 +101,20 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   DSV3_CHECK(batch > 0 && seq > 0, "a training window needs batch > 0 and seq > 0, got {} x {}",
              batch, seq);
   const Device device = weights.device();
-  rope_ = build_rope_tables(c_, int(std::max<int64_t>(seq, c_.max_position_embeddings)));
+  const DType real = weights.real_dtype();  // F32, or F64 for the float64 step
+  rope_ = build_rope_tables(c_, int(std::max<int64_t>(seq, c_.max_position_embeddings)), real);
   rope_.cos = rope_.cos.to(device);
   rope_.sin = rope_.sin.to(device);
   // Two plans in one pass on a device: the device buffers, and the host buffers that routing
   // and the index arrays need (on the CPU both are one arena).
   Arena measure = Arena::measuring(device), measure_host = Arena::measuring();
   if (device != Device::CPU) measure.attach_host(measure_host);
+  for (Arena* a : {&measure, &measure_host}) a->set_real_dtype(real);
   const bool bf16 = weights.compute_dtype() == DType::BF16;
   { Buffers plan(measure, c_, batch, seq, bf16); }
   Arena arena(measure.used(), device), host_arena(measure_host.used());
   if (device != Device::CPU) arena.attach_host(host_arena);
+  for (Arena* a : {&arena, &host_arena}) a->set_real_dtype(real);
   arena_bytes_ = measure.used() + measure_host.used();
   b_ = std::make_unique<Buffers>(arena, c_, batch, seq, bf16);
   for (int64_t i = 0; i < batch * seq; ++i) b_->positions_host.i32()[i] = int32_t(i % seq);
@@ -165,7 +168,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
   // The loss gradient is computed in the same pass as the loss (one sweep over the logits).
-  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0f / float(main_count),
+  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0 / double(main_count),
                                    backward ? &b.d_logits : nullptr) /
                 double(main_count);
 
@@ -190,8 +193,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     ops::embedding_forward(w_.embed.value, m.ids.i32(), n, m.emb);
     ops::rmsnorm_forward(m.emb, mw.enorm.value, eps, m.e_norm, m.e_rstd);
     ops::rmsnorm_forward(h_prev, mw.hnorm.value, eps, m.h_norm, m.h_rstd);
-    ops::put_columns(m.e_norm.f32(), d, m.cat.f32(), 2 * d, 0, n);
-    ops::put_columns(m.h_norm.f32(), d, m.cat.f32(), 2 * d, d, n);
+    ops::put_columns(m.e_norm, d, m.cat, 2 * d, 0, n);
+    ops::put_columns(m.h_norm, d, m.cat, 2 * d, d, n);
     ops::linear_forward(m.cat, mw.eh_proj.for_matmul(), m.x_in);
     block_forward(ctx, mw.block, m.x_in, m.block, m.x_out);
     if (m.block.moe) result.balance_sum += m.block.moe->router.balance;
@@ -200,7 +203,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     double ce = 0.0;
     if (mtp_count[size_t(k - 1)] > 0) {
       const double count = double(mtp_count[size_t(k - 1)]);
-      const float scale = float(loss.mtp_lambda / depths / count);
+      const double scale = loss.mtp_lambda / depths / count;
       ce = ops::cross_entropy(m.logits, m.targets.i32(), scale, backward ? &m.d_logits : nullptr) /
            count;
     }
@@ -223,11 +226,11 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
                           b.d_residual, mw.shared_head_norm.grad, false);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
     ops::linear_backward(m.cat, mw.eh_proj.for_matmul(), b.d_residual, &b.d_cat, &mw.eh_proj.grad);
-    ops::copy_columns(b.d_cat.f32(), 2 * d, 0, d, b.d_e.f32(), n);  // d e_norm
+    ops::copy_columns(b.d_cat, 2 * d, 0, d, b.d_e, n);  // d e_norm
     ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
                           false);
     ops::embedding_backward(m.ids.i32(), n, b.d_residual, w_.embed.grad);
-    ops::copy_columns(b.d_cat.f32(), 2 * d, d, d, b.d_e.f32(), n);  // d h_norm
+    ops::copy_columns(b.d_cat, 2 * d, d, d, b.d_e, n);  // d h_norm
     ops::rmsnorm_backward(h_prev, mw.hnorm.value, m.h_rstd, b.d_e, b.d_h[size_t(k - 1)],
                           mw.hnorm.grad, true);
   }

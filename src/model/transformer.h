@@ -12,8 +12,8 @@
 namespace dsv3 {
 
 struct LossWeights {
-  float mtp_lambda = 0.3f;      // total MTP weight, divided by the depth count
-  float balance_alpha = 1e-4f;  // sequence-wise balance loss weight
+  double mtp_lambda = 0.3;      // total MTP weight, divided by the depth count
+  double balance_alpha = 1e-4;  // sequence-wise balance loss weight
 };
 
 struct StepResult {

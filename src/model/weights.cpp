@@ -117,6 +117,19 @@ void ModelWeights::set_compute_dtype(DType dtype) {
   refresh_compute();
 }
 
+void ModelWeights::to_float64() {
+  DSV3_CHECK(device() == Device::CPU && compute_dtype_ == DType::F32,
+             "a float64 model runs on the CPU without a lower-precision compute copy");
+  for (auto& np : params_) {
+    Tensor& v = np.param->value;
+    if (v.dtype() == DType::F64) continue;
+    Tensor wide = Tensor::zeros(v.shape(), DType::F64);
+    convert_from_f32(v.f32(), DType::F64, wide.data(), size_t(v.numel()));
+    v = wide;
+    np.param->grad = Tensor::zeros(v.shape(), DType::F64);
+  }
+}
+
 void ModelWeights::refresh_compute() {
   for (auto& np : params_)
     if (np.param->compute.defined()) ops::convert(np.param->value, np.param->compute);
@@ -159,7 +172,8 @@ void read_into(const WeightStore& store, const std::string& name, float* dst, co
                          dst + r * cols);
     return;
   }
-  DSV3_CHECK(src.dtype() == DType::F32 || src.dtype() == DType::BF16 || src.dtype() == DType::F16,
+  DSV3_CHECK(src.dtype() == DType::F32 || src.dtype() == DType::BF16 || src.dtype() == DType::F16 ||
+                 src.dtype() == DType::F64,
              "{}: tensor {} has dtype {}, not a floating type", store.where(), name,
              dtype_name(src.dtype()));
   convert_to_f32(src.dtype(), src.data(), dst, size_t(shape.numel()));

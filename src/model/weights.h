@@ -105,6 +105,12 @@ class ModelWeights {
   void set_compute_dtype(DType dtype);
   DType compute_dtype() const { return compute_dtype_; }
   void refresh_compute();
+  // F64: every parameter and gradient becomes float64 (exactly; CPU only; the correction
+  // biases stay float32, as routing reads them), so that the step runs through the float64
+  // reference kernels: `dsv3 parity --precision f64`. Call after load, before building a
+  // Transformer. Nothing else runs a float64 model.
+  void to_float64();
+  DType real_dtype() const { return embed.value.dtype(); }
 
   const ModelConfig& config() const { return config_; }
   Param embed;    // [vocab, hidden]

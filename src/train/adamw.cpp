@@ -8,11 +8,12 @@
 namespace dsv3 {
 
 AdamW::AdamW(ModelWeights& weights) : w_(weights) {
-  // Moments live beside their parameters (the same device), where adamw_update reads them.
+  // Moments live beside their parameters (the same device and dtype), where adamw_update reads
+  // them.
   for (auto& p : w_.params()) {
     const Tensor& value = p.param->value;
-    m_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
-    v_.push_back(Tensor::zeros(value.shape(), DType::F32, value.device()));
+    m_.push_back(Tensor::zeros(value.shape(), value.dtype(), value.device()));
+    v_.push_back(Tensor::zeros(value.shape(), value.dtype(), value.device()));
   }
 }
 

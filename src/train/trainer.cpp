@@ -254,7 +254,7 @@ TrainOutcome train(const TrainSettings& s) {
   for (int64_t step = start_step; step < s.steps; ++step) {
     const auto t0 = clock::now();
     const ScheduleValues sv = schedule_at(sched, step);
-    LossWeights lw{float(sv.mtp_lambda), float(alpha)};
+    LossWeights lw{sv.mtp_lambda, alpha};
     weights.zero_grads();
     for (Tensor& l : step_load) l.zero_();
     double loss = 0, main = 0, mtp = 0, balance = 0;

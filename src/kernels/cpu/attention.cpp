@@ -9,11 +9,14 @@
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale64,
                        Tensor& probs, Tensor& o) {
+  if (q.dtype() == DType::F64) return ref::attention_forward(q, k, v, scale64, probs, o);
+  const float scale = float(scale64);
   if (q.device() == Device::CUDA) return cuda_ops::attention_forward(q, k, v, scale, probs, o);
   const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
   DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
@@ -48,8 +51,11 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float 
 }
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
-                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
-                        Tensor& d_v) {
+                        const Tensor& d_o, double scale64, Tensor& scratch, Tensor& d_q,
+                        Tensor& d_k, Tensor& d_v) {
+  if (q.dtype() == DType::F64)
+    return ref::attention_backward(q, k, v, probs, d_o, scale64, scratch, d_q, d_k, d_v);
+  const float scale = float(scale64);
   if (q.device() == Device::CUDA)
     return cuda_ops::attention_backward(q, k, v, probs, d_o, scale, scratch, d_q, d_k, d_v);
   const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);

@@ -12,10 +12,11 @@
 #include <vector>
 
 #include "core/device.h"
+#include "kernels/attention_dims.h"
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
-#include "kernels/attention_dims.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 namespace {
@@ -26,8 +27,10 @@ constexpr int64_t kRows = 64;
 
 }  // namespace
 
-void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale64,
                            Tensor& lse, Tensor& o) {
+  if (q.dtype() == DType::F64) return ref::attention_forward_lse(q, k, v, scale64, lse, o);
+  const float scale = float(scale64);
   if (q.device() == Device::CUDA) return cuda_ops::attention_forward_lse(q, k, v, scale, lse, o);
   const LseAttentionDims d = lse_attention_dims(q, k, v, o, lse, "attention_forward_lse");
   const int64_t seq = d.seq, dq = d.dq, dv = d.dv;
@@ -69,8 +72,11 @@ void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, fl
 }
 
 void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            const Tensor& lse, const Tensor& d_o, double scale64, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v) {
+  if (q.dtype() == DType::F64)
+    return ref::attention_backward_lse(q, k, v, o, lse, d_o, scale64, d_q, d_k, d_v);
+  const float scale = float(scale64);
   if (q.device() == Device::CUDA)
     return cuda_ops::attention_backward_lse(q, k, v, o, lse, d_o, scale, d_q, d_k, d_v);
   const LseAttentionDims d = lse_attention_dims(q, k, v, o, lse, "attention_backward_lse");

@@ -3,10 +3,11 @@
 #include <cmath>
 #include <vector>
 
-#include "kernels/cpu/fast_math.h"
 #include "core/device.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
@@ -19,7 +20,10 @@ float* scratch_row_loss(int64_t rows) {
 }
 }  // namespace
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale64,
+                     Tensor* d_logits) {
+  if (logits.dtype() == DType::F64) return ref::cross_entropy(logits, targets, scale64, d_logits);
+  const float scale = float(scale64);
   if (logits.device() == Device::CUDA)
     return cuda_ops::cross_entropy(logits, targets, scale, d_logits);
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;

@@ -6,10 +6,12 @@
 #include "core/device.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
+  if (table.dtype() == DType::F64) return ref::embedding_forward(table, ids, rows, out);
   if (table.device() == Device::CUDA) return cuda_ops::embedding_forward(table, ids, rows, out);
   const int64_t vocab = table.dim(0), dim = table.dim(1);
   for (int64_t r = 0; r < rows; ++r)
@@ -30,6 +32,7 @@ void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Te
 }
 
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table) {
+  if (d_table.dtype() == DType::F64) return ref::embedding_backward(ids, rows, d_out, d_table);
   if (d_table.device() == Device::CUDA)
     return cuda_ops::embedding_backward(ids, rows, d_out, d_table);
   const int64_t dim = d_table.dim(1);
@@ -65,6 +68,7 @@ void convert(const Tensor& src, Tensor& dst) {
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {
+  if (y.dtype() == DType::F64) return ref::add_inplace(y, x);
   if (y.device() == Device::CUDA) return cuda_ops::add_inplace(y, x);
   DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
   float* yp = y.f32();

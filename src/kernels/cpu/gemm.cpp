@@ -6,9 +6,10 @@
 #include <vector>
 
 #include "core/device.h"
-#include "kernels/cuda/ops_cuda.h"
 #include "core/threads.h"
+#include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
@@ -54,6 +55,7 @@ static void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const c
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
+  if (x.dtype() == DType::F64) return ref::linear_forward(x, w, y);
   if (x.device() == Device::CUDA) return cuda_ops::linear_forward(x, w, y);
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
@@ -65,6 +67,7 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
                      bool accumulate_d_x) {
+  if (x.dtype() == DType::F64) return ref::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x);
   if (x.device() == Device::CUDA)
     return cuda_ops::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x);
   int64_t in = w.dim(1), out = w.dim(0);
@@ -93,6 +96,7 @@ void check_groups(const std::vector<const Tensor*>& w, const int64_t* offsets, i
 // results are bit for bit those of linear_forward/linear_backward on each group.
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y) {
+  if (x.dtype() == DType::F64) return ref::grouped_linear_forward(x, w, offsets, y);
   if (x.device() == Device::CUDA) return cuda_ops::grouped_linear_forward(x, w, offsets, y);
   DSV3_CHECK(!w.empty() && w[0]->ndim() == 2, "grouped_linear_forward: no groups or W not 2-D");
   const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
@@ -110,6 +114,7 @@ void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
                              const std::vector<Tensor*>& d_w) {
+  if (x.dtype() == DType::F64) return ref::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w);
   if (x.device() == Device::CUDA)
     return cuda_ops::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w);
   DSV3_CHECK(!w.empty() && w[0]->ndim() == 2, "grouped_linear_backward: no groups or W not 2-D");

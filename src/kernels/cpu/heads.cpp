@@ -4,6 +4,7 @@
 #include "core/device.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
@@ -23,7 +24,7 @@ void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
 void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool accumulate) {
   if (device::is_cuda_pointer(tokens))
     return cuda_ops::heads_to_tokens(heads, tokens, c, accumulate);
-  // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
+    // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
 #pragma omp parallel for schedule(static)
   for (int64_t bt = 0; bt < c.batch * c.seq; ++bt) {
     const int64_t b = bt / c.seq, t = bt % c.seq;
@@ -57,6 +58,31 @@ void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, 
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r)
     std::memcpy(dst + r * dst_cols + offset, src + r * width, size_t(width) * sizeof(float));
+}
+
+void tokens_to_heads(const Tensor& tokens, Tensor& heads, const HeadCopy& c) {
+  if (heads.dtype() == DType::F64) return ref::t::tokens_to_heads(tokens.f64(), heads.f64(), c);
+  tokens_to_heads(tokens.f32(), heads.f32(), c);
+}
+
+void heads_to_tokens(const Tensor& heads, Tensor& tokens, const HeadCopy& c, bool accumulate) {
+  if (tokens.dtype() == DType::F64)
+    return ref::t::heads_to_tokens(heads.f64(), tokens.f64(), c, accumulate);
+  heads_to_tokens(heads.f32(), tokens.f32(), c, accumulate);
+}
+
+void copy_columns(const Tensor& src, int64_t src_cols, int64_t offset, int64_t width, Tensor& dst,
+                  int64_t rows) {
+  if (dst.dtype() == DType::F64)
+    return ref::t::copy_columns(src.f64(), src_cols, offset, width, dst.f64(), rows);
+  copy_columns(src.f32(), src_cols, offset, width, dst.f32(), rows);
+}
+
+void put_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t dst_cols, int64_t offset,
+                 int64_t rows) {
+  if (dst.dtype() == DType::F64)
+    return ref::t::put_columns(src.f64(), width, dst.f64(), dst_cols, offset, rows);
+  put_columns(src.f32(), width, dst.f32(), dst_cols, offset, rows);
 }
 
 }  // namespace dsv3::ops

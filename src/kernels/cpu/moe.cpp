@@ -7,6 +7,7 @@
 
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 namespace {
@@ -25,6 +26,7 @@ void check_rows(const char* op, const char* what, const int32_t* idx, int64_t n,
 }  // namespace
 
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
+  if (out.dtype() == DType::F64) return ref::moe_gather_rows(x, src_row, out);
   if (out.device() == Device::CUDA) return cuda_ops::moe_gather_rows(x, src_row, out);
   const int64_t d = out.dim(-1), m = rows_of(out, d), n = rows_of(x, d);
   DSV3_CHECK(x.dim(-1) == d, "moe_gather_rows: x {} and out {} differ in row length",
@@ -38,6 +40,7 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
 }
 
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
+  if (out.dtype() == DType::F64) return ref::moe_combine(y_perm, row_of, weights, out);
   if (out.device() == Device::CUDA) return cuda_ops::moe_combine(y_perm, row_of, weights, out);
   const int64_t d = out.dim(-1), n = rows_of(out, d), k = n ? weights.numel() / n : 0;
   DSV3_CHECK(y_perm.dim(-1) == d && weights.numel() == n * k && y_perm.numel() == n * k * d,
@@ -58,6 +61,8 @@ void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weig
 
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
                           const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights) {
+  if (d_out.dtype() == DType::F64)
+    return ref::moe_combine_backward(d_out, y_perm, row_of, weights, d_y_perm, d_weights);
   if (d_out.device() == Device::CUDA)
     return cuda_ops::moe_combine_backward(d_out, y_perm, row_of, weights, d_y_perm, d_weights);
   const int64_t d = d_out.dim(-1), n = rows_of(d_out, d), k = n ? weights.numel() / n : 0;
@@ -91,6 +96,7 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
 }
 
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x) {
+  if (d_x.dtype() == DType::F64) return ref::moe_scatter_add(d_x_perm, row_of, k, d_x);
   if (d_x.device() == Device::CUDA) return cuda_ops::moe_scatter_add(d_x_perm, row_of, k, d_x);
   const int64_t d = d_x.dim(-1), n = rows_of(d_x, d), m = rows_of(d_x_perm, d);
   DSV3_CHECK(k >= 1 && d_x_perm.dim(-1) == d && m == n * k,

@@ -5,10 +5,12 @@
 
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
 double sum_squares(const Tensor& g, double acc) {
+  if (g.dtype() == DType::F64) return ref::sum_squares(g, acc);
   if (g.device() == Device::CUDA) return cuda_ops::sum_squares(g, acc);
   // Fixed chunks summed in order: the same value for any thread count (resume is bit-exact).
   constexpr int64_t kChunks = 64;
@@ -34,6 +36,7 @@ double sum_squares_all(const std::vector<const Tensor*>& gs) {
 }
 
 void scale_inplace(Tensor& x, float factor) {
+  if (x.dtype() == DType::F64) return ref::scale_inplace(x, factor);
   if (x.device() == Device::CUDA) return cuda_ops::scale_inplace(x, factor);
   float* xp = x.f32();
   const int64_t n = x.numel();
@@ -42,6 +45,7 @@ void scale_inplace(Tensor& x, float factor) {
 }
 
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWScalars& s) {
+  if (p.dtype() == DType::F64) return ref::adamw_update(p, g, m, v, s);
   if (p.device() == Device::CUDA) return cuda_ops::adamw_update(p, g, m, v, s);
   const int64_t n = p.numel();
   DSV3_CHECK(g.numel() == n && m.numel() == n && v.numel() == n,

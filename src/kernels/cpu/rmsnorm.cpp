@@ -1,16 +1,18 @@
 // RMSNorm forward and backward on the CPU.
+#include <omp.h>
+
 #include <cmath>
 #include <vector>
-
-#include <omp.h>
 
 #include "core/device.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+  if (x.dtype() == DType::F64) return ref::rmsnorm_forward(x, w, eps, y, rstd);
   if (x.device() == Device::CUDA) return cuda_ops::rmsnorm_forward(x, w, eps, y, rstd);
   const int64_t dim = w.numel(), rows = x.numel() / dim;
   const float* xp = x.f32();
@@ -31,6 +33,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
+  if (x.dtype() == DType::F64)
+    return ref::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
   if (x.device() == Device::CUDA)
     return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
   const int64_t dim = w.numel(), rows = x.numel() / dim;

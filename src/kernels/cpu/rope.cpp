@@ -2,6 +2,7 @@
 #include "core/device.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 namespace {
@@ -44,6 +45,32 @@ void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, con
                    const Tensor& sin) {
   if (cos.device() == Device::CUDA) return cuda_ops::rope(d_x, s, positions, cos, sin, true);
   rotate<true>(d_x, s, positions, cos, sin);
+}
+
+namespace {
+void rotate_tensor(Tensor& x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin, bool inverse) {
+  if (x.dtype() == DType::F32)
+    return inverse ? rope_backward(x.f32(), s, positions, cos, sin)
+                   : rope_forward(x.f32(), s, positions, cos, sin);
+  DSV3_CHECK(x.dtype() == DType::F64 && x.device() == Device::CPU,
+             "rope: {} tensors on the {} are not supported", dtype_name(x.dtype()),
+             device_name(x.device()));
+  if (cos.dtype() == DType::F64)
+    ref::t::rope(x.f64(), s, positions, cos.f64(), sin.f64(), cos.dim(0), inverse);
+  else
+    ref::t::rope(x.f64(), s, positions, cos.f32(), sin.f32(), cos.dim(0), inverse);
+}
+}  // namespace
+
+void rope_forward(Tensor& x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                  const Tensor& sin) {
+  rotate_tensor(x, s, positions, cos, sin, false);
+}
+
+void rope_backward(Tensor& d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
+                   const Tensor& sin) {
+  rotate_tensor(d_x, s, positions, cos, sin, true);
 }
 
 }  // namespace dsv3::ops

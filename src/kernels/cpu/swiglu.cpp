@@ -5,10 +5,12 @@
 #include "kernels/cpu/fast_math.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/ops.h"
+#include "kernels/reference.h"
 
 namespace dsv3::ops {
 
 void swiglu_forward(const Tensor& gate_up, Tensor& h) {
+  if (gate_up.dtype() == DType::F64) return ref::swiglu_forward(gate_up, h);
   if (gate_up.device() == Device::CUDA) return cuda_ops::swiglu_forward(gate_up, h);
   const int64_t width = h.dim(-1), rows = h.numel() / width;
   const float* gu = gate_up.f32();
@@ -23,8 +25,8 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
 }
 
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up) {
-  if (gate_up.device() == Device::CUDA)
-    return cuda_ops::swiglu_backward(gate_up, d_h, d_gate_up);
+  if (gate_up.dtype() == DType::F64) return ref::swiglu_backward(gate_up, d_h, d_gate_up);
+  if (gate_up.device() == Device::CUDA) return cuda_ops::swiglu_backward(gate_up, d_h, d_gate_up);
   const int64_t width = d_h.dim(-1), rows = d_h.numel() / width;
   const float* gu = gate_up.f32();
   const float* dh = d_h.f32();

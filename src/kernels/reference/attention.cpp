@@ -158,15 +158,15 @@ void attention_backward_lse(const T* q, const T* k, const T* v, const T* o, cons
   }
 }
 
-#define DSV3_INSTANTIATE(T)                                                                    \
-  template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t,  \
-                                     int64_t, double, T*, T*);                                 \
-  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*,        \
-                                      int64_t, int64_t, int64_t, int64_t, double, T*, T*, T*); \
-  template void attention_forward_lse<T>(const T*, const T*, const T*, int64_t, int64_t,       \
-                                         int64_t, int64_t, double, T*, T*);                    \
-  template void attention_backward_lse<T>(const T*, const T*, const T*, const T*, const T*,    \
-                                          const T*, int64_t, int64_t, int64_t, int64_t, double, \
+#define DSV3_INSTANTIATE(T)                                                                       \
+  template void attention_forward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t,     \
+                                     int64_t, double, T*, T*);                                    \
+  template void attention_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t,  \
+                                      int64_t, int64_t, int64_t, double, T*, T*, T*);             \
+  template void attention_forward_lse<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                         int64_t, double, T*, T*);                                \
+  template void attention_backward_lse<T>(const T*, const T*, const T*, const T*, const T*,       \
+                                          const T*, int64_t, int64_t, int64_t, int64_t, double,   \
                                           T*, T*, T*);
 DSV3_INSTANTIATE(float)
 DSV3_INSTANTIATE(double)
@@ -174,44 +174,57 @@ DSV3_INSTANTIATE(double)
 
 }  // namespace t
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                        Tensor& probs, Tensor& o) {
-  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
-  DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
-                 probs.numel() == batch * heads * seq * seq,
-             "ref::attention_forward: shapes q {} k {} v {} o {} do not agree", q.shape().str(),
-             k.shape().str(), v.shape().str(), o.shape().str());
-  t::attention_forward(q.f32(), k.f32(), v.f32(), batch * heads, seq, dq, dv, scale, probs.f32(),
-                       o.f32());
+  with_real(q, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
+    DSV3_CHECK(k.shape() == q.shape() && v.dim(2) == seq && o.shape() == v.shape() &&
+                   probs.numel() == batch * heads * seq * seq,
+               "ref::attention_forward: shapes q {} k {} v {} o {} do not agree", q.shape().str(),
+               k.shape().str(), v.shape().str(), o.shape().str());
+    t::attention_forward(q.real<T>(), k.real<T>(), v.real<T>(), batch * heads, seq, dq, dv, scale,
+                         probs.real<T>(), o.real<T>());
+  });
 }
 
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs,
-                        const Tensor& d_o, float scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
+                        const Tensor& d_o, double scale, Tensor& scratch, Tensor& d_q, Tensor& d_k,
                         Tensor& d_v) {
-  const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
-  t::attention_backward(q.f32(), k.f32(), v.f32(), probs.f32(), d_o.f32(), batch * heads, seq, dq,
-                        dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
+  with_real(q, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t batch = q.dim(0), heads = q.dim(1), seq = q.dim(2), dq = q.dim(3), dv = v.dim(3);
+    t::attention_backward(q.real<T>(), k.real<T>(), v.real<T>(), probs.real<T>(), d_o.real<T>(),
+                          batch * heads, seq, dq, dv, scale, d_q.real<T>(), d_k.real<T>(),
+                          d_v.real<T>());
+  });
 }
 
-
-void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+void attention_forward_lse(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                            Tensor& lse, Tensor& o) {
-  const ops::LseAttentionDims d =
-      ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_forward_lse");
-  t::attention_forward_lse(q.f32(), k.f32(), v.f32(), d.bh, d.seq, d.dq, d.dv, scale, lse.f32(),
-                           o.f32());
+  with_real(q, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const ops::LseAttentionDims d =
+        ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_forward_lse");
+    t::attention_forward_lse(q.real<T>(), k.real<T>(), v.real<T>(), d.bh, d.seq, d.dq, d.dv, scale,
+                             lse.real<T>(), o.real<T>());
+  });
 }
 
 void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
-                            const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
+                            const Tensor& lse, const Tensor& d_o, double scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v) {
-  const ops::LseAttentionDims d =
-      ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_backward_lse");
-  DSV3_CHECK(d_o.shape() == o.shape() && d_q.shape() == q.shape() && d_k.shape() == k.shape() &&
-                 d_v.shape() == v.shape(),
-             "ref::attention_backward_lse: d_o or a gradient does not match its operand");
-  t::attention_backward_lse(q.f32(), k.f32(), v.f32(), o.f32(), lse.f32(), d_o.f32(), d.bh, d.seq,
-                            d.dq, d.dv, scale, d_q.f32(), d_k.f32(), d_v.f32());
+  with_real(q, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const ops::LseAttentionDims d =
+        ops::lse_attention_dims(q, k, v, o, lse, "ref::attention_backward_lse");
+    DSV3_CHECK(d_o.shape() == o.shape() && d_q.shape() == q.shape() && d_k.shape() == k.shape() &&
+                   d_v.shape() == v.shape(),
+               "ref::attention_backward_lse: d_o or a gradient does not match its operand");
+    t::attention_backward_lse(q.real<T>(), k.real<T>(), v.real<T>(), o.real<T>(), lse.real<T>(),
+                              d_o.real<T>(), d.bh, d.seq, d.dq, d.dv, scale, d_q.real<T>(),
+                              d_k.real<T>(), d_v.real<T>());
+  });
 }
 
 }  // namespace dsv3::ref

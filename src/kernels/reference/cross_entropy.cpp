@@ -45,11 +45,13 @@ template double cross_entropy<double>(const double*, int64_t, int64_t, const int
 
 }  // namespace t
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
-                     Tensor* d_logits) {
-  const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
-  return t::cross_entropy(logits.f32(), rows, vocab, targets, scale,
-                          d_logits ? d_logits->f32() : nullptr);
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits) {
+  return with_real(logits, [&](auto real_zero) -> double {
+    using T = decltype(real_zero);
+    const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
+    return t::cross_entropy(logits.real<T>(), rows, vocab, targets, scale,
+                            d_logits ? d_logits->real<T>() : nullptr);
+  });
 }
 
 }  // namespace dsv3::ref

@@ -9,12 +9,12 @@ namespace dsv3::ref {
 namespace t {
 
 template <typename T>
-void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids,
-                       int64_t rows, T* out) {
+void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids, int64_t rows,
+                       T* out) {
   for (int64_t r = 0; r < rows; ++r) {
     DSV3_CHECK(ids[r] >= -1 && ids[r] < vocab,
-               "ref::embedding: token id {} at position {} is outside the vocabulary of {}",
-               ids[r], r, vocab);
+               "ref::embedding: token id {} at position {} is outside the vocabulary of {}", ids[r],
+               r, vocab);
     for (int64_t i = 0; i < dim; ++i)
       out[r * dim + i] = ids[r] < 0 ? T(0) : table[int64_t(ids[r]) * dim + i];
   }
@@ -38,27 +38,38 @@ void embedding_backward(const int32_t* ids, int64_t rows, int64_t vocab, int64_t
 
 template void embedding_forward<float>(const float*, int64_t, int64_t, const int32_t*, int64_t,
                                        float*);
-template void embedding_forward<double>(const double*, int64_t, int64_t, const int32_t*,
-                                        int64_t, double*);
+template void embedding_forward<double>(const double*, int64_t, int64_t, const int32_t*, int64_t,
+                                        double*);
 template void embedding_backward<float>(const int32_t*, int64_t, int64_t, int64_t, const float*,
                                         float*);
-template void embedding_backward<double>(const int32_t*, int64_t, int64_t, int64_t,
-                                         const double*, double*);
+template void embedding_backward<double>(const int32_t*, int64_t, int64_t, int64_t, const double*,
+                                         double*);
 
 }  // namespace t
 
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
-  t::embedding_forward(table.f32(), table.dim(0), table.dim(1), ids, rows, out.f32());
+  with_real(table, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    t::embedding_forward(table.real<T>(), table.dim(0), table.dim(1), ids, rows, out.real<T>());
+  });
 }
 
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table) {
-  t::embedding_backward(ids, rows, d_table.dim(0), d_table.dim(1), d_out.f32(), d_table.f32());
+  with_real(d_out, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    t::embedding_backward(ids, rows, d_table.dim(0), d_table.dim(1), d_out.real<T>(),
+                          d_table.real<T>());
+  });
 }
 
 void add_inplace(Tensor& y, const Tensor& x) {
-  DSV3_CHECK(y.numel() == x.numel(), "ref::add_inplace: {} vs {}", y.shape().str(),
-             x.shape().str());
-  for (int64_t i = 0; i < y.numel(); ++i) y.f32()[i] = float(double(y.f32()[i]) + x.f32()[i]);
+  with_real(y, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    DSV3_CHECK(y.numel() == x.numel(), "ref::add_inplace: {} vs {}", y.shape().str(),
+               x.shape().str());
+    for (int64_t i = 0; i < y.numel(); ++i)
+      y.real<T>()[i] = T(double(y.real<T>()[i]) + x.real<T>()[i]);
+  });
 }
 
 }  // namespace dsv3::ref

@@ -51,10 +51,10 @@ void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t
       }
 }
 
-#define DSV3_INSTANTIATE(T)                                                                    \
-  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, double, const T*, int64_t,      \
-                        const T*, int64_t, double, T*, int64_t);                               \
-  template void linear_forward<T>(const T*, const T*, int64_t, int64_t, int64_t, T*);          \
+#define DSV3_INSTANTIATE(T)                                                                     \
+  template void gemm<T>(bool, bool, int64_t, int64_t, int64_t, double, const T*, int64_t,       \
+                        const T*, int64_t, double, T*, int64_t);                                \
+  template void linear_forward<T>(const T*, const T*, int64_t, int64_t, int64_t, T*);           \
   template void linear_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, \
                                    T*, bool);
 DSV3_INSTANTIATE(float)
@@ -63,25 +63,31 @@ DSV3_INSTANTIATE(double)
 
 }  // namespace t
 
-void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-          const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-          int64_t ldc) {
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
+          int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
   t::gemm<float>(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
-  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
-  DSV3_CHECK(x.numel() == rows * in && y.numel() == rows * out,
-             "ref::linear_forward: x {} W {} y {} do not agree", x.shape().str(), w.shape().str(),
-             y.shape().str());
-  t::linear_forward(x.f32(), w.f32(), rows, in, out, y.f32());
+  with_real(x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+    DSV3_CHECK(x.numel() == rows * in && y.numel() == rows * out,
+               "ref::linear_forward: x {} W {} y {} do not agree", x.shape().str(), w.shape().str(),
+               y.shape().str());
+    t::linear_forward(x.real<T>(), w.real<T>(), rows, in, out, y.real<T>());
+  });
 }
 
-void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x,
-                     Tensor* d_w, bool accumulate_d_x) {
-  const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
-  t::linear_backward(x.f32(), w.f32(), d_y.f32(), rows, in, out, d_x ? d_x->f32() : nullptr,
-                     d_w ? d_w->f32() : nullptr, accumulate_d_x);
+void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
+                     bool accumulate_d_x) {
+  with_real(x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
+    t::linear_backward(x.real<T>(), w.real<T>(), d_y.real<T>(), rows, in, out,
+                       d_x ? d_x->real<T>() : nullptr, d_w ? d_w->real<T>() : nullptr,
+                       accumulate_d_x);
+  });
 }
 
 // The grouped forms: the definition itself, a loop over the groups' row ranges.

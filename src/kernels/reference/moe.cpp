@@ -38,45 +38,59 @@ template void moe_combine<double>(const double*, const int32_t*, const double*, 
 }  // namespace t
 
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
-  const int64_t d = out.dim(-1), m = d ? out.numel() / d : 0, n = d ? x.numel() / d : 0;
-  check_index("moe_gather_rows", src_row, m, n);
-  for (int64_t r = 0; r < m; ++r)
-    for (int64_t i = 0; i < d; ++i) out.f32()[r * d + i] = x.f32()[int64_t(src_row[r]) * d + i];
+  with_real(x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t d = out.dim(-1), m = d ? out.numel() / d : 0, n = d ? x.numel() / d : 0;
+    check_index("moe_gather_rows", src_row, m, n);
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t i = 0; i < d; ++i)
+        out.real<T>()[r * d + i] = x.real<T>()[int64_t(src_row[r]) * d + i];
+  });
 }
 
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
-  const int64_t d = out.dim(-1), n = d ? out.numel() / d : 0, k = n ? weights.numel() / n : 0;
-  t::moe_combine(y_perm.f32(), row_of, weights.f32(), n, k, d, out.f32());
+  with_real(y_perm, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t d = out.dim(-1), n = d ? out.numel() / d : 0, k = n ? weights.numel() / n : 0;
+    t::moe_combine(y_perm.real<T>(), row_of, weights.real<T>(), n, k, d, out.real<T>());
+  });
 }
 
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
                           const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights) {
-  const int64_t d = d_out.dim(-1), n = d ? d_out.numel() / d : 0, k = n ? weights.numel() / n : 0;
-  check_index("moe_combine_backward", row_of, n * k, n * k);
-  const float* g = d_out.f32();
-  const float* y = y_perm.f32();
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t r = row_of[t * k + j];
-      const double w = weights.f32()[t * k + j];
-      double dot = 0.0;
-      for (int64_t i = 0; i < d; ++i) {
-        d_y_perm.f32()[r * d + i] = float(w * g[t * d + i]);
-        dot += double(g[t * d + i]) * y[r * d + i];
+  with_real(d_out, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t d = d_out.dim(-1), n = d ? d_out.numel() / d : 0, k = n ? weights.numel() / n : 0;
+    check_index("moe_combine_backward", row_of, n * k, n * k);
+    const T* g = d_out.real<T>();
+    const T* y = y_perm.real<T>();
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t r = row_of[t * k + j];
+        const double w = weights.real<T>()[t * k + j];
+        double dot = 0.0;
+        for (int64_t i = 0; i < d; ++i) {
+          d_y_perm.real<T>()[r * d + i] = T(w * g[t * d + i]);
+          dot += double(g[t * d + i]) * y[r * d + i];
+        }
+        d_weights.real<T>()[t * k + j] = T(dot);
       }
-      d_weights.f32()[t * k + j] = float(dot);
-    }
+  });
 }
 
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x) {
-  const int64_t d = d_x.dim(-1), n = d ? d_x.numel() / d : 0;
-  check_index("moe_scatter_add", row_of, n * k, n * k);
-  for (int64_t t = 0; t < n; ++t)
-    for (int64_t i = 0; i < d; ++i) {
-      double sum = d_x.f32()[t * d + i];
-      for (int64_t j = 0; j < k; ++j) sum += d_x_perm.f32()[int64_t(row_of[t * k + j]) * d + i];
-      d_x.f32()[t * d + i] = float(sum);
-    }
+  with_real(d_x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t d = d_x.dim(-1), n = d ? d_x.numel() / d : 0;
+    check_index("moe_scatter_add", row_of, n * k, n * k);
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t i = 0; i < d; ++i) {
+        double sum = d_x.real<T>()[t * d + i];
+        for (int64_t j = 0; j < k; ++j)
+          sum += d_x_perm.real<T>()[int64_t(row_of[t * k + j]) * d + i];
+        d_x.real<T>()[t * d + i] = T(sum);
+      }
+  });
 }
 
 }  // namespace dsv3::ref

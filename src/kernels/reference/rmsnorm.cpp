@@ -8,8 +8,7 @@ namespace dsv3::ref {
 namespace t {
 
 template <typename T>
-void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y,
-                     T* rstd) {
+void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y, T* rstd) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * dim;
     double sum = 0.0;
@@ -46,10 +45,10 @@ void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64
   for (int64_t i = 0; i < dim; ++i) d_w[i] = T(dw[size_t(i)]);
 }
 
-#define DSV3_INSTANTIATE(T)                                                                    \
-  template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, double, T*, T*);      \
-  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t,  \
-                                    T*, T*, bool);
+#define DSV3_INSTANTIATE(T)                                                                       \
+  template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, double, T*, T*);         \
+  template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, \
+                                    T*, bool);
 DSV3_INSTANTIATE(float)
 DSV3_INSTANTIATE(double)
 #undef DSV3_INSTANTIATE
@@ -57,15 +56,21 @@ DSV3_INSTANTIATE(double)
 }  // namespace t
 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
-  const int64_t dim = w.numel(), rows = x.numel() / dim;
-  t::rmsnorm_forward(x.f32(), w.f32(), rows, dim, eps, y.f32(), rstd.f32());
+  with_real(x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t dim = w.numel(), rows = x.numel() / dim;
+    t::rmsnorm_forward(x.real<T>(), w.real<T>(), rows, dim, eps, y.real<T>(), rstd.real<T>());
+  });
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
-  const int64_t dim = w.numel(), rows = x.numel() / dim;
-  t::rmsnorm_backward(x.f32(), w.f32(), rstd.f32(), d_y.f32(), rows, dim, d_x.f32(), d_w.f32(),
-                      accumulate_d_x);
+  with_real(x, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t dim = w.numel(), rows = x.numel() / dim;
+    t::rmsnorm_backward(x.real<T>(), w.real<T>(), rstd.real<T>(), d_y.real<T>(), rows, dim,
+                        d_x.real<T>(), d_w.real<T>(), accumulate_d_x);
+  });
 }
 
 }  // namespace dsv3::ref

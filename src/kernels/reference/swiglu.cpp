@@ -17,8 +17,7 @@ void swiglu_forward(const T* gate_up, int64_t rows, int64_t width, T* h) {
 
 // d silu(g)/dg = sig(g) + g sig(g) (1 - sig(g)).
 template <typename T>
-void swiglu_backward(const T* gate_up, const T* d_h, int64_t rows, int64_t width,
-                     T* d_gate_up) {
+void swiglu_backward(const T* gate_up, const T* d_h, int64_t rows, int64_t width, T* d_gate_up) {
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t i = 0; i < width; ++i) {
       const double g = gate_up[r * 2 * width + i], u = gate_up[r * 2 * width + width + i];
@@ -37,15 +36,21 @@ template void swiglu_backward<double>(const double*, const double*, int64_t, int
 }  // namespace t
 
 void swiglu_forward(const Tensor& gate_up, Tensor& h) {
-  const int64_t width = h.dim(-1), rows = h.numel() / width;
-  DSV3_CHECK(gate_up.numel() == rows * 2 * width, "ref::swiglu_forward: gate_up {} vs h {}",
-             gate_up.shape().str(), h.shape().str());
-  t::swiglu_forward(gate_up.f32(), rows, width, h.f32());
+  with_real(gate_up, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t width = h.dim(-1), rows = h.numel() / width;
+    DSV3_CHECK(gate_up.numel() == rows * 2 * width, "ref::swiglu_forward: gate_up {} vs h {}",
+               gate_up.shape().str(), h.shape().str());
+    t::swiglu_forward(gate_up.real<T>(), rows, width, h.real<T>());
+  });
 }
 
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up) {
-  const int64_t width = d_h.dim(-1), rows = d_h.numel() / width;
-  t::swiglu_backward(gate_up.f32(), d_h.f32(), rows, width, d_gate_up.f32());
+  with_real(gate_up, [&](auto real_zero) {
+    using T = decltype(real_zero);
+    const int64_t width = d_h.dim(-1), rows = d_h.numel() / width;
+    t::swiglu_backward(gate_up.real<T>(), d_h.real<T>(), rows, width, d_gate_up.real<T>());
+  });
 }
 
 }  // namespace dsv3::ref
