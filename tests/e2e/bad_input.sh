@@ -43,6 +43,8 @@ mkdir -p "$WORK/shape"
 cp "$FIX"/*.safetensors "$WORK/shape/"
 sed 's/"intermediate_size": 96/"intermediate_size": 64/' "$FIX/config.json" >"$WORK/shape/config.json"
 expect_error wrong-shape "mlp" "$DSV3" parity "$WORK/shape"
+expect_error f64-on-gpu "runs on the CPU" "$DSV3" parity --precision f64 --device cuda \
+  "$FIX"
 
 printf '{"hidden_size": 64,' >"$WORK/broken.json"
 expect_error malformed-config "broken.json" "$DSV3" bench train-step --config "$WORK/broken.json"
