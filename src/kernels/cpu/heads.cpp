@@ -24,7 +24,7 @@ void tokens_to_heads(const float* tokens, float* heads, const HeadCopy& c) {
 void heads_to_tokens(const float* heads, float* tokens, const HeadCopy& c, bool accumulate) {
   if (device::is_cuda_pointer(tokens))
     return cuda_ops::heads_to_tokens(heads, tokens, c, accumulate);
-    // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
+  // One task per token: heads sharing a destination (tok_head_stride 0) add up in order.
 #pragma omp parallel for schedule(static)
   for (int64_t bt = 0; bt < c.batch * c.seq; ++bt) {
     const int64_t b = bt / c.seq, t = bt % c.seq;
