@@ -5,11 +5,14 @@ Needs PyTorch and transformers (DeepseekV3ForCausalLM); dsv3 does not install th
   1. loads CHECKPOINT (a folder `dsv3 train` wrote: config.json, model.safetensors, tokenizer)
      with `DeepseekV3ForCausalLM.from_pretrained` in float32 and reports any checkpoint tensor
      transformers left unused besides the MTP layers (which it does not model) and any model
-     tensor it had to initialise;
-  2. runs a forward pass on random token ids;
+     tensor it had to initialise; where transformers fuses each layer's experts on load
+     (version 5), checks every expert's slice against that expert's matrices in the file;
+  2. runs a forward pass on random token ids with eager attention, recording each MoE layer's
+     chosen experts where the router module returns them;
   3. writes a parity fixture (config.json, model.safetensors linked, batch.safetensors, and
-     expected.safetensors holding transformers' logits) and runs `dsv3 parity` on it, so the
-     comparison and its tolerance (logits max-rel 1e-5) are dsv3's own.
+     expected.safetensors holding transformers' logits and chosen experts) and runs
+     `dsv3 parity` on it, so the comparison and its tolerances (logits max-rel 1e-5, routing
+     exact) are dsv3's own.
 
 Usage: scripts/check_transformers_load.py CHECKPOINT [--dsv3 build/dsv3] [--batch 2] [--seq 64]
 Exit status: 0 when transformers loads every tensor and dsv3's logits match.
@@ -44,9 +47,16 @@ def main() -> int:
         f"model.layers.{config['num_hidden_layers'] + k}."
         for k in range(config.get("num_nextn_predict_layers", 0)))
 
+    import transformers
+    print(f"transformers {transformers.__version__}, torch {torch.__version__}")
     hf_logging.set_verbosity_error()
-    model, info = DeepseekV3ForCausalLM.from_pretrained(
-        ckpt, dtype=torch.float32, output_loading_info=True)
+    try:
+        # Eager attention: the reference computation, not a fused kernel's.
+        model, info = DeepseekV3ForCausalLM.from_pretrained(
+            ckpt, dtype=torch.float32, output_loading_info=True, attn_implementation="eager")
+    except Exception as e:  # a shape mismatch raises inside from_pretrained in recent versions
+        print(f"transformers load: FAILED ({type(e).__name__}: {e})")
+        return 1
     model.eval()
     unexpected = [k for k in info.get("unexpected_keys", []) if not k.startswith(mtp_prefixes)]
     missing = list(info.get("missing_keys", []))
@@ -57,6 +67,24 @@ def main() -> int:
     for name in missing[:10] + unexpected[:10] + [str(m) for m in mismatched[:10]]:
         print(f"  {name}")
     load_ok = not missing and not unexpected and not mismatched
+    load_ok &= check_fused_experts(model, ckpt, config)
+
+    # Each MoE layer's chosen experts, for `dsv3 parity` to compare exactly (a near-tie routed
+    # differently then shows as a routing difference, not as an unexplained logits error).
+    chosen = {}
+
+    def keep_indices(layer):
+        def hook(_module, _inputs, output):
+            outs = output if isinstance(output, (tuple, list)) else (output,)
+            for o in outs:
+                if torch.is_tensor(o) and not o.is_floating_point() and o.dim() == 2:
+                    chosen[layer] = o.detach()
+        return hook
+
+    for i, layer in enumerate(model.model.layers):
+        gate = getattr(layer.mlp, "gate", None)
+        if gate is not None:
+            gate.register_forward_hook(keep_indices(i))
 
     g = torch.Generator().manual_seed(args.seed)
     tokens = torch.randint(0, config["vocab_size"], (args.batch, args.seq), generator=g,
@@ -74,13 +102,51 @@ def main() -> int:
         save_file({"tokens": tokens.to(torch.int32).contiguous(),
                    "labels": labels.to(torch.int32).contiguous()},
                   os.path.join(fixture, "batch.safetensors"))
-        save_file({"logits": logits}, os.path.join(fixture, "expected.safetensors"))
+        expected = {"logits": logits}
+        for layer, idx in chosen.items():  # ascending ids per token, as dsv3 keeps them
+            expected[f"routing.{layer}.indices"] = idx.sort(dim=-1).values.to(torch.int32).contiguous()
+        print(f"routing: {len(chosen)} MoE layers' chosen experts recorded")
+        save_file(expected, os.path.join(fixture, "expected.safetensors"))
         run = subprocess.run([args.dsv3, "parity", "--no-decode", fixture])
     finally:
         shutil.rmtree(fixture)
     print("transformers load:", "ok" if load_ok else "FAILED",
           "| logits:", "match" if run.returncode == 0 else "DIFFER")
     return 0 if load_ok and run.returncode == 0 else 1
+
+
+def read_safetensors(path):
+    """Tensors of a safetensors file, as torch tensors (float32 for floating types)."""
+    from safetensors.torch import load_file
+    return load_file(path)
+
+
+def check_fused_experts(model, ckpt, config):
+    """transformers 5 fuses each layer's experts on load (gate_up_proj [E, 2I, D], down_proj
+    [E, D, I]): check that expert e's slices are that expert's matrices from the file."""
+    tensors = read_safetensors(os.path.join(ckpt, "model.safetensors"))
+    ok = True
+    for i, layer in enumerate(model.model.layers):
+        experts = getattr(layer.mlp, "experts", None)
+        gate_up = getattr(experts, "gate_up_proj", None)
+        if gate_up is None:
+            continue  # per-expert modules (transformers 4): the key check above covers them
+        down = experts.down_proj
+        for e in range(config["n_routed_experts"]):
+            p = f"model.layers.{i}.mlp.experts.{e}."
+            want_gu = torch.cat([tensors[p + "gate_proj.weight"], tensors[p + "up_proj.weight"]])
+            want_d = tensors[p + "down_proj.weight"]
+            got_gu, got_d = gate_up[e].detach(), down[e].detach()
+            # Either orientation, [2I, D] or its transpose, depending on the version.
+            same_gu = (got_gu.shape == want_gu.shape and torch.equal(got_gu.float(), want_gu.float())) or \
+                      (got_gu.T.shape == want_gu.shape and torch.equal(got_gu.T.float(), want_gu.float()))
+            same_d = (got_d.shape == want_d.shape and torch.equal(got_d.float(), want_d.float())) or \
+                     (got_d.T.shape == want_d.shape and torch.equal(got_d.T.float(), want_d.float()))
+            if not (same_gu and same_d):
+                print(f"  layer {i} expert {e}: fused weights differ from the file's")
+                ok = False
+    print("fused experts:", "match the file" if ok else "DIFFER")
+    return ok
 
 
 if __name__ == "__main__":

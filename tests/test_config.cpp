@@ -59,6 +59,21 @@ TEST(Config, RoundTripsThroughJson) {
   auto c = dsv3::ModelConfig::load(std::string(DSV3_TEST_DATA) + "/reference/tiny-v3");
   auto again = dsv3::ModelConfig::from_json(c.to_json(), "round-trip");
   EXPECT_EQ(again.to_json(), c.to_json());
+  EXPECT_EQ(c.to_json()["architectures"][0], "DeepseekV3ForCausalLM");
+}
+
+// Hugging Face's DeepseekV3 class always routes with sigmoid + noaux_tc: a model routed otherwise
+// is written as the DeepSeek-V2 architecture, which reads scoring_func and topk_method.
+TEST(Config, OtherRoutingIsWrittenAsDeepseekV2) {
+  auto v2 = dsv3::ModelConfig::load(std::string(DSV3_TEST_DATA) + "/reference/tiny-v2lite");
+  ASSERT_NE(v2.scoring_func, dsv3::ScoringFunc::Sigmoid);
+  json j = v2.to_json();
+  EXPECT_EQ(j["architectures"][0], "DeepseekV2ForCausalLM");
+  EXPECT_EQ(j["model_type"], "deepseek_v2");
+  EXPECT_EQ(dsv3::ModelConfig::from_json(j, "round-trip").to_json(), j);
+  auto v3 = dsv3::ModelConfig::load(std::string(DSV3_TEST_DATA) + "/reference/tiny-v3");
+  v3.topk_method = "greedy";
+  EXPECT_EQ(v3.to_json()["architectures"][0], "DeepseekV2ForCausalLM");
 }
 
 TEST(Config, InvalidValuesNameTheKey) {

@@ -239,8 +239,12 @@ ModelConfig ModelConfig::load(const std::string& path) {
 
 json ModelConfig::to_json() const {
   json j;
-  j["architectures"] = {"DeepseekV3ForCausalLM"};
-  j["model_type"] = "deepseek_v3";
+  // Hugging Face's DeepseekV3 always routes with sigmoid scores and the noaux_tc selection; a
+  // model routed otherwise (softmax scores, greedy or group-limited selection) is a DeepSeek-V2
+  // model there, whose class reads scoring_func and topk_method.
+  const bool v3_routing = scoring_func == ScoringFunc::Sigmoid && topk_method == "noaux_tc";
+  j["architectures"] = {v3_routing ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"};
+  j["model_type"] = v3_routing ? "deepseek_v3" : "deepseek_v2";
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
