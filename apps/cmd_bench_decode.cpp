@@ -8,6 +8,7 @@
 
 #include "command.h"
 #include "core/profile.h"
+#include "kernels/device_peak.h"
 #include "infer/matmul.h"
 #include "infer_common.h"
 
@@ -74,8 +75,11 @@ dsv3::app::Registrar reg(
         DSV3_CHECK(!o->profile || o->prompt_tokens > infer::kSmallRows,
                    "bench decode: --profile needs --prompt-tokens > {} (shorter prompts run "
                    "like decode steps and could not be told apart)", infer::kSmallRows);
+        DSV3_CHECK(!o->profile || o->model.device == Device::CPU,
+                   "bench decode: --profile times the CPU engine's phases; it is not available "
+                   "with --device cuda");
         auto weights = o->model.load();
-        infer::Engine engine(weights);
+        infer::Engine engine(weights, o->model.device);
         const ModelConfig& c = engine.config();
         std::mt19937 rng(uint32_t(o->seed));
         std::uniform_int_distribution<int32_t> id(0, c.vocab_size - 1);
@@ -113,6 +117,20 @@ dsv3::app::Registrar reg(
                     double(st.cache_bytes) / 1048576.0, o->prompt_tokens + o->new_tokens);
         std::printf("memory: rss=%.1f MiB peak_rss=%.1f MiB\n", rss, hwm);
         std::printf("decode weight bandwidth: %.1f GB/s\n", active * dc / 1e9);
+        if (o->model.device == Device::CUDA) {
+          // The batch-1 roofline: the bytes one decoded token must read (the active weights, and
+          // the latent cache at the decode's mean context) over the measured copy bandwidth.
+          const ModelConfig& mc = engine.config();
+          const double mean_ctx = o->prompt_tokens + 0.5 * o->new_tokens;
+          const double cache_row = double(mc.kv_lora_rank + mc.qk_rope_head_dim) *
+                                   double(dtype_size(o->model.cache_dtype()));
+          const double bytes = active + double(mc.num_hidden_layers) * mean_ctx * cache_row;
+          const double gbps = ops::measure_device_copy_gbps();
+          const double roofline = gbps * 1e9 / bytes;
+          std::printf("roofline: %.1f MiB per token, device copy %.0f GB/s, %.0f tokens/s; "
+                      "decode at %.1f%% of it\n",
+                      bytes / 1048576.0, gbps, roofline, 100.0 * dc / roofline);
+        }
         if (go.speculative_mtp)
           std::printf("speculative: drafted=%d accepted=%d acceptance=%.3f\n", st.drafted,
                       st.accepted, st.drafted ? double(st.accepted) / st.drafted : 0.0);

@@ -23,7 +23,7 @@ dsv3::app::Registrar reg(
       return [o]() {
         using namespace dsv3;
         auto weights = o->model.load();
-        infer::Engine engine(weights);
+        infer::Engine engine(weights, o->model.device);
         auto text = infer::TextCodec::open(o->model.model);
         DSV3_CHECK(text != nullptr && text->has_chat_template(),
                    "{}: chat needs tokenizer.json and a tokenizer_config.json with a chat_template",

@@ -31,7 +31,7 @@ int run_batch(const Options& o) {
   DSV3_CHECK(in.good() && !std::filesystem::is_directory(o.batch),
              "generate: cannot read the batch file {}", o.batch);
   auto weights = o.model.load();
-  infer::Engine engine(weights);
+  infer::Engine engine(weights, o.model.device);
   auto text = infer::TextCodec::open(o.model.model);
   DSV3_CHECK(o.batch_ids || text != nullptr,
              "{}: no tokenizer.json; give the batch as ids with --batch-ids", o.model.model);
@@ -88,7 +88,7 @@ dsv3::app::Registrar reg(
         DSV3_CHECK(o->prompt.empty() != o->prompt_ids.empty(),
                    "generate: give exactly one of -p/--prompt, --prompt-ids and --batch");
         auto weights = o->model.load();
-        infer::Engine engine(weights);
+        infer::Engine engine(weights, o->model.device);
         auto text = infer::TextCodec::open(o->model.model);
         std::vector<int32_t> prompt;
         if (!o->prompt_ids.empty()) {

@@ -48,9 +48,8 @@ dsv3::app::Registrar reg(
                                             ? dsv3::DType::F64
                                             : dsv3::app::resolve_precision(o->precision, o->device);
           dsv3::ParityReport r = dsv3::run_parity(dir, o->dump, o->optimizer, o->device, precision);
-          // The decode checks exercise the CPU inference engine; they run with the CPU model.
-          if (!o->no_decode && o->device == dsv3::Device::CPU)
-            dsv3::infer::add_decode_parity(dir, r);
+          // The decode checks run the inference engine on the same device as the model.
+          if (!o->no_decode) dsv3::infer::add_decode_parity(dir, r, o->device);
           std::fputs(r.table(o->failures_only).c_str(), stdout);
           ok &= r.all_pass();
         }

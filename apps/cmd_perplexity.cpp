@@ -30,7 +30,7 @@ dsv3::app::Registrar reg(
         DSV3_CHECK(in.good(), "{}: cannot open", o->file);
         std::string content((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         auto weights = o->model.load();
-        infer::Engine engine(weights);
+        infer::Engine engine(weights, o->model.device);
         const ModelConfig& c = engine.config();
         std::vector<int32_t> tokens;
         if (o->ids) {

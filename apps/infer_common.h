@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "command.h"
 #include "core/error.h"
 #include "core/threads.h"
 #include "infer/engine.h"
@@ -21,6 +22,7 @@ struct ModelOptions {
   std::string precision = "bf16";
   std::string cache = "bf16";
   int threads = 0;
+  Device device = Device::CPU;
 
   void add(CLI::App& sub) {
     sub.add_option("-m,--model", model, "Model folder (config.json + safetensors)")->required();
@@ -29,6 +31,7 @@ struct ModelOptions {
     sub.add_option("--cache-dtype", cache, "Latent cache dtype: bf16 (default) or f32")
         ->check(CLI::IsMember({"bf16", "f32"}));
     sub.add_option("--threads", threads, "CPU threads (default: all)");
+    add_device_option(sub, device);
   }
   std::shared_ptr<infer::InferWeights> load() const {
     set_num_threads(threads);

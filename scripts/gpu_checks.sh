@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The checks and measurements that need an NVIDIA GPU, in one go (docs/cuda.md):
 #
-#   scripts/gpu_checks.sh LOG_DIR [STAGE...]     stages: tests parity bench train ops (default: all)
+#   scripts/gpu_checks.sh LOG_DIR [STAGE...]
+#     stages: tests parity bench train ops infer transformers (default: all but train)
 #
 # Uses the dsv3 binaries on PATH, else build/. Every stage writes LOG_DIR/<stage>.log; the last
 # lines printed are a summary. `bench` also runs the PyTorch/transformers baselines when python3
 # can import torch and transformers. `train` needs prepared data: DATA_DIR (dsv3 prepare output)
-# and TOKENIZER_DIR.
+# and TOKENIZER_DIR. `infer` measures decode on the GPU against its roofline (a random
+# bench-1b checkpoint). `transformers` loads a checkpoint written by dsv3 (CHECKPOINT, else a
+# random default-small one) with Hugging Face transformers and compares the logits.
 set -uo pipefail
 log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train]}
 shift
 stages=("$@")
-[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench train ops)
+[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench ops infer transformers)
 mkdir -p "$log_dir"
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin() { command -v "$1" 2>/dev/null || echo "$here/build/$1"; }
@@ -57,6 +60,25 @@ for stage in "${stages[@]}"; do
       ;;
     ops)
       run_stage bench_ops "$DSV3" bench ops --seconds 0.05
+      ;;
+    infer)
+      model=$log_dir/bench-1b-model
+      [[ -f $model/model.safetensors ]] ||
+        run_stage init_bench_1b "$DSV3" init-model "$here/bench/configs/bench-1b.json" "$model"
+      for cache in bf16 f32; do
+        run_stage "decode_cuda_cache_$cache" "$DSV3" bench decode -m "$model" --device cuda \
+          --cache-dtype $cache --prompt-tokens 128 --new-tokens 128 --repeat 3
+      done
+      run_stage decode_cuda_mtp "$DSV3" bench decode -m "$model" --device cuda \
+        --prompt-tokens 128 --new-tokens 128 --repeat 3 --speculative mtp
+      ;;
+    transformers)
+      ckpt=${CHECKPOINT:-$log_dir/default-small-f32}
+      [[ -n ${CHECKPOINT:-} || -f $ckpt/model.safetensors ]] ||
+        run_stage init_default_small "$DSV3" init-model "$here/bench/configs/default-small.json" \
+          "$ckpt" --dtype f32 --std 0.05
+      run_stage transformers_load python3 "$here/scripts/check_transformers_load.py" "$ckpt" \
+        --dsv3 "$DSV3"
       ;;
     train)
       : "${DATA_DIR:?train stage needs DATA_DIR}" "${TOKENIZER_DIR:?and TOKENIZER_DIR}"

@@ -68,7 +68,7 @@ DecodeRun token_by_token(Engine& eng, const Tensor& tokens, DType cache_dtype) {
 
 }  // namespace
 
-void add_decode_parity(const std::string& dir, ParityReport& report, int) {
+void add_decode_parity(const std::string& dir, ParityReport& report, Device device) {
   namespace fs = std::filesystem;
   WeightStore batch = WeightStore::open((fs::path(dir) / "batch.safetensors").string());
   WeightStore expected = WeightStore::open((fs::path(dir) / "expected.safetensors").string());
@@ -78,8 +78,9 @@ void add_decode_parity(const std::string& dir, ParityReport& report, int) {
              "{}: tokens must be [B, T] int32", batch.where());
   const int64_t b = tokens.dim(0), t = tokens.dim(1);
   const Tensor ref = expected.get("logits");
+  const std::string prefix = device == Device::CUDA ? "cuda " : "";
   auto add = [&](std::string q, double err, double tol) {
-    report.checks.push_back({std::move(q), err, tol, "max-rel", err <= tol});
+    report.checks.push_back({prefix + q, err, tol, "max-rel", err <= tol});
   };
 
   struct Mode {
@@ -90,7 +91,7 @@ void add_decode_parity(const std::string& dir, ParityReport& report, int) {
   };
   for (const Mode& mode : {Mode{"f32", Precision::F32, DType::F32, kDecodeF32Tol},
                            Mode{"bf16", Precision::BF16, DType::BF16, kBf16DecodeTol}}) {
-    Engine eng(InferWeights::load(dir, mode.precision));
+    Engine eng(InferWeights::load(dir, mode.precision), device);
     const ModelConfig& c = eng.config();
     const int64_t v = c.vocab_size;
     DecodeRun run = token_by_token(eng, tokens, mode.cache);

@@ -21,7 +21,9 @@ namespace dsv3::infer {
 constexpr double kDecodeF32Tol = 1e-5;
 constexpr double kBf16DecodeTol = 2e-2;
 
-// Appends the decode checks of the fixture in `dir` to `report`.
-void add_decode_parity(const std::string& dir, ParityReport& report, int threads_hint = 0);
+// Appends the decode checks of the fixture in `dir` to `report`, run by the engine on `device`
+// (the quantities of a CUDA run are prefixed "cuda "; the tolerances are the same).
+void add_decode_parity(const std::string& dir, ParityReport& report,
+                       Device device = Device::CPU);
 
 }  // namespace dsv3::infer

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "infer/device_forward.h"
 #include "infer/scratch.h"
 #include "model/router.h"
 
@@ -21,9 +22,10 @@ void rmsnorm_rows(const float* x, const float* w, int64_t rows, int64_t dim, flo
   }
 }
 
-Engine::Engine(std::shared_ptr<const InferWeights> weights)
-    : w_(std::move(weights)), s_(std::make_unique<Scratch>()) {
+Engine::Engine(std::shared_ptr<const InferWeights> weights, Device device)
+    : w_(std::move(weights)), device_(device), s_(std::make_unique<Scratch>()) {
   rope_ = build_rope_tables(w_->config(), w_->config().max_position_embeddings);
+  if (device == Device::CUDA) gpu_ = make_cuda_forward(w_, rope_);
 }
 
 Engine::~Engine() = default;
@@ -35,7 +37,7 @@ LatentCache Engine::make_cache(int capacity, DType dtype, int depth) const {
              capacity, c.max_position_embeddings);
   DSV3_CHECK(depth >= 0 && depth <= mtp_depths(), "MTP depth {} not in the model ({} depths)",
              depth, mtp_depths());
-  return LatentCache(c, depth == 0 ? c.num_hidden_layers : 1, capacity, dtype);
+  return LatentCache(c, depth == 0 ? c.num_hidden_layers : 1, capacity, dtype, device_);
 }
 
 void Engine::check_chunks(std::span<const Chunk> chunks, bool mtp) const {
@@ -258,6 +260,13 @@ void embed_rows(const MatRef& table, const int32_t* ids, int64_t n, float* out) 
 void Engine::forward(std::span<const Chunk> chunks, LogitsFor which) {
   check_chunks(chunks, false);
   const ModelConfig& c = config();
+  if (gpu_) {
+    rows_ = 0;
+    for (const Chunk& ch : chunks) rows_ += ch.n;
+    gpu_->forward(0, chunks, nullptr, which, hidden_, logits_, logits_rows_);
+    for (const Chunk& ch : chunks) ch.cache->set_len(ch.cache->len() + ch.n);
+    return;
+  }
   const int64_t d = c.hidden_size;
   rows_ = 0;
   for (const Chunk& ch : chunks) rows_ += ch.n;
@@ -279,6 +288,13 @@ void Engine::forward_mtp(int depth, std::span<const Chunk> chunks, const float* 
   DSV3_CHECK(depth >= 1 && depth <= mtp_depths(), "MTP depth {} not in the model ({} depths)",
              depth, mtp_depths());
   check_chunks(chunks, true);
+  if (gpu_) {
+    rows_ = 0;
+    for (const Chunk& ch : chunks) rows_ += ch.n;
+    gpu_->forward(depth, chunks, h_prev, which, hidden_, logits_, logits_rows_);
+    for (const Chunk& ch : chunks) ch.cache->set_len(ch.cache->len() + ch.n);
+    return;
+  }
   const ModelConfig& c = config();
   const MtpModuleWeights& m = w_->mtp[size_t(depth - 1)];
   const int64_t d = c.hidden_size;

@@ -27,10 +27,16 @@ struct Chunk {
 
 enum class LogitsFor { None, Last, All };
 
+class DeviceForward;
+
 class Engine {
  public:
-  explicit Engine(std::shared_ptr<const InferWeights> weights);
+  // device CUDA: the weights are copied to the GPU, caches are made in device memory and every
+  // pass runs there (infer/device_forward.h); hidden() and logits() are still host memory.
+  explicit Engine(std::shared_ptr<const InferWeights> weights, Device device = Device::CPU);
   ~Engine();
+
+  Device device() const { return device_; }
 
   const ModelConfig& config() const { return w_->config(); }
   const InferWeights& weights() const { return *w_; }
@@ -70,6 +76,8 @@ class Engine {
   void head(std::span<const Chunk> chunks, const float* x, const Tensor& norm, LogitsFor which);
 
   std::shared_ptr<const InferWeights> w_;
+  Device device_ = Device::CPU;
+  std::unique_ptr<DeviceForward> gpu_;  // set for Device::CUDA
   RopeTables rope_;
   std::unique_ptr<Scratch> s_;
   std::vector<float> hidden_, logits_;

@@ -8,7 +8,8 @@
 
 namespace dsv3::infer {
 
-LatentCache::LatentCache(const ModelConfig& c, int layers, int capacity, DType dtype)
+LatentCache::LatentCache(const ModelConfig& c, int layers, int capacity, DType dtype,
+                         Device device)
     : layers_(layers),
       capacity_(capacity),
       width_(c.kv_lora_rank + c.qk_rope_head_dim),
@@ -17,10 +18,11 @@ LatentCache::LatentCache(const ModelConfig& c, int layers, int capacity, DType d
              "latent cache: dtype {} is not supported (F32 or BF16)", dtype_name(dtype));
   DSV3_CHECK(capacity > 0 && layers > 0, "latent cache: needs layers > 0 and capacity > 0, got {} and {}",
              layers, capacity);
-  data_ = Tensor::zeros({layers, capacity, width_}, dtype);
+  data_ = Tensor::zeros({layers, capacity, width_}, dtype, device);
 }
 
 void LatentCache::write(int layer, int pos, const float* c_kv_norm, const float* k_pe) {
+  DSV3_CHECK(device() == Device::CPU, "latent cache: write() is for host caches");
   DSV3_CHECK(pos >= 0 && pos < capacity_,
              "latent cache: position {} is past the cache capacity of {} positions", pos, capacity_);
   const size_t row = (size_t(layer) * size_t(capacity_) + size_t(pos)) * size_t(width_);
@@ -31,6 +33,7 @@ void LatentCache::write(int layer, int pos, const float* c_kv_norm, const float*
 }
 
 const float* LatentCache::read(int layer, int end, float* scratch) const {
+  DSV3_CHECK(device() == Device::CPU, "latent cache: read() is for host caches");
   const size_t row = size_t(layer) * size_t(capacity_) * size_t(width_);
   if (data_.dtype() == DType::F32) return data_.f32() + row;
   // Widened in blocks of 64 positions shared out over the threads: at every decoded token each

@@ -2,7 +2,9 @@
 // The latent attention cache of one sequence: for every layer and position, exactly
 // kv_lora_rank + qk_rope_head_dim values: RMSNorm_kv(c_kv) followed by the rotated k_pe
 // (DESIGN.md section 2). BF16 (default) or F32. The capacity is fixed when the cache is made,
-// so decoding never allocates; `truncate` rolls back rejected speculative positions.
+// so decoding never allocates; `truncate` rolls back rejected speculative positions. A cache
+// of the GPU engine lives in device memory: its kernels write and read it there, and
+// write/read below are for host caches only.
 #include <cstdint>
 
 #include "core/tensor.h"
@@ -14,11 +16,15 @@ class LatentCache {
  public:
   LatentCache() = default;
   // `layers` attention layers (the main model's, or 1 for an MTP depth), `capacity` positions.
-  LatentCache(const ModelConfig& c, int layers, int capacity, DType dtype);
+  LatentCache(const ModelConfig& c, int layers, int capacity, DType dtype,
+              Device device = Device::CPU);
 
   int len() const { return len_; }
   int capacity() const { return capacity_; }
   int width() const { return width_; }  // kv_lora_rank + qk_rope_head_dim
+  int layers() const { return layers_; }
+  Device device() const { return data_.device(); }
+  void* data() const { return data_.data(); }  // [layers, capacity, width]
   DType dtype() const { return data_.dtype(); }
   size_t bytes() const { return data_.nbytes(); }
 

@@ -45,6 +45,13 @@ sed 's/"intermediate_size": 96/"intermediate_size": 64/' "$FIX/config.json" >"$W
 expect_error wrong-shape "mlp" "$DSV3" parity "$WORK/shape"
 expect_error f64-on-gpu "runs on the CPU" "$DSV3" parity --precision f64 --device cuda \
   "$FIX"
+# Inference on a GPU: a machine without one (CI) gets one line that says so.
+if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+  expect_error generate-no-gpu "CUDA device requested" "$DSV3" generate -m "$FIX" \
+    --prompt-ids 1,2,3 -n 2 --device cuda
+fi
+expect_error bench-decode-profile-cuda "not available with --device cuda" "$DSV3" bench decode \
+  -m "$FIX" --device cuda --profile --prompt-tokens 16
 
 printf '{"hidden_size": 64,' >"$WORK/broken.json"
 expect_error malformed-config "broken.json" "$DSV3" bench train-step --config "$WORK/broken.json"

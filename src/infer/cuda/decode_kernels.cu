@@ -1,0 +1,508 @@
+// The inference kernels (infer/cuda/decode_kernels.h). Launch shapes are fixed by the sizes
+// alone, never by the data, so a captured decode step replays at every position.
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "infer/cuda/decode_kernels.h"
+#include "kernels/cuda/common.cuh"
+
+namespace dsv3::infer::gpu {
+namespace {
+
+using dsv3::cuda::block_max;
+using dsv3::cuda::block_sum;
+using dsv3::cuda::grid_for;
+using dsv3::cuda::warp_sum;
+
+__device__ __forceinline__ float bf16_to_float(uint16_t v) {
+  return __uint_as_float(uint32_t(v) << 16);  // exact
+}
+
+__device__ __forceinline__ uint16_t float_to_bf16(float v) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(v));  // nearest even, NaN stays NaN
+}
+
+template <bool kBf16>
+__device__ __forceinline__ float load_weight(const void* w, int64_t i) {
+  if constexpr (kBf16) return bf16_to_float(static_cast<const uint16_t*>(w)[i]);
+  else return static_cast<const float*>(w)[i];
+}
+
+// ---- gemv: one warp per output element, R rows per block sharing each weight load ----
+
+constexpr int kGemvWarps = 8;
+
+// Eight consecutive weights from 16-byte (bf16) or two 16-byte (f32) loads.
+template <bool kBf16>
+__device__ __forceinline__ void load8(const void* w, int64_t i, float (&out)[8]) {
+  if constexpr (kBf16) {
+    const uint4 v = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w) + i);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      out[2 * j] = __uint_as_float(words[j] << 16);
+      out[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+    }
+  } else {
+    const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(w) + i);
+    const float4 b = *reinterpret_cast<const float4*>(static_cast<const float*>(w) + i + 4);
+    out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
+    out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+  }
+}
+
+template <int R, bool kVec, bool kBf16>
+__global__ void gemv_kernel(Gemv p) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (o >= p.out) return;  // whole warps: no block-wide synchronisation below
+  int64_t wrow = o, xoff = 0;
+  if (p.group > 0) {
+    const int64_t g = o / p.group;
+    wrow = g * p.w_group_stride + p.w_group_offset + (o - g * p.group);
+    xoff = g * p.x_group_stride;
+  }
+  const int64_t wbase = wrow * p.in;
+  // Row blocks beyond the grid's y range (65535) are taken in turn.
+  for (int64_t r0 = int64_t(blockIdx.y) * R; r0 < p.rows; r0 += int64_t(gridDim.y) * R) {
+    const void* w = p.table ? p.table[p.table_idx[r0]] : p.w;  // R == 1 with a table
+    const int nr = int(p.rows - r0 < R ? p.rows - r0 : R);
+    const float* xr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) xr[r] = p.x + ((r0 + (r < nr ? r : 0)) / p.x_row_div) * p.ldx + xoff;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+    if constexpr (kVec) {
+      for (int64_t k = int64_t(lane) * 8; k < p.in; k += 32 * 8) {
+        float wv[8];
+        load8<kBf16>(w, wbase + k, wv);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const float4 a = *reinterpret_cast<const float4*>(xr[r] + k);
+          const float4 b = *reinterpret_cast<const float4*>(xr[r] + k + 4);
+          acc[r] = fmaf(wv[0], a.x, acc[r]);
+          acc[r] = fmaf(wv[1], a.y, acc[r]);
+          acc[r] = fmaf(wv[2], a.z, acc[r]);
+          acc[r] = fmaf(wv[3], a.w, acc[r]);
+          acc[r] = fmaf(wv[4], b.x, acc[r]);
+          acc[r] = fmaf(wv[5], b.y, acc[r]);
+          acc[r] = fmaf(wv[6], b.z, acc[r]);
+          acc[r] = fmaf(wv[7], b.w, acc[r]);
+        }
+      }
+    } else {
+      for (int64_t k = lane; k < p.in; k += 32) {
+        const float wv = load_weight<kBf16>(w, wbase + k);
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[r] = fmaf(wv, xr[r][k], acc[r]);
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r >= nr) break;  // nr is the same for the whole warp
+      const float sum = warp_sum(acc[r]);
+      if (lane == 0) {
+        float* y = p.y + (r0 + r) * p.ldy + o;
+        *y = p.accumulate ? *y + sum : sum;
+      }
+    }
+  }
+}
+
+// Blocks along y (at most 65535; kernels loop over the rest).
+unsigned y_blocks(int64_t n) { return unsigned(n < 1 ? 1 : n > 65535 ? 65535 : n); }
+
+template <int R>
+cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
+  const dim3 grid(unsigned((p.out + kGemvWarps - 1) / kGemvWarps), y_blocks((p.rows + R - 1) / R));
+  const dim3 block(kGemvWarps * 32);
+  if (vec && p.w_bf16) gemv_kernel<R, true, true><<<grid, block, 0, s>>>(p);
+  else if (vec) gemv_kernel<R, true, false><<<grid, block, 0, s>>>(p);
+  else if (p.w_bf16) gemv_kernel<R, false, true><<<grid, block, 0, s>>>(p);
+  else gemv_kernel<R, false, false><<<grid, block, 0, s>>>(p);
+  return cudaGetLastError();
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+// ---- elementwise and per-row kernels ----
+
+__global__ void embed_kernel(const void* table, bool bf16, const int32_t* ids, int64_t dim,
+                             float* out) {
+  const int64_t r = blockIdx.x;
+  const int32_t id = ids[r];
+  float* o = out + r * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    if (id < 0) o[i] = 0.0f;
+    else if (bf16) o[i] = bf16_to_float(static_cast<const uint16_t*>(table)[int64_t(id) * dim + i]);
+    else o[i] = static_cast<const float*>(table)[int64_t(id) * dim + i];
+  }
+}
+
+__global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w, int64_t dim,
+                                    float eps, float* y, int64_t ldy) {
+  __shared__ float red[32];
+  const float* xr = x + int64_t(blockIdx.x) * ldx;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  float* yr = y + int64_t(blockIdx.x) * ldy;
+  // Each thread writes only the elements it read: y may alias x.
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+}
+
+__global__ void add_kernel(float* y, const float* x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] += x[i];
+}
+
+__global__ void swiglu_kernel(float* g, const float* u, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+__device__ __forceinline__ char* cache_row(const CacheRows& c, int64_t r) {
+  const int64_t row = (int64_t(c.layer) * c.capacity[r] + c.pos[r]) * c.width;
+  return static_cast<char*>(c.base[r]) + row * (c.bf16 ? 2 : 4);
+}
+
+__device__ __forceinline__ void store(char* row, bool bf16, int i, float v) {
+  if (bf16) reinterpret_cast<uint16_t*>(row)[i] = float_to_bf16(v);
+  else reinterpret_cast<float*>(row)[i] = v;
+}
+
+__global__ void write_latents_kernel(const float* kv_a, const float* norm_w, float eps, int rank,
+                                     RopeTable rope, CacheRows cache) {
+  __shared__ float red[32];
+  const int64_t r = blockIdx.x;
+  const float* src = kv_a + r * (rank + rope.rope);
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < rank; i += blockDim.x) ss += src[i] * src[i];
+  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(rank) + eps);
+  char* dst = cache_row(cache, r);
+  for (int i = threadIdx.x; i < rank; i += blockDim.x)
+    store(dst, cache.bf16, i, src[i] * inv * norm_w[i]);
+  const int half = rope.rope / 2;
+  const float* c = rope.cos + int64_t(cache.pos[r]) * half;
+  const float* sn = rope.sin + int64_t(cache.pos[r]) * half;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = src[rank + 2 * i], b = src[rank + 2 * i + 1];
+    store(dst, cache.bf16, rank + 2 * i, a * c[i] - b * sn[i]);
+    store(dst, cache.bf16, rank + 2 * i + 1, a * sn[i] + b * c[i]);
+  }
+}
+
+// One block per (head, row): the head's no-rope query in shared memory, each thread a latent
+// column of W_uk(h) (coalesced over the row of kv_b).
+template <bool kBf16>
+__device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r) {
+  extern __shared__ float qn[];  // [nope]
+  const int h = blockIdx.x;
+  const int dq = p.nope + p.rope.rope;
+  const float* qh = p.q + (r * p.heads + h) * dq;
+  for (int i = threadIdx.x; i < p.nope; i += blockDim.x) qn[i] = qh[i];
+  __syncthreads();
+  const int width = p.rank + p.rope.rope;
+  float* out = p.qcat + (r * p.heads + h) * width;
+  const int64_t w0 = int64_t(h) * (p.nope + p.v) * p.rank;
+  for (int c = threadIdx.x; c < p.rank; c += blockDim.x) {
+    float acc = 0.0f;
+    for (int i = 0; i < p.nope; ++i) acc = fmaf(qn[i], load_weight<kBf16>(p.kv_b, w0 + int64_t(i) * p.rank + c), acc);
+    out[c] = acc;
+  }
+  const int half = p.rope.rope / 2;
+  const float* cs = p.rope.cos + int64_t(p.pos[r]) * half;
+  const float* sn = p.rope.sin + int64_t(p.pos[r]) * half;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = qh[p.nope + 2 * i], b = qh[p.nope + 2 * i + 1];
+    out[p.rank + 2 * i] = a * cs[i] - b * sn[i];
+    out[p.rank + 2 * i + 1] = a * sn[i] + b * cs[i];
+  }
+}
+
+template <bool kBf16>
+__global__ void absorb_query_kernel(AbsorbQuery p) {
+  for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
+    absorb_query_row<kBf16>(p, r);
+    __syncthreads();  // the next row overwrites the shared query
+  }
+}
+
+// One block per (head, row), kAttnWarps warps. Warp w takes positions w, w + kAttnWarps, ...
+// with an online softmax; lane l holds latent columns l, l + 32, ... of its weighted sum. The
+// warps' partial results are merged at the end through shared memory.
+constexpr int kAttnWarps = 4;
+constexpr int kMaxPerLane = kMaxDecodeRank / 32;
+
+template <bool kBf16>
+__device__ __forceinline__ float cache_value(const char* row, int i) {
+  if constexpr (kBf16) return bf16_to_float(reinterpret_cast<const uint16_t*>(row)[i]);
+  else return reinterpret_cast<const float*>(row)[i];
+}
+
+template <bool kBf16>
+__device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
+                                                     int heads, int rank, float scale,
+                                                     float* olat, int64_t r) {
+  extern __shared__ float sm[];  // q [width] | per warp: m, l, acc [rank]
+  const int h = blockIdx.x;
+  const int width = cache.width;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* q = sm;
+  const float* qsrc = qcat + (r * heads + h) * width;
+  for (int i = threadIdx.x; i < width; i += blockDim.x) q[i] = qsrc[i];
+  __syncthreads();
+  const int end = cache.pos[r];  // positions 0 .. end, inclusive
+  const char* base = static_cast<const char*>(cache.base[r]) +
+                     int64_t(cache.layer) * cache.capacity[r] * width * (kBf16 ? 2 : 4);
+  const int per_lane = (rank + 31) / 32;
+  float acc[kMaxPerLane];
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) acc[i] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  for (int j = warp; j <= end; j += kAttnWarps) {
+    const char* row = base + int64_t(j) * width * (kBf16 ? 2 : 4);
+    float dot = 0.0f;
+    for (int i = lane; i < width; i += 32) dot = fmaf(q[i], cache_value<kBf16>(row, i), dot);
+    const float score = warp_sum(dot) * scale;
+    const float m_new = fmaxf(m, score);
+    const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
+    const float pj = expf(score - m_new);
+    l = l * corr + pj;
+#pragma unroll
+    for (int i = 0; i < kMaxPerLane; ++i) {
+      if (i >= per_lane) break;
+      const int c = lane + 32 * i;
+      const float v = c < rank ? cache_value<kBf16>(row, c) : 0.0f;
+      acc[i] = fmaf(pj, v, acc[i] * corr);
+    }
+    m = m_new;
+  }
+  float* part = sm + width + warp * (rank + 2);  // m, l, acc[rank]
+  if (lane == 0) {
+    part[0] = m;
+    part[1] = l;
+  }
+#pragma unroll
+  for (int i = 0; i < kMaxPerLane; ++i) {
+    if (i >= per_lane) break;
+    const int c = lane + 32 * i;
+    if (c < rank) part[2 + c] = acc[i];
+  }
+  __syncthreads();
+  float mx = -INFINITY;
+  for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm[width + w * (rank + 2)]);
+  float total = 0.0f, wscale[kAttnWarps];
+  for (int w = 0; w < kAttnWarps; ++w) {
+    const float* pw = sm + width + w * (rank + 2);
+    wscale[w] = pw[1] > 0.0f ? expf(pw[0] - mx) : 0.0f;  // a warp with no positions adds nothing
+    total += pw[1] * wscale[w];
+  }
+  const float inv = 1.0f / total;
+  float* out = olat + (r * heads + h) * rank;
+  for (int c = threadIdx.x; c < rank; c += blockDim.x) {
+    float v = 0.0f;
+    for (int w = 0; w < kAttnWarps; ++w) v = fmaf(sm[width + w * (rank + 2) + 2 + c], wscale[w], v);
+    out[c] = v * inv;
+  }
+}
+
+template <bool kBf16>
+__global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
+                                        int heads, int rank, float scale, float* olat) {
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    latent_attention_row<kBf16>(qcat, cache, heads, rank, scale, olat, r);
+    __syncthreads();  // the next row overwrites the shared query and partial sums
+  }
+}
+
+// One thread per token: the router's selection is a few hundred comparisons, and a thread per
+// token keeps the arithmetic the CPU's (select_experts in model/router.cpp), tie for tie. Each
+// thread's selection scores [E] sit in shared memory (kRouteSharedFloats per block); a chosen
+// expert's score is recomputed from its logit with the same operations.
+constexpr int kRouteSharedFloats = 12288;  // 48 KiB
+
+__device__ __forceinline__ float route_score(const Route& p, const float* lg, float mx, float sum,
+                                             int e) {
+  return p.sigmoid ? 1.0f / (1.0f + expf(-lg[e])) : expf(lg[e] - mx) / sum;
+}
+
+__global__ void route_kernel(Route p) {
+  extern __shared__ float route_shared[];
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= p.rows) return;
+  const float* lg = p.logits + t * p.experts;
+  float* sel = route_shared + threadIdx.x * p.experts;
+  float mx = 0.0f, sum = 1.0f;
+  if (!p.sigmoid) {
+    mx = lg[0];
+    for (int e = 1; e < p.experts; ++e) mx = fmaxf(mx, lg[e]);
+    sum = 0.0f;
+    for (int e = 0; e < p.experts; ++e) sum += expf(lg[e] - mx);
+  }
+  for (int e = 0; e < p.experts; ++e) sel[e] = route_score(p, lg, mx, sum, e) + p.bias[e];
+  const int per_group = p.experts / p.groups;
+  uint64_t kept = ~0ull;
+  if (p.groups > 1) {
+    float gs[64];
+    for (int g = 0; g < p.groups; ++g) {
+      float first = -INFINITY, second = -INFINITY;
+      for (int i = 0; i < per_group; ++i) {
+        const float v = sel[g * per_group + i];
+        if (v > first) {
+          second = first;
+          first = v;
+        } else if (v > second) {
+          second = v;
+        }
+      }
+      gs[g] = p.top2_groups && per_group >= 2 ? first + second : first;
+    }
+    kept = 0;
+    for (int round = 0; round < p.topk_group; ++round) {
+      int best = -1;
+      for (int g = 0; g < p.groups; ++g)
+        if (!(kept >> g & 1) && (best < 0 || gs[g] > gs[best])) best = g;
+      kept |= 1ull << best;
+    }
+  }
+  int32_t* chosen = p.chosen + t * p.k;
+  for (int j = 0; j < p.k; ++j) {
+    int best = -1;
+    for (int e = 0; e < p.experts; ++e) {
+      if (!(kept >> (e / per_group) & 1)) continue;
+      bool taken = false;
+      for (int i = 0; i < j; ++i) taken |= chosen[i] == e;
+      if (taken) continue;
+      if (best < 0 || sel[e] > sel[best]) best = e;
+    }
+    chosen[j] = best;
+  }
+  for (int i = 1; i < p.k; ++i)  // ascending ids, as the CPU sorts them
+    for (int j = i; j > 0 && chosen[j - 1] > chosen[j]; --j) {
+      const int32_t tmp = chosen[j];
+      chosen[j] = chosen[j - 1];
+      chosen[j - 1] = tmp;
+    }
+  float* gates = p.gates + t * p.k;
+  float total = 0.0f;
+  for (int j = 0; j < p.k; ++j) total += (gates[j] = route_score(p, lg, mx, sum, chosen[j]));
+  float scale = p.scaling;
+  if (p.norm_topk) scale /= (total + 1e-20f);
+  for (int j = 0; j < p.k; ++j) gates[j] *= scale;
+}
+
+__global__ void combine_kernel(const float* y, const float* gates, int k, int64_t dim, float* out,
+                               bool accumulate) {
+  const int64_t t = blockIdx.x;
+  float* o = out + t * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = accumulate ? o[i] : 0.0f;
+    for (int j = 0; j < k; ++j) v += gates[t * k + j] * y[(t * k + j) * dim + i];
+    o[i] = v;
+  }
+}
+
+__global__ void gather_kernel(const float* src, const int32_t* idx, int64_t dim, float* dst) {
+  const int64_t i = blockIdx.x;
+  const float* s = src + int64_t(idx[i]) * dim;
+  for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) dst[i * dim + c] = s[c];
+}
+
+}  // namespace
+
+cudaError_t gemv(const Gemv& p, cudaStream_t s) {
+  if (p.rows == 0 || p.out == 0) return cudaSuccess;
+  // The vector path reads 8 weights and 8 inputs per lane step: every weight row and input row
+  // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so).
+  bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x);
+  if (p.table == nullptr) vec = vec && aligned16(p.w);  // table entries: cudaMalloc'd, aligned
+  // A row's sum is the same fmaf chain whatever R, so the choice never changes a result.
+  if (p.table != nullptr || p.rows < 4) return launch_gemv<1>(p, vec, s);
+  return launch_gemv<4>(p, vec, s);
+}
+
+cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
+                       float* out, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  embed_kernel<<<unsigned(rows), 256, 0, s>>>(table, bf16, ids, dim, out);
+  return cudaGetLastError();
+}
+
+cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t rows, int64_t dim,
+                         float eps, float* y, int64_t ldy, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  rmsnorm_rows_kernel<<<unsigned(rows), 256, 0, s>>>(x, ldx, w, dim, eps, y, ldy);
+  return cudaGetLastError();
+}
+
+cudaError_t add_rows(float* y, const float* x, int64_t n, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  add_kernel<<<grid_for(n, 256), 256, 0, s>>>(y, x, n);
+  return cudaGetLastError();
+}
+
+cudaError_t swiglu_rows(float* g, const float* u, int64_t n, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  swiglu_kernel<<<grid_for(n, 256), 256, 0, s>>>(g, u, n);
+  return cudaGetLastError();
+}
+
+cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int64_t rows,
+                          int rank, const RopeTable& rope, const CacheRows& cache, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  write_latents_kernel<<<unsigned(rows), 256, 0, s>>>(kv_a, norm_w, eps, rank, rope, cache);
+  return cudaGetLastError();
+}
+
+cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s) {
+  if (p.rows == 0) return cudaSuccess;
+  const dim3 grid{unsigned(p.heads), y_blocks(p.rows)};
+  const size_t smem = size_t(p.nope) * 4;
+  if (p.kv_b_bf16) absorb_query_kernel<true><<<grid, 256, smem, s>>>(p);
+  else absorb_query_kernel<false><<<grid, 256, smem, s>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,
+                             int rank, float scale, float* olat, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  if (rank > kMaxDecodeRank) return cudaErrorInvalidValue;
+  const dim3 grid{unsigned(heads), y_blocks(rows)};
+  const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
+  if (cache.bf16)
+    latent_attention_kernel<true><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, olat);
+  else
+    latent_attention_kernel<false><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, olat);
+  return cudaGetLastError();
+}
+
+cudaError_t route(const Route& p, cudaStream_t s) {
+  if (p.rows == 0) return cudaSuccess;
+  if (p.experts > kMaxRouterExperts || p.groups > 64 || p.groups < 1) return cudaErrorInvalidValue;
+  const int threads = std::max(1, std::min(64, kRouteSharedFloats / p.experts));
+  route_kernel<<<unsigned((p.rows + threads - 1) / threads), threads,
+                 size_t(threads) * size_t(p.experts) * 4, s>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
+                            float* out, bool accumulate, cudaStream_t s) {
+  if (rows == 0) return cudaSuccess;
+  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, gates, k, dim, out, accumulate);
+  return cudaGetLastError();
+}
+
+cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,
+                        cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  gather_kernel<<<unsigned(n), 256, 0, s>>>(src, idx, dim, dst);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::infer::gpu

@@ -1,0 +1,120 @@
+#pragma once
+// The kernels of the inference forward pass on a GPU (infer/cuda/forward_cuda.cpp drives them).
+// Every kernel reads its per-row inputs (token ids, positions, cache addresses, chosen experts)
+// from device memory, so one decode step is the same sequence of launches at every position and
+// can be captured once into a CUDA graph and replayed.
+//
+// Activations are float32; weights are float32 or bfloat16 (widened exactly, float32
+// accumulation); the latent cache is float32 or bfloat16 (written rounded to nearest even, as
+// the CPU cache is).
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace dsv3::infer::gpu {
+
+// y[r, o] (= or +=) sum_k x[r / x_row_div, xoff(o) + k] * W_r[wrow(o), k] for r < rows, o < out.
+// W_r is `w`, or table[table_idx[r]] when a table is given (the routed experts: row r uses the
+// expert chosen for it). All weight matrices are contiguous [*, in].
+// Grouped outputs (group > 0): output o = g * group + i reads weight row
+// g * w_group_stride + w_group_offset + i and the input columns from g * x_group_stride: per-head
+// products such as MLA's value up-projection out of kv_b.
+struct Gemv {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  int x_row_div = 1;
+  const void* w = nullptr;
+  const void* const* table = nullptr;
+  const int32_t* table_idx = nullptr;
+  bool w_bf16 = false;
+  int64_t in = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+  bool accumulate = false;
+  int64_t rows = 0, out = 0;
+  int64_t group = 0, w_group_stride = 0, w_group_offset = 0, x_group_stride = 0;
+};
+cudaError_t gemv(const Gemv& p, cudaStream_t s);
+
+// out[r, :] = table[ids[r], :] widened to float32 (a zero row for id -1); table [V, dim].
+cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
+                       float* out, cudaStream_t s);
+
+// y[r, :dim] = x[r, :dim] * rsqrt(mean(x^2) + eps) * w (y may alias x).
+cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t rows, int64_t dim,
+                         float eps, float* y, int64_t ldy, cudaStream_t s);
+
+cudaError_t add_rows(float* y, const float* x, int64_t n, cudaStream_t s);  // y += x
+cudaError_t swiglu_rows(float* g, const float* u, int64_t n, cudaStream_t s);  // g = silu(g) u
+
+// Where each row's latent cache is: cache_base[r] is its cache's data ([layers, capacity[r],
+// width], f32 or bf16); pos[r] its position.
+struct CacheRows {
+  void* const* base = nullptr;
+  const int32_t* capacity = nullptr;
+  const int32_t* pos = nullptr;
+  int layer = 0;
+  int width = 0;  // kv_lora_rank + qk_rope_head_dim
+  bool bf16 = false;
+};
+
+// Rope tables [max_pos, rope / 2] (float32) for interleaved pairs (x[2i], x[2i+1]).
+struct RopeTable {
+  const float* cos = nullptr;
+  const float* sin = nullptr;
+  int rope = 0;
+};
+
+// Stores each row's normalised latent RMSNorm_kv(kv_a[r, :rank]) and rotated rope key
+// rope(kv_a[r, rank:]) at its position of its cache. kv_a [rows, rank + rope].
+cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int64_t rows,
+                          int rank, const RopeTable& rope, const CacheRows& cache, cudaStream_t s);
+
+// Absorbed queries: qcat[r, h, :rank] = q_nope[r, h] . W_uk(h) (W_uk(h) = rows
+// h * (nope + v) .. + nope of kv_b [H * (nope + v), rank]) and qcat[r, h, rank:] = the rotated
+// q_pe[r, h]. q [rows, H, nope + rope].
+struct AbsorbQuery {
+  const float* q = nullptr;
+  const void* kv_b = nullptr;
+  bool kv_b_bf16 = false;
+  const int32_t* pos = nullptr;
+  RopeTable rope;
+  int64_t rows = 0;
+  int heads = 0, nope = 0, v = 0, rank = 0;
+  float* qcat = nullptr;
+};
+cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
+
+// Attention over the latent cache: for row r and head h, softmax over positions j <= pos[r] of
+// scale * (qcat[r, h] . cache_j), and olat[r, h] = sum_j p_j latent_j (the first rank values of
+// each cache row). qcat [rows, H, width], olat [rows, H, rank]. rank <= kMaxDecodeRank.
+constexpr int kMaxDecodeRank = 1024;
+cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,
+                             int rank, float scale, float* olat, cudaStream_t s);
+
+// The router: scores (sigmoid or softmax) of logits [rows, E], the group-limited top-k of
+// scores + bias (kept groups by the sum of their top two for noaux_tc, else their max), the
+// chosen ids ascending in chosen [rows, K] and their gates (unbiased scores, normalised when
+// norm_topk_prob, times routed_scaling_factor) in gates [rows, K]. E <= kMaxRouterExperts.
+constexpr int kMaxRouterExperts = 512;
+struct Route {
+  const float* logits = nullptr;
+  const float* bias = nullptr;
+  int64_t rows = 0;
+  int experts = 0, groups = 1, topk_group = 1, k = 0;
+  bool sigmoid = true, top2_groups = true, norm_topk = true;
+  float scaling = 1.0f;
+  int32_t* chosen = nullptr;
+  float* gates = nullptr;
+};
+cudaError_t route(const Route& p, cudaStream_t s);
+
+// out[t, :] (= or +=) sum over j < k, in order, of gates[t, j] * y[t * k + j, :].
+cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
+                            float* out, bool accumulate, cudaStream_t s);
+
+// dst[i, :] = src[idx[i], :] for i < n; rows of `dim` floats.
+cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,
+                        cudaStream_t s);
+
+}  // namespace dsv3::infer::gpu

@@ -1,0 +1,705 @@
+// The inference forward pass on a GPU (infer/device_forward.h): the CPU engine's pass
+// (infer/engine.cpp, infer/attention.cpp), op for op, on device memory.
+//
+// Memory: the weights are copied once into one device allocation, in the precision they were
+// loaded in (F32 or BF16; FP8 checkpoints arrive dequantized). Working buffers are one more
+// allocation, sized for the largest pass seen. Each pass uploads its per-row inputs (token ids,
+// positions, cache addresses) in one copy; every kernel reads them from device memory.
+//
+// Products: up to kSmallRows rows (decode, verification, small batches) a hand-written GEMV
+// streams each weight row once for all rows; more rows (prefill) use cuBLAS, with the
+// activations rounded to BF16 against BF16 weights as the CPU's prefill GEMM does. The routed
+// experts always take the GEMV with a per-row expert table (each row reads the expert the
+// router chose for it, activations in float32: in a prefill the CPU rounds them to BF16 where
+// an expert has more than kSmallRows rows), so no routing count ever comes back to the host.
+//
+// CUDA graphs: a one-token pass of one sequence (a decode step) is the same launches at every
+// position, so it is captured once per (depth, logits or not, cache dtype) and replayed; the
+// first such pass runs its launches directly (loading every kernel before any capture) and the
+// second is captured. The graphs are dropped when the working buffers grow.
+// DSV3_CUDA_GRAPHS=0 turns them off.
+#include <cuda_runtime.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+
+#include "core/device.h"
+#include "infer/cuda/decode_kernels.h"
+#include "infer/device_forward.h"
+#include "infer/matmul.h"
+#include "kernels/cuda/context.h"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::infer {
+namespace {
+
+using cuda::check;
+
+// A device allocation freed on destruction.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  explicit DeviceBuffer(size_t bytes) { check(cudaMalloc(&p_, bytes ? bytes : 256), "inference: device allocation"); }
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);
+  }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  char* get() const { return static_cast<char*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+};
+
+// Pinned host memory (for the per-pass upload), freed on destruction.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  explicit PinnedBuffer(size_t bytes) { check(cudaMallocHost(&p_, bytes ? bytes : 256), "inference: pinned allocation"); }
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    return *this;
+  }
+  char* get() const { return static_cast<char*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+};
+
+size_t align256(size_t n) { return (n + 255) / 256 * 256; }
+
+// A weight matrix in device memory, contiguous [rows, cols].
+struct DMat {
+  const void* p = nullptr;
+  bool bf16 = false;
+  int64_t rows = 0, cols = 0;
+};
+struct DFfn {
+  DMat gate, up, down;
+};
+struct DAttn {
+  DMat q_a, q_b, q_proj, kv_a, kv_b, o;
+  const float* q_a_norm = nullptr;
+  const float* kv_a_norm = nullptr;
+};
+struct DLayer {
+  const float* input_norm = nullptr;
+  const float* post_norm = nullptr;
+  DAttn attn;
+  bool moe = false;
+  DFfn dense;
+  DMat router;
+  const float* router_bias = nullptr;
+  const void* const* gate_table = nullptr;  // [E] device pointers to each expert's matrix
+  const void* const* up_table = nullptr;
+  const void* const* down_table = nullptr;
+  bool experts_bf16 = false;
+  bool has_shared = false;
+  DFfn shared;
+};
+struct DMtp {
+  const float* enorm = nullptr;
+  const float* hnorm = nullptr;
+  const float* head_norm = nullptr;
+  DMat eh_proj;
+  DLayer block;
+};
+
+// Copies the weights into one device allocation: a first pass sizes it, a second copies.
+class WeightUploader {
+ public:
+  explicit WeightUploader(bool copying, char* base) : copying_(copying), base_(base) {}
+  size_t bytes() const { return offset_; }
+
+  DMat mat(const MatRef& m) {
+    if (m.empty()) return {};
+    DSV3_CHECK(m.dtype == DType::F32 || m.dtype == DType::BF16,
+               "inference on cuda: weight dtype {} (F32 or BF16 expected)", dtype_name(m.dtype));
+    const size_t es = dtype_size(m.dtype);
+    auto key = std::make_tuple(m.data, m.rows, m.cols);
+    auto it = seen_.find(key);  // tied embeddings: one copy
+    size_t off;
+    if (it != seen_.end()) {
+      off = it->second;
+    } else {
+      off = take(size_t(m.rows * m.cols) * es);
+      seen_[key] = off;
+      if (copying_)
+        check(cudaMemcpy2D(base_ + off, size_t(m.cols) * es, m.data, size_t(m.ld) * es,
+                           size_t(m.cols) * es, size_t(m.rows), cudaMemcpyHostToDevice),
+              "inference on cuda: copying a weight");
+    }
+    return {copying_ ? base_ + off : nullptr, m.dtype == DType::BF16, m.rows, m.cols};
+  }
+  const float* vec(const Tensor& t) {
+    if (!t.defined()) return nullptr;
+    Tensor f = t.dtype() == DType::F32 ? t : t.to_f32();
+    const size_t off = take(size_t(f.numel()) * 4);
+    if (!copying_) return nullptr;
+    check(cudaMemcpy(base_ + off, f.data(), size_t(f.numel()) * 4, cudaMemcpyHostToDevice),
+          "inference on cuda: copying a vector");
+    return reinterpret_cast<const float*>(base_ + off);
+  }
+  const void* const* table(const std::vector<const void*>& ptrs) {
+    const size_t off = take(ptrs.size() * sizeof(void*));
+    if (!copying_) return nullptr;
+    check(cudaMemcpy(base_ + off, ptrs.data(), ptrs.size() * sizeof(void*), cudaMemcpyHostToDevice),
+          "inference on cuda: copying an expert table");
+    return reinterpret_cast<const void* const*>(base_ + off);
+  }
+
+ private:
+  size_t take(size_t bytes) {
+    const size_t off = offset_;
+    offset_ += align256(bytes);
+    return off;
+  }
+  bool copying_;
+  char* base_;
+  size_t offset_ = 0;
+  std::map<std::tuple<const void*, int64_t, int64_t>, size_t> seen_;
+};
+
+class CudaForward final : public DeviceForward {
+ public:
+  CudaForward(std::shared_ptr<const InferWeights> w, const RopeTables& rope)
+      : w_(std::move(w)), c_(w_->config()) {
+    device::require_cuda("inference on cuda");
+    DSV3_CHECK(c_.kv_lora_rank <= gpu::kMaxDecodeRank,
+               "inference on cuda: kv_lora_rank = {} exceeds the {} the decode kernel holds",
+               c_.kv_lora_rank, gpu::kMaxDecodeRank);
+    DSV3_CHECK(c_.n_routed_experts <= gpu::kMaxRouterExperts,
+               "inference on cuda: n_routed_experts = {} exceeds the router kernel's {}",
+               c_.n_routed_experts, gpu::kMaxRouterExperts);
+    DSV3_CHECK(c_.qk_rope_head_dim % 2 == 0, "inference on cuda: qk_rope_head_dim must be even");
+    WeightUploader sizing(false, nullptr);
+    upload(sizing, rope);
+    size_t free_b = 0, total_b = 0;
+    check(cudaMemGetInfo(&free_b, &total_b), "inference on cuda: device memory");
+    DSV3_CHECK(sizing.bytes() < free_b,
+               "inference on cuda: the weights need {:.2f} GiB of device memory, the GPU has "
+               "{:.2f} GiB free (try --dtype bf16, or a smaller model)",
+               double(sizing.bytes()) / (1 << 30), double(free_b) / (1 << 30));
+    weights_ = DeviceBuffer(sizing.bytes());
+    WeightUploader copying(true, weights_.get());
+    upload(copying, rope);
+    check(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking),
+          "inference on cuda: stream");
+    const char* env = std::getenv("DSV3_CUDA_GRAPHS");
+    graphs_enabled_ = !(env && std::string(env) == "0");
+  }
+
+  ~CudaForward() override {
+    drop_graphs();
+    if (capture_stream_) cudaStreamDestroy(capture_stream_);
+  }
+
+  void forward(int depth, std::span<const Chunk> chunks, const float* h_prev, LogitsFor which,
+               std::vector<float>& hidden, std::vector<float>& logits, int& logits_rows) override;
+
+ private:
+  struct Work;  // device pointers into the working buffers for the current size
+  void upload(WeightUploader& u, const RopeTables& rope);
+  DLayer upload_layer(WeightUploader& u, const LayerWeights& l);
+  void ensure_capacity(int64_t rows, int64_t chunks);
+  // The logits buffer holds the rows a pass returns (all rows, or one per chunk): a long
+  // prefill that wants only its last row's logits does not allocate n x V.
+  void ensure_logits(int64_t rows);
+  void drop_graphs();
+  void run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, bool cache_bf16);
+  void block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16);
+  void attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16);
+  void ffn(const DFfn& f, const float* x, int64_t n, float* out);
+  void moe(const DLayer& l, int64_t n);
+  void linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y, int64_t ldy,
+              bool accumulate = false);
+  void launch(cudaError_t e, const char* what) { check(e, what); }
+
+  std::shared_ptr<const InferWeights> w_;
+  const ModelConfig& c_;
+  DeviceBuffer weights_;
+  const void* embed_ = nullptr;
+  bool embed_bf16_ = false;
+  const float* norm_ = nullptr;
+  DMat lm_head_;
+  std::vector<DLayer> layers_;
+  std::vector<DMtp> mtp_;
+  gpu::RopeTable rope_;
+  float softmax_scale_ = 1.0f;
+
+  // Working buffers and the per-pass inputs.
+  int64_t cap_rows_ = 0, cap_chunks_ = 0;
+  DeviceBuffer work_, inputs_dev_, logits_buf_;
+  int64_t logits_rows_cap_ = 0;
+  PinnedBuffer inputs_host_;
+  size_t inputs_bytes_ = 0;
+  struct Buffers {
+    float *x, *xn, *sub, *hidden, *last, *logits, *qa, *q, *kv_a, *qcat, *olat, *o, *g, *u, *ey,
+        *router, *gates, *emb, *cat, *h_prev;
+    int32_t* chosen;
+    uint16_t* xbf;
+    // Inputs (device), uploaded per pass: cache addresses, ids, positions, capacities, the last
+    // row of each chunk.
+    void** cache_base;
+    int32_t *ids, *pos, *capacity, *last_rows;
+  } b_{};
+
+  cudaStream_t s_ = nullptr;  // the legacy stream, or the capture stream while capturing
+  cudaStream_t capture_stream_ = nullptr;
+  bool capturing_ = false;
+  bool graphs_enabled_ = true;
+  std::map<int, cudaGraphExec_t> graphs_;
+  std::map<int, int> direct_runs_;  // one-token passes run without a graph so far, per key
+};
+
+void CudaForward::upload(WeightUploader& u, const RopeTables& rope) {
+  const InferWeights& w = *w_;
+  DMat e = u.mat(w.embed);
+  embed_ = e.p;
+  embed_bf16_ = e.bf16;
+  norm_ = u.vec(w.norm);
+  lm_head_ = u.mat(w.lm_head);
+  layers_.clear();
+  for (const LayerWeights& l : w.layers) layers_.push_back(upload_layer(u, l));
+  mtp_.clear();
+  for (const MtpModuleWeights& m : w.mtp) {
+    DMtp d;
+    d.enorm = u.vec(m.enorm);
+    d.hnorm = u.vec(m.hnorm);
+    d.head_norm = u.vec(m.head_norm);
+    d.eh_proj = u.mat(m.eh_proj);
+    d.block = upload_layer(u, m.block);
+    mtp_.push_back(d);
+  }
+  rope_.cos = u.vec(rope.cos);
+  rope_.sin = u.vec(rope.sin);
+  rope_.rope = c_.qk_rope_head_dim;
+  softmax_scale_ = float(rope.softmax_scale);
+}
+
+DLayer CudaForward::upload_layer(WeightUploader& u, const LayerWeights& l) {
+  DLayer d;
+  d.input_norm = u.vec(l.input_norm);
+  d.post_norm = u.vec(l.post_attention_norm);
+  const AttentionWeights& a = l.attn;
+  d.attn.q_a = u.mat(a.q_a);
+  d.attn.q_b = u.mat(a.q_b);
+  d.attn.q_proj = u.mat(a.q_proj);
+  d.attn.q_a_norm = u.vec(a.q_a_norm);
+  d.attn.kv_a = u.mat(a.kv_a);
+  d.attn.kv_a_norm = u.vec(a.kv_a_norm);
+  d.attn.kv_b = u.mat(a.kv_b);
+  d.attn.o = u.mat(a.o);
+  d.moe = l.moe;
+  auto ffn = [&](const FfnWeights& f) { return DFfn{u.mat(f.gate), u.mat(f.up), u.mat(f.down)}; };
+  if (!l.moe) {
+    d.dense = ffn(l.dense);
+    return d;
+  }
+  d.router = u.mat(l.router);
+  d.router_bias = u.vec(l.router_bias);
+  std::vector<const void*> gate, up, down;
+  for (const FfnWeights& f : l.experts) {
+    DFfn e = ffn(f);
+    gate.push_back(e.gate.p);
+    up.push_back(e.up.p);
+    down.push_back(e.down.p);
+    d.experts_bf16 = e.gate.bf16;
+  }
+  d.gate_table = u.table(gate);
+  d.up_table = u.table(up);
+  d.down_table = u.table(down);
+  d.has_shared = l.has_shared;
+  if (l.has_shared) d.shared = ffn(l.shared);
+  return d;
+}
+
+void CudaForward::drop_graphs() {
+  for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
+}
+
+void CudaForward::ensure_logits(int64_t rows) {
+  if (rows <= logits_rows_cap_) return;
+  drop_graphs();
+  logits_buf_ = DeviceBuffer();
+  logits_rows_cap_ = std::max<int64_t>(rows, kSmallRows);
+  logits_buf_ = DeviceBuffer(size_t(logits_rows_cap_ * c_.vocab_size) * 4);
+  b_.logits = reinterpret_cast<float*>(logits_buf_.get());
+}
+
+void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
+  if (rows <= cap_rows_ && chunks <= cap_chunks_) return;
+  drop_graphs();  // they point into the buffers about to be replaced
+  // Grow to at least kSmallRows rows so that decode steps never reallocate after a prefill.
+  const int64_t n = std::max<int64_t>({rows, cap_rows_, kSmallRows});
+  const int64_t nc = std::max<int64_t>({chunks, cap_chunks_, kSmallRows});
+  const int64_t d = c_.hidden_size, h = c_.num_attention_heads, dq = c_.qk_head_dim(),
+                r = c_.kv_lora_rank, wdt = r + c_.qk_rope_head_dim, dv = c_.v_head_dim,
+                k = c_.num_experts_per_tok, e = c_.n_routed_experts;
+  const int64_t q_rank = c_.q_lora_rank ? *c_.q_lora_rank : 0;
+  int64_t width = c_.intermediate_size;  // the widest FFN intermediate over every layer kind
+  width = std::max<int64_t>(width, int64_t(c_.moe_intermediate_size) * k);
+  for (const DLayer& l : layers_)
+    if (l.has_shared) width = std::max(width, l.shared.gate.rows);
+  for (const DMtp& m : mtp_)
+    if (m.block.has_shared) width = std::max(width, m.block.shared.gate.rows);
+  int64_t widest_in = std::max<int64_t>({2 * d, q_rank, h * dv, width});
+  size_t off = 0;
+  auto take = [&](int64_t count, size_t es) {
+    const size_t o = off;
+    off += align256(size_t(count) * es);
+    return o;
+  };
+  struct Plan {
+    size_t x, xn, sub, hidden, last, qa, q, kv_a, qcat, olat, o, g, u, ey, router, gates,
+        emb, cat, h_prev, chosen, xbf;
+  } p{};
+  p.x = take(n * d, 4);
+  p.xn = take(n * d, 4);
+  p.sub = take(n * d, 4);
+  p.hidden = take(n * d, 4);
+  p.last = take(nc * d, 4);
+  p.qa = take(n * std::max<int64_t>(q_rank, 1), 4);
+  p.q = take(n * h * dq, 4);
+  p.kv_a = take(n * wdt, 4);
+  p.qcat = take(n * h * wdt, 4);
+  p.olat = take(n * h * r, 4);
+  p.o = take(n * h * dv, 4);
+  p.g = take(n * width, 4);
+  p.u = take(n * width, 4);
+  p.ey = take(n * k * d, 4);
+  p.router = take(n * std::max<int64_t>(e, 1), 4);
+  p.gates = take(n * std::max<int64_t>(k, 1), 4);
+  p.emb = take(n * d, 4);
+  p.cat = take(n * 2 * d, 4);
+  p.h_prev = take(n * d, 4);
+  p.chosen = take(n * std::max<int64_t>(k, 1), 4);
+  p.xbf = take(n * widest_in, 2);
+  work_ = DeviceBuffer();  // free the old buffers before the new ones are allocated
+  inputs_dev_ = DeviceBuffer();
+  work_ = DeviceBuffer(off);
+  char* base = work_.get();
+  auto f = [&](size_t o) { return reinterpret_cast<float*>(base + o); };
+  b_.x = f(p.x), b_.xn = f(p.xn), b_.sub = f(p.sub), b_.hidden = f(p.hidden), b_.last = f(p.last);
+  b_.qa = f(p.qa), b_.q = f(p.q), b_.kv_a = f(p.kv_a);
+  b_.qcat = f(p.qcat), b_.olat = f(p.olat), b_.o = f(p.o), b_.g = f(p.g), b_.u = f(p.u);
+  b_.ey = f(p.ey), b_.router = f(p.router), b_.gates = f(p.gates), b_.emb = f(p.emb);
+  b_.cat = f(p.cat), b_.h_prev = f(p.h_prev);
+  b_.chosen = reinterpret_cast<int32_t*>(base + p.chosen);
+  b_.xbf = reinterpret_cast<uint16_t*>(base + p.xbf);
+  // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
+  inputs_bytes_ = size_t(n) * 8 + size_t(3 * n + nc) * 4;
+  inputs_dev_ = DeviceBuffer(inputs_bytes_);
+  inputs_host_ = PinnedBuffer(inputs_bytes_);
+  char* in = inputs_dev_.get();
+  b_.cache_base = reinterpret_cast<void**>(in);
+  b_.ids = reinterpret_cast<int32_t*>(in + n * 8);
+  b_.pos = b_.ids + n;
+  b_.capacity = b_.pos + n;
+  b_.last_rows = b_.capacity + n;
+  cap_rows_ = n;
+  cap_chunks_ = nc;
+}
+
+void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
+                         int64_t ldy, bool accumulate) {
+  if (n > kSmallRows && ldx == w.cols && !capturing_) {
+    // Prefill: cuBLAS, y = x W^T. Against BF16 weights the activations are rounded to BF16 first.
+    cuda::BlasGemm g;
+    g.trans_b = true;
+    g.m = n;
+    g.n = w.rows;
+    g.k = w.cols;
+    g.beta = accumulate ? 1.0f : 0.0f;
+    g.lda = w.cols;
+    g.b = w.p;
+    g.ldb = w.cols;
+    g.c = y;
+    g.ldc = ldy;
+    if (w.bf16) {
+      launch(cuda::f32_to_bf16(x, b_.xbf, n * w.cols, s_), "inference on cuda: bf16 activations");
+      g.a = b_.xbf;
+      g.ab_type = CUDA_R_16BF;
+    } else {
+      g.a = x;
+    }
+    cuda::blas_gemm(g, "inference on cuda: prefill product");
+    return;
+  }
+  gpu::Gemv p;
+  p.x = x;
+  p.ldx = ldx;
+  p.w = w.p;
+  p.w_bf16 = w.bf16;
+  p.in = w.cols;
+  p.y = y;
+  p.ldy = ldy;
+  p.accumulate = accumulate;
+  p.rows = n;
+  p.out = w.rows;
+  launch(gpu::gemv(p, s_), "inference on cuda: gemv");
+}
+
+void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out) {
+  const int64_t d = c_.hidden_size, width = f.gate.rows;
+  linear(x, n, d, f.gate, b_.g, width);
+  linear(x, n, d, f.up, b_.u, width);
+  launch(gpu::swiglu_rows(b_.g, b_.u, n * width, s_), "inference on cuda: swiglu");
+  linear(b_.g, n, width, f.down, out, d);
+}
+
+void CudaForward::moe(const DLayer& l, int64_t n) {
+  const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
+                width = c_.moe_intermediate_size;
+  linear(b_.xn, n, d, l.router, b_.router, e);
+  gpu::Route r;
+  r.logits = b_.router;
+  r.bias = l.router_bias;
+  r.rows = n;
+  r.experts = int(e);
+  r.groups = std::max(1, c_.n_group);
+  r.topk_group = c_.topk_group;
+  r.k = int(k);
+  r.sigmoid = c_.scoring_func == ScoringFunc::Sigmoid;
+  r.top2_groups = c_.topk_method == "noaux_tc";
+  r.norm_topk = c_.norm_topk_prob;
+  r.scaling = float(c_.routed_scaling_factor);
+  r.chosen = b_.chosen;
+  r.gates = b_.gates;
+  launch(gpu::route(r, s_), "inference on cuda: router");
+  // Shared experts write the output; the routed experts' weighted rows are added to it.
+  if (l.has_shared) ffn(l.shared, b_.xn, n, b_.sub);
+  auto expert_gemv = [&](const float* x, int64_t ldx, int div, const void* const* table,
+                         int64_t in, int64_t out, float* y) {
+    gpu::Gemv p;
+    p.x = x;
+    p.ldx = ldx;
+    p.x_row_div = div;
+    p.table = table;
+    p.table_idx = b_.chosen;
+    p.w_bf16 = l.experts_bf16;
+    p.in = in;
+    p.y = y;
+    p.ldy = out;
+    p.rows = n * k;
+    p.out = out;
+    launch(gpu::gemv(p, s_), "inference on cuda: expert gemv");
+  };
+  // Row t * K + j of the routed products is token t's j-th expert.
+  expert_gemv(b_.xn, d, int(k), l.gate_table, d, width, b_.g);
+  expert_gemv(b_.xn, d, int(k), l.up_table, d, width, b_.u);
+  launch(gpu::swiglu_rows(b_.g, b_.u, n * k * width, s_), "inference on cuda: swiglu");
+  expert_gemv(b_.g, width, 1, l.down_table, width, d, b_.ey);
+  launch(gpu::combine_experts(b_.ey, b_.gates, n, int(k), d, b_.sub, l.has_shared, s_),
+         "inference on cuda: expert combine");
+}
+
+void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16) {
+  const int64_t d = c_.hidden_size, h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
+                dr = c_.qk_rope_head_dim, dq = dn + dr, dv = c_.v_head_dim, r = c_.kv_lora_rank,
+                w = r + dr;
+  const float eps = float(c_.rms_norm_eps);
+  if (c_.q_lora_rank) {
+    const int64_t qr = *c_.q_lora_rank;
+    linear(b_.xn, n, d, a.q_a, b_.qa, qr);
+    launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
+           "inference on cuda: q norm");
+    linear(b_.qa, n, qr, a.q_b, b_.q, h * dq);
+  } else {
+    linear(b_.xn, n, d, a.q_proj, b_.q, h * dq);
+  }
+  linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
+  gpu::CacheRows cache;
+  cache.base = b_.cache_base;
+  cache.capacity = b_.capacity;
+  cache.pos = b_.pos;
+  cache.layer = cache_layer;
+  cache.width = int(w);
+  cache.bf16 = cache_bf16;
+  launch(gpu::write_latents(b_.kv_a, a.kv_a_norm, eps, n, int(r), rope_, cache, s_),
+         "inference on cuda: latent cache write");
+  gpu::AbsorbQuery aq;
+  aq.q = b_.q;
+  aq.kv_b = a.kv_b.p;
+  aq.kv_b_bf16 = a.kv_b.bf16;
+  aq.pos = b_.pos;
+  aq.rope = rope_;
+  aq.rows = n;
+  aq.heads = int(h);
+  aq.nope = int(dn);
+  aq.v = int(dv);
+  aq.rank = int(r);
+  aq.qcat = b_.qcat;
+  launch(gpu::absorb_query(aq, s_), "inference on cuda: query absorption");
+  launch(gpu::latent_attention(b_.qcat, cache, n, int(h), int(r), softmax_scale_, b_.olat, s_),
+         "inference on cuda: latent attention");
+  // Values: o(h) = latent(h) . W_uv(h)^T, W_uv(h) = rows h (nope + v) + nope .. + v of kv_b.
+  gpu::Gemv uv;
+  uv.x = b_.olat;
+  uv.ldx = h * r;
+  uv.w = a.kv_b.p;
+  uv.w_bf16 = a.kv_b.bf16;
+  uv.in = r;
+  uv.y = b_.o;
+  uv.ldy = h * dv;
+  uv.rows = n;
+  uv.out = h * dv;
+  uv.group = dv;
+  uv.w_group_stride = dn + dv;
+  uv.w_group_offset = dn;
+  uv.x_group_stride = r;
+  launch(gpu::gemv(uv, s_), "inference on cuda: value up-projection");
+  linear(b_.o, n, h * dv, a.o, b_.sub, d);
+}
+
+void CudaForward::block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16) {
+  const int64_t d = c_.hidden_size;
+  const float eps = float(c_.rms_norm_eps);
+  launch(gpu::rmsnorm_rows(b_.x, d, l.input_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
+  attention(l.attn, cache_layer, n, cache_bf16);
+  launch(gpu::add_rows(b_.x, b_.sub, n * d, s_), "inference on cuda: residual");
+  launch(gpu::rmsnorm_rows(b_.x, d, l.post_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
+  if (l.moe) moe(l, n);
+  else ffn(l.dense, b_.xn, n, b_.sub);
+  launch(gpu::add_rows(b_.x, b_.sub, n * d, s_), "inference on cuda: residual");
+}
+
+// The launches of one pass, after its inputs are on the device.
+void CudaForward::run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, bool cache_bf16) {
+  const int64_t d = c_.hidden_size, v = c_.vocab_size;
+  const float eps = float(c_.rms_norm_eps);
+  const float* final_norm = norm_;
+  if (depth == 0) {
+    launch(gpu::embed_rows(embed_, embed_bf16_, b_.ids, n, d, b_.x, s_), "inference on cuda: embedding");
+    for (size_t l = 0; l < layers_.size(); ++l) block(layers_[l], int(l), n, cache_bf16);
+  } else {
+    const DMtp& m = mtp_[size_t(depth - 1)];
+    // x = eh_proj([enorm(Emb(t_{i+k})) | hnorm(h^{k-1}_i)])
+    launch(gpu::embed_rows(embed_, embed_bf16_, b_.ids, n, d, b_.emb, s_), "inference on cuda: embedding");
+    launch(gpu::rmsnorm_rows(b_.emb, d, m.enorm, n, d, eps, b_.cat, 2 * d, s_), "inference on cuda: norm");
+    launch(gpu::rmsnorm_rows(b_.h_prev, d, m.hnorm, n, d, eps, b_.cat + d, 2 * d, s_),
+           "inference on cuda: norm");
+    linear(b_.cat, n, 2 * d, m.eh_proj, b_.x, d);
+    block(m.block, 0, n, cache_bf16);
+    final_norm = m.head_norm;
+  }
+  launch(gpu::rmsnorm_rows(b_.x, d, final_norm, n, d, eps, b_.hidden, d, s_), "inference on cuda: norm");
+  if (which == LogitsFor::All) {
+    linear(b_.hidden, n, d, lm_head_, b_.logits, v);
+  } else if (which == LogitsFor::Last) {
+    launch(gpu::gather_rows(b_.hidden, b_.last_rows, n_chunks, d, b_.last, s_), "inference on cuda: gather");
+    linear(b_.last, n_chunks, d, lm_head_, b_.logits, v);
+  }
+}
+
+void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float* h_prev,
+                          LogitsFor which, std::vector<float>& hidden, std::vector<float>& logits,
+                          int& logits_rows) {
+  const int64_t d = c_.hidden_size, v = c_.vocab_size;
+  int64_t n = 0;
+  for (const Chunk& ch : chunks) n += ch.n;
+  const int64_t nc = int64_t(chunks.size());
+  const DType cache_dtype = chunks[0].cache->dtype();
+  for (const Chunk& ch : chunks) {
+    DSV3_CHECK(ch.cache->device() == Device::CUDA,
+               "inference on cuda: a sequence's latent cache is on {} (make it with the engine)",
+               device_name(ch.cache->device()));
+    DSV3_CHECK(ch.cache->dtype() == cache_dtype,
+               "inference on cuda: the sequences of one pass must share a cache dtype");
+    DSV3_CHECK(ch.cache->layers() == (depth == 0 ? c_.num_hidden_layers : 1),
+               "inference on cuda: a cache of {} layers for a pass of {} (the main model's "
+               "cache for the main model, an MTP depth's for that depth)",
+               ch.cache->layers(), depth == 0 ? c_.num_hidden_layers : 1);
+  }
+  const int64_t out_rows = which == LogitsFor::All ? n : which == LogitsFor::Last ? nc : 0;
+  ensure_capacity(n, nc);
+  ensure_logits(out_rows);
+  // Per-row inputs, packed as ensure_capacity laid them out, in one upload.
+  const int64_t cap = cap_rows_;
+  char* host = inputs_host_.get();
+  void** base = reinterpret_cast<void**>(host);
+  int32_t* ids = reinterpret_cast<int32_t*>(host + cap * 8);
+  int32_t* pos = ids + cap;
+  int32_t* capacity = pos + cap;
+  int32_t* last = capacity + cap;
+  int64_t row = 0;
+  for (int64_t i = 0; i < nc; ++i) {
+    const Chunk& ch = chunks[size_t(i)];
+    for (int j = 0; j < ch.n; ++j) {
+      base[row + j] = ch.cache->data();
+      ids[row + j] = ch.tokens[j];
+      pos[row + j] = ch.cache->len() + j;
+      capacity[row + j] = ch.cache->capacity();
+    }
+    row += ch.n;
+    last[i] = int32_t(row - 1);
+  }
+  check(cudaMemcpyAsync(inputs_dev_.get(), host, inputs_bytes_, cudaMemcpyHostToDevice, nullptr),
+        "inference on cuda: uploading the pass's inputs");
+  if (depth > 0)
+    check(cudaMemcpyAsync(b_.h_prev, h_prev, size_t(n * d) * 4, cudaMemcpyHostToDevice, nullptr),
+          "inference on cuda: uploading the hidden states");
+  const bool cache_bf16 = cache_dtype == DType::BF16;
+  const int key = depth * 4 + (which == LogitsFor::None ? 0 : 2) + (cache_bf16 ? 1 : 0);
+  if (graphs_enabled_ && n == 1 && nc == 1 && (graphs_.count(key) || direct_runs_[key] > 0)) {
+    // A decode step: replay its graph (captured on the second use).
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      check(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal),
+            "inference on cuda: graph capture");
+      s_ = capture_stream_;
+      capturing_ = true;
+      try {
+        run(depth, n, nc, which, cache_bf16);
+      } catch (...) {
+        s_ = nullptr;
+        capturing_ = false;
+        cudaStreamEndCapture(capture_stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        cudaGetLastError();  // the failed capture's error must not surface at a later launch
+        throw;
+      }
+      s_ = nullptr;
+      capturing_ = false;
+      check(cudaStreamEndCapture(capture_stream_, &graph), "inference on cuda: graph capture");
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      check(inst, "inference on cuda: graph instantiation");
+      it = graphs_.emplace(key, exec).first;
+    }
+    check(cudaGraphLaunch(it->second, nullptr), "inference on cuda: graph launch");
+  } else {
+    run(depth, n, nc, which, cache_bf16);
+    if (n == 1 && nc == 1) direct_runs_[key]++;
+  }
+  hidden.resize(size_t(n * d));
+  check(cudaMemcpy(hidden.data(), b_.hidden, size_t(n * d) * 4, cudaMemcpyDeviceToHost),
+        "inference on cuda: reading the hidden states");
+  logits_rows = int(out_rows);
+  if (out_rows > 0) {
+    logits.resize(size_t(out_rows * v));
+    check(cudaMemcpy(logits.data(), b_.logits, size_t(out_rows * v) * 4, cudaMemcpyDeviceToHost),
+          "inference on cuda: reading the logits");
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<DeviceForward> make_cuda_forward(std::shared_ptr<const InferWeights> weights,
+                                                 const RopeTables& rope) {
+  return std::make_unique<CudaForward>(std::move(weights), rope);
+}
+
+}  // namespace dsv3::infer
