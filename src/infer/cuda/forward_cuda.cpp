@@ -673,10 +673,11 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
       }
       s_ = nullptr;
       capturing_ = false;
-      check(cudaStreamEndCapture(capture_stream_, &graph), "inference on cuda: graph capture");
-      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-      cudaGraphDestroy(graph);
-      check(inst, "inference on cuda: graph instantiation");
+      const cudaError_t ended = cudaStreamEndCapture(capture_stream_, &graph);
+      const cudaError_t inst = ended == cudaSuccess ? cudaGraphInstantiate(&exec, graph, 0) : ended;
+      if (graph) cudaGraphDestroy(graph);
+      if (inst != cudaSuccess) cudaGetLastError();  // not to surface again at a later launch
+      check(inst, "inference on cuda: capturing a decode step");
       it = graphs_.emplace(key, exec).first;
     }
     check(cudaGraphLaunch(it->second, nullptr), "inference on cuda: graph launch");
