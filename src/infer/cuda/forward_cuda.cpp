@@ -17,7 +17,7 @@
 // position, so it is captured once per (depth, logits or not, cache dtype) and replayed; the
 // first such pass runs its launches directly (loading every kernel before any capture) and the
 // second is captured. The graphs are dropped when the working buffers grow.
-// DSV3_CUDA_GRAPHS=0 turns them off.
+// DSV3_CUDA_GRAPHS=0 turns them off; DSV3_CUDA_SYNC=1 waits after every launch (debugging).
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -196,6 +196,8 @@ class CudaForward final : public DeviceForward {
           "inference on cuda: stream");
     const char* env = std::getenv("DSV3_CUDA_GRAPHS");
     graphs_enabled_ = !(env && std::string(env) == "0");
+    const char* sync = std::getenv("DSV3_CUDA_SYNC");
+    sync_each_launch_ = sync && std::string(sync) == "1";
   }
 
   ~CudaForward() override {
@@ -222,7 +224,12 @@ class CudaForward final : public DeviceForward {
   void moe(const DLayer& l, int64_t n);
   void linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y, int64_t ldy,
               bool accumulate = false);
-  void launch(cudaError_t e, const char* what) { check(e, what); }
+  // DSV3_CUDA_SYNC=1: wait after every launch outside graph capture, so that a fault inside a
+  // kernel is reported with that kernel's name instead of at the next copy.
+  void launch(cudaError_t e, const char* what) {
+    check(e, what);
+    if (sync_each_launch_ && !capturing_) check(cudaDeviceSynchronize(), what);
+  }
 
   std::shared_ptr<const InferWeights> w_;
   const ModelConfig& c_;
@@ -257,6 +264,7 @@ class CudaForward final : public DeviceForward {
   cudaStream_t capture_stream_ = nullptr;
   bool capturing_ = false;
   bool graphs_enabled_ = true;
+  bool sync_each_launch_ = false;
   std::map<int, cudaGraphExec_t> graphs_;
   std::map<int, int> direct_runs_;  // one-token passes run without a graph so far, per key
 };
