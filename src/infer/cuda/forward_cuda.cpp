@@ -37,16 +37,23 @@ namespace {
 
 using cuda::check;
 
-// A device allocation freed on destruction.
-class DeviceBuffer {
+cudaError_t device_alloc(void** p, size_t n) { return cudaMalloc(p, n); }
+cudaError_t pinned_alloc(void** p, size_t n) { return cudaMallocHost(p, n); }
+cudaError_t device_free(void* p) { return cudaFree(p); }
+cudaError_t pinned_free(void* p) { return cudaFreeHost(p); }
+
+// Memory from Alloc, given back with Free on destruction: device memory for the weights and
+// working buffers, pinned host memory for the per-pass upload.
+template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
+class OwnedMemory {
  public:
-  DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t bytes) { check(cudaMalloc(&p_, bytes ? bytes : 256), "inference: device allocation"); }
-  ~DeviceBuffer() {
-    if (p_) cudaFree(p_);
+  OwnedMemory() = default;
+  explicit OwnedMemory(size_t bytes) { check(Alloc(&p_, bytes ? bytes : 256), "inference on cuda: allocation"); }
+  ~OwnedMemory() {
+    if (p_) Free(p_);
   }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  OwnedMemory(OwnedMemory&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
+  OwnedMemory& operator=(OwnedMemory&& o) noexcept {
     std::swap(p_, o.p_);
     return *this;
   }
@@ -55,25 +62,8 @@ class DeviceBuffer {
  private:
   void* p_ = nullptr;
 };
-
-// Pinned host memory (for the per-pass upload), freed on destruction.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  explicit PinnedBuffer(size_t bytes) { check(cudaMallocHost(&p_, bytes ? bytes : 256), "inference: pinned allocation"); }
-  ~PinnedBuffer() {
-    if (p_) cudaFreeHost(p_);
-  }
-  PinnedBuffer(PinnedBuffer&& o) noexcept : p_(o.p_) { o.p_ = nullptr; }
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    std::swap(p_, o.p_);
-    return *this;
-  }
-  char* get() const { return static_cast<char*>(p_); }
-
- private:
-  void* p_ = nullptr;
-};
+using DeviceBuffer = OwnedMemory<device_alloc, device_free>;
+using PinnedBuffer = OwnedMemory<pinned_alloc, pinned_free>;
 
 size_t align256(size_t n) { return (n + 255) / 256 * 256; }
 
