@@ -138,6 +138,12 @@ std::string ParityReport::table(bool failures_only) const {
 
 namespace {
 
+// The optimizer settings the fixture's step was taken with (its config's "train" block).
+AdamWSettings fixture_adamw(const ModelConfig& c) {
+  return {c.train.lr, c.train.beta1, c.train.beta2, c.train.eps, c.train.weight_decay,
+          c.train.clip};
+}
+
 // One training step of a fixture's model at a precision: F32 or BF16 (on `device`), or F64
 // (the float64 step on the CPU).
 struct FixtureStep {
@@ -174,8 +180,7 @@ void check_optimizer_step(const ModelConfig& config, FixtureStep& step, const We
                           Checker& check, Tolerances tol, const std::string& suffix) {
   ModelWeights& weights = *step.weights;
   AdamW opt(weights);
-  AdamWSettings s{config.train.lr,  config.train.beta1,        config.train.beta2,
-                  config.train.eps, config.train.weight_decay, config.train.clip};
+  const AdamWSettings s = fixture_adamw(config);
   // Bias update uses this step's routing, before parameters change.
   for (auto& [name, bias] : weights.biases()) {
     // name: model.layers.{l}.mlp.gate.e_score_correction_bias
@@ -333,8 +338,7 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
         std::copy(ref.f32(), ref.f32() + ref.numel(), g.f32());
       }  // no reference gradient: no token reached it, zero
     AdamW ref_opt(fresh);
-    AdamWSettings s{config.train.lr,  config.train.beta1,        config.train.beta2,
-                    config.train.eps, config.train.weight_decay, config.train.clip};
+    const AdamWSettings s = fixture_adamw(config);
     ref_opt.step(s, config.train.lr);
     double worst = 0;
     std::string worst_name;

@@ -31,49 +31,14 @@ RouterScratch::RouterScratch(Arena& arena, const ModelConfig& c, int64_t batch, 
   d_weights = dw, device_d_weights = ddw, d_logits = dl, device_d_logits = ddl;
 }
 
+ExpertSelection expert_selection(const ModelConfig& c) {
+  return {c.n_routed_experts, c.n_group, c.topk_group, c.num_experts_per_tok,
+          c.topk_method == "noaux_tc"};
+}
+
 template <typename T>
 void select_experts(const ModelConfig& c, const T* selection, T* group_scores, int32_t* chosen) {
-  const int experts = c.n_routed_experts, groups = c.n_group, k = c.num_experts_per_tok;
-  const int per_group = experts / groups;
-  const T kNeg = -std::numeric_limits<T>::infinity();
-  // Group limit: score each group (sum of its top-2 for noaux_tc, else its max), keep the best.
-  uint64_t kept_groups = ~0ull;  // bit g set: group g may be chosen (n_group <= 64 checked below)
-  if (groups > 1) {
-    for (int g = 0; g < groups; ++g) {
-      const T* s = selection + g * per_group;
-      T first = kNeg, second = kNeg;
-      for (int i = 0; i < per_group; ++i) {
-        if (s[i] > first) {
-          second = first;
-          first = s[i];
-        } else if (s[i] > second) {
-          second = s[i];
-        }
-      }
-      bool top2 = c.topk_method == "noaux_tc" && per_group >= 2;
-      group_scores[g] = top2 ? first + second : first;
-    }
-    kept_groups = 0;
-    for (int round = 0; round < c.topk_group; ++round) {
-      int best = -1;
-      for (int g = 0; g < groups; ++g)
-        if (!(kept_groups >> g & 1) && (best < 0 || group_scores[g] > group_scores[best])) best = g;
-      kept_groups |= 1ull << best;
-    }
-  }
-  // Top-k experts among the kept groups (k is small: repeated arg-max is cheapest).
-  for (int j = 0; j < k; ++j) {
-    int best = -1;
-    for (int e = 0; e < experts; ++e) {
-      if (!(kept_groups >> (e / per_group) & 1)) continue;
-      bool taken = false;
-      for (int i = 0; i < j; ++i) taken |= chosen[i] == e;
-      if (taken) continue;
-      if (best < 0 || selection[e] > selection[best]) best = e;
-    }
-    chosen[j] = best;
-  }
-  std::sort(chosen, chosen + k);
+  select_experts(expert_selection(c), selection, group_scores, chosen);
 }
 template void select_experts<float>(const ModelConfig&, const float*, float*, int32_t*);
 template void select_experts<double>(const ModelConfig&, const double*, double*, int32_t*);

@@ -2,6 +2,7 @@
 // The DeepSeekMoE router (DESIGN.md section 2): affinity scores, group-limited top-k selection
 // with the auxiliary-loss-free correction bias (selection only), gating weights from the
 // unbiased scores, and the complementary sequence-wise balance loss.
+#include "model/expert_selection.h"
 #include "model/step.h"
 #include "model/weights.h"
 
@@ -31,9 +32,11 @@ struct RouterActivations {
 
 // Chooses experts for one token's selection scores (scores + bias). `group_scores` is scratch
 // of n_group values, `chosen` receives K indices sorted ascending. Shared with inference.
-// T = float, or double for the float64 step.
+// T = float, or double for the float64 step. The rule itself is model/expert_selection.h.
 template <typename T>
 void select_experts(const ModelConfig& c, const T* selection, T* group_scores, int32_t* chosen);
+// The selection settings of a config.
+ExpertSelection expert_selection(const ModelConfig& c);
 
 void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
                     RouterActivations& act);

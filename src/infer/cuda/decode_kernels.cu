@@ -11,7 +11,6 @@
 namespace dsv3::infer::gpu {
 namespace {
 
-using dsv3::cuda::block_max;
 using dsv3::cuda::block_sum;
 using dsv3::cuda::grid_for;
 using dsv3::cuda::warp_sum;
@@ -41,9 +40,9 @@ __device__ __forceinline__ void load8(const void* w, int64_t i, float (&out)[8])
     const uint4 v = *reinterpret_cast<const uint4*>(static_cast<const uint16_t*>(w) + i);
     const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      out[2 * j] = __uint_as_float(words[j] << 16);
-      out[2 * j + 1] = __uint_as_float(words[j] & 0xffff0000u);
+    for (int j = 0; j < 4; ++j) {  // little endian: the lower half is the first element
+      out[2 * j] = bf16_to_float(uint16_t(words[j]));
+      out[2 * j + 1] = bf16_to_float(uint16_t(words[j] >> 16));
     }
   } else {
     const float4 a = *reinterpret_cast<const float4*>(static_cast<const float*>(w) + i);
@@ -135,20 +134,29 @@ __global__ void embed_kernel(const void* table, bool bf16, const int32_t* ids, i
   const int64_t r = blockIdx.x;
   const int32_t id = ids[r];
   float* o = out + r * dim;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    if (id < 0) o[i] = 0.0f;
-    else if (bf16) o[i] = bf16_to_float(static_cast<const uint16_t*>(table)[int64_t(id) * dim + i]);
-    else o[i] = static_cast<const float*>(table)[int64_t(id) * dim + i];
-  }
+  const int64_t row = int64_t(id) * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+    o[i] = id < 0 ? 0.0f : bf16 ? load_weight<true>(table, row + i) : load_weight<false>(table, row + i);
+}
+
+// 1 / sqrt(mean(x^2) + eps) of x[0, dim), for every thread of the block (red: 32 floats).
+__device__ __forceinline__ float row_inv_rms(const float* x, int64_t dim, float eps, float* red) {
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += x[i] * x[i];
+  return 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+}
+
+// The interleaved rope rotation of the pair (a, b) by (c, s), written to out[0], out[1].
+__device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float* out) {
+  out[0] = a * c - b * s;
+  out[1] = a * s + b * c;
 }
 
 __global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w, int64_t dim,
                                     float eps, float* y, int64_t ldy) {
   __shared__ float red[32];
   const float* xr = x + int64_t(blockIdx.x) * ldx;
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += xr[i] * xr[i];
-  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+  const float inv = row_inv_rms(xr, dim, eps, red);
   float* yr = y + int64_t(blockIdx.x) * ldy;
   // Each thread writes only the elements it read: y may alias x.
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
@@ -166,11 +174,13 @@ __global__ void swiglu_kernel(float* g, const float* u, int64_t n) {
     g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
-__device__ __forceinline__ char* cache_row(const CacheRows& c, int64_t r) {
-  const int64_t row = (int64_t(c.layer) * c.capacity[r] + c.pos[r]) * c.width;
-  return static_cast<char*>(c.base[r]) + row * (c.bf16 ? 2 : 4);
+// Row r's layer of its cache: [capacity, width] values of 2 (bf16) or 4 bytes.
+__device__ __forceinline__ char* cache_layer(const CacheRows& c, int64_t r) {
+  return static_cast<char*>(c.base[r]) +
+         int64_t(c.layer) * c.capacity[r] * c.width * (c.bf16 ? 2 : 4);
 }
 
+// Value i of a cache row: stored rounded to nearest even (bf16), read back exactly.
 __device__ __forceinline__ void store(char* row, bool bf16, int i, float v) {
   if (bf16) reinterpret_cast<uint16_t*>(row)[i] = float_to_bf16(v);
   else reinterpret_cast<float*>(row)[i] = v;
@@ -181,19 +191,18 @@ __global__ void write_latents_kernel(const float* kv_a, const float* norm_w, flo
   __shared__ float red[32];
   const int64_t r = blockIdx.x;
   const float* src = kv_a + r * (rank + rope.rope);
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < rank; i += blockDim.x) ss += src[i] * src[i];
-  const float inv = 1.0f / sqrtf(block_sum(ss, red) / float(rank) + eps);
-  char* dst = cache_row(cache, r);
+  const float inv = row_inv_rms(src, rank, eps, red);
+  char* dst = cache_layer(cache, r) + int64_t(cache.pos[r]) * cache.width * (cache.bf16 ? 2 : 4);
   for (int i = threadIdx.x; i < rank; i += blockDim.x)
     store(dst, cache.bf16, i, src[i] * inv * norm_w[i]);
   const int half = rope.rope / 2;
   const float* c = rope.cos + int64_t(cache.pos[r]) * half;
   const float* sn = rope.sin + int64_t(cache.pos[r]) * half;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a = src[rank + 2 * i], b = src[rank + 2 * i + 1];
-    store(dst, cache.bf16, rank + 2 * i, a * c[i] - b * sn[i]);
-    store(dst, cache.bf16, rank + 2 * i + 1, a * sn[i] + b * c[i]);
+    float pair[2];
+    rotate_pair(src[rank + 2 * i], src[rank + 2 * i + 1], c[i], sn[i], pair);
+    store(dst, cache.bf16, rank + 2 * i, pair[0]);
+    store(dst, cache.bf16, rank + 2 * i + 1, pair[1]);
   }
 }
 
@@ -218,11 +227,8 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
   const int half = p.rope.rope / 2;
   const float* cs = p.rope.cos + int64_t(p.pos[r]) * half;
   const float* sn = p.rope.sin + int64_t(p.pos[r]) * half;
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a = qh[p.nope + 2 * i], b = qh[p.nope + 2 * i + 1];
-    out[p.rank + 2 * i] = a * cs[i] - b * sn[i];
-    out[p.rank + 2 * i + 1] = a * sn[i] + b * cs[i];
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    rotate_pair(qh[p.nope + 2 * i], qh[p.nope + 2 * i + 1], cs[i], sn[i], out + p.rank + 2 * i);
 }
 
 template <bool kBf16>
@@ -240,12 +246,6 @@ constexpr int kAttnWarps = 4;
 constexpr int kMaxPerLane = kMaxDecodeRank / 32;
 
 template <bool kBf16>
-__device__ __forceinline__ float cache_value(const char* row, int i) {
-  if constexpr (kBf16) return bf16_to_float(reinterpret_cast<const uint16_t*>(row)[i]);
-  else return reinterpret_cast<const float*>(row)[i];
-}
-
-template <bool kBf16>
 __device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
                                                      int heads, int rank, float scale,
                                                      float* olat, int64_t r) {
@@ -258,8 +258,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   for (int i = threadIdx.x; i < width; i += blockDim.x) q[i] = qsrc[i];
   __syncthreads();
   const int end = cache.pos[r];  // positions 0 .. end, inclusive
-  const char* base = static_cast<const char*>(cache.base[r]) +
-                     int64_t(cache.layer) * cache.capacity[r] * width * (kBf16 ? 2 : 4);
+  const char* base = cache_layer(cache, r);
   const int per_lane = (rank + 31) / 32;
   float acc[kMaxPerLane];
 #pragma unroll
@@ -268,7 +267,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   for (int j = warp; j <= end; j += kAttnWarps) {
     const char* row = base + int64_t(j) * width * (kBf16 ? 2 : 4);
     float dot = 0.0f;
-    for (int i = lane; i < width; i += 32) dot = fmaf(q[i], cache_value<kBf16>(row, i), dot);
+    for (int i = lane; i < width; i += 32) dot = fmaf(q[i], load_weight<kBf16>(row, i), dot);
     const float score = warp_sum(dot) * scale;
     const float m_new = fmaxf(m, score);
     const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
@@ -278,7 +277,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
     for (int i = 0; i < kMaxPerLane; ++i) {
       if (i >= per_lane) break;
       const int c = lane + 32 * i;
-      const float v = c < rank ? cache_value<kBf16>(row, c) : 0.0f;
+      const float v = c < rank ? load_weight<kBf16>(row, c) : 0.0f;
       acc[i] = fmaf(pj, v, acc[i] * corr);
     }
     m = m_new;
@@ -322,7 +321,7 @@ __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int6
 }
 
 // One thread per token: the router's selection is a few hundred comparisons, and a thread per
-// token keeps the arithmetic the CPU's (select_experts in model/router.cpp), tie for tie. Each
+// token runs the CPU's scoring and the one selection rule (model/expert_selection.h). Each
 // thread's selection scores [E] sit in shared memory (kRouteSharedFloats per block); a chosen
 // expert's score is recomputed from its logit with the same operations.
 constexpr int kRouteSharedFloats = 12288;  // 48 KiB
@@ -336,65 +335,25 @@ __global__ void route_kernel(Route p) {
   extern __shared__ float route_shared[];
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= p.rows) return;
-  const float* lg = p.logits + t * p.experts;
-  float* sel = route_shared + threadIdx.x * p.experts;
+  const float* lg = p.logits + t * p.select.experts;
+  float* sel = route_shared + threadIdx.x * p.select.experts;
   float mx = 0.0f, sum = 1.0f;
   if (!p.sigmoid) {
     mx = lg[0];
-    for (int e = 1; e < p.experts; ++e) mx = fmaxf(mx, lg[e]);
+    for (int e = 1; e < p.select.experts; ++e) mx = fmaxf(mx, lg[e]);
     sum = 0.0f;
-    for (int e = 0; e < p.experts; ++e) sum += expf(lg[e] - mx);
+    for (int e = 0; e < p.select.experts; ++e) sum += expf(lg[e] - mx);
   }
-  for (int e = 0; e < p.experts; ++e) sel[e] = route_score(p, lg, mx, sum, e) + p.bias[e];
-  const int per_group = p.experts / p.groups;
-  uint64_t kept = ~0ull;
-  if (p.groups > 1) {
-    float gs[64];
-    for (int g = 0; g < p.groups; ++g) {
-      float first = -INFINITY, second = -INFINITY;
-      for (int i = 0; i < per_group; ++i) {
-        const float v = sel[g * per_group + i];
-        if (v > first) {
-          second = first;
-          first = v;
-        } else if (v > second) {
-          second = v;
-        }
-      }
-      gs[g] = p.top2_groups && per_group >= 2 ? first + second : first;
-    }
-    kept = 0;
-    for (int round = 0; round < p.topk_group; ++round) {
-      int best = -1;
-      for (int g = 0; g < p.groups; ++g)
-        if (!(kept >> g & 1) && (best < 0 || gs[g] > gs[best])) best = g;
-      kept |= 1ull << best;
-    }
-  }
-  int32_t* chosen = p.chosen + t * p.k;
-  for (int j = 0; j < p.k; ++j) {
-    int best = -1;
-    for (int e = 0; e < p.experts; ++e) {
-      if (!(kept >> (e / per_group) & 1)) continue;
-      bool taken = false;
-      for (int i = 0; i < j; ++i) taken |= chosen[i] == e;
-      if (taken) continue;
-      if (best < 0 || sel[e] > sel[best]) best = e;
-    }
-    chosen[j] = best;
-  }
-  for (int i = 1; i < p.k; ++i)  // ascending ids, as the CPU sorts them
-    for (int j = i; j > 0 && chosen[j - 1] > chosen[j]; --j) {
-      const int32_t tmp = chosen[j];
-      chosen[j] = chosen[j - 1];
-      chosen[j - 1] = tmp;
-    }
-  float* gates = p.gates + t * p.k;
+  for (int e = 0; e < p.select.experts; ++e) sel[e] = route_score(p, lg, mx, sum, e) + p.bias[e];
+  float group_scores[64];
+  int32_t* chosen = p.chosen + t * p.select.k;
+  select_experts(p.select, sel, group_scores, chosen);
+  float* gates = p.gates + t * p.select.k;
   float total = 0.0f;
-  for (int j = 0; j < p.k; ++j) total += (gates[j] = route_score(p, lg, mx, sum, chosen[j]));
+  for (int j = 0; j < p.select.k; ++j) total += (gates[j] = route_score(p, lg, mx, sum, chosen[j]));
   float scale = p.scaling;
   if (p.norm_topk) scale /= (total + 1e-20f);
-  for (int j = 0; j < p.k; ++j) gates[j] *= scale;
+  for (int j = 0; j < p.select.k; ++j) gates[j] *= scale;
 }
 
 __global__ void combine_kernel(const float* y, const float* gates, int k, int64_t dim, float* out,
@@ -484,10 +443,11 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
 
 cudaError_t route(const Route& p, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;
-  if (p.experts > kMaxRouterExperts || p.groups > 64 || p.groups < 1) return cudaErrorInvalidValue;
-  const int threads = std::max(1, std::min(64, kRouteSharedFloats / p.experts));
+  if (p.select.experts > kMaxRouterExperts || p.select.groups > 64 || p.select.groups < 1)
+    return cudaErrorInvalidValue;
+  const int threads = std::max(1, std::min(64, kRouteSharedFloats / p.select.experts));
   route_kernel<<<unsigned((p.rows + threads - 1) / threads), threads,
-                 size_t(threads) * size_t(p.experts) * 4, s>>>(p);
+                 size_t(threads) * size_t(p.select.experts) * 4, s>>>(p);
   return cudaGetLastError();
 }
 

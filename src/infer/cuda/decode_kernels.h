@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "model/expert_selection.h"
+
 namespace dsv3::infer::gpu {
 
 // y[r, o] (= or +=) sum_k x[r / x_row_div, xoff(o) + k] * W_r[wrow(o), k] for r < rows, o < out.
@@ -93,16 +95,16 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
                              int rank, float scale, float* olat, cudaStream_t s);
 
 // The router: scores (sigmoid or softmax) of logits [rows, E], the group-limited top-k of
-// scores + bias (kept groups by the sum of their top two for noaux_tc, else their max), the
-// chosen ids ascending in chosen [rows, K] and their gates (unbiased scores, normalised when
-// norm_topk_prob, times routed_scaling_factor) in gates [rows, K]. E <= kMaxRouterExperts.
+// scores + bias (model/expert_selection.h), the chosen ids ascending in chosen [rows, K] and
+// their gates (unbiased scores, normalised when norm_topk_prob, times routed_scaling_factor) in
+// gates [rows, K]. E <= kMaxRouterExperts.
 constexpr int kMaxRouterExperts = 512;
 struct Route {
   const float* logits = nullptr;
   const float* bias = nullptr;
   int64_t rows = 0;
-  int experts = 0, groups = 1, topk_group = 1, k = 0;
-  bool sigmoid = true, top2_groups = true, norm_topk = true;
+  ExpertSelection select;
+  bool sigmoid = true, norm_topk = true;
   float scaling = 1.0f;
   int32_t* chosen = nullptr;
   float* gates = nullptr;

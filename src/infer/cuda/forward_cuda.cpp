@@ -31,6 +31,7 @@
 #include "infer/matmul.h"
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/launch.h"
+#include "model/router.h"
 
 namespace dsv3::infer {
 namespace {
@@ -464,12 +465,8 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   r.logits = b_.router;
   r.bias = l.router_bias;
   r.rows = n;
-  r.experts = int(e);
-  r.groups = std::max(1, c_.n_group);
-  r.topk_group = c_.topk_group;
-  r.k = int(k);
+  r.select = expert_selection(c_);
   r.sigmoid = c_.scoring_func == ScoringFunc::Sigmoid;
-  r.top2_groups = c_.topk_method == "noaux_tc";
   r.norm_topk = c_.norm_topk_prob;
   r.scaling = float(c_.routed_scaling_factor);
   r.chosen = b_.chosen;
