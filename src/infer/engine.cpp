@@ -257,16 +257,18 @@ void embed_rows(const MatRef& table, const int32_t* ids, int64_t n, float* out) 
 }
 }  // namespace
 
+void Engine::forward_on_device(int depth, std::span<const Chunk> chunks, const float* h_prev,
+                               LogitsFor which) {
+  rows_ = 0;
+  for (const Chunk& ch : chunks) rows_ += ch.n;
+  gpu_->forward(depth, chunks, h_prev, which, hidden_, logits_, logits_rows_);
+  for (const Chunk& ch : chunks) ch.cache->set_len(ch.cache->len() + ch.n);
+}
+
 void Engine::forward(std::span<const Chunk> chunks, LogitsFor which) {
   check_chunks(chunks, false);
+  if (gpu_) return forward_on_device(0, chunks, nullptr, which);
   const ModelConfig& c = config();
-  if (gpu_) {
-    rows_ = 0;
-    for (const Chunk& ch : chunks) rows_ += ch.n;
-    gpu_->forward(0, chunks, nullptr, which, hidden_, logits_, logits_rows_);
-    for (const Chunk& ch : chunks) ch.cache->set_len(ch.cache->len() + ch.n);
-    return;
-  }
   const int64_t d = c.hidden_size;
   rows_ = 0;
   for (const Chunk& ch : chunks) rows_ += ch.n;
@@ -288,13 +290,7 @@ void Engine::forward_mtp(int depth, std::span<const Chunk> chunks, const float* 
   DSV3_CHECK(depth >= 1 && depth <= mtp_depths(), "MTP depth {} not in the model ({} depths)",
              depth, mtp_depths());
   check_chunks(chunks, true);
-  if (gpu_) {
-    rows_ = 0;
-    for (const Chunk& ch : chunks) rows_ += ch.n;
-    gpu_->forward(depth, chunks, h_prev, which, hidden_, logits_, logits_rows_);
-    for (const Chunk& ch : chunks) ch.cache->set_len(ch.cache->len() + ch.n);
-    return;
-  }
+  if (gpu_) return forward_on_device(depth, chunks, h_prev, which);
   const ModelConfig& c = config();
   const MtpModuleWeights& m = w_->mtp[size_t(depth - 1)];
   const int64_t d = c.hidden_size;

@@ -65,6 +65,9 @@ class Engine {
  private:
   struct Scratch;
   void check_chunks(std::span<const Chunk> chunks, bool mtp) const;
+  // forward / forward_mtp (depth >= 1) on the GPU.
+  void forward_on_device(int depth, std::span<const Chunk> chunks, const float* h_prev,
+                         LogitsFor which);
   void block(const LayerWeights& l, int cache_layer, std::span<const Chunk> chunks, float* x);
   void attention(const AttentionWeights& a, int cache_layer, std::span<const Chunk> chunks,
                  const float* xn, float* out);

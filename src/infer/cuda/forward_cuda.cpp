@@ -20,10 +20,15 @@
 // DSV3_CUDA_GRAPHS=0 turns them off; DSV3_CUDA_SYNC=1 waits after every launch (debugging).
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <set>
 #include <string>
+#include <type_traits>
+#include <vector>
 
 #include "core/device.h"
 #include "infer/cuda/decode_kernels.h"
@@ -200,7 +205,6 @@ class CudaForward final : public DeviceForward {
                std::vector<float>& hidden, std::vector<float>& logits, int& logits_rows) override;
 
  private:
-  struct Work;  // device pointers into the working buffers for the current size
   void upload(WeightUploader& u, const RopeTables& rope);
   DLayer upload_layer(WeightUploader& u, const LayerWeights& l);
   void ensure_capacity(int64_t rows, int64_t chunks);
@@ -219,7 +223,7 @@ class CudaForward final : public DeviceForward {
   // kernel is reported with that kernel's name instead of at the next copy.
   void launch(cudaError_t e, const char* what) {
     check(e, what);
-    if (sync_each_launch_ && !capturing_) check(cudaDeviceSynchronize(), what);
+    if (sync_each_launch_ && !capturing()) check(cudaDeviceSynchronize(), what);
   }
 
   std::shared_ptr<const InferWeights> w_;
@@ -253,11 +257,11 @@ class CudaForward final : public DeviceForward {
 
   cudaStream_t s_ = nullptr;  // the legacy stream, or the capture stream while capturing
   cudaStream_t capture_stream_ = nullptr;
-  bool capturing_ = false;
+  bool capturing() const { return s_ != nullptr; }
   bool graphs_enabled_ = true;
   bool sync_each_launch_ = false;
   std::map<int, cudaGraphExec_t> graphs_;
-  std::map<int, int> direct_runs_;  // one-token passes run without a graph so far, per key
+  std::set<int> run_directly_;  // keys whose one-token pass has run once without a graph
 };
 
 void CudaForward::upload(WeightUploader& u, const RopeTables& rope) {
@@ -353,49 +357,39 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   for (const DMtp& m : mtp_)
     if (m.block.has_shared) width = std::max(width, m.block.shared.gate.rows);
   int64_t widest_in = std::max<int64_t>({2 * d, q_rank, h * dv, width});
+  // One allocation: each buffer's offset is planned first, its pointer set once it exists.
   size_t off = 0;
-  auto take = [&](int64_t count, size_t es) {
-    const size_t o = off;
-    off += align256(size_t(count) * es);
-    return o;
+  std::vector<std::function<void(char*)>> bind;  // sets each pointer from the allocation
+  auto take = [&](auto*& field, int64_t count) {
+    using T = std::remove_reference_t<decltype(*field)>;
+    bind.push_back([&field, at = off](char* base) { field = reinterpret_cast<T*>(base + at); });
+    off += align256(size_t(count) * sizeof(T));
   };
-  struct Plan {
-    size_t x, xn, sub, hidden, last, qa, q, kv_a, qcat, olat, o, g, u, ey, router, gates,
-        emb, cat, h_prev, chosen, xbf;
-  } p{};
-  p.x = take(n * d, 4);
-  p.xn = take(n * d, 4);
-  p.sub = take(n * d, 4);
-  p.hidden = take(n * d, 4);
-  p.last = take(nc * d, 4);
-  p.qa = take(n * std::max<int64_t>(q_rank, 1), 4);
-  p.q = take(n * h * dq, 4);
-  p.kv_a = take(n * wdt, 4);
-  p.qcat = take(n * h * wdt, 4);
-  p.olat = take(n * h * r, 4);
-  p.o = take(n * h * dv, 4);
-  p.g = take(n * width, 4);
-  p.u = take(n * width, 4);
-  p.ey = take(n * k * d, 4);
-  p.router = take(n * std::max<int64_t>(e, 1), 4);
-  p.gates = take(n * std::max<int64_t>(k, 1), 4);
-  p.emb = take(n * d, 4);
-  p.cat = take(n * 2 * d, 4);
-  p.h_prev = take(n * d, 4);
-  p.chosen = take(n * std::max<int64_t>(k, 1), 4);
-  p.xbf = take(n * widest_in, 2);
+  take(b_.x, n * d);
+  take(b_.xn, n * d);
+  take(b_.sub, n * d);
+  take(b_.hidden, n * d);
+  take(b_.last, nc * d);
+  take(b_.qa, n * std::max<int64_t>(q_rank, 1));
+  take(b_.q, n * h * dq);
+  take(b_.kv_a, n * wdt);
+  take(b_.qcat, n * h * wdt);
+  take(b_.olat, n * h * r);
+  take(b_.o, n * h * dv);
+  take(b_.g, n * width);
+  take(b_.u, n * width);
+  take(b_.ey, n * k * d);
+  take(b_.router, n * std::max<int64_t>(e, 1));
+  take(b_.gates, n * std::max<int64_t>(k, 1));
+  take(b_.emb, n * d);
+  take(b_.cat, n * 2 * d);
+  take(b_.h_prev, n * d);
+  take(b_.chosen, n * std::max<int64_t>(k, 1));
+  take(b_.xbf, n * widest_in);
   work_ = DeviceBuffer();  // free the old buffers before the new ones are allocated
   inputs_dev_ = DeviceBuffer();
   work_ = DeviceBuffer(off);
-  char* base = work_.get();
-  auto f = [&](size_t o) { return reinterpret_cast<float*>(base + o); };
-  b_.x = f(p.x), b_.xn = f(p.xn), b_.sub = f(p.sub), b_.hidden = f(p.hidden), b_.last = f(p.last);
-  b_.qa = f(p.qa), b_.q = f(p.q), b_.kv_a = f(p.kv_a);
-  b_.qcat = f(p.qcat), b_.olat = f(p.olat), b_.o = f(p.o), b_.g = f(p.g), b_.u = f(p.u);
-  b_.ey = f(p.ey), b_.router = f(p.router), b_.gates = f(p.gates), b_.emb = f(p.emb);
-  b_.cat = f(p.cat), b_.h_prev = f(p.h_prev);
-  b_.chosen = reinterpret_cast<int32_t*>(base + p.chosen);
-  b_.xbf = reinterpret_cast<uint16_t*>(base + p.xbf);
+  for (const auto& set_pointer : bind) set_pointer(work_.get());
   // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
   inputs_bytes_ = size_t(n) * 8 + size_t(3 * n + nc) * 4;
   inputs_dev_ = DeviceBuffer(inputs_bytes_);
@@ -412,7 +406,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
 
 void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
                          int64_t ldy, bool accumulate) {
-  if (n > kSmallRows && ldx == w.cols && !capturing_) {
+  if (n > kSmallRows && ldx == w.cols && !capturing()) {
     // Prefill: cuBLAS, y = x W^T. Against BF16 weights the activations are rounded to BF16 first.
     cuda::BlasGemm g;
     g.trans_b = true;
@@ -646,7 +640,7 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
           "inference on cuda: uploading the hidden states");
   const bool cache_bf16 = cache_dtype == DType::BF16;
   const int key = depth * 4 + (which == LogitsFor::None ? 0 : 2) + (cache_bf16 ? 1 : 0);
-  if (graphs_enabled_ && n == 1 && nc == 1 && (graphs_.count(key) || direct_runs_[key] > 0)) {
+  if (graphs_enabled_ && n == 1 && nc == 1 && run_directly_.count(key)) {
     // A decode step: replay its graph (captured on the second use).
     auto it = graphs_.find(key);
     if (it == graphs_.end()) {
@@ -655,19 +649,16 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
       check(cudaStreamBeginCapture(capture_stream_, cudaStreamCaptureModeThreadLocal),
             "inference on cuda: graph capture");
       s_ = capture_stream_;
-      capturing_ = true;
       try {
         run(depth, n, nc, which, cache_bf16);
       } catch (...) {
         s_ = nullptr;
-        capturing_ = false;
         cudaStreamEndCapture(capture_stream_, &graph);
         if (graph) cudaGraphDestroy(graph);
         cudaGetLastError();  // the failed capture's error must not surface at a later launch
         throw;
       }
       s_ = nullptr;
-      capturing_ = false;
       const cudaError_t ended = cudaStreamEndCapture(capture_stream_, &graph);
       const cudaError_t inst = ended == cudaSuccess ? cudaGraphInstantiate(&exec, graph, 0) : ended;
       if (graph) cudaGraphDestroy(graph);
@@ -678,7 +669,7 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
     check(cudaGraphLaunch(it->second, nullptr), "inference on cuda: graph launch");
   } else {
     run(depth, n, nc, which, cache_bf16);
-    if (n == 1 && nc == 1) direct_runs_[key]++;
+    if (n == 1 && nc == 1) run_directly_.insert(key);
   }
   hidden.resize(size_t(n * d));
   check(cudaMemcpy(hidden.data(), b_.hidden, size_t(n * d) * 4, cudaMemcpyDeviceToHost),
