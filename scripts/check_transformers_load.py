@@ -26,7 +26,7 @@ import sys
 import tempfile
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from transformers import DeepseekV3ForCausalLM
 from transformers.utils import logging as hf_logging
 
@@ -115,16 +115,16 @@ def main() -> int:
     return 0 if load_ok and run.returncode == 0 else 1
 
 
-def read_safetensors(path):
-    """Tensors of a safetensors file, as torch tensors (float32 for floating types)."""
-    from safetensors.torch import load_file
-    return load_file(path)
+def same_matrix(got, want):
+    """got equals want exactly, as stored or transposed (the fused layout differs by version)."""
+    return any(g.shape == want.shape and torch.equal(g.float(), want.float())
+               for g in (got, got.T))
 
 
 def check_fused_experts(model, ckpt, config):
     """transformers 5 fuses each layer's experts on load (gate_up_proj [E, 2I, D], down_proj
     [E, D, I]): check that expert e's slices are that expert's matrices from the file."""
-    tensors = read_safetensors(os.path.join(ckpt, "model.safetensors"))
+    tensors = load_file(os.path.join(ckpt, "model.safetensors"))
     ok = True
     for i, layer in enumerate(model.model.layers):
         experts = getattr(layer.mlp, "experts", None)
@@ -136,13 +136,8 @@ def check_fused_experts(model, ckpt, config):
             p = f"model.layers.{i}.mlp.experts.{e}."
             want_gu = torch.cat([tensors[p + "gate_proj.weight"], tensors[p + "up_proj.weight"]])
             want_d = tensors[p + "down_proj.weight"]
-            got_gu, got_d = gate_up[e].detach(), down[e].detach()
-            # Either orientation, [2I, D] or its transpose, depending on the version.
-            same_gu = (got_gu.shape == want_gu.shape and torch.equal(got_gu.float(), want_gu.float())) or \
-                      (got_gu.T.shape == want_gu.shape and torch.equal(got_gu.T.float(), want_gu.float()))
-            same_d = (got_d.shape == want_d.shape and torch.equal(got_d.float(), want_d.float())) or \
-                     (got_d.T.shape == want_d.shape and torch.equal(got_d.T.float(), want_d.float()))
-            if not (same_gu and same_d):
+            if not (same_matrix(gate_up[e].detach(), want_gu) and
+                    same_matrix(down[e].detach(), want_d)):
                 print(f"  layer {i} expert {e}: fused weights differ from the file's")
                 ok = False
     print("fused experts:", "match the file" if ok else "DIFFER")
