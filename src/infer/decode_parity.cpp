@@ -14,15 +14,8 @@ namespace dsv3::infer {
 namespace {
 
 double max_rel(const float* got, const Tensor& ref) {
-  double max_diff = 0, max_ref = 0;
-  Tensor r = ref.dtype() == DType::F32 ? ref : ref.to_f32();
-  for (int64_t i = 0; i < r.numel(); ++i) {
-    double d = std::fabs(double(got[i]) - r.f32()[i]);
-    if (std::isnan(d)) return INFINITY;
-    max_diff = std::max(max_diff, d);
-    max_ref = std::max(max_ref, std::fabs(double(r.f32()[i])));
-  }
-  return max_ref > 0 ? max_diff / max_ref : max_diff;
+  const Tensor r = ref.dtype() == DType::F32 ? ref : ref.to_f32();
+  return dsv3::max_rel(got, r.f32(), size_t(r.numel()));
 }
 
 struct DecodeRun {

@@ -14,6 +14,17 @@
 
 namespace dsv3 {
 
+double max_rel(const float* got, const float* ref, size_t n) {
+  double max_diff = 0, max_ref = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = std::fabs(double(got[i]) - ref[i]);
+    if (std::isnan(d)) return INFINITY;
+    max_diff = std::max(max_diff, d);
+    max_ref = std::max(max_ref, std::fabs(double(ref[i])));
+  }
+  return max_ref > 0 ? max_diff / max_ref : max_diff;
+}
+
 namespace {
 
 // Tolerances for a float32 implementation of a float64 reference (fixtures' README).
@@ -36,16 +47,7 @@ struct Tolerances {
 };
 
 double max_rel(const Tensor& got, const Tensor& ref) {
-  double max_diff = 0, max_ref = 0;
-  const float* g = got.f32();
-  const float* r = ref.f32();
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    double d = std::fabs(double(g[i]) - r[i]);
-    if (std::isnan(d)) return INFINITY;  // NaN never passes
-    max_diff = std::max(max_diff, d);
-    max_ref = std::max(max_ref, std::fabs(double(r[i])));
-  }
-  return max_ref > 0 ? max_diff / max_ref : max_diff;
+  return dsv3::max_rel(got.f32(), ref.f32(), size_t(ref.numel()));
 }
 
 double l2_rel(const Tensor& got, const Tensor& ref) {

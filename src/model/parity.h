@@ -31,6 +31,10 @@ struct ParityReport {
 // (bias_after.*).
 // device: where the training step runs (weights, activations, gradients); precision: F32, or
 // BF16 mixed precision (GPU) judged at wider tolerances (parity.cpp, docs/cuda.md).
+// The forward metric of every parity check: max|got - ref| / max|ref| over n values (max|diff|
+// when ref is all zero); a NaN anywhere gives infinity, so it never passes.
+double max_rel(const float* got, const float* ref, size_t n);
+
 ParityReport run_parity(const std::string& fixture_dir, const std::string& dump_path = "",
                         bool with_optimizer = false, Device device = Device::CPU,
                         DType precision = DType::F32);

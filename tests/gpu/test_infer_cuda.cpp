@@ -45,17 +45,6 @@ TEST_P(CudaDecodeFixture, MatchesExpectedLogitsAtTheCpuTolerances) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaDecodeFixture,
                          ::testing::Values("tiny-v3", "tiny-v2lite", "tiny-v3-bf16", "wide-v3-fp8"));
 
-double max_rel(const float* got, const float* ref, size_t n) {
-  double md = 0, mr = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double d = std::fabs(double(got[i]) - ref[i]);
-    if (std::isnan(d)) return INFINITY;
-    md = std::max(md, d);
-    mr = std::max(mr, std::fabs(double(ref[i])));
-  }
-  return md / mr;
-}
-
 // A prompt of 20 tokens (the cuBLAS prefill) then 10 decode steps (the GEMV and, with graphs,
 // the replayed step); every step's logits of the CUDA engine against the CPU engine's.
 std::vector<std::vector<float>> run_steps(Engine& eng, DType cache_dtype) {

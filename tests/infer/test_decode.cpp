@@ -23,17 +23,6 @@ using namespace dsv3::infer;
 
 std::string fixture(const char* name) { return std::string(DSV3_TEST_DATA) + "/reference/" + name; }
 
-double max_rel(const float* got, const float* ref, size_t n) {
-  double md = 0, mr = 0;
-  for (size_t i = 0; i < n; ++i) {
-    double d = std::fabs(double(got[i]) - ref[i]);
-    if (std::isnan(d)) return INFINITY;
-    md = std::max(md, d);
-    mr = std::max(mr, std::fabs(double(ref[i])));
-  }
-  return md / mr;
-}
-
 class DecodeFixture : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(DecodeFixture, TokenByTokenMatchesExpectedLogits) {

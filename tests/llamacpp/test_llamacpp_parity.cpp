@@ -28,6 +28,7 @@
 #include "infer/convert.h"
 #include "infer/engine.h"
 #include "infer/gguf_export.h"
+#include "model/parity.h"
 #include "model/safetensors.h"
 #include "model/weights.h"
 #include "tokenizer/tokenizer.h"
@@ -82,14 +83,7 @@ std::string join(const int32_t* ids, int64_t n) {
 }
 
 double max_rel(const std::vector<float>& got, const float* ref) {
-  double md = 0, mr = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double d = std::fabs(double(got[i]) - ref[i]);
-    if (std::isnan(d)) return INFINITY;
-    md = std::max(md, d);
-    mr = std::max(mr, std::fabs(double(ref[i])));
-  }
-  return md / mr;
+  return dsv3::max_rel(got.data(), ref, got.size());
 }
 
 struct ParityCase {
