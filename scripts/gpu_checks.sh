@@ -11,7 +11,7 @@
 # bench-1b checkpoint). `transformers` loads a checkpoint written by dsv3 (CHECKPOINT, else a
 # random default-small one) with Hugging Face transformers and compares the logits.
 set -uo pipefail
-log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train]}
+log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train ops infer transformers]}
 shift
 stages=("$@")
 [[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench ops infer transformers)
