@@ -1,6 +1,6 @@
-// Causal attention forward on BF16 q, k, v with tensor cores (FlashAttention-2 structure), and
-// the dtype conversions of the float32 fallback. The float32 kernels (attention.cu) stay the
-// path for float32 inputs; this one runs when q, k, v are BF16 (kernels/cuda/dispatch.cpp).
+// Causal attention forward on BF16 q, k, v with tensor cores (FlashAttention-2 structure). The
+// float32 kernels (attention.cu) stay the path for float32 inputs; this one runs when q, k, v
+// are BF16 (kernels/cuda/dispatch.cpp).
 //
 // ---- Launch shape ----
 // grid (ceil(seq / 64), bh), 128 threads. Block x owns query rows m0 = 64 q .. m0 + 63 with
@@ -177,18 +177,6 @@ cudaError_t launch_fwd(const AttentionForwardBf16& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-__global__ void bf16_to_f32_kernel(const bf16* x, float* y, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __bfloat162float(x[i]);
-}
-
-__global__ void f32_to_bf16_kernel(const float* x, bf16* y, int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] = __float2bfloat16_rn(x[i]);
-}
-
 }  // namespace
 
 bool attention_bf16_forward_supported(int64_t qk_dim, int64_t v_dim) {
@@ -216,19 +204,6 @@ cudaError_t attention_forward_bf16(const AttentionForwardBf16& p, cudaStream_t s
     case 3: return launch_fwd<256, 256>(p, stream);
     default: return cudaErrorInvalidValue;
   }
-}
-
-cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, stream>>>(reinterpret_cast<const bf16*>(x), y,
-                                                            n);
-  return cudaGetLastError();
-}
-
-cudaError_t f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
-  f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, reinterpret_cast<bf16*>(y), n);
-  return cudaGetLastError();
 }
 
 }  // namespace dsv3::cuda

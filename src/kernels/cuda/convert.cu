@@ -1,0 +1,39 @@
+// Elementwise dtype conversions between float32 and bfloat16 (round to nearest even), for the
+// float32 fallback of the BF16 kernels and the BF16 operands of cuBLAS. One thread per element,
+// grid-stride.
+#include <cuda_bf16.h>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::cuda {
+namespace {
+
+__global__ void bf16_to_f32_kernel(const __nv_bfloat16* x, float* y, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __bfloat162float(x[i]);
+}
+
+__global__ void f32_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = __float2bfloat16_rn(x[i]);
+}
+
+}  // namespace
+
+cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
+      reinterpret_cast<const __nv_bfloat16*>(x), y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  f32_to_bf16_kernel<<<grid_for(n, 256), 256, 0, stream>>>(x, reinterpret_cast<__nv_bfloat16*>(y), n);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda
