@@ -37,10 +37,17 @@ DType resolve_precision(const std::string& precision, Device device) {
 }
 
 void add_device_option(CLI::App& sub, Device& device) {
-  static const std::map<std::string, Device> kDevices{{"cpu", Device::CPU},
-                                                       {"cuda", Device::CUDA}};
-  sub.add_option("--device", device, "Where the model runs: cpu or cuda (default cpu)")
-      ->transform(CLI::CheckedTransformer(kDevices, CLI::ignore_case));
+  // Parsed by hand: Device is a uint8_t enum, which CLI11's own mapping prints as a raw byte in
+  // the help and in its error message.
+  sub.add_option_function<std::string>(
+         "--device",
+         [&device](const std::string& value) {
+           if (CLI::detail::to_lower(value) == "cpu") device = Device::CPU;
+           else if (CLI::detail::to_lower(value) == "cuda") device = Device::CUDA;
+           else throw CLI::ValidationError("--device", "is cpu or cuda, not '" + value + "'");
+         },
+         "Where the model runs: cpu or cuda (default cpu)")
+      ->type_name("TEXT:{cpu,cuda}");
 }
 }  // namespace dsv3::app
 
