@@ -1,0 +1,870 @@
+// The CPU emulation of CUDA declared in include/cuda_emulation.h and include/cublas_v2.h.
+//
+// Kernels: the blocks of a launch run one after another; the threads of a block run as fibers
+// on one host thread, switching only where a thread waits: at __syncthreads and at
+// warp shuffles. A barrier opens when every thread it needs has arrived; a thread that waits
+// for a barrier no other thread can reach (a shuffle after some lanes returned, __syncthreads
+// in divergent code) fails the launch, and the failure is sticky, as a fault on a GPU is.
+//
+// Memory: device and pinned allocations come from the host heap, recorded by address so that
+// copies, GEMM operands and cudaPointerGetAttributes can be checked against them.
+#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cublas_v2.h"
+#include "cuda_emulation.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define DSV3EMU_ASAN 1
+#endif
+
+namespace dsv3emu {
+
+uint3 g_thread_idx{0, 0, 0}, g_block_idx{0, 0, 0};
+dim3 g_block_dim, g_grid_dim;
+
+namespace {
+
+// ---- errors ----
+
+cudaError_t g_last_error = cudaSuccess;    // returned and cleared by cudaGetLastError
+cudaError_t g_sticky_error = cudaSuccess;  // a failed kernel: every later call reports it
+
+cudaError_t set_error(cudaError_t e) {
+  if (e != cudaSuccess) g_last_error = e;
+  return e;
+}
+
+// A failed kernel: said once on stderr (the only place its reason can go), then sticky.
+void kernel_failed(const std::string& why) {
+  std::fprintf(stderr, "cuda emulation: %s\n", why.c_str());
+  g_sticky_error = g_last_error = cudaErrorLaunchFailure;
+}
+
+// ---- memory ----
+
+enum class Kind { Device, Pinned };
+struct Allocation {
+  size_t bytes;
+  Kind kind;
+};
+std::map<uintptr_t, Allocation> g_allocations;  // by start address
+size_t g_device_bytes = 0;
+constexpr size_t kDeviceMemory = size_t(16) << 30;  // what cudaMemGetInfo reports as total
+
+// The allocation holding [p, p + n), if one does.
+const Allocation* find_allocation(const void* p, size_t n, uintptr_t* start = nullptr) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = g_allocations.upper_bound(a);
+  if (it == g_allocations.begin()) return nullptr;
+  --it;
+  if (a < it->first || a + n > it->first + it->second.bytes) return nullptr;
+  if (start) *start = it->first;
+  return &it->second;
+}
+
+bool is_device(const void* p) {
+  const Allocation* a = find_allocation(p, 1);
+  return a && a->kind == Kind::Device;
+}
+
+// Device bytes [p, p + n) must lie inside one device allocation.
+bool device_range_ok(const void* p, size_t n, const char* what) {
+  const Allocation* a = find_allocation(p, n ? n : 1);
+  if (a && a->kind == Kind::Device) return true;
+  std::fprintf(stderr, "cuda emulation: %s: device range %p + %zu bytes is not inside one device "
+               "allocation\n", what, p, n);
+  return false;
+}
+
+cudaError_t allocate(void** p, size_t n, Kind kind) {
+  if (!p) return set_error(cudaErrorInvalidValue);
+  if (kind == Kind::Device && g_device_bytes + n > kDeviceMemory)
+    return set_error(cudaErrorMemoryAllocation);
+  void* mem = nullptr;
+  if (posix_memalign(&mem, 256, n ? n : 1) != 0) return set_error(cudaErrorMemoryAllocation);
+  // New device memory holds garbage on a GPU: here NaN bytes, so code that reads memory it
+  // never wrote shows it.
+  if (kind == Kind::Device) std::memset(mem, 0xff, n);
+  g_allocations[reinterpret_cast<uintptr_t>(mem)] = {n, kind};
+  if (kind == Kind::Device) g_device_bytes += n;
+  *p = mem;
+  return cudaSuccess;
+}
+
+cudaError_t release(void* p, Kind kind) {
+  if (!p) return cudaSuccess;
+  auto it = g_allocations.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocations.end() || it->second.kind != kind)
+    return set_error(kind == Kind::Device ? cudaErrorInvalidDevicePointer : cudaErrorInvalidValue);
+  if (kind == Kind::Device) g_device_bytes -= it->second.bytes;
+  g_allocations.erase(it);
+  std::free(p);
+  return cudaSuccess;
+}
+
+// ---- streams and graph capture ----
+
+struct Stream {
+  unsigned flags = 0;
+};
+struct Graph {
+  std::vector<std::function<void()>> nodes;  // in the order they were queued
+};
+
+// The capture in progress (one at a time is all the code under test needs).
+struct Capture {
+  cudaStream_t stream = nullptr;
+  bool active = false;
+  bool invalidated = false;
+  Graph* graph = nullptr;
+} g_capture;
+
+// Queues `work` on stream `s`: runs it now, records it into the capture, or refuses it.
+// `synchronous`: an API that waits for the device (not allowed while capturing).
+cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::function<void()> work) {
+  if (g_sticky_error != cudaSuccess) return set_error(g_sticky_error);
+  if (g_capture.active) {
+    if (s == g_capture.stream && !synchronous) {
+      g_capture.graph->nodes.push_back(std::move(work));
+      return cudaSuccess;
+    }
+    // The legacy stream synchronises with every blocking stream, a capturing one included, and
+    // a synchronous call waits for it: both break a capture.
+    if (s == nullptr || synchronous) {
+      std::fprintf(stderr, "cuda emulation: %s on the legacy stream while a stream is being "
+                   "captured: the capture is invalidated\n", what);
+      g_capture.invalidated = true;
+      return set_error(cudaErrorStreamCaptureImplicit);
+    }
+  }
+  work();
+  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+}
+
+// ---- fibers ----
+
+constexpr size_t kStackBytes = size_t(256) << 10;
+constexpr size_t kPage = 4096;
+
+// A fiber stack with an inaccessible guard page below it, so an overflow faults.
+struct FiberStack {
+  char* base = nullptr;
+  FiberStack() {
+    void* m = mmap(nullptr, kStackBytes + kPage, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      std::perror("cuda emulation: fiber stack");
+      std::abort();
+    }
+    mprotect(m, kPage, PROT_NONE);
+    base = static_cast<char*>(m);
+  }
+  ~FiberStack() { munmap(base, kStackBytes + kPage); }
+  FiberStack(const FiberStack&) = delete;
+  FiberStack& operator=(const FiberStack&) = delete;
+  char* stack() const { return base + kPage; }
+};
+
+// Switching between fibers. On x86-64 a few instructions that save and restore the callee-saved
+// registers and the stack pointer: ucontext's swapcontext also saves the signal mask, a system
+// call per switch, which made the emulated tests ten times slower. Elsewhere, ucontext.
+#if defined(__x86_64__)
+extern "C" void dsv3emu_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .globl dsv3emu_switch
+  .type dsv3emu_switch, @function
+dsv3emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size dsv3emu_switch, .-dsv3emu_switch
+  .section .note.GNU-stack,"",@progbits
+  .text
+)");
+
+struct Context {
+  void* sp = nullptr;
+  const void* stack = nullptr;  // its stack's lowest address and size (for AddressSanitizer)
+  size_t stack_bytes = 0;
+};
+// A new fiber's stack, laid out as dsv3emu_switch leaves a suspended one: the control words,
+// six registers, and `entry` as the return address (at a 16-byte boundary, so that `entry`
+// starts with the stack aligned as after a call).
+void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  uint64_t* sp = reinterpret_cast<uint64_t*>(top - 16);  // the return address slot, 16-aligned
+  sp[0] = reinterpret_cast<uint64_t>(entry);
+  sp -= 6;
+  for (int i = 0; i < 6; ++i) sp[i] = 0;  // r15 r14 r13 r12 rbx rbp
+  sp -= 1;
+  const uint32_t mxcsr = 0x1f80, fpu_cw = 0x037f;  // the ABI's initial values
+  sp[0] = uint64_t(mxcsr) | (uint64_t(fpu_cw) << 32);
+  c.sp = sp;
+  c.stack = stack;
+  c.stack_bytes = bytes;
+}
+void raw_switch(Context& from, Context& to) { dsv3emu_switch(&from.sp, to.sp); }
+#else
+struct Context {
+  ucontext_t uc;
+  const void* stack = nullptr;
+  size_t stack_bytes = 0;
+};
+void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  c.stack = stack;
+  c.stack_bytes = bytes;
+  getcontext(&c.uc);
+  c.uc.uc_stack.ss_sp = stack;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+#endif
+
+// AddressSanitizer must be told when the stack changes (it checks accesses against the current
+// stack's bounds). `finished`: `from` never runs again.
+void switch_context(Context& from, Context& to, bool finished = false) {
+#ifdef DSV3EMU_ASAN
+  void* fake_stack = nullptr;
+  __sanitizer_start_switch_fiber(finished ? nullptr : &fake_stack, to.stack, to.stack_bytes);
+  raw_switch(from, to);
+  __sanitizer_finish_switch_fiber(fake_stack, nullptr, nullptr);
+#else
+  (void)finished;
+  raw_switch(from, to);
+#endif
+}
+
+// The scheduler runs on the host thread's own stack (asked once: for the main thread the answer
+// comes from reading /proc/self/maps).
+void set_thread_stack(Context& c) {
+  if (c.stack) return;
+  pthread_attr_t attr;
+  void* addr = nullptr;
+  size_t bytes = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &bytes);
+    pthread_attr_destroy(&attr);
+  }
+  c.stack = addr;
+  c.stack_bytes = bytes;
+}
+
+enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+
+struct Thread {
+  Context ctx;
+  State state = State::Ready;
+  uint3 idx{0, 0, 0};
+  int linear = 0;
+};
+
+struct WarpExchange {
+  uint32_t value[32];
+};
+
+// The block being run.
+struct Block {
+  const char* kernel = "";
+  const std::function<void()>* body = nullptr;
+  std::vector<Thread> threads;
+  std::vector<WarpExchange> warps;
+  std::vector<unsigned char> shared;  // dynamic shared memory
+  int current = -1;
+  bool failed = false;
+  Context scheduler;
+};
+Block g_block;
+std::vector<std::unique_ptr<FiberStack>> g_stacks;
+
+// The running thread returns for good.
+[[noreturn]] void exit_thread() {
+  Thread& t = g_block.threads[size_t(g_block.current)];
+  t.state = State::Done;
+  switch_context(t.ctx, g_block.scheduler, true);
+  std::abort();  // never resumed
+}
+
+void fiber_main() {
+#ifdef DSV3EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);  // the first entry
+#endif
+  (*g_block.body)();
+  exit_thread();
+}
+
+// The running thread waits in `state` until the scheduler releases it.
+void wait_as(State state) {
+  Thread& t = g_block.threads[size_t(g_block.current)];
+  t.state = state;
+  switch_context(t.ctx, g_block.scheduler);
+  if (g_block.failed) exit_thread();  // the launch failed while this thread waited
+}
+
+std::string where(const Thread& t) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "block (%u, %u, %u) thread (%u, %u, %u)", g_block_idx.x,
+                g_block_idx.y, g_block_idx.z, t.idx.x, t.idx.y, t.idx.z);
+  return buf;
+}
+
+void fail_block(const std::string& why) {
+  g_block.failed = true;
+  kernel_failed(std::string("kernel ") + g_block.kernel + ": " + why);
+}
+
+// Runs every thread of the current block to completion (or to the launch's failure).
+void run_block() {
+  std::vector<Thread>& ts = g_block.threads;
+  const int n = int(ts.size());
+  const int warps = (n + 31) / 32;
+  for (int i = 0; i < n; ++i) {
+    Thread& t = ts[size_t(i)];
+    t.state = State::Ready;
+    make_context(t.ctx, g_stacks[size_t(i)]->stack(), kStackBytes, fiber_main);
+  }
+  for (;;) {
+    for (int i = 0; i < n; ++i) {
+      Thread& t = ts[size_t(i)];
+      if (t.state != State::Ready) continue;
+      g_block.current = i;
+      g_thread_idx = t.idx;
+      switch_context(g_block.scheduler, t.ctx);
+      if (g_block.failed) break;
+    }
+    if (g_block.failed) break;
+    bool released = false;
+    // A warp barrier opens when all 32 lanes wait at it.
+    for (int w = 0; w < warps; ++w) {
+      const int lo = w * 32, hi = std::min(n, lo + 32);
+      int waiting = 0;
+      for (int i = lo; i < hi; ++i) waiting += ts[size_t(i)].state == State::AtWarpBarrier;
+      if (waiting == 0) continue;
+      if (hi - lo < 32) {
+        fail_block("a shuffle in a warp of " + std::to_string(hi - lo) + " threads (the block "
+                   "size is not a multiple of 32)");
+        break;
+      }
+      if (waiting == 32) {
+        for (int i = lo; i < hi; ++i) ts[size_t(i)].state = State::Ready;
+        released = true;
+      }
+    }
+    if (g_block.failed) break;
+    int done = 0, at_block = 0;
+    for (const Thread& t : ts) {
+      done += t.state == State::Done;
+      at_block += t.state == State::AtBlockBarrier;
+    }
+    if (done == n) break;
+    if (!released && at_block == n - done && at_block > 0) {
+      if (done > 0) {
+        fail_block("__syncthreads reached by " + std::to_string(at_block) + " threads while " +
+                   std::to_string(done) + " have returned");
+        break;
+      }
+      for (Thread& t : ts) t.state = State::Ready;
+      released = true;
+    }
+    if (!released) {  // threads wait at barriers no one else can reach
+      for (const Thread& t : ts) {
+        if (t.state == State::AtWarpBarrier) {
+          fail_block("a shuffle at " + where(t) + " waits for lanes of its warp that returned "
+                     "or wait elsewhere");
+          break;
+        }
+      }
+      if (!g_block.failed) fail_block("threads wait at different barriers (divergent __syncthreads)");
+      break;
+    }
+  }
+  if (g_block.failed) {
+    // Let every suspended fiber leave through wait_as; their stacks are reused afterwards.
+    for (int i = 0; i < n; ++i) {
+      Thread& t = ts[size_t(i)];
+      if (t.state == State::Done || t.state == State::Ready) continue;
+      g_block.current = i;
+      switch_context(g_block.scheduler, t.ctx);
+    }
+  }
+}
+
+void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<void()>& body) {
+  const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
+  g_block.kernel = name;
+  g_block.body = &body;
+  g_block.failed = false;
+  g_block.threads.assign(size_t(n), Thread{});
+  g_block.warps.assign(size_t((n + 31) / 32), WarpExchange{});
+  while (g_stacks.size() < size_t(n)) g_stacks.push_back(std::make_unique<FiberStack>());
+  for (int i = 0; i < n; ++i) {
+    Thread& t = g_block.threads[size_t(i)];
+    t.linear = i;
+    t.idx = {unsigned(i) % cfg.block.x, (unsigned(i) / cfg.block.x) % cfg.block.y,
+             unsigned(i) / (cfg.block.x * cfg.block.y)};
+  }
+  set_thread_stack(g_block.scheduler);
+  g_block_dim = cfg.block;
+  g_grid_dim = cfg.grid;
+  for (unsigned z = 0; z < cfg.grid.z && !g_block.failed; ++z)
+    for (unsigned y = 0; y < cfg.grid.y && !g_block.failed; ++y)
+      for (unsigned x = 0; x < cfg.grid.x && !g_block.failed; ++x) {
+        g_block_idx = {x, y, z};
+        // Dynamic shared memory starts as garbage on a GPU: NaN bytes here.
+        g_block.shared.assign(cfg.shared, 0xff);
+        run_block();
+      }
+  g_block.current = -1;
+}
+
+}  // namespace
+
+void sync_block() {
+  if (g_block.current < 0) {
+    std::fprintf(stderr, "cuda emulation: __syncthreads outside a kernel\n");
+    std::abort();
+  }
+  wait_as(State::AtBlockBarrier);
+}
+
+uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane, int width,
+                       const char* what) {
+  if (g_block.current < 0) {
+    std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
+    std::abort();
+  }
+  const Thread& t = g_block.threads[size_t(g_block.current)];
+  if (mask != 0xffffffffu || width != 32) {
+    fail_block(std::string(what) + " at " + where(t) +
+               ": only full-warp shuffles (mask 0xffffffff, width 32) are emulated");
+    exit_thread();
+  }
+  const int lane = t.linear % 32;
+  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  w.value[lane] = mine;
+  wait_as(State::AtWarpBarrier);  // every lane has written
+  const int src = (xor_lane ? (lane ^ lane_arg) : lane_arg) & 31;
+  const uint32_t got = w.value[src];
+  wait_as(State::AtWarpBarrier);  // every lane has read: the slots may be written again
+  return got;
+}
+
+void* dynamic_shared_base() { return g_block.shared.data(); }
+
+void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
+
+void enqueue_kernel(const char* name, const LaunchConfig& cfg, std::function<void()> body) {
+  const uint64_t threads = uint64_t(cfg.block.x) * cfg.block.y * cfg.block.z;
+  // The limits of every GPU dsv3 targets (compute capability 8.0 and later); dynamic shared
+  // memory beyond 48 KiB needs an opt-in these kernels do not make.
+  if (threads == 0 || threads > 1024 || cfg.block.z > 64 || cfg.grid.x == 0 || cfg.grid.y == 0 ||
+      cfg.grid.z == 0 || cfg.grid.x > 0x7fffffffu || cfg.grid.y > 65535 || cfg.grid.z > 65535 ||
+      cfg.shared > 48 * 1024) {
+    std::fprintf(stderr, "cuda emulation: kernel %s: invalid launch grid (%u, %u, %u) block "
+                 "(%u, %u, %u) shared %zu bytes\n", name, cfg.grid.x, cfg.grid.y, cfg.grid.z,
+                 cfg.block.x, cfg.block.y, cfg.block.z, cfg.shared);
+    set_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  submit(cfg.stream, false, name,
+         [name, cfg, body = std::move(body)] { run_kernel(name, cfg, body); });
+}
+
+}  // namespace dsv3emu
+
+using namespace dsv3emu;
+
+// ---- runtime API ----
+
+cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 1;
+  return cudaSuccess;
+}
+cudaError_t cudaDriverGetVersion(int* v) {
+  *v = 13000;
+  return cudaSuccess;
+}
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = g_last_error;
+  g_last_error = g_sticky_error;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+  }
+  return "cudaErrorUnknown";
+}
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorLaunchFailure: return "unspecified launch failure (emulated kernel failed)";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    default: return cudaGetErrorName(e);
+  }
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  if (g_capture.active) {
+    g_capture.invalidated = true;
+    return set_error(cudaErrorStreamCaptureUnsupported);
+  }
+  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  *free_bytes = kDeviceMemory - g_device_bytes;
+  *total_bytes = kDeviceMemory;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMalloc(void** p, size_t n) {
+  if (g_capture.active) {  // not a stream-ordered call: not allowed in a thread-local capture
+    g_capture.invalidated = true;
+    return set_error(cudaErrorStreamCaptureUnsupported);
+  }
+  return allocate(p, n, Kind::Device);
+}
+cudaError_t cudaFree(void* p) {
+  if (g_capture.active) {
+    g_capture.invalidated = true;
+    return set_error(cudaErrorStreamCaptureUnsupported);
+  }
+  return release(p, Kind::Device);
+}
+cudaError_t cudaMallocHost(void** p, size_t n) { return allocate(p, n, Kind::Pinned); }
+cudaError_t cudaFreeHost(void* p) { return release(p, Kind::Pinned); }
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
+  if (g_capture.active && s == g_capture.stream) {
+    std::fprintf(stderr, "cuda emulation: cudaMallocAsync inside a capture is not emulated\n");
+    return set_error(cudaErrorNotSupported);
+  }
+  return allocate(p, n, Kind::Device);
+}
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  return submit(s, false, "cudaFreeAsync", [p] { release(p, Kind::Device); });
+}
+
+namespace {
+
+// Checks one side of a copy: device memory where the kind says device, host memory (not a
+// device allocation) where it says host.
+bool copy_side_ok(const void* p, size_t n, bool device, const char* what) {
+  if (device) return device_range_ok(p, n, what);
+  if (is_device(p)) {
+    std::fprintf(stderr, "cuda emulation: %s: %p is device memory where the copy kind says host\n",
+                 what, p);
+    return false;
+  }
+  return true;
+}
+
+// The extent in bytes of `rows` rows of `width` bytes, `pitch` apart.
+size_t pitched_extent(size_t pitch, size_t width, size_t rows) {
+  return rows == 0 ? 0 : pitch * (rows - 1) + width;
+}
+
+cudaError_t copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                   size_t height, cudaMemcpyKind kind, cudaStream_t s, bool synchronous,
+                   const char* what) {
+  if (width == 0 || height == 0) return cudaSuccess;
+  if (dpitch < width || spitch < width) return set_error(cudaErrorInvalidValue);
+  bool dst_dev, src_dev;
+  switch (kind) {
+    case cudaMemcpyHostToHost: dst_dev = src_dev = false; break;
+    case cudaMemcpyHostToDevice: dst_dev = true, src_dev = false; break;
+    case cudaMemcpyDeviceToHost: dst_dev = false, src_dev = true; break;
+    case cudaMemcpyDeviceToDevice: dst_dev = src_dev = true; break;
+    default: dst_dev = is_device(dst), src_dev = is_device(src); break;
+  }
+  if (!copy_side_ok(dst, pitched_extent(dpitch, width, height), dst_dev, what) ||
+      !copy_side_ok(src, pitched_extent(spitch, width, height), src_dev, what))
+    return set_error(cudaErrorInvalidValue);
+  return submit(s, synchronous, what, [=] {
+    for (size_t r = 0; r < height; ++r)
+      std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch,
+                   width);
+  });
+}
+
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind) {
+  return copy2d(dst, n, src, n, n, 1, kind, nullptr, true, "cudaMemcpy");
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind,
+                            cudaStream_t s) {
+  return copy2d(dst, n, src, n, n, 1, kind, s, false, "cudaMemcpyAsync");
+}
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                         size_t height, cudaMemcpyKind kind) {
+  return copy2d(dst, dpitch, src, spitch, width, height, kind, nullptr, true, "cudaMemcpy2D");
+}
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s) {
+  if (n == 0) return cudaSuccess;
+  if (!device_range_ok(p, n, "cudaMemsetAsync")) return set_error(cudaErrorInvalidValue);
+  return submit(s, false, "cudaMemsetAsync", [=] { std::memset(p, value, n); });
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  *attr = {};
+  const Allocation* a = find_allocation(p, 1);
+  if (!a) return cudaSuccess;  // an ordinary host pointer: "unregistered", not an error
+  attr->type = a->kind == Kind::Device ? cudaMemoryTypeDevice : cudaMemoryTypeHost;
+  attr->devicePointer = const_cast<void*>(p);
+  if (a->kind == Kind::Pinned) attr->hostPointer = const_cast<void*>(p);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
+  *s = reinterpret_cast<cudaStream_t>(new Stream{flags});
+  return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  delete reinterpret_cast<Stream*>(s);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (g_capture.active && s == g_capture.stream) {
+    g_capture.invalidated = true;
+    return set_error(cudaErrorStreamCaptureUnsupported);
+  }
+  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+}
+
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
+  if (s == nullptr || g_capture.active) return set_error(cudaErrorStreamCaptureUnsupported);
+  g_capture = {s, true, false, new Graph};
+  return cudaSuccess;
+}
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  if (!g_capture.active || s != g_capture.stream) return set_error(cudaErrorInvalidValue);
+  Graph* g = g_capture.graph;
+  const bool invalidated = g_capture.invalidated;
+  g_capture = {};
+  if (invalidated) {
+    delete g;
+    *graph = nullptr;
+    return set_error(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = reinterpret_cast<cudaGraph_t>(g);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+  if (!graph) return set_error(cudaErrorInvalidValue);
+  *exec = reinterpret_cast<cudaGraphExec_t>(new Graph(*reinterpret_cast<Graph*>(graph)));
+  return cudaSuccess;
+}
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
+  if (!exec) return set_error(cudaErrorInvalidResourceHandle);
+  const Graph* g = reinterpret_cast<const Graph*>(exec);
+  return submit(s, false, "cudaGraphLaunch", [g] {
+    for (const auto& node : g->nodes) {
+      if (g_sticky_error != cudaSuccess) return;
+      node();
+    }
+  });
+}
+cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  delete reinterpret_cast<Graph*>(graph);
+  return cudaSuccess;
+}
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  delete reinterpret_cast<Graph*>(exec);
+  return cudaSuccess;
+}
+
+namespace {
+struct Event {
+  std::chrono::steady_clock::time_point at;
+};
+}  // namespace
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) {
+  *e = reinterpret_cast<cudaEvent_t>(new Event);
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete reinterpret_cast<Event*>(e);
+  return cudaSuccess;
+}
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  return submit(s, false, "cudaEventRecord",
+                [e] { reinterpret_cast<Event*>(e)->at = std::chrono::steady_clock::now(); });
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t) {
+  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
+  *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<Event*>(stop)->at -
+                                                 reinterpret_cast<Event*>(start)->at)
+            .count();
+  return cudaSuccess;
+}
+
+// ---- cuBLAS ----
+
+struct cublasContext {
+  cudaStream_t stream = nullptr;
+};
+
+namespace {
+
+float load(const void* p, cudaDataType t, int64_t i) {
+  if (t == CUDA_R_16BF) return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
+  return static_cast<const float*>(p)[i];
+}
+
+void store(void* p, cudaDataType t, int64_t i, float v) {
+  if (t == CUDA_R_16BF) static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v);
+  else static_cast<float*>(p)[i] = v;
+}
+
+size_t type_bytes(cudaDataType t) { return t == CUDA_R_16BF ? 2 : 4; }
+
+// Bytes spanned by a column-major rows x cols matrix with leading dimension ld.
+size_t matrix_bytes(int64_t rows, int64_t cols, int64_t ld, cudaDataType t) {
+  if (rows == 0 || cols == 0) return 0;
+  return size_t((cols - 1) * ld + rows) * type_bytes(t);
+}
+
+// Checks what cuBLAS checks (sizes, leading dimensions, types), and that each operand lies in
+// device memory; then queues the batched product on the handle's stream.
+cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                    int k, const void* alpha, const void* A, cudaDataType at, int lda,
+                    long long sa, const void* B, cudaDataType bt, int ldb, long long sb,
+                    const void* beta, void* C, cudaDataType ct, int ldc, long long sc, int batch,
+                    cublasComputeType_t compute, const char* what) {
+  if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+  if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, a_rows) ||
+      ldb < std::max(1, b_rows) || ldc < std::max(1, m)) {
+    std::fprintf(stderr, "cuda emulation: %s: invalid sizes m=%d n=%d k=%d lda=%d ldb=%d ldc=%d\n",
+                 what, m, n, k, lda, ldb, ldc);
+    return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  if (at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
+      (ct != CUDA_R_32F && ct != CUDA_R_16BF) || compute != CUBLAS_COMPUTE_32F)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  for (int i = 0; i < batch; ++i) {
+    const char* ai = static_cast<const char*>(A) + i * sa * int64_t(type_bytes(at));
+    const char* bi = static_cast<const char*>(B) + i * sb * int64_t(type_bytes(bt));
+    const char* ci = static_cast<const char*>(C) + i * sc * int64_t(type_bytes(ct));
+    if ((k > 0 && (!device_range_ok(ai, matrix_bytes(a_rows, a_cols, lda, at), what) ||
+                   !device_range_ok(bi, matrix_bytes(b_rows, b_cols, ldb, bt), what))) ||
+        !device_range_ok(ci, matrix_bytes(m, n, ldc, ct), what))
+      return CUBLAS_STATUS_INVALID_VALUE;
+  }
+  const cudaError_t e = submit(h->stream, false, what, [=] {
+    for (int i = 0; i < batch; ++i) {
+      const char* ai = static_cast<const char*>(A) + i * sa * int64_t(type_bytes(at));
+      const char* bi = static_cast<const char*>(B) + i * sb * int64_t(type_bytes(bt));
+      char* ci = static_cast<char*>(C) + i * sc * int64_t(type_bytes(ct));
+      for (int64_t col = 0; col < n; ++col)
+        for (int64_t row = 0; row < m; ++row) {
+          float acc = 0.0f;
+          for (int64_t l = 0; l < k; ++l) {
+            const float a = load(ai, at, ta == CUBLAS_OP_N ? row + l * lda : l + row * lda);
+            const float b = load(bi, bt, tb == CUBLAS_OP_N ? l + col * ldb : col + l * ldb);
+            acc = fmaf(a, b, acc);
+          }
+          const int64_t ic = row + col * ldc;
+          store(ci, ct, ic, be == 0.0f ? al * acc : al * acc + be * load(ci, ct, ic));
+        }
+    }
+  });
+  return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+}  // namespace
+
+extern "C" {
+
+cublasStatus_t cublasCreate_v2(cublasHandle_t* handle) {
+  *handle = new cublasContext;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasDestroy_v2(cublasHandle_t handle) {
+  delete handle;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetStream_v2(cublasHandle_t handle, cudaStream_t stream) {
+  if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
+  handle->stream = stream;
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSetMathMode(cublasHandle_t handle, cublasMath_t) {
+  return handle ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
+                            cublasOperation_t transb, int m, int n, int k, const void* alpha,
+                            const void* A, cudaDataType Atype, int lda, const void* B,
+                            cudaDataType Btype, int ldb, const void* beta, void* C,
+                            cudaDataType Ctype, int ldc, cublasComputeType_t computeType,
+                            cublasGemmAlgo_t) {
+  return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, 0, B, Btype, ldb, 0, beta, C,
+              Ctype, ldc, 0, 1, computeType, "cublasGemmEx");
+}
+cublasStatus_t cublasGemmStridedBatchedEx(
+    cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
+    const void* alpha, const void* A, cudaDataType Atype, int lda, long long strideA,
+    const void* B, cudaDataType Btype, int ldb, long long strideB, const void* beta, void* C,
+    cudaDataType Ctype, int ldc, long long strideC, int batchCount,
+    cublasComputeType_t computeType, cublasGemmAlgo_t) {
+  return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, strideA, B, Btype, ldb,
+              strideB, beta, C, Ctype, ldc, strideC, batchCount, computeType,
+              "cublasGemmStridedBatchedEx");
+}
+
+}  // extern "C"

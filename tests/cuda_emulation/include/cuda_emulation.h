@@ -1,0 +1,230 @@
+#pragma once
+// A CPU emulation of the small part of CUDA that dsv3's inference kernels and their host code
+// use: the kernel language (threadIdx, __shared__, __syncthreads, warp shuffles, bfloat16), the
+// runtime (device memory, copies, streams, events, graph capture) and the two cuBLAS GEMMs.
+//
+// Why: the GPU inference path (src/infer/cuda/) is tested on a GPU by dsv3_gpu_tests, but a
+// GPU is not always at hand; built against these headers instead of the toolkit's, the same
+// sources and the same tests (tests/gpu/test_infer_cuda.cpp) run on the CPU in every test run.
+// It checks the code's logic (indexing, launch shapes, the host-side plan, graph capture rules,
+// cuBLAS argument rules, copies within their allocations) and runs every block's threads as
+// fibers, so shared memory, barriers and shuffles behave as on a GPU for code without data
+// races. It does not check speed, races, the memory model or the GPU's own rounding of expf.
+//
+// Semantics kept strict where a GPU is undefined or fails:
+// - a shuffle needs all 32 lanes of the warp at the same shuffle (a full mask), and
+//   __syncthreads every live thread of the block; otherwise the launch fails (sticky error);
+// - new device memory is filled with 0xFF bytes (NaN as floats), not zeros;
+// - copies and GEMM operands must lie inside one device allocation;
+// - a launch, copy or GEMM on the legacy stream while a stream is being captured invalidates
+//   the capture; synchronous copies and allocations during a capture do too.
+// Work runs when it is queued (one host thread, in order), a valid order for any stream.
+#include <math.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+// ---- the kernel language ----
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__
+#define __shared__ static  // one block runs at a time: a static is the block's shared memory
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+struct uint3 {
+  unsigned x, y, z;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(8) float2 {
+  float x, y;
+};
+
+namespace dsv3emu {
+extern uint3 g_thread_idx, g_block_idx;
+extern dim3 g_block_dim, g_grid_dim;
+void sync_block();
+uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane, int width,
+                       const char* what);
+void* dynamic_shared_base();
+void clear_sticky_error();  // for the emulation's own tests of failing launches
+template <typename T>
+T* dynamic_shared() {
+  return static_cast<T*>(dynamic_shared_base());
+}
+}  // namespace dsv3emu
+
+#define threadIdx (static_cast<const uint3&>(::dsv3emu::g_thread_idx))
+#define blockIdx (static_cast<const uint3&>(::dsv3emu::g_block_idx))
+#define blockDim (static_cast<const dim3&>(::dsv3emu::g_block_dim))
+#define gridDim (static_cast<const dim3&>(::dsv3emu::g_grid_dim))
+
+inline void __syncthreads() { ::dsv3emu::sync_block(); }
+
+inline uint32_t __float_as_uint(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, 4);
+  return u;
+}
+inline float __uint_as_float(uint32_t u) {
+  float f;
+  __builtin_memcpy(&f, &u, 4);
+  return f;
+}
+inline int __float_as_int(float f) { return int(__float_as_uint(f)); }
+inline float __int_as_float(int i) { return __uint_as_float(uint32_t(i)); }
+
+// Shuffles: lane `src` (or lane ^ xor_mask) of the warp, all 32 lanes taking part.
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask, int width = 32) {
+  return __uint_as_float(
+      ::dsv3emu::warp_exchange(mask, __float_as_uint(v), lane_mask, true, width, "__shfl_xor_sync"));
+}
+inline int __shfl_xor_sync(unsigned mask, int v, int lane_mask, int width = 32) {
+  return int(::dsv3emu::warp_exchange(mask, uint32_t(v), lane_mask, true, width, "__shfl_xor_sync"));
+}
+inline float __shfl_sync(unsigned mask, float v, int src_lane, int width = 32) {
+  return __uint_as_float(
+      ::dsv3emu::warp_exchange(mask, __float_as_uint(v), src_lane, false, width, "__shfl_sync"));
+}
+inline int __shfl_sync(unsigned mask, int v, int src_lane, int width = 32) {
+  return int(::dsv3emu::warp_exchange(mask, uint32_t(v), src_lane, false, width, "__shfl_sync"));
+}
+
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline float __expf(float x) { return expf(x); }
+inline float __fdividef(float a, float b) { return a / b; }
+
+// ---- bfloat16 (cuda_bf16.h) ----
+struct __nv_bfloat16 {
+  uint16_t x;
+};
+inline float __bfloat162float(__nv_bfloat16 b) { return __uint_as_float(uint32_t(b.x) << 16); }
+inline __nv_bfloat16 __float2bfloat16_rn(float f) {
+  const uint32_t u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {uint16_t((u >> 16) | 0x40)};  // NaN stays NaN
+  return {uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};                  // nearest even
+}
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.x; }
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
+
+// ---- the runtime (cuda_runtime_api.h) ----
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
+  cudaErrorInvalidDevicePointer = 17,
+  cudaErrorNoDevice = 100,
+  cudaErrorInvalidResourceHandle = 400,
+  cudaErrorLaunchFailure = 719,
+  cudaErrorNotSupported = 801,
+  cudaErrorStreamCaptureUnsupported = 900,
+  cudaErrorStreamCaptureInvalidated = 901,
+  cudaErrorStreamCaptureImplicit = 906,
+};
+enum cudaMemcpyKind {
+  cudaMemcpyHostToHost = 0,
+  cudaMemcpyHostToDevice = 1,
+  cudaMemcpyDeviceToHost = 2,
+  cudaMemcpyDeviceToDevice = 3,
+  cudaMemcpyDefault = 4,
+};
+enum cudaMemoryType {
+  cudaMemoryTypeUnregistered = 0,
+  cudaMemoryTypeHost = 1,
+  cudaMemoryTypeDevice = 2,
+  cudaMemoryTypeManaged = 3,
+};
+struct cudaPointerAttributes {
+  cudaMemoryType type;
+  int device;
+  void* devicePointer;
+  void* hostPointer;
+};
+enum cudaStreamCaptureMode {
+  cudaStreamCaptureModeGlobal = 0,
+  cudaStreamCaptureModeThreadLocal = 1,
+  cudaStreamCaptureModeRelaxed = 2,
+};
+constexpr unsigned cudaStreamNonBlocking = 0x01;
+
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+struct CUevent_st;
+using cudaEvent_t = CUevent_st*;
+struct CUgraph_st;
+using cudaGraph_t = CUgraph_st*;
+struct CUgraphExec_st;
+using cudaGraphExec_t = CUgraphExec_st*;
+
+cudaError_t cudaGetDeviceCount(int* n);
+cudaError_t cudaDriverGetVersion(int* v);
+cudaError_t cudaGetLastError();
+cudaError_t cudaPeekAtLastError();
+const char* cudaGetErrorName(cudaError_t e);
+const char* cudaGetErrorString(cudaError_t e);
+cudaError_t cudaDeviceSynchronize();
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes);
+cudaError_t cudaMalloc(void** p, size_t n);
+cudaError_t cudaFree(void* p);
+cudaError_t cudaMallocHost(void** p, size_t n);
+cudaError_t cudaFreeHost(void* p);
+cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s);
+cudaError_t cudaFreeAsync(void* p, cudaStream_t s);
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind,
+                            cudaStream_t s = nullptr);
+cudaError_t cudaMemcpy2D(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                         size_t height, cudaMemcpyKind kind);
+cudaError_t cudaMemsetAsync(void* p, int value, size_t n, cudaStream_t s = nullptr);
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p);
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags);
+cudaError_t cudaStreamDestroy(cudaStream_t s);
+cudaError_t cudaStreamSynchronize(cudaStream_t s);
+cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph);
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags = 0);
+cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s);
+cudaError_t cudaGraphDestroy(cudaGraph_t graph);
+cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec);
+cudaError_t cudaEventCreate(cudaEvent_t* e);
+cudaError_t cudaEventDestroy(cudaEvent_t e);
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
+cudaError_t cudaEventSynchronize(cudaEvent_t e);
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
+
+// ---- kernel launches ----
+// tests/cuda_emulation/rewrite_launches.cmake turns `kernel<<<grid, block, smem, stream>>>(args)`
+// into `::dsv3emu::launch("kernel", kernel, {grid, block, smem, stream}, args)`.
+namespace dsv3emu {
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  size_t shared = 0;
+  cudaStream_t stream = nullptr;
+};
+void enqueue_kernel(const char* name, const LaunchConfig& cfg, std::function<void()> body);
+
+template <typename... P, typename... A>
+void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&... args) {
+  static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong argument count");
+  // The arguments are copied at launch, converted to the parameter types, as CUDA does.
+  std::tuple<std::decay_t<P>...> params{static_cast<std::decay_t<P>>(std::forward<A>(args))...};
+  enqueue_kernel(name, cfg, [kernel, params]() { std::apply(kernel, params); });
+}
+}  // namespace dsv3emu

@@ -1,0 +1,17 @@
+# Turns a .cu file into C++ for the CPU emulation of CUDA (include/cuda_emulation.h):
+#   name<<<grid, block, shared, stream>>>(args)  ->  ::dsv3emu::launch("name", name, {grid, block, shared, stream}, args)
+#   extern __shared__ T name[];                  ->  T* const name = ::dsv3emu::dynamic_shared<T>();
+# and includes the emulated runtime first, as nvcc includes cuda_runtime.h.
+# Usage: cmake -DIN=file.cu -DOUT=file.cpp -P rewrite_launches.cmake
+file(READ "${IN}" text)
+string(REGEX REPLACE
+       "([A-Za-z_][A-Za-z0-9_:]*(<[^<>;]*>)?)<<<([^;]*)>>>\\("
+       "::dsv3emu::launch(\"\\1\", \\1, {\\3}, " text "${text}")
+string(REGEX REPLACE
+       "extern __shared__ ([A-Za-z_][A-Za-z0-9_:]*) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
+       "\\1* const \\2 = ::dsv3emu::dynamic_shared<\\1>();" text "${text}")
+if(text MATCHES "<<<|>>>\\(")
+  message(FATAL_ERROR "${IN}: a kernel launch the emulation's rewrite does not understand")
+endif()
+file(WRITE "${OUT}.tmp" "// Generated from ${IN} by tests/cuda_emulation/rewrite_launches.cmake.\n#include <cuda_runtime.h>\n#line 1 \"${IN}\"\n${text}")
+file(RENAME "${OUT}.tmp" "${OUT}")

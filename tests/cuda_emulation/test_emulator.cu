@@ -1,0 +1,223 @@
+// The CPU emulation of CUDA itself (tests/cuda_emulation): barriers, shuffles and shared memory
+// behave as on a GPU, misuse fails the launch instead of passing unnoticed, and the runtime
+// enforces the rules the GPU code depends on (capture, copies within allocations, cuBLAS
+// arguments). The GPU inference tests that run on top of it are only as good as this.
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+struct Buffer {
+  void* p = nullptr;
+  explicit Buffer(size_t bytes) { EXPECT_EQ(cudaMalloc(&p, bytes), cudaSuccess); }
+  ~Buffer() { cudaFree(p); }
+  float* f() const { return static_cast<float*>(p); }
+};
+
+// ---- kernels under test ----
+
+// Block-wide reversal through shared memory: wrong without the barrier.
+__global__ void reverse_kernel(const float* x, float* y) {
+  __shared__ float tile[256];
+  tile[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  y[threadIdx.x] = tile[blockDim.x - 1 - threadIdx.x];
+}
+
+// Warp sums by butterfly shuffles, one per warp.
+__global__ void warp_sum_kernel(const float* x, float* y) {
+  float v = x[blockIdx.x * blockDim.x + threadIdx.x];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  if (threadIdx.x % 32 == 0) y[(blockIdx.x * blockDim.x + threadIdx.x) / 32] = v;
+}
+
+// Lanes 16..31 return before the shuffle: undefined on a GPU, a failed launch here.
+__global__ void divergent_shuffle_kernel(float* y) {
+  if (threadIdx.x % 32 >= 16) return;
+  y[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+}
+
+// Half the block skips the barrier.
+__global__ void divergent_barrier_kernel(float* y) {
+  if (threadIdx.x < 32) __syncthreads();
+  y[threadIdx.x] = 1.0f;
+}
+
+__global__ void dynamic_shared_kernel(float* y) {
+  extern __shared__ float buf[];
+  buf[threadIdx.x] = float(threadIdx.x);
+  __syncthreads();
+  y[blockIdx.x * blockDim.x + threadIdx.x] = buf[(threadIdx.x + 1) % blockDim.x] + blockIdx.x;
+}
+
+__global__ void fill_kernel(float* y, float v) { y[threadIdx.x] = v; }
+
+// Clears the sticky error a failed launch leaves (a GPU would need a new process).
+void reset_errors() { dsv3emu::clear_sticky_error(); }
+
+TEST(CudaEmulation, BarrierOrdersSharedMemory) {
+  Buffer x(256 * 4), y(256 * 4);
+  std::vector<float> h(256), out(256);
+  for (int i = 0; i < 256; ++i) h[size_t(i)] = float(i);
+  ASSERT_EQ(cudaMemcpy(x.p, h.data(), 1024, cudaMemcpyHostToDevice), cudaSuccess);
+  reverse_kernel<<<1, 256>>>(x.f(), y.f());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(out.data(), y.p, 1024, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int i = 0; i < 256; ++i) EXPECT_EQ(out[size_t(i)], float(255 - i));
+}
+
+TEST(CudaEmulation, ShufflesExchangeWithinAWarp) {
+  Buffer x(128 * 2 * 4), y(8 * 4);
+  std::vector<float> h(256), out(8);
+  for (int i = 0; i < 256; ++i) h[size_t(i)] = float(i % 7) + float(i / 32) * 100.0f;
+  ASSERT_EQ(cudaMemcpy(x.p, h.data(), 1024, cudaMemcpyHostToDevice), cudaSuccess);
+  warp_sum_kernel<<<2, 128>>>(x.f(), y.f());
+  ASSERT_EQ(cudaMemcpy(out.data(), y.p, 32, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int w = 0; w < 8; ++w) {
+    float want = 0.0f;
+    for (int l = 0; l < 32; ++l) want += h[size_t(w * 32 + l)];
+    EXPECT_EQ(out[size_t(w)], want) << "warp " << w;
+  }
+}
+
+TEST(CudaEmulation, DynamicSharedMemoryIsPerBlock) {
+  Buffer y(3 * 64 * 4);
+  dynamic_shared_kernel<<<3, 64, 64 * sizeof(float)>>>(y.f());
+  std::vector<float> out(3 * 64);
+  ASSERT_EQ(cudaMemcpy(out.data(), y.p, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int b = 0; b < 3; ++b)
+    for (int t = 0; t < 64; ++t) EXPECT_EQ(out[size_t(b * 64 + t)], float((t + 1) % 64 + b));
+}
+
+TEST(CudaEmulation, MisusedShuffleOrBarrierFailsTheLaunch) {
+  Buffer y(64 * 4);
+  divergent_shuffle_kernel<<<1, 64>>>(y.f());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  EXPECT_EQ(cudaMemcpy(y.p, y.p, 4, cudaMemcpyDeviceToDevice), cudaErrorLaunchFailure);  // sticky
+  reset_errors();
+  divergent_barrier_kernel<<<1, 64>>>(y.f());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  reset_errors();
+}
+
+TEST(CudaEmulation, InvalidLaunchShapesAreRefused) {
+  Buffer y(64 * 4);
+  fill_kernel<<<dim3(1, 70000), 32>>>(y.f(), 1.0f);  // grid y beyond 65535
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  fill_kernel<<<1, 2048>>>(y.f(), 1.0f);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  fill_kernel<<<1, 32, 64 * 1024>>>(y.f(), 1.0f);  // dynamic shared memory beyond 48 KiB
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // not sticky
+}
+
+TEST(CudaEmulation, NewDeviceMemoryIsNotZero) {
+  Buffer y(16);
+  float h[4];
+  ASSERT_EQ(cudaMemcpy(h, y.p, 16, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (float v : h) EXPECT_TRUE(std::isnan(v));
+}
+
+TEST(CudaEmulation, CopiesMustStayInsideAnAllocation) {
+  Buffer y(64);
+  std::vector<char> h(128);
+  EXPECT_EQ(cudaMemcpy(y.p, h.data(), 65, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(h.data(), static_cast<char*>(y.p) + 8, 64, cudaMemcpyDeviceToHost),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(h.data(), h.data() + 64, 8, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(y.p, h.data(), 64, cudaMemcpyHostToDevice), cudaSuccess);
+  cudaPointerAttributes a{};
+  ASSERT_EQ(cudaPointerGetAttributes(&a, static_cast<char*>(y.p) + 63), cudaSuccess);
+  EXPECT_EQ(a.type, cudaMemoryTypeDevice);
+  ASSERT_EQ(cudaPointerGetAttributes(&a, h.data()), cudaSuccess);
+  EXPECT_EQ(a.type, cudaMemoryTypeUnregistered);
+  cudaGetLastError();
+}
+
+TEST(CudaEmulation, CaptureRecordsAndReplays) {
+  Buffer y(32 * 4);
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  fill_kernel<<<1, 32, 0, s>>>(y.f(), 7.0f);
+  float h[32];
+  EXPECT_EQ(cudaMemcpy(h, y.p, 4, cudaMemcpyDeviceToHost), cudaErrorStreamCaptureImplicit);
+  cudaGraph_t g = nullptr;
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated)
+      << "a synchronous copy during a capture must invalidate it";
+  cudaGetLastError();
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  fill_kernel<<<1, 32, 0, s>>>(y.f(), 7.0f);
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+  cudaGraphDestroy(g);
+  ASSERT_EQ(cudaMemcpy(h, y.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_TRUE(std::isnan(h[0])) << "captured work must not run at capture";
+  ASSERT_EQ(cudaGraphLaunch(exec, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(h, y.p, 128, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (float v : h) EXPECT_EQ(v, 7.0f);
+  // Work on the legacy stream during a capture breaks it.
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  fill_kernel<<<1, 32>>>(y.f(), 1.0f);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorStreamCaptureImplicit);
+  EXPECT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+  cudaGetLastError();
+  cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(s);
+}
+
+// Column-major cuBLAS semantics against a direct loop, with transposes, leading dimensions
+// larger than the rows, beta, and BF16 operands.
+TEST(CudaEmulation, GemmExFollowsCublasConventions) {
+  cublasHandle_t h = nullptr;
+  ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+  const int m = 5, n = 3, k = 4, lda = 7, ldb = 6, ldc = 8;
+  // op(A) = A^T: A stored k x m (lda >= k); op(B) = B: stored k x n (ldb >= k).
+  std::vector<float> a(size_t(lda * m)), b(size_t(ldb * n)), c(size_t(ldc * n), 1.0f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = float(int(i % 5) - 2);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = float(int(i % 3) + 1);
+  Buffer da(a.size() * 4), db(b.size() * 4), dc(c.size() * 4);
+  cudaMemcpy(da.p, a.data(), a.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(db.p, b.data(), b.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(dc.p, c.data(), c.size() * 4, cudaMemcpyHostToDevice);
+  const float alpha = 2.0f, beta = 0.5f;
+  ASSERT_EQ(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.p, CUDA_R_32F, lda, db.p,
+                         CUDA_R_32F, ldb, &beta, dc.p, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_SUCCESS);
+  std::vector<float> got(c.size());
+  cudaMemcpy(got.data(), dc.p, got.size() * 4, cudaMemcpyDeviceToHost);
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      float want = 0.0f;
+      for (int l = 0; l < k; ++l) want += a[size_t(l + i * lda)] * b[size_t(l + j * ldb)];
+      EXPECT_FLOAT_EQ(got[size_t(i + j * ldc)], alpha * want + beta * 1.0f) << i << "," << j;
+    }
+  EXPECT_EQ(got[size_t(m)], 1.0f) << "rows past m within ldc are not written";
+  // A leading dimension too small for the operand, and an operand past its allocation.
+  EXPECT_EQ(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.p, CUDA_R_32F, k - 1,
+                         db.p, CUDA_R_32F, ldb, &beta, dc.p, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_INVALID_VALUE);
+  EXPECT_EQ(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.p, CUDA_R_32F, lda + 1,
+                         db.p, CUDA_R_32F, ldb, &beta, dc.p, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_INVALID_VALUE);
+  cudaGetLastError();
+  cublasDestroy(h);
+}
+
+TEST(CudaEmulation, Bfloat16RoundsToNearestEven) {
+  EXPECT_EQ(__bfloat16_as_ushort(__float2bfloat16_rn(1.0f)), 0x3f80);
+  // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.0.
+  EXPECT_EQ(__bfloat16_as_ushort(__float2bfloat16_rn(1.00390625f)), 0x3f80);
+  EXPECT_EQ(__bfloat16_as_ushort(__float2bfloat16_rn(1.01171875f)), 0x3f82);  // 1 + 3 * 2^-8
+  EXPECT_TRUE(std::isnan(__bfloat162float(__float2bfloat16_rn(NAN))));
+}
+
+}  // namespace
