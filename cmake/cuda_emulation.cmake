@@ -36,7 +36,8 @@ target_compile_options(dsv3emu PRIVATE -Wno-unknown-pragmas)
 target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 
 add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
-                              ${DSV3_EMU_test_emulator})
+                              ${DSV3_EMU_test_emulator}
+                              ${DSV3_EMU_DIR}/test_decode_launches.cpp)
 target_link_libraries(dsv3_emu_tests PRIVATE dsv3emu GTest::gtest GTest::gtest_main)
 target_compile_options(dsv3_emu_tests PRIVATE -Wno-unknown-pragmas)
 target_compile_definitions(dsv3_emu_tests PRIVATE DSV3_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data")

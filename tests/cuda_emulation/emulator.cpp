@@ -422,7 +422,10 @@ void run_block() {
   }
 }
 
+uint64_t g_kernels_run = 0;
+
 void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<void()>& body) {
+  ++g_kernels_run;
   const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
   g_block.kernel = name;
   g_block.body = &body;
@@ -485,6 +488,8 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 void* dynamic_shared_base() { return g_block.shared.data(); }
 
 void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
+
+uint64_t kernels_run() { return g_kernels_run; }
 
 void enqueue_kernel(const char* name, const LaunchConfig& cfg, std::function<void()> body) {
   const uint64_t threads = uint64_t(cfg.block.x) * cfg.block.y * cfg.block.z;

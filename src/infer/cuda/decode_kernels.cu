@@ -52,11 +52,59 @@ __device__ __forceinline__ void load8(const void* w, int64_t i, float (&out)[8])
   }
 }
 
+// The warp's sums of one weight row against R input rows: lane-strided over the row, eight
+// weights per step on the vector path. The order of the fmaf chain depends only on `in`, so a
+// row's sum is the same whatever R.
 template <int R, bool kVec, bool kBf16>
+__device__ __forceinline__ void row_dots(const void* w, int64_t wbase, int64_t in,
+                                         const float* const (&xr)[R], int lane, float (&acc)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) acc[r] = 0.0f;
+  if constexpr (kVec) {
+    for (int64_t k = int64_t(lane) * 8; k < in; k += 32 * 8) {
+      float wv[8];
+      load8<kBf16>(w, wbase + k, wv);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float4 a = *reinterpret_cast<const float4*>(xr[r] + k);
+        const float4 b = *reinterpret_cast<const float4*>(xr[r] + k + 4);
+        acc[r] = fmaf(wv[0], a.x, acc[r]);
+        acc[r] = fmaf(wv[1], a.y, acc[r]);
+        acc[r] = fmaf(wv[2], a.z, acc[r]);
+        acc[r] = fmaf(wv[3], a.w, acc[r]);
+        acc[r] = fmaf(wv[4], b.x, acc[r]);
+        acc[r] = fmaf(wv[5], b.y, acc[r]);
+        acc[r] = fmaf(wv[6], b.z, acc[r]);
+        acc[r] = fmaf(wv[7], b.w, acc[r]);
+      }
+    }
+  } else {
+    for (int64_t k = lane; k < in; k += 32) {
+      const float wv = load_weight<kBf16>(w, wbase + k);
+#pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] = fmaf(wv, xr[r][k], acc[r]);
+    }
+  }
+}
+
+// silu(g) * u: one expression for the fused GEMV and swiglu_rows, so that a decode step and a
+// prefill give the same value for the same sums.
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+template <int R, bool kVec, bool kBf16, bool kSwiGlu>
 __global__ void gemv_kernel(Gemv p) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
-  if (o >= p.out) return;  // whole warps: no block-wide synchronisation below
+  int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  if (o >= p.out + p.second.out) return;  // whole warps: no block-wide synchronisation below
+  const void* wsel = p.w;
+  float* ysel = p.y;
+  int64_t ldy = p.ldy;
+  if (o >= p.out) {  // the second matrix's rows
+    o -= p.out;
+    wsel = p.second.w;
+    ysel = p.second.y;
+    ldy = p.second.ldy;
+  }
   int64_t wrow = o, xoff = 0;
   if (p.group > 0) {
     const int64_t g = o / p.group;
@@ -66,45 +114,24 @@ __global__ void gemv_kernel(Gemv p) {
   const int64_t wbase = wrow * p.in;
   // Row blocks beyond the grid's y range (65535) are taken in turn.
   for (int64_t r0 = int64_t(blockIdx.y) * R; r0 < p.rows; r0 += int64_t(gridDim.y) * R) {
-    const void* w = p.table ? p.table[p.table_idx[r0]] : p.w;  // R == 1 with a table
+    const void* w = p.table ? p.table[p.table_idx[r0]] : wsel;  // R == 1 with a table
     const int nr = int(p.rows - r0 < R ? p.rows - r0 : R);
     const float* xr[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) xr[r] = p.x + ((r0 + (r < nr ? r : 0)) / p.x_row_div) * p.ldx + xoff;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.0f;
-    if constexpr (kVec) {
-      for (int64_t k = int64_t(lane) * 8; k < p.in; k += 32 * 8) {
-        float wv[8];
-        load8<kBf16>(w, wbase + k, wv);
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const float4 a = *reinterpret_cast<const float4*>(xr[r] + k);
-          const float4 b = *reinterpret_cast<const float4*>(xr[r] + k + 4);
-          acc[r] = fmaf(wv[0], a.x, acc[r]);
-          acc[r] = fmaf(wv[1], a.y, acc[r]);
-          acc[r] = fmaf(wv[2], a.z, acc[r]);
-          acc[r] = fmaf(wv[3], a.w, acc[r]);
-          acc[r] = fmaf(wv[4], b.x, acc[r]);
-          acc[r] = fmaf(wv[5], b.y, acc[r]);
-          acc[r] = fmaf(wv[6], b.z, acc[r]);
-          acc[r] = fmaf(wv[7], b.w, acc[r]);
-        }
-      }
-    } else {
-      for (int64_t k = lane; k < p.in; k += 32) {
-        const float wv = load_weight<kBf16>(w, wbase + k);
-#pragma unroll
-        for (int r = 0; r < R; ++r) acc[r] = fmaf(wv, xr[r][k], acc[r]);
-      }
+    float acc[R], up[R];
+    row_dots<R, kVec, kBf16>(w, wbase, p.in, xr, lane, acc);
+    if constexpr (kSwiGlu) {
+      const void* wu = p.up_table ? p.up_table[p.table_idx[r0]] : p.up;
+      row_dots<R, kVec, kBf16>(wu, wbase, p.in, xr, lane, up);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (r >= nr) break;  // nr is the same for the whole warp
-      const float sum = warp_sum(acc[r]);
+      float sum = warp_sum(acc[r]);
+      if constexpr (kSwiGlu) sum = silu_times(sum, warp_sum(up[r]));
       if (lane == 0) {
-        float* y = p.y + (r0 + r) * p.ldy + o;
+        float* y = ysel + (r0 + r) * ldy + o;
         *y = p.accumulate ? *y + sum : sum;
       }
     }
@@ -114,14 +141,15 @@ __global__ void gemv_kernel(Gemv p) {
 // Blocks along y (at most 65535; kernels loop over the rest).
 unsigned y_blocks(int64_t n) { return unsigned(n < 1 ? 1 : n > 65535 ? 65535 : n); }
 
-template <int R>
+template <int R, bool kSwiGlu>
 cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
-  const dim3 grid(unsigned((p.out + kGemvWarps - 1) / kGemvWarps), y_blocks((p.rows + R - 1) / R));
+  const int64_t outputs = p.out + p.second.out;
+  const dim3 grid(unsigned((outputs + kGemvWarps - 1) / kGemvWarps), y_blocks((p.rows + R - 1) / R));
   const dim3 block(kGemvWarps * 32);
-  if (vec && p.w_bf16) gemv_kernel<R, true, true><<<grid, block, 0, s>>>(p);
-  else if (vec) gemv_kernel<R, true, false><<<grid, block, 0, s>>>(p);
-  else if (p.w_bf16) gemv_kernel<R, false, true><<<grid, block, 0, s>>>(p);
-  else gemv_kernel<R, false, false><<<grid, block, 0, s>>>(p);
+  if (vec && p.w_bf16) gemv_kernel<R, true, true, kSwiGlu><<<grid, block, 0, s>>>(p);
+  else if (vec) gemv_kernel<R, true, false, kSwiGlu><<<grid, block, 0, s>>>(p);
+  else if (p.w_bf16) gemv_kernel<R, false, true, kSwiGlu><<<grid, block, 0, s>>>(p);
+  else gemv_kernel<R, false, false, kSwiGlu><<<grid, block, 0, s>>>(p);
   return cudaGetLastError();
 }
 
@@ -162,16 +190,10 @@ __global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w,
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
 }
 
-__global__ void add_kernel(float* y, const float* x, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    y[i] += x[i];
-}
-
 __global__ void swiglu_kernel(float* g, const float* u, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
-    g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    g[i] = silu_times(g[i], u[i]);
 }
 
 // Row r's layer of its cache: [capacity, width] values of 2 (bf16) or 4 bytes.
@@ -356,14 +378,13 @@ __global__ void route_kernel(Route p) {
   for (int j = 0; j < p.select.k; ++j) gates[j] *= scale;
 }
 
-__global__ void combine_kernel(const float* y, const float* gates, int k, int64_t dim, float* out,
-                               bool accumulate) {
+__global__ void combine_kernel(const float* y, const float* gates, int k, int64_t dim,
+                               const float* shared, float* residual) {
   const int64_t t = blockIdx.x;
-  float* o = out + t * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = accumulate ? o[i] : 0.0f;
+    float v = shared ? shared[t * dim + i] : 0.0f;
     for (int j = 0; j < k; ++j) v += gates[t * k + j] * y[(t * k + j) * dim + i];
-    o[i] = v;
+    residual[t * dim + i] += v;
   }
 }
 
@@ -376,14 +397,22 @@ __global__ void gather_kernel(const float* src, const int32_t* idx, int64_t dim,
 }  // namespace
 
 cudaError_t gemv(const Gemv& p, cudaStream_t s) {
-  if (p.rows == 0 || p.out == 0) return cudaSuccess;
+  if (p.rows == 0 || p.out + p.second.out == 0) return cudaSuccess;
+  const bool has_table = p.table != nullptr;
+  if (p.second.out > 0 && (has_table || p.group > 0 || p.swiglu)) return cudaErrorInvalidValue;
+  if (p.swiglu && (p.group > 0 || has_table != (p.up_table != nullptr) ||
+                   (!has_table && p.up == nullptr)))
+    return cudaErrorInvalidValue;
   // The vector path reads 8 weights and 8 inputs per lane step: every weight row and input row
   // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so).
   bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x);
-  if (p.table == nullptr) vec = vec && aligned16(p.w);  // table entries: cudaMalloc'd, aligned
+  // Table entries are cudaMalloc'd (aligned); plain matrices are checked.
+  if (!has_table) vec = vec && aligned16(p.w) && (!p.swiglu || aligned16(p.up)) &&
+                        (p.second.out == 0 || aligned16(p.second.w));
   // A row's sum is the same fmaf chain whatever R, so the choice never changes a result.
-  if (p.table != nullptr || p.rows < 4) return launch_gemv<1>(p, vec, s);
-  return launch_gemv<4>(p, vec, s);
+  const bool one_row = has_table || p.rows < 4;
+  if (p.swiglu) return one_row ? launch_gemv<1, true>(p, vec, s) : launch_gemv<4, true>(p, vec, s);
+  return one_row ? launch_gemv<1, false>(p, vec, s) : launch_gemv<4, false>(p, vec, s);
 }
 
 cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
@@ -397,12 +426,6 @@ cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t ro
                          float eps, float* y, int64_t ldy, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
   rmsnorm_rows_kernel<<<unsigned(rows), 256, 0, s>>>(x, ldx, w, dim, eps, y, ldy);
-  return cudaGetLastError();
-}
-
-cudaError_t add_rows(float* y, const float* x, int64_t n, cudaStream_t s) {
-  if (n == 0) return cudaSuccess;
-  add_kernel<<<grid_for(n, 256), 256, 0, s>>>(y, x, n);
   return cudaGetLastError();
 }
 
@@ -452,9 +475,9 @@ cudaError_t route(const Route& p, cudaStream_t s) {
 }
 
 cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
-                            float* out, bool accumulate, cudaStream_t s) {
+                            const float* shared, float* residual, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, gates, k, dim, out, accumulate);
+  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, gates, k, dim, shared, residual);
   return cudaGetLastError();
 }
 

@@ -21,6 +21,17 @@ namespace dsv3::infer::gpu {
 // Grouped outputs (group > 0): output o = g * group + i reads weight row
 // g * w_group_stride + w_group_offset + i and the input columns from g * x_group_stride: per-head
 // products such as MLA's value up-projection out of kv_b.
+// SwiGLU (swiglu): W is the gate and `up` (or up_table[table_idx[r]]) the up projection, both
+// [out, in]; y[r, o] = silu(g) * u of the two sums, in one launch (the FFN's first half).
+// A second matrix (second.out > 0): outputs out .. out + second.out - 1 are second.w's rows,
+// written to second.y with its own leading dimension: two products of one input in one launch
+// (MLA's q_a and kv_a). Not combined with a table, groups or SwiGLU.
+struct GemvSecond {
+  const void* w = nullptr;
+  int64_t out = 0;
+  float* y = nullptr;
+  int64_t ldy = 0;
+};
 struct Gemv {
   const float* x = nullptr;
   int64_t ldx = 0;
@@ -35,6 +46,10 @@ struct Gemv {
   bool accumulate = false;
   int64_t rows = 0, out = 0;
   int64_t group = 0, w_group_stride = 0, w_group_offset = 0, x_group_stride = 0;
+  bool swiglu = false;
+  const void* up = nullptr;
+  const void* const* up_table = nullptr;
+  GemvSecond second;
 };
 cudaError_t gemv(const Gemv& p, cudaStream_t s);
 
@@ -46,7 +61,6 @@ cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t rows, int64_t dim,
                          float eps, float* y, int64_t ldy, cudaStream_t s);
 
-cudaError_t add_rows(float* y, const float* x, int64_t n, cudaStream_t s);  // y += x
 cudaError_t swiglu_rows(float* g, const float* u, int64_t n, cudaStream_t s);  // g = silu(g) u
 
 // Where each row's latent cache is: cache_base[r] is its cache's data ([layers, capacity[r],
@@ -111,9 +125,11 @@ struct Route {
 };
 cudaError_t route(const Route& p, cudaStream_t s);
 
-// out[t, :] (= or +=) sum over j < k, in order, of gates[t, j] * y[t * k + j, :].
+// The MoE layer's output added to the residual stream: residual[t, :] += v, where
+// v = shared[t, :] (the shared experts' output; zeros when null) plus, in order over j < k,
+// gates[t, j] * y[t * k + j, :].
 cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
-                            float* out, bool accumulate, cudaStream_t s);
+                            const float* shared, float* residual, cudaStream_t s);
 
 // dst[i, :] = src[idx[i], :] for i < n; rows of `dim` floats.
 cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,

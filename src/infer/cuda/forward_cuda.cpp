@@ -12,6 +12,9 @@
 // experts always take the GEMV with a per-row expert table (each row reads the expert the
 // router chose for it, activations in float32: in a prefill the CPU rounds them to BF16 where
 // an expert has more than kSmallRows rows), so no routing count ever comes back to the host.
+// On the GEMV path gate, up and SwiGLU are one launch, q_a and kv_a another, and the output
+// projections add into the residual stream themselves: a decode step is launch-bound on small
+// models (tests/cuda_emulation/test_decode_launches.cpp counts them).
 //
 // CUDA graphs: a one-token pass of one sequence (a decode step) is the same launches at every
 // position, so it is captured once per (depth, logits or not, cache dtype) and replayed; the
@@ -215,8 +218,13 @@ class CudaForward final : public DeviceForward {
   void run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, bool cache_bf16);
   void block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16);
   void attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16);
-  void ffn(const DFfn& f, const float* x, int64_t n, float* out);
+  // out (= or +=) the FFN f of x [n, D].
+  void ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate);
   void moe(const DLayer& l, int64_t n);
+  // cuBLAS (prefill) or the GEMV (up to kSmallRows rows, and inside a capture).
+  bool use_blas(int64_t n, int64_t ldx, const DMat& w) const {
+    return n > kSmallRows && ldx == w.cols && !capturing();
+  }
   void linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y, int64_t ldy,
               bool accumulate = false);
   // DSV3_CUDA_SYNC=1: wait after every launch outside graph capture, so that a fault inside a
@@ -406,7 +414,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
 
 void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
                          int64_t ldy, bool accumulate) {
-  if (n > kSmallRows && ldx == w.cols && !capturing()) {
+  if (use_blas(n, ldx, w)) {
     // Prefill: cuBLAS, y = x W^T. Against BF16 weights the activations are rounded to BF16 first.
     cuda::BlasGemm g;
     g.trans_b = true;
@@ -443,12 +451,29 @@ void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, 
   launch(gpu::gemv(p, s_), "inference on cuda: gemv");
 }
 
-void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out) {
+void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate) {
   const int64_t d = c_.hidden_size, width = f.gate.rows;
-  linear(x, n, d, f.gate, b_.g, width);
-  linear(x, n, d, f.up, b_.u, width);
-  launch(gpu::swiglu_rows(b_.g, b_.u, n * width, s_), "inference on cuda: swiglu");
-  linear(b_.g, n, width, f.down, out, d);
+  if (use_blas(n, d, f.gate)) {
+    linear(x, n, d, f.gate, b_.g, width);
+    linear(x, n, d, f.up, b_.u, width);
+    launch(gpu::swiglu_rows(b_.g, b_.u, n * width, s_), "inference on cuda: swiglu");
+  } else {  // gate, up and SwiGLU in one launch
+    DSV3_CHECK(f.up.bf16 == f.gate.bf16, "inference on cuda: gate and up of different dtypes");
+    gpu::Gemv p;
+    p.x = x;
+    p.ldx = d;
+    p.w = f.gate.p;
+    p.up = f.up.p;
+    p.swiglu = true;
+    p.w_bf16 = f.gate.bf16;
+    p.in = d;
+    p.y = b_.g;
+    p.ldy = width;
+    p.rows = n;
+    p.out = width;
+    launch(gpu::gemv(p, s_), "inference on cuda: gate/up gemv");
+  }
+  linear(b_.g, n, width, f.down, out, d, accumulate);
 }
 
 void CudaForward::moe(const DLayer& l, int64_t n) {
@@ -466,31 +491,40 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   r.chosen = b_.chosen;
   r.gates = b_.gates;
   launch(gpu::route(r, s_), "inference on cuda: router");
-  // Shared experts write the output; the routed experts' weighted rows are added to it.
-  if (l.has_shared) ffn(l.shared, b_.xn, n, b_.sub);
-  auto expert_gemv = [&](const float* x, int64_t ldx, int div, const void* const* table,
-                         int64_t in, int64_t out, float* y) {
-    gpu::Gemv p;
-    p.x = x;
-    p.ldx = ldx;
-    p.x_row_div = div;
-    p.table = table;
-    p.table_idx = b_.chosen;
-    p.w_bf16 = l.experts_bf16;
-    p.in = in;
-    p.y = y;
-    p.ldy = out;
-    p.rows = n * k;
-    p.out = out;
-    launch(gpu::gemv(p, s_), "inference on cuda: expert gemv");
-  };
+  // The shared experts' output, to which the routed experts' weighted rows are added.
+  if (l.has_shared) ffn(l.shared, b_.xn, n, b_.sub, false);
   // Row t * K + j of the routed products is token t's j-th expert.
-  expert_gemv(b_.xn, d, int(k), l.gate_table, d, width, b_.g);
-  expert_gemv(b_.xn, d, int(k), l.up_table, d, width, b_.u);
-  launch(gpu::swiglu_rows(b_.g, b_.u, n * k * width, s_), "inference on cuda: swiglu");
-  expert_gemv(b_.g, width, 1, l.down_table, width, d, b_.ey);
-  launch(gpu::combine_experts(b_.ey, b_.gates, n, int(k), d, b_.sub, l.has_shared, s_),
-         "inference on cuda: expert combine");
+  gpu::Gemv p;
+  p.table_idx = b_.chosen;
+  p.w_bf16 = l.experts_bf16;
+  p.rows = n * k;
+  // Gate, up and SwiGLU: [n * K, width].
+  p.x = b_.xn;
+  p.ldx = d;
+  p.x_row_div = int(k);
+  p.table = l.gate_table;
+  p.up_table = l.up_table;
+  p.swiglu = true;
+  p.in = d;
+  p.y = b_.g;
+  p.ldy = width;
+  p.out = width;
+  launch(gpu::gemv(p, s_), "inference on cuda: expert gate/up gemv");
+  // Down: [n * K, D].
+  p.x = b_.g;
+  p.ldx = width;
+  p.x_row_div = 1;
+  p.table = l.down_table;
+  p.up_table = nullptr;
+  p.swiglu = false;
+  p.in = width;
+  p.y = b_.ey;
+  p.ldy = d;
+  p.out = d;
+  launch(gpu::gemv(p, s_), "inference on cuda: expert down gemv");
+  launch(gpu::combine_experts(b_.ey, b_.gates, n, int(k), d, l.has_shared ? b_.sub : nullptr,
+                              b_.x, s_),
+         "inference on cuda: expert combine and residual");
 }
 
 void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16) {
@@ -500,14 +534,30 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   const float eps = float(c_.rms_norm_eps);
   if (c_.q_lora_rank) {
     const int64_t qr = *c_.q_lora_rank;
-    linear(b_.xn, n, d, a.q_a, b_.qa, qr);
+    if (use_blas(n, d, a.q_a) || a.q_a.bf16 != a.kv_a.bf16) {
+      linear(b_.xn, n, d, a.q_a, b_.qa, qr);
+      linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
+    } else {  // q_a and kv_a read the same input: one launch
+      gpu::Gemv p;
+      p.x = b_.xn;
+      p.ldx = d;
+      p.w = a.q_a.p;
+      p.w_bf16 = a.q_a.bf16;
+      p.in = d;
+      p.y = b_.qa;
+      p.ldy = qr;
+      p.rows = n;
+      p.out = qr;
+      p.second = {a.kv_a.p, w, b_.kv_a, w};
+      launch(gpu::gemv(p, s_), "inference on cuda: q_a/kv_a gemv");
+    }
     launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
            "inference on cuda: q norm");
     linear(b_.qa, n, qr, a.q_b, b_.q, h * dq);
   } else {
     linear(b_.xn, n, d, a.q_proj, b_.q, h * dq);
+    linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
   }
-  linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
   gpu::CacheRows cache;
   cache.base = b_.cache_base;
   cache.capacity = b_.capacity;
@@ -548,19 +598,18 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   uv.w_group_offset = dn;
   uv.x_group_stride = r;
   launch(gpu::gemv(uv, s_), "inference on cuda: value up-projection");
-  linear(b_.o, n, h * dv, a.o, b_.sub, d);
+  linear(b_.o, n, h * dv, a.o, b_.x, d, /*accumulate=*/true);  // the residual add
 }
 
 void CudaForward::block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16) {
   const int64_t d = c_.hidden_size;
   const float eps = float(c_.rms_norm_eps);
+  // Each half adds its output to the residual stream x inside its last launch.
   launch(gpu::rmsnorm_rows(b_.x, d, l.input_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
   attention(l.attn, cache_layer, n, cache_bf16);
-  launch(gpu::add_rows(b_.x, b_.sub, n * d, s_), "inference on cuda: residual");
   launch(gpu::rmsnorm_rows(b_.x, d, l.post_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
   if (l.moe) moe(l, n);
-  else ffn(l.dense, b_.xn, n, b_.sub);
-  launch(gpu::add_rows(b_.x, b_.sub, n * d, s_), "inference on cuda: residual");
+  else ffn(l.dense, b_.xn, n, b_.x, /*accumulate=*/true);
 }
 
 // The launches of one pass, after its inputs are on the device.
@@ -584,6 +633,8 @@ void CudaForward::run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, b
   }
   launch(gpu::rmsnorm_rows(b_.x, d, final_norm, n, d, eps, b_.hidden, d, s_), "inference on cuda: norm");
   if (which == LogitsFor::All) {
+    linear(b_.hidden, n, d, lm_head_, b_.logits, v);
+  } else if (which == LogitsFor::Last && n == n_chunks) {  // every row is its chunk's last
     linear(b_.hidden, n, d, lm_head_, b_.logits, v);
   } else if (which == LogitsFor::Last) {
     launch(gpu::gather_rows(b_.hidden, b_.last_rows, n_chunks, d, b_.last, s_), "inference on cuda: gather");

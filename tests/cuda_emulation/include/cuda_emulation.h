@@ -62,6 +62,7 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
                        const char* what);
 void* dynamic_shared_base();
 void clear_sticky_error();  // for the emulation's own tests of failing launches
+uint64_t kernels_run();     // kernel executions so far (graph replays included)
 template <typename T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_base());

@@ -1,0 +1,50 @@
+// How many kernels one decode step launches on the GPU engine, counted on the CUDA emulation.
+// At batch 1 a small model's decode step is bound by launches, not bytes (about a microsecond
+// per kernel even from a CUDA graph), so the count is a property worth pinning: a change that
+// adds launches to the step has to change the formula below, on purpose.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "infer/engine.h"
+
+namespace dsv3::infer {
+namespace {
+
+// Per layer, attention: norm, q_a with kv_a, q norm, q_b, latent write, query absorption,
+// latent attention, value up-projection, output projection with the residual add (9; without
+// q_lora_rank: q_proj and kv_a separately, no q norm, 8). The FFN half: norm, then dense:
+// gate/up/SwiGLU, down with the residual (3); MoE: router, selection, shared gate/up/SwiGLU,
+// shared down, routed gate/up/SwiGLU, routed down, combine with the residual (8, 6 without
+// shared experts). Around the layers: embedding, final norm, lm_head.
+int64_t expected_launches(const ModelConfig& c) {
+  const int64_t layers = c.num_hidden_layers, dense = c.first_k_dense_replace;
+  const int64_t attention = c.q_lora_rank ? 9 : 8;
+  const int64_t moe = 1 + (c.n_shared_experts > 0 ? 7 : 5);
+  return 1 + layers * attention + dense * 3 + (layers - dense) * moe + 2;
+}
+
+TEST(CudaDecodeLaunches, OneStepIsTheFusedSequence) {
+  for (const char* name : {"tiny-v3", "tiny-v2lite"}) {
+    SCOPED_TRACE(name);
+    auto w = InferWeights::load(std::string(DSV3_TEST_DATA) + "/reference/" + name, Precision::F32);
+    Engine eng(w, Device::CUDA);
+    LatentCache cache = eng.make_cache(16, DType::F32);
+    const int32_t prompt[3] = {5, 6, 7};
+    Chunk pre{&cache, prompt, 3};
+    eng.forward({&pre, 1}, LogitsFor::Last);
+    // Step 1 runs directly, step 2 is captured and replayed, step 3 replays.
+    for (int step = 1; step <= 3; ++step) {
+      const int32_t t = 8;
+      Chunk ch{&cache, &t, 1};
+      const uint64_t before = dsv3emu::kernels_run();
+      eng.forward({&ch, 1}, LogitsFor::Last);
+      EXPECT_EQ(int64_t(dsv3emu::kernels_run() - before), expected_launches(eng.config()))
+          << "step " << step;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace dsv3::infer
