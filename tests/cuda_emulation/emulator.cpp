@@ -1,6 +1,6 @@
 // The CPU emulation of CUDA declared in include/cuda_emulation.h and include/cublas_v2.h.
 //
-// Kernels: the blocks of a launch run one after another; the threads of a block run as fibers
+// Kernels: the blocks of a launch run one after another, in a shuffled order; the threads of a block run as fibers
 // on one host thread, switching only where a thread waits: at __syncthreads and at
 // warp shuffles. A barrier opens when every thread it needs has arrived; a thread that waits
 // for a barrier no other thread can reach (a shuffle after some lanes returned, __syncthreads
@@ -19,6 +19,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -442,14 +443,22 @@ void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<v
   set_thread_stack(g_block.scheduler);
   g_block_dim = cfg.block;
   g_grid_dim = cfg.grid;
-  for (unsigned z = 0; z < cfg.grid.z && !g_block.failed; ++z)
-    for (unsigned y = 0; y < cfg.grid.y && !g_block.failed; ++y)
-      for (unsigned x = 0; x < cfg.grid.x && !g_block.failed; ++x) {
-        g_block_idx = {x, y, z};
-        // Dynamic shared memory starts as garbage on a GPU: NaN bytes here.
-        g_block.shared.assign(cfg.shared, 0xff);
-        run_block();
-      }
+  // A GPU runs blocks in no promised order: here in a shuffled one (seeded by the launch
+  // count, so a run is reproducible), so that code relying on an order fails here too.
+  std::vector<uint3> order;
+  order.reserve(size_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z);
+  for (unsigned z = 0; z < cfg.grid.z; ++z)
+    for (unsigned y = 0; y < cfg.grid.y; ++y)
+      for (unsigned x = 0; x < cfg.grid.x; ++x) order.push_back({x, y, z});
+  std::mt19937_64 rng(g_kernels_run);
+  std::shuffle(order.begin(), order.end(), rng);
+  for (const uint3& b : order) {
+    g_block_idx = b;
+    // Dynamic shared memory starts as garbage on a GPU: NaN bytes here.
+    g_block.shared.assign(cfg.shared, 0xff);
+    run_block();
+    if (g_block.failed) break;
+  }
   g_block.current = -1;
 }
 

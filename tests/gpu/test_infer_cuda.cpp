@@ -47,13 +47,13 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaDecodeFixture,
 
 // A prompt of 20 tokens (the cuBLAS prefill) then 10 decode steps (the GEMV and, with graphs,
 // the replayed step); every step's logits of the CUDA engine against the CPU engine's.
-std::vector<std::vector<float>> run_steps(Engine& eng, DType cache_dtype) {
+std::vector<std::vector<float>> run_steps(Engine& eng, DType cache_dtype, int prompt_len = 20) {
   const ModelConfig& c = eng.config();
   std::mt19937 rng(3);
   std::uniform_int_distribution<int32_t> id(0, c.vocab_size - 1);
-  std::vector<int32_t> prompt(20);
+  std::vector<int32_t> prompt(size_t(prompt_len), 0);
   for (auto& t : prompt) t = id(rng);
-  LatentCache cache = eng.make_cache(40, cache_dtype);
+  LatentCache cache = eng.make_cache(prompt_len + 20, cache_dtype);
   std::vector<std::vector<float>> out;
   Chunk ch{&cache, prompt.data(), int(prompt.size())};
   eng.forward({&ch, 1}, LogitsFor::Last);
@@ -83,7 +83,8 @@ TEST(CudaEngine, AgreesWithTheCpuEngine) {
 // a multiple of 8, so the GEMV takes its 16-byte vector path (the fixtures' odd sizes take the
 // scalar one). Random weights in F32 against the CPU at 1e-5. (Not BF16: on random weights
 // BF16 rounding can flip a near-tie in expert choice, a difference that is no bug; the fixtures
-// check BF16.)
+// check BF16.) A prompt of 150 tokens: each decode step's attention then walks several
+// positions in every warp of every split (the fixtures stop at 64 positions).
 TEST(CudaEngine, AgreesWithTheCpuEngineOnTheDefaultShapes) {
   REQUIRE_GPU();
   namespace fs = std::filesystem;
@@ -96,7 +97,7 @@ TEST(CudaEngine, AgreesWithTheCpuEngineOnTheDefaultShapes) {
   write_checkpoint(dir.string(), c.to_json(), tw.named_tensors(), CheckpointFormat::F32);
   auto f32 = InferWeights::load(dir.string(), Precision::F32);
   Engine cpu(f32), gpu(f32, Device::CUDA);
-  auto ref = run_steps(cpu, DType::F32), got = run_steps(gpu, DType::F32);
+  auto ref = run_steps(cpu, DType::F32, 150), got = run_steps(gpu, DType::F32, 150);
   for (size_t i = 0; i < ref.size(); ++i)
     EXPECT_LE(max_rel(got[i].data(), ref[i].data(), ref[i].size()), 1e-5) << "f32 step " << i;
   fs::remove_all(dir);

@@ -261,18 +261,53 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
   }
 }
 
-// One block per (head, row), kAttnWarps warps. Warp w takes positions w, w + kAttnWarps, ...
-// with an online softmax; lane l holds latent columns l, l + 32, ... of its weighted sum. The
-// warps' partial results are merged at the end through shared memory.
+// One block per (head, row, split), kAttnWarps warps. Warp w of split s takes positions
+// s + splits * w, then kAttnWarps * splits further on, with an online softmax; lane l holds
+// latent columns l, l + 32, ... of its weighted sum. The warps' states are merged at the end
+// through shared memory: into olat (normalised) when there is one split, else into the split's
+// partial state (max, sum of weights, unnormalised weighted sum) for merge_attention_kernel.
 constexpr int kAttnWarps = 4;
 constexpr int kMaxPerLane = kMaxDecodeRank / 32;
+
+// The softmax state of one part of the positions: its running max m, the sum l of
+// exp(score - m), and acc, the exp(score - m)-weighted sum of latents (rank values).
+struct SoftmaxPart {
+  const float* p;  // [m, l, acc[rank]]
+  __device__ float m() const { return __ldcg(p); }  // ldcg: written by other blocks, skip L1
+  __device__ float l() const { return __ldcg(p + 1); }
+  __device__ float acc(int c) const { return __ldcg(p + 2 + c); }
+  // exp(m - mx) for a part with positions; 0 for an empty one (whose m is -inf).
+  __device__ float scale_to(float mx) const { return l() > 0.0f ? expf(m() - mx) : 0.0f; }
+};
+
+// olat[r, h] = the splits' states merged and normalised, by the block that finished last.
+__device__ __forceinline__ void merge_splits(const float* states, int splits, int rank, float* out) {
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) {
+    const SoftmaxPart ps{states + s * (rank + 2)};
+    if (ps.l() > 0.0f) mx = fmaxf(mx, ps.m());
+  }
+  float total = 0.0f, wscale[kAttnSplits];
+  for (int s = 0; s < splits; ++s) {
+    const SoftmaxPart ps{states + s * (rank + 2)};
+    wscale[s] = ps.scale_to(mx);
+    total += ps.l() * wscale[s];
+  }
+  const float inv = 1.0f / total;
+  for (int c = threadIdx.x; c < rank; c += blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v = fmaf(SoftmaxPart{states + s * (rank + 2)}.acc(c), wscale[s], v);
+    out[c] = v * inv;
+  }
+}
 
 template <bool kBf16>
 __device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
                                                      int heads, int rank, float scale,
-                                                     float* olat, int64_t r) {
+                                                     int splits, float* partial,
+                                                     unsigned* arrived, float* olat, int64_t r) {
   extern __shared__ float sm[];  // q [width] | per warp: m, l, acc [rank]
-  const int h = blockIdx.x;
+  const int h = blockIdx.x, split = int(blockIdx.z);
   const int width = cache.width;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   float* q = sm;
@@ -286,7 +321,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
 #pragma unroll
   for (int i = 0; i < kMaxPerLane; ++i) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int j = warp; j <= end; j += kAttnWarps) {
+  for (int j = split + splits * warp; j <= end; j += kAttnWarps * splits) {
     const char* row = base + int64_t(j) * width * (kBf16 ? 2 : 4);
     float dot = 0.0f;
     for (int i = lane; i < width; i += 32) dot = fmaf(q[i], load_weight<kBf16>(row, i), dot);
@@ -320,24 +355,48 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm[width + w * (rank + 2)]);
   float total = 0.0f, wscale[kAttnWarps];
   for (int w = 0; w < kAttnWarps; ++w) {
-    const float* pw = sm + width + w * (rank + 2);
-    wscale[w] = pw[1] > 0.0f ? expf(pw[0] - mx) : 0.0f;  // a warp with no positions adds nothing
-    total += pw[1] * wscale[w];
+    const SoftmaxPart pw{sm + width + w * (rank + 2)};
+    wscale[w] = pw.scale_to(mx);  // a warp with no positions adds nothing
+    total += pw.l() * wscale[w];
   }
-  const float inv = 1.0f / total;
-  float* out = olat + (r * heads + h) * rank;
+  float* out;
+  float norm = 1.0f;
+  float* states = partial + (r * heads + h) * splits * (rank + 2);
+  if (splits == 1) {  // the whole softmax: normalise
+    out = olat + (r * heads + h) * rank;
+    norm = 1.0f / total;
+  } else {  // this split's state, unnormalised (a split with no positions: m -inf, l 0)
+    float* state = states + split * (rank + 2);
+    if (threadIdx.x == 0) {
+      state[0] = mx;
+      state[1] = total;
+    }
+    out = state + 2;
+  }
   for (int c = threadIdx.x; c < rank; c += blockDim.x) {
     float v = 0.0f;
     for (int w = 0; w < kAttnWarps; ++w) v = fmaf(sm[width + w * (rank + 2) + 2 + c], wscale[w], v);
-    out[c] = v * inv;
+    out[c] = v * norm;
   }
+  if (splits == 1) return;
+  // The last of the (row, head)'s blocks to get here merges all states (in split order, so the
+  // result does not depend on which block that is) and resets the count for the next launch.
+  __shared__ bool last;
+  __threadfence();  // this block's state is visible device-wide before it is counted
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicAdd(&arrived[r * heads + h], 1u) == unsigned(splits - 1);
+  __syncthreads();
+  if (!last) return;
+  merge_splits(states, splits, rank, olat + (r * heads + h) * rank);
+  if (threadIdx.x == 0) arrived[r * heads + h] = 0;
 }
 
 template <bool kBf16>
 __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
-                                        int heads, int rank, float scale, float* olat) {
+                                        int heads, int rank, float scale, int splits,
+                                        float* partial, unsigned* arrived, float* olat) {
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    latent_attention_row<kBf16>(qcat, cache, heads, rank, scale, olat, r);
+    latent_attention_row<kBf16>(qcat, cache, heads, rank, scale, splits, partial, arrived, olat, r);
     __syncthreads();  // the next row overwrites the shared query and partial sums
   }
 }
@@ -452,15 +511,16 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s) {
 }
 
 cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,
-                             int rank, float scale, float* olat, cudaStream_t s) {
+                             int rank, float scale, int splits, float* partial, unsigned* arrived,
+                             float* olat, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  if (rank > kMaxDecodeRank) return cudaErrorInvalidValue;
-  const dim3 grid{unsigned(heads), y_blocks(rows)};
+  if (rank > kMaxDecodeRank || splits < 1 || splits > kAttnSplits) return cudaErrorInvalidValue;
+  const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
   if (cache.bf16)
-    latent_attention_kernel<true><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, olat);
+    latent_attention_kernel<true><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
   else
-    latent_attention_kernel<false><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, olat);
+    latent_attention_kernel<false><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
   return cudaGetLastError();
 }
 

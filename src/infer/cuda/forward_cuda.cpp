@@ -254,8 +254,9 @@ class CudaForward final : public DeviceForward {
   size_t inputs_bytes_ = 0;
   struct Buffers {
     float *x, *xn, *sub, *hidden, *last, *logits, *qa, *q, *kv_a, *qcat, *olat, *o, *g, *u, *ey,
-        *router, *gates, *emb, *cat, *h_prev;
+        *router, *gates, *emb, *cat, *h_prev, *attn_partial;
     int32_t* chosen;
+    unsigned* attn_arrived;  // per (row, head): split blocks done (zero between launches)
     uint16_t* xbf;
     // Inputs (device), uploaded per pass: cache addresses, ids, positions, capacities, the last
     // row of each chunk.
@@ -383,6 +384,8 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   take(b_.kv_a, n * wdt);
   take(b_.qcat, n * h * wdt);
   take(b_.olat, n * h * r);
+  take(b_.attn_partial, kSmallRows * h * gpu::kAttnSplits * (r + 2));  // split attention states
+  take(b_.attn_arrived, kSmallRows * h);
   take(b_.o, n * h * dv);
   take(b_.g, n * width);
   take(b_.u, n * width);
@@ -398,6 +401,8 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   inputs_dev_ = DeviceBuffer();
   work_ = DeviceBuffer(off);
   for (const auto& set_pointer : bind) set_pointer(work_.get());
+  check(cudaMemsetAsync(b_.attn_arrived, 0, size_t(kSmallRows * h) * sizeof(unsigned), nullptr),
+        "inference on cuda: clearing the attention counts");
   // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
   inputs_bytes_ = size_t(n) * 8 + size_t(3 * n + nc) * 4;
   inputs_dev_ = DeviceBuffer(inputs_bytes_);
@@ -580,7 +585,11 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   aq.rank = int(r);
   aq.qcat = b_.qcat;
   launch(gpu::absorb_query(aq, s_), "inference on cuda: query absorption");
-  launch(gpu::latent_attention(b_.qcat, cache, n, int(h), int(r), softmax_scale_, b_.olat, s_),
+  // Decode and other small passes split each head's positions over blocks (the same split for
+  // up to kSmallRows rows, so a row's result does not depend on the rows beside it).
+  const int splits = n <= kSmallRows ? gpu::kAttnSplits : 1;
+  launch(gpu::latent_attention(b_.qcat, cache, n, int(h), int(r), softmax_scale_, splits,
+                               b_.attn_partial, b_.attn_arrived, b_.olat, s_),
          "inference on cuda: latent attention");
   // Values: o(h) = latent(h) . W_uv(h)^T, W_uv(h) = rows h (nope + v) + nope .. + v of kv_b.
   gpu::Gemv uv;

@@ -18,7 +18,10 @@
 // - copies and GEMM operands must lie inside one device allocation;
 // - a launch, copy or GEMM on the legacy stream while a stream is being captured invalidates
 //   the capture; synchronous copies and allocations during a capture do too.
-// Work runs when it is queued (one host thread, in order), a valid order for any stream.
+// - the blocks of a launch run in a shuffled order (seeded by the launch count), since a GPU
+//   promises none.
+// Work runs when it is queued (one host thread, in order), a valid order for any stream; blocks
+// run one at a time, so atomics are plain and fences empty.
 #include <math.h>
 
 #include <cstddef>
@@ -103,6 +106,23 @@ inline float __shfl_sync(unsigned mask, float v, int src_lane, int width = 32) {
 }
 inline int __shfl_sync(unsigned mask, int v, int src_lane, int width = 32) {
   return int(::dsv3emu::warp_exchange(mask, uint32_t(v), src_lane, false, width, "__shfl_sync"));
+}
+
+// Blocks run one at a time: atomics are plain read-modify-writes, fences have nothing to order.
+inline unsigned atomicAdd(unsigned* p, unsigned v) {
+  const unsigned old = *p;
+  *p = old + v;
+  return old;
+}
+inline int atomicAdd(int* p, int v) {
+  const int old = *p;
+  *p = old + v;
+  return old;
+}
+inline void __threadfence() {}
+template <typename T>
+inline T __ldcg(const T* p) {
+  return *p;
 }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
