@@ -437,12 +437,15 @@ __global__ void route_kernel(Route p) {
   for (int j = 0; j < p.select.k; ++j) gates[j] *= scale;
 }
 
-__global__ void combine_kernel(const float* y, const float* gates, int k, int64_t dim,
-                               const float* shared, float* residual) {
+__global__ void combine_kernel(const float* y, const int32_t* y_rows, const float* gates, int k,
+                               int64_t dim, const float* shared, float* residual) {
   const int64_t t = blockIdx.x;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
     float v = shared ? shared[t * dim + i] : 0.0f;
-    for (int j = 0; j < k; ++j) v += gates[t * k + j] * y[(t * k + j) * dim + i];
+    for (int j = 0; j < k; ++j) {
+      const int64_t row = y_rows ? y_rows[t * k + j] : t * k + j;
+      v += gates[t * k + j] * y[row * dim + i];
+    }
     residual[t * dim + i] += v;
   }
 }
@@ -534,10 +537,11 @@ cudaError_t route(const Route& p, cudaStream_t s) {
   return cudaGetLastError();
 }
 
-cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
-                            const float* shared, float* residual, cudaStream_t s) {
+cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* gates,
+                            int64_t rows, int k, int64_t dim, const float* shared,
+                            float* residual, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, gates, k, dim, shared, residual);
+  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, y_rows, gates, k, dim, shared, residual);
   return cudaGetLastError();
 }
 

@@ -136,9 +136,10 @@ cudaError_t route(const Route& p, cudaStream_t s);
 
 // The MoE layer's output added to the residual stream: residual[t, :] += v, where
 // v = shared[t, :] (the shared experts' output; zeros when null) plus, in order over j < k,
-// gates[t, j] * y[t * k + j, :].
-cudaError_t combine_experts(const float* y, const float* gates, int64_t rows, int k, int64_t dim,
-                            const float* shared, float* residual, cudaStream_t s);
+// gates[t, j] * y[row(t, j), :], row(t, j) = y_rows[t * k + j] (t * k + j when y_rows is null).
+cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* gates,
+                            int64_t rows, int k, int64_t dim, const float* shared,
+                            float* residual, cudaStream_t s);
 
 // dst[i, :] = src[idx[i], :] for i < n; rows of `dim` floats.
 cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,

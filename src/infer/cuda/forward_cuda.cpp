@@ -9,9 +9,9 @@
 // Products: up to kSmallRows rows (decode, verification, small batches) a hand-written GEMV
 // streams each weight row once for all rows; more rows (prefill) use cuBLAS, with the
 // activations rounded to BF16 against BF16 weights as the CPU's prefill GEMM does. The routed
-// experts always take the GEMV with a per-row expert table (each row reads the expert the
-// router chose for it, activations in float32: in a prefill the CPU rounds them to BF16 where
-// an expert has more than kSmallRows rows), so no routing count ever comes back to the host.
+// experts of a decode pass take the GEMV with a per-row expert table (each row reads the expert
+// the router chose for it), so no routing count comes back to the host; a prefill waits once
+// per MoE layer for the choices and runs one GEMM per expert over its rows.
 // On the GEMV path gate, up and SwiGLU are one launch, q_a and kv_a another, and the output
 // projections add into the residual stream themselves: a decode step is launch-bound on small
 // models (tests/cuda_emulation/test_decode_launches.cpp counts them).
@@ -101,6 +101,7 @@ struct DLayer {
   const void* const* gate_table = nullptr;  // [E] device pointers to each expert's matrix
   const void* const* up_table = nullptr;
   const void* const* down_table = nullptr;
+  std::vector<const void*> gate_ptrs, up_ptrs, down_ptrs;  // the same pointers, on the host
   bool experts_bf16 = false;
   bool has_shared = false;
   DFfn shared;
@@ -221,6 +222,10 @@ class CudaForward final : public DeviceForward {
   // out (= or +=) the FFN f of x [n, D].
   void ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate);
   void moe(const DLayer& l, int64_t n);
+  // The routed experts of a prefill as one GEMM per expert over its rows (gathered in expert
+  // order), after one wait for the routing; the decode path's per-row GEMV would read an
+  // expert's weights once per row.
+  void routed_experts_grouped(const DLayer& l, int64_t n);
   // cuBLAS (prefill) or the GEMV (up to kSmallRows rows, and inside a capture).
   bool use_blas(int64_t n, int64_t ldx, const DMat& w) const {
     return n > kSmallRows && ldx == w.cols && !capturing();
@@ -256,6 +261,7 @@ class CudaForward final : public DeviceForward {
     float *x, *xn, *sub, *hidden, *last, *logits, *qa, *q, *kv_a, *qcat, *olat, *o, *g, *u, *ey,
         *router, *gates, *emb, *cat, *h_prev, *attn_partial;
     int32_t* chosen;
+    int32_t *perm_rows, *slot_of;  // prefill's expert order: source row per slot, slot per pick
     unsigned* attn_arrived;  // per (row, head): split blocks done (zero between launches)
     uint16_t* xbf;
     // Inputs (device), uploaded per pass: cache addresses, ids, positions, capacities, the last
@@ -330,6 +336,9 @@ DLayer CudaForward::upload_layer(WeightUploader& u, const LayerWeights& l) {
   d.gate_table = u.table(gate);
   d.up_table = u.table(up);
   d.down_table = u.table(down);
+  d.gate_ptrs = gate;
+  d.up_ptrs = up;
+  d.down_ptrs = down;
   d.has_shared = l.has_shared;
   if (l.has_shared) d.shared = ffn(l.shared);
   return d;
@@ -365,7 +374,11 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
     if (l.has_shared) width = std::max(width, l.shared.gate.rows);
   for (const DMtp& m : mtp_)
     if (m.block.has_shared) width = std::max(width, m.block.shared.gate.rows);
-  int64_t widest_in = std::max<int64_t>({2 * d, q_rank, h * dv, width});
+  const int64_t widest_in = std::max<int64_t>({2 * d, q_rank, h * dv, width});
+  // BF16 copies of GEMM inputs: any layer's [n, widest_in], or the routed experts' [n * K, D or
+  // moe_intermediate_size] in a prefill.
+  const int64_t bf16_elems =
+      std::max(n * widest_in, n * k * std::max<int64_t>(d, c_.moe_intermediate_size));
   // One allocation: each buffer's offset is planned first, its pointer set once it exists.
   size_t off = 0;
   std::vector<std::function<void(char*)>> bind;  // sets each pointer from the allocation
@@ -396,7 +409,9 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   take(b_.cat, n * 2 * d);
   take(b_.h_prev, n * d);
   take(b_.chosen, n * std::max<int64_t>(k, 1));
-  take(b_.xbf, n * widest_in);
+  take(b_.xbf, bf16_elems);
+  take(b_.perm_rows, n * std::max<int64_t>(k, 1));
+  take(b_.slot_of, n * std::max<int64_t>(k, 1));
   work_ = DeviceBuffer();  // free the old buffers before the new ones are allocated
   inputs_dev_ = DeviceBuffer();
   work_ = DeviceBuffer(off);
@@ -498,6 +513,10 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   launch(gpu::route(r, s_), "inference on cuda: router");
   // The shared experts' output, to which the routed experts' weighted rows are added.
   if (l.has_shared) ffn(l.shared, b_.xn, n, b_.sub, false);
+  if (use_blas(n, d, l.router)) {
+    routed_experts_grouped(l, n);
+    return;
+  }
   // Row t * K + j of the routed products is token t's j-th expert.
   gpu::Gemv p;
   p.table_idx = b_.chosen;
@@ -527,8 +546,71 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   p.ldy = d;
   p.out = d;
   launch(gpu::gemv(p, s_), "inference on cuda: expert down gemv");
-  launch(gpu::combine_experts(b_.ey, b_.gates, n, int(k), d, l.has_shared ? b_.sub : nullptr,
-                              b_.x, s_),
+  launch(gpu::combine_experts(b_.ey, nullptr, b_.gates, n, int(k), d,
+                              l.has_shared ? b_.sub : nullptr, b_.x, s_),
+         "inference on cuda: expert combine and residual");
+}
+
+void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
+  const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
+                width = c_.moe_intermediate_size, picks = n * k;
+  // The one wait: the chosen experts [n, K] come to the host, which orders the picks by expert
+  // (stable in token order) into slots: perm_rows[slot] is the token, slot_of[t * K + j] the
+  // slot of token t's j-th pick.
+  std::vector<int32_t> chosen(static_cast<size_t>(picks)), order(static_cast<size_t>(2 * picks));
+  check(cudaMemcpy(chosen.data(), b_.chosen, size_t(picks) * 4, cudaMemcpyDeviceToHost),
+        "inference on cuda: reading the routing");
+  std::vector<int64_t> start(size_t(e) + 1, 0);
+  for (int32_t x : chosen) ++start[size_t(x) + 1];
+  for (int64_t i = 0; i < e; ++i) start[size_t(i + 1)] += start[size_t(i)];
+  std::vector<int64_t> next(start.begin(), start.end() - 1);
+  for (int64_t a = 0; a < picks; ++a) {
+    const int64_t slot = next[size_t(chosen[size_t(a)])]++;
+    order[size_t(slot)] = int32_t(a / k);
+    order[size_t(picks + a)] = int32_t(slot);
+  }
+  // perm_rows and slot_of are adjacent in the working buffer: one upload.
+  check(cudaMemcpyAsync(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice,
+                        nullptr),
+        "inference on cuda: uploading the expert order");
+  check(cudaMemcpyAsync(b_.slot_of, order.data() + picks, size_t(picks) * 4,
+                        cudaMemcpyHostToDevice, nullptr),
+        "inference on cuda: uploading the expert order");
+  // ey [picks, D]: the picks' inputs in slot order, later the experts' outputs.
+  launch(gpu::gather_rows(b_.xn, b_.perm_rows, picks, d, b_.ey, s_), "inference on cuda: gather");
+  const bool bf16 = l.experts_bf16;
+  // One product per expert with rows: C_e = A[start_e .., :] W_e^T.
+  auto grouped = [&](const float* a, int64_t in, const std::vector<const void*>& weights,
+                     int64_t out, float* c) {
+    const void* a_dev = a;
+    if (bf16) {  // BF16 weights take BF16 activations, rounded once for all experts
+      launch(cuda::f32_to_bf16(a, b_.xbf, picks * in, s_), "inference on cuda: bf16 activations");
+      a_dev = b_.xbf;
+    }
+    cuda::BlasGroupedGemm g;
+    g.trans_b = true;
+    g.lda = in;
+    g.ldb = in;
+    g.ldc = out;
+    g.ab_type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+    for (int64_t x = 0; x < e; ++x) {
+      const int64_t rows = start[size_t(x + 1)] - start[size_t(x)];
+      if (rows == 0) continue;
+      g.m.push_back(rows);
+      g.n.push_back(out);
+      g.k.push_back(in);
+      g.a.push_back(static_cast<const char*>(a_dev) + start[size_t(x)] * in * (bf16 ? 2 : 4));
+      g.b.push_back(weights[size_t(x)]);
+      g.c.push_back(c + start[size_t(x)] * out);
+    }
+    cuda::blas_grouped_gemm(g, "inference on cuda: routed experts");
+  };
+  grouped(b_.ey, d, l.gate_ptrs, width, b_.g);
+  grouped(b_.ey, d, l.up_ptrs, width, b_.u);
+  launch(gpu::swiglu_rows(b_.g, b_.u, picks * width, s_), "inference on cuda: swiglu");
+  grouped(b_.g, width, l.down_ptrs, d, b_.ey);
+  launch(gpu::combine_experts(b_.ey, b_.slot_of, b_.gates, n, int(k), d,
+                              l.has_shared ? b_.sub : nullptr, b_.x, s_),
          "inference on cuda: expert combine and residual");
 }
 
