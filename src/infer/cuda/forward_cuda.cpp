@@ -619,31 +619,32 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
                 dr = c_.qk_rope_head_dim, dq = dn + dr, dv = c_.v_head_dim, r = c_.kv_lora_rank,
                 w = r + dr;
   const float eps = float(c_.rms_norm_eps);
+  // The query's first product (q_a, or q_proj without a query LoRA) and kv_a read the same
+  // input: on the GEMV path, one launch.
+  const DMat& q_first = c_.q_lora_rank ? a.q_a : a.q_proj;
+  float* q_out = c_.q_lora_rank ? b_.qa : b_.q;
+  if (use_blas(n, d, q_first) || q_first.bf16 != a.kv_a.bf16) {
+    linear(b_.xn, n, d, q_first, q_out, q_first.rows);
+    linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
+  } else {
+    gpu::Gemv p;
+    p.x = b_.xn;
+    p.ldx = d;
+    p.w = q_first.p;
+    p.w_bf16 = q_first.bf16;
+    p.in = d;
+    p.y = q_out;
+    p.ldy = q_first.rows;
+    p.rows = n;
+    p.out = q_first.rows;
+    p.second = {a.kv_a.p, w, b_.kv_a, w};
+    launch(gpu::gemv(p, s_), "inference on cuda: query/kv_a gemv");
+  }
   if (c_.q_lora_rank) {
     const int64_t qr = *c_.q_lora_rank;
-    if (use_blas(n, d, a.q_a) || a.q_a.bf16 != a.kv_a.bf16) {
-      linear(b_.xn, n, d, a.q_a, b_.qa, qr);
-      linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
-    } else {  // q_a and kv_a read the same input: one launch
-      gpu::Gemv p;
-      p.x = b_.xn;
-      p.ldx = d;
-      p.w = a.q_a.p;
-      p.w_bf16 = a.q_a.bf16;
-      p.in = d;
-      p.y = b_.qa;
-      p.ldy = qr;
-      p.rows = n;
-      p.out = qr;
-      p.second = {a.kv_a.p, w, b_.kv_a, w};
-      launch(gpu::gemv(p, s_), "inference on cuda: q_a/kv_a gemv");
-    }
     launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
            "inference on cuda: q norm");
     linear(b_.qa, n, qr, a.q_b, b_.q, h * dq);
-  } else {
-    linear(b_.xn, n, d, a.q_proj, b_.q, h * dq);
-    linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
   }
   gpu::CacheRows cache;
   cache.base = b_.cache_base;
