@@ -1,17 +1,25 @@
-# The CPU emulation of CUDA (tests/cuda_emulation): the GPU inference path (src/infer/cuda/, with
-# the device memory and cuBLAS glue it uses) compiled against emulated CUDA headers, linked with
-# the library's other objects, and run by the GPU inference tests (tests/gpu/test_infer_cuda.cpp)
-# plus the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit.
-# Test names start with "emulated.".
+# The CPU emulation of CUDA (tests/cuda_emulation): the CUDA backend (src/*/cuda/, except the
+# BF16 tensor-core attention and the peak benchmark) compiled against emulated CUDA headers,
+# linked with the library's other objects, and run by the GPU inference tests
+# (tests/gpu/test_infer_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on
+# any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
 # .cu files become C++ with their launches rewritten (rewrite_launches.cmake).
-set(DSV3_EMU_KERNELS src/infer/cuda/decode_kernels.cu src/kernels/cuda/convert.cu
-                     src/kernels/cuda/elementwise.cu tests/cuda_emulation/test_emulator.cu)
+set(DSV3_EMU_KERNELS
+    src/infer/cuda/decode_kernels.cu src/kernels/cuda/attention.cu
+    src/kernels/cuda/attention_backward.cu src/kernels/cuda/convert.cu
+    src/kernels/cuda/cross_entropy.cu src/kernels/cuda/elementwise.cu
+    src/kernels/cuda/embedding.cu src/kernels/cuda/heads.cu src/kernels/cuda/moe.cu
+    src/kernels/cuda/optimizer.cu src/kernels/cuda/rmsnorm.cu src/kernels/cuda/rope.cu
+    src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu)
+set(DSV3_EMU_GENERATED)
 foreach(cu ${DSV3_EMU_KERNELS})
   get_filename_component(name ${cu} NAME_WE)
   set(out ${CMAKE_BINARY_DIR}/cuda_emulation/${name}.cpp)
-  set(DSV3_EMU_${name} ${out})
+  if(cu MATCHES "^src/")
+    list(APPEND DSV3_EMU_GENERATED ${out})
+  endif()
   add_custom_command(
     OUTPUT ${out}
     COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/${cu} -DOUT=${out}
@@ -20,14 +28,14 @@ foreach(cu ${DSV3_EMU_KERNELS})
     COMMENT "Rewriting ${cu} for the CUDA emulation")
 endforeach()
 
-# The backend's stand-ins, except for the pieces emulated for real.
-set(DSV3_EMU_STANDINS ${DSV3_NOCUDA_SOURCES})
-list(FILTER DSV3_EMU_STANDINS EXCLUDE REGEX "core/device_nocuda|infer/device_forward_nocuda")
+# The backend's host code, and stand-ins for what is not emulated: the peak benchmark (an
+# 8192^3 GEMM) and the BF16 tensor-core attention (attention_bf16_not_emulated.cpp).
+set(DSV3_EMU_HOST ${DSV3_ALL_SOURCES})
+list(FILTER DSV3_EMU_HOST INCLUDE REGEX "/cuda/.*\\.cpp$|device_peak_nocuda")
+list(FILTER DSV3_EMU_HOST EXCLUDE REGEX "kernels/cuda/peak\\.cpp$")
 add_library(dsv3emu STATIC
-  $<TARGET_OBJECTS:dsv3common> ${DSV3_EMU_STANDINS} ${DSV3_EMU_decode_kernels}
-  ${DSV3_EMU_convert} ${DSV3_EMU_elementwise}
-  ${CMAKE_SOURCE_DIR}/src/core/cuda/device.cpp ${CMAKE_SOURCE_DIR}/src/infer/cuda/forward_cuda.cpp
-  ${CMAKE_SOURCE_DIR}/src/kernels/cuda/context.cpp ${DSV3_EMU_DIR}/emulator.cpp)
+  $<TARGET_OBJECTS:dsv3common> ${DSV3_EMU_HOST} ${DSV3_EMU_GENERATED}
+  ${DSV3_EMU_DIR}/attention_bf16_not_emulated.cpp ${DSV3_EMU_DIR}/emulator.cpp)
 target_include_directories(dsv3emu BEFORE PUBLIC ${DSV3_EMU_DIR}/include)
 target_include_directories(dsv3emu PUBLIC ${CMAKE_SOURCE_DIR}/src)
 target_compile_definitions(dsv3emu PRIVATE DSV3_CUDA_EMULATION=1)
@@ -36,14 +44,18 @@ target_compile_options(dsv3emu PRIVATE -Wno-unknown-pragmas)
 target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 
 add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
-                              ${DSV3_EMU_test_emulator}
+                              ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
+                              ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${DSV3_EMU_DIR}/test_decode_launches.cpp)
 target_link_libraries(dsv3_emu_tests PRIVATE dsv3emu GTest::gtest GTest::gtest_main)
 target_compile_options(dsv3_emu_tests PRIVATE -Wno-unknown-pragmas)
 target_compile_definitions(dsv3_emu_tests PRIVATE DSV3_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data")
 # cuBLAS's entry points are looked up by name in the program (kernels/cuda/context.cpp).
 set_target_properties(dsv3_emu_tests PROPERTIES ENABLE_EXPORTS ON)
+# The op table's CUDA cases only (its CPU cases run in dsv3_tests), without the BF16 attention
+# cases, whose kernels are not emulated.
 gtest_discover_tests(dsv3_emu_tests TEST_PREFIX "emulated." DISCOVERY_TIMEOUT 60
+                     TEST_FILTER "-Ops*_cpu*:OpCompare.*:*lse_bf16_cuda*"
                      PROPERTIES TIMEOUT 900)
 
 # The command line on the emulation, for an end-to-end check of --device cuda.

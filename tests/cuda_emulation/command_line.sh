@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `--device cuda` through the command line, on the CPU emulation of CUDA (dsv3_emulated):
-# greedy generation gives the CPU's tokens, a batch and MTP speculation give the plain tokens,
-# and perplexity agrees with the CPU's, on a parity fixture.
+# `parity --device cuda --optimizer` passes the fixtures in float32 (the training step and the
+# decode checks on the device), greedy generation gives the CPU's tokens, a batch and MTP
+# speculation give the plain tokens, and perplexity agrees with the CPU's.
 # Usage: command_line.sh PATH/TO/dsv3 PATH/TO/dsv3_emulated
 set -euo pipefail
 CPU=$1
@@ -11,6 +12,12 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 F32=(--dtype f32 --cache-dtype f32)
 fail() { echo "FAIL: $*"; exit 1; }
+
+for fixture in tiny-v3 tiny-v2lite; do
+  "$EMU" parity --device cuda --optimizer "tests/data/reference/$fixture" >"$WORK/parity.txt" \
+    || { tail -20 "$WORK/parity.txt"; fail "parity --device cuda on $fixture"; }
+  grep -q " 0 failed" "$WORK/parity.txt" || fail "parity --device cuda on $fixture reported failures"
+done
 
 # Greedy, 20 prompt tokens (the cuBLAS prefill) then decode steps (the GEMV, the graphs).
 prompt="64,261,120,507,483,388,214,96,499,29,443,2,456,272,234,104,5,6,7,300"
@@ -40,4 +47,4 @@ a=$(ppl "$CPU")
 b=$(ppl "$EMU" --device cuda)
 awk -v a="${a#*=}" -v b="${b#*=}" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * a) }' \
   || fail "perplexity on cuda $b, on the CPU $a"
-echo "command_line: generate, batch, speculation and perplexity on the emulated device agree ($a)"
+echo "command_line: parity, generate, batch, speculation and perplexity on the emulated device pass ($a)"

@@ -496,17 +496,41 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 
 void* dynamic_shared_base() { return g_block.shared.data(); }
 
+void check_global_load(const void* p, size_t bytes, const char* what) {
+  // Device memory, or pinned host memory (mapped into the device's address space).
+  if (find_allocation(p, bytes)) return;
+  const Thread& t = g_block.threads[size_t(g_block.current)];
+  fail_block(std::string(what) + " at " + where(t) + " reads " + std::to_string(bytes) +
+             " bytes that are not global memory (shared or local memory faults on a GPU)");
+  exit_thread();
+}
+
 void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
 
 uint64_t kernels_run() { return g_kernels_run; }
 
-void enqueue_kernel(const char* name, const LaunchConfig& cfg, std::function<void()> body) {
+namespace {
+// An H100's opt-in limit of dynamic shared memory per block; 48 KiB without the opt-in.
+constexpr int kSharedOptin = 227 * 1024;
+std::map<const void*, int> g_max_dynamic_shared;  // per kernel, as raised by cudaFuncSetAttribute
+}  // namespace
+
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
+  if (bytes < 0 || bytes > kSharedOptin) return set_error(cudaErrorInvalidValue);
+  g_max_dynamic_shared[kernel] = bytes;
+  return cudaSuccess;
+}
+
+void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cfg,
+                    std::function<void()> body) {
   const uint64_t threads = uint64_t(cfg.block.x) * cfg.block.y * cfg.block.z;
-  // The limits of every GPU dsv3 targets (compute capability 8.0 and later); dynamic shared
-  // memory beyond 48 KiB needs an opt-in these kernels do not make.
+  auto raised = g_max_dynamic_shared.find(kernel);
+  const size_t shared_limit =
+      std::max<size_t>(48 * 1024, raised == g_max_dynamic_shared.end() ? 0 : size_t(raised->second));
+  // The limits of every GPU dsv3 targets (compute capability 8.0 and later).
   if (threads == 0 || threads > 1024 || cfg.block.z > 64 || cfg.grid.x == 0 || cfg.grid.y == 0 ||
       cfg.grid.z == 0 || cfg.grid.x > 0x7fffffffu || cfg.grid.y > 65535 || cfg.grid.z > 65535 ||
-      cfg.shared > 48 * 1024) {
+      cfg.shared > shared_limit) {
     std::fprintf(stderr, "cuda emulation: kernel %s: invalid launch grid (%u, %u, %u) block "
                  "(%u, %u, %u) shared %zu bytes\n", name, cfg.grid.x, cfg.grid.y, cfg.grid.z,
                  cfg.block.x, cfg.block.y, cfg.block.z, cfg.shared);
@@ -523,6 +547,16 @@ using namespace dsv3emu;
 
 // ---- runtime API ----
 
+cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin || device != 0)
+    return set_error(cudaErrorInvalidValue);
+  *value = kSharedOptin;
+  return cudaSuccess;
+}
 cudaError_t cudaGetDeviceCount(int* n) {
   *n = 1;
   return cudaSuccess;

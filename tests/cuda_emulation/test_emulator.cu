@@ -56,6 +56,14 @@ __global__ void dynamic_shared_kernel(float* y) {
 
 __global__ void fill_kernel(float* y, float v) { y[threadIdx.x] = v; }
 
+// __ldcg is a global load: fine on device memory, a fault on shared memory.
+__global__ void cached_load_kernel(const float* x, float* y, bool from_shared) {
+  __shared__ float tile[32];
+  tile[threadIdx.x] = x[threadIdx.x];
+  __syncthreads();
+  y[threadIdx.x] = from_shared ? __ldcg(tile + threadIdx.x) : __ldcg(x + threadIdx.x);
+}
+
 // Clears the sticky error a failed launch leaves (a GPU would need a new process).
 void reset_errors() { dsv3emu::clear_sticky_error(); }
 
@@ -100,6 +108,17 @@ TEST(CudaEmulation, MisusedShuffleOrBarrierFailsTheLaunch) {
   EXPECT_EQ(cudaMemcpy(y.p, y.p, 4, cudaMemcpyDeviceToDevice), cudaErrorLaunchFailure);  // sticky
   reset_errors();
   divergent_barrier_kernel<<<1, 64>>>(y.f());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  reset_errors();
+}
+
+TEST(CudaEmulation, GlobalOnlyLoadsOfSharedMemoryFail) {
+  Buffer x(32 * 4), y(32 * 4);
+  std::vector<float> h(32, 2.0f);
+  ASSERT_EQ(cudaMemcpy(x.p, h.data(), 128, cudaMemcpyHostToDevice), cudaSuccess);
+  cached_load_kernel<<<1, 32>>>(x.f(), y.f(), false);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  cached_load_kernel<<<1, 32>>>(x.f(), y.f(), true);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
   reset_errors();
 }

@@ -265,38 +265,48 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 // s + splits * w, then kAttnWarps * splits further on, with an online softmax; lane l holds
 // latent columns l, l + 32, ... of its weighted sum. The warps' states are merged at the end
 // through shared memory: into olat (normalised) when there is one split, else into the split's
-// partial state (max, sum of weights, unnormalised weighted sum) for merge_attention_kernel.
+// partial state (max, sum of weights, unnormalised weighted sum), which the (row, head)'s last
+// block to finish merges (merge_splits).
 constexpr int kAttnWarps = 4;
 constexpr int kMaxPerLane = kMaxDecodeRank / 32;
 
 // The softmax state of one part of the positions: its running max m, the sum l of
 // exp(score - m), and acc, the exp(score - m)-weighted sum of latents (rank values).
+// kGlobal: a split's state in global memory, written by another block, read past L1 with
+// __ldcg (a global-memory load: the warps' states in shared memory take plain loads).
+template <bool kGlobal>
 struct SoftmaxPart {
   const float* p;  // [m, l, acc[rank]]
-  __device__ float m() const { return __ldcg(p); }  // ldcg: written by other blocks, skip L1
-  __device__ float l() const { return __ldcg(p + 1); }
-  __device__ float acc(int c) const { return __ldcg(p + 2 + c); }
+  __device__ float load(int i) const {
+    if constexpr (kGlobal) return __ldcg(p + i);
+    else return p[i];
+  }
+  __device__ float m() const { return load(0); }
+  __device__ float l() const { return load(1); }
+  __device__ float acc(int c) const { return load(2 + c); }
   // exp(m - mx) for a part with positions; 0 for an empty one (whose m is -inf).
   __device__ float scale_to(float mx) const { return l() > 0.0f ? expf(m() - mx) : 0.0f; }
 };
+using SplitState = SoftmaxPart<true>;
+using WarpState = SoftmaxPart<false>;
 
 // olat[r, h] = the splits' states merged and normalised, by the block that finished last.
 __device__ __forceinline__ void merge_splits(const float* states, int splits, int rank, float* out) {
   float mx = -INFINITY;
   for (int s = 0; s < splits; ++s) {
-    const SoftmaxPart ps{states + s * (rank + 2)};
+    const SplitState ps{states + s * (rank + 2)};
     if (ps.l() > 0.0f) mx = fmaxf(mx, ps.m());
   }
   float total = 0.0f, wscale[kAttnSplits];
   for (int s = 0; s < splits; ++s) {
-    const SoftmaxPart ps{states + s * (rank + 2)};
+    const SplitState ps{states + s * (rank + 2)};
     wscale[s] = ps.scale_to(mx);
     total += ps.l() * wscale[s];
   }
   const float inv = 1.0f / total;
   for (int c = threadIdx.x; c < rank; c += blockDim.x) {
     float v = 0.0f;
-    for (int s = 0; s < splits; ++s) v = fmaf(SoftmaxPart{states + s * (rank + 2)}.acc(c), wscale[s], v);
+    for (int s = 0; s < splits; ++s) v = fmaf(SplitState{states + s * (rank + 2)}.acc(c), wscale[s], v);
     out[c] = v * inv;
   }
 }
@@ -355,17 +365,18 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm[width + w * (rank + 2)]);
   float total = 0.0f, wscale[kAttnWarps];
   for (int w = 0; w < kAttnWarps; ++w) {
-    const SoftmaxPart pw{sm + width + w * (rank + 2)};
+    const WarpState pw{sm + width + w * (rank + 2)};
     wscale[w] = pw.scale_to(mx);  // a warp with no positions adds nothing
     total += pw.l() * wscale[w];
   }
   float* out;
   float norm = 1.0f;
-  float* states = partial + (r * heads + h) * splits * (rank + 2);
+  float* states = nullptr;  // the (row, head)'s split states [splits, rank + 2]
   if (splits == 1) {  // the whole softmax: normalise
     out = olat + (r * heads + h) * rank;
     norm = 1.0f / total;
   } else {  // this split's state, unnormalised (a split with no positions: m -inf, l 0)
+    states = partial + (r * heads + h) * splits * (rank + 2);
     float* state = states + split * (rank + 2);
     if (threadIdx.x == 0) {
       state[0] = mx;
@@ -381,10 +392,16 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (splits == 1) return;
   // The last of the (row, head)'s blocks to get here merges all states (in split order, so the
   // result does not depend on which block that is) and resets the count for the next launch.
+  // Release: every thread's writes, then the barrier, then thread 0's fence and count. Acquire:
+  // the last block's thread 0 fences again before its threads read the other states.
   __shared__ bool last;
-  __threadfence();  // this block's state is visible device-wide before it is counted
+  __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(&arrived[r * heads + h], 1u) == unsigned(splits - 1);
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(&arrived[r * heads + h], 1u) == unsigned(splits - 1);
+    if (last) __threadfence();
+  }
   __syncthreads();
   if (!last) return;
   merge_splits(states, splits, rank, olat + (r * heads + h) * rank);
@@ -468,7 +485,8 @@ cudaError_t gemv(const Gemv& p, cudaStream_t s) {
   // The vector path reads 8 weights and 8 inputs per lane step: every weight row and input row
   // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so).
   bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x);
-  // Table entries are cudaMalloc'd (aligned); plain matrices are checked.
+  // Table entries are weights at 256-byte offsets of one allocation (aligned); plain matrices
+  // are checked.
   if (!has_table) vec = vec && aligned16(p.w) && (!p.swiglu || aligned16(p.up)) &&
                         (p.second.out == 0 || aligned16(p.second.w));
   // A row's sum is the same fmaf chain whatever R, so the choice never changes a result.
@@ -517,7 +535,9 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
                              int rank, float scale, int splits, float* partial, unsigned* arrived,
                              float* olat, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  if (rank > kMaxDecodeRank || splits < 1 || splits > kAttnSplits) return cudaErrorInvalidValue;
+  if (rank > kMaxDecodeRank || splits < 1 || splits > kAttnSplits ||
+      (splits > 1 && rows > kAttnSplitRows))  // the split states hold kAttnSplitRows rows
+    return cudaErrorInvalidValue;
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
   if (cache.bf16)

@@ -107,12 +107,14 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
 // splits > 1 (at most kAttnSplits) spreads each (row, head)'s positions over that many blocks,
 // position j to block j % splits: a decode step has one row and a few heads, which alone would
 // leave most of the GPU idle while each block walks the whole context. Their partial softmax
-// states go to `partial` [rows, H, splits, rank + 2]; the last block of each (row, head) to
+// states go to `partial` [rows, H, splits, rank + 2] (rows <= kAttnSplitRows when splits > 1);
+// the last block of each (row, head) to
 // finish, counted in `arrived` [rows, H] (zero before the launch, zero again after it), merges
 // them. The split count is fixed by the caller, not by the context length, so a captured step
 // replays at every position.
 constexpr int kMaxDecodeRank = 1024;
 constexpr int kAttnSplits = 16;
+constexpr int kAttnSplitRows = 8;
 cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,
                              int rank, float scale, int splits, float* partial, unsigned* arrived,
                              float* olat, cudaStream_t s);

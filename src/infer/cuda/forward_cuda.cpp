@@ -554,6 +554,7 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
 void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
   const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
                 width = c_.moe_intermediate_size, picks = n * k;
+  DSV3_CHECK(!capturing(), "inference on cuda: a prefill cannot be captured (it waits for routing)");
   // The one wait: the chosen experts [n, K] come to the host, which orders the picks by expert
   // (stable in token order) into slots: perm_rows[slot] is the token, slot_of[t * K + j] the
   // slot of token t's j-th pick.
@@ -569,24 +570,24 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
     order[size_t(slot)] = int32_t(a / k);
     order[size_t(picks + a)] = int32_t(slot);
   }
-  // perm_rows and slot_of are adjacent in the working buffer: one upload.
-  check(cudaMemcpyAsync(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice,
-                        nullptr),
+  // From pageable memory: each copy has read `order` when it returns.
+  check(cudaMemcpyAsync(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice, s_),
         "inference on cuda: uploading the expert order");
   check(cudaMemcpyAsync(b_.slot_of, order.data() + picks, size_t(picks) * 4,
-                        cudaMemcpyHostToDevice, nullptr),
+                        cudaMemcpyHostToDevice, s_),
         "inference on cuda: uploading the expert order");
   // ey [picks, D]: the picks' inputs in slot order, later the experts' outputs.
   launch(gpu::gather_rows(b_.xn, b_.perm_rows, picks, d, b_.ey, s_), "inference on cuda: gather");
   const bool bf16 = l.experts_bf16;
+  // BF16 weights take BF16 activations, rounded once for all experts.
+  auto operand = [&](const float* a, int64_t in) -> const void* {
+    if (!bf16) return a;
+    launch(cuda::f32_to_bf16(a, b_.xbf, picks * in, s_), "inference on cuda: bf16 activations");
+    return b_.xbf;
+  };
   // One product per expert with rows: C_e = A[start_e .., :] W_e^T.
-  auto grouped = [&](const float* a, int64_t in, const std::vector<const void*>& weights,
+  auto grouped = [&](const void* a_dev, int64_t in, const std::vector<const void*>& weights,
                      int64_t out, float* c) {
-    const void* a_dev = a;
-    if (bf16) {  // BF16 weights take BF16 activations, rounded once for all experts
-      launch(cuda::f32_to_bf16(a, b_.xbf, picks * in, s_), "inference on cuda: bf16 activations");
-      a_dev = b_.xbf;
-    }
     cuda::BlasGroupedGemm g;
     g.trans_b = true;
     g.lda = in;
@@ -605,10 +606,11 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
     }
     cuda::blas_grouped_gemm(g, "inference on cuda: routed experts");
   };
-  grouped(b_.ey, d, l.gate_ptrs, width, b_.g);
-  grouped(b_.ey, d, l.up_ptrs, width, b_.u);
+  const void* x_sorted = operand(b_.ey, d);
+  grouped(x_sorted, d, l.gate_ptrs, width, b_.g);
+  grouped(x_sorted, d, l.up_ptrs, width, b_.u);
   launch(gpu::swiglu_rows(b_.g, b_.u, picks * width, s_), "inference on cuda: swiglu");
-  grouped(b_.g, width, l.down_ptrs, d, b_.ey);
+  grouped(operand(b_.g, width), width, l.down_ptrs, d, b_.ey);
   launch(gpu::combine_experts(b_.ey, b_.slot_of, b_.gates, n, int(k), d,
                               l.has_shared ? b_.sub : nullptr, b_.x, s_),
          "inference on cuda: expert combine and residual");
@@ -670,6 +672,7 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   launch(gpu::absorb_query(aq, s_), "inference on cuda: query absorption");
   // Decode and other small passes split each head's positions over blocks (the same split for
   // up to kSmallRows rows, so a row's result does not depend on the rows beside it).
+  static_assert(kSmallRows <= gpu::kAttnSplitRows);
   const int splits = n <= kSmallRows ? gpu::kAttnSplits : 1;
   launch(gpu::latent_attention(b_.qcat, cache, n, int(h), int(r), softmax_scale_, splits,
                                b_.attn_partial, b_.attn_arrived, b_.olat, s_),

@@ -1,14 +1,15 @@
 #pragma once
-// A CPU emulation of the small part of CUDA that dsv3's inference kernels and their host code
-// use: the kernel language (threadIdx, __shared__, __syncthreads, warp shuffles, bfloat16), the
-// runtime (device memory, copies, streams, events, graph capture) and the two cuBLAS GEMMs.
+// A CPU emulation of the part of CUDA that dsv3's backend uses: the kernel language
+// (threadIdx, __shared__, __syncthreads, warp shuffles, atomics, bfloat16), the runtime (device
+// memory, copies, streams, events, graph capture) and the two cuBLAS GEMMs. Not emulated: the
+// tensor-core instructions of the BF16 attention kernels (mma.sync, ldmatrix, cp.async).
 //
-// Why: the GPU inference path (src/infer/cuda/) is tested on a GPU by dsv3_gpu_tests, but a
-// GPU is not always at hand; built against these headers instead of the toolkit's, the same
-// sources and the same tests (tests/gpu/test_infer_cuda.cpp) run on the CPU in every test run.
-// It checks the code's logic (indexing, launch shapes, the host-side plan, graph capture rules,
-// cuBLAS argument rules, copies within their allocations) and runs every block's threads as
-// fibers, so shared memory, barriers and shuffles behave as on a GPU for code without data
+// Why: the backend's GPU tests (tests/gpu/) need a GPU, which is not always at hand; built
+// against these headers instead of the toolkit's, the same sources and tests (the GPU inference
+// tests, the op table's CUDA cases, `dsv3 parity --device cuda`) run on the CPU in every test
+// run. It checks the code's logic (indexing, launch shapes, the host-side plan, graph capture
+// rules, cuBLAS argument rules, copies within their allocations) and runs every block's threads
+// as fibers, so shared memory, barriers and shuffles behave as on a GPU for code without data
 // races. It does not check speed, races, the memory model or the GPU's own rounding of expf.
 //
 // Semantics kept strict where a GPU is undefined or fails:
@@ -120,10 +121,24 @@ inline int atomicAdd(int* p, int v) {
   return old;
 }
 inline void __threadfence() {}
+// Cache-hinted loads are global-memory instructions (ld.global.cg): on shared or local memory
+// they fault on a GPU, so here they fail the launch.
+namespace dsv3emu {
+void check_global_load(const void* p, size_t bytes, const char* what);
+}
 template <typename T>
 inline T __ldcg(const T* p) {
+  ::dsv3emu::check_global_load(p, sizeof(T), "__ldcg");
   return *p;
 }
+
+// CUDA's integer min and max (the device library's overloads; one type here, as dsv3 uses them).
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a < b ? b : a; }
+inline long min(long a, long b) { return a < b ? a : b; }
+inline long max(long a, long b) { return a < b ? b : a; }
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a < b ? b : a; }
 
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
@@ -228,6 +243,22 @@ cudaError_t cudaEventDestroy(cudaEvent_t e);
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
+cudaError_t cudaGetDevice(int* device);
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
+namespace dsv3emu {
+cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
+}
+// Raises a kernel's dynamic shared memory limit (the only attribute dsv3 sets).
+inline cudaError_t cudaFuncSetAttribute(const void* kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize) return cudaErrorInvalidValue;
+  return ::dsv3emu::set_max_dynamic_shared(kernel, value);
+}
+template <typename... P>
+cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
+  return cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), attr, value);
+}
 
 // ---- kernel launches ----
 // tests/cuda_emulation/rewrite_launches.cmake turns `kernel<<<grid, block, smem, stream>>>(args)`
@@ -239,13 +270,15 @@ struct LaunchConfig {
   size_t shared = 0;
   cudaStream_t stream = nullptr;
 };
-void enqueue_kernel(const char* name, const LaunchConfig& cfg, std::function<void()> body);
+void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cfg,
+                    std::function<void()> body);
 
 template <typename... P, typename... A>
 void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong argument count");
   // The arguments are copied at launch, converted to the parameter types, as CUDA does.
   std::tuple<std::decay_t<P>...> params{static_cast<std::decay_t<P>>(std::forward<A>(args))...};
-  enqueue_kernel(name, cfg, [kernel, params]() { std::apply(kernel, params); });
+  enqueue_kernel(name, reinterpret_cast<const void*>(kernel), cfg,
+                 [kernel, params]() { std::apply(kernel, params); });
 }
 }  // namespace dsv3emu
