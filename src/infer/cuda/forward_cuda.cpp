@@ -232,6 +232,10 @@ class CudaForward final : public DeviceForward {
   }
   void linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y, int64_t ldy,
               bool accumulate = false);
+  // The GEMV y [n, w.rows] (leading dimension ldy) = x [n, w.cols] (ldx) W^T, for callers to
+  // add a fused mode to.
+  static gpu::Gemv gemv_of(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
+                           int64_t ldy);
   // DSV3_CUDA_SYNC=1: wait after every launch outside graph capture, so that a fault inside a
   // kernel is reported with that kernel's name instead of at the next copy.
   void launch(cudaError_t e, const char* what) {
@@ -457,6 +461,13 @@ void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, 
     cuda::blas_gemm(g, "inference on cuda: prefill product");
     return;
   }
+  gpu::Gemv p = gemv_of(x, n, ldx, w, y, ldy);
+  p.accumulate = accumulate;
+  launch(gpu::gemv(p, s_), "inference on cuda: gemv");
+}
+
+gpu::Gemv CudaForward::gemv_of(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
+                               int64_t ldy) {
   gpu::Gemv p;
   p.x = x;
   p.ldx = ldx;
@@ -465,10 +476,9 @@ void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, 
   p.in = w.cols;
   p.y = y;
   p.ldy = ldy;
-  p.accumulate = accumulate;
   p.rows = n;
   p.out = w.rows;
-  launch(gpu::gemv(p, s_), "inference on cuda: gemv");
+  return p;
 }
 
 void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate) {
@@ -479,18 +489,9 @@ void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out, bool
     launch(gpu::swiglu_rows(b_.g, b_.u, n * width, s_), "inference on cuda: swiglu");
   } else {  // gate, up and SwiGLU in one launch
     DSV3_CHECK(f.up.bf16 == f.gate.bf16, "inference on cuda: gate and up of different dtypes");
-    gpu::Gemv p;
-    p.x = x;
-    p.ldx = d;
-    p.w = f.gate.p;
+    gpu::Gemv p = gemv_of(x, n, d, f.gate, b_.g, width);
     p.up = f.up.p;
     p.swiglu = true;
-    p.w_bf16 = f.gate.bf16;
-    p.in = d;
-    p.y = b_.g;
-    p.ldy = width;
-    p.rows = n;
-    p.out = width;
     launch(gpu::gemv(p, s_), "inference on cuda: gate/up gemv");
   }
   linear(b_.g, n, width, f.down, out, d, accumulate);
@@ -629,16 +630,7 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
     linear(b_.xn, n, d, q_first, q_out, q_first.rows);
     linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
   } else {
-    gpu::Gemv p;
-    p.x = b_.xn;
-    p.ldx = d;
-    p.w = q_first.p;
-    p.w_bf16 = q_first.bf16;
-    p.in = d;
-    p.y = q_out;
-    p.ldy = q_first.rows;
-    p.rows = n;
-    p.out = q_first.rows;
+    gpu::Gemv p = gemv_of(b_.xn, n, d, q_first, q_out, q_first.rows);
     p.second = {a.kv_a.p, w, b_.kv_a, w};
     launch(gpu::gemv(p, s_), "inference on cuda: query/kv_a gemv");
   }
