@@ -2,7 +2,7 @@
 # The checks and measurements that need an NVIDIA GPU, in one go (docs/cuda.md):
 #
 #   scripts/gpu_checks.sh LOG_DIR [STAGE...]
-#     stages: tests parity bench train ops infer transformers (default: all but train)
+#     stages: tests sanitize parity bench train ops infer transformers (default: all but train)
 #
 # Uses the dsv3 binaries on PATH, else build/. Every stage writes LOG_DIR/<stage>.log; the last
 # lines printed are a summary. `bench` also runs the PyTorch/transformers baselines when python3
@@ -10,11 +10,13 @@
 # and TOKENIZER_DIR. `infer` measures decode on the GPU against its roofline (a random
 # bench-1b checkpoint). `transformers` loads a checkpoint written by dsv3 (CHECKPOINT, else a
 # random default-small one) with Hugging Face transformers and compares the logits.
+# `sanitize` runs the GPU inference tests under compute-sanitizer's memcheck and racecheck (what
+# the CPU emulation of CUDA cannot see: invalid device addresses, shared-memory races).
 set -uo pipefail
-log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests parity bench train ops infer transformers]}
+log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests sanitize parity bench train ops infer transformers]}
 shift
 stages=("$@")
-[[ ${#stages[@]} -eq 0 ]] && stages=(tests parity bench ops infer transformers)
+[[ ${#stages[@]} -eq 0 ]] && stages=(tests sanitize parity bench ops infer transformers)
 mkdir -p "$log_dir"
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin() { command -v "$1" 2>/dev/null || echo "$here/build/$1"; }
@@ -38,6 +40,17 @@ for stage in "${stages[@]}"; do
     tests)
       run_stage gpu_tests "$(bin dsv3_gpu_tests)"
       run_stage op_table_cuda "$(bin dsv3_tests)" --gtest_filter='*cuda*'
+      ;;
+    sanitize)
+      sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+      if [[ -x $sanitizer ]]; then
+        for tool in memcheck racecheck; do
+          run_stage "sanitize_$tool" "$sanitizer" --tool $tool --error-exitcode 1 \
+            "$(bin dsv3_gpu_tests)" --gtest_filter='CudaEngine.AgreesWithTheCpuEngine:CudaEngine.GraphReplayEqualsLaunches'
+        done
+      else
+        note "sanitize: compute-sanitizer not found (part of the CUDA toolkit)"
+      fi
       ;;
     parity)
       for f in "$here"/tests/data/reference/*/; do
