@@ -27,6 +27,7 @@
 #include "cuda_emulation.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define DSV3EMU_ASAN 1
 #endif
@@ -71,7 +72,7 @@ const Allocation* find_allocation(const void* p, size_t n, uintptr_t* start = nu
   auto it = g_allocations.upper_bound(a);
   if (it == g_allocations.begin()) return nullptr;
   --it;
-  if (a < it->first || a + n > it->first + it->second.bytes) return nullptr;
+  if (a < it->first || n > it->second.bytes || a - it->first > it->second.bytes - n) return nullptr;
   if (start) *start = it->first;
   return &it->second;
 }
@@ -90,15 +91,24 @@ bool device_range_ok(const void* p, size_t n, const char* what) {
   return false;
 }
 
+// The garbage of never-written memory: 0x7fc17fc1 is NaN as a float and as both of its
+// bfloat16 halves, and as an int32 a large positive number, not -1 (which dsv3's kernels read
+// as "no token").
+void poison(void* p, size_t n) {
+  static const unsigned char kPattern[4] = {0xc1, 0x7f, 0xc1, 0x7f};
+  unsigned char* b = static_cast<unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) b[i] = kPattern[i % 4];
+}
+
 cudaError_t allocate(void** p, size_t n, Kind kind) {
   if (!p) return set_error(cudaErrorInvalidValue);
   if (kind == Kind::Device && g_device_bytes + n > kDeviceMemory)
     return set_error(cudaErrorMemoryAllocation);
   void* mem = nullptr;
   if (posix_memalign(&mem, 256, n ? n : 1) != 0) return set_error(cudaErrorMemoryAllocation);
-  // New device memory holds garbage on a GPU: here NaN bytes, so code that reads memory it
+  // New device memory holds garbage on a GPU: here a pattern, so that code reading memory it
   // never wrote shows it.
-  if (kind == Kind::Device) std::memset(mem, 0xff, n);
+  if (kind == Kind::Device) poison(mem, n);
   g_allocations[reinterpret_cast<uintptr_t>(mem)] = {n, kind};
   if (kind == Kind::Device) g_device_bytes += n;
   *p = mem;
@@ -131,6 +141,7 @@ struct Capture {
   bool active = false;
   bool invalidated = false;
   Graph* graph = nullptr;
+  bool non_blocking = false;  // the captured stream was made with cudaStreamNonBlocking
 } g_capture;
 
 // Queues `work` on stream `s`: runs it now, records it into the capture, or refuses it.
@@ -142,11 +153,17 @@ cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::func
       g_capture.graph->nodes.push_back(std::move(work));
       return cudaSuccess;
     }
-    // The legacy stream synchronises with every blocking stream, a capturing one included, and
-    // a synchronous call waits for it: both break a capture.
-    if (s == nullptr || synchronous) {
-      std::fprintf(stderr, "cuda emulation: %s on the legacy stream while a stream is being "
+    // A synchronous call is not allowed during a (global or thread-local) capture; the legacy
+    // stream synchronises with every blocking stream, so work on it breaks the capture of one.
+    if (synchronous) {
+      std::fprintf(stderr, "cuda emulation: %s, a synchronous call, while a stream is being "
                    "captured: the capture is invalidated\n", what);
+      g_capture.invalidated = true;
+      return set_error(cudaErrorStreamCaptureUnsupported);
+    }
+    if (s == nullptr && !g_capture.non_blocking) {
+      std::fprintf(stderr, "cuda emulation: %s on the legacy stream while a blocking stream is "
+                   "being captured: the capture is invalidated\n", what);
       g_capture.invalidated = true;
       return set_error(cudaErrorStreamCaptureImplicit);
     }
@@ -178,6 +195,16 @@ struct FiberStack {
   FiberStack& operator=(const FiberStack&) = delete;
   char* stack() const { return base + kPage; }
 };
+
+// A finished fiber never returns from its last switch, so AddressSanitizer's redzones of its
+// frames stay marked on the stack the next block's fiber reuses: cleared on every reuse.
+void unpoison_stack(char* stack, size_t bytes) {
+#ifdef DSV3EMU_ASAN
+  __asan_unpoison_memory_region(stack, bytes);
+#else
+  (void)stack, (void)bytes;
+#endif
+}
 
 // Switching between fibers. On x86-64 a few instructions that save and restore the callee-saved
 // registers and the stack pointer: ucontext's swapcontext also saves the signal mask, a system
@@ -224,6 +251,7 @@ struct Context {
 // six registers, and `entry` as the return address (at a 16-byte boundary, so that `entry`
 // starts with the stack aligned as after a call).
 void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  unpoison_stack(stack, bytes);
   uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
   uint64_t* sp = reinterpret_cast<uint64_t*>(top - 16);  // the return address slot, 16-aligned
   sp[0] = reinterpret_cast<uint64_t>(entry);
@@ -244,6 +272,7 @@ struct Context {
   size_t stack_bytes = 0;
 };
 void make_context(Context& c, char* stack, size_t bytes, void (*entry)()) {
+  unpoison_stack(stack, bytes);
   c.stack = stack;
   c.stack_bytes = bytes;
   getcontext(&c.uc);
@@ -297,13 +326,15 @@ struct WarpExchange {
   uint32_t value[32];
 };
 
+uint64_t g_kernels_run = 0;  // kernel executions so far
+
 // The block being run.
 struct Block {
   const char* kernel = "";
   const std::function<void()>* body = nullptr;
   std::vector<Thread> threads;
   std::vector<WarpExchange> warps;
-  std::vector<unsigned char> shared;  // dynamic shared memory
+  std::unique_ptr<unsigned char[]> shared;  // dynamic shared memory, exactly as large as asked
   int current = -1;
   bool failed = false;
   Context scheduler;
@@ -357,8 +388,13 @@ void run_block() {
     t.state = State::Ready;
     make_context(t.ctx, g_stacks[size_t(i)]->stack(), kStackBytes, fiber_main);
   }
+  // Threads run to their next barrier in ascending order in even launches, descending in odd
+  // ones: a read that a missing barrier leaves unordered after a write sees the write in one
+  // of the two.
+  const bool descending = (g_kernels_run & 1) != 0;
   for (;;) {
-    for (int i = 0; i < n; ++i) {
+    for (int k = 0; k < n; ++k) {
+      const int i = descending ? n - 1 - k : k;
       Thread& t = ts[size_t(i)];
       if (t.state != State::Ready) continue;
       g_block.current = i;
@@ -423,8 +459,6 @@ void run_block() {
   }
 }
 
-uint64_t g_kernels_run = 0;
-
 void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<void()>& body) {
   ++g_kernels_run;
   const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
@@ -454,8 +488,10 @@ void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<v
   std::shuffle(order.begin(), order.end(), rng);
   for (const uint3& b : order) {
     g_block_idx = b;
-    // Dynamic shared memory starts as garbage on a GPU: NaN bytes here.
-    g_block.shared.assign(cfg.shared, 0xff);
+    // Dynamic shared memory starts as garbage on a GPU: the poison pattern here. A fresh
+    // allocation of the launch's size per block, so AddressSanitizer sees overruns.
+    g_block.shared.reset(new unsigned char[cfg.shared]);
+    poison(g_block.shared.get(), cfg.shared);
     run_block();
     if (g_block.failed) break;
   }
@@ -494,7 +530,7 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
   return got;
 }
 
-void* dynamic_shared_base() { return g_block.shared.data(); }
+void* dynamic_shared_base() { return g_block.shared.get(); }
 
 void check_global_load(const void* p, size_t bytes, const char* what) {
   // Device memory, or pinned host memory (mapped into the device's address space).
@@ -638,6 +674,15 @@ cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
   return allocate(p, n, Kind::Device);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
+  if (!p) return cudaSuccess;
+  auto it = g_allocations.find(reinterpret_cast<uintptr_t>(p));
+  if (it == g_allocations.end() || it->second.kind != Kind::Device)
+    return set_error(cudaErrorInvalidDevicePointer);
+  if (g_capture.active) {  // a captured free would run again at every replay
+    std::fprintf(stderr, "cuda emulation: cudaFreeAsync inside a capture is not emulated\n");
+    g_capture.invalidated = true;
+    return set_error(cudaErrorNotSupported);
+  }
   return submit(s, false, "cudaFreeAsync", [p] { release(p, Kind::Device); });
 }
 
@@ -730,7 +775,8 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
   if (s == nullptr || g_capture.active) return set_error(cudaErrorStreamCaptureUnsupported);
-  g_capture = {s, true, false, new Graph};
+  g_capture = {s, true, false, new Graph,
+               (reinterpret_cast<Stream*>(s)->flags & cudaStreamNonBlocking) != 0};
   return cudaSuccess;
 }
 cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
@@ -840,9 +886,12 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
                  what, m, n, k, lda, ldb, ldc);
     return CUBLAS_STATUS_INVALID_VALUE;
   }
-  if (at != bt || (at != CUDA_R_32F && at != CUDA_R_16BF) ||
-      (ct != CUDA_R_32F && ct != CUDA_R_16BF) || compute != CUBLAS_COMPUTE_32F)
-    return CUBLAS_STATUS_NOT_SUPPORTED;
+  // CUBLAS_COMPUTE_32F's combinations that dsv3 uses: FP32 x FP32 -> FP32, BF16 x BF16 -> FP32
+  // or BF16 (FP32 inputs with a BF16 output are not among cuBLAS's).
+  const bool types_ok = at == bt && compute == CUBLAS_COMPUTE_32F &&
+                        ((at == CUDA_R_32F && ct == CUDA_R_32F) ||
+                         (at == CUDA_R_16BF && (ct == CUDA_R_32F || ct == CUDA_R_16BF)));
+  if (!types_ok) return CUBLAS_STATUS_NOT_SUPPORTED;
   if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int i = 0; i < batch; ++i) {

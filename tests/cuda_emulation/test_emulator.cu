@@ -123,6 +123,24 @@ TEST(CudaEmulation, GlobalOnlyLoadsOfSharedMemoryFail) {
   reset_errors();
 }
 
+// A 16-byte vector load from an address that is not 16-byte aligned faults on a GPU; here
+// UndefinedBehaviorSanitizer stops the program (the kernel files are built with its alignment
+// check).
+__global__ void misaligned_load_kernel(const float* x, float* y) {
+  const float4 v = *reinterpret_cast<const float4*>(x + 1);
+  y[threadIdx.x] = v.x;
+}
+
+TEST(CudaEmulationDeathTest, MisalignedVectorLoadStops) {
+  Buffer x(64), y(32 * 4);
+  EXPECT_DEATH(
+      {
+        misaligned_load_kernel<<<1, 32>>>(x.f(), y.f());
+        cudaDeviceSynchronize();
+      },
+      "misaligned address");
+}
+
 TEST(CudaEmulation, InvalidLaunchShapesAreRefused) {
   Buffer y(64 * 4);
   fill_kernel<<<dim3(1, 70000), 32>>>(y.f(), 1.0f);  // grid y beyond 65535
@@ -139,6 +157,9 @@ TEST(CudaEmulation, NewDeviceMemoryIsNotZero) {
   float h[4];
   ASSERT_EQ(cudaMemcpy(h, y.p, 16, cudaMemcpyDeviceToHost), cudaSuccess);
   for (float v : h) EXPECT_TRUE(std::isnan(v));
+  int32_t ids[4];
+  ASSERT_EQ(cudaMemcpy(ids, y.p, 16, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (int32_t v : ids) EXPECT_GT(v, 1 << 20) << "not -1, which kernels read as 'no token'";
 }
 
 TEST(CudaEmulation, CopiesMustStayInsideAnAllocation) {
@@ -164,7 +185,7 @@ TEST(CudaEmulation, CaptureRecordsAndReplays) {
   ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   fill_kernel<<<1, 32, 0, s>>>(y.f(), 7.0f);
   float h[32];
-  EXPECT_EQ(cudaMemcpy(h, y.p, 4, cudaMemcpyDeviceToHost), cudaErrorStreamCaptureImplicit);
+  EXPECT_EQ(cudaMemcpy(h, y.p, 4, cudaMemcpyDeviceToHost), cudaErrorStreamCaptureUnsupported);
   cudaGraph_t g = nullptr;
   ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated)
       << "a synchronous copy during a capture must invalidate it";
@@ -180,18 +201,70 @@ TEST(CudaEmulation, CaptureRecordsAndReplays) {
   ASSERT_EQ(cudaGraphLaunch(exec, nullptr), cudaSuccess);
   ASSERT_EQ(cudaMemcpy(h, y.p, 128, cudaMemcpyDeviceToHost), cudaSuccess);
   for (float v : h) EXPECT_EQ(v, 7.0f);
-  // Work on the legacy stream during a capture breaks it.
-  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  // Work on the legacy stream during the capture of a blocking stream breaks it; of a
+  // non-blocking stream, it runs (the two streams do not synchronise).
+  cudaStream_t blocking = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&blocking, 0), cudaSuccess);
+  ASSERT_EQ(cudaStreamBeginCapture(blocking, cudaStreamCaptureModeThreadLocal), cudaSuccess);
   fill_kernel<<<1, 32>>>(y.f(), 1.0f);
   EXPECT_EQ(cudaGetLastError(), cudaErrorStreamCaptureImplicit);
-  EXPECT_EQ(cudaStreamEndCapture(s, &g), cudaErrorStreamCaptureInvalidated);
+  EXPECT_EQ(cudaStreamEndCapture(blocking, &g), cudaErrorStreamCaptureInvalidated);
   cudaGetLastError();
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  fill_kernel<<<1, 32>>>(y.f(), 1.0f);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+  cudaGraphDestroy(g);
+  cudaGraphExecDestroy(exec);
+  cudaStreamDestroy(blocking);
+  cudaStreamDestroy(s);
+}
+
+// A kernel's arguments are copied when it is captured: a replay uses the captured values.
+TEST(CudaEmulation, CaptureCopiesArguments) {
+  Buffer y(32 * 4);
+  cudaStream_t s = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+  float value = 3.0f;
+  cudaGraph_t g = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+  fill_kernel<<<1, 32, 0, s>>>(y.f(), value);
+  ASSERT_EQ(cudaStreamEndCapture(s, &g), cudaSuccess);
+  value = 5.0f;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, g, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, nullptr), cudaSuccess);
+  float h = 0.0f;
+  ASSERT_EQ(cudaMemcpy(&h, y.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(h, 3.0f);
+  cudaGraphDestroy(g);
   cudaGraphExecDestroy(exec);
   cudaStreamDestroy(s);
 }
 
-// Column-major cuBLAS semantics against a direct loop, with transposes, leading dimensions
-// larger than the rows, beta, and BF16 operands.
+// A barrier left out between a write and a read of shared memory shows in one of the two
+// thread orders the emulation alternates between from launch to launch.
+__global__ void missing_barrier_kernel(float* y, float value) {
+  __shared__ float v;
+  if (threadIdx.x == 0) v = value;
+  // (no __syncthreads here: the bug)
+  y[threadIdx.x] = v;
+}
+
+TEST(CudaEmulation, AMissingBarrierShowsInOneOfTheThreadOrders) {
+  Buffer y(64 * 4);
+  bool wrong = false;
+  for (int launch = 1; launch <= 3; ++launch) {  // consecutive launches: both orders
+    missing_barrier_kernel<<<1, 64>>>(y.f(), float(launch));
+    std::vector<float> out(64);
+    ASSERT_EQ(cudaMemcpy(out.data(), y.p, 256, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (float v : out) wrong = wrong || v != float(launch);
+  }
+  EXPECT_TRUE(wrong);
+}
+
+// Column-major cuBLAS semantics against a direct loop, with a transpose, leading dimensions
+// larger than the rows, and beta.
 TEST(CudaEmulation, GemmExFollowsCublasConventions) {
   cublasHandle_t h = nullptr;
   ASSERT_EQ(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
@@ -227,6 +300,11 @@ TEST(CudaEmulation, GemmExFollowsCublasConventions) {
                          db.p, CUDA_R_32F, ldb, &beta, dc.p, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT),
             CUBLAS_STATUS_INVALID_VALUE);
+  // FP32 inputs with a BF16 output: not a combination cuBLAS offers.
+  EXPECT_EQ(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &alpha, da.p, CUDA_R_32F, lda, db.p,
+                         CUDA_R_32F, ldb, &beta, dc.p, CUDA_R_16BF, ldc, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            CUBLAS_STATUS_NOT_SUPPORTED);
   cudaGetLastError();
   cublasDestroy(h);
 }
