@@ -175,11 +175,44 @@ FixtureStep run_fixture_step(const std::string& dir, const ModelConfig& config, 
   return s;
 }
 
-// grad_norm (at tol.forward), the bias update and one AdamW step (at tol.grad) of `step` against
-// the fixture; `suffix` labels the rows when they come from another precision than the rest of
-// the table.
-void check_optimizer_step(const ModelConfig& config, FixtureStep& step, const WeightStore& expected,
-                          Checker& check, Tolerances tol, const std::string& suffix) {
+// Where the adamw.* rows' expected parameters come from.
+enum class UpdateReference {
+  Fixture,       // the fixture's own step
+  OwnGradients,  // a float64 AdamW step from the gradients this step computed
+};
+
+// The parameters a float64 AdamW step from `weights`' current gradients lands on, in
+// named_tensors() order, as float32. The fixture's parameters are the starting point.
+std::vector<Tensor> float64_update_from(const std::string& dir, const ModelConfig& config,
+                                        const ModelWeights& weights) {
+  ModelWeights wide(config);
+  wide.load(WeightStore::open((std::filesystem::path(dir) / "model.safetensors").string()));
+  wide.to_float64();
+  wide.zero_grads();
+  const auto grads = weights.named_grads();
+  const auto wide_grads = wide.named_grads();
+  DSV3_CHECK(grads.size() == wide_grads.size(), "parity: {} gradients, {} float64 ones",
+             grads.size(), wide_grads.size());
+  for (size_t i = 0; i < grads.size(); ++i) {
+    DSV3_CHECK(grads[i].first == wide_grads[i].first, "parity: gradient {} is {} in float64",
+               grads[i].first, wide_grads[i].first);
+    const Tensor g = as_f32(grads[i].second.to(Device::CPU));
+    double* out = wide_grads[i].second.f64();
+    for (int64_t j = 0; j < g.numel(); ++j) out[j] = g.f32()[j];
+  }
+  AdamW(wide).step(fixture_adamw(config), config.train.lr);
+  std::vector<Tensor> updated;
+  for (const auto& [name, v] : wide.named_tensors()) updated.push_back(v.to_f32());
+  return updated;
+}
+
+// grad_norm (at tol.forward) and the bias update of `step` against the fixture, then one AdamW
+// step: judged at tol.grad against the fixture's step, or at kOptimizerTol against a float64
+// step from the same gradients (UpdateReference). `suffix` labels the rows when they come from
+// another precision than the rest of the table.
+void check_optimizer_step(const std::string& dir, const ModelConfig& config, FixtureStep& step,
+                          const WeightStore& expected, Checker& check, Tolerances tol,
+                          UpdateReference reference, const std::string& suffix) {
   ModelWeights& weights = *step.weights;
   AdamW opt(weights);
   const AdamWSettings s = fixture_adamw(config);
@@ -195,14 +228,24 @@ void check_optimizer_step(const ModelConfig& config, FixtureStep& step, const We
       check.exact("bias_after." + name + suffix, updated,
                   as_f32(expected.get("bias_after." + name)));
   }
+  std::vector<Tensor> own_reference;
+  if (reference == UpdateReference::OwnGradients)
+    own_reference = float64_update_from(dir, config, weights);
   double norm = opt.step(s, config.train.lr);
   if (expected.has("grad_norm"))
     check.add("grad_norm" + suffix, scalar_rel(norm, as_f32(expected.get("grad_norm")).f32()[0]),
               tol.forward, "rel");
-  for (const auto& [name, v] : weights.named_tensors())
-    if (expected.has("adamw." + name))
+  const auto params = weights.named_tensors();
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, v] = params[i];
+    if (!expected.has("adamw." + name)) continue;
+    if (reference == UpdateReference::Fixture)
       check.tensor("adamw." + name + suffix, v, as_f32(expected.get("adamw." + name)), true,
                    tol.grad);
+    else
+      check.tensor("adamw." + name + " (from this step's gradients)" + suffix, v,
+                   own_reference[i], true, kOptimizerTol);
+  }
 }
 
 }  // namespace
@@ -310,15 +353,18 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
   // gradient element near eps into a large part of its update, so a float32 step cannot meet
   // 1e-5 where such an element carries float32 rounding (docs/model.md). The float64 step
   // can: a float32 run on the CPU checks the optimizer end to end in float64, and the float32
-  // optimizer alone from the fixture's gradients (below). The GPU checks its own step at its
-  // gradient tolerance.
+  // optimizer alone from the fixture's gradients (below). A GPU, which has no float64 step,
+  // is judged in two links: its gradients against the fixture (the grad.* rows above), and its
+  // AdamW step against a float64 step from those same gradients.
   if (precision == DType::F32 && device == Device::CPU) {
     FixtureStep wide = run_fixture_step(dir, config, Device::CPU, DType::F64, tokens, labels, true);
-    check_optimizer_step(config, wide, expected, check, {kForwardTolF32, kOptimizerTol},
-                         " (float64 step)");
+    check_optimizer_step(dir, config, wide, expected, check, {kForwardTolF32, kOptimizerTol},
+                         UpdateReference::Fixture, " (float64 step)");
+  } else if (precision == DType::F64) {
+    check_optimizer_step(dir, config, step, expected, check, {tol.forward, kOptimizerTol},
+                         UpdateReference::Fixture, "");
   } else {
-    check_optimizer_step(config, step, expected, check,
-                         precision == DType::F64 ? Tolerances{tol.forward, kOptimizerTol} : tol,
+    check_optimizer_step(dir, config, step, expected, check, tol, UpdateReference::OwnGradients,
                          "");
   }
 
