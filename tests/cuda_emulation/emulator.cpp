@@ -14,12 +14,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -82,6 +84,11 @@ bool is_device(const void* p) {
   return a && a->kind == Kind::Device;
 }
 
+bool is_pinned(const void* p) {
+  const Allocation* a = find_allocation(p, 1);
+  return a && a->kind == Kind::Pinned;
+}
+
 // Device bytes [p, p + n) must lie inside one device allocation.
 bool device_range_ok(const void* p, size_t n, const char* what) {
   const Allocation* a = find_allocation(p, n ? n : 1);
@@ -127,10 +134,71 @@ cudaError_t release(void* p, Kind kind) {
 }
 
 // ---- streams and graph capture ----
+//
+// Work is deferred, as on a GPU: each stream keeps a queue, and queued work runs only when the
+// host waits for it (cudaStreamSynchronize, cudaDeviceSynchronize, cudaEventSynchronize, a
+// synchronous copy to the host, cudaFree). So host code that reads a result, or rewrites the
+// source of an asynchronous copy, before waiting sees what a GPU would let it see. The legacy
+// stream (nullptr) is ordered with every blocking stream: before one of them runs an item,
+// the other's earlier items run. Non-blocking streams are ordered with nothing.
 
+struct Pending {
+  uint64_t seq;  // the order in which work was queued, over all streams
+  std::function<void()> work;
+};
 struct Stream {
   unsigned flags = 0;
+  std::deque<Pending> queue;
 };
+Stream g_legacy;                 // the legacy default stream, cudaStream_t nullptr
+std::set<Stream*> g_streams;     // streams from cudaStreamCreateWithFlags, not yet destroyed
+uint64_t g_next_seq = 1;
+constexpr uint64_t kEverything = ~uint64_t(0);
+
+Stream& stream_of(cudaStream_t s) { return s ? *reinterpret_cast<Stream*>(s) : g_legacy; }
+bool blocking(const Stream& st) { return &st == &g_legacy || !(st.flags & cudaStreamNonBlocking); }
+
+// Runs `st`'s queued items numbered up to `upto`, each after the earlier items of the streams
+// it is ordered with. After a failure (a sticky error) the rest is dropped, as a faulted GPU
+// context runs nothing more.
+void drain(Stream& st, uint64_t upto) {
+  while (!st.queue.empty() && st.queue.front().seq <= upto) {
+    const uint64_t seq = st.queue.front().seq;
+    if (&st == &g_legacy) {
+      for (Stream* other : g_streams)
+        if (blocking(*other)) drain(*other, seq - 1);
+    } else if (blocking(st)) {
+      drain(g_legacy, seq - 1);
+    }
+    Pending item = std::move(st.queue.front());
+    st.queue.pop_front();
+    if (g_sticky_error == cudaSuccess) item.work();
+  }
+}
+
+// Everything queued anywhere, in the order it was queued.
+void drain_all() {
+  for (;;) {
+    Stream* first = g_legacy.queue.empty() ? nullptr : &g_legacy;
+    for (Stream* st : g_streams)
+      if (!st->queue.empty() && (!first || st->queue.front().seq < first->queue.front().seq))
+        first = st;
+    if (!first) return;
+    drain(*first, first->queue.front().seq);
+  }
+}
+
+// The host waits for the legacy stream and so for the blocking streams' queued work.
+void drain_blocking() {
+  drain(g_legacy, kEverything);
+  for (Stream* st : g_streams)
+    if (blocking(*st)) drain(*st, kEverything);
+}
+
+cudaError_t sticky_or_success() {
+  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+}
+
 struct Graph {
   std::vector<std::function<void()>> nodes;  // in the order they were queued
 };
@@ -144,9 +212,11 @@ struct Capture {
   bool non_blocking = false;  // the captured stream was made with cudaStreamNonBlocking
 } g_capture;
 
-// Queues `work` on stream `s`: runs it now, records it into the capture, or refuses it.
-// `synchronous`: an API that waits for the device (not allowed while capturing).
-cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::function<void()> work) {
+// Queues `work` on stream `s`, records it into the capture, or refuses it; `seq` (optional)
+// receives the item's number. `synchronous`: an API that waits for the device (not allowed
+// while capturing); the caller waits.
+cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::function<void()> work,
+                   uint64_t* seq = nullptr) {
   if (g_sticky_error != cudaSuccess) return set_error(g_sticky_error);
   if (g_capture.active) {
     if (s == g_capture.stream && !synchronous) {
@@ -168,8 +238,10 @@ cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::func
       return set_error(cudaErrorStreamCaptureImplicit);
     }
   }
-  work();
-  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+  const uint64_t n = g_next_seq++;
+  stream_of(s).queue.push_back({n, std::move(work)});
+  if (seq) *seq = n;
+  return cudaSuccess;
 }
 
 // ---- fibers ----
@@ -622,6 +694,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
     case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
   }
   return "cudaErrorUnknown";
 }
@@ -641,7 +714,8 @@ cudaError_t cudaDeviceSynchronize() {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
-  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+  drain_all();
+  return sticky_or_success();
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
@@ -657,15 +731,21 @@ cudaError_t cudaMalloc(void** p, size_t n) {
   }
   return allocate(p, n, Kind::Device);
 }
+// cudaFree and cudaFreeHost wait for the device first, as CUDA's do: queued work may use the
+// memory.
 cudaError_t cudaFree(void* p) {
   if (g_capture.active) {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
+  drain_all();
   return release(p, Kind::Device);
 }
 cudaError_t cudaMallocHost(void** p, size_t n) { return allocate(p, n, Kind::Pinned); }
-cudaError_t cudaFreeHost(void* p) { return release(p, Kind::Pinned); }
+cudaError_t cudaFreeHost(void* p) {
+  drain_all();
+  return release(p, Kind::Pinned);
+}
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
   if (g_capture.active && s == g_capture.stream) {
     std::fprintf(stderr, "cuda emulation: cudaMallocAsync inside a capture is not emulated\n");
@@ -721,11 +801,32 @@ cudaError_t copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, siz
   if (!copy_side_ok(dst, pitched_extent(dpitch, width, height), dst_dev, what) ||
       !copy_side_ok(src, pitched_extent(spitch, width, height), src_dev, what))
     return set_error(cudaErrorInvalidValue);
-  return submit(s, synchronous, what, [=] {
+  // When the host side is pageable memory, the driver stages it: a host-to-device copy reads
+  // its source before the call returns (the grouped GEMM's pointer arrays in
+  // kernels/cuda/context.cpp rely on this, which CUDA's notes only say "might" happen), and a synchronous copy to pageable memory returns when
+  // it is done. Pinned memory is read and written when the copy runs, in stream order.
+  const bool staged_source = !src_dev && !is_pinned(src);
+  std::shared_ptr<std::vector<char>> staged;
+  if (staged_source) {
+    staged = std::make_shared<std::vector<char>>(width * height);
     for (size_t r = 0; r < height; ++r)
-      std::memmove(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch,
+      std::memcpy(staged->data() + r * width, static_cast<const char*>(src) + r * spitch, width);
+  }
+  uint64_t seq = 0;
+  const cudaError_t e = submit(s, synchronous, what, [=] {
+    for (size_t r = 0; r < height; ++r)
+      std::memmove(static_cast<char*>(dst) + r * dpitch,
+                   staged ? staged->data() + r * width : static_cast<const char*>(src) + r * spitch,
                    width);
-  });
+  }, &seq);
+  if (e != cudaSuccess) return e;
+  // A synchronous copy waits unless it is device to device; one between host buffers is
+  // synchronous even when asynchronous.
+  if ((synchronous && !(src_dev && dst_dev)) || (!src_dev && !dst_dev)) {
+    drain(stream_of(s), seq);
+    return sticky_or_success();
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -758,11 +859,18 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p)
 }
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
-  *s = reinterpret_cast<cudaStream_t>(new Stream{flags});
+  Stream* st = new Stream{flags, {}};
+  g_streams.insert(st);
+  *s = reinterpret_cast<cudaStream_t>(st);
   return cudaSuccess;
 }
+// Work queued on a destroyed stream still runs, as on a GPU.
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  delete reinterpret_cast<Stream*>(s);
+  Stream* st = reinterpret_cast<Stream*>(s);
+  if (!st || !g_streams.count(st)) return set_error(cudaErrorInvalidResourceHandle);
+  drain(*st, kEverything);
+  g_streams.erase(st);
+  delete st;
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t s) {
@@ -770,7 +878,11 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
-  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+  if (s == nullptr)
+    drain_blocking();
+  else
+    drain(stream_of(s), kEverything);
+  return sticky_or_success();
 }
 
 cudaError_t cudaStreamBeginCapture(cudaStream_t s, cudaStreamCaptureMode) {
@@ -799,9 +911,11 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsig
 }
 cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t s) {
   if (!exec) return set_error(cudaErrorInvalidResourceHandle);
-  const Graph* g = reinterpret_cast<const Graph*>(exec);
-  return submit(s, false, "cudaGraphLaunch", [g] {
-    for (const auto& node : g->nodes) {
+  // The nodes as they are now: the executable graph may be destroyed before the launch runs.
+  auto nodes = std::make_shared<const std::vector<std::function<void()>>>(
+      reinterpret_cast<const Graph*>(exec)->nodes);
+  return submit(s, false, "cudaGraphLaunch", [nodes] {
+    for (const auto& node : *nodes) {
       if (g_sticky_error != cudaSuccess) return;
       node();
     }
@@ -819,6 +933,9 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
 namespace {
 struct Event {
   std::chrono::steady_clock::time_point at;
+  Stream* stream = nullptr;  // where it was last recorded
+  uint64_t seq = 0;          // the record's place in that stream's queue
+  bool done = false;         // the record has run
 };
 }  // namespace
 
@@ -831,16 +948,25 @@ cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
-  return submit(s, false, "cudaEventRecord",
-                [e] { reinterpret_cast<Event*>(e)->at = std::chrono::steady_clock::now(); });
+  Event* ev = reinterpret_cast<Event*>(e);
+  ev->done = false;
+  ev->stream = &stream_of(s);
+  return submit(s, false, "cudaEventRecord", [ev] {
+    ev->at = std::chrono::steady_clock::now();
+    ev->done = true;
+  }, &ev->seq);
 }
-cudaError_t cudaEventSynchronize(cudaEvent_t) {
-  return g_sticky_error != cudaSuccess ? set_error(g_sticky_error) : cudaSuccess;
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  Event* ev = reinterpret_cast<Event*>(e);
+  if (ev->stream == &g_legacy || g_streams.count(ev->stream)) drain(*ev->stream, ev->seq);
+  return sticky_or_success();
 }
+// Both events must have been reached, or CUDA answers cudaErrorNotReady.
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop) {
-  *ms = std::chrono::duration<float, std::milli>(reinterpret_cast<Event*>(stop)->at -
-                                                 reinterpret_cast<Event*>(start)->at)
-            .count();
+  const Event* a = reinterpret_cast<Event*>(start);
+  const Event* b = reinterpret_cast<Event*>(stop);
+  if (!a->done || !b->done) return set_error(cudaErrorNotReady);
+  *ms = std::chrono::duration<float, std::milli>(b->at - a->at).count();
   return cudaSuccess;
 }
 

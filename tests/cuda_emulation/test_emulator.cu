@@ -162,6 +162,65 @@ TEST(CudaEmulation, NewDeviceMemoryIsNotZero) {
   for (int32_t v : ids) EXPECT_GT(v, 1 << 20) << "not -1, which kernels read as 'no token'";
 }
 
+// Work is deferred until the host waits, as on a GPU: a result read before the wait, or a
+// pinned source rewritten before its copy ran, shows; a non-blocking stream is not waited for
+// by the legacy stream's synchronous copies.
+TEST(CudaEmulation, WorkRunsWhenTheHostWaits) {
+  Buffer d(32 * sizeof(float));
+  float* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 32 * sizeof(float)), cudaSuccess);
+  for (int i = 0; i < 32; ++i) pinned[i] = 0.0f;
+
+  // Device to pinned host, asynchronous: nothing before the wait.
+  fill_kernel<<<1, 32>>>(d.f(), 7.0f);
+  ASSERT_EQ(cudaMemcpyAsync(pinned, d.p, 4, cudaMemcpyDeviceToHost, nullptr), cudaSuccess);
+  EXPECT_EQ(pinned[0], 0.0f) << "read before the host waited";
+  ASSERT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);
+  EXPECT_EQ(pinned[0], 7.0f);
+
+  // A pinned source is read when the copy runs; a pageable one when the call returns.
+  float back = 0.0f;
+  pinned[0] = 1.0f;
+  ASSERT_EQ(cudaMemcpyAsync(d.p, pinned, 4, cudaMemcpyHostToDevice, nullptr), cudaSuccess);
+  pinned[0] = 2.0f;
+  ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, 2.0f);
+  std::vector<float> pageable{3.0f};
+  ASSERT_EQ(cudaMemcpyAsync(d.p, pageable.data(), 4, cudaMemcpyHostToDevice, nullptr),
+            cudaSuccess);
+  pageable[0] = 4.0f;
+  ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, 3.0f);
+
+  // Events: no elapsed time until both records have run.
+  cudaEvent_t start = nullptr, stop = nullptr;
+  ASSERT_EQ(cudaEventCreate(&start), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&stop), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(start, nullptr), cudaSuccess);
+  fill_kernel<<<1, 32>>>(d.f(), 5.0f);
+  ASSERT_EQ(cudaEventRecord(stop, nullptr), cudaSuccess);
+  float ms = -1.0f;
+  EXPECT_EQ(cudaEventElapsedTime(&ms, start, stop), cudaErrorNotReady);
+  cudaGetLastError();
+  ASSERT_EQ(cudaEventSynchronize(stop), cudaSuccess);
+  EXPECT_EQ(cudaEventElapsedTime(&ms, start, stop), cudaSuccess);
+  EXPECT_GE(ms, 0.0f);
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+
+  // A non-blocking stream's work: the legacy stream's synchronous copy does not wait for it.
+  cudaStream_t side = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), cudaSuccess);
+  fill_kernel<<<1, 32, 0, side>>>(d.f(), 9.0f);
+  ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, 5.0f);
+  ASSERT_EQ(cudaStreamSynchronize(side), cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(back, 9.0f);
+  ASSERT_EQ(cudaStreamDestroy(side), cudaSuccess);
+  ASSERT_EQ(cudaFreeHost(pinned), cudaSuccess);
+}
+
 TEST(CudaEmulation, CopiesMustStayInsideAnAllocation) {
   Buffer y(64);
   std::vector<char> h(128);

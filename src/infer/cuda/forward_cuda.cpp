@@ -571,11 +571,12 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
     order[size_t(slot)] = int32_t(a / k);
     order[size_t(picks + a)] = int32_t(slot);
   }
-  // From pageable memory: each copy has read `order` when it returns.
-  check(cudaMemcpyAsync(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice, s_),
+  // From pageable memory, with the synchronous copy (on the legacy stream, which s_ is outside
+  // a capture): CUDA promises it has read `order` when it returns, which an asynchronous copy
+  // from pageable memory does not. Nothing is queued since the wait above, so it costs no wait.
+  check(cudaMemcpy(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice),
         "inference on cuda: uploading the expert order");
-  check(cudaMemcpyAsync(b_.slot_of, order.data() + picks, size_t(picks) * 4,
-                        cudaMemcpyHostToDevice, s_),
+  check(cudaMemcpy(b_.slot_of, order.data() + picks, size_t(picks) * 4, cudaMemcpyHostToDevice),
         "inference on cuda: uploading the expert order");
   // ey [picks, D]: the picks' inputs in slot order, later the experts' outputs.
   launch(gpu::gather_rows(b_.xn, b_.perm_rows, picks, d, b_.ey, s_), "inference on cuda: gather");

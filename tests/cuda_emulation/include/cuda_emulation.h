@@ -21,8 +21,11 @@
 //   the capture; synchronous copies and allocations during a capture do too.
 // - the blocks of a launch run in a shuffled order (seeded by the launch count), since a GPU
 //   promises none.
-// Work runs when it is queued (one host thread, in order), a valid order for any stream; blocks
-// run one at a time, so atomics are plain and fences empty.
+// - work is deferred: it runs when the host waits for it (a stream, event or device
+//   synchronisation, a synchronous copy to the host, cudaFree), so reading a result before
+//   waiting, or rewriting a pinned buffer an asynchronous copy has not read yet, shows.
+// Queued work runs on one host thread in a valid order for its streams; blocks run one at a
+// time, so atomics are plain and fences empty.
 #include <math.h>
 
 #include <cstddef>
@@ -166,6 +169,7 @@ enum cudaError_t {
   cudaErrorInvalidDevicePointer = 17,
   cudaErrorNoDevice = 100,
   cudaErrorInvalidResourceHandle = 400,
+  cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
   cudaErrorNotSupported = 801,
   cudaErrorStreamCaptureUnsupported = 900,
