@@ -613,6 +613,13 @@ void check_global_load(const void* p, size_t bytes, const char* what) {
   exit_thread();
 }
 
+bool pointer_argument_ok(const char* kernel, int index, const void* p) {
+  if (!p || find_allocation(p, 0)) return true;  // device or pinned; one past the end too
+  kernel_failed(std::string("kernel ") + kernel + ": argument " + std::to_string(index) +
+                " is not device or pinned memory (a host pointer faults on a GPU)");
+  return false;
+}
+
 void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
 
 uint64_t kernels_run() { return g_kernels_run; }

@@ -112,6 +112,23 @@ TEST(CudaEmulation, MisusedShuffleOrBarrierFailsTheLaunch) {
   reset_errors();
 }
 
+TEST(CudaEmulation, HostPointerArgumentsFailTheLaunch) {
+  Buffer y(32 * 4);
+  EXPECT_TRUE(dsv3emu::pointer_argument_ok("k", 0, y.f() + 32)) << "one past the end is valid";
+  EXPECT_TRUE(dsv3emu::pointer_argument_ok("k", 0, nullptr));
+  std::vector<float> host(32);
+  fill_kernel<<<1, 32>>>(host.data(), 1.0f);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  EXPECT_EQ(host[0], 0.0f) << "the kernel ran";
+  reset_errors();
+  float* pinned = nullptr;
+  ASSERT_EQ(cudaMallocHost(reinterpret_cast<void**>(&pinned), 32 * 4), cudaSuccess);
+  fill_kernel<<<1, 32>>>(pinned, 2.0f);  // mapped into the device's address space
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(pinned[31], 2.0f);
+  cudaFreeHost(pinned);
+}
+
 TEST(CudaEmulation, GlobalOnlyLoadsOfSharedMemoryFail) {
   Buffer x(32 * 4), y(32 * 4);
   std::vector<float> h(32, 2.0f);

@@ -21,6 +21,7 @@
 //   the capture; synchronous copies and allocations during a capture do too.
 // - the blocks of a launch run in a shuffled order (seeded by the launch count), since a GPU
 //   promises none.
+// - a kernel's pointer arguments must point into device or pinned memory;
 // - work is deferred: it runs when the host waits for it (a stream, event or device
 //   synchronisation, a synchronous copy to the host, cudaFree), so reading a result before
 //   waiting, or rewriting a pinned buffer an asynchronous copy has not read yet, shows.
@@ -277,11 +278,30 @@ struct LaunchConfig {
 void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cfg,
                     std::function<void()> body);
 
+// A pointer argument must be null or point into (or just past) device or pinned memory: a
+// kernel handed a host pointer faults on a GPU. Otherwise the launch fails (sticky error).
+// Pointers inside structure arguments are not seen.
+bool pointer_argument_ok(const char* kernel, int index, const void* p);
+
 template <typename... P, typename... A>
 void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "kernel launched with the wrong argument count");
   // The arguments are copied at launch, converted to the parameter types, as CUDA does.
   std::tuple<std::decay_t<P>...> params{static_cast<std::decay_t<P>>(std::forward<A>(args))...};
+  const bool pointers_ok = std::apply(
+      [name](const auto&... v) {
+        int index = 0;
+        bool ok = true;
+        auto check = [&](const auto& x) {
+          if constexpr (std::is_pointer_v<std::decay_t<decltype(x)>>)
+            ok = pointer_argument_ok(name, index, static_cast<const void*>(x)) && ok;
+          ++index;
+        };
+        (check(v), ...);
+        return ok;
+      },
+      params);
+  if (!pointers_ok) return;
   enqueue_kernel(name, reinterpret_cast<const void*>(kernel), cfg,
                  [kernel, params]() { std::apply(kernel, params); });
 }
