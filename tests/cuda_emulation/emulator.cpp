@@ -407,6 +407,13 @@ struct Block {
   std::vector<Thread> threads;
   std::vector<WarpExchange> warps;
   std::unique_ptr<unsigned char[]> shared;  // dynamic shared memory, exactly as large as asked
+  size_t dynamic_bytes = 0, shared_limit = 0;  // the launch's dynamic size, its total limit
+  struct FreeDeleter {
+    void operator()(void* p) const { std::free(p); }
+  };
+  // Static __shared__ variables of the running block, by declaration site.
+  std::map<const void*, std::unique_ptr<void, FreeDeleter>> statics;
+  size_t static_bytes = 0;
   int current = -1;
   bool failed = false;
   Context scheduler;
@@ -531,8 +538,11 @@ void run_block() {
   }
 }
 
-void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<void()>& body) {
+void run_kernel(const char* name, const LaunchConfig& cfg, size_t shared_limit,
+                const std::function<void()>& body) {
   ++g_kernels_run;
+  g_block.dynamic_bytes = cfg.shared;
+  g_block.shared_limit = shared_limit;
   const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
   g_block.kernel = name;
   g_block.body = &body;
@@ -564,6 +574,8 @@ void run_kernel(const char* name, const LaunchConfig& cfg, const std::function<v
     // allocation of the launch's size per block, so AddressSanitizer sees overruns.
     g_block.shared.reset(new unsigned char[cfg.shared]);
     poison(g_block.shared.get(), cfg.shared);
+    g_block.statics.clear();
+    g_block.static_bytes = 0;
     run_block();
     if (g_block.failed) break;
   }
@@ -603,6 +615,26 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 }
 
 void* dynamic_shared_base() { return g_block.shared.get(); }
+
+void* block_shared_slot(const void* site, size_t bytes, size_t align) {
+  auto it = g_block.statics.find(site);
+  if (it != g_block.statics.end()) return it->second.get();
+  // A GPU's limits: 48 KiB of static shared memory, and static plus dynamic within the launch's
+  // limit (raised by the opt-in).
+  g_block.static_bytes += bytes;
+  if (g_block.static_bytes > 48 * 1024 ||
+      g_block.static_bytes + g_block.dynamic_bytes > g_block.shared_limit) {
+    fail_block("static shared memory of " + std::to_string(g_block.static_bytes) +
+               " bytes (with " + std::to_string(g_block.dynamic_bytes) +
+               " dynamic) is over the limit");
+    exit_thread();
+  }
+  void* p = nullptr;
+  if (posix_memalign(&p, std::max<size_t>(align, 16), bytes ? bytes : 1) != 0) std::abort();
+  poison(p, bytes);
+  g_block.statics.emplace(site, std::unique_ptr<void, Block::FreeDeleter>(p));
+  return p;
+}
 
 void check_global_load(const void* p, size_t bytes, const char* what) {
   // Device memory, or pinned host memory (mapped into the device's address space).
@@ -653,7 +685,9 @@ void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cf
     return;
   }
   submit(cfg.stream, false, name,
-         [name, cfg, body = std::move(body)] { run_kernel(name, cfg, body); });
+         [name, cfg, shared_limit, body = std::move(body)] {
+           run_kernel(name, cfg, shared_limit, body);
+         });
 }
 
 }  // namespace dsv3emu

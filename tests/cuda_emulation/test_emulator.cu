@@ -327,6 +327,33 @@ __global__ void missing_barrier_kernel(float* y, float value) {
   y[threadIdx.x] = v;
 }
 
+// Only block 0 writes its shared value; every block reads its own.
+__global__ void one_block_writes_kernel(float* y) {
+  __shared__ float v;
+  if (blockIdx.x == 0 && threadIdx.x == 0) v = 5.0f;
+  __syncthreads();
+  if (threadIdx.x == 0) y[blockIdx.x] = v;
+}
+
+// Too much static shared memory for any GPU (48 KiB at most).
+__global__ void oversized_static_shared_kernel(float* y) {
+  __shared__ float big[13 * 1024];
+  big[threadIdx.x] = 1.0f;
+  y[threadIdx.x] = big[threadIdx.x];
+}
+
+TEST(CudaEmulation, StaticSharedMemoryIsPerBlockAndStartsAsGarbage) {
+  Buffer y(4 * 4);
+  one_block_writes_kernel<<<4, 32>>>(y.f());
+  std::vector<float> out(4);
+  ASSERT_EQ(cudaMemcpy(out.data(), y.p, 16, cudaMemcpyDeviceToHost), cudaSuccess);
+  EXPECT_EQ(out[0], 5.0f);
+  for (int b = 1; b < 4; ++b) EXPECT_TRUE(std::isnan(out[size_t(b)])) << "block " << b;
+  oversized_static_shared_kernel<<<1, 32>>>(y.f());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  reset_errors();
+}
+
 TEST(CudaEmulation, AMissingBarrierShowsInOneOfTheThreadOrders) {
   Buffer y(64 * 4);
   bool wrong = false;

@@ -15,7 +15,8 @@
 // Semantics kept strict where a GPU is undefined or fails:
 // - a shuffle needs all 32 lanes of the warp at the same shuffle (a full mask), and
 //   __syncthreads every live thread of the block; otherwise the launch fails (sticky error);
-// - new device memory is filled with 0xFF bytes (NaN as floats), not zeros;
+// - new device memory and each block's shared memory (dynamic and static) hold a pattern that
+//   is NaN as floats, not zeros;
 // - copies and GEMM operands must lie inside one device allocation;
 // - a launch, copy or GEMM on the legacy stream while a stream is being captured invalidates
 //   the capture; synchronous copies and allocations during a capture do too.
@@ -42,7 +43,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __noinline__
-#define __shared__ static  // one block runs at a time: a static is the block's shared memory
+// Every `__shared__` declaration is rewritten (rewrite_launches.cmake); one left over is an error.
+#define __shared__ __shared___declaration_not_rewritten_for_the_emulation
 #define __launch_bounds__(...)
 
 struct dim3 {
@@ -74,6 +76,16 @@ uint64_t kernels_run();     // kernel executions so far (graph replays included)
 template <typename T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_base());
+}
+// A static `__shared__` variable (rewrite_launches.cmake turns `__shared__ T name[N];` into
+// `auto& name = block_shared<T[N]>([] {});`, the lambda making each declaration its own site):
+// storage of the running block, fresh and poisoned when the block first reaches the
+// declaration, as a GPU's shared memory starts as garbage in every block.
+void* block_shared_slot(const void* site, size_t bytes, size_t align);
+template <typename T, typename Site>
+T& block_shared(Site) {
+  static const char site = 0;
+  return *static_cast<T*>(block_shared_slot(&site, sizeof(T), alignof(T)));
 }
 }  // namespace dsv3emu
 
