@@ -1,8 +1,8 @@
 # The CPU emulation of CUDA (tests/cuda_emulation): the CUDA backend (src/*/cuda/, except the
 # BF16 tensor-core attention and the peak benchmark) compiled against emulated CUDA headers,
-# linked with the library's other objects, and run by the GPU inference tests
-# (tests/gpu/test_infer_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on
-# any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
+# linked with the library's other objects, and run by the GPU inference and router tests
+# (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp), the op table's CUDA cases and the
+# emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
 # .cu files become C++ with their launches rewritten (rewrite_launches.cmake).
@@ -12,6 +12,7 @@ set(DSV3_EMU_KERNELS
     src/kernels/cuda/cross_entropy.cu src/kernels/cuda/elementwise.cu
     src/kernels/cuda/embedding.cu src/kernels/cuda/heads.cu src/kernels/cuda/moe.cu
     src/kernels/cuda/optimizer.cu src/kernels/cuda/rmsnorm.cu src/kernels/cuda/rope.cu
+    src/kernels/cuda/router.cu
     src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu)
 set(DSV3_EMU_GENERATED)  # the backend's kernel files, rewritten
 set(DSV3_EMU_KERNEL_CPP)  # and the emulation's own test kernels
@@ -51,6 +52,7 @@ target_link_options(dsv3emu INTERFACE -fsanitize=alignment)
 target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 
 add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${DSV3_EMU_DIR}/test_decode_launches.cpp)

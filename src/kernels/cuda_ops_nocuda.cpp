@@ -86,6 +86,15 @@ void moe_combine_backward(const Tensor&, const Tensor&, const int32_t*, const Te
 void moe_scatter_add(const Tensor&, const int32_t*, int64_t, Tensor&) {
   unavailable("moe_scatter_add");
 }
+void route_forward(const ops::RouteSpec&, const Tensor&, const Tensor*, Tensor&, Tensor&, Tensor&,
+                   Tensor&, Tensor&, Tensor&) {
+  unavailable("route_forward");
+}
+void route_backward(const ops::RouteSpec&, double, const Tensor&, const Tensor&, const Tensor&,
+                    const Tensor&, const Tensor&, Tensor&) {
+  unavailable("route_backward");
+}
+void moe_permute(const Tensor&, const Tensor&, Tensor&, Tensor&) { unavailable("moe_permute"); }
 double sum_squares(const Tensor&, double) { unavailable("sum_squares"); }
 double sum_squares_all(const std::vector<const Tensor*>&) { unavailable("sum_squares_all"); }
 void scale_inplace(Tensor&, float) { unavailable("scale_inplace"); }

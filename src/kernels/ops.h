@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "model/expert_selection.h"
 
 namespace dsv3::ops {
 
@@ -130,6 +131,37 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
 // The gather's backward when row_of is the inverse of the gather's src_row:
 // d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]; d_x_perm [N*K, d], d_x [N, d].
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
+
+// ---- MoE routing (kernels/cpu/router.cpp; model/router.h says what each quantity is) ----
+// N tokens in B sequences of `seq`, E routed experts, K chosen per token. Floating tensors are
+// float32, or float64 for the float64 step; the counts are float32 (exact integers) and the
+// sequence sums float64 on every device.
+struct RouteSpec {
+  ExpertSelection select;  // experts, groups, k, ...
+  bool sigmoid = true;     // scores: sigmoid, else softmax over the experts
+  bool norm_topk = true;   // gating weights normalised over the chosen experts
+  double scaling = 1.0;    // routed_scaling_factor
+  int64_t seq = 1;         // tokens per sequence
+};
+// From logits [N, E] and the correction bias [E] (float32; null: none): scores [N, E],
+// indices [N, K] (int32, ascending), weights [N, K] (from the unbiased scores), score_sum [N]
+// (each token's sum of scores), seq_counts [B, E] (float32: tokens of sequence b routed to e) and
+// seq_prob [B, E] (float64: sum over sequence b's tokens of score / score_sum, in token order).
+// Every output is overwritten.
+void route_forward(const RouteSpec& spec, const Tensor& logits, const Tensor* bias,
+                   Tensor& scores, Tensor& indices, Tensor& weights, Tensor& score_sum,
+                   Tensor& seq_counts, Tensor& seq_prob);
+// d_logits [N, E] (overwritten) from d_weights [N, K] and, with alpha != 0, the sequence-wise
+// balance term alpha * sum_b sum_e f_{b,e} P_{b,e} / B.
+void route_backward(const RouteSpec& spec, double alpha, const Tensor& scores,
+                    const Tensor& indices, const Tensor& score_sum, const Tensor& seq_counts,
+                    const Tensor& d_weights, Tensor& d_logits);
+// The permutation into expert order, stable in token order: offsets [E + 1] (int64, the
+// indices' device: offsets[e] is expert e's first permuted row) from the counts of indices
+// [N*K]; permuted_token[r] (int32 [N*K]) is the token of permuted row r, permuted_row[a] the
+// permuted row of assignment a.
+void moe_permute(const Tensor& indices, const Tensor& offsets, Tensor& permuted_token,
+                 Tensor& permuted_row);
 
 // ---- Optimizer (kernels/cpu/optimizer.cpp) ----
 // acc + sum of g[i]^2 in float64. The elements are split into a fixed number of chunks whose

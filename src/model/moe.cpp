@@ -1,6 +1,5 @@
 #include "model/moe.h"
 
-#include <cstring>
 #include <optional>
 #include <vector>
 
@@ -18,12 +17,10 @@ int64_t shared_width(const ModelConfig& c) {
 MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
-  expert_offsets = a.host().alloc({c.n_routed_experts + 1}, DType::I64);
-  cursor = a.host().alloc({c.n_routed_experts}, DType::I64);
-  auto [tok_host, tok] = a.alloc_mirrored({nk}, DType::I32);
-  auto [row_host, row] = a.alloc_mirrored({nk}, DType::I32);
-  permuted_token_host = tok_host, permuted_token = tok, permuted_row_host = row_host,
-  permuted_row = row;
+  auto [off_host, off] = a.alloc_mirrored({c.n_routed_experts + 1}, DType::I64);
+  expert_offsets = off_host, device_offsets = off;
+  permuted_token = a.alloc({nk}, DType::I32);
+  permuted_row = a.alloc({nk}, DType::I32);
   x_perm = a.alloc({nk, d});
   experts = FfnActivations(a, nk, c.moe_intermediate_size);
   y_perm = a.alloc({nk, d});
@@ -47,23 +44,15 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   phase.emplace("moe fwd: routing + permutation", x.device());
   router_forward(ctx, w, x, act.router);
 
-  // Permute assignments into expert order (a counting sort, stable in token order).
+  // Permute assignments into expert order (a counting sort, stable in token order): the
+  // offsets from the loads the router brought to the host, the permutation on the device.
   int64_t* off = act.expert_offsets.i64();
-  const int32_t* idx = act.router.indices.i32();
-  std::memset(off, 0, size_t(experts + 1) * sizeof(int64_t));
-  for (int64_t a = 0; a < n * k; ++a) off[idx[a] + 1]++;
-  for (int64_t e = 0; e < experts; ++e) off[e + 1] += off[e];
-  int64_t* cursor = act.cursor.i64();
-  std::memcpy(cursor, off, size_t(experts) * sizeof(int64_t));
-  int32_t* tok = act.permuted_token_host.i32();
-  int32_t* row_of = act.permuted_row_host.i32();
-  for (int64_t a = 0; a < n * k; ++a) {
-    int64_t r = cursor[idx[a]]++;
-    tok[r] = int32_t(a / k);
-    row_of[a] = int32_t(r);
-  }
-  act.permuted_token.copy_from(act.permuted_token_host);  // no-ops on the CPU
-  act.permuted_row.copy_from(act.permuted_row_host);
+  off[0] = 0;
+  for (int64_t e = 0; e < experts; ++e) off[e + 1] = off[e] + int64_t(act.router.load.f32()[e]);
+  DSV3_CHECK(off[experts] == n * k, "moe: the router counted {} assignments, not {}",
+             off[experts], n * k);
+  act.device_offsets.copy_from(act.expert_offsets);  // no-op on the CPU
+  ops::moe_permute(act.router.indices, act.device_offsets, act.permuted_token, act.permuted_row);
   phase.emplace("moe fwd: routed experts", x.device());
   ops::moe_gather_rows(x, act.permuted_token.i32(), act.x_perm);
 
@@ -91,7 +80,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   } else {
     out.zero_();
   }
-  ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.device_weights, out);
+  ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.weights, out);
 }
 
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
@@ -103,8 +92,8 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   std::optional<profile::Phase> phase;
   phase.emplace("moe bwd: combine", x.device());
   // Combine step: d(expert output) = weight * d_out; d(weight) = d_out . expert output.
-  ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.device_weights, s.d_y_perm,
-                            s.router.device_d_weights);
+  ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.weights, s.d_y_perm,
+                            s.router.d_weights);
   // The routed experts' backward mirrors the forward: down, SwiGLU, gate_up, each one call
   // over all experts' rows; the weight gradients accumulate into each expert's own.
   std::vector<const Tensor*> gate_up(static_cast<size_t>(experts)), down(gate_up.size());

@@ -11,10 +11,9 @@ namespace dsv3 {
 struct MoeActivations {
   RouterActivations router;
   Tensor expert_offsets;   // [E + 1] int64 (host): permuted rows of expert e are [off[e], off[e+1])
-  Tensor cursor;           // [E] int64: scratch of the counting sort
+  Tensor device_offsets;   // the same on the model's device (the same tensor on the CPU)
   Tensor permuted_token;   // [N*K] int32: token row feeding each permuted row
   Tensor permuted_row;     // [N*K] int32: permuted row of assignment (t, j) at t*K + j
-  Tensor permuted_token_host, permuted_row_host;  // the same two, built on the host
   Tensor x_perm;           // [N*K, hidden] inputs in expert order
   FfnActivations experts;  // [N*K, ...]
   Tensor y_perm;           // [N*K, hidden] expert outputs in expert order

@@ -151,6 +151,14 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
   b.tokens.copy_from(b.tokens_host);
   b.labels.copy_from(b.labels_host);
+  if (c_.has_bias()) {
+    for (int l = 0; l < c_.num_hidden_layers; ++l)
+      if (auto& blk = b.blocks[size_t(l)]; blk->moe)
+        upload_router_bias(w_.layers[size_t(l)].experts, blk->moe->router);
+    for (int k = 0; k < depths; ++k)
+      if (auto& m = b.mtp[size_t(k)]; m->block.moe)
+        upload_router_bias(w_.mtp[size_t(k)].block.experts, m->block.moe->router);
+  }
   StepResult result;
 
   // ---- Forward: main model ----

@@ -295,8 +295,9 @@ TEST_P(MoeGradMode, RouterBackwardMatchesFiniteDifferences) {
   RouterScratch scratch(arena, c, s.batch, s.seq);
   auto backward = [&](Problem& p) {
     MoeWeights w = moe_weights_of(p, c, false);
+    upload_router_bias(w, act);
     router_forward(ctx, w, p["x"], act);
-    scratch.device_d_weights.copy_from(p["r_weights"]);
+    scratch.d_weights.copy_from(p["r_weights"]);
     p.tensors["d_x"] = Tensor::zeros(p["x"].shape());
     router_backward(ctx, w, p["x"], act, s.alpha, scratch, p["d_x"]);
     p.tensors["d_gate"] = w.gate.grad;
@@ -337,6 +338,7 @@ TEST_P(MoeGradMode, MoeBackwardMatchesFiniteDifferences) {
   auto backward = [&](Problem& p) {
     MoeWeights w = moe_weights_of(p, c, true);
     Tensor out = Tensor::zeros({n, d});
+    upload_router_bias(w, act.router);
     moe_forward(ctx, w, p["x"], act, out);
     p.tensors["d_x"] = Tensor::zeros({n, d});
     moe_backward(ctx, w, p["x"], act, p["r_out"], s.alpha, scratch, p["d_x"]);

@@ -46,6 +46,12 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream);
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream);
 cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream);
 cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream);
+// route_forward's per-sequence sums run in chunks of p.chunk tokens: p.seq_partial holds
+// [batch, route_seq_chunks(seq, chunk), E] values.
+inline int64_t route_seq_chunks(int64_t seq, int64_t chunk) { return (seq + chunk - 1) / chunk; }
+cudaError_t route_forward(const RouteForward& p, cudaStream_t stream);
+cudaError_t route_backward(const RouteBackward& p, cudaStream_t stream);
+cudaError_t moe_permute(const MoePermute& p, cudaStream_t stream);
 cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream);
 cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream);
 cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream);

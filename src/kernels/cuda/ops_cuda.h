@@ -58,6 +58,14 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
                           const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights);
+void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tensor* bias,
+                   Tensor& scores, Tensor& indices, Tensor& weights, Tensor& score_sum,
+                   Tensor& seq_counts, Tensor& seq_prob);
+void route_backward(const ops::RouteSpec& spec, double alpha, const Tensor& scores,
+                    const Tensor& indices, const Tensor& score_sum, const Tensor& seq_counts,
+                    const Tensor& d_weights, Tensor& d_logits);
+void moe_permute(const Tensor& indices, const Tensor& offsets, Tensor& permuted_token,
+                 Tensor& permuted_row);
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
 // Returns to the host (a wait on the stream): the global norm is a host decision (clipping).
 double sum_squares(const Tensor& g, double acc);

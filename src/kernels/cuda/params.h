@@ -8,6 +8,8 @@
 // of sizes can pass 2^31 (activations of long sequences, logits of large vocabularies).
 #include <cstdint>
 
+#include "model/expert_selection.h"
+
 namespace dsv3::cuda {
 
 // y[r, :] = x[r, :] * rstd[r] * w, rstd[r] = rsqrt(mean(x[r, :]^2) + eps)
@@ -217,6 +219,46 @@ struct MoeScatterAdd {
   const int32_t* row_of;  // [N*K]
   float* d_x;             // [N, dim]
   int64_t n, k, dim;
+};
+
+// ---- MoE routing (ops::route_forward, route_backward, moe_permute) ----
+
+// N tokens in batch sequences of seq, E = select.experts, K = select.k.
+struct RouteForward {
+  const float* logits;  // [N, E]
+  const float* bias;    // [E] or null
+  float* scores;        // [N, E]
+  int32_t* indices;     // [N, K], ascending
+  float* weights;       // [N, K]
+  float* score_sum;     // [N]
+  float* seq_counts;    // [batch, E], zeroed before the launch, counted into with atomics
+  double* seq_partial;  // [batch, chunks, E] scratch: sums over `chunk` tokens each
+  double* seq_prob;     // [batch, E]
+  ExpertSelection select;
+  bool sigmoid, norm_topk;
+  float scaling;
+  int64_t n, seq, batch, chunk;
+};
+
+struct RouteBackward {
+  const float* scores;      // [N, E]
+  const int32_t* indices;   // [N, K]
+  const float* score_sum;   // [N]
+  const float* seq_counts;  // [batch, E]
+  const float* d_weights;   // [N, K]
+  float* d_logits;          // [N, E]
+  ExpertSelection select;
+  bool sigmoid, norm_topk;
+  float scaling, alpha;
+  int64_t n, seq, batch;
+};
+
+struct MoePermute {
+  const int32_t* indices;   // [N * K]
+  const int64_t* offsets;   // [E + 1]
+  int32_t* permuted_token;  // [N * K]
+  int32_t* permuted_row;    // [N * K]
+  int64_t assignments, k, experts;
 };
 
 // ---- Optimizer ----

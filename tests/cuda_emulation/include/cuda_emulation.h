@@ -136,6 +136,11 @@ inline int atomicAdd(int* p, int v) {
   *p = old + v;
   return old;
 }
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
 inline void __threadfence() {}
 // Cache-hinted loads are global-memory instructions (ld.global.cg): on shared or local memory
 // they fault on a GPU, so here they fail the launch.

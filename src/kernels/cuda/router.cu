@@ -1,0 +1,191 @@
+// The MoE router on the device (ops::route_forward, route_backward, moe_permute), so that a
+// training step's routing never waits for the host: the CPU's arithmetic (kernels/cpu/router.cpp)
+// in the same order per token, one thread per token, and the one selection rule
+// (model/expert_selection.h). The host reads back only the per-sequence counts and sums it
+// needs for the expert offsets, the load and the balance term.
+//
+// - route_forward: a thread per token scores its experts, keeps its selection scores in shared
+//   memory (E floats per thread, an odd stride apart), chooses K and counts them into seq_counts with float atomics
+//   (integers below 2^24: exact in any order). Then the per-sequence sums of score / score_sum
+//   in float64: chunks of kSeqChunk tokens in parallel, the chunks added in order by a second
+//   launch (deterministic; the CPU adds token by token, so the two agree to float64 rounding).
+// - route_backward: a thread per token writes its row of d_logits, as the CPU loop does.
+// - moe_permute: a block per expert walks the assignments in order, a block-wide prefix sum
+//   over each tile giving each of the expert's assignments its rank: stable in token order.
+#include <algorithm>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::cuda {
+namespace {
+
+constexpr int kRouteSharedFloats = 12288;  // 48 KiB of selection scores per block
+constexpr int kMaxRouteThreads = 128;
+constexpr int kPermuteThreads = 256;
+
+__global__ void route_forward_kernel(RouteForward p) {
+  extern __shared__ float route_selection[];
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= p.n) return;
+  const int experts = p.select.experts, k = p.select.k;
+  const float* l = p.logits + t * experts;
+  float* s = p.scores + t * experts;
+  if (p.sigmoid) {
+    for (int e = 0; e < experts; ++e) s[e] = 1.0f / (1.0f + expf(-l[e]));
+  } else {
+    float mx = l[0], sum = 0.0f;
+    for (int e = 1; e < experts; ++e) mx = fmaxf(mx, l[e]);
+    for (int e = 0; e < experts; ++e) sum += (s[e] = expf(l[e] - mx));
+    for (int e = 0; e < experts; ++e) s[e] /= sum;
+  }
+  // An odd stride: the warp's 32 threads walk 32 different banks (a multiple of 32 would put
+  // them all on one).
+  float* selection = route_selection + threadIdx.x * (experts | 1);
+  float total = 0.0f;
+  for (int e = 0; e < experts; ++e) {
+    selection[e] = s[e] + (p.bias ? p.bias[e] : 0.0f);
+    total += s[e];
+  }
+  p.score_sum[t] = total;
+  float group_scores[64];
+  int32_t* chosen = p.indices + t * k;
+  select_experts(p.select, selection, group_scores, chosen);
+  // Gating weights come from the unbiased scores.
+  float* wt = p.weights + t * k;
+  float sum = 0.0f;
+  for (int j = 0; j < k; ++j) sum += (wt[j] = s[chosen[j]]);
+  float scale = p.scaling;
+  if (p.norm_topk) scale /= (sum + 1e-20f);
+  for (int j = 0; j < k; ++j) wt[j] *= scale;
+  float* counts = p.seq_counts + (t / p.seq) * experts;
+  for (int j = 0; j < k; ++j) atomicAdd(counts + chosen[j], 1.0f);
+}
+
+// grid (batch, chunks), a thread per expert (looping past blockDim): one chunk's sum.
+__global__ void route_seq_partial_kernel(RouteForward p) {
+  const int64_t b = blockIdx.x, c = blockIdx.y, experts = p.select.experts;
+  const int64_t first = b * p.seq + c * p.chunk;
+  const int64_t end = (b + 1) * p.seq, last = first + p.chunk < end ? first + p.chunk : end;
+  for (int64_t e = threadIdx.x; e < experts; e += blockDim.x) {
+    double acc = 0.0;
+    for (int64_t t = first; t < last; ++t)
+      acc += double(p.scores[t * experts + e]) / double(p.score_sum[t]);
+    p.seq_partial[(b * gridDim.y + c) * experts + e] = acc;
+  }
+}
+
+// A thread per (sequence, expert): the chunks' sums in order.
+__global__ void route_seq_sum_kernel(RouteForward p, int64_t chunks) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  const int64_t experts = p.select.experts;
+  if (i >= p.batch * experts) return;
+  const int64_t b = i / experts, e = i % experts;
+  double acc = 0.0;
+  for (int64_t c = 0; c < chunks; ++c) acc += p.seq_partial[(b * chunks + c) * experts + e];
+  p.seq_prob[i] = acc;
+}
+
+__global__ void route_backward_kernel(RouteBackward p) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= p.n) return;
+  const int experts = p.select.experts, k = p.select.k;
+  const float* s = p.scores + t * experts;
+  float* d = p.d_logits + t * experts;
+  for (int e = 0; e < experts; ++e) d[e] = 0.0f;
+  // Through the gating weights w_j = scale * s_j (/ Z, Z = sum of chosen s + 1e-20).
+  const int32_t* chosen = p.indices + t * k;
+  const float* g = p.d_weights + t * k;
+  if (p.norm_topk) {
+    float z = 1e-20f, dot = 0.0f;
+    for (int j = 0; j < k; ++j) {
+      z += s[chosen[j]];
+      dot += g[j] * s[chosen[j]];
+    }
+    for (int j = 0; j < k; ++j) d[chosen[j]] += p.scaling * (g[j] / z - dot / (z * z));
+  } else {
+    for (int j = 0; j < k; ++j) d[chosen[j]] += p.scaling * g[j];
+  }
+  // Through the balance term's normalized scores s_e / sum(s).
+  if (p.alpha != 0.0f) {
+    const float f_scale = float(experts) / float(int64_t(k) * p.seq);
+    const float balance_grad = p.alpha / float(p.batch * p.seq);
+    const float* counts = p.seq_counts + (t / p.seq) * experts;
+    const float total = p.score_sum[t];
+    float dot = 0.0f;
+    for (int e = 0; e < experts; ++e) dot += balance_grad * f_scale * counts[e] * s[e];
+    dot /= total;
+    for (int e = 0; e < experts; ++e) d[e] += (balance_grad * f_scale * counts[e] - dot) / total;
+  }
+  // Through the scoring function.
+  if (p.sigmoid) {
+    for (int e = 0; e < experts; ++e) d[e] *= s[e] * (1.0f - s[e]);
+  } else {
+    float dot = 0.0f;
+    for (int e = 0; e < experts; ++e) dot += d[e] * s[e];
+    for (int e = 0; e < experts; ++e) d[e] = s[e] * (d[e] - dot);
+  }
+}
+
+// A block per expert (grid-stride), kPermuteThreads threads: tiles of assignments in order; in
+// each, the assignments of this expert get consecutive rows by an inclusive prefix sum.
+__global__ void permute_kernel(MoePermute p) {
+  __shared__ int32_t scan[kPermuteThreads];
+  for (int64_t e = blockIdx.x; e < p.experts; e += gridDim.x) {
+    int64_t next = p.offsets[e];
+    for (int64_t base = 0; base < p.assignments; base += kPermuteThreads) {
+      const int64_t a = base + threadIdx.x;
+      const int32_t mine = a < p.assignments && p.indices[a] == e ? 1 : 0;
+      scan[threadIdx.x] = mine;
+      __syncthreads();
+      for (int step = 1; step < kPermuteThreads; step <<= 1) {
+        const int32_t add = threadIdx.x >= step ? scan[threadIdx.x - step] : 0;
+        __syncthreads();
+        scan[threadIdx.x] += add;
+        __syncthreads();
+      }
+      if (mine) {
+        const int64_t r = next + scan[threadIdx.x] - 1;
+        p.permuted_token[r] = int32_t(a / p.k);
+        p.permuted_row[a] = int32_t(r);
+      }
+      next += scan[kPermuteThreads - 1];
+      __syncthreads();  // the next tile overwrites scan
+    }
+  }
+}
+
+}  // namespace
+
+cudaError_t route_forward(const RouteForward& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  const int experts = p.select.experts;
+  if (experts <= 0 || (experts | 1) > kRouteSharedFloats || p.select.groups > 64)
+    return cudaErrorInvalidValue;
+  const int stride = experts | 1;  // selection scores per thread (route_forward_kernel)
+  const int threads = std::min(kMaxRouteThreads, kRouteSharedFloats / stride);
+  route_forward_kernel<<<unsigned((p.n + threads - 1) / threads), threads,
+                         size_t(threads) * size_t(stride) * sizeof(float), stream>>>(p);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  const int64_t chunks = route_seq_chunks(p.seq, p.chunk);  // launch.h
+  route_seq_partial_kernel<<<dim3(unsigned(p.batch), unsigned(chunks)),
+                             std::min(256, (experts + 31) / 32 * 32), 0, stream>>>(p);
+  if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  route_seq_sum_kernel<<<unsigned((p.batch * experts + 255) / 256), 256, 0, stream>>>(p, chunks);
+  return cudaGetLastError();
+}
+
+cudaError_t route_backward(const RouteBackward& p, cudaStream_t stream) {
+  if (p.n == 0) return cudaSuccess;
+  route_backward_kernel<<<unsigned((p.n + 127) / 128), 128, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t moe_permute(const MoePermute& p, cudaStream_t stream) {
+  if (p.assignments == 0 || p.experts == 0) return cudaSuccess;
+  permute_kernel<<<unsigned(std::min<int64_t>(p.experts, 65535)), kPermuteThreads, 0, stream>>>(
+      p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda
