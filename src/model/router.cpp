@@ -1,9 +1,5 @@
 #include "model/router.h"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
-
 #include "kernels/ops.h"
 
 namespace dsv3 {
@@ -55,7 +51,10 @@ ops::RouteSpec route_spec(const StepContext& ctx) {
 }  // namespace
 
 void upload_router_bias(const MoeWeights& w, RouterActivations& act) {
-  if (w.bias.defined() && w.bias.numel() == act.bias.numel()) act.bias.copy_from(w.bias);
+  DSV3_CHECK(w.bias.defined() && w.bias.numel() == act.bias.numel(),
+             "router: a correction bias of {} values for {} experts",
+             w.bias.defined() ? w.bias.numel() : 0, act.bias.numel());
+  act.bias.copy_from(w.bias);
 }
 
 void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,
