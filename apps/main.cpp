@@ -42,8 +42,9 @@ void add_device_option(CLI::App& sub, Device& device) {
   sub.add_option_function<std::string>(
          "--device",
          [&device](const std::string& value) {
-           if (CLI::detail::to_lower(value) == "cpu") device = Device::CPU;
-           else if (CLI::detail::to_lower(value) == "cuda") device = Device::CUDA;
+           const std::string name = CLI::detail::to_lower(value);
+           if (name == "cpu") device = Device::CPU;
+           else if (name == "cuda") device = Device::CUDA;
            else throw CLI::ValidationError("--device", "is cpu or cuda, not '" + value + "'");
          },
          "Where the model runs: cpu or cuda (default cpu)")

@@ -266,6 +266,7 @@ class CudaForward final : public DeviceForward {
         *router, *gates, *emb, *cat, *h_prev, *attn_partial;
     int32_t* chosen;
     int32_t *perm_rows, *slot_of;  // prefill's expert order: source row per slot, slot per pick
+    int64_t* expert_offsets;       // prefill: each expert's first slot [E + 1]
     unsigned* attn_arrived;  // per (row, head): split blocks done (zero between launches)
     uint16_t* xbf;
     // Inputs (device), uploaded per pass: cache addresses, ids, positions, capacities, the last
@@ -416,6 +417,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   take(b_.xbf, bf16_elems);
   take(b_.perm_rows, n * std::max<int64_t>(k, 1));
   take(b_.slot_of, n * std::max<int64_t>(k, 1));
+  take(b_.expert_offsets, e + 1);
   work_ = DeviceBuffer();  // free the old buffers before the new ones are allocated
   inputs_dev_ = DeviceBuffer();
   work_ = DeviceBuffer(off);
@@ -518,35 +520,31 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
     routed_experts_grouped(l, n);
     return;
   }
-  // Row t * K + j of the routed products is token t's j-th expert.
-  gpu::Gemv p;
-  p.table_idx = b_.chosen;
-  p.w_bf16 = l.experts_bf16;
-  p.rows = n * k;
-  // Gate, up and SwiGLU: [n * K, width].
-  p.x = b_.xn;
-  p.ldx = d;
-  p.x_row_div = int(k);
-  p.table = l.gate_table;
-  p.up_table = l.up_table;
-  p.swiglu = true;
-  p.in = d;
-  p.y = b_.g;
-  p.ldy = width;
-  p.out = width;
-  launch(gpu::gemv(p, s_), "inference on cuda: expert gate/up gemv");
-  // Down: [n * K, D].
-  p.x = b_.g;
-  p.ldx = width;
-  p.x_row_div = 1;
-  p.table = l.down_table;
-  p.up_table = nullptr;
-  p.swiglu = false;
-  p.in = width;
-  p.y = b_.ey;
-  p.ldy = d;
-  p.out = d;
-  launch(gpu::gemv(p, s_), "inference on cuda: expert down gemv");
+  // Row t * K + j of the routed products is token t's j-th expert; with an up table, gate, up
+  // and SwiGLU in one launch.
+  auto expert_gemv = [&](const float* x, int64_t ldx, int x_row_div, const void* const* table,
+                         const void* const* up_table, int64_t in, int64_t out, float* y,
+                         const char* what) {
+    gpu::Gemv p;
+    p.table_idx = b_.chosen;
+    p.w_bf16 = l.experts_bf16;
+    p.rows = n * k;
+    p.x = x;
+    p.ldx = ldx;
+    p.x_row_div = x_row_div;
+    p.table = table;
+    p.up_table = up_table;
+    p.swiglu = up_table != nullptr;
+    p.in = in;
+    p.y = y;
+    p.ldy = out;
+    p.out = out;
+    launch(gpu::gemv(p, s_), what);
+  };
+  expert_gemv(b_.xn, d, int(k), l.gate_table, l.up_table, d, width, b_.g,
+              "inference on cuda: expert gate/up gemv");  // [n * K, width]
+  expert_gemv(b_.g, width, 1, l.down_table, nullptr, width, d, b_.ey,
+              "inference on cuda: expert down gemv");  // [n * K, D]
   launch(gpu::combine_experts(b_.ey, nullptr, b_.gates, n, int(k), d,
                               l.has_shared ? b_.sub : nullptr, b_.x, s_),
          "inference on cuda: expert combine and residual");
@@ -556,28 +554,25 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
   const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
                 width = c_.moe_intermediate_size, picks = n * k;
   DSV3_CHECK(!capturing(), "inference on cuda: a prefill cannot be captured (it waits for routing)");
-  // The one wait: the chosen experts [n, K] come to the host, which orders the picks by expert
-  // (stable in token order) into slots: perm_rows[slot] is the token, slot_of[t * K + j] the
-  // slot of token t's j-th pick.
-  std::vector<int32_t> chosen(static_cast<size_t>(picks)), order(static_cast<size_t>(2 * picks));
+  // The one wait: the chosen experts [n, K] come to the host, which counts them to size the
+  // GEMMs; the training step's permutation kernel (ops::moe_permute) then orders the picks by
+  // expert, stable in token order, into slots: perm_rows[slot] is the token, slot_of[t * K + j]
+  // the slot of token t's j-th pick.
+  std::vector<int32_t> chosen(static_cast<size_t>(picks));
   check(cudaMemcpy(chosen.data(), b_.chosen, size_t(picks) * 4, cudaMemcpyDeviceToHost),
         "inference on cuda: reading the routing");
   std::vector<int64_t> start(size_t(e) + 1, 0);
   for (int32_t x : chosen) ++start[size_t(x) + 1];
   for (int64_t i = 0; i < e; ++i) start[size_t(i + 1)] += start[size_t(i)];
-  std::vector<int64_t> next(start.begin(), start.end() - 1);
-  for (int64_t a = 0; a < picks; ++a) {
-    const int64_t slot = next[size_t(chosen[size_t(a)])]++;
-    order[size_t(slot)] = int32_t(a / k);
-    order[size_t(picks + a)] = int32_t(slot);
-  }
   // From pageable memory, with the synchronous copy (on the legacy stream, which s_ is outside
-  // a capture): CUDA promises it has read `order` when it returns, which an asynchronous copy
+  // a capture): CUDA promises it has read `start` when it returns, which an asynchronous copy
   // from pageable memory does not. Nothing is queued since the wait above, so it costs no wait.
-  check(cudaMemcpy(b_.perm_rows, order.data(), size_t(picks) * 4, cudaMemcpyHostToDevice),
-        "inference on cuda: uploading the expert order");
-  check(cudaMemcpy(b_.slot_of, order.data() + picks, size_t(picks) * 4, cudaMemcpyHostToDevice),
-        "inference on cuda: uploading the expert order");
+  check(cudaMemcpy(b_.expert_offsets, start.data(), start.size() * sizeof(int64_t),
+                   cudaMemcpyHostToDevice),
+        "inference on cuda: uploading the expert offsets");
+  launch(cuda::moe_permute({b_.chosen, b_.expert_offsets, b_.perm_rows, b_.slot_of, picks, k, e},
+                           s_),
+         "inference on cuda: expert order");
   // ey [picks, D]: the picks' inputs in slot order, later the experts' outputs.
   launch(gpu::gather_rows(b_.xn, b_.perm_rows, picks, d, b_.ey, s_), "inference on cuda: gather");
   const bool bf16 = l.experts_bf16;

@@ -28,6 +28,18 @@ void need_f32(const char* op, std::initializer_list<const Tensor*> ts) {
 // Tokens per chunk of the per-sequence float64 sums (router.cu).
 constexpr int64_t kSeqChunk = 64;
 
+// The fields the forward and backward parameters share, from the spec and the token count.
+template <typename Params>
+void set_routing(Params& p, const ops::RouteSpec& spec, int64_t n) {
+  p.select = spec.select;
+  p.sigmoid = spec.sigmoid;
+  p.norm_topk = spec.norm_topk;
+  p.scaling = float(spec.scaling);
+  p.n = n;
+  p.seq = spec.seq;
+  p.batch = n / spec.seq;
+}
+
 }  // namespace
 
 void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tensor* bias,
@@ -46,13 +58,7 @@ void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tenso
   p.score_sum = score_sum.f32();
   p.seq_counts = seq_counts.f32();
   p.seq_prob = seq_prob.f64();
-  p.select = spec.select;
-  p.sigmoid = spec.sigmoid;
-  p.norm_topk = spec.norm_topk;
-  p.scaling = float(spec.scaling);
-  p.n = score_sum.numel();
-  p.seq = spec.seq;
-  p.batch = p.n / spec.seq;
+  set_routing(p, spec, score_sum.numel());
   p.chunk = kSeqChunk;
   const int64_t partials = p.batch * cuda::route_seq_chunks(p.seq, p.chunk) * spec.select.experts;
   void* partial = nullptr;
@@ -79,14 +85,8 @@ void route_backward(const ops::RouteSpec& spec, double alpha, const Tensor& scor
   p.seq_counts = seq_counts.f32();
   p.d_weights = d_weights.f32();
   p.d_logits = d_logits.f32();
-  p.select = spec.select;
-  p.sigmoid = spec.sigmoid;
-  p.norm_topk = spec.norm_topk;
-  p.scaling = float(spec.scaling);
+  set_routing(p, spec, score_sum.numel());
   p.alpha = float(alpha);
-  p.n = score_sum.numel();
-  p.seq = spec.seq;
-  p.batch = p.n / spec.seq;
   check(cuda::route_backward(p, stream()), "route_backward");
 }
 
