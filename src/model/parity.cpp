@@ -154,13 +154,18 @@ struct FixtureStep {
   StepResult result;
 };
 
+// The fixture's parameters (model.safetensors), on the CPU in float32.
+std::unique_ptr<ModelWeights> fixture_weights(const std::string& dir, const ModelConfig& config) {
+  auto w = std::make_unique<ModelWeights>(config);
+  w->load(WeightStore::open((std::filesystem::path(dir) / "model.safetensors").string()));
+  return w;
+}
+
 FixtureStep run_fixture_step(const std::string& dir, const ModelConfig& config, Device device,
                              DType precision, const Tensor& tokens, const Tensor& labels,
                              bool backward) {
-  namespace fs = std::filesystem;
   FixtureStep s;
-  s.weights = std::make_unique<ModelWeights>(config);
-  s.weights->load(WeightStore::open((fs::path(dir) / "model.safetensors").string()));
+  s.weights = fixture_weights(dir, config);
   if (precision == DType::F64) {
     DSV3_CHECK(device == Device::CPU, "the float64 step runs on the CPU (--device cpu)");
     s.weights->to_float64();
@@ -185,8 +190,8 @@ enum class UpdateReference {
 // named_tensors() order, as float32. The fixture's parameters are the starting point.
 std::vector<Tensor> float64_update_from(const std::string& dir, const ModelConfig& config,
                                         const ModelWeights& weights) {
-  ModelWeights wide(config);
-  wide.load(WeightStore::open((std::filesystem::path(dir) / "model.safetensors").string()));
+  const std::unique_ptr<ModelWeights> wide_weights = fixture_weights(dir, config);
+  ModelWeights& wide = *wide_weights;
   wide.to_float64();
   wide.zero_grads();
   const auto grads = weights.named_grads();
@@ -375,8 +380,8 @@ ParityReport run_parity(const std::string& dir, const std::string& dump_path, bo
   bool has_adamw = false;
   for (const auto& name : expected.names()) has_adamw |= name.rfind("adamw.", 0) == 0;
   if (has_adamw) {
-    ModelWeights fresh(config);
-    fresh.load(WeightStore::open((fs::path(dir) / "model.safetensors").string()));
+    const std::unique_ptr<ModelWeights> fresh_weights = fixture_weights(dir, config);
+    ModelWeights& fresh = *fresh_weights;
     fresh.zero_grads();
     for (auto& [name, g] : fresh.named_grads())
       if (expected.has("grad." + name)) {
