@@ -1,5 +1,5 @@
 # The CPU emulation of CUDA (tests/cuda_emulation): the CUDA backend (src/*/cuda/, except the
-# BF16 tensor-core attention and the peak benchmark) compiled against emulated CUDA headers,
+# peak benchmark) compiled against emulated CUDA headers,
 # linked with the library's other objects, and run by the GPU inference and router tests
 # (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp), the op table's CUDA cases and the
 # emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
@@ -8,12 +8,14 @@ set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 # .cu files become C++ with their launches rewritten (rewrite_launches.cmake).
 set(DSV3_EMU_KERNELS
     src/infer/cuda/decode_kernels.cu src/kernels/cuda/attention.cu
-    src/kernels/cuda/attention_backward.cu src/kernels/cuda/convert.cu
+    src/kernels/cuda/attention_backward.cu src/kernels/cuda/attention_bf16.cu
+    src/kernels/cuda/attention_bf16_backward.cu src/kernels/cuda/convert.cu
     src/kernels/cuda/cross_entropy.cu src/kernels/cuda/elementwise.cu
     src/kernels/cuda/embedding.cu src/kernels/cuda/heads.cu src/kernels/cuda/moe.cu
     src/kernels/cuda/optimizer.cu src/kernels/cuda/rmsnorm.cu src/kernels/cuda/rope.cu
     src/kernels/cuda/router.cu
-    src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu)
+    src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu
+    tests/cuda_emulation/test_tensor_core.cu)
 set(DSV3_EMU_GENERATED)  # the backend's kernel files, rewritten
 set(DSV3_EMU_KERNEL_CPP)  # and the emulation's own test kernels
 foreach(cu ${DSV3_EMU_KERNELS})
@@ -31,14 +33,13 @@ foreach(cu ${DSV3_EMU_KERNELS})
     COMMENT "Rewriting ${cu} for the CUDA emulation")
 endforeach()
 
-# The backend's host code, and stand-ins for what is not emulated: the peak benchmark (an
-# 8192^3 GEMM) and the BF16 tensor-core attention (attention_bf16_not_emulated.cpp).
+# The backend's host code; the peak benchmark (an 8192^3 GEMM) is left out.
 set(DSV3_EMU_HOST ${DSV3_ALL_SOURCES})
 list(FILTER DSV3_EMU_HOST INCLUDE REGEX "/cuda/.*\\.cpp$|device_peak_nocuda")
 list(FILTER DSV3_EMU_HOST EXCLUDE REGEX "kernels/cuda/peak\\.cpp$")
 add_library(dsv3emu STATIC
   $<TARGET_OBJECTS:dsv3common> ${DSV3_EMU_HOST} ${DSV3_EMU_GENERATED}
-  ${DSV3_EMU_DIR}/attention_bf16_not_emulated.cpp ${DSV3_EMU_DIR}/emulator.cpp)
+  ${DSV3_EMU_DIR}/emulator.cpp ${DSV3_EMU_DIR}/tensor_core.cpp)
 target_include_directories(dsv3emu BEFORE PUBLIC ${DSV3_EMU_DIR}/include)
 target_include_directories(dsv3emu PUBLIC ${CMAKE_SOURCE_DIR}/src)
 target_compile_definitions(dsv3emu PRIVATE DSV3_CUDA_EMULATION=1)
@@ -55,16 +56,17 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
+                              ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp
                               ${DSV3_EMU_DIR}/test_decode_launches.cpp)
 target_link_libraries(dsv3_emu_tests PRIVATE dsv3emu GTest::gtest GTest::gtest_main)
 target_compile_options(dsv3_emu_tests PRIVATE -Wno-unknown-pragmas)
-target_compile_definitions(dsv3_emu_tests PRIVATE DSV3_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data")
+target_compile_definitions(dsv3_emu_tests PRIVATE DSV3_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data"
+                                                  DSV3_CUDA_EMULATION=1)
 # cuBLAS's entry points are looked up by name in the program (kernels/cuda/context.cpp).
 set_target_properties(dsv3_emu_tests PROPERTIES ENABLE_EXPORTS ON)
-# The op table's CUDA cases only (its CPU cases run in dsv3_tests), without the BF16 attention
-# cases, whose kernels are not emulated.
+# The op table's CUDA cases only (its CPU cases run in dsv3_tests).
 gtest_discover_tests(dsv3_emu_tests TEST_PREFIX "emulated." DISCOVERY_TIMEOUT 60
-                     TEST_FILTER "-Ops*_cpu*:OpCompare.*:*lse_bf16_cuda*"
+                     TEST_FILTER "-Ops*_cpu*:OpCompare.*"
                      PROPERTIES TIMEOUT 900)
 
 # The command line on the emulation, for an end-to-end check of --device cuda.

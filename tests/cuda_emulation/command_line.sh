@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `--device cuda` through the command line, on the CPU emulation of CUDA (dsv3_emulated):
 # `parity --device cuda --optimizer` passes the fixtures in float32 (the training step and the
-# decode checks on the device), greedy generation gives the CPU's tokens, a batch and MTP
+# decode checks on the device) and in BF16 mixed precision (the tensor-core attention kernels
+# on the emulated mma/ldmatrix/cp.async, at the BF16 tolerances), greedy generation gives the CPU's tokens, a batch and MTP
 # speculation give the plain tokens, and perplexity agrees with the CPU's.
 # Usage: command_line.sh PATH/TO/dsv3 PATH/TO/dsv3_emulated
 set -euo pipefail
@@ -14,9 +15,13 @@ F32=(--dtype f32 --cache-dtype f32)
 fail() { echo "FAIL: $*"; exit 1; }
 
 for fixture in tiny-v3 tiny-v2lite; do
-  "$EMU" parity --device cuda --optimizer "tests/data/reference/$fixture" >"$WORK/parity.txt" \
-    || { tail -20 "$WORK/parity.txt"; fail "parity --device cuda on $fixture"; }
-  grep -q " 0 failed" "$WORK/parity.txt" || fail "parity --device cuda on $fixture reported failures"
+  for precision in f32 bf16; do
+    "$EMU" parity --device cuda --precision "$precision" --optimizer "tests/data/reference/$fixture" \
+      >"$WORK/parity.txt" \
+      || { tail -20 "$WORK/parity.txt"; fail "parity --device cuda --precision $precision on $fixture"; }
+    grep -q " 0 failed" "$WORK/parity.txt" \
+      || fail "parity --device cuda --precision $precision on $fixture reported failures"
+  done
 done
 
 # Greedy, 20 prompt tokens (the cuBLAS prefill) then decode steps (the GEMV, the graphs).

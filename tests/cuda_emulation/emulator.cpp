@@ -27,6 +27,7 @@
 
 #include "cublas_v2.h"
 #include "cuda_emulation.h"
+#include "emulator_internal.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -395,10 +396,12 @@ struct Thread {
 };
 
 struct WarpExchange {
-  uint32_t value[32];
+  uint32_t value[32];                                               // shuffles
+  alignas(16) unsigned char record[32][internal::kWarpRecordBytes];  // internal::warp_gather
 };
 
 uint64_t g_kernels_run = 0;  // kernel executions so far
+uint64_t g_blocks_run = 0;   // block executions so far
 
 // The block being run.
 struct Block {
@@ -412,7 +415,11 @@ struct Block {
     void operator()(void* p) const { std::free(p); }
   };
   // Static __shared__ variables of the running block, by declaration site.
-  std::map<const void*, std::unique_ptr<void, FreeDeleter>> statics;
+  struct StaticSlot {
+    std::unique_ptr<void, FreeDeleter> storage;
+    size_t bytes;
+  };
+  std::map<const void*, StaticSlot> statics;
   size_t static_bytes = 0;
   int current = -1;
   bool failed = false;
@@ -490,8 +497,8 @@ void run_block() {
       for (int i = lo; i < hi; ++i) waiting += ts[size_t(i)].state == State::AtWarpBarrier;
       if (waiting == 0) continue;
       if (hi - lo < 32) {
-        fail_block("a shuffle in a warp of " + std::to_string(hi - lo) + " threads (the block "
-                   "size is not a multiple of 32)");
+        fail_block("a warp-wide instruction (shuffle, ldmatrix, mma) in a warp of " +
+                   std::to_string(hi - lo) + " threads (the block size is not a multiple of 32)");
         break;
       }
       if (waiting == 32) {
@@ -518,8 +525,8 @@ void run_block() {
     if (!released) {  // threads wait at barriers no one else can reach
       for (const Thread& t : ts) {
         if (t.state == State::AtWarpBarrier) {
-          fail_block("a shuffle at " + where(t) + " waits for lanes of its warp that returned "
-                     "or wait elsewhere");
+          fail_block("a warp-wide instruction (shuffle, ldmatrix, mma) at " + where(t) +
+                     " waits for lanes of its warp that returned or wait elsewhere");
           break;
         }
       }
@@ -576,6 +583,7 @@ void run_kernel(const char* name, const LaunchConfig& cfg, size_t shared_limit,
     poison(g_block.shared.get(), cfg.shared);
     g_block.statics.clear();
     g_block.static_bytes = 0;
+    ++g_blocks_run;
     run_block();
     if (g_block.failed) break;
   }
@@ -616,9 +624,52 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 
 void* dynamic_shared_base() { return g_block.shared.get(); }
 
+namespace internal {
+
+int thread_linear() { return g_block.threads[size_t(g_block.current)].linear; }
+uint64_t block_serial() { return g_blocks_run; }
+
+const unsigned char* warp_gather(const void* mine, size_t bytes, const char* what) {
+  if (g_block.current < 0) {
+    std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
+    std::abort();
+  }
+  if (bytes > kWarpRecordBytes) std::abort();  // the emulator's own mistake
+  const Thread& t = g_block.threads[size_t(g_block.current)];
+  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  std::memcpy(w.record[t.linear % 32], mine, bytes);
+  wait_as(State::AtWarpBarrier);  // every lane has written
+  return &w.record[0][0];
+}
+
+void warp_release() { wait_as(State::AtWarpBarrier); }
+
+bool in_shared_memory(const void* p, size_t bytes) {
+  const auto inside = [&](const void* base, size_t size) {
+    const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(base);
+    return a >= b && bytes <= size && a - b <= size - bytes;
+  };
+  if (inside(g_block.shared.get(), g_block.dynamic_bytes)) return true;
+  for (const auto& [site, slot] : g_block.statics) {
+    (void)site;
+    if (inside(slot.storage.get(), slot.bytes)) return true;
+  }
+  return false;
+}
+
+bool in_global_memory(const void* p, size_t bytes) { return find_allocation(p, bytes) != nullptr; }
+
+void fail_thread(const std::string& why) {
+  fail_block(why + " at " + where(g_block.threads[size_t(g_block.current)]));
+  exit_thread();
+}
+
+}  // namespace internal
+
+
 void* block_shared_slot(const void* site, size_t bytes, size_t align) {
   auto it = g_block.statics.find(site);
-  if (it != g_block.statics.end()) return it->second.get();
+  if (it != g_block.statics.end()) return it->second.storage.get();
   // A GPU's limits: 48 KiB of static shared memory, and static plus dynamic within the launch's
   // limit (raised by the opt-in).
   g_block.static_bytes += bytes;
@@ -632,7 +683,8 @@ void* block_shared_slot(const void* site, size_t bytes, size_t align) {
   void* p = nullptr;
   if (posix_memalign(&p, std::max<size_t>(align, 16), bytes ? bytes : 1) != 0) std::abort();
   poison(p, bytes);
-  g_block.statics.emplace(site, std::unique_ptr<void, Block::FreeDeleter>(p));
+  g_block.statics.emplace(site,
+                         Block::StaticSlot{std::unique_ptr<void, Block::FreeDeleter>(p), bytes});
   return p;
 }
 

@@ -32,58 +32,92 @@ constexpr int kPad = 8;
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// The CPU emulation of CUDA (tests/cuda_emulation) has no PTX: there each instruction below is
+// a call into its emulation (tensor_core.cpp), with the same operands.
+#ifndef DSV3_CUDA_EMULATION
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return uint32_t(__cvta_generic_to_shared(p));
 }
+#endif
 
 // 16 bytes global -> shared, asynchronously; with valid false the 16 bytes are zero-filled
 // (src-size 0 reads nothing; gmem must still be a valid address).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::cp_async16(smem, gmem, valid);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)),
                "l"(gmem), "r"(valid ? 16 : 0)
                : "memory");
+#endif
 }
 __device__ __forceinline__ void cp_async_commit() {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::cp_async_commit();
+#else
   asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
 }
 // Waits until at most N of this thread's committed groups are still in flight.
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::cp_async_wait(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const bf16* p) {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::ldmatrix_x4(r, p, false);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const bf16* p) {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::ldmatrix_x4(r, p, true);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 
 // d += a b (16x8 += 16x16 * 16x8)
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                          uint32_t b1) {
+#ifdef DSV3_CUDA_EMULATION
+  ::dsv3emu::mma_m16n8k16_bf16(d, a, b0, b1);
+#else
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
-  return *reinterpret_cast<uint32_t*>(&v);
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  uint32_t u;
+  __builtin_memcpy(&u, &v, sizeof u);  // a register move; no type-punned pointer
+  return u;
 }
 
 // 2^x; ex2.approx has a relative error of about 2^-22, far below the bf16 rounding of P, and
 // gives +0 for -inf (masked scores).
 __device__ __forceinline__ float exp2_approx(float x) {
+#ifdef DSV3_CUDA_EMULATION
+  return ::dsv3emu::ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 
 template <int NB>

@@ -1,7 +1,7 @@
 #pragma once
 // A CPU emulation of the part of CUDA that dsv3's backend uses: the kernel language
 // (threadIdx, __shared__, __syncthreads, warp shuffles, atomics, bfloat16), the runtime (device
-// memory, copies, streams, events, graph capture) and the two cuBLAS GEMMs. Not emulated: the
+// memory, copies, streams, events, graph capture), the two cuBLAS GEMMs, and the warp-level
 // tensor-core instructions of the BF16 attention kernels (mma.sync, ldmatrix, cp.async).
 //
 // Why: the backend's GPU tests (tests/gpu/) need a GPU, which is not always at hand; built
@@ -164,6 +164,9 @@ inline int max(int a, int b) { return a < b ? b : a; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline float __expf(float x) { return expf(x); }
 inline float __fdividef(float a, float b) { return a / b; }
+inline float __log2f(float x) { return log2f(x); }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+#define __align__(n) alignas(n)
 
 // ---- bfloat16 (cuda_bf16.h) ----
 struct __nv_bfloat16 {
@@ -177,6 +180,25 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) {
 }
 inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.x; }
 inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
+struct alignas(4) __nv_bfloat162 {
+  __nv_bfloat16 x, y;  // x in the low half
+};
+inline __nv_bfloat162 __floats2bfloat162_rn(float lo, float hi) {
+  return {__float2bfloat16_rn(lo), __float2bfloat16_rn(hi)};
+}
+
+// ---- tensor-core and asynchronous-copy instructions (tensor_core.cpp) ----
+// kernels/cuda/mma_bf16.cuh calls these in the emulated build where a GPU build has inline PTX:
+// cp.async.cg 16 bytes (valid false: zero-fill), its commit_group / wait_group, ldmatrix .x4
+// (row: this lane's row address), mma.sync.m16n8k16 bf16 x bf16 + float32, ex2.approx.ftz.
+namespace dsv3emu {
+void cp_async16(void* smem, const void* gmem, bool valid);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);
+void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool trans);
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+float ex2_approx_ftz(float x);
+}  // namespace dsv3emu
 
 // ---- the runtime (cuda_runtime_api.h) ----
 enum cudaError_t {

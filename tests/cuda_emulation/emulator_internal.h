@@ -1,0 +1,31 @@
+#pragma once
+// What the emulator's core (emulator.cpp: blocks, fibers, barriers, memory) offers the files that
+// emulate further instructions on top of it (tensor_core.cpp). Not part of the emulated CUDA API.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace dsv3emu::internal {
+
+// The running thread's linear index in its block, and a number that changes with every block
+// run (per-thread state kept elsewhere is stale when it changes).
+int thread_linear();
+uint64_t block_serial();
+
+// A warp-collective step: every lane of the running thread's warp publishes `bytes` (at most
+// kWarpRecordBytes) and waits until all 32 have; the result holds lane i's record at
+// i * kWarpRecordBytes. Read it, then call warp_release(), which waits until every lane has
+// read (the records may then be overwritten). Like a shuffle, it needs all 32 lanes.
+constexpr size_t kWarpRecordBytes = 64;
+const unsigned char* warp_gather(const void* mine, size_t bytes, const char* what);
+void warp_release();
+
+// Whether [p, p + bytes) lies inside the running block's shared memory (dynamic or one static
+// variable), or inside device or pinned memory.
+bool in_shared_memory(const void* p, size_t bytes);
+bool in_global_memory(const void* p, size_t bytes);
+
+// Fails the launch (a sticky error), naming the running thread, and ends that thread.
+[[noreturn]] void fail_thread(const std::string& why);
+
+}  // namespace dsv3emu::internal
