@@ -1,7 +1,7 @@
 # The CPU emulation of CUDA (tests/cuda_emulation): the CUDA backend (src/*/cuda/, except the
 # peak benchmark) compiled against emulated CUDA headers,
 # linked with the library's other objects, and run by the GPU inference and router tests
-# (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp), the op table's CUDA cases and the
+# (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp), the op table's CUDA cases and the
 # emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
@@ -54,6 +54,7 @@ target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 
 add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_router_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_bf16_storage_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp

@@ -28,7 +28,9 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
 BlockScratch::BlockScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : d_h(a.alloc({batch * seq, c.hidden_size})), mla(a, c, batch, seq) {
   bool any_dense = c.first_k_dense_replace > 0 || c.moe_layer_freq > 1 || c.n_routed_experts == 0;
-  if (any_dense) d_dense = std::make_unique<FfnActivations>(a, batch * seq, c.intermediate_size);
+  if (any_dense)
+    d_dense = std::make_unique<FfnActivations>(a, batch * seq, c.intermediate_size,
+                                               FfnActivations::Role::Gradients);
   if (c.n_routed_experts > 0) moe = std::make_unique<MoeScratch>(a, c, batch, seq);
 }
 

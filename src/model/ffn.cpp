@@ -4,8 +4,17 @@
 
 namespace dsv3 {
 
-FfnActivations::FfnActivations(Arena& arena, int64_t rows, int64_t width)
-    : gate_up(arena.alloc({rows, 2 * width})), act(arena.alloc({rows, width})) {}
+FfnActivations::FfnActivations(Arena& arena, int64_t rows, int64_t width, Role role) {
+  // Only GEMMs read act (down's input) and d gate_up (gate_up's output gradient); the
+  // forward's gate_up and the backward's d act feed SwiGLU and stay in the real dtype.
+  if (role == Role::Saved) {
+    gate_up = arena.alloc({rows, 2 * width});
+    act = arena.alloc_gemm_input({rows, width});
+  } else {
+    gate_up = arena.alloc_gemm_input({rows, 2 * width});
+    act = arena.alloc({rows, width});
+  }
+}
 
 FfnActivations FfnActivations::rows(int64_t begin, int64_t end) const {
   FfnActivations r;

@@ -6,12 +6,17 @@
 
 namespace dsv3 {
 
-// Saved for backward, for `rows` inputs of an FFN of `width`.
+// Saved for backward, for `rows` inputs of an FFN of `width`; the backward's scratch has the
+// same shapes and holds the gradients of the two.
 struct FfnActivations {
-  Tensor gate_up;  // [rows, 2 * width] gate(x) | up(x)
-  Tensor act;      // [rows, width]     silu(gate) * up
+  Tensor gate_up;  // [rows, 2 * width] gate(x) | up(x)       scratch: d gate_up (a GEMM input)
+  Tensor act;      // [rows, width]     silu(gate) * up       scratch: d act
+                   //                   (a GEMM input)
   FfnActivations() = default;
-  FfnActivations(Arena& arena, int64_t rows, int64_t width);
+  // What the forward saves (act in the arena's GEMM-input dtype), or the backward's scratch
+  // (d gate_up in that dtype).
+  enum class Role { Saved, Gradients };
+  FfnActivations(Arena& arena, int64_t rows, int64_t width, Role role = Role::Saved);
   FfnActivations rows(int64_t begin, int64_t end) const;  // a row range, sharing storage
 };
 

@@ -111,10 +111,12 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   if (device != Device::CPU) measure.attach_host(measure_host);
   for (Arena* a : {&measure, &measure_host}) a->set_real_dtype(real);
   const bool bf16 = weights.compute_dtype() == DType::BF16;
+  if (bf16) measure.set_gemm_input_dtype(DType::BF16);
   { Buffers plan(measure, c_, batch, seq, bf16); }
   Arena arena(measure.used(), device), host_arena(measure_host.used());
   if (device != Device::CPU) arena.attach_host(host_arena);
   for (Arena* a : {&arena, &host_arena}) a->set_real_dtype(real);
+  if (bf16) arena.set_gemm_input_dtype(DType::BF16);
   arena_bytes_ = measure.used() + measure_host.used();
   b_ = std::make_unique<Buffers>(arena, c_, batch, seq, bf16);
   for (int64_t i = 0; i < batch * seq; ++i) b_->positions_host.i32()[i] = int32_t(i % seq);

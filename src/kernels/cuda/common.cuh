@@ -1,6 +1,7 @@
 #pragma once
 // Small device helpers shared by the kernels: warp and block reductions, attention score dot
 // products, grid sizing.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -8,6 +9,21 @@
 namespace dsv3::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
+
+// Element i of an output that is float32 (f) or, when bf16 is given, BF16 rounded to nearest
+// even: what the f32_to_bf16 conversion would make of the float32 value, bit for bit. The
+// outputs that only BF16 GEMMs read are written this way in mixed precision.
+__device__ __forceinline__ void store_f32_or_bf16(float* f, uint16_t* bf16, int64_t i, float v) {
+  if (bf16)
+    bf16[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  else
+    f[i] = v;
+}
+// Two values rounded to BF16 as one 32-bit word, lo in the low half (memory order).
+__device__ __forceinline__ uint32_t pack2_bf16(float lo, float hi) {
+  return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |
+         uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);

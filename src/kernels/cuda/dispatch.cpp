@@ -58,6 +58,20 @@ std::vector<int32_t> to_host_ints(const int32_t* p, int64_t n, const char* what)
   return h;
 }
 
+// An output the kernel writes as float32, or as BF16 (rounded to nearest even) when the tensor
+// is BF16: in mixed precision the activations that only BF16 GEMMs read are stored that way,
+// which the GEMM's own rounding of a float32 operand would give bit for bit.
+struct F32OrBf16 {
+  float* f32 = nullptr;
+  uint16_t* bf16 = nullptr;
+};
+F32OrBf16 f32_or_bf16(Tensor& t, const char* op, const char* name) {
+  if (t.dtype() == DType::BF16) return {nullptr, t.bf16()};
+  DSV3_CHECK(t.dtype() == DType::F32, "{}: {} is {}, not float32 or bfloat16", op, name,
+             dtype_name(t.dtype()));
+  return {t.f32(), nullptr};
+}
+
 cudaDataType_t blas_type(DType d, const char* op) {
   switch (d) {
     case DType::F32: return CUDA_R_32F;
@@ -140,8 +154,9 @@ void linear_forward(const Tensor& x_in, const Tensor& w, Tensor& y) {
 
 void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, Tensor* d_x,
                      Tensor* d_w, bool accumulate_d_x) {
+  // Against BF16 weights each float32 operand is rounded (one may already be stored in BF16).
   std::optional<Scratch> x_bf16, d_y_bf16;
-  const bool mixed = w.dtype() == DType::BF16 && x_in.dtype() == DType::F32;
+  const bool mixed = w.dtype() == DType::BF16;
   const Tensor x = mixed ? bf16_operand(x_in, x_bf16, "linear_backward") : x_in;
   const Tensor d_y = mixed ? bf16_operand(d_y_in, d_y_bf16, "linear_backward") : d_y_in;
   const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
@@ -200,7 +215,9 @@ int64_t check_grouped(const Tensor& x, const std::vector<const Tensor*>& w, cons
                       const char* op) {
   DSV3_CHECK(!w.empty() && w[0] && w[0]->ndim() == 2, "{}: no groups, or W is not 2-D", op);
   need_device(x, op, "x");
-  DSV3_CHECK(x.dtype() == DType::F32, "{}: x is {}, not float32", op, dtype_name(x.dtype()));
+  DSV3_CHECK(x.dtype() == DType::F32 || (x.dtype() == DType::BF16 && w[0]->dtype() == DType::BF16),
+             "{}: x is {}, not float32 (or bfloat16 against bfloat16 weights)", op,
+             dtype_name(x.dtype()));
   const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
   DSV3_CHECK(x.numel() == rows * in, "{}: x {} does not match W {}", op, x.shape().str(),
              w[0]->shape().str());
@@ -218,7 +235,8 @@ int64_t check_grouped(const Tensor& x, const std::vector<const Tensor*>& w, cons
 }
 
 // The BF16 operand of a mixed-precision grouped GEMM: the whole [R, cols] buffer rounded once
-// (one conversion for all groups), or the float32 tensor itself when the weights are float32.
+// (one conversion for all groups) unless it is stored in BF16 already, or the float32 tensor
+// itself when the weights are float32.
 const void* grouped_operand(const Tensor& t, DType w_dtype, std::optional<Scratch>& holder,
                             const char* op) {
   if (w_dtype == DType::F32) return t.data();
@@ -271,11 +289,12 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   const int64_t rows = check_grouped(x_in, w, offsets, op);
   const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
   need_device(d_y_in, op, "d_y");
-  DSV3_CHECK(d_y_in.dtype() == DType::F32 && d_y_in.numel() == rows * out,
-             "{}: d_y {} {} is not [{}, {}] float32", op, d_y_in.shape().str(),
-             dtype_name(d_y_in.dtype()), rows, out);
-  DSV3_CHECK(d_w.size() == w.size(), "{}: {} weights but {} gradients", op, w.size(), d_w.size());
   const DType wt = w[0]->dtype();
+  DSV3_CHECK((d_y_in.dtype() == DType::F32 || (d_y_in.dtype() == DType::BF16 && wt == DType::BF16)) &&
+                 d_y_in.numel() == rows * out,
+             "{}: d_y {} {} is not [{}, {}] float32 (or bfloat16 against bfloat16 weights)", op,
+             d_y_in.shape().str(), dtype_name(d_y_in.dtype()), rows, out);
+  DSV3_CHECK(d_w.size() == w.size(), "{}: {} weights but {} gradients", op, w.size(), d_w.size());
   const cudaDataType_t ab = blas_type(wt, op);
   const size_t e_size = wt == DType::BF16 ? 2 : 4;
   std::optional<Scratch> x_bf16, d_y_bf16;
@@ -383,8 +402,10 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
   const int64_t width = h.dim(-1), rows = width ? h.numel() / width : 0;
   DSV3_CHECK(gate_up.numel() == 2 * h.numel(), "swiglu_forward: gate_up {} is not twice h {}",
              gate_up.shape().str(), h.shape().str());
-  check(cuda::swiglu_forward({gate_up.f32(), nullptr, h.f32(), nullptr, rows, width}, stream()),
-        "swiglu_forward");
+  const F32OrBf16 out = f32_or_bf16(h, "swiglu_forward", "h");
+  cuda::SwiGlu p{gate_up.f32(), nullptr, out.f32, nullptr, rows, width};
+  p.h_bf16 = out.bf16;
+  check(cuda::swiglu_forward(p, stream()), "swiglu_forward");
 }
 
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up) {
@@ -393,9 +414,10 @@ void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up
   DSV3_CHECK(gate_up.numel() == 2 * d_h.numel() && d_gate_up.numel() == gate_up.numel(),
              "swiglu_backward: gate_up {}, d_h {}, d_gate_up {} do not match",
              gate_up.shape().str(), d_h.shape().str(), d_gate_up.shape().str());
-  check(cuda::swiglu_backward({gate_up.f32(), d_h.f32(), nullptr, d_gate_up.f32(), rows, width},
-                              stream()),
-        "swiglu_backward");
+  const F32OrBf16 out = f32_or_bf16(d_gate_up, "swiglu_backward", "d_gate_up");
+  cuda::SwiGlu p{gate_up.f32(), d_h.f32(), nullptr, out.f32, rows, width};
+  p.d_gate_up_bf16 = out.bf16;
+  check(cuda::swiglu_backward(p, stream()), "swiglu_backward");
 }
 
 // ---- Attention ----
@@ -763,7 +785,10 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
   DSV3_CHECK(x.dim(-1) == d, "moe_gather_rows: x {} and out {} differ in row length",
              x.shape().str(), out.shape().str());
   need_device_indices(src_row, m, "moe_gather_rows");
-  check(cuda::moe_gather_rows({x.f32(), src_row, out.f32(), m, d}, stream()), "moe_gather_rows");
+  const F32OrBf16 o = f32_or_bf16(out, "moe_gather_rows", "out");
+  cuda::MoeGather p{x.f32(), src_row, o.f32, m, d};
+  p.out_bf16 = o.bf16;
+  check(cuda::moe_gather_rows(p, stream()), "moe_gather_rows");
 }
 
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
@@ -801,7 +826,9 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
   p.row_of = row_of;
   p.weights = weights.f32();
   p.d_out = d_out.f32();
-  p.d_y_perm = d_y_perm.f32();
+  const F32OrBf16 d_y = f32_or_bf16(d_y_perm, "moe_combine_backward", "d_y_perm");
+  p.d_y_perm = d_y.f32;
+  p.d_y_perm_bf16 = d_y.bf16;
   p.d_weights = d_weights.f32();
   p.n = n;
   p.k = k;

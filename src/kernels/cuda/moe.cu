@@ -33,6 +33,26 @@ __global__ void gather_kernel(MoeGather p) {
   }
 }
 
+// The gather into BF16 (mixed precision: the rows only feed BF16 GEMMs): a float4 read and four
+// rounded values written per step when dim is a multiple of 4, else one value.
+template <int W>  // 1 or 4
+__global__ void gather_bf16_kernel(MoeGather p) {
+  const int64_t cols = p.dim / W;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const float* src = p.x + int64_t(p.src_row[r]) * p.dim;
+    uint16_t* dst = p.out_bf16 + r * p.dim;
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      if constexpr (W == 4) {
+        const float4 v = reinterpret_cast<const float4*>(src)[c];
+        const uint2 packed = make_uint2(pack2_bf16(v.x, v.y), pack2_bf16(v.z, v.w));
+        reinterpret_cast<uint2*>(dst)[c] = packed;
+      } else {
+        store_f32_or_bf16(nullptr, dst, c, src[c]);
+      }
+    }
+  }
+}
+
 __global__ void combine_kernel(MoeCombine p) {
   for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
     const int32_t* rows = p.row_of + t * p.k;
@@ -56,11 +76,12 @@ __global__ void combine_backward_kernel(MoeCombine p) {
       const int64_t r = p.row_of[t * p.k + j];
       const float w = p.weights[t * p.k + j];
       const float* y = p.y_perm + r * p.dim;
-      float* dy = p.d_y_perm + r * p.dim;
+      float* dy = p.d_y_perm ? p.d_y_perm + r * p.dim : nullptr;
       float dot = 0.0f;
+      uint16_t* dy_bf16 = p.d_y_perm_bf16 ? p.d_y_perm_bf16 + r * p.dim : nullptr;
       for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
         const float gi = g[i];
-        dy[i] = w * gi;
+        store_f32_or_bf16(dy, dy_bf16, i, w * gi);
         dot += gi * y[i];
       }
       dot = block_sum(dot, red);
@@ -84,11 +105,21 @@ __global__ void scatter_add_kernel(MoeScatterAdd p) {
 bool aligned16(const void* a, const void* b) {
   return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15) == 0;
 }
+bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0; }
 
 }  // namespace
 
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  if (p.out_bf16) {
+    // Rows of 4k values start 16-byte aligned in x and 8-byte aligned in out when the bases are.
+    if (p.dim % 4 == 0 && aligned16(p.x, p.x) && aligned8(p.out_bf16)) {
+      gather_bf16_kernel<4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);
+    } else {
+      gather_bf16_kernel<1><<<row_blocks(p.rows), row_threads(p.dim), 0, stream>>>(p);
+    }
+    return cudaGetLastError();
+  }
   // Every row starts 16-byte aligned when the bases are and dim is a multiple of 4.
   if (p.dim % 4 == 0 && aligned16(p.x, p.out)) {
     gather_kernel<float4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);

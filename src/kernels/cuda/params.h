@@ -51,6 +51,9 @@ struct SwiGlu {
   float* h;              // [rows, width] (forward only)
   float* d_gate_up;      // [rows, 2 width] (backward only)
   int64_t rows, width;
+  // When set, the output is written here in BF16 instead (h or d_gate_up unused).
+  uint16_t* h_bf16 = nullptr;
+  uint16_t* d_gate_up_bf16 = nullptr;
 };
 
 // Softmax cross-entropy per row; row_loss[r] = logsumexp(row) - row[target] (0 for target -1).
@@ -197,6 +200,7 @@ struct MoeGather {
   const int32_t* src_row;  // [rows]
   float* out;              // [rows, dim]
   int64_t rows, dim;
+  uint16_t* out_bf16 = nullptr;  // when set: out in BF16 instead
 };
 
 // Forward: out[t, :] += sum_j weights[t, j] y_perm[row_of[t*K + j], :].
@@ -211,6 +215,7 @@ struct MoeCombine {
   float* d_y_perm;        // [N*K, dim] (backward only)
   float* d_weights;       // [N, K] (backward only)
   int64_t n, k, dim;
+  uint16_t* d_y_perm_bf16 = nullptr;  // when set: d_y_perm in BF16 instead (backward only)
 };
 
 // d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]

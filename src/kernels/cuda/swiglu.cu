@@ -14,7 +14,7 @@ __global__ void swiglu_forward_kernel(SwiGlu p) {
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / p.width, c = idx % p.width;
     const float g = p.gate_up[r * 2 * p.width + c], u = p.gate_up[r * 2 * p.width + p.width + c];
-    p.h[idx] = g * sigmoid(g) * u;
+    store_f32_or_bf16(p.h, p.h_bf16, idx, g * sigmoid(g) * u);
   }
 }
 
@@ -27,8 +27,8 @@ __global__ void swiglu_backward_kernel(SwiGlu p) {
     const int64_t gi = r * 2 * p.width + c, ui = gi + p.width;
     const float g = p.gate_up[gi], u = p.gate_up[ui], dh = p.d_h[idx];
     const float sg = sigmoid(g);
-    p.d_gate_up[gi] = dh * u * sg * (1.0f + g * (1.0f - sg));
-    p.d_gate_up[ui] = dh * g * sg;
+    store_f32_or_bf16(p.d_gate_up, p.d_gate_up_bf16, gi, dh * u * sg * (1.0f + g * (1.0f - sg)));
+    store_f32_or_bf16(p.d_gate_up, p.d_gate_up_bf16, ui, dh * g * sg);
   }
 }
 

@@ -63,6 +63,10 @@ struct alignas(16) float4 {
 struct alignas(8) float2 {
   float x, y;
 };
+struct alignas(8) uint2 {
+  unsigned x, y;
+};
+inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
 
 namespace dsv3emu {
 extern uint3 g_thread_idx, g_block_idx;

@@ -1,0 +1,161 @@
+// BF16 storage of the activations that only BF16 GEMMs read (docs/cuda.md, "Mixed precision"):
+// an op that writes its output in BF16 must give exactly what its float32 output rounded by
+// ops::convert gives, and a GEMM fed that BF16 buffer exactly what it gives when it rounds the
+// float32 buffer itself. Together these make the mixed-precision step's results independent of
+// where the rounding happens, bit for bit; this file checks both halves on the device.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "core/device.h"
+#include "kernels/ops.h"
+
+namespace dsv3 {
+namespace {
+
+#define REQUIRE_GPU() \
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device"
+
+Tensor random_cuda(const Shape& shape, std::mt19937_64& rng) {
+  Tensor t = Tensor::zeros(shape);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t.to(Device::CUDA);
+}
+
+Tensor cuda_zeros(const Shape& shape, DType dtype = DType::F32) {
+  return Tensor::zeros(shape, dtype, Device::CUDA);
+}
+
+// The float32 tensor rounded to BF16 on the device by the conversion op.
+Tensor rounded(const Tensor& f32) {
+  Tensor b = cuda_zeros(f32.shape(), DType::BF16);
+  ops::convert(f32, b);
+  return b;
+}
+
+// Bit-for-bit equality of two device tensors of one dtype; the count of differing elements.
+int64_t differing(const Tensor& a_dev, const Tensor& b_dev) {
+  const Tensor a = a_dev.to(Device::CPU), b = b_dev.to(Device::CPU);
+  EXPECT_EQ(a.dtype(), b.dtype());
+  EXPECT_EQ(a.numel(), b.numel());
+  const size_t elem = a.dtype() == DType::BF16 ? 2 : 4;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    bad += std::memcmp(static_cast<const char*>(a.data()) + size_t(i) * elem,
+                       static_cast<const char*>(b.data()) + size_t(i) * elem, elem) != 0;
+  return bad;
+}
+
+Tensor device_ids(const std::vector<int32_t>& ids) {
+  Tensor t = Tensor::zeros({int64_t(ids.size())}, DType::I32);
+  std::memcpy(t.data(), ids.data(), ids.size() * 4);
+  return t.to(Device::CUDA);
+}
+
+TEST(CudaBf16Storage, SwigluWritesTheRoundedFloat32Result) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(1);
+  for (int64_t width : {8, 13, 64}) {
+    const int64_t rows = 37;
+    const Tensor gate_up = random_cuda({rows, 2 * width}, rng), d_h = random_cuda({rows, width}, rng);
+    Tensor h = cuda_zeros({rows, width}), h_bf16 = cuda_zeros({rows, width}, DType::BF16);
+    ops::swiglu_forward(gate_up, h);
+    ops::swiglu_forward(gate_up, h_bf16);
+    EXPECT_EQ(differing(h_bf16, rounded(h)), 0) << "forward, width " << width;
+    Tensor d = cuda_zeros({rows, 2 * width}), d_bf16 = cuda_zeros({rows, 2 * width}, DType::BF16);
+    ops::swiglu_backward(gate_up, d_h, d);
+    ops::swiglu_backward(gate_up, d_h, d_bf16);
+    EXPECT_EQ(differing(d_bf16, rounded(d)), 0) << "backward, width " << width;
+  }
+}
+
+TEST(CudaBf16Storage, GatherAndCombineBackwardWriteTheRoundedFloat32Result) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(2);
+  const int64_t n = 29, k = 3;
+  std::vector<int32_t> perm(size_t(n * k));
+  for (size_t i = 0; i < perm.size(); ++i) perm[i] = int32_t(i);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> src_row(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) src_row[size_t(perm[i])] = int32_t(i / size_t(k));
+  const Tensor row_of = device_ids(perm), src = device_ids(src_row);
+  for (int64_t dim : {12, 7}) {  // the four-wide path, and the one-value path
+    const Tensor x = random_cuda({n, dim}, rng);
+    Tensor out = cuda_zeros({n * k, dim}), out_bf16 = cuda_zeros({n * k, dim}, DType::BF16);
+    ops::moe_gather_rows(x, src.i32(), out);
+    ops::moe_gather_rows(x, src.i32(), out_bf16);
+    EXPECT_EQ(differing(out_bf16, rounded(out)), 0) << "gather, dim " << dim;
+
+    const Tensor d_out = random_cuda({n, dim}, rng), y_perm = random_cuda({n * k, dim}, rng);
+    const Tensor weights = random_cuda({n, k}, rng);
+    Tensor d_y = cuda_zeros({n * k, dim}), d_y_bf16 = cuda_zeros({n * k, dim}, DType::BF16);
+    Tensor d_w = cuda_zeros({n, k}), d_w2 = cuda_zeros({n, k});
+    ops::moe_combine_backward(d_out, y_perm, row_of.i32(), weights, d_y, d_w);
+    ops::moe_combine_backward(d_out, y_perm, row_of.i32(), weights, d_y_bf16, d_w2);
+    EXPECT_EQ(differing(d_y_bf16, rounded(d_y)), 0) << "combine backward, dim " << dim;
+    EXPECT_EQ(differing(d_w2, d_w), 0) << "the gating gradients do not depend on d_y's dtype";
+  }
+}
+
+TEST(CudaBf16Storage, GemmsGiveTheSameResultFromBf16StoredOperands) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(3);
+  const int64_t in = 24, out = 16, rows = 40;
+  const std::vector<int64_t> offsets = {0, 11, 11, 40};  // three groups, one empty
+  std::vector<Tensor> w_bf16, d_w, d_w_ref;
+  std::vector<const Tensor*> w;
+  std::vector<Tensor*> d_w_ptr, d_w_ref_ptr;
+  w_bf16.reserve(3), d_w.reserve(3), d_w_ref.reserve(3);
+  for (int g = 0; g < 3; ++g) {
+    w_bf16.push_back(rounded(random_cuda({out, in}, rng)));
+    d_w.push_back(cuda_zeros({out, in}));
+    d_w_ref.push_back(cuda_zeros({out, in}));
+  }
+  for (int g = 0; g < 3; ++g) {
+    w.push_back(&w_bf16[size_t(g)]);
+    d_w_ptr.push_back(&d_w[size_t(g)]);
+    d_w_ref_ptr.push_back(&d_w_ref[size_t(g)]);
+  }
+  const Tensor x = random_cuda({rows, in}, rng), d_y = random_cuda({rows, out}, rng);
+  const Tensor x_bf16 = rounded(x), d_y_bf16 = rounded(d_y);
+
+  Tensor y = cuda_zeros({rows, out}), y_ref = cuda_zeros({rows, out});
+  ops::grouped_linear_forward(x_bf16, w, offsets.data(), y);
+  ops::grouped_linear_forward(x, w, offsets.data(), y_ref);
+  EXPECT_EQ(differing(y, y_ref), 0) << "grouped forward";
+
+  Tensor d_x = cuda_zeros({rows, in}), d_x_ref = cuda_zeros({rows, in});
+  ops::grouped_linear_backward(x_bf16, w, d_y_bf16, offsets.data(), &d_x, d_w_ptr);
+  ops::grouped_linear_backward(x, w, d_y, offsets.data(), &d_x_ref, d_w_ref_ptr);
+  EXPECT_EQ(differing(d_x, d_x_ref), 0) << "grouped backward, d_x";
+  for (int g = 0; g < 3; ++g)
+    EXPECT_EQ(differing(d_w[size_t(g)], d_w_ref[size_t(g)]), 0) << "grouped backward, d_w " << g;
+
+  // A plain linear with one operand stored in BF16 and the other float32 (down's backward:
+  // its input is stored, its output gradient is not).
+  Tensor lx = cuda_zeros({rows, in}), lx_ref = cuda_zeros({rows, in});
+  Tensor lw = cuda_zeros({out, in}), lw_ref = cuda_zeros({out, in});
+  ops::linear_backward(x_bf16, w_bf16[0], d_y, &lx, &lw);
+  ops::linear_backward(x, w_bf16[0], d_y, &lx_ref, &lw_ref);
+  EXPECT_EQ(differing(lx, lx_ref), 0) << "linear backward, d_x";
+  EXPECT_EQ(differing(lw, lw_ref), 0) << "linear backward, d_w";
+}
+
+TEST(CudaBf16Storage, OtherOutputDtypesAreErrors) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(4);
+  const Tensor gate_up = random_cuda({4, 16}, rng);
+  Tensor h_f16 = cuda_zeros({4, 8}, DType::F16);
+  EXPECT_THROW(ops::swiglu_forward(gate_up, h_f16), Error);
+  // A BF16 input against float32 weights is not a mixed-precision product.
+  const Tensor x_bf16 = rounded(random_cuda({4, 8}, rng)), w = random_cuda({8, 8}, rng);
+  const std::vector<int64_t> offsets = {0, 4};
+  Tensor y = cuda_zeros({4, 8});
+  EXPECT_THROW(ops::grouped_linear_forward(x_bf16, {&w}, offsets.data(), y), Error);
+}
+
+}  // namespace
+}  // namespace dsv3
