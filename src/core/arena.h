@@ -34,14 +34,15 @@ class Arena {
   Tensor alloc(const Shape& shape, DType dtype);
   void set_real_dtype(DType dtype) { real_dtype_ = dtype; }
   DType real_dtype() const { return real_dtype_; }
-  // Activations that only GEMMs read (as the input of a product or of a weight gradient):
-  // stored in the GEMMs' operand dtype once one is set (BF16 in mixed precision, where the GEMM
-  // would round a float32 buffer to BF16 anyway), else in the real dtype. The same values reach
-  // the GEMMs; half the bytes are written and none are converted again.
-  Tensor alloc_gemm_input(const Shape& shape) {
-    return alloc(shape, gemm_input_dtype_ ? *gemm_input_dtype_ : real_dtype_);
+  // Activations that only matrix products read (GEMM inputs, as activations or output
+  // gradients; the tensor-core attention's q, k, v and d_o): stored in the products' operand
+  // dtype once one is set (BF16 in mixed precision, where the product would round a float32
+  // buffer to BF16 anyway), else in the real dtype. The same values reach the products; half
+  // the bytes are written, and none are converted again.
+  Tensor alloc_matmul_operand(const Shape& shape) {
+    return alloc(shape, matmul_operand_dtype_ ? *matmul_operand_dtype_ : real_dtype_);
   }
-  void set_gemm_input_dtype(DType dtype) { gemm_input_dtype_ = dtype; }
+  void set_matmul_operand_dtype(DType dtype) { matmul_operand_dtype_ = dtype; }
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
   bool is_measuring() const { return base_ == nullptr; }
@@ -68,7 +69,7 @@ class Arena {
   size_t used_ = 0;
   Device device_ = Device::CPU;
   DType real_dtype_ = DType::F32;
-  std::optional<DType> gemm_input_dtype_;  // unset: the real dtype
+  std::optional<DType> matmul_operand_dtype_;  // unset: the real dtype
   Arena* host_ = nullptr;
 };
 

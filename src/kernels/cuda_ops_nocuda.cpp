@@ -75,6 +75,15 @@ void copy_columns(const float*, int64_t, int64_t, int64_t, float*, int64_t) {
 void put_columns(const float*, int64_t, float*, int64_t, int64_t, int64_t) {
   unavailable("put_columns");
 }
+void tokens_to_heads_bf16(const float*, uint16_t*, const ops::HeadCopy&) {
+  unavailable("tokens_to_heads");
+}
+void heads_to_tokens_bf16(const float*, uint16_t*, const ops::HeadCopy&) {
+  unavailable("heads_to_tokens");
+}
+void put_columns_bf16(const float*, int64_t, uint16_t*, int64_t, int64_t, int64_t) {
+  unavailable("put_columns");
+}
 void moe_gather_rows(const Tensor&, const int32_t*, Tensor&) { unavailable("moe_gather_rows"); }
 void moe_combine(const Tensor&, const int32_t*, const Tensor&, Tensor&) {
   unavailable("moe_combine");

@@ -210,7 +210,9 @@ void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t wi
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
 // Tensor forms of the four moves: float32 tensors take the pointer versions above (and their
-// device dispatch), float64 ones the reference moves.
+// device dispatch), float64 ones the reference moves. A BF16 destination (mixed precision, GPU
+// only) gets the float32 values rounded to nearest even, for tokens_to_heads, put_columns and
+// plain (not accumulating, not shared) heads_to_tokens moves.
 void tokens_to_heads(const Tensor& tokens, Tensor& heads, const HeadCopy& c);
 void heads_to_tokens(const Tensor& heads, Tensor& tokens, const HeadCopy& c, bool accumulate);
 void copy_columns(const Tensor& src, int64_t src_cols, int64_t offset, int64_t width, Tensor& dst,

@@ -9,9 +9,9 @@ FfnActivations::FfnActivations(Arena& arena, int64_t rows, int64_t width, Role r
   // forward's gate_up and the backward's d act feed SwiGLU and stay in the real dtype.
   if (role == Role::Saved) {
     gate_up = arena.alloc({rows, 2 * width});
-    act = arena.alloc_gemm_input({rows, width});
+    act = arena.alloc_matmul_operand({rows, width});
   } else {
-    gate_up = arena.alloc_gemm_input({rows, 2 * width});
+    gate_up = arena.alloc_matmul_operand({rows, 2 * width});
     act = arena.alloc({rows, width});
   }
 }

@@ -9,12 +9,11 @@ namespace dsv3 {
 // Saved for backward, for `rows` inputs of an FFN of `width`; the backward's scratch has the
 // same shapes and holds the gradients of the two.
 struct FfnActivations {
-  Tensor gate_up;  // [rows, 2 * width] gate(x) | up(x)       scratch: d gate_up (a GEMM input)
-  Tensor act;      // [rows, width]     silu(gate) * up       scratch: d act
-                   //                   (a GEMM input)
+  Tensor gate_up;  // [rows, 2 * width] gate(x) | up(x); as scratch, d gate_up
+  Tensor act;      // [rows, width]     silu(gate) * up; as scratch, d act
   FfnActivations() = default;
-  // What the forward saves (act in the arena's GEMM-input dtype), or the backward's scratch
-  // (d gate_up in that dtype).
+  // What the forward saves, or the backward's scratch. Of each, the buffer that only GEMMs read
+  // (act; d gate_up) is in the arena's matmul operand dtype (Arena::alloc_matmul_operand).
   enum class Role { Saved, Gradients };
   FfnActivations(Arena& arena, int64_t rows, int64_t width, Role role = Role::Saved);
   FfnActivations rows(int64_t begin, int64_t end) const;  // a row range, sharing storage

@@ -8,47 +8,51 @@ namespace dsv3 {
 MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
   const int64_t n = batch * seq, h = c.num_attention_heads, dq = c.qk_head_dim(),
                 r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  // The buffers that only matrix products read (q_b's and kv_b's inputs, attention's q, k, v,
+  // o_proj's input) in the arena's matmul operand dtype: BF16 in mixed precision.
   if (c.q_lora_rank) {
     q_a = a.alloc({n, *c.q_lora_rank});
     q_a_rstd = a.alloc({n});
-    q_a_norm = a.alloc({n, *c.q_lora_rank});
+    q_a_norm = a.alloc_matmul_operand({n, *c.q_lora_rank});
   }
   q = a.alloc({n, h * dq});
   kv_a = a.alloc({n, r + dr});
   c_kv = a.alloc({n, r});
   c_kv_rstd = a.alloc({n});
-  c_kv_norm = a.alloc({n, r});
+  c_kv_norm = a.alloc_matmul_operand({n, r});
   k_pe = a.alloc({n, dr});
   kv = a.alloc({n, h * (c.qk_nope_head_dim + dv)});
-  q_heads = a.alloc({batch, h, seq, dq});
-  k_heads = a.alloc({batch, h, seq, dq});
-  v_heads = a.alloc({batch, h, seq, dv});
+  q_heads = a.alloc_matmul_operand({batch, h, seq, dq});
+  k_heads = a.alloc_matmul_operand({batch, h, seq, dq});
+  v_heads = a.alloc_matmul_operand({batch, h, seq, dv});
   if (a.device() == Device::CPU)
     probs = a.alloc({batch, h, seq, seq});
   else
     lse = a.alloc({batch, h, seq});
   o_heads = a.alloc({batch, h, seq, dv});
-  o = a.alloc({n, h * dv});
+  o = a.alloc_matmul_operand({n, h * dv});
 }
 
 MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
   const int64_t n = batch * seq, h = c.num_attention_heads, dq = c.qk_head_dim(),
                 r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
+  // As above, for the output gradients that only products read: attention's d_o, and those
+  // of kv_b, kv_a and q_a.
   d_o = a.alloc({n, h * dv});
-  d_o_heads = a.alloc({batch, h, seq, dv});
+  d_o_heads = a.alloc_matmul_operand({batch, h, seq, dv});
   d_q_heads = a.alloc({batch, h, seq, dq});
   d_k_heads = a.alloc({batch, h, seq, dq});
   d_v_heads = a.alloc({batch, h, seq, dv});
   if (a.device() == Device::CPU) d_probs = a.alloc({batch, h, seq, seq});
   d_q = a.alloc({n, h * dq});
-  d_kv = a.alloc({n, h * (c.qk_nope_head_dim + dv)});
-  d_kv_a = a.alloc({n, r + dr});
+  d_kv = a.alloc_matmul_operand({n, h * (c.qk_nope_head_dim + dv)});
+  d_kv_a = a.alloc_matmul_operand({n, r + dr});
   d_c_kv_norm = a.alloc({n, r});
   d_c_kv = a.alloc({n, r});
   d_k_pe = a.alloc({n, dr});
   if (c.q_lora_rank) {
     d_q_a_norm = a.alloc({n, *c.q_lora_rank});
-    d_q_a = a.alloc({n, *c.q_lora_rank});
+    d_q_a = a.alloc_matmul_operand({n, *c.q_lora_rank});
   }
 }
 
@@ -66,14 +70,6 @@ struct MlaLayouts {
     o = {batch, seq, h, dv, h * dv, dv, 0, dv, 0};
   }
 };
-// The shared BF16 buffers filled with this layer's q, k, v heads (tensor handles onto them).
-AttentionCasts bf16_inputs(const StepContext& ctx, const MlaActivations& act) {
-  AttentionCasts casts = *ctx.bf16_attention;
-  ops::convert(act.q_heads, casts.q);
-  ops::convert(act.k_heads, casts.k);
-  ops::convert(act.v_heads, casts.v);
-  return casts;
-}
 }  // namespace
 
 void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
@@ -105,11 +101,8 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   ops::tokens_to_heads(act.kv, act.k_heads, lay.k_nope);
   ops::tokens_to_heads(act.k_pe, act.k_heads, lay.k_rope);
   ops::tokens_to_heads(act.kv, act.v_heads, lay.v);
-  if (ctx.bf16_attention) {
-    const AttentionCasts casts = bf16_inputs(ctx, act);
-    ops::attention_forward_lse(casts.q, casts.k, casts.v, ctx.rope->softmax_scale, act.lse,
-                               act.o_heads);
-  } else if (act.lse.defined()) {
+  // q, k, v are BF16 in mixed precision: the tensor-core kernels; float32, the float32 ones.
+  if (act.lse.defined()) {
     ops::attention_forward_lse(act.q_heads, act.k_heads, act.v_heads, ctx.rope->softmax_scale,
                                act.lse, act.o_heads);
   } else {
@@ -129,12 +122,7 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   MlaLayouts lay(c, ctx.batch, ctx.seq);
   ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad);
   ops::tokens_to_heads(s.d_o, s.d_o_heads, lay.o);
-  if (ctx.bf16_attention) {
-    AttentionCasts casts = bf16_inputs(ctx, act);  // refilled: other layers used them since
-    ops::convert(s.d_o_heads, casts.d_o);
-    ops::attention_backward_lse(casts.q, casts.k, casts.v, act.o_heads, act.lse, casts.d_o,
-                                ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads, s.d_v_heads);
-  } else if (act.lse.defined()) {
+  if (act.lse.defined()) {
     ops::attention_backward_lse(act.q_heads, act.k_heads, act.v_heads, act.o_heads, act.lse,
                                 s.d_o_heads, ctx.rope->softmax_scale, s.d_q_heads, s.d_k_heads,
                                 s.d_v_heads);

@@ -21,7 +21,7 @@ MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, in
   expert_offsets = off_host, device_offsets = off;
   permuted_token = a.alloc({nk}, DType::I32);
   permuted_row = a.alloc({nk}, DType::I32);
-  x_perm = a.alloc_gemm_input({nk, d});  // read only by the experts' GEMMs
+  x_perm = a.alloc_matmul_operand({nk, d});  // read only by the experts' GEMMs
   experts = FfnActivations(a, nk, c.moe_intermediate_size);
   y_perm = a.alloc({nk, d});
   if (c.n_shared_experts > 0) shared = FfnActivations(a, n, shared_width(c));
@@ -30,7 +30,7 @@ MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, in
 MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
-  d_y_perm = a.alloc_gemm_input({nk, d});  // read only by the experts' backward GEMMs
+  d_y_perm = a.alloc_matmul_operand({nk, d});  // read only by the experts' backward GEMMs
   d_x_perm = a.alloc({nk, d});
   d_experts = FfnActivations(a, nk, c.moe_intermediate_size, FfnActivations::Role::Gradients);
   if (c.n_shared_experts > 0)

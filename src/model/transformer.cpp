@@ -63,17 +63,9 @@ struct Transformer::Buffers {
   std::vector<Tensor> d_h;  // D + 1 of [N, D]: d h^k (h^0: main output after its norm)
   Tensor d_cat;             // [N, 2D]
   Tensor d_e;               // [N, D]
-  AttentionCasts casts;     // BF16 attention inputs (mixed precision only)
 
-  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq, bool bf16)
+  Buffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
       : scratch(a, c, batch, seq) {
-    if (bf16) {
-      const int64_t h = c.num_attention_heads;
-      casts.q = a.alloc({batch, h, seq, c.qk_head_dim()}, DType::BF16);
-      casts.k = a.alloc({batch, h, seq, c.qk_head_dim()}, DType::BF16);
-      casts.v = a.alloc({batch, h, seq, c.v_head_dim}, DType::BF16);
-      casts.d_o = a.alloc({batch, h, seq, c.v_head_dim}, DType::BF16);
-    }
     const int64_t n = batch * seq, d = c.hidden_size;
     auto [ph, pd] = a.alloc_mirrored({n}, DType::I32);
     auto [th, td] = a.alloc_mirrored({n}, DType::I32);
@@ -111,14 +103,14 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
   if (device != Device::CPU) measure.attach_host(measure_host);
   for (Arena* a : {&measure, &measure_host}) a->set_real_dtype(real);
   const bool bf16 = weights.compute_dtype() == DType::BF16;
-  if (bf16) measure.set_gemm_input_dtype(DType::BF16);
-  { Buffers plan(measure, c_, batch, seq, bf16); }
+  if (bf16) measure.set_matmul_operand_dtype(DType::BF16);
+  { Buffers plan(measure, c_, batch, seq); }
   Arena arena(measure.used(), device), host_arena(measure_host.used());
   if (device != Device::CPU) arena.attach_host(host_arena);
   for (Arena* a : {&arena, &host_arena}) a->set_real_dtype(real);
-  if (bf16) arena.set_gemm_input_dtype(DType::BF16);
+  if (bf16) arena.set_matmul_operand_dtype(DType::BF16);
   arena_bytes_ = measure.used() + measure_host.used();
-  b_ = std::make_unique<Buffers>(arena, c_, batch, seq, bf16);
+  b_ = std::make_unique<Buffers>(arena, c_, batch, seq);
   for (int64_t i = 0; i < batch * seq; ++i) b_->positions_host.i32()[i] = int32_t(i % seq);
   b_->positions.copy_from(b_->positions_host);
   mtp_count_.resize(size_t(c_.num_nextn_predict_layers));
@@ -148,7 +140,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   const float eps = float(c_.rms_norm_eps);
   Buffers& b = *b_;
   StepContext ctx{
-      &c_, &rope_, batch_, seq_, b.positions.i32(), b.casts.q.defined() ? &b.casts : nullptr};
+      &c_, &rope_, batch_, seq_, b.positions.i32()};
   std::memcpy(b.tokens_host.i32(), tokens, size_t(n) * 4);
   std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
   b.tokens.copy_from(b.tokens_host);

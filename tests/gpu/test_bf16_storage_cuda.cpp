@@ -100,6 +100,61 @@ TEST(CudaBf16Storage, GatherAndCombineBackwardWriteTheRoundedFloat32Result) {
   }
 }
 
+TEST(CudaBf16Storage, RmsNormWritesTheRoundedFloat32Result) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(5);
+  for (int64_t dim : {24, 300}) {
+    const int64_t rows = 9;
+    const Tensor x = random_cuda({rows, dim}, rng), w = random_cuda({dim}, rng);
+    const Tensor d_y = random_cuda({rows, dim}, rng);
+    Tensor y = cuda_zeros({rows, dim}), y_bf16 = cuda_zeros({rows, dim}, DType::BF16);
+    Tensor rstd = cuda_zeros({rows}), rstd2 = cuda_zeros({rows});
+    ops::rmsnorm_forward(x, w, 1e-6f, y, rstd);
+    ops::rmsnorm_forward(x, w, 1e-6f, y_bf16, rstd2);
+    EXPECT_EQ(differing(y_bf16, rounded(y)), 0) << "forward, dim " << dim;
+    EXPECT_EQ(differing(rstd2, rstd), 0);
+    Tensor d_x = cuda_zeros({rows, dim}), d_x_bf16 = cuda_zeros({rows, dim}, DType::BF16);
+    Tensor d_w = cuda_zeros({dim}), d_w2 = cuda_zeros({dim});
+    ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w);
+    ops::rmsnorm_backward(x, w, rstd, d_y, d_x_bf16, d_w2);
+    EXPECT_EQ(differing(d_x_bf16, rounded(d_x)), 0) << "backward, dim " << dim;
+    EXPECT_EQ(differing(d_w2, d_w), 0) << "d_w does not depend on d_x's dtype";
+    EXPECT_THROW(ops::rmsnorm_backward(x, w, rstd, d_y, d_x_bf16, d_w2, true), Error)
+        << "a BF16 d_x cannot be accumulated into";
+  }
+}
+
+TEST(CudaBf16Storage, LayoutMovesWriteTheRoundedFloat32Values) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(6);
+  // MLA's query layout: [B*T, H*dq] token-major to [B, H, T, dq] head-major and back.
+  const int64_t batch = 2, seq = 5, heads = 3, dq = 24;
+  const ops::HeadCopy lay{batch, seq, heads, dq, heads * dq, dq, 0, dq, 0};
+  const Tensor tokens = random_cuda({batch * seq, heads * dq}, rng);
+  Tensor h = cuda_zeros({batch, heads, seq, dq}), h_bf16 = cuda_zeros({batch, heads, seq, dq}, DType::BF16);
+  ops::tokens_to_heads(tokens, h, lay);
+  ops::tokens_to_heads(tokens, h_bf16, lay);
+  EXPECT_EQ(differing(h_bf16, rounded(h)), 0) << "tokens_to_heads";
+  Tensor t = cuda_zeros({batch * seq, heads * dq}), t_bf16 = cuda_zeros({batch * seq, heads * dq}, DType::BF16);
+  ops::heads_to_tokens(h, t, lay, false);
+  ops::heads_to_tokens(h, t_bf16, lay, false);
+  EXPECT_EQ(differing(t_bf16, rounded(t)), 0) << "heads_to_tokens";
+  EXPECT_THROW(ops::heads_to_tokens(h, t_bf16, lay, true), Error)
+      << "a BF16 destination cannot be accumulated into";
+  // A shared vector (the rope key) sums the heads: not a plain move.
+  const ops::HeadCopy shared{batch, seq, heads, 8, 8, 0, 0, dq, 16};
+  Tensor k_pe = cuda_zeros({batch * seq, 8}, DType::BF16);
+  EXPECT_THROW(ops::heads_to_tokens(h, k_pe, shared, false), Error);
+  // Two column windows assembled into one row (d kv_a from d c_kv and d k_pe).
+  const Tensor left = random_cuda({7, 10}, rng), right = random_cuda({7, 6}, rng);
+  Tensor cols = cuda_zeros({7, 16}), cols_bf16 = cuda_zeros({7, 16}, DType::BF16);
+  for (Tensor* dst : {&cols, &cols_bf16}) {
+    ops::put_columns(left, 10, *dst, 16, 0, 7);
+    ops::put_columns(right, 6, *dst, 16, 10, 7);
+  }
+  EXPECT_EQ(differing(cols_bf16, rounded(cols)), 0) << "put_columns";
+}
+
 TEST(CudaBf16Storage, GemmsGiveTheSameResultFromBf16StoredOperands) {
   REQUIRE_GPU();
   std::mt19937_64 rng(3);

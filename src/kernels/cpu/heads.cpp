@@ -62,12 +62,18 @@ void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, 
 
 void tokens_to_heads(const Tensor& tokens, Tensor& heads, const HeadCopy& c) {
   if (heads.dtype() == DType::F64) return ref::t::tokens_to_heads(tokens.f64(), heads.f64(), c);
+  if (heads.dtype() == DType::BF16)
+    return cuda_ops::tokens_to_heads_bf16(tokens.f32(), heads.bf16(), c);
   tokens_to_heads(tokens.f32(), heads.f32(), c);
 }
 
 void heads_to_tokens(const Tensor& heads, Tensor& tokens, const HeadCopy& c, bool accumulate) {
   if (tokens.dtype() == DType::F64)
     return ref::t::heads_to_tokens(heads.f64(), tokens.f64(), c, accumulate);
+  if (tokens.dtype() == DType::BF16) {
+    DSV3_CHECK(!accumulate, "heads_to_tokens: a bfloat16 destination cannot be accumulated into");
+    return cuda_ops::heads_to_tokens_bf16(heads.f32(), tokens.bf16(), c);
+  }
   heads_to_tokens(heads.f32(), tokens.f32(), c, accumulate);
 }
 
@@ -82,6 +88,8 @@ void put_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t dst_cols
                  int64_t rows) {
   if (dst.dtype() == DType::F64)
     return ref::t::put_columns(src.f64(), width, dst.f64(), dst_cols, offset, rows);
+  if (dst.dtype() == DType::BF16)
+    return cuda_ops::put_columns_bf16(src.f32(), width, dst.bf16(), dst_cols, offset, rows);
   put_columns(src.f32(), width, dst.f32(), dst_cols, offset, rows);
 }
 

@@ -356,8 +356,10 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   DSV3_CHECK(dim > 0 && x.numel() == rows * dim && y.numel() == x.numel() && rstd.numel() == rows,
              "rmsnorm_forward: x {}, w {}, y {}, rstd {} do not match", x.shape().str(),
              w.shape().str(), y.shape().str(), rstd.shape().str());
-  check(cuda::rmsnorm_forward({x.f32(), w.f32(), y.f32(), rstd.f32(), rows, dim, eps}, stream()),
-        "rmsnorm_forward");
+  const F32OrBf16 out = f32_or_bf16(y, "rmsnorm_forward", "y");
+  cuda::RmsNormForward p{x.f32(), w.f32(), out.f32, rstd.f32(), rows, dim, eps};
+  p.y_bf16 = out.bf16;
+  check(cuda::rmsnorm_forward(p, stream()), "rmsnorm_forward");
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
@@ -368,10 +370,13 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
                  d_x.numel() == x.numel() && d_w.numel() == dim && rstd.numel() == rows,
              "rmsnorm_backward: shapes do not match (x {}, w {})", x.shape().str(),
              w.shape().str());
-  check(cuda::rmsnorm_backward({x.f32(), w.f32(), rstd.f32(), d_y.f32(), d_x.f32(), d_w.f32(),
-                                rows, dim, accumulate_d_x},
-                               stream()),
-        "rmsnorm_backward");
+  const F32OrBf16 dx = f32_or_bf16(d_x, "rmsnorm_backward", "d_x");
+  DSV3_CHECK(!(dx.bf16 && accumulate_d_x),
+             "rmsnorm_backward: d_x is bfloat16, which cannot be accumulated into");
+  cuda::RmsNormBackward p{x.f32(),  w.f32(), rstd.f32(), d_y.f32(),     dx.f32,
+                          d_w.f32(), rows,    dim,        accumulate_d_x};
+  p.d_x_bf16 = dx.bf16;
+  check(cuda::rmsnorm_backward(p, stream()), "rmsnorm_backward");
 }
 
 // ---- RoPE ----
@@ -764,6 +769,43 @@ void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, 
                  int64_t rows) {
   check(cuda::copy_columns({src, dst, rows, width, width, 0, dst_cols, offset}, stream()),
         "put_columns");
+}
+
+namespace {
+void need_device_bf16(const uint16_t* dst, const char* op) {
+  DSV3_CHECK(device::is_cuda_pointer(dst),
+             "{}: a bfloat16 destination is a mixed-precision buffer of the GPU; this one is in "
+             "host memory",
+             op);
+}
+}  // namespace
+
+void tokens_to_heads_bf16(const float* tokens, uint16_t* heads, const ops::HeadCopy& c) {
+  need_device_bf16(heads, "tokens_to_heads");
+  cuda::HeadMove p{tokens,         nullptr,      c.batch,    c.seq,         c.heads,
+                   c.width,        c.tok_row_stride, c.tok_head_stride, c.tok_offset,
+                   c.head_dim,     c.head_offset,    false};
+  p.dst_bf16 = heads;
+  check(cuda::tokens_to_heads(p, stream()), "tokens_to_heads");
+}
+
+void heads_to_tokens_bf16(const float* heads, uint16_t* tokens, const ops::HeadCopy& c) {
+  need_device_bf16(tokens, "heads_to_tokens");
+  DSV3_CHECK(c.tok_head_stride != 0,
+             "heads_to_tokens: a bfloat16 destination takes a plain move, not a sum over heads");
+  cuda::HeadMove p{heads,          nullptr,      c.batch,    c.seq,         c.heads,
+                   c.width,        c.tok_row_stride, c.tok_head_stride, c.tok_offset,
+                   c.head_dim,     c.head_offset,    false};
+  p.dst_bf16 = tokens;
+  check(cuda::heads_to_tokens(p, stream()), "heads_to_tokens");
+}
+
+void put_columns_bf16(const float* src, int64_t width, uint16_t* dst, int64_t dst_cols,
+                      int64_t offset, int64_t rows) {
+  need_device_bf16(dst, "put_columns");
+  cuda::ColumnCopy p{src, nullptr, rows, width, width, 0, dst_cols, offset};
+  p.dst_bf16 = dst;
+  check(cuda::copy_columns(p, stream()), "put_columns");
 }
 
 // ---- MoE permutation moves ----

@@ -28,7 +28,7 @@ __global__ void tokens_to_heads_kernel(HeadMove p) {
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t w = idx % p.width, t = (idx / p.width) % p.seq;
     const int64_t bh = idx / (p.width * p.seq), h = bh % p.heads, b = bh / p.heads;
-    p.dst[head_index(p, b, h, t, w)] = p.src[token_index(p, b, h, t, w)];
+    store_f32_or_bf16(p.dst, p.dst_bf16, head_index(p, b, h, t, w), p.src[token_index(p, b, h, t, w)]);
   }
 }
 
@@ -42,7 +42,12 @@ __global__ void heads_to_tokens_kernel(HeadMove p) {
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t w = idx % p.width, hh = (idx / p.width) % heads_here;
     const int64_t bt = idx / (p.width * heads_here), t = bt % p.seq, b = bt / p.seq;
-    float* dst = p.dst + token_index(p, b, hh, t, w);
+    const int64_t at = token_index(p, b, hh, t, w);
+    if (p.dst_bf16) {  // a plain move (the launcher allows nothing else)
+      store_f32_or_bf16(nullptr, p.dst_bf16, at, p.src[head_index(p, b, hh, t, w)]);
+      continue;
+    }
+    float* dst = p.dst + at;
     if (shared) {
       float s = p.accumulate ? *dst : 0.0f;
       for (int64_t h = 0; h < p.heads; ++h) s += p.src[head_index(p, b, h, t, w)];
@@ -59,7 +64,8 @@ __global__ void copy_columns_kernel(ColumnCopy p) {
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / p.width, c = idx % p.width;
-    p.dst[r * p.dst_cols + p.dst_offset + c] = p.src[r * p.src_cols + p.src_offset + c];
+    store_f32_or_bf16(p.dst, p.dst_bf16, r * p.dst_cols + p.dst_offset + c,
+                      p.src[r * p.src_cols + p.src_offset + c]);
   }
 }
 
@@ -73,6 +79,7 @@ cudaError_t tokens_to_heads(const HeadMove& p, cudaStream_t stream) {
 }
 
 cudaError_t heads_to_tokens(const HeadMove& p, cudaStream_t stream) {
+  if (p.dst_bf16 && (p.accumulate || p.tok_head_stride == 0)) return cudaErrorInvalidValue;
   const int64_t n = p.batch * p.seq * (p.tok_head_stride == 0 ? 1 : p.heads) * p.width;
   if (n == 0) return cudaSuccess;
   heads_to_tokens_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p);

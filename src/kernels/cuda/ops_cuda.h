@@ -5,8 +5,13 @@
 //   - every tensor (and every raw pointer: ids, targets, positions, gemm operands) of one call
 //     points into device memory;
 //   - float32 everywhere, except linear_forward/linear_backward, which also take BF16 x, W and
-//     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients), and
-//     the grouped linear ops, which take BF16 or float32 weights with float32 x, d_y, y, d_x;
+//     d_y (float32 accumulation; y and d_x BF16 or float32; d_w float32 master gradients), the
+//     grouped linear ops, which take BF16 or float32 weights with float32 x, d_y, y, d_x (x and
+//     d_y may be BF16 against BF16 weights), and the ops whose outputs only GEMMs or the
+//     tensor-core attention read, which write BF16 when that output tensor is BF16 (rounded to
+//     nearest even, exactly as `convert` would): rmsnorm y and d_x (not accumulated),
+//     swiglu h and d_gate_up, moe_gather_rows out, moe_combine_backward d_y_perm, and the
+//     layout moves (*_bf16 below);
 //   - calls are asynchronous on the backend's stream, except cross_entropy and sum_squares
 //     (return a value to the host) and the ops that check token ids or positions on the host
 //     (embedding, rope, cross_entropy), which copy those few bytes back first.
@@ -54,6 +59,12 @@ void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t wi
                   int64_t rows);
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
+// The same moves into a BF16 destination (mixed precision: a buffer only tensor-core kernels
+// and GEMMs read), each value rounded to nearest even; heads_to_tokens as a plain move only.
+void tokens_to_heads_bf16(const float* tokens, uint16_t* heads, const ops::HeadCopy& c);
+void heads_to_tokens_bf16(const float* heads, uint16_t* tokens, const ops::HeadCopy& c);
+void put_columns_bf16(const float* src, int64_t width, uint16_t* dst, int64_t dst_cols,
+                      int64_t offset, int64_t rows);
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,

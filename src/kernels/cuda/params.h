@@ -20,6 +20,7 @@ struct RmsNormForward {
   float* rstd;     // [rows]
   int64_t rows, dim;
   float eps;
+  uint16_t* y_bf16 = nullptr;  // when set: y in BF16 instead
 };
 
 // d_x (= or +=) rstd * (g w - xhat * mean(g w xhat)), xhat = x rstd; d_w += sum_r g xhat
@@ -32,6 +33,7 @@ struct RmsNormBackward {
   float* d_w;         // [dim], accumulated into
   int64_t rows, dim;
   bool accumulate_d_x;
+  uint16_t* d_x_bf16 = nullptr;  // when set: d_x in BF16 instead (accumulate_d_x false)
 };
 
 // Rotation of interleaved pairs (x[2i], x[2i+1]) of a slice of each head, in place.
@@ -86,6 +88,8 @@ struct HeadMove {
   int64_t tok_row_stride, tok_head_stride, tok_offset;
   int64_t head_dim, head_offset;
   bool accumulate;  // heads -> tokens only
+  // When set: dst in BF16 instead (heads -> tokens: not accumulating, not a shared vector).
+  uint16_t* dst_bf16 = nullptr;
 };
 
 // dst[r, dst_offset + c] = src[r, src_offset + c] for c < width (a column window copy).
@@ -93,6 +97,7 @@ struct ColumnCopy {
   const float* src;
   float* dst;
   int64_t rows, width, src_cols, src_offset, dst_cols, dst_offset;
+  uint16_t* dst_bf16 = nullptr;  // when set: dst in BF16 instead
 };
 
 // Causal attention forward, flash style (never materialises the [seq, seq] scores):

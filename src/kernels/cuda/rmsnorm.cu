@@ -1,4 +1,4 @@
-// Fused RMSNorm forward and backward (float32).
+// Fused RMSNorm forward and backward (float32; y and d_x may be written in BF16 instead).
 //
 // Forward: one block of 256 threads per row; the threads stride the row (coalesced), a block
 // reduction gives the sum of squares, then the same threads write y. rstd is saved per row.
@@ -22,8 +22,10 @@ __global__ void rmsnorm_forward_kernel(RmsNormForward p) {
   for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) ss += x[i] * x[i];
   ss = block_sum(ss, red);
   const float rstd = rsqrtf(ss / float(p.dim) + p.eps);
-  float* y = p.y + r * p.dim;
-  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) y[i] = x[i] * rstd * p.w[i];
+  float* y = p.y ? p.y + r * p.dim : nullptr;
+  uint16_t* y_bf16 = p.y_bf16 ? p.y_bf16 + r * p.dim : nullptr;
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x)
+    store_f32_or_bf16(y, y_bf16, i, x[i] * rstd * p.w[i]);
   if (threadIdx.x == 0) p.rstd[r] = rstd;
 }
 
@@ -37,10 +39,11 @@ __global__ void rmsnorm_backward_dx_kernel(RmsNormBackward p) {
   float dot = 0.0f;
   for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) dot += g[i] * p.w[i] * x[i] * rstd;
   const float mean = block_sum(dot, red) / float(p.dim);
-  float* dx = p.d_x + r * p.dim;
+  float* dx = p.d_x ? p.d_x + r * p.dim : nullptr;
+  uint16_t* dx_bf16 = p.d_x_bf16 ? p.d_x_bf16 + r * p.dim : nullptr;
   for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
     const float v = rstd * (g[i] * p.w[i] - x[i] * rstd * mean);
-    dx[i] = p.accumulate_d_x ? dx[i] + v : v;
+    store_f32_or_bf16(dx, dx_bf16, i, p.accumulate_d_x ? dx[i] + v : v);
   }
 }
 
@@ -71,7 +74,7 @@ cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream) {
 
 cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
-  if (p.d_x) rmsnorm_backward_dx_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+  if (p.d_x || p.d_x_bf16) rmsnorm_backward_dx_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
   rmsnorm_backward_dw_kernel<<<unsigned((p.dim + 31) / 32), dim3(32, 8), 0, stream>>>(p);
   return cudaGetLastError();
 }
