@@ -1,7 +1,8 @@
 # The CPU emulation of CUDA (tests/cuda_emulation): the CUDA backend (src/*/cuda/, except the
 # peak benchmark) compiled against emulated CUDA headers,
 # linked with the library's other objects, and run by the GPU inference and router tests
-# (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp), the op table's CUDA cases and the
+# (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp,
+# test_grouped_gemm_cuda.cpp), the op table's CUDA cases and the
 # emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
@@ -11,7 +12,8 @@ set(DSV3_EMU_KERNELS
     src/kernels/cuda/attention_backward.cu src/kernels/cuda/attention_bf16.cu
     src/kernels/cuda/attention_bf16_backward.cu src/kernels/cuda/convert.cu
     src/kernels/cuda/cross_entropy.cu src/kernels/cuda/elementwise.cu
-    src/kernels/cuda/embedding.cu src/kernels/cuda/heads.cu src/kernels/cuda/moe.cu
+    src/kernels/cuda/embedding.cu src/kernels/cuda/grouped_gemm.cu src/kernels/cuda/heads.cu
+    src/kernels/cuda/moe.cu
     src/kernels/cuda/optimizer.cu src/kernels/cuda/rmsnorm.cu src/kernels/cuda/rope.cu
     src/kernels/cuda/router.cu
     src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu
@@ -55,6 +57,7 @@ target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_bf16_storage_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_gemm_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp

@@ -56,6 +56,10 @@ for stage in "${stages[@]}"; do
       for f in "$here"/tests/data/reference/*/; do
         [[ -f $f/expected.safetensors ]] || continue
         run_stage "parity_$(basename "$f")" "$DSV3" parity --device cuda --optimizer "$f"
+        run_stage "parity_bf16_$(basename "$f")" "$DSV3" parity --device cuda --precision bf16 \
+          --optimizer "$f"
+        run_stage "parity_bf16_grouped_kernel_$(basename "$f")" env DSV3_GROUPED_GEMM=kernel \
+          "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
       done
       ;;
     bench)
@@ -65,6 +69,16 @@ for stage in "${stages[@]}"; do
         run_stage "train_step_dsv3_$p" "$DSV3" bench train-step --device cuda --precision $p \
           --config "$cfg" --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 \
           --warmup 2
+      done
+      # The routed experts through dsv3's grouped BF16 kernel instead of one cuBLAS call per
+      # expert (docs/cuda.md), with its profile, to choose the default.
+      run_stage train_step_dsv3_bf16_grouped_kernel env DSV3_GROUPED_GEMM=kernel "$DSV3" bench \
+        train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
+        --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
+      for mode in kernel ""; do
+        run_stage "train_step_profile_${mode:-cublas}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
+          train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
+          --seq "${BENCH_SEQ:-1024}" --steps 3 --warmup 2 --profile
       done
       if python3 -c 'import torch, transformers' 2>/dev/null; then
         run_stage train_step_hf python3 "$here/bench/hf_train_step.py" "$cfg" \

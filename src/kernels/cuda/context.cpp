@@ -158,13 +158,23 @@ int combo(cudaDataType_t ab, cudaDataType_t c) {
   return (ab == CUDA_R_16BF ? 2 : 0) + (c == CUDA_R_16BF ? 1 : 0);
 }
 
-// DSV3_GROUPED_GEMM=0 runs the loop of cublasGemmEx instead (to time one against the other).
-bool grouped_disabled() {
-  static const bool off = [] {
+// DSV3_GROUPED_GEMM chooses how blas_grouped_gemm runs (to time one way against another):
+// unset, cuBLAS's grouped call (a loop of cublasGemmEx where it refuses the types); 0, that
+// loop; kernel, dsv3's grouped BF16 kernel for the products it takes (grouped_gemm.cu), cuBLAS
+// for the rest. Anything else is an error, not a silent default.
+enum class GroupedMode { Cublas, Loop, Kernel };
+GroupedMode grouped_mode() {
+  static const GroupedMode mode = [] {
     const char* v = std::getenv("DSV3_GROUPED_GEMM");
-    return v && std::string(v) == "0";
+    if (!v || !*v) return GroupedMode::Cublas;
+    const std::string s(v);
+    if (s == "0") return GroupedMode::Loop;
+    if (s == "kernel") return GroupedMode::Kernel;
+    fail("DSV3_GROUPED_GEMM={}: expected 0 (a loop of cuBLAS calls) or kernel (dsv3's grouped "
+         "BF16 kernel); unset for cuBLAS's grouped call",
+         s);
   }();
-  return off;
+  return mode;
 }
 
 BlasGemm one_product(const BlasGroupedGemm& g, size_t i) {
@@ -214,7 +224,9 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
              "{}: leading dimensions beyond cuBLAS's 32-bit sizes", what);
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
-  if (lib.gemm_grouped_batched_ex && state.load() != 2 && !grouped_disabled() && live.size() > 1) {
+  if (grouped_mode() == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
+  if (lib.gemm_grouped_batched_ex && state.load() != 2 && grouped_mode() == GroupedMode::Cublas &&
+      live.size() > 1) {
     const size_t n = live.size();
     // Host arrays, read by cuBLAS during the call.
     std::vector<cublasOperation_t> op_a(n, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
@@ -266,6 +278,40 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
   // The fallback (and a single product): one cublasGemmEx each, still without per-group
   // conversions or allocations.
   for (size_t i : live) blas_gemm(one_product(g, i), what);
+}
+
+bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
+  if (g.ab_type != CUDA_R_16BF || g.c_type != CUDA_R_32F || g.alpha != 1.0f ||
+      (g.beta != 0.0f && g.beta != 1.0f) || !grouped_gemm_bf16_fits(g.lda, g.ldb, g.ldc))
+    return false;
+  const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
+  std::vector<GemmGroup> groups;
+  int64_t tiles = 0;
+  for (size_t i = 0; i < g.m.size(); ++i) {
+    const int64_t m = g.m[i], n = g.n[i], k = g.k[i];
+    if (m == 0 || n == 0) continue;
+    if (k == 0) return false;  // C = beta C: the cuBLAS path's case
+    // The column dimension of each operand is whole 16-byte chunks (grouped_gemm.cu).
+    const int64_t a_cols = g.trans_a ? m : k, b_cols = g.trans_b ? k : n;
+    if (a_cols % 8 || b_cols % 8 || !aligned16(g.a[i]) || !aligned16(g.b[i])) return false;
+    groups.push_back({static_cast<const uint16_t*>(g.a[i]), static_cast<const uint16_t*>(g.b[i]),
+                      static_cast<float*>(g.c[i]), m, n, k, tiles});
+    tiles += ((m + kGroupedGemmTile - 1) / kGroupedGemmTile) *
+             ((n + kGroupedGemmTile - 1) / kGroupedGemmTile);
+  }
+  if (groups.empty()) return true;
+  // The group table goes up with one copy into stream-ordered scratch; a pageable source is
+  // staged by the copy, so `groups` may go when this returns.
+  void* dev = nullptr;
+  const size_t bytes = groups.size() * sizeof(GemmGroup);
+  check(cudaMallocAsync(&dev, bytes, stream()), what);
+  check(cudaMemcpyAsync(dev, groups.data(), bytes, cudaMemcpyHostToDevice, stream()), what);
+  GroupedGemmBf16 p{static_cast<const GemmGroup*>(dev), int64_t(groups.size()), tiles, g.lda,
+                    g.ldb, g.ldc, !g.trans_a, g.trans_b, g.beta != 0.0f};
+  const cudaError_t e = grouped_gemm_bf16(p, stream());
+  check(cudaFreeAsync(dev, stream()), what);
+  check(e, what);
+  return true;
 }
 
 }  // namespace dsv3::cuda

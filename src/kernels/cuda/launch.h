@@ -42,6 +42,12 @@ cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t 
 cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
 cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);
 cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
+// The grouped BF16 GEMM: the output tile edge (rows and columns of C per tile), and whether a
+// product of these leading dimensions and layout can run (every row of A, B and C starts
+// 16-byte aligned: leading dimensions and the inner sizes multiples of 8 elements).
+constexpr int64_t kGroupedGemmTile = 64;
+bool grouped_gemm_bf16_fits(int64_t lda, int64_t ldb, int64_t ldc);
+cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream);
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream);
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream);
 cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream);

@@ -58,6 +58,24 @@ struct SwiGlu {
   uint16_t* d_gate_up_bf16 = nullptr;
 };
 
+// Grouped BF16 GEMM (grouped_gemm.cu): for each group g, C_g [m_g, n_g] = A_g B_g (+ C_g when
+// accumulate), BF16 operands, float32 accumulation and output, all groups in one launch. The
+// operand layouts are shared: A is [m][k] (k contiguous) or, with a_k_major false, stored as
+// [k][m]; B is [n][k] (b_k_major) or [k][n]. Leading dimensions are in elements.
+struct GemmGroup {
+  const uint16_t* a;
+  const uint16_t* b;
+  float* c;
+  int64_t m, n, k;
+  int64_t first_tile;  // the group's first output tile in the launch's numbering
+};
+struct GroupedGemmBf16 {
+  const GemmGroup* groups;  // [group_count], device memory
+  int64_t group_count, tiles;
+  int64_t lda, ldb, ldc;
+  bool a_k_major, b_k_major, accumulate;
+};
+
 // Softmax cross-entropy per row; row_loss[r] = logsumexp(row) - row[target] (0 for target -1).
 // With d_logits: scale * (softmax(row) - onehot(target)), zero rows for target -1; d_logits may
 // be the same memory as logits.

@@ -1,0 +1,167 @@
+// Grouped GEMM on BF16 tensor cores (params.h, GroupedGemmBf16): every group's product in one
+// launch, float32 accumulation and output. It exists for the routed experts in mixed
+// precision, where cuBLAS's grouped call refuses BF16 inputs with float32 outputs and the
+// fallback is one cuBLAS call per expert (hundreds of small launches per step).
+//
+// ---- Launch shape ----
+// One block of 128 threads (2 x 2 warps) per 64 x 64 output tile, the tiles numbered group by
+// group (GemmGroup::first_tile) and the grid striding over them. Warp (wm, wn) owns rows
+// 32 wm .. +31 and columns 32 wn .. +31 of its tile: 2 x 4 accumulators of mma.m16n8k16.
+// K runs in steps of 32; the A and B tiles of step s + 1 load (cp.async) while step s computes.
+//
+// ---- Operand tiles in shared memory (rows padded by kPad bf16: no ldmatrix bank conflicts) ----
+//   A k-major [m][k]: As [64][32 + 8], fragments by ldmatrix        (attention's Q)
+//   A m-major [k][m]: As [32][64 + 8], fragments by ldmatrix.trans  (the weight gradient's d_y^T)
+//   B k-major [n][k]: Bs [64][32 + 8], ldmatrix                     (attention's K)
+//   B n-major [k][n]: Bs [32][64 + 8], ldmatrix.trans               (attention's V)
+// Rows and columns past the group's sizes load as zeros, so an edge tile computes on zeros and
+// stores only what lies inside C. The column dimension of each operand (K of a k-major one, M
+// or N of the others) is a multiple of 8, so each 16-byte chunk is wholly inside or outside.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma_bf16.cuh"
+
+namespace dsv3::cuda {
+namespace {
+
+using namespace tc;
+
+constexpr int kThreads = 128;
+constexpr int kTile = int(kGroupedGemmTile), kStep = 32;
+constexpr int kKMajorLd = kStep + kPad;   // a [64][32] tile's padded row
+constexpr int kMnMajorLd = kTile + kPad;  // a [32][64] tile's padded row
+constexpr int kOperandElems =
+    kTile * kKMajorLd > kStep * kMnMajorLd ? kTile * kKMajorLd : kStep * kMnMajorLd;
+
+// Rows [r0, r0 + ROWS) x columns [c0, c0 + COLS) of a row-major bf16 matrix g (ld elements a
+// row; rows x cols of it exist) into s [ROWS][COLS + kPad], zeros outside. All threads call it.
+template <int ROWS, int COLS>
+__device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t ld, int64_t r0,
+                                          int64_t rows, int64_t c0, int64_t cols) {
+  constexpr int kChunks = COLS / 8, kLd = COLS + kPad;
+  for (int idx = threadIdx.x; idx < ROWS * kChunks; idx += kThreads) {
+    const int r = idx / kChunks, c = (idx % kChunks) * 8;
+    const int64_t row = r0 + r, col = c0 + c;
+    const bool valid = row < rows && col < cols;
+    cp_async16(s + r * kLd + c, valid ? g + row * ld + col : g, valid);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemmBf16 p) {
+  __shared__ __align__(16) bf16 smem[2][2][kOperandElems];  // [buffer][A, B]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+  const int g4 = lane >> 2, t4 = lane & 3;
+  for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
+    // This tile's group: the last whose first tile is at or before it.
+    int64_t lo = 0, hi = p.group_count - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (p.groups[mid].first_tile <= tile)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    const GemmGroup gr = p.groups[lo];
+    const int64_t tiles_n = (gr.n + kTile - 1) / kTile, local = tile - gr.first_tile;
+    const int64_t m0 = (local / tiles_n) * kTile, n0 = (local % tiles_n) * kTile;
+    const bf16* a = reinterpret_cast<const bf16*>(gr.a);
+    const bf16* b = reinterpret_cast<const bf16*>(gr.b);
+
+    const auto load_step = [&](int buf, int64_t k0) {
+      if (p.a_k_major)
+        load_tile<kTile, kStep>(smem[buf][0], a, p.lda, m0, gr.m, k0, gr.k);
+      else
+        load_tile<kStep, kTile>(smem[buf][0], a, p.lda, k0, gr.k, m0, gr.m);
+      if (p.b_k_major)
+        load_tile<kTile, kStep>(smem[buf][1], b, p.ldb, n0, gr.n, k0, gr.k);
+      else
+        load_tile<kStep, kTile>(smem[buf][1], b, p.ldb, k0, gr.k, n0, gr.n);
+      cp_async_commit();
+    };
+
+    float acc[2][4][4];
+#pragma unroll
+    for (int mb = 0; mb < 2; ++mb) zero_acc(acc[mb]);
+    const int64_t steps = (gr.k + kStep - 1) / kStep;  // >= 1: groups with k 0 are not launched
+    load_step(0, 0);
+    for (int64_t s = 0; s < steps; ++s) {
+      const int buf = int(s & 1);
+      if (s + 1 < steps) {
+        // Buffer buf ^ 1 was last read in step s - 1, which ended with a barrier.
+        load_step(buf ^ 1, (s + 1) * kStep);
+        cp_async_wait<1>();  // everything but step s + 1 has landed (this thread's copies)
+      } else {
+        cp_async_wait<0>();
+      }
+      __syncthreads();  // ... and every thread's copies are visible
+      const bf16* as = smem[buf][0];
+      const bf16* bs = smem[buf][1];
+#pragma unroll
+      for (int kc = 0; kc < kStep / 16; ++kc) {
+        uint32_t af[2][4];
+#pragma unroll
+        for (int mb = 0; mb < 2; ++mb) {
+          const int m = wm * 32 + mb * 16;
+          if (p.a_k_major) {
+            // Lane l: row m + l % 16, columns 8 (l / 16) of the chunk (a0..a3 in order).
+            ldmatrix_x4(af[mb], as + (m + (lane & 15)) * kKMajorLd + kc * 16 + (lane >> 4) * 8);
+          } else {
+            // Matrix i = l / 8 holds k rows 8 (i / 2) .., m columns 8 (i % 2) ..; transposed,
+            // it is a_i of the fragment: (m g, k 2t..2t+1) comes from k rows 2t, 2t + 1.
+            ldmatrix_x4_trans(af[mb], as + (kc * 16 + (lane & 7) + ((lane >> 4) & 1) * 8) *
+                                               kMnMajorLd +
+                                           m + ((lane >> 3) & 1) * 8);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < 2; ++np) {  // n-blocks 2 np and 2 np + 1 of the warp
+          const int n = wn * 32 + np * 16;
+          uint32_t bf[4];
+          if (p.b_k_major) {
+            // Matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
+            ldmatrix_x4(bf, bs + (n + (lane >> 4) * 8 + (lane & 7)) * kKMajorLd + kc * 16 +
+                                ((lane >> 3) & 1) * 8);
+          } else {
+            // Matrices: (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+            ldmatrix_x4_trans(bf, bs + (kc * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * kMnMajorLd +
+                                      n + (lane >> 4) * 8);
+          }
+#pragma unroll
+          for (int mb = 0; mb < 2; ++mb) {
+            mma_bf16(acc[mb][2 * np], af[mb], bf[0], bf[1]);
+            mma_bf16(acc[mb][2 * np + 1], af[mb], bf[2], bf[3]);
+          }
+        }
+      }
+      __syncthreads();  // this buffer is loaded again in step s + 2 (or the next tile)
+    }
+
+#pragma unroll
+    for (int mb = 0; mb < 2; ++mb)
+#pragma unroll
+      for (int nb = 0; nb < 4; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int64_t row = m0 + wm * 32 + mb * 16 + g4 + 8 * (e >> 1);
+          const int64_t col = n0 + wn * 32 + nb * 8 + 2 * t4 + (e & 1);
+          if (row >= gr.m || col >= gr.n) continue;
+          float* c = gr.c + row * p.ldc + col;
+          *c = p.accumulate ? *c + acc[mb][nb][e] : acc[mb][nb][e];
+        }
+  }
+}
+
+}  // namespace
+
+bool grouped_gemm_bf16_fits(int64_t lda, int64_t ldb, int64_t ldc) {
+  return lda % 8 == 0 && ldb % 8 == 0 && ldc >= 1;
+}
+
+cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream) {
+  if (p.tiles == 0 || p.group_count == 0) return cudaSuccess;
+  const int64_t grid = p.tiles < (int64_t(1) << 30) ? p.tiles : (int64_t(1) << 30);
+  grouped_gemm_bf16_kernel<<<unsigned(grid), kThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda
