@@ -7,9 +7,10 @@
 // block of the measured size and lay the same buffers out again:
 //   Arena measure = Arena::measuring();   Plan plan(measure, ...);
 //   Arena arena(measure.used());          Plan plan(arena, ...);
-// A device arena (Arena(bytes, Device::CUDA)) is planned the same way: the measuring pass is
-// device-agnostic, and the second pass hands out views into one device block, so a whole step's
-// device memory is one cudaMalloc made before the loop.
+// A device arena (Arena(bytes, Device::CUDA)) is planned the same way, measured with
+// Arena::measuring(Device::CUDA) (device views are 256-byte aligned, host ones 64), and the
+// second pass hands out views into one device block, so a whole step's device memory is one
+// cudaMalloc made before the loop.
 #include <memory>
 #include <optional>
 
@@ -27,7 +28,8 @@ class Arena {
   }
   explicit Arena(size_t capacity_bytes, Device device = Device::CPU);
 
-  // A zero-initialised view of the next `shape` elements, 64-byte aligned, on the arena's device;
+  // A zero-initialised view of the next `shape` elements, 64-byte aligned (256 on a GPU), on the
+  // arena's device;
   // without a dtype, in the arena's real dtype (floating activations: F32, or F64 for a
   // float64 step).
   Tensor alloc(const Shape& shape) { return alloc(shape, real_dtype_); }

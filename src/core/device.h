@@ -29,8 +29,11 @@ void cuda_free(void* p);
 void copy(void* dst, Device dst_device, const void* src, Device src_device, size_t n);
 // Sets n bytes to zero (asynchronously on the device's stream for CUDA).
 void zero(void* p, Device device, size_t n);
-// Waits for all queued device work (no-op for the CPU).
+// Waits for all queued device work (no-op for the CPU), then runs the check registered with
+// set_synchronize_check, which may throw (the kernels' index checks raise a recorded bad
+// token id or position there).
 void synchronize(Device device);
+void set_synchronize_check(void (*check)());
 // Milliseconds of device time the work that `f` queues on the backend's stream takes, measured
 // with CUDA events recorded before and after it (waits for that work to finish). For benchmarks:
 // unlike a host clock it leaves out launch latency and host work between launches.

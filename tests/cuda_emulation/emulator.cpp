@@ -2,7 +2,7 @@
 //
 // Kernels: the blocks of a launch run one after another, in a shuffled order; the threads of a block run as fibers
 // on one host thread, switching only where a thread waits: at __syncthreads and at
-// warp shuffles. A barrier opens when every thread it needs has arrived; a thread that waits
+// warp shuffles. A block's warps run one at a time, each as far as it can before the next. A barrier opens when every thread it needs has arrived; a thread that waits
 // for a barrier no other thread can reach (a shuffle after some lanes returned, __syncthreads
 // in divergent code) fails the launch, and the failure is sticky, as a fault on a GPU is.
 //
@@ -398,6 +398,7 @@ struct Thread {
 struct WarpExchange {
   uint32_t value[32];                                               // shuffles
   alignas(16) unsigned char record[32][internal::kWarpRecordBytes];  // internal::warp_gather
+  const char* what[32];  // the instruction each lane gathers for
 };
 
 uint64_t g_kernels_run = 0;  // kernel executions so far
@@ -478,15 +479,35 @@ void run_block() {
   // ones: a read that a missing barrier leaves unordered after a write sees the write in one
   // of the two.
   const bool descending = (g_kernels_run & 1) != 0;
-  for (;;) {
-    for (int k = 0; k < n; ++k) {
-      const int i = descending ? n - 1 - k : k;
+  // Runs the ready threads of warp w (lanes in the launch's order) to their next wait.
+  const auto run_warp = [&](int w) {
+    const int lo = w * 32, hi = std::min(n, lo + 32);
+    for (int k = lo; k < hi; ++k) {
+      const int i = descending ? lo + hi - 1 - k : k;
       Thread& t = ts[size_t(i)];
       if (t.state != State::Ready) continue;
       g_block.current = i;
       g_thread_idx = t.idx;
       switch_context(g_block.scheduler, t.ctx);
-      if (g_block.failed) break;
+      if (g_block.failed) return;
+    }
+  };
+  for (;;) {
+    // One warp at a time, as far as it can go (through its shuffles and other warp-wide steps)
+    // before the next starts: the warps drift as far apart as __syncthreads allows, so a read
+    // that a missing barrier leaves racing with another warp's write (a tile reloaded while
+    // another warp still reads it) sees the write in one of the two warp orders.
+    for (int k = 0; k < warps && !g_block.failed; ++k) {
+      const int w = descending ? warps - 1 - k : k;
+      const int lo = w * 32, hi = std::min(n, lo + 32);
+      for (;;) {
+        run_warp(w);
+        if (g_block.failed || hi - lo < 32) break;
+        int waiting = 0;
+        for (int i = lo; i < hi; ++i) waiting += ts[size_t(i)].state == State::AtWarpBarrier;
+        if (waiting != 32) break;  // none waiting, or lanes stuck (diagnosed below)
+        for (int i = lo; i < hi; ++i) ts[size_t(i)].state = State::Ready;
+      }
     }
     if (g_block.failed) break;
     bool released = false;
@@ -638,7 +659,12 @@ const unsigned char* warp_gather(const void* mine, size_t bytes, const char* wha
   const Thread& t = g_block.threads[size_t(g_block.current)];
   WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
   std::memcpy(w.record[t.linear % 32], mine, bytes);
+  w.what[t.linear % 32] = what;
   wait_as(State::AtWarpBarrier);  // every lane has written
+  for (int lane = 0; lane < 32; ++lane)
+    if (std::strcmp(w.what[lane], what) != 0)
+      fail_thread(std::string("lanes of one warp at different warp-wide instructions (") + what +
+                  " and " + w.what[lane] + ")");
   return &w.record[0][0];
 }
 
@@ -707,6 +733,7 @@ bool pointer_argument_ok(const char* kernel, int index, const void* p) {
 void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
 
 uint64_t kernels_run() { return g_kernels_run; }
+uint64_t blocks_run() { return g_blocks_run; }
 
 namespace {
 // An H100's opt-in limit of dynamic shared memory per block; 48 KiB without the opt-in.

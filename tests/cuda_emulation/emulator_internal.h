@@ -15,7 +15,8 @@ uint64_t block_serial();
 // A warp-collective step: every lane of the running thread's warp publishes `bytes` (at most
 // kWarpRecordBytes) and waits until all 32 have; the result holds lane i's record at
 // i * kWarpRecordBytes. Read it, then call warp_release(), which waits until every lane has
-// read (the records may then be overwritten). Like a shuffle, it needs all 32 lanes.
+// read (the records may then be overwritten). Like a shuffle, it needs all 32 lanes, and all
+// of them at the same instruction (`what`), else the launch fails.
 constexpr size_t kWarpRecordBytes = 64;
 const unsigned char* warp_gather(const void* mine, size_t bytes, const char* what);
 void warp_release();

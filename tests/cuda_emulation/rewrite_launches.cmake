@@ -10,8 +10,8 @@ string(REGEX REPLACE
        "([A-Za-z_][A-Za-z0-9_:]*(<[^<>;]*>)?)<<<([^;]*)>>>\\("
        "::dsv3emu::launch(\"\\1\", \\1, {\\3}, " text "${text}")
 string(REGEX REPLACE
-       "extern __shared__ (__align__\\([0-9]+\\) )?([A-Za-z_][A-Za-z0-9_: ]*[A-Za-z0-9_]) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
-       "\\2* const \\3 = ::dsv3emu::dynamic_shared<\\2>();" text "${text}")
+       "extern __shared__ (__align__\\([0-9]+\\) )?([A-Za-z_]([A-Za-z0-9_: ]*[A-Za-z0-9_])?) ([A-Za-z_][A-Za-z0-9_]*)\\[\\];"
+       "\\2* const \\4 = ::dsv3emu::dynamic_shared<\\2>();" text "${text}")
 string(REGEX REPLACE
        "__shared__ (__align__\\([0-9]+\\) )?([A-Za-z_][A-Za-z0-9_:]*) ([A-Za-z_][A-Za-z0-9_]*)((\\[[^];]+\\])*);"
        "auto& \\3 = ::dsv3emu::block_shared<\\2\\4>([] {});" text "${text}")

@@ -7,10 +7,14 @@
 // Kept strict where a GPU is undefined or fails:
 // - ldmatrix and mma are warp-collective: all 32 lanes must take part (as with shuffles);
 // - ldmatrix row addresses must be 16-byte aligned and inside the block's shared memory;
-// - cp.async needs 16-byte aligned shared and global addresses, and its copy lands only when a
-//   cp.async.wait_group lets it: until then the shared bytes keep what they held (poison in a
-//   fresh block), so a read without the wait, or before the barrier that follows it, sees stale
-//   data instead of the tile.
+// - cp.async needs 16-byte aligned shared and global addresses. When its copy lands alternates
+//   from block to block (so one launch of several blocks has both; the warp order alternates
+//   from launch to launch):
+//   - at the cp.async.wait_group that lets it: until then the shared bytes keep what they held
+//     (poison in a fresh block), so a read without the wait, or before the barrier that follows
+//     it, sees stale data instead of the tile;
+//   - at issue: so a reload of a buffer that other warps are still reading (a missing barrier
+//     before the reuse) overwrites their data while they need it, which a GPU may do too.
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -58,6 +62,13 @@ void cp_async16(void* smem, const void* gmem, bool valid) {
     fail_thread("cp.async: the destination is not 16 aligned bytes of shared memory");
   if (valid && (!aligned16(gmem) || !internal::in_global_memory(gmem, 16)))
     fail_thread("cp.async: the source is not 16 aligned bytes of global memory");
+  if (internal::block_serial() & 1) {  // this block lands its copies at issue
+    if (valid)
+      std::memcpy(smem, gmem, 16);
+    else
+      std::memset(smem, 0, 16);
+    return;
+  }
   my_copies().pending.push_back({smem, valid ? gmem : nullptr, 0});
 }
 

@@ -89,6 +89,22 @@ __global__ void async_groups_kernel(const float* x, float* out) {
   }
 }
 
+// Thread 0 starts reloading the shared tile (x[4..7] over x[0..3]) while the others still read
+// it: a missing barrier. out[t] is what thread t read.
+__global__ void reload_without_barrier_kernel(const float* x, float* out) {
+  __shared__ __align__(16) float tile[4];
+  if (threadIdx.x == 0) dsv3::cuda::tc::cp_async16(tile, x, true);
+  dsv3::cuda::tc::cp_async_commit();
+  dsv3::cuda::tc::cp_async_wait<0>();
+  __syncthreads();
+  // The next tile goes in flight (as a pipeline prefetches it), without the barrier that
+  // would first let warp 1 finish with this one.
+  if (threadIdx.x == 0) dsv3::cuda::tc::cp_async16(tile, x + 4, true);
+  dsv3::cuda::tc::cp_async_commit();
+  out[threadIdx.x] = tile[0];
+  dsv3::cuda::tc::cp_async_wait<0>();
+}
+
 // ldmatrix with a row address 8 bytes off its 16-byte alignment.
 __global__ void misaligned_ldmatrix_kernel(float* out) {
   __shared__ __align__(16) bf16 tile[16 * 24];
@@ -190,25 +206,67 @@ TEST(CudaTensorCores, TransposedLoadsGiveAPlainProduct) {
   expect_close(download<float>(dc, 256), want);
 }
 
-TEST(CudaTensorCores, AsynchronousCopiesLandAtTheirWait) {
+// Whether the emulation lands the cp.async copies of the next launch's (one) block at their
+// wait, else at issue (tensor_core.cpp alternates from block to block). Call with no work
+// queued.
+bool next_launch_defers_copies() {
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return ((dsv3emu::blocks_run() + 1) & 1) == 0;
+}
+
+TEST(CudaTensorCores, AsynchronousCopiesLandAtTheirWaitOrAtIssue) {
   std::vector<float> x(128);
   for (size_t i = 0; i < x.size(); ++i) x[i] = float(i) + 0.5f;
   Device dx(512), before(512), after(512), groups(48);
   upload(dx, x);
-  async_copy_kernel<<<1, 32>>>(dx.as<float>(), before.as<float>(), after.as<float>());
-  async_groups_kernel<<<1, 32>>>(dx.as<float>(), groups.as<float>());
-  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-  const std::vector<float> b = download<float>(before, 128), a = download<float>(after, 128);
-  for (size_t i = 0; i < 128; ++i) {
-    EXPECT_TRUE(std::isnan(b[i])) << "element " << i << " read before the wait: " << b[i];
-    EXPECT_EQ(a[i], x[i]) << "element " << i << " after the wait";
+  int deferred_launches = 0;
+  for (int launch = 0; launch < 4; ++launch) {  // both landing modes, both thread orders
+    const bool deferred = next_launch_defers_copies();
+    deferred_launches += deferred;
+    async_copy_kernel<<<1, 32>>>(dx.as<float>(), before.as<float>(), after.as<float>());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> b = download<float>(before, 128), a = download<float>(after, 128);
+    for (size_t i = 0; i < 128; ++i) {
+      if (deferred)
+        EXPECT_TRUE(std::isnan(b[i])) << "element " << i << " read before the wait: " << b[i];
+      else
+        EXPECT_EQ(b[i], x[i]) << "element " << i << " landed at issue";
+      EXPECT_EQ(a[i], x[i]) << "element " << i << " after the wait";
+    }
   }
-  const std::vector<float> g = download<float>(groups, 12);
-  for (int i = 0; i < 4; ++i) {
-    EXPECT_EQ(g[size_t(i)], 0.0f) << "the zero-filling copy of the older group";
-    EXPECT_TRUE(std::isnan(g[size_t(4 + i)])) << "the newer group landed at wait<1>";
-    EXPECT_EQ(g[size_t(8 + i)], x[size_t(i)]) << "the newer group at wait<0>";
+  EXPECT_GT(deferred_launches, 0);
+  EXPECT_LT(deferred_launches, 4);
+  for (int launch = 0; launch < 2; ++launch) {
+    const bool groups_deferred = next_launch_defers_copies();
+    async_groups_kernel<<<1, 32>>>(dx.as<float>(), groups.as<float>());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> g = download<float>(groups, 12);
+    for (int i = 0; i < 4; ++i) {
+      EXPECT_EQ(g[size_t(i)], 0.0f) << "the zero-filling copy of the older group";
+      if (groups_deferred)
+        EXPECT_TRUE(std::isnan(g[size_t(4 + i)])) << "the newer group landed at wait<1>";
+      EXPECT_EQ(g[size_t(8 + i)], x[size_t(i)]) << "the newer group at wait<0>";
+    }
   }
+}
+
+TEST(CudaTensorCores, AReloadWithoutABarrierIsSeenByTheOtherWarps) {
+  // Warp 0 starts reloading the tile warp 1 still has to read, with no barrier between: on a
+  // GPU warp 1 may read either tile. Over four launches (both landing modes, both thread
+  // orders) the emulation shows warp 1 the reloaded tile at least once, so the missing barrier
+  // shows (with copies landing only at waits, it never would).
+  std::vector<float> x(8);
+  for (int i = 0; i < 8; ++i) x[size_t(i)] = float(i + 1);
+  Device dx(32), out(64 * 4);
+  upload(dx, x);
+  int saw_reload = 0;
+  for (int launch = 0; launch < 4; ++launch) {
+    reload_without_barrier_kernel<<<1, 64>>>(dx.as<float>(), out.as<float>());
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    const std::vector<float> o = download<float>(out, 64);
+    saw_reload += o[32] == 5.0f;  // warp 1's lane 0 read the second tile's first value
+  }
+  EXPECT_GT(saw_reload, 0);
 }
 
 TEST(CudaTensorCores, MisuseFailsTheLaunch) {

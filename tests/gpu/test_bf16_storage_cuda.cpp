@@ -175,7 +175,16 @@ TEST(CudaBf16Storage, GemmsGiveTheSameResultFromBf16StoredOperands) {
     d_w_ref_ptr.push_back(&d_w_ref[size_t(g)]);
   }
   const Tensor x = random_cuda({rows, in}, rng), d_y = random_cuda({rows, out}, rng);
-  const Tensor x_bf16 = rounded(x), d_y_bf16 = rounded(d_y);
+  // The stored operands as the step holds them: views into a larger (arena) block, 256 bytes
+  // past its start, while the float32 path rounds into buffers of their own.
+  const Tensor block = cuda_zeros({2 * rows * (in + out) + 1024}, DType::BF16);
+  const auto view_at = [&](int64_t elem_offset, const Shape& shape) {
+    return Tensor::view(static_cast<uint16_t*>(block.data()) + elem_offset, shape, DType::BF16,
+                        Device::CUDA);
+  };
+  Tensor x_bf16 = view_at(128, {rows, in}), d_y_bf16 = view_at(128 + rows * in + 128, {rows, out});
+  ops::convert(x, x_bf16);
+  ops::convert(d_y, d_y_bf16);
 
   Tensor y = cuda_zeros({rows, out}), y_ref = cuda_zeros({rows, out});
   ops::grouped_linear_forward(x_bf16, w, offsets.data(), y);

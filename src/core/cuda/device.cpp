@@ -90,8 +90,16 @@ void zero(void* p, Device device, size_t n) {
   check(cudaMemsetAsync(p, 0, n, nullptr), "zero");
 }
 
+namespace {
+std::atomic<void (*)()> g_synchronize_check{nullptr};
+}  // namespace
+
+void set_synchronize_check(void (*check_fn)()) { g_synchronize_check.store(check_fn); }
+
 void synchronize(Device device) {
-  if (device == Device::CUDA) check(cudaDeviceSynchronize(), "synchronize");
+  if (device != Device::CUDA) return;
+  check(cudaDeviceSynchronize(), "synchronize");
+  if (auto* after = g_synchronize_check.load()) after();
 }
 
 double cuda_elapsed_ms(const std::function<void()>& f) {

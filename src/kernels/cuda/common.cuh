@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/params.h"
+
 namespace dsv3::cuda {
 
 constexpr unsigned kFullMask = 0xffffffffu;
@@ -19,6 +21,16 @@ __device__ __forceinline__ void store_f32_or_bf16(float* f, uint16_t* bf16, int6
   else
     f[i] = v;
 }
+// Records an index out of range (params.h, IndexError): the first report wins the record.
+__device__ __forceinline__ void report_index_error(IndexError* e, int32_t code, int64_t row,
+                                                   int64_t value, int64_t limit) {
+  if (atomicCAS(&e->code, 0, code) == 0) {
+    e->row = row;
+    e->value = value;
+    e->limit = limit;
+  }
+}
+
 // Two values rounded to BF16 as one 32-bit word, lo in the low half (memory order).
 __device__ __forceinline__ uint32_t pack2_bf16(float lo, float hi) {
   return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |

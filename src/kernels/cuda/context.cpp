@@ -225,7 +225,8 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
   if (grouped_mode() == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
-  if (lib.gemm_grouped_batched_ex && state.load() != 2 && grouped_mode() == GroupedMode::Cublas &&
+  // Products the kernel declines (float32 ones, say) take cuBLAS's grouped call in kernel mode too.
+  if (lib.gemm_grouped_batched_ex && state.load() != 2 && grouped_mode() != GroupedMode::Loop &&
       live.size() > 1) {
     const size_t n = live.size();
     // Host arrays, read by cuBLAS during the call.

@@ -18,8 +18,10 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   const int64_t r = blockIdx.x;
   const float* row = p.logits + r * p.vocab;
   float* drow = p.d_logits ? p.d_logits + r * p.vocab : nullptr;
-  const int32_t target = p.targets[r];  // range checked on the host before the launch
-  if (target < 0) {  // a left-out position: no loss, zero gradient
+  const int32_t target = p.targets[r];
+  const bool bad = target < -1 || target >= p.vocab;
+  if (bad && threadIdx.x == 0) report_index_error(p.error, kBadTarget, r, target, p.vocab);
+  if (target < 0 || bad) {  // a left-out position: no loss, zero gradient
     if (drow)
       for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) drow[j] = 0.0f;
     if (threadIdx.x == 0) p.row_loss[r] = 0.0;

@@ -10,6 +10,7 @@
 
 #include "core/device.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/index_errors.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
 
@@ -47,16 +48,6 @@ class Scratch {
  private:
   void* p_ = nullptr;
 };
-
-// Token ids, targets and positions are checked on the host, as the CPU ops do: an index out of
-// range would otherwise be a device memory fault with no message. This copies n int32 values
-// back (and waits for the stream); a device-side check that sets an error flag, read once per
-// step, removes the wait when it matters.
-std::vector<int32_t> to_host_ints(const int32_t* p, int64_t n, const char* what) {
-  std::vector<int32_t> h(size_t(n > 0 ? n : 0));
-  if (n > 0) check(cudaMemcpy(h.data(), p, size_t(n) * 4, cudaMemcpyDeviceToHost), what);
-  return h;
-}
 
 // An output the kernel writes as float32, or as BF16 (rounded to nearest even) when the tensor
 // is BF16: in mixed precision the activations that only BF16 GEMMs read are stored that way,
@@ -390,11 +381,9 @@ void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Ten
                  sin.shape() == cos.shape() && s.offset + s.rope_dim <= s.head_stride,
              "rope: slice (offset {}, rope_dim {}, head_stride {}) and table {} do not match",
              s.offset, s.rope_dim, s.head_stride, cos.shape().str());
-  for (int32_t pos : to_host_ints(positions, s.rows, "rope"))
-    DSV3_CHECK(pos >= 0 && pos < max_pos, "rope: position {} outside the table of {} positions",
-               pos, max_pos);
+  // Positions are range-checked on the device (index_errors.h): no copy back, no wait.
   check(cuda::rope({x, positions, cos.f32(), sin.f32(), s.rows, s.heads, s.head_stride, s.offset,
-                    s.rope_dim, inverse},
+                    s.rope_dim, inverse, max_pos, cuda::index_error_record()},
                    stream()),
         "rope");
 }
@@ -662,14 +651,11 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
     DSV3_CHECK(d_logits->numel() == logits.numel(), "cross_entropy: d_logits {} is not logits {}",
                d_logits->shape().str(), logits.shape().str());
   }
-  const std::vector<int32_t> host_targets = to_host_ints(targets, rows, "cross_entropy");
-  for (int64_t r = 0; r < rows; ++r)
-    DSV3_CHECK(host_targets[size_t(r)] >= -1 && host_targets[size_t(r)] < vocab,
-               "cross_entropy: target {} at row {} is outside the vocabulary of {}",
-               host_targets[size_t(r)], r, vocab);
+  // Targets are range-checked on the device (index_errors.h) and raised after the readback.
   Scratch row_loss(size_t(rows) * sizeof(double), "cross_entropy");
   check(cuda::cross_entropy({logits.f32(), targets, d_logits ? d_logits->f32() : nullptr,
-                             row_loss.as<double>(), rows, vocab, scale},
+                             row_loss.as<double>(), rows, vocab, scale,
+                             cuda::index_error_record()},
                             stream()),
         "cross_entropy");
   // The loss comes back to the host (a wait on the stream); summed in row order as on the CPU.
@@ -678,6 +664,7 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
     check(cudaMemcpy(host_loss.data(), row_loss.as<double>(), size_t(rows) * sizeof(double),
                      cudaMemcpyDeviceToHost),
           "cross_entropy");
+  cuda::check_index_errors();  // this call's targets, and any earlier kernel's indices
   double total = 0.0;
   for (double l : host_loss) total += l;
   return total;
@@ -685,24 +672,15 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
 
 // ---- Embedding ----
 
-namespace {
-void check_ids(const int32_t* ids, int64_t rows, int64_t vocab) {
-  const std::vector<int32_t> h = to_host_ints(ids, rows, "embedding");
-  for (int64_t r = 0; r < rows; ++r)
-    DSV3_CHECK(h[size_t(r)] >= -1 && h[size_t(r)] < vocab,
-               "token id {} at position {} is outside the vocabulary of {}", h[size_t(r)], r,
-               vocab);
-}
-}  // namespace
-
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out) {
   need_device(table, "embedding_forward", "table");
   need_device(out, "embedding_forward", "out");
   const int64_t vocab = table.dim(0), dim = table.dim(1);
   DSV3_CHECK(out.numel() == rows * dim, "embedding_forward: out {} is not [{}, {}]",
              out.shape().str(), rows, dim);
-  check_ids(ids, rows, vocab);
-  check(cuda::embedding_forward({table.f32(), ids, out.f32(), nullptr, nullptr, vocab, dim, rows},
+  // Ids are range-checked on the device (index_errors.h): no copy back, no wait.
+  check(cuda::embedding_forward({table.f32(), ids, out.f32(), nullptr, nullptr, vocab, dim, rows,
+                                 cuda::index_error_record()},
                                 stream()),
         "embedding_forward");
 }
@@ -713,9 +691,9 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
   const int64_t vocab = d_table.dim(0), dim = d_table.dim(1);
   DSV3_CHECK(d_out.numel() == rows * dim, "embedding_backward: d_out {} is not [{}, {}]",
              d_out.shape().str(), rows, dim);
-  check_ids(ids, rows, vocab);
-  check(cuda::embedding_backward(
-            {nullptr, ids, nullptr, d_out.f32(), d_table.f32(), vocab, dim, rows}, stream()),
+  check(cuda::embedding_backward({nullptr, ids, nullptr, d_out.f32(), d_table.f32(), vocab, dim,
+                                  rows, cuda::index_error_record()},
+                                 stream()),
         "embedding_backward");
 }
 
@@ -906,6 +884,7 @@ double add_sum_squares(const std::vector<const Tensor*>& gs, double acc, const c
   check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
                    cudaMemcpyDeviceToHost),
         op);
+  cuda::check_index_errors();  // a wait point: raise what a kernel recorded (index_errors.h)
   for (double v : host) acc += v;
   return acc;
 }

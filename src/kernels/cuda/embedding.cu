@@ -1,6 +1,7 @@
 // Embedding lookup and its gradient.
 //
-// Forward: one thread per output element, grid-stride; an id of -1 gives a zero row.
+// Forward: one thread per output element, grid-stride; an id of -1 gives a zero row. An id
+// out of range is recorded (params.h, IndexError) and treated as -1.
 // Backward: rows sharing a token id add into the same table row. Instead of atomics (whose
 // order, and so whose float32 result, varies run to run) one thread owns one column and walks
 // the rows in order, as the CPU does: the result is bit-reproducible. It exposes only `dim`
@@ -17,8 +18,10 @@ __global__ void embedding_forward_kernel(Embedding p) {
   for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t r = idx / p.dim, c = idx % p.dim;
-    const int32_t id = p.ids[r];  // range checked on the host before the launch
-    p.out[idx] = id < 0 ? 0.0f : p.table[int64_t(id) * p.dim + c];
+    const int32_t id = p.ids[r];
+    const bool bad = id < -1 || id >= p.vocab;
+    if (bad && c == 0) report_index_error(p.error, kBadTokenId, r, id, p.vocab);
+    p.out[idx] = id < 0 || bad ? 0.0f : p.table[int64_t(id) * p.dim + c];
   }
 }
 
@@ -27,6 +30,10 @@ __global__ void embedding_backward_kernel(Embedding p) {
   if (c >= p.dim) return;
   for (int64_t r = 0; r < p.rows; ++r) {
     const int32_t id = p.ids[r];
+    if (id >= p.vocab || id < -1) {
+      if (c == 0) report_index_error(p.error, kBadTokenId, r, id, p.vocab);
+      continue;
+    }
     if (id >= 0) p.d_table[int64_t(id) * p.dim + c] += p.d_out[r * p.dim + c];
   }
 }

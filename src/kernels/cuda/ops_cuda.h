@@ -13,8 +13,9 @@
 //     swiglu h and d_gate_up, moe_gather_rows out, moe_combine_backward d_y_perm, and the
 //     layout moves (*_bf16 below);
 //   - calls are asynchronous on the backend's stream, except cross_entropy and sum_squares
-//     (return a value to the host) and the ops that check token ids or positions on the host
-//     (embedding, rope, cross_entropy), which copy those few bytes back first.
+//     (return a value to the host). Token ids, targets and positions are range-checked on the
+//     device (kernels/cuda/index_errors.h): an index out of range is raised as a dsv3::Error
+//     at the next wait (cross_entropy, sum_squares, device::synchronize), not by the call.
 // Built only with the CUDA backend; in a CPU build every function fails with
 // "CUDA device requested but dsv3 was built without CUDA" (kernels/cuda_ops_nocuda.cpp).
 #include "kernels/ops.h"

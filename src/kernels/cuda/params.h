@@ -12,6 +12,17 @@
 
 namespace dsv3::cuda {
 
+// Index checks inside kernels: a kernel that meets a token id, target or position out of range
+// records the first such error here (atomically: later ones are dropped) and skips that
+// element, so it never reads or writes out of bounds; the host reads the record where it waits
+// anyway and raises the error there (kernels/cuda/index_errors.h). No wait per call.
+enum IndexErrorCode : int32_t { kNoIndexError = 0, kBadPosition = 1, kBadTokenId = 2, kBadTarget = 3 };
+struct IndexError {
+  int32_t code;  // IndexErrorCode
+  int32_t unused;
+  int64_t row, value, limit;  // where, what, and the bound it broke ([0, limit), or -1 allowed)
+};
+
 // y[r, :] = x[r, :] * rstd[r] * w, rstd[r] = rsqrt(mean(x[r, :]^2) + eps)
 struct RmsNormForward {
   const float* x;  // [rows, dim]
@@ -44,6 +55,8 @@ struct Rope {
   const float* sin;         // [max_pos, rope_dim / 2]
   int64_t rows, heads, head_stride, offset, rope_dim;
   bool inverse;  // the transposed rotation (the backward pass)
+  int64_t max_pos;
+  IndexError* error;  // a position out of range: recorded, its row left as it is
 };
 
 // h = silu(gate) * up; gate_up rows hold gate in [0, width) and up in [width, 2 width).
@@ -86,6 +99,7 @@ struct CrossEntropy {
   double* row_loss;        // [rows]
   int64_t rows, vocab;
   float scale;
+  IndexError* error;  // a target out of range: recorded, the row treated as left out
 };
 
 // out[r, :] = table[ids[r], :] (zero row for id -1); backward: d_table[ids[r], :] += d_out[r, :].
@@ -96,6 +110,7 @@ struct Embedding {
   const float* d_out;    // [rows, dim] (backward)
   float* d_table;        // [vocab, dim] (backward), accumulated into
   int64_t vocab, dim, rows;
+  IndexError* error;  // an id out of range: recorded, a zero row forward, no gradient
 };
 
 // Moves between a token-major buffer and a head-major one; the fields are ops::HeadCopy's.

@@ -15,7 +15,11 @@ __global__ void rope_kernel(Rope p) {
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t i = idx % half, rh = idx / half;  // rh = row * heads + head
     const int64_t r = rh / p.heads;
-    const int64_t pos = p.positions[r];  // range checked on the host before the launch
+    const int64_t pos = p.positions[r];
+    if (pos < 0 || pos >= p.max_pos) {
+      if (i == 0 && rh % p.heads == 0) report_index_error(p.error, kBadPosition, r, pos, p.max_pos);
+      continue;
+    }
     const float c = p.cos[pos * half + i];
     const float s = p.inverse ? -p.sin[pos * half + i] : p.sin[pos * half + i];
     float* v = p.x + rh * p.head_stride + p.offset + 2 * i;

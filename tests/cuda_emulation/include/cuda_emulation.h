@@ -77,6 +77,7 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 void* dynamic_shared_base();
 void clear_sticky_error();  // for the emulation's own tests of failing launches
 uint64_t kernels_run();     // kernel executions so far (graph replays included)
+uint64_t blocks_run();      // block executions so far
 template <typename T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_base());
@@ -143,6 +144,11 @@ inline int atomicAdd(int* p, int v) {
 inline float atomicAdd(float* p, float v) {
   const float old = *p;
   *p = old + v;
+  return old;
+}
+inline int atomicCAS(int* p, int compare, int v) {
+  const int old = *p;
+  if (old == compare) *p = v;
   return old;
 }
 inline void __threadfence() {}
