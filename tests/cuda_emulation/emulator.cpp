@@ -866,6 +866,19 @@ cudaError_t cudaFreeHost(void* p) {
   drain_all();
   return release(p, Kind::Pinned);
 }
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device) {
+  if (!pool || device != 0) return set_error(cudaErrorInvalidValue);
+  static char the_pool;
+  *pool = reinterpret_cast<cudaMemPool_t>(&the_pool);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value) {
+  if (!pool || !value || attr != cudaMemPoolAttrReleaseThreshold)
+    return set_error(cudaErrorInvalidValue);
+  return cudaSuccess;
+}
+
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
   if (g_capture.active && s == g_capture.stream) {
     std::fprintf(stderr, "cuda emulation: cudaMallocAsync inside a capture is not emulated\n");

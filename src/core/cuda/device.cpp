@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 
 #include "core/device.h"
@@ -49,8 +50,30 @@ void require_cuda(const char* what) {
        what, driver ? "the driver is loaded but reports no GPU" : "no CUDA driver is loaded");
 }
 
+namespace {
+// The ops' stream-ordered scratch (cudaMallocAsync: BF16 operands, per-row losses, pointer
+// tables) comes from the device's default memory pool. Its default release threshold (0) hands
+// unused pool memory back to the driver at every synchronisation, and a training step waits
+// once per MoE layer, so the same scratch would be mapped anew many times a step. Keeping it
+// in the pool makes a repeat allocation a pool lookup. Done once, before the first allocation.
+void keep_pool_memory() {
+  static const bool done = [] {
+    int device = 0;
+    cudaMemPool_t pool = nullptr;
+    check(cudaGetDevice(&device), "memory pool");
+    check(cudaDeviceGetDefaultMemPool(&pool, device), "memory pool");
+    uint64_t keep_all = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_all),
+          "memory pool");
+    return true;
+  }();
+  (void)done;
+}
+}  // namespace
+
 void* cuda_alloc(size_t bytes) {
   require_cuda("cuda_alloc");
+  keep_pool_memory();
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
   if (e != cudaSuccess) {

@@ -274,6 +274,13 @@ cudaError_t cudaFree(void* p);
 cudaError_t cudaMallocHost(void** p, size_t n);
 cudaError_t cudaFreeHost(void* p);
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s);
+// The default memory pool: one per device; its release threshold is the one attribute dsv3
+// sets (the emulation's pool holds nothing, so the value changes nothing).
+struct CUmemPoolHandle_st;
+using cudaMemPool_t = CUmemPoolHandle_st*;
+enum cudaMemPoolAttr { cudaMemPoolAttrReleaseThreshold = 4 };
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* pool, int device);
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t pool, cudaMemPoolAttr attr, void* value);
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t n, cudaMemcpyKind kind);
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t n, cudaMemcpyKind kind,
