@@ -36,8 +36,8 @@ MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, in
 MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq) {
   const int64_t n = batch * seq, h = c.num_attention_heads, dq = c.qk_head_dim(),
                 r = c.kv_lora_rank, dr = c.qk_rope_head_dim, dv = c.v_head_dim;
-  // As above, for the output gradients that only products read: attention's d_o, and those
-  // of kv_b, kv_a and q_a.
+  // As above, for the output gradients that only products read: attention's (d_o_heads), and
+  // those of kv_b, kv_a and q_a.
   d_o = a.alloc({n, h * dv});
   d_o_heads = a.alloc_matmul_operand({batch, h, seq, dv});
   d_q_heads = a.alloc({batch, h, seq, dq});

@@ -9,24 +9,26 @@ namespace dsv3 {
 
 // Activations one MLA layer keeps from forward for backward, planned for a [batch, seq] window.
 // N = batch * seq rows; H heads; dq = nope + rope; R = kv_lora_rank; Q = q_lora_rank.
+// (mm): only matrix products read it, so it is in the arena's matmul operand dtype (BF16 in
+// mixed precision; Arena::alloc_matmul_operand).
 struct MlaActivations {
   Tensor q_a;        // [N, Q]      q_a_proj(x)                  (q LoRA only)
   Tensor q_a_rstd;   // [N]
-  Tensor q_a_norm;   // [N, Q]      RMSNorm_q(q_a)
+  Tensor q_a_norm;   // [N, Q]      RMSNorm_q(q_a) (mm)
   Tensor q;          // [N, H*dq]   per-head queries, rope applied in place
   Tensor kv_a;       // [N, R+rope] kv_a_proj_with_mqa(x)
   Tensor c_kv;       // [N, R]      latent (pre-norm)
   Tensor c_kv_rstd;  // [N]
-  Tensor c_kv_norm;  // [N, R]      RMSNorm_kv(c_kv): what the decode cache stores
+  Tensor c_kv_norm;  // [N, R]      RMSNorm_kv(c_kv): what the decode cache stores (mm)
   Tensor k_pe;       // [N, rope]   shared rope key, rotated
   Tensor kv;         // [N, H*(nope+v)] kv_b_proj(c_kv_norm)
-  Tensor q_heads;    // [B, H, T, dq]
-  Tensor k_heads;    // [B, H, T, dq]
-  Tensor v_heads;    // [B, H, T, v]
+  Tensor q_heads;    // [B, H, T, dq] (mm)
+  Tensor k_heads;    // [B, H, T, dq] (mm)
+  Tensor v_heads;    // [B, H, T, v]  (mm)
   Tensor probs;      // [B, H, T, T] on the CPU (its attention saves P)
   Tensor lse;        // [B, H, T] on a GPU (flash attention saves the log-sum-exp, never P)
   Tensor o_heads;    // [B, H, T, v]
-  Tensor o;          // [N, H*v]    attention output, token-major (input of o_proj)
+  Tensor o;          // [N, H*v]    attention output, token-major (input of o_proj) (mm)
 
   MlaActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
@@ -34,16 +36,16 @@ struct MlaActivations {
 // Scratch shared by all layers' backward passes (only one layer is in backward at a time).
 struct MlaScratch {
   Tensor d_o;                   // [N, H*v]
-  Tensor d_o_heads;             // [B, H, T, v]
+  Tensor d_o_heads;             // [B, H, T, v] (mm, as in MlaActivations)
   Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
   Tensor d_v_heads;             // [B, H, T, v]
   Tensor d_probs;               // [B, H, T, T] on the CPU only
   Tensor d_q;                   // [N, H*dq]
-  Tensor d_kv;                  // [N, H*(nope+v)]
-  Tensor d_kv_a;                // [N, R+rope]
+  Tensor d_kv;                  // [N, H*(nope+v)] (mm)
+  Tensor d_kv_a;                // [N, R+rope] (mm)
   Tensor d_c_kv_norm, d_c_kv;   // [N, R]
   Tensor d_k_pe;                // [N, rope]
-  Tensor d_q_a_norm, d_q_a;     // [N, Q]
+  Tensor d_q_a_norm, d_q_a;     // [N, Q] (d_q_a: mm)
 
   MlaScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };

@@ -14,7 +14,7 @@ struct MoeActivations {
   Tensor device_offsets;   // the same on the model's device (the same tensor on the CPU)
   Tensor permuted_token;   // [N*K] int32: token row feeding each permuted row
   Tensor permuted_row;     // [N*K] int32: permuted row of assignment (t, j) at t*K + j
-  Tensor x_perm;           // [N*K, hidden] inputs in expert order
+  Tensor x_perm;           // [N*K, hidden] inputs in expert order (BF16 in mixed precision)
   FfnActivations experts;  // [N*K, ...]
   Tensor y_perm;           // [N*K, hidden] expert outputs in expert order
   FfnActivations shared;   // [N, ...]
@@ -23,7 +23,7 @@ struct MoeActivations {
 };
 
 struct MoeScratch {
-  Tensor d_y_perm, d_x_perm;  // [N*K, hidden]
+  Tensor d_y_perm, d_x_perm;  // [N*K, hidden] (d_y_perm BF16 in mixed precision)
   FfnActivations d_experts;   // [N*K, ...]
   FfnActivations d_shared;    // [N, ...]
   RouterScratch router;       // d gating weights [N, K], d logits [N, E]
