@@ -685,8 +685,14 @@ bool in_shared_memory(const void* p, size_t bytes) {
 
 bool in_global_memory(const void* p, size_t bytes) { return find_allocation(p, bytes) != nullptr; }
 
-void fail_thread(const std::string& why) {
-  fail_block(why + " at " + where(g_block.threads[size_t(g_block.current)]));
+void fail_thread(std::string why) {
+  {
+    // Every string is gone before the fiber leaves for good (it never unwinds): the caller's
+    // message was moved in here, and this one ends with the block.
+    const std::string message =
+        std::move(why) + " at " + where(g_block.threads[size_t(g_block.current)]);
+    fail_block(message);
+  }
   exit_thread();
 }
 

@@ -26,7 +26,8 @@ void warp_release();
 bool in_shared_memory(const void* p, size_t bytes);
 bool in_global_memory(const void* p, size_t bytes);
 
-// Fails the launch (a sticky error), naming the running thread, and ends that thread.
-[[noreturn]] void fail_thread(const std::string& why);
+// Fails the launch (a sticky error), naming the running thread, and ends that thread. `why` is
+// taken by value and released before the thread ends (its fiber never unwinds).
+[[noreturn]] void fail_thread(std::string why);
 
 }  // namespace dsv3emu::internal
