@@ -722,18 +722,25 @@ void add_inplace(Tensor& y, const Tensor& x) {
   check(cuda::add_inplace({y.f32(), x.f32(), y.numel()}, stream()), "add_inplace");
 }
 
+namespace {
+// The kernels' form of a layout move: from src into dst (float32) or dst_bf16.
+cuda::HeadMove head_move(const float* src, float* dst, uint16_t* dst_bf16, const ops::HeadCopy& c,
+                         bool accumulate) {
+  cuda::HeadMove p{src,           dst,          c.batch,    c.seq,         c.heads,
+                   c.width,       c.tok_row_stride, c.tok_head_stride, c.tok_offset,
+                   c.head_dim,    c.head_offset,    accumulate};
+  p.dst_bf16 = dst_bf16;
+  return p;
+}
+}  // namespace
+
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c) {
-  check(cuda::tokens_to_heads({tokens, heads, c.batch, c.seq, c.heads, c.width, c.tok_row_stride,
-                               c.tok_head_stride, c.tok_offset, c.head_dim, c.head_offset, false},
-                              stream()),
+  check(cuda::tokens_to_heads(head_move(tokens, heads, nullptr, c, false), stream()),
         "tokens_to_heads");
 }
 
 void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate) {
-  check(cuda::heads_to_tokens({heads, tokens, c.batch, c.seq, c.heads, c.width, c.tok_row_stride,
-                               c.tok_head_stride, c.tok_offset, c.head_dim, c.head_offset,
-                               accumulate},
-                              stream()),
+  check(cuda::heads_to_tokens(head_move(heads, tokens, nullptr, c, accumulate), stream()),
         "heads_to_tokens");
 }
 
@@ -760,22 +767,16 @@ void need_device_bf16(const uint16_t* dst, const char* op) {
 
 void tokens_to_heads_bf16(const float* tokens, uint16_t* heads, const ops::HeadCopy& c) {
   need_device_bf16(heads, "tokens_to_heads");
-  cuda::HeadMove p{tokens,         nullptr,      c.batch,    c.seq,         c.heads,
-                   c.width,        c.tok_row_stride, c.tok_head_stride, c.tok_offset,
-                   c.head_dim,     c.head_offset,    false};
-  p.dst_bf16 = heads;
-  check(cuda::tokens_to_heads(p, stream()), "tokens_to_heads");
+  check(cuda::tokens_to_heads(head_move(tokens, nullptr, heads, c, false), stream()),
+        "tokens_to_heads");
 }
 
 void heads_to_tokens_bf16(const float* heads, uint16_t* tokens, const ops::HeadCopy& c) {
   need_device_bf16(tokens, "heads_to_tokens");
   DSV3_CHECK(c.tok_head_stride != 0,
              "heads_to_tokens: a bfloat16 destination takes a plain move, not a sum over heads");
-  cuda::HeadMove p{heads,          nullptr,      c.batch,    c.seq,         c.heads,
-                   c.width,        c.tok_row_stride, c.tok_head_stride, c.tok_offset,
-                   c.head_dim,     c.head_offset,    false};
-  p.dst_bf16 = tokens;
-  check(cuda::heads_to_tokens(p, stream()), "heads_to_tokens");
+  check(cuda::heads_to_tokens(head_move(heads, nullptr, tokens, c, false), stream()),
+        "heads_to_tokens");
 }
 
 void put_columns_bf16(const float* src, int64_t width, uint16_t* dst, int64_t dst_cols,

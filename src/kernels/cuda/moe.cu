@@ -105,7 +105,9 @@ __global__ void scatter_add_kernel(MoeScatterAdd p) {
 bool aligned16(const void* a, const void* b) {
   return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15) == 0;
 }
-bool aligned8(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 7) == 0; }
+bool aligned_to(const void* p, uintptr_t bytes) {
+  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
+}
 
 }  // namespace
 
@@ -113,7 +115,7 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
   if (p.out_bf16) {
     // Rows of 4k values start 16-byte aligned in x and 8-byte aligned in out when the bases are.
-    if (p.dim % 4 == 0 && aligned16(p.x, p.x) && aligned8(p.out_bf16)) {
+    if (p.dim % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.out_bf16, 8)) {
       gather_bf16_kernel<4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);
     } else {
       gather_bf16_kernel<1><<<row_blocks(p.rows), row_threads(p.dim), 0, stream>>>(p);
