@@ -259,7 +259,8 @@ std::vector<OpCase> build_op_cases() {
       "rmsnorm_backward", "rows, dim, accumulate d_x",
       // Not dim 1: there d_x = rstd (g w - xhat mean(g w xhat)) cancels to the eps term alone
       // (~1e-7 of its terms), which no float32 kernel resolves and no model has.
-      shapes({{1, 2, 0}, {1, 17, 1}, {5, 16, 0}, {3, 1000, 1}, {33, 129, 0}}, 4,
+      // 300 rows: several row chunks of the CUDA weight gradient, the last one partial.
+      shapes({{1, 2, 0}, {1, 17, 1}, {5, 16, 0}, {3, 1000, 1}, {33, 129, 0}, {300, 40, 1}}, 4,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 64), uniform_int(r, 2, 1100), uniform_int(r, 0, 1)};
              }),
@@ -574,7 +575,8 @@ std::vector<OpCase> build_op_cases() {
 
   cases.push_back(OpCase{
       "embedding_backward", "vocab, dim, rows",
-      shapes({{1, 1, 1}, {1, 5, 40}, {5, 17, 90}, {100, 64, 33}}, 3,
+      // dim 8500: more columns than the CUDA kernel's 256 threads hold (32 each).
+      shapes({{1, 1, 1}, {1, 5, 40}, {5, 17, 90}, {100, 64, 33}, {3, 8500, 20}}, 3,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 50), uniform_int(r, 1, 300), uniform_int(r, 1, 200)};
              }),

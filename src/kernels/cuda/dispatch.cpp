@@ -367,6 +367,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   cuda::RmsNormBackward p{x.f32(),  w.f32(), rstd.f32(), d_y.f32(),     dx.f32,
                           d_w.f32(), rows,    dim,        accumulate_d_x};
   p.d_x_bf16 = dx.bf16;
+  Scratch partial(size_t(cuda::rmsnorm_dw_chunks(rows) * dim) * sizeof(float), "rmsnorm_backward");
+  p.d_w_partial = partial.as<float>();
   check(cuda::rmsnorm_backward(p, stream()), "rmsnorm_backward");
 }
 
@@ -691,6 +693,9 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
   const int64_t vocab = d_table.dim(0), dim = d_table.dim(1);
   DSV3_CHECK(d_out.numel() == rows * dim, "embedding_backward: d_out {} is not [{}, {}]",
              d_out.shape().str(), rows, dim);
+  DSV3_CHECK(dim <= cuda::kEmbeddingBackwardMaxDim,
+             "embedding_backward on cuda: hidden size {} exceeds the kernel's {}", dim,
+             cuda::kEmbeddingBackwardMaxDim);
   check(cuda::embedding_backward({nullptr, ids, nullptr, d_out.f32(), d_table.f32(), vocab, dim,
                                   rows, cuda::index_error_record()},
                                  stream()),

@@ -11,12 +11,19 @@ namespace dsv3::cuda {
 
 cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream);
 cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream);
+// Rows per chunk of the RMSNorm weight gradient's first pass, and the chunks (rows of
+// RmsNormBackward::d_w_partial) for `rows` rows.
+constexpr int64_t kRmsNormDwChunkRows = 128;
+inline int64_t rmsnorm_dw_chunks(int64_t rows) {
+  return (rows + kRmsNormDwChunkRows - 1) / kRmsNormDwChunkRows;
+}
 cudaError_t rope(const Rope& p, cudaStream_t stream);
 cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream);
 cudaError_t swiglu_backward(const SwiGlu& p, cudaStream_t stream);
 cudaError_t cross_entropy(const CrossEntropy& p, cudaStream_t stream);
 cudaError_t embedding_forward(const Embedding& p, cudaStream_t stream);
 cudaError_t embedding_backward(const Embedding& p, cudaStream_t stream);
+constexpr int64_t kEmbeddingBackwardMaxDim = 32768;  // 1024 threads x 32 columns held each
 cudaError_t tokens_to_heads(const HeadMove& p, cudaStream_t stream);
 cudaError_t heads_to_tokens(const HeadMove& p, cudaStream_t stream);
 cudaError_t copy_columns(const ColumnCopy& p, cudaStream_t stream);

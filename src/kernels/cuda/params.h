@@ -45,6 +45,7 @@ struct RmsNormBackward {
   int64_t rows, dim;
   bool accumulate_d_x;
   uint16_t* d_x_bf16 = nullptr;  // when set: d_x in BF16 instead (accumulate_d_x false)
+  float* d_w_partial = nullptr;  // [rmsnorm_dw_chunks(rows), dim] scratch: d_w per row chunk
 };
 
 // Rotation of interleaved pairs (x[2i], x[2i+1]) of a slice of each head, in place.
