@@ -59,6 +59,7 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_bf16_storage_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_gemm_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_index_errors_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_decode_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp

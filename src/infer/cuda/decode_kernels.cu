@@ -13,6 +13,8 @@ namespace {
 
 using dsv3::cuda::block_sum;
 using dsv3::cuda::grid_for;
+using dsv3::cuda::kFullMask;
+using dsv3::cuda::warp_max;
 using dsv3::cuda::warp_sum;
 
 __device__ __forceinline__ float bf16_to_float(uint16_t v) {
@@ -228,11 +230,31 @@ __global__ void write_latents_kernel(const float* kv_a, const float* norm_w, flo
   }
 }
 
-// One block per (head, row): the head's no-rope query in shared memory, each thread a latent
-// column of W_uk(h) (coalesced over the row of kv_b).
+// One block per (head, row, kAbsorbCols latent columns) of 256 threads: kAbsorbSlices slices
+// of the no-rope dims x kAbsorbCols / 2 column pairs. The product reads all of W_uk (2 MiB per
+// layer at V3's head sizes) and little else, so it is latency-bound: each thread reads two
+// adjacent columns (one 4-byte bf16 or 8-byte float32 load) for its slice, its loads issued in
+// batches of kAbsorbBatch, and the slices' sums are added in slice order, so a result depends
+// on neither the launch nor the rows beside it.
+constexpr int kAbsorbSlices = 4, kAbsorbCols = 128, kAbsorbBatch = 8;
+constexpr int kAbsorbThreads = kAbsorbSlices * kAbsorbCols / 2;
+
+// Weights i and i + 1 (i even, so the load is aligned: weights start 256-byte aligned).
+template <bool kBf16>
+__device__ __forceinline__ float2 load_weight_pair(const void* w, int64_t i) {
+  if constexpr (kBf16) {
+    const uint32_t v = *reinterpret_cast<const uint32_t*>(static_cast<const uint16_t*>(w) + i);
+    return {bf16_to_float(uint16_t(v)), bf16_to_float(uint16_t(v >> 16))};
+  } else {
+    return *reinterpret_cast<const float2*>(static_cast<const float*>(w) + i);
+  }
+}
+
 template <bool kBf16>
 __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r) {
-  extern __shared__ float qn[];  // [nope]
+  extern __shared__ float sm[];  // qn [nope] | sums [kAbsorbSlices][kAbsorbCols]
+  float* qn = sm;
+  float* sums = sm + p.nope;
   const int h = blockIdx.x;
   const int dq = p.nope + p.rope.rope;
   const float* qh = p.q + (r * p.heads + h) * dq;
@@ -240,12 +262,47 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
   __syncthreads();
   const int width = p.rank + p.rope.rope;
   float* out = p.qcat + (r * p.heads + h) * width;
-  const int64_t w0 = int64_t(h) * (p.nope + p.v) * p.rank;
-  for (int c = threadIdx.x; c < p.rank; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int i = 0; i < p.nope; ++i) acc = fmaf(qn[i], load_weight<kBf16>(p.kv_b, w0 + int64_t(i) * p.rank + c), acc);
-    out[c] = acc;
+  const int slice = threadIdx.x / (kAbsorbCols / 2), pair = threadIdx.x % (kAbsorbCols / 2);
+  const int c = int(blockIdx.z) * kAbsorbCols + 2 * pair;  // this thread's columns c, c + 1
+  const int per_slice = (p.nope + kAbsorbSlices - 1) / kAbsorbSlices;
+  const int i0 = slice * per_slice, i1 = min(p.nope, i0 + per_slice);
+  const int64_t w0 = int64_t(h) * (p.nope + p.v) * p.rank + c;  // W_uk(h)[0, c]
+  float a0 = 0.0f, a1 = 0.0f;
+  if (c + 1 < p.rank && p.rank % 2 == 0) {
+    int i = i0;
+    for (; i + kAbsorbBatch <= i1; i += kAbsorbBatch) {
+      float2 w[kAbsorbBatch];
+#pragma unroll
+      for (int u = 0; u < kAbsorbBatch; ++u) w[u] = load_weight_pair<kBf16>(p.kv_b, w0 + int64_t(i + u) * p.rank);
+#pragma unroll
+      for (int u = 0; u < kAbsorbBatch; ++u) {
+        a0 = fmaf(qn[i + u], w[u].x, a0);
+        a1 = fmaf(qn[i + u], w[u].y, a1);
+      }
+    }
+    for (; i < i1; ++i) {
+      const float2 w = load_weight_pair<kBf16>(p.kv_b, w0 + int64_t(i) * p.rank);
+      a0 = fmaf(qn[i], w.x, a0);
+      a1 = fmaf(qn[i], w.y, a1);
+    }
+  } else {  // an odd rank, or the last column of one: element loads
+    for (int i = i0; i < i1; ++i) {
+      if (c < p.rank) a0 = fmaf(qn[i], load_weight<kBf16>(p.kv_b, w0 + int64_t(i) * p.rank), a0);
+      if (c + 1 < p.rank) a1 = fmaf(qn[i], load_weight<kBf16>(p.kv_b, w0 + int64_t(i) * p.rank + 1), a1);
+    }
   }
+  sums[slice * kAbsorbCols + 2 * pair] = a0;
+  sums[slice * kAbsorbCols + 2 * pair + 1] = a1;
+  __syncthreads();
+  if (slice == 0) {
+    for (int j = 0; j < 2; ++j) {
+      if (c + j >= p.rank) break;
+      float total = 0.0f;
+      for (int sl = 0; sl < kAbsorbSlices; ++sl) total += sums[sl * kAbsorbCols + 2 * pair + j];
+      out[c + j] = total;
+    }
+  }
+  if (blockIdx.z != 0) return;  // the first column block also rotates the rope part
   const int half = p.rope.rope / 2;
   const float* cs = p.rope.cos + int64_t(p.pos[r]) * half;
   const float* sn = p.rope.sin + int64_t(p.pos[r]) * half;
@@ -257,7 +314,7 @@ template <bool kBf16>
 __global__ void absorb_query_kernel(AbsorbQuery p) {
   for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
     absorb_query_row<kBf16>(p, r);
-    __syncthreads();  // the next row overwrites the shared query
+    __syncthreads();  // the next row overwrites the shared query and sums
   }
 }
 
@@ -418,52 +475,163 @@ __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int6
   }
 }
 
-// One thread per token: the router's selection is a few hundred comparisons, and a thread per
-// token runs the CPU's scoring and the one selection rule (model/expert_selection.h). Each
-// thread's selection scores [E] sit in shared memory (kRouteSharedFloats per block); a chosen
-// expert's score is recomputed from its logit with the same operations.
-constexpr int kRouteSharedFloats = 12288;  // 48 KiB
+// One warp per token. The scores are computed lane-parallel with the CPU's expressions, and the
+// selection follows select_experts (model/expert_selection.h) round for round, each round's
+// pick being the serial scan's (warp_pick), so the experts are the CPU's tie for tie. (A thread
+// per token running select_experts itself took 46 us per one-token call on an H100, the
+// largest kernel of a decode step: a few thousand dependent steps.)
+constexpr int kRouteWarps = 4;
+constexpr int kRoutePerLane = kMaxRouterExperts / 32;  // candidates e = lane + 32 j
 
 __device__ __forceinline__ float route_score(const Route& p, const float* lg, float mx, float sum,
                                              int e) {
   return p.sigmoid ? 1.0f / (1.0f + expf(-lg[e])) : expf(lg[e] - mx) / sum;
 }
 
-__global__ void route_kernel(Route p) {
-  extern __shared__ float route_shared[];
-  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (t >= p.rows) return;
-  const float* lg = p.logits + t * p.select.experts;
-  float* sel = route_shared + threadIdx.x * p.select.experts;
-  float mx = 0.0f, sum = 1.0f;
-  if (!p.sigmoid) {
-    mx = lg[0];
-    for (int e = 1; e < p.select.experts; ++e) mx = fmaxf(mx, lg[e]);
-    sum = 0.0f;
-    for (int e = 0; e < p.select.experts; ++e) sum += expf(lg[e] - mx);
-  }
-  for (int e = 0; e < p.select.experts; ++e) sel[e] = route_score(p, lg, mx, sum, e) + p.bias[e];
-  float group_scores[64];
-  int32_t* chosen = p.chosen + t * p.select.k;
-  select_experts(p.select, sel, group_scores, chosen);
-  float* gates = p.gates + t * p.select.k;
-  float total = 0.0f;
-  for (int j = 0; j < p.select.k; ++j) total += (gates[j] = route_score(p, lg, mx, sum, chosen[j]));
-  float scale = p.scaling;
-  if (p.norm_topk) scale /= (total + 1e-20f);
-  for (int j = 0; j < p.select.k; ++j) gates[j] *= scale;
+struct Candidate {
+  float v;
+  int i;  // -1: none
+};
+
+// Before b in the serial scan's order among non-NaN values: greater, or equal at a lower index.
+__device__ __forceinline__ bool beats(Candidate a, Candidate b) {
+  if (a.i < 0) return false;
+  if (b.i < 0) return true;
+  return a.v > b.v || (a.v == b.v && a.i < b.i);
 }
 
-__global__ void combine_kernel(const float* y, const int32_t* y_rows, const float* gates, int k,
-                               int64_t dim, const float* shared, float* residual) {
-  const int64_t t = blockIdx.x;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-    float v = shared ? shared[t * dim + i] : 0.0f;
+__device__ __forceinline__ Candidate shuffle_xor(Candidate c, int o) {
+  return {__shfl_xor_sync(kFullMask, c.v, o), __shfl_xor_sync(kFullMask, c.i, o)};
+}
+
+// The serial scan's pick (best = the first candidate, replaced by each later one of a greater
+// value) from every lane's first candidate (its lowest index) and best non-NaN candidate: the
+// first candidate if it is NaN (nothing compares greater than it), else the greatest value,
+// ties to the lower index. -1 when no lane has a candidate. Every lane gets the result.
+__device__ __forceinline__ int warp_pick(Candidate first, Candidate best) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const Candidate f = shuffle_xor(first, o), b = shuffle_xor(best, o);
+    if (f.i >= 0 && (first.i < 0 || f.i < first.i)) first = f;
+    if (beats(b, best)) best = b;
+  }
+  if (first.i < 0) return -1;
+  return isnan(first.v) ? first.i : best.i;
+}
+
+// Adds candidate (v, i) to a lane's first and best; a lane offers its candidates in ascending i.
+__device__ __forceinline__ void offer(float v, int i, Candidate& first, Candidate& best) {
+  if (first.i < 0) first = {v, i};
+  if (!isnan(v) && (best.i < 0 || v > best.v)) best = {v, i};
+}
+
+__global__ void route_kernel(Route p) {
+  __shared__ float sel_shared[kRouteWarps][kMaxRouterExperts];  // selection scores, or exps
+  __shared__ int32_t picks_shared[kRouteWarps][kMaxRouterExperts];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= p.rows) return;  // whole warps
+  const ExpertSelection& s = p.select;
+  const int experts = s.experts;
+  const float* lg = p.logits + t * experts;
+  float* sel = sel_shared[warp];
+  int32_t* picks = picks_shared[warp];
+  float mx = 0.0f, sum = 1.0f;
+  if (!p.sigmoid) {
+    // The max ignores NaNs as the CPU's fmaxf chain does; the sum is the CPU's, in order.
+    mx = NAN;
+    for (int e = lane; e < experts; e += 32) mx = fmaxf(mx, lg[e]);
+    mx = warp_max(mx);
+    for (int e = lane; e < experts; e += 32) sel[e] = expf(lg[e] - mx);
+    __syncwarp();
+    if (lane == 0) {
+      sum = 0.0f;
+      for (int e = 0; e < experts; ++e) sum += sel[e];
+    }
+    sum = __shfl_sync(kFullMask, sum, 0);
+    __syncwarp();  // the exps are read before the scores overwrite them
+  }
+  float sv[kRoutePerLane];
+#pragma unroll
+  for (int j = 0; j < kRoutePerLane; ++j) {
+    const int e = lane + 32 * j;
+    sv[j] = e < experts ? route_score(p, lg, mx, sum, e) + p.bias[e] : 0.0f;
+    if (e < experts) sel[e] = sv[j];
+  }
+  __syncwarp();
+  const int per_group = experts / s.groups;
+  uint64_t kept = ~0ull;  // bit g: group g may be chosen
+  if (s.groups > 1) {
+    float gs[2];  // groups lane and lane + 32: the sum of their top two (or their max)
+    for (int j = 0; j < 2; ++j) {
+      const int g = lane + 32 * j;
+      if (g >= s.groups) continue;
+      const float* v = sel + g * per_group;
+      float first = -INFINITY, second = -INFINITY;
+      for (int i = 0; i < per_group; ++i) {
+        if (v[i] > first) {
+          second = first;
+          first = v[i];
+        } else if (v[i] > second) {
+          second = v[i];
+        }
+      }
+      gs[j] = s.top2_groups && per_group >= 2 ? first + second : first;
+    }
+    kept = 0;
+    for (int round = 0; round < s.topk_group; ++round) {
+      Candidate first{0.0f, -1}, best{0.0f, -1};
+      for (int j = 0; j < 2; ++j) {
+        const int g = lane + 32 * j;
+        if (g < s.groups && !(kept >> g & 1)) offer(gs[j], g, first, best);
+      }
+      const int g = warp_pick(first, best);
+      if (g >= 0) kept |= 1ull << g;
+    }
+  }
+  uint32_t taken = 0;  // bit j: candidate lane + 32 j already chosen
+  for (int j = 0; j < s.k; ++j) {
+    Candidate first{0.0f, -1}, best{0.0f, -1};
+#pragma unroll
+    for (int c = 0; c < kRoutePerLane; ++c) {
+      const int e = lane + 32 * c;
+      if (e < experts && (kept >> (e / per_group) & 1) && !(taken >> c & 1)) offer(sv[c], e, first, best);
+    }
+    const int e = warp_pick(first, best);
+    if (e >= 0 && e % 32 == lane) taken |= 1u << (e / 32);
+    if (lane == 0) picks[j] = e;
+  }
+  if (lane != 0) return;
+  for (int i = 1; i < s.k; ++i)  // ascending ids, as select_experts leaves them
+    for (int j = i; j > 0 && picks[j - 1] > picks[j]; --j) {
+      const int32_t tmp = picks[j];
+      picks[j] = picks[j - 1];
+      picks[j - 1] = tmp;
+    }
+  int32_t* chosen = p.chosen + t * s.k;
+  float* gates = p.gates + t * s.k;
+  float total = 0.0f;
+  for (int j = 0; j < s.k; ++j) {
+    chosen[j] = picks[j];
+    total += (gates[j] = route_score(p, lg, mx, sum, picks[j]));
+  }
+  float scale = p.scaling;
+  if (p.norm_topk) scale /= (total + 1e-20f);
+  for (int j = 0; j < s.k; ++j) gates[j] *= scale;
+}
+
+// One thread per element of [rows, dim], spread over the whole GPU (a decode step has one row).
+__global__ void combine_kernel(const float* __restrict__ y, const int32_t* __restrict__ y_rows,
+                               const float* __restrict__ gates, int k, int64_t rows, int64_t dim,
+                               const float* __restrict__ shared, float* __restrict__ residual) {
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < rows * dim;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t t = idx / dim, i = idx - t * dim;
+    float v = shared ? shared[idx] : 0.0f;
     for (int j = 0; j < k; ++j) {
       const int64_t row = y_rows ? y_rows[t * k + j] : t * k + j;
       v += gates[t * k + j] * y[row * dim + i];
     }
-    residual[t * dim + i] += v;
+    residual[idx] += v;
   }
 }
 
@@ -524,10 +692,10 @@ cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int
 
 cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;
-  const dim3 grid{unsigned(p.heads), y_blocks(p.rows)};
-  const size_t smem = size_t(p.nope) * 4;
-  if (p.kv_b_bf16) absorb_query_kernel<true><<<grid, 256, smem, s>>>(p);
-  else absorb_query_kernel<false><<<grid, 256, smem, s>>>(p);
+  const dim3 grid{unsigned(p.heads), y_blocks(p.rows), unsigned((p.rank + kAbsorbCols - 1) / kAbsorbCols)};
+  const size_t smem = (size_t(p.nope) + kAbsorbSlices * kAbsorbCols) * 4;
+  if (p.kv_b_bf16) absorb_query_kernel<true><<<grid, kAbsorbThreads, smem, s>>>(p);
+  else absorb_query_kernel<false><<<grid, kAbsorbThreads, smem, s>>>(p);
   return cudaGetLastError();
 }
 
@@ -549,11 +717,10 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
 
 cudaError_t route(const Route& p, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;
-  if (p.select.experts > kMaxRouterExperts || p.select.groups > 64 || p.select.groups < 1)
+  if (p.select.experts > kMaxRouterExperts || p.select.groups > 64 || p.select.groups < 1 ||
+      p.select.k > p.select.experts)
     return cudaErrorInvalidValue;
-  const int threads = std::max(1, std::min(64, kRouteSharedFloats / p.select.experts));
-  route_kernel<<<unsigned((p.rows + threads - 1) / threads), threads,
-                 size_t(threads) * size_t(p.select.experts) * 4, s>>>(p);
+  route_kernel<<<unsigned((p.rows + kRouteWarps - 1) / kRouteWarps), kRouteWarps * 32, 0, s>>>(p);
   return cudaGetLastError();
 }
 
@@ -561,7 +728,8 @@ cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* 
                             int64_t rows, int k, int64_t dim, const float* shared,
                             float* residual, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  combine_kernel<<<unsigned(rows), 256, 0, s>>>(y, y_rows, gates, k, dim, shared, residual);
+  combine_kernel<<<grid_for(rows * dim, 128), 128, 0, s>>>(y, y_rows, gates, k, rows, dim, shared,
+                                                          residual);
   return cudaGetLastError();
 }
 

@@ -130,6 +130,12 @@ inline int __shfl_sync(unsigned mask, int v, int src_lane, int width = 32) {
   return int(::dsv3emu::warp_exchange(mask, uint32_t(v), src_lane, false, width, "__shfl_sync"));
 }
 
+// A warp barrier: every lane of the mask must arrive (a collective exchange of nothing), so the
+// lanes' earlier shared-memory writes are done before any lane goes on.
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  (void)::dsv3emu::warp_exchange(mask, 0u, 0, true, 32, "__syncwarp");
+}
+
 // Blocks run one at a time: atomics are plain read-modify-writes, fences have nothing to order.
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   const unsigned old = *p;
