@@ -96,7 +96,14 @@ for stage in "${stages[@]}"; do
         run_stage "decode_cuda_cache_$cache" "$DSV3" bench decode -m "$model" --device cuda \
           --cache-dtype $cache --prompt-tokens 128 --new-tokens 128 --repeat 3
       done
-      run_stage decode_cuda_mtp "$DSV3" bench decode -m "$model" --device cuda \
+      # MTP speculation needs MTP weights: the same model with one MTP layer (random weights,
+      # so this checks that it runs, not what a trained model's acceptance gives).
+      mtp_model=$log_dir/bench-1b-mtp-model
+      sed 's/"num_nextn_predict_layers": 0/"num_nextn_predict_layers": 1/' \
+        "$here/bench/configs/bench-1b.json" > "$log_dir/bench-1b-mtp.json"
+      [[ -f $mtp_model/model.safetensors ]] ||
+        run_stage init_bench_1b_mtp "$DSV3" init-model "$log_dir/bench-1b-mtp.json" "$mtp_model"
+      run_stage decode_cuda_mtp "$DSV3" bench decode -m "$mtp_model" --device cuda \
         --prompt-tokens 128 --new-tokens 128 --repeat 3 --speculative mtp
       ;;
     transformers)
