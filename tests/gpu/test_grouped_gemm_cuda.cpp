@@ -156,6 +156,8 @@ TEST(CudaGroupedGemm, MatchesFloat64InEveryLayout) {
   check_products({70, 0, 5, 64}, 40, 72, 1);
   // One group, sizes at the tile and step edges.
   check_products({129}, 64, 8, 2);
+  // Several tiles along every dimension of every layout, the last of each partial.
+  check_products({300, 130}, 136, 264, 3);
 }
 
 TEST(CudaGroupedGemm, DeclinesProductsItCannotRun) {

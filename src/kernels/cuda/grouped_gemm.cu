@@ -4,16 +4,19 @@
 // fallback is one cuBLAS call per expert (hundreds of small launches per step).
 //
 // ---- Launch shape ----
-// One block of 128 threads (2 x 2 warps) per 64 x 64 output tile, the tiles numbered group by
+// One block of 256 threads (2 x 4 warps) per 128 x 128 output tile, the tiles numbered group by
 // group (GemmGroup::first_tile) and the grid striding over them. Warp (wm, wn) owns rows
-// 32 wm .. +31 and columns 32 wn .. +31 of its tile: 2 x 4 accumulators of mma.m16n8k16.
+// 64 wm .. +63 and columns 32 wn .. +31 of its tile: 4 x 4 accumulators of mma.m16n8k16.
 // K runs in steps of 32; the A and B tiles of step s + 1 load (cp.async) while step s computes.
+// (The first version's 64 x 64 tiles of 4 warps ran a bench-1b step's expert products slower
+// than one cuBLAS call per expert on an H100: half the arithmetic per byte brought to shared
+// memory.)
 //
 // ---- Operand tiles in shared memory (rows padded by kPad bf16: no ldmatrix bank conflicts) ----
-//   A k-major [m][k]: As [64][32 + 8], fragments by ldmatrix        (attention's Q)
-//   A m-major [k][m]: As [32][64 + 8], fragments by ldmatrix.trans  (the weight gradient's d_y^T)
-//   B k-major [n][k]: Bs [64][32 + 8], ldmatrix                     (attention's K)
-//   B n-major [k][n]: Bs [32][64 + 8], ldmatrix.trans               (attention's V)
+//   A k-major [m][k]: As [128][32 + 8], fragments by ldmatrix        (attention's Q)
+//   A m-major [k][m]: As [32][128 + 8], fragments by ldmatrix.trans  (the weight gradient's d_y^T)
+//   B k-major [n][k]: Bs [128][32 + 8], ldmatrix                     (attention's K)
+//   B n-major [k][n]: Bs [32][128 + 8], ldmatrix.trans               (attention's V)
 // Rows and columns past the group's sizes load as zeros, so an edge tile computes on zeros and
 // stores only what lies inside C. The column dimension of each operand (K of a k-major one, M
 // or N of the others) is a multiple of 8, so each 16-byte chunk is wholly inside or outside.
@@ -26,10 +29,13 @@ namespace {
 
 using namespace tc;
 
-constexpr int kThreads = 128;
+constexpr int kThreads = 256;
 constexpr int kTile = int(kGroupedGemmTile), kStep = 32;
-constexpr int kKMajorLd = kStep + kPad;   // a [64][32] tile's padded row
-constexpr int kMnMajorLd = kTile + kPad;  // a [32][64] tile's padded row
+constexpr int kWarpRows = 64, kWarpCols = 32;  // a warp's part of the tile (2 x 4 warps)
+constexpr int kRowBlocks = kWarpRows / 16;     // its mma row blocks
+constexpr int kKMajorLd = kStep + kPad;   // a [128][32] tile's padded row
+constexpr int kMnMajorLd = kTile + kPad;  // a [32][128] tile's padded row
+static_assert(kTile == 2 * kWarpRows && kTile == 4 * kWarpCols, "2 x 4 warps cover the tile");
 constexpr int kOperandElems =
     kTile * kKMajorLd > kStep * kMnMajorLd ? kTile * kKMajorLd : kStep * kMnMajorLd;
 
@@ -47,9 +53,9 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t ld, in
   }
 }
 
-__global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemmBf16 p) {
+__global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedGemmBf16 p) {
   __shared__ __align__(16) bf16 smem[2][2][kOperandElems];  // [buffer][A, B]
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
   const int g4 = lane >> 2, t4 = lane & 3;
   for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
     // This tile's group: the last whose first tile is at or before it.
@@ -79,9 +85,9 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemm
       cp_async_commit();
     };
 
-    float acc[2][4][4];
+    float acc[kRowBlocks][4][4];
 #pragma unroll
-    for (int mb = 0; mb < 2; ++mb) zero_acc(acc[mb]);
+    for (int mb = 0; mb < kRowBlocks; ++mb) zero_acc(acc[mb]);
     const int64_t steps = (gr.k + kStep - 1) / kStep;  // >= 1: groups with k 0 are not launched
     load_step(0, 0);
     for (int64_t s = 0; s < steps; ++s) {
@@ -98,10 +104,10 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemm
       const bf16* bs = smem[buf][1];
 #pragma unroll
       for (int kc = 0; kc < kStep / 16; ++kc) {
-        uint32_t af[2][4];
+        uint32_t af[kRowBlocks][4];
 #pragma unroll
-        for (int mb = 0; mb < 2; ++mb) {
-          const int m = wm * 32 + mb * 16;
+        for (int mb = 0; mb < kRowBlocks; ++mb) {
+          const int m = wm * kWarpRows + mb * 16;
           if (p.a_k_major) {
             // Lane l: row m + l % 16, columns 8 (l / 16) of the chunk (a0..a3 in order).
             ldmatrix_x4(af[mb], as + (m + (lane & 15)) * kKMajorLd + kc * 16 + (lane >> 4) * 8);
@@ -115,7 +121,7 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemm
         }
 #pragma unroll
         for (int np = 0; np < 2; ++np) {  // n-blocks 2 np and 2 np + 1 of the warp
-          const int n = wn * 32 + np * 16;
+          const int n = wn * kWarpCols + np * 16;
           uint32_t bf[4];
           if (p.b_k_major) {
             // Matrices: (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15).
@@ -127,7 +133,7 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemm
                                       n + (lane >> 4) * 8);
           }
 #pragma unroll
-          for (int mb = 0; mb < 2; ++mb) {
+          for (int mb = 0; mb < kRowBlocks; ++mb) {
             mma_bf16(acc[mb][2 * np], af[mb], bf[0], bf[1]);
             mma_bf16(acc[mb][2 * np + 1], af[mb], bf[2], bf[3]);
           }
@@ -136,17 +142,30 @@ __global__ void __launch_bounds__(kThreads) grouped_gemm_bf16_kernel(GroupedGemm
       __syncthreads();  // this buffer is loaded again in step s + 2 (or the next tile)
     }
 
+    // Each lane holds column pairs (2 t4, 2 t4 + 1): one 8-byte store where C allows it.
+    const bool pairs = p.ldc % 2 == 0 && (reinterpret_cast<uintptr_t>(gr.c) & 7) == 0;
 #pragma unroll
-    for (int mb = 0; mb < 2; ++mb)
+    for (int mb = 0; mb < kRowBlocks; ++mb)
 #pragma unroll
       for (int nb = 0; nb < 4; ++nb)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int64_t row = m0 + wm * 32 + mb * 16 + g4 + 8 * (e >> 1);
-          const int64_t col = n0 + wn * 32 + nb * 8 + 2 * t4 + (e & 1);
+        for (int half = 0; half < 2; ++half) {
+          const int64_t row = m0 + wm * kWarpRows + mb * 16 + g4 + 8 * half;
+          const int64_t col = n0 + wn * kWarpCols + nb * 8 + 2 * t4;
           if (row >= gr.m || col >= gr.n) continue;
           float* c = gr.c + row * p.ldc + col;
-          *c = p.accumulate ? *c + acc[mb][nb][e] : acc[mb][nb][e];
+          float v0 = acc[mb][nb][2 * half], v1 = acc[mb][nb][2 * half + 1];
+          if (pairs && col + 1 < gr.n) {
+            if (p.accumulate) {
+              const float2 old = *reinterpret_cast<const float2*>(c);
+              v0 += old.x;
+              v1 += old.y;
+            }
+            *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
+          } else {
+            c[0] = p.accumulate ? c[0] + v0 : v0;
+            if (col + 1 < gr.n) c[1] = p.accumulate ? c[1] + v1 : v1;
+          }
         }
   }
 }

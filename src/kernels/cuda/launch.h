@@ -52,7 +52,7 @@ cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
 // The grouped BF16 GEMM: the output tile edge (rows and columns of C per tile), and whether a
 // product of these leading dimensions and layout can run (every row of A, B and C starts
 // 16-byte aligned: leading dimensions and the inner sizes multiples of 8 elements).
-constexpr int64_t kGroupedGemmTile = 64;
+constexpr int64_t kGroupedGemmTile = 128;
 bool grouped_gemm_bf16_fits(int64_t lda, int64_t ldb, int64_t ldc);
 cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream);
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream);
