@@ -2,7 +2,7 @@
 # peak benchmark) compiled against emulated CUDA headers,
 # linked with the library's other objects, and run by the GPU inference and router tests
 # (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp,
-# test_grouped_gemm_cuda.cpp, test_index_errors_cuda.cpp), the op table's CUDA cases and the
+# test_grouped_gemm_cuda.cpp, test_index_errors_cuda.cpp, test_decode_router_cuda.cpp), the op table's CUDA cases and the
 # emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 

@@ -22,28 +22,33 @@ struct ExpertSelection {
   bool top2_groups = true; // a group's score: the sum of its top two (noaux_tc), else its max
 };
 
+// A group's score from its `per_group` selection scores v: the sum of its top two (the second
+// counted only after a strictly greater first), or its max.
+template <typename T>
+DSV3_HOST_DEVICE inline T group_score(const T* v, int per_group, bool top2) {
+  const T neg = -T(INFINITY);
+  T first = neg, second = neg;
+  for (int i = 0; i < per_group; ++i) {
+    if (v[i] > first) {
+      second = first;
+      first = v[i];
+    } else if (v[i] > second) {
+      second = v[i];
+    }
+  }
+  return top2 && per_group >= 2 ? first + second : first;
+}
+
 // `selection` [E]: one token's scores plus correction bias. `group_scores` is scratch of
 // `groups` values; `chosen` receives k expert ids, ascending. Ties go to the lower index.
 template <typename T>
 DSV3_HOST_DEVICE inline void select_experts(const ExpertSelection& s, const T* selection,
                                             T* group_scores, int32_t* chosen) {
   const int per_group = s.experts / s.groups;
-  const T neg = -T(INFINITY);
   uint64_t kept_groups = ~0ull;  // bit g set: group g may be chosen
   if (s.groups > 1) {
-    for (int g = 0; g < s.groups; ++g) {
-      const T* v = selection + g * per_group;
-      T first = neg, second = neg;
-      for (int i = 0; i < per_group; ++i) {
-        if (v[i] > first) {
-          second = first;
-          first = v[i];
-        } else if (v[i] > second) {
-          second = v[i];
-        }
-      }
-      group_scores[g] = s.top2_groups && per_group >= 2 ? first + second : first;
-    }
+    for (int g = 0; g < s.groups; ++g)
+      group_scores[g] = group_score(selection + g * per_group, per_group, s.top2_groups);
     kept_groups = 0;
     for (int round = 0; round < s.topk_group; ++round) {
       int best = -1;

@@ -7,6 +7,7 @@
 
 #include "infer/cuda/decode_kernels.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/warp_select.cuh"
 
 namespace dsv3::infer::gpu {
 namespace {
@@ -475,148 +476,49 @@ __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int6
   }
 }
 
-// One warp per token. The scores are computed lane-parallel with the CPU's expressions, and the
-// selection follows select_experts (model/expert_selection.h) round for round, each round's
-// pick being the serial scan's (warp_pick), so the experts are the CPU's tie for tie. (A thread
-// per token running select_experts itself took 46 us per one-token call on an H100, the
-// largest kernel of a decode step: a few thousand dependent steps.)
+// One warp per token: the scores lane-parallel with the CPU's expressions, the selection by
+// warp_select_experts (kernels/cuda/warp_select.cuh), the gates by lane 0 in the CPU's order.
 constexpr int kRouteWarps = 4;
-constexpr int kRoutePerLane = kMaxRouterExperts / 32;  // candidates e = lane + 32 j
+static_assert(kMaxRouterExperts <= dsv3::cuda::kMaxWarpSelectExperts);
 
 __device__ __forceinline__ float route_score(const Route& p, const float* lg, float mx, float sum,
                                              int e) {
   return p.sigmoid ? 1.0f / (1.0f + expf(-lg[e])) : expf(lg[e] - mx) / sum;
 }
 
-struct Candidate {
-  float v;
-  int i;  // -1: none
-};
-
-// Before b in the serial scan's order among non-NaN values: greater, or equal at a lower index.
-__device__ __forceinline__ bool beats(Candidate a, Candidate b) {
-  if (a.i < 0) return false;
-  if (b.i < 0) return true;
-  return a.v > b.v || (a.v == b.v && a.i < b.i);
-}
-
-__device__ __forceinline__ Candidate shuffle_xor(Candidate c, int o) {
-  return {__shfl_xor_sync(kFullMask, c.v, o), __shfl_xor_sync(kFullMask, c.i, o)};
-}
-
-// The serial scan's pick (best = the first candidate, replaced by each later one of a greater
-// value) from every lane's first candidate (its lowest index) and best non-NaN candidate: the
-// first candidate if it is NaN (nothing compares greater than it), else the greatest value,
-// ties to the lower index. -1 when no lane has a candidate. Every lane gets the result.
-__device__ __forceinline__ int warp_pick(Candidate first, Candidate best) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const Candidate f = shuffle_xor(first, o), b = shuffle_xor(best, o);
-    if (f.i >= 0 && (first.i < 0 || f.i < first.i)) first = f;
-    if (beats(b, best)) best = b;
-  }
-  if (first.i < 0) return -1;
-  return isnan(first.v) ? first.i : best.i;
-}
-
-// Adds candidate (v, i) to a lane's first and best; a lane offers its candidates in ascending i.
-__device__ __forceinline__ void offer(float v, int i, Candidate& first, Candidate& best) {
-  if (first.i < 0) first = {v, i};
-  if (!isnan(v) && (best.i < 0 || v > best.v)) best = {v, i};
-}
-
 __global__ void route_kernel(Route p) {
+  using dsv3::cuda::kWarpSelectPerLane;
   __shared__ float sel_shared[kRouteWarps][kMaxRouterExperts];  // selection scores, or exps
   __shared__ int32_t picks_shared[kRouteWarps][kMaxRouterExperts];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
   if (t >= p.rows) return;  // whole warps
-  const ExpertSelection& s = p.select;
-  const int experts = s.experts;
+  const int experts = p.select.experts, k = p.select.k;
   const float* lg = p.logits + t * experts;
   float* sel = sel_shared[warp];
   int32_t* picks = picks_shared[warp];
   float mx = 0.0f, sum = 1.0f;
-  if (!p.sigmoid) {
-    // The max ignores NaNs as the CPU's fmaxf chain does; the sum is the CPU's, in order.
-    mx = NAN;
-    for (int e = lane; e < experts; e += 32) mx = fmaxf(mx, lg[e]);
-    mx = warp_max(mx);
-    for (int e = lane; e < experts; e += 32) sel[e] = expf(lg[e] - mx);
-    __syncwarp();
-    if (lane == 0) {
-      sum = 0.0f;
-      for (int e = 0; e < experts; ++e) sum += sel[e];
-    }
-    sum = __shfl_sync(kFullMask, sum, 0);
-    __syncwarp();  // the exps are read before the scores overwrite them
-  }
-  float sv[kRoutePerLane];
+  if (!p.sigmoid) dsv3::cuda::warp_softmax_terms(lg, experts, lane, sel, mx, sum);
+  float sv[kWarpSelectPerLane];
 #pragma unroll
-  for (int j = 0; j < kRoutePerLane; ++j) {
+  for (int j = 0; j < kWarpSelectPerLane; ++j) {
     const int e = lane + 32 * j;
     sv[j] = e < experts ? route_score(p, lg, mx, sum, e) + p.bias[e] : 0.0f;
     if (e < experts) sel[e] = sv[j];
   }
   __syncwarp();
-  const int per_group = experts / s.groups;
-  uint64_t kept = ~0ull;  // bit g: group g may be chosen
-  if (s.groups > 1) {
-    float gs[2];  // groups lane and lane + 32: the sum of their top two (or their max)
-    for (int j = 0; j < 2; ++j) {
-      const int g = lane + 32 * j;
-      if (g >= s.groups) continue;
-      const float* v = sel + g * per_group;
-      float first = -INFINITY, second = -INFINITY;
-      for (int i = 0; i < per_group; ++i) {
-        if (v[i] > first) {
-          second = first;
-          first = v[i];
-        } else if (v[i] > second) {
-          second = v[i];
-        }
-      }
-      gs[j] = s.top2_groups && per_group >= 2 ? first + second : first;
-    }
-    kept = 0;
-    for (int round = 0; round < s.topk_group; ++round) {
-      Candidate first{0.0f, -1}, best{0.0f, -1};
-      for (int j = 0; j < 2; ++j) {
-        const int g = lane + 32 * j;
-        if (g < s.groups && !(kept >> g & 1)) offer(gs[j], g, first, best);
-      }
-      const int g = warp_pick(first, best);
-      if (g >= 0) kept |= 1ull << g;
-    }
-  }
-  uint32_t taken = 0;  // bit j: candidate lane + 32 j already chosen
-  for (int j = 0; j < s.k; ++j) {
-    Candidate first{0.0f, -1}, best{0.0f, -1};
-#pragma unroll
-    for (int c = 0; c < kRoutePerLane; ++c) {
-      const int e = lane + 32 * c;
-      if (e < experts && (kept >> (e / per_group) & 1) && !(taken >> c & 1)) offer(sv[c], e, first, best);
-    }
-    const int e = warp_pick(first, best);
-    if (e >= 0 && e % 32 == lane) taken |= 1u << (e / 32);
-    if (lane == 0) picks[j] = e;
-  }
+  dsv3::cuda::warp_select_experts(p.select, sel, sv, lane, picks);
   if (lane != 0) return;
-  for (int i = 1; i < s.k; ++i)  // ascending ids, as select_experts leaves them
-    for (int j = i; j > 0 && picks[j - 1] > picks[j]; --j) {
-      const int32_t tmp = picks[j];
-      picks[j] = picks[j - 1];
-      picks[j - 1] = tmp;
-    }
-  int32_t* chosen = p.chosen + t * s.k;
-  float* gates = p.gates + t * s.k;
+  int32_t* chosen = p.chosen + t * k;
+  float* gates = p.gates + t * k;
   float total = 0.0f;
-  for (int j = 0; j < s.k; ++j) {
+  for (int j = 0; j < k; ++j) {
     chosen[j] = picks[j];
     total += (gates[j] = route_score(p, lg, mx, sum, picks[j]));
   }
   float scale = p.scaling;
   if (p.norm_topk) scale /= (total + 1e-20f);
-  for (int j = 0; j < s.k; ++j) gates[j] *= scale;
+  for (int j = 0; j < k; ++j) gates[j] *= scale;
 }
 
 // One thread per element of [rows, dim], spread over the whole GPU (a decode step has one row).

@@ -49,6 +49,9 @@ void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tenso
                               &seq_prob});
   need_f32("route_forward", {&logits, &scores, &weights, &score_sum});
   if (bias) need_cuda("route_forward", {bias});
+  DSV3_CHECK(spec.select.experts <= cuda::kMaxWarpSelectExperts,
+             "route_forward on cuda: {} routed experts; the device router holds up to {}",
+             spec.select.experts, cuda::kMaxWarpSelectExperts);
   cuda::RouteForward p{};
   p.logits = logits.f32();
   p.bias = bias ? bias->f32() : nullptr;

@@ -10,6 +10,8 @@
 namespace dsv3::cuda {
 
 cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream);
+// The routers' warp selection (warp_select.cuh) holds up to this many routed experts.
+constexpr int kMaxWarpSelectExperts = 512;
 cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream);
 // Rows per chunk of the RMSNorm weight gradient's first pass, and the chunks (rows of
 // RmsNormBackward::d_w_partial) for `rows` rows.
