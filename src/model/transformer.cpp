@@ -22,7 +22,7 @@ struct MtpBuffers {
   Tensor x_in, x_out;             // [N, D] block input (eh_proj output) and output
   Tensor h, h_rstd_out;           // [N, D], [N] shared_head.norm(x_out): h^k
   Tensor logits;                  // [N, V]
-  Tensor d_logits;                // [N, V] gradient of the loss, computed with the loss
+  Tensor d_logits;                // [N, V] the loss gradient, with the loss (matmul operand dtype)
   BlockActivations block;
 
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
@@ -42,7 +42,7 @@ struct MtpBuffers {
     h = a.alloc({n, d});
     h_rstd_out = a.alloc({n});
     logits = a.alloc({n, c.vocab_size});
-    d_logits = a.alloc({n, c.vocab_size});
+    d_logits = a.alloc_matmul_operand({n, c.vocab_size});  // read by the lm head's backward only
   }
 };
 }  // namespace
@@ -56,7 +56,7 @@ struct Transformer::Buffers {
   Tensor h_final, rstd_final;  // [N, D], [N]
   Tensor logits;               // [N, V]
   std::vector<std::unique_ptr<MtpBuffers>> mtp;
-  Tensor d_logits;  // [N, V] gradient of the main loss, computed with the loss
+  Tensor d_logits;  // [N, V] the main loss gradient, with the loss (matmul operand dtype)
   // Backward scratch.
   BlockScratch scratch;
   Tensor d_residual;        // [N, D]
@@ -80,7 +80,7 @@ struct Transformer::Buffers {
     logits = a.alloc({n, c.vocab_size});
     for (int k = 0; k < c.num_nextn_predict_layers; ++k)
       mtp.push_back(std::make_unique<MtpBuffers>(a, c, batch, seq));
-    d_logits = a.alloc({n, c.vocab_size});
+    d_logits = a.alloc_matmul_operand({n, c.vocab_size});  // read by the lm head's backward only
     d_residual = a.alloc({n, d});
     for (int k = 0; k <= c.num_nextn_predict_layers; ++k) d_h.push_back(a.alloc({n, d}));
     d_cat = a.alloc({n, 2 * d});

@@ -124,6 +124,22 @@ TEST(CudaBf16Storage, RmsNormWritesTheRoundedFloat32Result) {
   }
 }
 
+TEST(CudaBf16Storage, CrossEntropyGradientIsTheRoundedFloat32Result) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(9);
+  for (int64_t vocab : {8, 13, 300}) {
+    const int64_t rows = 7;
+    const Tensor logits = random_cuda({rows, vocab}, rng);
+    // Left-out rows (-1) get a zero gradient in either dtype.
+    const Tensor targets = device_ids({0, -1, int32_t(vocab - 1), 3, -1, 5, 1});
+    Tensor d = cuda_zeros({rows, vocab}), d_bf16 = cuda_zeros({rows, vocab}, DType::BF16);
+    const double loss = ops::cross_entropy(logits, targets.i32(), 0.25f, &d);
+    const double loss_bf16 = ops::cross_entropy(logits, targets.i32(), 0.25f, &d_bf16);
+    EXPECT_EQ(loss_bf16, loss) << "vocab " << vocab;
+    EXPECT_EQ(differing(d_bf16, rounded(d)), 0) << "vocab " << vocab;
+  }
+}
+
 TEST(CudaBf16Storage, LayoutMovesWriteTheRoundedFloat32Values) {
   REQUIRE_GPU();
   std::mt19937_64 rng(6);

@@ -18,12 +18,15 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   const int64_t r = blockIdx.x;
   const float* row = p.logits + r * p.vocab;
   float* drow = p.d_logits ? p.d_logits + r * p.vocab : nullptr;
+  uint16_t* drow_bf16 = p.d_logits_bf16 ? p.d_logits_bf16 + r * p.vocab : nullptr;
+  const bool grad = drow || drow_bf16;
   const int32_t target = p.targets[r];
   const bool bad = target < -1 || target >= p.vocab;
   if (bad && threadIdx.x == 0) report_index_error(p.error, kBadTarget, r, target, p.vocab);
   if (target < 0 || bad) {  // a left-out position: no loss, zero gradient
-    if (drow)
-      for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) drow[j] = 0.0f;
+    if (grad)
+      for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x)
+        store_f32_or_bf16(drow, drow_bf16, j, 0.0f);
     if (threadIdx.x == 0) p.row_loss[r] = 0.0;
     return;
   }
@@ -35,13 +38,13 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) sum += expf(row[j] - mx);
   sum = block_sum(sum, red);
   if (threadIdx.x == 0) p.row_loss[r] = log(double(sum)) + double(mx) - double(target_logit);
-  if (drow) {
+  if (grad) {
     // Every thread has read the target logit above (block_sum synchronised), so overwriting
-    // the row in place is safe.
+    // the row in place (float32 d_logits over the logits) is safe.
     const float inv = p.scale / sum;
     for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
       const float g = expf(row[j] - mx) * inv;
-      drow[j] = j == target ? g - p.scale : g;
+      store_f32_or_bf16(drow, drow_bf16, j, j == target ? g - p.scale : g);
     }
   }
 }

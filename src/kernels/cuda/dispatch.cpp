@@ -653,13 +653,15 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, 
     DSV3_CHECK(d_logits->numel() == logits.numel(), "cross_entropy: d_logits {} is not logits {}",
                d_logits->shape().str(), logits.shape().str());
   }
+  // The gradient in BF16 when only matrix products read it (the lm head's backward).
+  const F32OrBf16 grad =
+      d_logits ? f32_or_bf16(*d_logits, "cross_entropy", "d_logits") : F32OrBf16{};
   // Targets are range-checked on the device (index_errors.h) and raised after the readback.
   Scratch row_loss(size_t(rows) * sizeof(double), "cross_entropy");
-  check(cuda::cross_entropy({logits.f32(), targets, d_logits ? d_logits->f32() : nullptr,
-                             row_loss.as<double>(), rows, vocab, scale,
-                             cuda::index_error_record()},
-                            stream()),
-        "cross_entropy");
+  cuda::CrossEntropy p{logits.f32(), targets, grad.f32, row_loss.as<double>(), rows, vocab, scale,
+                       cuda::index_error_record()};
+  p.d_logits_bf16 = grad.bf16;
+  check(cuda::cross_entropy(p, stream()), "cross_entropy");
   // The loss comes back to the host (a wait on the stream); summed in row order as on the CPU.
   std::vector<double> host_loss(static_cast<size_t>(rows));
   if (rows)

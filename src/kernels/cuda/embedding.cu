@@ -32,7 +32,7 @@ __global__ void embedding_forward_kernel(Embedding p) {
 constexpr int kEmbedThreads = 256, kEmbedCols = 32;
 
 __global__ void embedding_backward_kernel(Embedding p) {
-  __shared__ int seen;  // an earlier row has this row's id
+  __shared__ int seen;  // rows before this one with its id (counted: no two plain writes race)
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const int32_t id = p.ids[r];
     if (id >= p.vocab || id < -1) {  // uniform over the block
@@ -43,7 +43,7 @@ __global__ void embedding_backward_kernel(Embedding p) {
     if (threadIdx.x == 0) seen = 0;
     __syncthreads();
     for (int64_t q = threadIdx.x; q < r; q += blockDim.x)
-      if (p.ids[q] == id) seen = 1;  // every writer writes 1
+      if (p.ids[q] == id) atomicAdd(&seen, 1);
     __syncthreads();
     const bool leads = seen == 0;
     __syncthreads();  // all have read `seen` before the next row resets it

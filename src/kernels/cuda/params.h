@@ -101,6 +101,7 @@ struct CrossEntropy {
   int64_t rows, vocab;
   float scale;
   IndexError* error;  // a target out of range: recorded, the row treated as left out
+  uint16_t* d_logits_bf16 = nullptr;  // when set: d_logits in BF16 instead (not over logits)
 };
 
 // out[r, :] = table[ids[r], :] (zero row for id -1); backward: d_table[ids[r], :] += d_out[r, :].
