@@ -11,7 +11,7 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
                                    int64_t seq)
     : mla(a, c, batch, seq) {
   const int64_t n = batch * seq, d = c.hidden_size;
-  h_attn = a.alloc({n, d});
+  h_attn = a.alloc_matmul_operand({n, d});  // read by the q_a (or q) and kv_a products only
   rstd_attn = a.alloc({n});
   attn_out = a.alloc({n, d});
   x_mid = a.alloc({n, d});

@@ -10,7 +10,7 @@
 namespace dsv3 {
 
 struct BlockActivations {
-  Tensor h_attn, rstd_attn;  // [N, hidden], [N]: RMSNorm(x) feeding attention
+  Tensor h_attn, rstd_attn;  // [N, hidden] (matmul operand dtype), [N]: the attention input norm
   Tensor attn_out;           // [N, hidden]
   Tensor x_mid;              // [N, hidden]  x + attention
   Tensor h_ffn, rstd_ffn;    // [N, hidden], [N]: RMSNorm(x_mid) feeding the FFN
