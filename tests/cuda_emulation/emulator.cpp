@@ -643,6 +643,28 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
   return got;
 }
 
+uint32_t warp_ballot(unsigned mask, bool pred, const char* what) {
+  // A full-warp exchange in which every lane reads every lane's predicate.
+  if (g_block.current < 0) {
+    std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
+    std::abort();
+  }
+  const Thread& t = g_block.threads[size_t(g_block.current)];
+  if (mask != 0xffffffffu) {
+    fail_block(std::string(what) + " at " + where(t) +
+               ": only full-warp ballots (mask 0xffffffff) are emulated");
+    exit_thread();
+  }
+  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  w.value[t.linear % 32] = pred ? 1u : 0u;
+  wait_as(State::AtWarpBarrier);  // every lane has written
+  uint32_t bits = 0;
+  for (int lane = 0; lane < 32; ++lane)
+    if (w.value[lane]) bits |= 1u << lane;
+  wait_as(State::AtWarpBarrier);  // every lane has read: the slots may be written again
+  return bits;
+}
+
 void* dynamic_shared_base() { return g_block.shared.get(); }
 
 namespace internal {

@@ -12,8 +12,9 @@
 //   in float64: chunks of kSeqChunk tokens in parallel, the chunks added in order by a second
 //   launch (deterministic; the CPU adds token by token, so the two agree to float64 rounding).
 // - route_backward: a thread per token writes its row of d_logits, as the CPU loop does.
-// - moe_permute: a block per expert walks the assignments in order, a block-wide prefix sum
-//   over each tile giving each of the expert's assignments its rank: stable in token order.
+// - moe_permute: a block per expert walks the assignments in order, a warp ballot and the
+//   warps' counts in each tile giving each of the expert's assignments its rank: stable in
+//   token order.
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
@@ -24,7 +25,7 @@ namespace dsv3::cuda {
 namespace {
 
 constexpr int kRouteWarps = 4;  // tokens per block of route_forward_kernel
-constexpr int kPermuteThreads = 256;
+constexpr int kPermuteThreads = 1024, kPermuteWarps = kPermuteThreads / 32;
 
 __global__ void route_forward_kernel(RouteForward p) {
   __shared__ float score_shared[kRouteWarps][kMaxWarpSelectExperts];
@@ -141,29 +142,32 @@ __global__ void route_backward_kernel(RouteBackward p) {
 }
 
 // A block per expert (grid-stride), kPermuteThreads threads: tiles of assignments in order; in
-// each, the assignments of this expert get consecutive rows by an inclusive prefix sum.
+// each, the assignments of this expert get consecutive rows, ranked by a warp ballot and the
+// warps' counts before them. (A block-wide Hillis-Steele scan per 256-assignment tile, 16
+// barriers each, took 78 us per layer at 24,576 assignments on an H100.)
 __global__ void permute_kernel(MoePermute p) {
-  __shared__ int32_t scan[kPermuteThreads];
+  __shared__ int32_t warp_count[kPermuteWarps];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   for (int64_t e = blockIdx.x; e < p.experts; e += gridDim.x) {
     int64_t next = p.offsets[e];
     for (int64_t base = 0; base < p.assignments; base += kPermuteThreads) {
       const int64_t a = base + threadIdx.x;
-      const int32_t mine = a < p.assignments && p.indices[a] == e ? 1 : 0;
-      scan[threadIdx.x] = mine;
+      const bool mine = a < p.assignments && p.indices[a] == e;
+      const unsigned bits = __ballot_sync(kFullMask, mine);
+      if (lane == 0) warp_count[warp] = __popc(bits);
       __syncthreads();
-      for (int step = 1; step < kPermuteThreads; step <<= 1) {
-        const int32_t add = threadIdx.x >= step ? scan[threadIdx.x - step] : 0;
-        __syncthreads();
-        scan[threadIdx.x] += add;
-        __syncthreads();
+      int before = 0, total = 0;  // this expert's assignments in earlier warps, in the tile
+      for (int w = 0; w < kPermuteWarps; ++w) {
+        if (w < warp) before += warp_count[w];
+        total += warp_count[w];
       }
       if (mine) {
-        const int64_t r = next + scan[threadIdx.x] - 1;
+        const int64_t r = next + before + __popc(bits & ((1u << lane) - 1u));
         p.permuted_token[r] = int32_t(a / p.k);
         p.permuted_row[a] = int32_t(r);
       }
-      next += scan[kPermuteThreads - 1];
-      __syncthreads();  // the next tile overwrites scan
+      next += total;
+      __syncthreads();  // the next tile overwrites warp_count
     }
   }
 }

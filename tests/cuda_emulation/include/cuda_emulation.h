@@ -74,6 +74,7 @@ extern dim3 g_block_dim, g_grid_dim;
 void sync_block();
 uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane, int width,
                        const char* what);
+uint32_t warp_ballot(unsigned mask, bool pred, const char* what);
 void* dynamic_shared_base();
 void clear_sticky_error();  // for the emulation's own tests of failing launches
 uint64_t kernels_run();     // kernel executions so far (graph replays included)
@@ -129,6 +130,12 @@ inline float __shfl_sync(unsigned mask, float v, int src_lane, int width = 32) {
 inline int __shfl_sync(unsigned mask, int v, int src_lane, int width = 32) {
   return int(::dsv3emu::warp_exchange(mask, uint32_t(v), src_lane, false, width, "__shfl_sync"));
 }
+
+// Bit l: lane l's predicate; all 32 lanes take part.
+inline unsigned __ballot_sync(unsigned mask, int pred) {
+  return ::dsv3emu::warp_ballot(mask, pred != 0, "__ballot_sync");
+}
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
 
 // A warp barrier: every lane of the mask must arrive (a collective exchange of nothing), so the
 // lanes' earlier shared-memory writes are done before any lane goes on.
