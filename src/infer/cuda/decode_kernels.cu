@@ -479,7 +479,6 @@ __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int6
 // One warp per token: the scores lane-parallel with the CPU's expressions, the selection by
 // warp_select_experts (kernels/cuda/warp_select.cuh), the gates by lane 0 in the CPU's order.
 constexpr int kRouteWarps = 4;
-static_assert(kMaxRouterExperts <= dsv3::cuda::kMaxWarpSelectExperts);
 
 __device__ __forceinline__ float route_score(const Route& p, const float* lg, float mx, float sum,
                                              int e) {

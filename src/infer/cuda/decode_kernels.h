@@ -11,6 +11,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/launch.h"
 #include "model/expert_selection.h"
 
 namespace dsv3::infer::gpu {
@@ -123,7 +124,7 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
 // scores + bias (model/expert_selection.h), the chosen ids ascending in chosen [rows, K] and
 // their gates (unbiased scores, normalised when norm_topk_prob, times routed_scaling_factor) in
 // gates [rows, K]. E <= kMaxRouterExperts.
-constexpr int kMaxRouterExperts = 512;
+constexpr int kMaxRouterExperts = dsv3::cuda::kMaxWarpSelectExperts;  // the warp selection's limit
 struct Route {
   const float* logits = nullptr;
   const float* bias = nullptr;
