@@ -96,6 +96,9 @@ for stage in "${stages[@]}"; do
         run_stage "decode_cuda_cache_$cache" "$DSV3" bench decode -m "$model" --device cuda \
           --cache-dtype $cache --prompt-tokens 128 --new-tokens 128 --repeat 3
       done
+      # The same steps captured with programmatic dependent launch (opt-in until it is timed).
+      DSV3_CUDA_PDL=1 run_stage decode_cuda_pdl "$DSV3" bench decode -m "$model" --device cuda \
+        --cache-dtype bf16 --prompt-tokens 128 --new-tokens 128 --repeat 3
       # MTP speculation needs MTP weights: the same model with one MTP layer (random weights,
       # so this checks that it runs, not what a trained model's acceptance gives).
       mtp_model=$log_dir/bench-1b-mtp-model

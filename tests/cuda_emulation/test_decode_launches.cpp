@@ -12,17 +12,18 @@
 namespace dsv3::infer {
 namespace {
 
-// Per layer, attention: norm, q_a with kv_a, q norm, q_b, latent write, query absorption,
-// latent attention, value up-projection, output projection with the residual add (9; without
-// q_lora_rank: q_proj with kv_a, no q norm, 7). The FFN half: norm, then dense:
-// gate/up/SwiGLU, down with the residual (3); MoE: router, selection, shared gate/up/SwiGLU,
-// shared down, routed gate/up/SwiGLU, routed down, combine with the residual (8, 6 without
-// shared experts). Around the layers: embedding, final norm, lm_head.
+// Per layer, attention: norm with q_a and kv_a, q norm with q_b, latent write with query
+// absorption, latent attention, value up-projection, output projection with the residual add
+// (6; without q_lora_rank: norm with q_proj and kv_a, 5). The FFN half, dense: norm with
+// gate/up/SwiGLU, down with the residual (2); MoE: norm with the router, selection, routed
+// gate/up/SwiGLU, routed down with the combination and the residual (4), and a shared expert
+// wider than a routed one adds its own gate/up/SwiGLU and down (6; one of a routed expert's
+// width is a slot of the routed launches). Around the layers: embedding, final norm, lm_head.
 int64_t expected_launches(const ModelConfig& c) {
   const int64_t layers = c.num_hidden_layers, dense = c.first_k_dense_replace;
-  const int64_t attention = c.q_lora_rank ? 9 : 7;
-  const int64_t moe = 1 + (c.n_shared_experts > 0 ? 7 : 5);
-  return 1 + layers * attention + dense * 3 + (layers - dense) * moe + 2;
+  const int64_t attention = c.q_lora_rank ? 6 : 5;
+  const int64_t moe = c.n_shared_experts > 1 ? 6 : 4;
+  return 1 + layers * attention + dense * 2 + (layers - dense) * moe + 2;
 }
 
 TEST(CudaDecodeLaunches, OneStepIsTheFusedSequence) {

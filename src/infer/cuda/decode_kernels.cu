@@ -32,9 +32,79 @@ __device__ __forceinline__ float load_weight(const void* w, int64_t i) {
   else return static_cast<const float*>(w)[i];
 }
 
+// ---- launches ----
+
+// Set while a ProgrammaticLaunch lives on this thread (decode_kernels.h).
+thread_local bool t_programmatic_launch = false;
+
+// Launches kernel(args) on s with the given shape, with the programmatic stream serialization
+// attribute when it is asked for: then the grid may start while the one before it on s finishes,
+// and every kernel here calls wait_for_prior_grids (kernels/cuda/common.cuh) before it touches what
+// that grid writes or reads.
+template <typename... P, typename... A>
+cudaError_t launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                          A... args) {
+  if (!t_programmatic_launch) {
+    kernel<<<grid, block, smem, s>>>(args...);
+    return cudaGetLastError();
+  }
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  // Positional: grid, block, dynamic shared memory, stream, attributes and their count.
+  cudaLaunchConfig_t cfg = {grid, block, smem, s, attr, 1};
+  return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
+// The start of every kernel here: wait for the grid before (a no-op unless this one was launched
+// programmatically), then let the next one start loading its weights.
+__device__ __forceinline__ void begin_after_prior_grids() {
+  dsv3::cuda::wait_for_prior_grids();
+  dsv3::cuda::allow_dependent_grids();
+}
+
 // ---- gemv: one warp per output element, R rows per block sharing each weight load ----
 
-constexpr int kGemvWarps = 8;
+// The per-row kernels (rmsnorm_rows, write_latents) and the GEMV reduce a row's sum of squares
+// over blocks of this many threads: the same partial sums and tree, so a norm fused into a GEMV
+// (or the latent write into the query absorption) gives the separate kernel's value bit for bit.
+constexpr int kRowThreads = 256;
+constexpr int kGemvWarps = kRowThreads / 32;
+
+// 1 / sqrt(mean(x^2) + eps) of x[0, dim), for every thread of the block (red: 32 floats).
+__device__ __forceinline__ float row_inv_rms(const float* x, int64_t dim, float eps, float* red) {
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += x[i] * x[i];
+  return 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
+}
+
+// An input row as a GEMV reads it: x itself, or its RMSNorm x * inv * w (rmsnorm_rows'
+// expression, so the values are the normalised row's).
+template <bool kNorm>
+struct InputRow {
+  const float* x;
+  const float* w;  // kNorm: the norm's weight
+  float inv;       // kNorm: 1 / rms of the row
+  __device__ __forceinline__ float at(int64_t k) const {
+    if constexpr (kNorm)
+      return x[k] * inv * w[k];
+    else
+      return x[k];
+  }
+  __device__ __forceinline__ void at8(int64_t k, float (&v)[8]) const {
+    const float4 a = *reinterpret_cast<const float4*>(x + k);
+    const float4 b = *reinterpret_cast<const float4*>(x + k + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w;
+    v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+    if constexpr (kNorm) {
+      const float4 c = *reinterpret_cast<const float4*>(w + k);
+      const float4 d = *reinterpret_cast<const float4*>(w + k + 4);
+      const float wv[8] = {c.x, c.y, c.z, c.w, d.x, d.y, d.z, d.w};
+#pragma unroll
+      for (int j = 0; j < 8; ++j) v[j] = v[j] * inv * wv[j];
+    }
+  }
+};
 
 // Eight consecutive weights from 16-byte (bf16) or two 16-byte (f32) loads.
 template <bool kBf16>
@@ -57,10 +127,11 @@ __device__ __forceinline__ void load8(const void* w, int64_t i, float (&out)[8])
 
 // The warp's sums of one weight row against R input rows: lane-strided over the row, eight
 // weights per step on the vector path. The order of the fmaf chain depends only on `in`, so a
-// row's sum is the same whatever R.
-template <int R, bool kVec, bool kBf16>
+// row's sum is the same whatever R (and whichever kernel calls this).
+template <int R, bool kVec, bool kBf16, bool kNorm>
 __device__ __forceinline__ void row_dots(const void* w, int64_t wbase, int64_t in,
-                                         const float* const (&xr)[R], int lane, float (&acc)[R]) {
+                                         const InputRow<kNorm> (&xr)[R], int lane,
+                                         float (&acc)[R]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) acc[r] = 0.0f;
   if constexpr (kVec) {
@@ -69,23 +140,17 @@ __device__ __forceinline__ void row_dots(const void* w, int64_t wbase, int64_t i
       load8<kBf16>(w, wbase + k, wv);
 #pragma unroll
       for (int r = 0; r < R; ++r) {
-        const float4 a = *reinterpret_cast<const float4*>(xr[r] + k);
-        const float4 b = *reinterpret_cast<const float4*>(xr[r] + k + 4);
-        acc[r] = fmaf(wv[0], a.x, acc[r]);
-        acc[r] = fmaf(wv[1], a.y, acc[r]);
-        acc[r] = fmaf(wv[2], a.z, acc[r]);
-        acc[r] = fmaf(wv[3], a.w, acc[r]);
-        acc[r] = fmaf(wv[4], b.x, acc[r]);
-        acc[r] = fmaf(wv[5], b.y, acc[r]);
-        acc[r] = fmaf(wv[6], b.z, acc[r]);
-        acc[r] = fmaf(wv[7], b.w, acc[r]);
+        float xv[8];
+        xr[r].at8(k, xv);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[r] = fmaf(wv[j], xv[j], acc[r]);
       }
     }
   } else {
     for (int64_t k = lane; k < in; k += 32) {
       const float wv = load_weight<kBf16>(w, wbase + k);
 #pragma unroll
-      for (int r = 0; r < R; ++r) acc[r] = fmaf(wv, xr[r][k], acc[r]);
+      for (int r = 0; r < R; ++r) acc[r] = fmaf(wv, xr[r].at(k), acc[r]);
     }
   }
 }
@@ -94,11 +159,22 @@ __device__ __forceinline__ void row_dots(const void* w, int64_t wbase, int64_t i
 // prefill give the same value for the same sums.
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
-template <int R, bool kVec, bool kBf16, bool kSwiGlu>
-__global__ void gemv_kernel(Gemv p) {
+// Row r's weight matrix from a table: its own entry, or with a shared entry, its token's slot.
+__device__ __forceinline__ const void* table_weight(const Gemv& p, const void* const* table,
+                                                    const void* shared, int64_t r) {
+  if (shared == nullptr) return table[p.table_idx[r]];
+  const int64_t t = r / (p.picks + 1), j = r - t * (p.picks + 1);
+  return j < p.picks ? table[p.table_idx[t * p.picks + j]] : shared;
+}
+
+template <int R, bool kVec, bool kBf16, bool kSwiGlu, bool kNorm>
+__global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
+  __shared__ float red[32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
-  if (o >= p.out + p.second.out) return;  // whole warps: no block-wide synchronisation below
+  // Whole warps past the outputs: they leave at once, or with a norm after each reduction (which
+  // needs the whole block).
+  const bool active = o < p.out + p.second.out;
   const void* wsel = p.w;
   float* ysel = p.y;
   int64_t ldy = p.ldy;
@@ -115,18 +191,47 @@ __global__ void gemv_kernel(Gemv p) {
     xoff = g * p.x_group_stride;
   }
   const int64_t wbase = wrow * p.in;
+  // A fixed matrix's row can be on its way before the grid before this one finishes; a table's
+  // entry is known only from the routing that grid may be writing.
+  if (active && p.table == nullptr) {
+    const int64_t esize = kBf16 ? 2 : 4;
+    dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(wsel) + wbase * esize, p.in * esize,
+                                 lane);
+    if constexpr (kSwiGlu)
+      dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.up) + wbase * esize, p.in * esize,
+                                   lane);
+  }
+  begin_after_prior_grids();
+  if (!kNorm && !active) return;
   // Row blocks beyond the grid's y range (65535) are taken in turn.
   for (int64_t r0 = int64_t(blockIdx.y) * R; r0 < p.rows; r0 += int64_t(gridDim.y) * R) {
-    const void* w = p.table ? p.table[p.table_idx[r0]] : wsel;  // R == 1 with a table
-    const int nr = int(p.rows - r0 < R ? p.rows - r0 : R);
-    const float* xr[R];
+    const int nr = int(p.rows - r0 < R ? p.rows - r0 : R);  // the same for the whole block
+    InputRow<kNorm> xr[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) xr[r] = p.x + ((r0 + (r < nr ? r : 0)) / p.x_row_div) * p.ldx + xoff;
+    for (int r = 0; r < R; ++r) {
+      xr[r].x = p.x + ((r0 + (r < nr ? r : 0)) / p.x_row_div) * p.ldx + xoff;
+      xr[r].w = p.norm.w;
+      xr[r].inv = 1.0f;
+    }
+    if constexpr (kNorm) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        if (r >= nr) break;
+        xr[r].inv = row_inv_rms(xr[r].x, p.in, p.norm.eps, red);
+        if (blockIdx.x == 0 && p.norm.out != nullptr) {
+          float* out = p.norm.out + (r0 + r) * p.norm.ldo;
+          for (int64_t i = threadIdx.x; i < p.in; i += blockDim.x) out[i] = xr[r].at(i);
+        }
+      }
+      if (!active) continue;
+    }
+    const void* w =
+        p.table ? table_weight(p, p.table, p.shared_w, r0) : wsel;  // R == 1 with a table
     float acc[R], up[R];
-    row_dots<R, kVec, kBf16>(w, wbase, p.in, xr, lane, acc);
+    row_dots<R, kVec, kBf16, kNorm>(w, wbase, p.in, xr, lane, acc);
     if constexpr (kSwiGlu) {
-      const void* wu = p.up_table ? p.up_table[p.table_idx[r0]] : p.up;
-      row_dots<R, kVec, kBf16>(wu, wbase, p.in, xr, lane, up);
+      const void* wu = p.up_table ? table_weight(p, p.up_table, p.shared_up, r0) : p.up;
+      row_dots<R, kVec, kBf16, kNorm>(wu, wbase, p.in, xr, lane, up);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -144,16 +249,106 @@ __global__ void gemv_kernel(Gemv p) {
 // Blocks along y (at most 65535; kernels loop over the rest).
 unsigned y_blocks(int64_t n) { return unsigned(n < 1 ? 1 : n > 65535 ? 65535 : n); }
 
-template <int R, bool kSwiGlu>
+template <int R, bool kSwiGlu, bool kNorm>
 cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
   const int64_t outputs = p.out + p.second.out;
   const dim3 grid(unsigned((outputs + kGemvWarps - 1) / kGemvWarps), y_blocks((p.rows + R - 1) / R));
-  const dim3 block(kGemvWarps * 32);
-  if (vec && p.w_bf16) gemv_kernel<R, true, true, kSwiGlu><<<grid, block, 0, s>>>(p);
-  else if (vec) gemv_kernel<R, true, false, kSwiGlu><<<grid, block, 0, s>>>(p);
-  else if (p.w_bf16) gemv_kernel<R, false, true, kSwiGlu><<<grid, block, 0, s>>>(p);
-  else gemv_kernel<R, false, false, kSwiGlu><<<grid, block, 0, s>>>(p);
-  return cudaGetLastError();
+  const dim3 block(kRowThreads);
+  if (vec && p.w_bf16)
+    return launch_kernel(gemv_kernel<R, true, true, kSwiGlu, kNorm>, grid, block, 0, s, p);
+  if (vec) return launch_kernel(gemv_kernel<R, true, false, kSwiGlu, kNorm>, grid, block, 0, s, p);
+  if (p.w_bf16)
+    return launch_kernel(gemv_kernel<R, false, true, kSwiGlu, kNorm>, grid, block, 0, s, p);
+  return launch_kernel(gemv_kernel<R, false, false, kSwiGlu, kNorm>, grid, block, 0, s, p);
+}
+
+template <int R, bool kSwiGlu>
+cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
+  return p.norm.w ? launch_gemv<R, kSwiGlu, true>(p, vec, s)
+                  : launch_gemv<R, kSwiGlu, false>(p, vec, s);
+}
+
+// ---- experts_down: one warp per output element of a token, its slots' products together ----
+
+// A warp's products for up to kDownBatch slots at a time, all their weight loads in one loop.
+constexpr int kDownBatch = 4;
+
+template <bool kVec, bool kBf16>
+__global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p) {
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const int64_t esize = kBf16 ? 2 : 4;
+  if (o < p.dim) {
+    // The rows this warp reads can be on their way before the grid before this one (the gate/up
+    // GEMV) finishes. The routed experts' ids come from the router two grids back, which has
+    // finished by the time this grid can start, but nothing promises that its writes are visible
+    // here before the wait: an id read now may be a stale one, which costs only a useless
+    // prefetch (it is clamped to the table, never dereferenced past it).
+    if (p.shared_w != nullptr)
+      dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.shared_w) + o * p.width * esize,
+                                   p.width * esize, lane);
+    if (p.experts > 0 && blockIdx.y < p.rows) {
+      for (int j = 0; j < p.picks; ++j) {
+        const int32_t e =
+            min(max(__ldcg(p.chosen + int64_t(blockIdx.y) * p.picks + j), 0), p.experts - 1);
+        dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.table[e]) + o * p.width * esize,
+                                     p.width * esize, lane);
+      }
+    }
+  }
+  begin_after_prior_grids();
+  if (o >= p.dim) return;  // whole warps
+  const bool fused_shared = p.shared_w != nullptr;
+  const int slots = p.picks + (fused_shared ? 1 : 0);
+  const int64_t wbase = o * p.width;
+  for (int64_t t = blockIdx.y; t < p.rows; t += gridDim.y) {
+    // Slot order: the shared expert (whose output the sum starts from) first, then the picks.
+    float v = p.shared_out ? p.shared_out[t * p.dim + o] : 0.0f;
+    for (int s0 = fused_shared ? -1 : 0; s0 < p.picks; s0 += kDownBatch) {
+      const void* w[kDownBatch];
+      InputRow<false> x[kDownBatch];
+      const int count = min(kDownBatch, p.picks - s0);
+#pragma unroll
+      for (int b = 0; b < kDownBatch; ++b) {
+        const int j = b < count ? s0 + b : s0;  // past the count: a repeat, never summed
+        w[b] = j < 0 ? p.shared_w : p.table[p.chosen[t * p.picks + j]];
+        x[b].x = p.g + (t * slots + (j < 0 ? p.picks : j)) * p.width;
+      }
+      float acc[kDownBatch];
+#pragma unroll
+      for (int b = 0; b < kDownBatch; ++b) acc[b] = 0.0f;
+      // gemv's fmaf chain (row_dots), for several weight rows at once.
+      if constexpr (kVec) {
+        for (int64_t k = int64_t(lane) * 8; k < p.width; k += 32 * 8) {
+#pragma unroll
+          for (int b = 0; b < kDownBatch; ++b) {
+            if (b >= count) break;
+            float wv[8], xv[8];
+            load8<kBf16>(w[b], wbase + k, wv);
+            x[b].at8(k, xv);
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc[b] = fmaf(wv[j], xv[j], acc[b]);
+          }
+        }
+      } else {
+        for (int64_t k = lane; k < p.width; k += 32) {
+#pragma unroll
+          for (int b = 0; b < kDownBatch; ++b) {
+            if (b >= count) break;
+            acc[b] = fmaf(load_weight<kBf16>(w[b], wbase + k), x[b].at(k), acc[b]);
+          }
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kDownBatch; ++b) {
+        if (b >= count) break;  // count is the same for the whole warp
+        const float y = warp_sum(acc[b]);
+        const int j = s0 + b;
+        v = j < 0 ? y : fmaf(p.gates[t * p.picks + j], y, v);  // combine_kernel's order
+      }
+    }
+    if (lane == 0) p.residual[t * p.dim + o] += v;
+  }
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
@@ -162,19 +357,13 @@ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u
 
 __global__ void embed_kernel(const void* table, bool bf16, const int32_t* ids, int64_t dim,
                              float* out) {
+  begin_after_prior_grids();
   const int64_t r = blockIdx.x;
   const int32_t id = ids[r];
   float* o = out + r * dim;
   const int64_t row = int64_t(id) * dim;
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
     o[i] = id < 0 ? 0.0f : bf16 ? load_weight<true>(table, row + i) : load_weight<false>(table, row + i);
-}
-
-// 1 / sqrt(mean(x^2) + eps) of x[0, dim), for every thread of the block (red: 32 floats).
-__device__ __forceinline__ float row_inv_rms(const float* x, int64_t dim, float eps, float* red) {
-  float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss += x[i] * x[i];
-  return 1.0f / sqrtf(block_sum(ss, red) / float(dim) + eps);
 }
 
 // The interleaved rope rotation of the pair (a, b) by (c, s), written to out[0], out[1].
@@ -185,6 +374,7 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, 
 
 __global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w, int64_t dim,
                                     float eps, float* y, int64_t ldy) {
+  begin_after_prior_grids();
   __shared__ float red[32];
   const float* xr = x + int64_t(blockIdx.x) * ldx;
   const float inv = row_inv_rms(xr, dim, eps, red);
@@ -194,6 +384,7 @@ __global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w,
 }
 
 __global__ void swiglu_kernel(float* g, const float* u, int64_t n) {
+  begin_after_prior_grids();
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     g[i] = silu_times(g[i], u[i]);
@@ -211,10 +402,11 @@ __device__ __forceinline__ void store(char* row, bool bf16, int i, float v) {
   else reinterpret_cast<float*>(row)[i] = v;
 }
 
-__global__ void write_latents_kernel(const float* kv_a, const float* norm_w, float eps, int rank,
-                                     RopeTable rope, CacheRows cache) {
-  __shared__ float red[32];
-  const int64_t r = blockIdx.x;
+// Row r's latent: RMSNorm_kv(kv_a[r, :rank]) and rope(kv_a[r, rank:]) at its cache position.
+// The whole block of kRowThreads takes part (the norm's reduction).
+__device__ __forceinline__ void write_latent_row(const float* kv_a, const float* norm_w, float eps,
+                                                 int rank, const RopeTable& rope,
+                                                 const CacheRows& cache, int64_t r, float* red) {
   const float* src = kv_a + r * (rank + rope.rope);
   const float inv = row_inv_rms(src, rank, eps, red);
   char* dst = cache_layer(cache, r) + int64_t(cache.pos[r]) * cache.width * (cache.bf16 ? 2 : 4);
@@ -231,6 +423,14 @@ __global__ void write_latents_kernel(const float* kv_a, const float* norm_w, flo
   }
 }
 
+__global__ void __launch_bounds__(kRowThreads)
+    write_latents_kernel(const float* kv_a, const float* norm_w, float eps, int rank,
+                         RopeTable rope, CacheRows cache) {
+  begin_after_prior_grids();
+  __shared__ float red[32];
+  write_latent_row(kv_a, norm_w, eps, rank, rope, cache, blockIdx.x, red);
+}
+
 // One block per (head, row, kAbsorbCols latent columns) of 256 threads: kAbsorbSlices slices
 // of the no-rope dims x kAbsorbCols / 2 column pairs. The product reads all of W_uk (2 MiB per
 // layer at V3's head sizes) and little else, so it is latency-bound: each thread reads two
@@ -239,6 +439,8 @@ __global__ void write_latents_kernel(const float* kv_a, const float* norm_w, flo
 // on neither the launch nor the rows beside it.
 constexpr int kAbsorbSlices = 4, kAbsorbCols = 128, kAbsorbBatch = 8;
 constexpr int kAbsorbThreads = kAbsorbSlices * kAbsorbCols / 2;
+static_assert(kAbsorbThreads == kRowThreads,
+              "the fused latent write reduces as write_latents does");
 
 // Weights i and i + 1 (i even, so the load is aligned: weights start 256-byte aligned).
 template <bool kBf16>
@@ -313,7 +515,24 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
 
 template <bool kBf16>
 __global__ void absorb_query_kernel(AbsorbQuery p) {
+  // This block's slice of W_uk(h) (rows of kv_b, kAbsorbCols columns each) can be on its way
+  // before the grid before this one finishes.
+  {
+    const int64_t esize = kBf16 ? 2 : 4;
+    const int64_t c0 = int64_t(blockIdx.z) * kAbsorbCols;
+    const int64_t cols = min(int64_t(kAbsorbCols), int64_t(p.rank) - c0);
+    const char* w = static_cast<const char*>(p.kv_b);
+    for (int i = threadIdx.x >> 5; i < p.nope; i += blockDim.x >> 5)
+      dsv3::cuda::warp_prefetch_l2(
+          w + ((int64_t(blockIdx.x) * (p.nope + p.v) + i) * p.rank + c0) * esize, cols * esize,
+          threadIdx.x & 31);
+  }
+  begin_after_prior_grids();
+  __shared__ float red[32];
   for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
+    // One block per row also stores the row's latent (the attention launch after reads it).
+    if (p.kv_a != nullptr && blockIdx.x == 0 && blockIdx.z == 0)
+      write_latent_row(p.kv_a, p.kv_a_norm, p.eps, p.rank, p.rope, p.cache, r, red);
     absorb_query_row<kBf16>(p, r);
     __syncthreads();  // the next row overwrites the shared query and sums
   }
@@ -470,6 +689,7 @@ template <bool kBf16>
 __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
                                         int heads, int rank, float scale, int splits,
                                         float* partial, unsigned* arrived, float* olat) {
+  begin_after_prior_grids();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
     latent_attention_row<kBf16>(qcat, cache, heads, rank, scale, splits, partial, arrived, olat, r);
     __syncthreads();  // the next row overwrites the shared query and partial sums
@@ -486,6 +706,7 @@ __device__ __forceinline__ float route_score(const Route& p, const float* lg, fl
 }
 
 __global__ void route_kernel(Route p) {
+  begin_after_prior_grids();
   using dsv3::cuda::kWarpSelectPerLane;
   __shared__ float sel_shared[kRouteWarps][kMaxRouterExperts];  // selection scores, or exps
   __shared__ int32_t picks_shared[kRouteWarps][kMaxRouterExperts];
@@ -524,25 +745,32 @@ __global__ void route_kernel(Route p) {
 __global__ void combine_kernel(const float* __restrict__ y, const int32_t* __restrict__ y_rows,
                                const float* __restrict__ gates, int k, int64_t rows, int64_t dim,
                                const float* __restrict__ shared, float* __restrict__ residual) {
+  begin_after_prior_grids();
   for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < rows * dim;
        idx += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = idx / dim, i = idx - t * dim;
     float v = shared ? shared[idx] : 0.0f;
     for (int j = 0; j < k; ++j) {
       const int64_t row = y_rows ? y_rows[t * k + j] : t * k + j;
-      v += gates[t * k + j] * y[row * dim + i];
+      v = fmaf(gates[t * k + j], y[row * dim + i], v);  // explicit: experts_down's expression
     }
     residual[idx] += v;
   }
 }
 
 __global__ void gather_kernel(const float* src, const int32_t* idx, int64_t dim, float* dst) {
+  begin_after_prior_grids();
   const int64_t i = blockIdx.x;
   const float* s = src + int64_t(idx[i]) * dim;
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) dst[i * dim + c] = s[c];
 }
 
 }  // namespace
+
+ProgrammaticLaunch::ProgrammaticLaunch(bool on) : was_(t_programmatic_launch) {
+  t_programmatic_launch = on;
+}
+ProgrammaticLaunch::~ProgrammaticLaunch() { t_programmatic_launch = was_; }
 
 cudaError_t gemv(const Gemv& p, cudaStream_t s) {
   if (p.rows == 0 || p.out + p.second.out == 0) return cudaSuccess;
@@ -551,53 +779,76 @@ cudaError_t gemv(const Gemv& p, cudaStream_t s) {
   if (p.swiglu && (p.group > 0 || has_table != (p.up_table != nullptr) ||
                    (!has_table && p.up == nullptr)))
     return cudaErrorInvalidValue;
+  if (p.norm.w != nullptr && (has_table || p.group > 0 || p.x_row_div != 1))
+    return cudaErrorInvalidValue;
+  if (p.shared_w != nullptr && (!has_table || p.picks < 1 || p.x_row_div != p.picks + 1 ||
+                                p.swiglu != (p.shared_up != nullptr)))
+    return cudaErrorInvalidValue;
   // The vector path reads 8 weights and 8 inputs per lane step: every weight row and input row
-  // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so).
-  bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x);
+  // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so), and so must
+  // the norm's weight.
+  bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x) &&
+             (p.norm.w == nullptr || aligned16(p.norm.w));
   // Table entries are weights at 256-byte offsets of one allocation (aligned); plain matrices
   // are checked.
   if (!has_table) vec = vec && aligned16(p.w) && (!p.swiglu || aligned16(p.up)) &&
                         (p.second.out == 0 || aligned16(p.second.w));
+  else
+    vec = vec && (p.shared_w == nullptr ||
+                  (aligned16(p.shared_w) && (!p.swiglu || aligned16(p.shared_up))));
   // A row's sum is the same fmaf chain whatever R, so the choice never changes a result.
   const bool one_row = has_table || p.rows < 4;
   if (p.swiglu) return one_row ? launch_gemv<1, true>(p, vec, s) : launch_gemv<4, true>(p, vec, s);
   return one_row ? launch_gemv<1, false>(p, vec, s) : launch_gemv<4, false>(p, vec, s);
 }
 
+cudaError_t experts_down(const ExpertsDown& p, cudaStream_t s) {
+  if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  if (p.picks < 1 || (p.shared_w != nullptr && p.shared_out != nullptr))
+    return cudaErrorInvalidValue;
+  // Table entries are 256-byte aligned (see gemv); the shared matrix and g are checked.
+  const bool vec =
+      p.width % 8 == 0 && aligned16(p.g) && (p.shared_w == nullptr || aligned16(p.shared_w));
+  const dim3 grid(unsigned((p.dim + kGemvWarps - 1) / kGemvWarps), y_blocks(p.rows));
+  if (vec && p.w_bf16)
+    return launch_kernel(experts_down_kernel<true, true>, grid, kRowThreads, 0, s, p);
+  if (vec) return launch_kernel(experts_down_kernel<true, false>, grid, kRowThreads, 0, s, p);
+  if (p.w_bf16) return launch_kernel(experts_down_kernel<false, true>, grid, kRowThreads, 0, s, p);
+  return launch_kernel(experts_down_kernel<false, false>, grid, kRowThreads, 0, s, p);
+}
+
 cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
                        float* out, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  embed_kernel<<<unsigned(rows), 256, 0, s>>>(table, bf16, ids, dim, out);
-  return cudaGetLastError();
+  return launch_kernel(embed_kernel, unsigned(rows), 256, 0, s, table, bf16, ids, dim, out);
 }
 
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t rows, int64_t dim,
                          float eps, float* y, int64_t ldy, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  rmsnorm_rows_kernel<<<unsigned(rows), 256, 0, s>>>(x, ldx, w, dim, eps, y, ldy);
-  return cudaGetLastError();
+  return launch_kernel(rmsnorm_rows_kernel, unsigned(rows), kRowThreads, 0, s, x, ldx, w, dim, eps,
+                       y, ldy);
 }
 
 cudaError_t swiglu_rows(float* g, const float* u, int64_t n, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
-  swiglu_kernel<<<grid_for(n, 256), 256, 0, s>>>(g, u, n);
-  return cudaGetLastError();
+  return launch_kernel(swiglu_kernel, grid_for(n, 256), 256, 0, s, g, u, n);
 }
 
 cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int64_t rows,
                           int rank, const RopeTable& rope, const CacheRows& cache, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  write_latents_kernel<<<unsigned(rows), 256, 0, s>>>(kv_a, norm_w, eps, rank, rope, cache);
-  return cudaGetLastError();
+  return launch_kernel(write_latents_kernel, unsigned(rows), kRowThreads, 0, s, kv_a, norm_w, eps,
+                       rank, rope, cache);
 }
 
 cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;
   const dim3 grid{unsigned(p.heads), y_blocks(p.rows), unsigned((p.rank + kAbsorbCols - 1) / kAbsorbCols)};
   const size_t smem = (size_t(p.nope) + kAbsorbSlices * kAbsorbCols) * 4;
-  if (p.kv_b_bf16) absorb_query_kernel<true><<<grid, kAbsorbThreads, smem, s>>>(p);
-  else absorb_query_kernel<false><<<grid, kAbsorbThreads, smem, s>>>(p);
-  return cudaGetLastError();
+  if (p.kv_b_bf16)
+    return launch_kernel(absorb_query_kernel<true>, grid, kAbsorbThreads, smem, s, p);
+  return launch_kernel(absorb_query_kernel<false>, grid, kAbsorbThreads, smem, s, p);
 }
 
 cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,
@@ -610,10 +861,11 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
   if (cache.bf16)
-    latent_attention_kernel<true><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
+    return launch_kernel(latent_attention_kernel<true>, grid, kAttnWarps * 32, smem, s, qcat, cache,
+                         rows, heads, rank, scale, splits, partial, arrived, olat);
   else
-    latent_attention_kernel<false><<<grid, kAttnWarps * 32, smem, s>>>(qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
-  return cudaGetLastError();
+    return launch_kernel(latent_attention_kernel<false>, grid, kAttnWarps * 32, smem, s, qcat,
+                         cache, rows, heads, rank, scale, splits, partial, arrived, olat);
 }
 
 cudaError_t route(const Route& p, cudaStream_t s) {
@@ -621,24 +873,22 @@ cudaError_t route(const Route& p, cudaStream_t s) {
   if (p.select.experts > kMaxRouterExperts || p.select.groups > 64 || p.select.groups < 1 ||
       p.select.k > p.select.experts)
     return cudaErrorInvalidValue;
-  route_kernel<<<unsigned((p.rows + kRouteWarps - 1) / kRouteWarps), kRouteWarps * 32, 0, s>>>(p);
-  return cudaGetLastError();
+  return launch_kernel(route_kernel, unsigned((p.rows + kRouteWarps - 1) / kRouteWarps),
+                       kRouteWarps * 32, 0, s, p);
 }
 
 cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* gates,
                             int64_t rows, int k, int64_t dim, const float* shared,
                             float* residual, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  combine_kernel<<<grid_for(rows * dim, 128), 128, 0, s>>>(y, y_rows, gates, k, rows, dim, shared,
-                                                          residual);
-  return cudaGetLastError();
+  return launch_kernel(combine_kernel, grid_for(rows * dim, 128), 128, 0, s, y, y_rows, gates, k,
+                       rows, dim, shared, residual);
 }
 
 cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,
                         cudaStream_t s) {
   if (n == 0) return cudaSuccess;
-  gather_kernel<<<unsigned(n), 256, 0, s>>>(src, idx, dim, dst);
-  return cudaGetLastError();
+  return launch_kernel(gather_kernel, unsigned(n), 256, 0, s, src, idx, dim, dst);
 }
 
 }  // namespace dsv3::infer::gpu

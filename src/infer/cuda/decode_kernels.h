@@ -16,6 +16,23 @@
 
 namespace dsv3::infer::gpu {
 
+// While an object of this class lives (on this thread), the kernels below are launched with
+// programmatic dependent launch (sm_90 and later): each grid may be scheduled while the one
+// before it on the stream finishes, fetches the weights it will read into L2, and waits for
+// that grid (griddepcontrol) before it touches any activation. A decode step captured into a
+// graph so launched keeps the GPU streaming weights across its kernel boundaries instead of
+// draining and refilling at each of them. Results are the same either way.
+class ProgrammaticLaunch {
+ public:
+  explicit ProgrammaticLaunch(bool on);
+  ~ProgrammaticLaunch();
+  ProgrammaticLaunch(const ProgrammaticLaunch&) = delete;
+  ProgrammaticLaunch& operator=(const ProgrammaticLaunch&) = delete;
+
+ private:
+  bool was_;
+};
+
 // y[r, o] (= or +=) sum_k x[r / x_row_div, xoff(o) + k] * W_r[wrow(o), k] for r < rows, o < out.
 // W_r is `w`, or table[table_idx[r]] when a table is given (the routed experts: row r uses the
 // expert chosen for it). All weight matrices are contiguous [*, in].
@@ -27,6 +44,22 @@ namespace dsv3::infer::gpu {
 // A second matrix (second.out > 0): outputs out .. out + second.out - 1 are second.w's rows,
 // written to second.y with its own leading dimension: two products of one input in one launch
 // (MLA's q_a and kv_a). Not combined with a table, groups or SwiGLU.
+// A fused RMSNorm (norm.w set): the products read x[r, k] * inv_r * norm.w[k] instead of
+// x[r, k], inv_r = 1 / sqrt(mean(x[r, :in]^2) + eps) reduced in the block exactly as
+// rmsnorm_rows reduces it, so the result equals rmsnorm_rows then gemv bit for bit and the norm
+// costs no launch of its own. The first column block also writes the normalised rows to
+// norm.out ([rows, in], leading dimension ldo) when given, for later launches to read. Not
+// combined with a table, groups or x_row_div > 1.
+// A shared entry (a table and shared_w): rows come in groups of picks + 1 per token; slot
+// j < picks of token t uses table[table_idx[t * picks + j]] (up_table likewise), slot picks uses
+// shared_w (shared_up): the MoE layer's shared expert, when it has a routed expert's shape, in
+// the routed experts' launch.
+struct GemvNorm {
+  const float* w = nullptr;
+  float eps = 0.0f;
+  float* out = nullptr;
+  int64_t ldo = 0;
+};
 struct GemvSecond {
   const void* w = nullptr;
   int64_t out = 0;
@@ -51,8 +84,36 @@ struct Gemv {
   const void* up = nullptr;
   const void* const* up_table = nullptr;
   GemvSecond second;
+  GemvNorm norm;
+  int64_t picks = 0;
+  const void* shared_w = nullptr;
+  const void* shared_up = nullptr;
 };
 cudaError_t gemv(const Gemv& p, cudaStream_t s);
+
+// The MoE layer's second half at decode, in one launch: residual[t, o] += v, where v starts at
+// the shared experts' output (the product shared_w[o, :] . g[t * slots + picks, :] when shared_w
+// is given, slots = picks + 1; else shared_out[t, o], or 0 when that is null too; slots =
+// picks) and adds gates[t, j] * (W_j[o, :] . g[t * slots + j, :]) in order over j < picks,
+// W_j = table[chosen[t * picks + j]]. g [rows * slots, width] holds the SwiGLU outputs of
+// each slot. Each product is gemv's own sum, and the order of the additions is combine_experts',
+// so the result equals gemv then combine_experts bit for bit.
+struct ExpertsDown {
+  const float* g = nullptr;
+  int64_t width = 0;
+  const void* const* table = nullptr;
+  const int32_t* chosen = nullptr;
+  const float* gates = nullptr;
+  bool w_bf16 = false;
+  int64_t rows = 0;
+  int picks = 0;
+  int experts = 0;  // the table's size (> 0: its rows are prefetched before the wait)
+  int64_t dim = 0;
+  const void* shared_w = nullptr;     // [dim, width], the shared expert's down projection
+  const float* shared_out = nullptr;  // or its output [rows, dim], computed apart
+  float* residual = nullptr;          // [rows, dim]
+};
+cudaError_t experts_down(const ExpertsDown& p, cudaStream_t s);
 
 // out[r, :] = table[ids[r], :] widened to float32 (a zero row for id -1); table [V, dim].
 cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
@@ -90,6 +151,8 @@ cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int
 // Absorbed queries: qcat[r, h, :rank] = q_nope[r, h] . W_uk(h) (W_uk(h) = rows
 // h * (nope + v) .. + nope of kv_b [H * (nope + v), rank]) and qcat[r, h, rank:] = the rotated
 // q_pe[r, h]. q [rows, H, nope + rope].
+// With kv_a given, the same launch also does write_latents(kv_a, kv_a_norm, eps, ..., cache)
+// (bit for bit: the same block reduction), saving the step a launch.
 struct AbsorbQuery {
   const float* q = nullptr;
   const void* kv_b = nullptr;
@@ -99,6 +162,10 @@ struct AbsorbQuery {
   int64_t rows = 0;
   int heads = 0, nope = 0, v = 0, rank = 0;
   float* qcat = nullptr;
+  const float* kv_a = nullptr;
+  const float* kv_a_norm = nullptr;
+  float eps = 0.0f;
+  CacheRows cache;
 };
 cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
 

@@ -12,15 +12,23 @@
 // experts of a decode pass take the GEMV with a per-row expert table (each row reads the expert
 // the router chose for it), so no routing count comes back to the host; a prefill waits once
 // per MoE layer for the choices and runs one GEMM per expert over its rows.
-// On the GEMV path gate, up and SwiGLU are one launch, q_a and kv_a another, and the output
-// projections add into the residual stream themselves: a decode step is launch-bound on small
-// models (tests/cuda_emulation/test_decode_launches.cpp counts them).
+// On the GEMV path launches are fused wherever the result stays bit for bit the separate
+// kernels': each RMSNorm rides in the GEMV that reads it (the MoE's in the router's, which
+// stores it for the experts), gate, up and SwiGLU are one launch, q_a and kv_a another, the
+// latent cache write rides in the query absorption, a shared expert of a routed expert's shape
+// is one more slot of the routed experts' launches, and the down projections, the weighted
+// combination and the residual add are one launch; the output projection adds into the
+// residual stream itself. Every launch of a decode step costs a few microseconds of ramp and
+// drain whatever it does (tests/cuda_emulation/test_decode_launches.cpp counts them).
 //
 // CUDA graphs: a one-token pass of one sequence (a decode step) is the same launches at every
 // position, so it is captured once per (depth, logits or not, cache dtype) and replayed; the
 // first such pass runs its launches directly (loading every kernel before any capture) and the
 // second is captured. The graphs are dropped when the working buffers grow.
 // DSV3_CUDA_GRAPHS=0 turns them off; DSV3_CUDA_SYNC=1 waits after every launch (debugging).
+// DSV3_CUDA_PDL=1 captures the steps with programmatic dependent launch (decode_kernels.h): each
+// kernel fetches its weights into L2 while the one before it finishes (sm_90 and later; opt-in
+// until timed against the plain graph).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -105,6 +113,9 @@ struct DLayer {
   bool experts_bf16 = false;
   bool has_shared = false;
   DFfn shared;
+  // The shared experts have a routed expert's shape and dtype: at decode they are one more
+  // slot of the routed experts' launches.
+  bool shared_as_slot = false;
 };
 struct DMtp {
   const float* enorm = nullptr;
@@ -198,6 +209,8 @@ class CudaForward final : public DeviceForward {
     graphs_enabled_ = !(env && std::string(env) == "0");
     const char* sync = std::getenv("DSV3_CUDA_SYNC");
     sync_each_launch_ = sync && std::string(sync) == "1";
+    const char* pdl = std::getenv("DSV3_CUDA_PDL");
+    programmatic_launch_ = pdl && std::string(pdl) == "1";
   }
 
   ~CudaForward() override {
@@ -218,10 +231,16 @@ class CudaForward final : public DeviceForward {
   void drop_graphs();
   void run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, bool cache_bf16);
   void block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16);
-  void attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16);
-  // out (= or +=) the FFN f of x [n, D].
-  void ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate);
+  // The attention half of a layer, of RMSNorm(x; input_norm), added to the residual stream x.
+  void attention(const DAttn& a, const float* input_norm, int cache_layer, int64_t n,
+                 bool cache_bf16);
+  // out (= or +=) the FFN f of x [n, D], or of RMSNorm(x; norm) when norm is given.
+  void ffn(const DFfn& f, const float* x, const float* norm, int64_t n, float* out,
+           bool accumulate);
+  // The MoE half of a layer, of RMSNorm(x; l.post_norm), added to the residual stream x.
   void moe(const DLayer& l, int64_t n);
+  // The routed (and shared) experts of a decode pass: GEMVs through the expert tables.
+  void routed_experts_gemv(const DLayer& l, int64_t n);
   // The routed experts of a prefill as one GEMM per expert over its rows (gathered in expert
   // order), after one wait for the routing; the decode path's per-row GEMV would read an
   // expert's weights once per row.
@@ -230,6 +249,10 @@ class CudaForward final : public DeviceForward {
   bool use_blas(int64_t n, int64_t ldx, const DMat& w) const {
     return n > kSmallRows && ldx == w.cols && !capturing();
   }
+  // A pass of GEMVs (use_blas false for every full-width product): norms fuse into them.
+  bool gemv_pass(int64_t n) const { return n <= kSmallRows || capturing(); }
+  // y [n, D] = RMSNorm(x [n, D]; w), as its own launch (the cuBLAS path).
+  void rmsnorm(const float* x, const float* w, int64_t n, float* y);
   void linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y, int64_t ldy,
               bool accumulate = false);
   // The GEMV y [n, w.rows] (leading dimension ldy) = x [n, w.cols] (ldx) W^T, for callers to
@@ -280,6 +303,7 @@ class CudaForward final : public DeviceForward {
   bool capturing() const { return s_ != nullptr; }
   bool graphs_enabled_ = true;
   bool sync_each_launch_ = false;
+  bool programmatic_launch_ = false;  // in captured decode steps (DSV3_CUDA_PDL=1)
   std::map<int, cudaGraphExec_t> graphs_;
   std::set<int> run_directly_;  // keys whose one-token pass has run once without a graph
 };
@@ -345,7 +369,13 @@ DLayer CudaForward::upload_layer(WeightUploader& u, const LayerWeights& l) {
   d.up_ptrs = up;
   d.down_ptrs = down;
   d.has_shared = l.has_shared;
-  if (l.has_shared) d.shared = ffn(l.shared);
+  if (l.has_shared) {
+    d.shared = ffn(l.shared);
+    const int64_t width = c_.moe_intermediate_size;
+    d.shared_as_slot = d.shared.gate.rows == width && d.shared.down.cols == width &&
+                       d.shared.gate.bf16 == d.experts_bf16 && d.shared.up.bf16 == d.experts_bf16 &&
+                       d.shared.down.bf16 == d.experts_bf16;
+  }
   return d;
 }
 
@@ -374,7 +404,8 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
                 k = c_.num_experts_per_tok, e = c_.n_routed_experts;
   const int64_t q_rank = c_.q_lora_rank ? *c_.q_lora_rank : 0;
   int64_t width = c_.intermediate_size;  // the widest FFN intermediate over every layer kind
-  width = std::max<int64_t>(width, int64_t(c_.moe_intermediate_size) * k);
+  // (the routed experts' K slots and a shared one at decode)
+  width = std::max<int64_t>(width, int64_t(c_.moe_intermediate_size) * (k + 1));
   for (const DLayer& l : layers_)
     if (l.has_shared) width = std::max(width, l.shared.gate.rows);
   for (const DMtp& m : mtp_)
@@ -483,26 +514,44 @@ gpu::Gemv CudaForward::gemv_of(const float* x, int64_t n, int64_t ldx, const DMa
   return p;
 }
 
-void CudaForward::ffn(const DFfn& f, const float* x, int64_t n, float* out, bool accumulate) {
+void CudaForward::rmsnorm(const float* x, const float* w, int64_t n, float* y) {
+  const int64_t d = c_.hidden_size;
+  launch(gpu::rmsnorm_rows(x, d, w, n, d, float(c_.rms_norm_eps), y, d, s_),
+         "inference on cuda: norm");
+}
+
+void CudaForward::ffn(const DFfn& f, const float* x, const float* norm, int64_t n, float* out,
+                      bool accumulate) {
   const int64_t d = c_.hidden_size, width = f.gate.rows;
   if (use_blas(n, d, f.gate)) {
+    if (norm) {
+      rmsnorm(x, norm, n, b_.xn);
+      x = b_.xn;
+    }
     linear(x, n, d, f.gate, b_.g, width);
     linear(x, n, d, f.up, b_.u, width);
     launch(gpu::swiglu_rows(b_.g, b_.u, n * width, s_), "inference on cuda: swiglu");
-  } else {  // gate, up and SwiGLU in one launch
+  } else {  // the norm, gate, up and SwiGLU in one launch
     DSV3_CHECK(f.up.bf16 == f.gate.bf16, "inference on cuda: gate and up of different dtypes");
     gpu::Gemv p = gemv_of(x, n, d, f.gate, b_.g, width);
     p.up = f.up.p;
     p.swiglu = true;
+    p.norm = {norm, float(c_.rms_norm_eps), nullptr, 0};
     launch(gpu::gemv(p, s_), "inference on cuda: gate/up gemv");
   }
   linear(b_.g, n, width, f.down, out, d, accumulate);
 }
 
 void CudaForward::moe(const DLayer& l, int64_t n) {
-  const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
-                width = c_.moe_intermediate_size;
-  linear(b_.xn, n, d, l.router, b_.router, e);
+  const int64_t d = c_.hidden_size, e = c_.n_routed_experts;
+  if (gemv_pass(n)) {  // the norm in the router's launch, which also stores it for the experts
+    gpu::Gemv p = gemv_of(b_.x, n, d, l.router, b_.router, e);
+    p.norm = {l.post_norm, float(c_.rms_norm_eps), b_.xn, d};
+    launch(gpu::gemv(p, s_), "inference on cuda: norm and router gemv");
+  } else {
+    rmsnorm(b_.x, l.post_norm, n, b_.xn);
+    linear(b_.xn, n, d, l.router, b_.router, e);
+  }
   gpu::Route r;
   r.logits = b_.router;
   r.bias = l.router_bias;
@@ -514,40 +563,60 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   r.chosen = b_.chosen;
   r.gates = b_.gates;
   launch(gpu::route(r, s_), "inference on cuda: router");
-  // The shared experts' output, to which the routed experts' weighted rows are added.
-  if (l.has_shared) ffn(l.shared, b_.xn, n, b_.sub, false);
-  if (use_blas(n, d, l.router)) {
-    routed_experts_grouped(l, n);
+  if (gemv_pass(n)) {
+    routed_experts_gemv(l, n);
     return;
   }
-  // Row t * K + j of the routed products is token t's j-th expert; with an up table, gate, up
-  // and SwiGLU in one launch.
-  auto expert_gemv = [&](const float* x, int64_t ldx, int x_row_div, const void* const* table,
-                         const void* const* up_table, int64_t in, int64_t out, float* y,
-                         const char* what) {
-    gpu::Gemv p;
-    p.table_idx = b_.chosen;
-    p.w_bf16 = l.experts_bf16;
-    p.rows = n * k;
-    p.x = x;
-    p.ldx = ldx;
-    p.x_row_div = x_row_div;
-    p.table = table;
-    p.up_table = up_table;
-    p.swiglu = up_table != nullptr;
-    p.in = in;
-    p.y = y;
-    p.ldy = out;
-    p.out = out;
-    launch(gpu::gemv(p, s_), what);
-  };
-  expert_gemv(b_.xn, d, int(k), l.gate_table, l.up_table, d, width, b_.g,
-              "inference on cuda: expert gate/up gemv");  // [n * K, width]
-  expert_gemv(b_.g, width, 1, l.down_table, nullptr, width, d, b_.ey,
-              "inference on cuda: expert down gemv");  // [n * K, D]
-  launch(gpu::combine_experts(b_.ey, nullptr, b_.gates, n, int(k), d,
-                              l.has_shared ? b_.sub : nullptr, b_.x, s_),
-         "inference on cuda: expert combine and residual");
+  // The shared experts' output, to which the routed experts' weighted rows are added.
+  if (l.has_shared) ffn(l.shared, b_.xn, nullptr, n, b_.sub, false);
+  routed_experts_grouped(l, n);
+}
+
+void CudaForward::routed_experts_gemv(const DLayer& l, int64_t n) {
+  const int64_t d = c_.hidden_size, k = c_.num_experts_per_tok, width = c_.moe_intermediate_size;
+  // Shared experts of another shape: their own launches, their output added by experts_down.
+  if (l.has_shared && !l.shared_as_slot) ffn(l.shared, b_.xn, nullptr, n, b_.sub, false);
+  // Row t * slots + j is token t's j-th expert (slot K: the shared expert, when it is a slot):
+  // gate, up and SwiGLU in one launch.
+  const int64_t slots = k + (l.shared_as_slot ? 1 : 0);
+  gpu::Gemv p;
+  p.table_idx = b_.chosen;
+  p.w_bf16 = l.experts_bf16;
+  p.rows = n * slots;
+  p.x = b_.xn;
+  p.ldx = d;
+  p.x_row_div = int(slots);
+  p.table = l.gate_table;
+  p.up_table = l.up_table;
+  p.swiglu = true;
+  p.in = d;
+  p.y = b_.g;  // [n * slots, width]
+  p.ldy = width;
+  p.out = width;
+  if (l.shared_as_slot) {
+    p.picks = k;
+    p.shared_w = l.shared.gate.p;
+    p.shared_up = l.shared.up.p;
+  }
+  launch(gpu::gemv(p, s_), "inference on cuda: expert gate/up gemv");
+  // The down projections, weighted and summed with the shared output into the residual stream.
+  gpu::ExpertsDown down;
+  down.g = b_.g;
+  down.width = width;
+  down.table = l.down_table;
+  down.chosen = b_.chosen;
+  down.gates = b_.gates;
+  down.w_bf16 = l.experts_bf16;
+  down.rows = n;
+  down.picks = int(k);
+  down.experts = int(c_.n_routed_experts);
+  down.dim = d;
+  if (l.shared_as_slot)
+    down.shared_w = l.shared.down.p;
+  else if (l.has_shared)
+    down.shared_out = b_.sub;
+  down.residual = b_.x;
+  launch(gpu::experts_down(down, s_), "inference on cuda: expert down gemv, combine and residual");
 }
 
 void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
@@ -613,28 +682,37 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
          "inference on cuda: expert combine and residual");
 }
 
-void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cache_bf16) {
+void CudaForward::attention(const DAttn& a, const float* input_norm, int cache_layer, int64_t n,
+                            bool cache_bf16) {
   const int64_t d = c_.hidden_size, h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
                 dr = c_.qk_rope_head_dim, dq = dn + dr, dv = c_.v_head_dim, r = c_.kv_lora_rank,
                 w = r + dr;
   const float eps = float(c_.rms_norm_eps);
   // The query's first product (q_a, or q_proj without a query LoRA) and kv_a read the same
-  // input: on the GEMV path, one launch.
+  // input: on the GEMV path, one launch, which also normalises it.
   const DMat& q_first = c_.q_lora_rank ? a.q_a : a.q_proj;
   float* q_out = c_.q_lora_rank ? b_.qa : b_.q;
-  if (use_blas(n, d, q_first) || q_first.bf16 != a.kv_a.bf16) {
+  if (!gemv_pass(n) || q_first.bf16 != a.kv_a.bf16) {
+    rmsnorm(b_.x, input_norm, n, b_.xn);
     linear(b_.xn, n, d, q_first, q_out, q_first.rows);
     linear(b_.xn, n, d, a.kv_a, b_.kv_a, w);
   } else {
-    gpu::Gemv p = gemv_of(b_.xn, n, d, q_first, q_out, q_first.rows);
+    gpu::Gemv p = gemv_of(b_.x, n, d, q_first, q_out, q_first.rows);
     p.second = {a.kv_a.p, w, b_.kv_a, w};
-    launch(gpu::gemv(p, s_), "inference on cuda: query/kv_a gemv");
+    p.norm = {input_norm, eps, nullptr, 0};
+    launch(gpu::gemv(p, s_), "inference on cuda: norm and query/kv_a gemv");
   }
   if (c_.q_lora_rank) {
     const int64_t qr = *c_.q_lora_rank;
-    launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
-           "inference on cuda: q norm");
-    linear(b_.qa, n, qr, a.q_b, b_.q, h * dq);
+    if (gemv_pass(n)) {  // the q norm in q_b's launch
+      gpu::Gemv p = gemv_of(b_.qa, n, qr, a.q_b, b_.q, h * dq);
+      p.norm = {a.q_a_norm, eps, nullptr, 0};
+      launch(gpu::gemv(p, s_), "inference on cuda: q norm and q_b gemv");
+    } else {
+      launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
+             "inference on cuda: q norm");
+      linear(b_.qa, n, qr, a.q_b, b_.q, h * dq);
+    }
   }
   gpu::CacheRows cache;
   cache.base = b_.cache_base;
@@ -643,8 +721,7 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   cache.layer = cache_layer;
   cache.width = int(w);
   cache.bf16 = cache_bf16;
-  launch(gpu::write_latents(b_.kv_a, a.kv_a_norm, eps, n, int(r), rope_, cache, s_),
-         "inference on cuda: latent cache write");
+  // The latent cache write rides in the query absorption's launch.
   gpu::AbsorbQuery aq;
   aq.q = b_.q;
   aq.kv_b = a.kv_b.p;
@@ -657,7 +734,11 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
   aq.v = int(dv);
   aq.rank = int(r);
   aq.qcat = b_.qcat;
-  launch(gpu::absorb_query(aq, s_), "inference on cuda: query absorption");
+  aq.kv_a = b_.kv_a;
+  aq.kv_a_norm = a.kv_a_norm;
+  aq.eps = eps;
+  aq.cache = cache;
+  launch(gpu::absorb_query(aq, s_), "inference on cuda: latent cache write and query absorption");
   // Decode and other small passes split each head's positions over blocks (the same split for
   // up to kSmallRows rows, so a row's result does not depend on the rows beside it).
   static_assert(kSmallRows <= gpu::kAttnSplitRows);
@@ -685,14 +766,12 @@ void CudaForward::attention(const DAttn& a, int cache_layer, int64_t n, bool cac
 }
 
 void CudaForward::block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16) {
-  const int64_t d = c_.hidden_size;
-  const float eps = float(c_.rms_norm_eps);
-  // Each half adds its output to the residual stream x inside its last launch.
-  launch(gpu::rmsnorm_rows(b_.x, d, l.input_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
-  attention(l.attn, cache_layer, n, cache_bf16);
-  launch(gpu::rmsnorm_rows(b_.x, d, l.post_norm, n, d, eps, b_.xn, d, s_), "inference on cuda: norm");
+  // Each half normalises the residual stream x in its first launch (a GEMV pass) and adds its
+  // output to x inside its last.
+  attention(l.attn, l.input_norm, cache_layer, n, cache_bf16);
   if (l.moe) moe(l, n);
-  else ffn(l.dense, b_.xn, n, b_.x, /*accumulate=*/true);
+  else
+    ffn(l.dense, b_.x, l.post_norm, n, b_.x, /*accumulate=*/true);
 }
 
 // The launches of one pass, after its inputs are on the device.
@@ -784,6 +863,7 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
             "inference on cuda: graph capture");
       s_ = capture_stream_;
       try {
+        const gpu::ProgrammaticLaunch programmatic(programmatic_launch_);
         run(depth, n, nc, which, cache_bf16);
       } catch (...) {
         s_ = nullptr;

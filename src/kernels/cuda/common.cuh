@@ -37,6 +37,34 @@ __device__ __forceinline__ uint32_t pack2_bf16(float lo, float hi) {
          uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16;
 }
 
+// Programmatic dependent launch (sm_90 and later; no-ops elsewhere, and when the grid was not
+// launched with the programmatic stream serialization attribute). A grid so launched may start
+// while the grid before it on the stream still runs: it must call wait_for_prior_grids before
+// it reads anything that grid writes or writes anything that grid reads (then the earlier grid
+// has finished and its writes are visible). Reading weights, which no grid writes, may come
+// first. allow_dependent_grids lets the next grid on the stream start once every block of this
+// one has called it (or exited).
+__device__ __forceinline__ void wait_for_prior_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void allow_dependent_grids() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Asks for the 128-byte lines of [p, p + bytes) in L2, spread over the warp's lanes.
+__device__ __forceinline__ void warp_prefetch_l2(const void* p, int64_t bytes, int lane) {
+#if defined(__CUDA_ARCH__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t off = int64_t(lane) * 128; off < bytes; off += 32 * 128)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(c + off));
+#else
+  (void)p, (void)bytes, (void)lane;
+#endif
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
   return v;

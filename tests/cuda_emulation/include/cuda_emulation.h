@@ -375,3 +375,36 @@ void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&
                  [kernel, params]() { std::apply(kernel, params); });
 }
 }  // namespace dsv3emu
+
+// cudaLaunchKernelEx with the one attribute dsv3 sets, programmatic stream serialization. The
+// emulation runs a stream's kernels one after another, so a programmatic launch is a plain one
+// (griddepcontrol is a no-op off sm_90: kernels/cuda/common.cuh).
+enum cudaLaunchAttributeID { cudaLaunchAttributeProgrammaticStreamSerialization = 5 };
+union cudaLaunchAttributeValue {
+  int programmaticStreamSerializationAllowed;
+};
+struct cudaLaunchAttribute {
+  cudaLaunchAttributeID id;
+  cudaLaunchAttributeValue val;
+};
+// CUDA's field order (gridDim, blockDim, ...: names the emulation's macros take), for callers'
+// positional initialisation.
+struct cudaLaunchConfig_t {
+  dim3 grid;
+  dim3 block;
+  size_t dynamicSmemBytes = 0;
+  cudaStream_t stream = nullptr;
+  cudaLaunchAttribute* attrs = nullptr;
+  unsigned numAttrs = 0;
+};
+template <typename... P, typename... A>
+cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...),
+                               A&&... args) {
+  for (unsigned i = 0; i < config->numAttrs; ++i)
+    if (config->attrs[i].id != cudaLaunchAttributeProgrammaticStreamSerialization)
+      return cudaErrorInvalidValue;
+  ::dsv3emu::launch("kernel (cudaLaunchKernelEx)", kernel,
+                    {config->grid, config->block, config->dynamicSmemBytes, config->stream},
+                    std::forward<A>(args)...);
+  return cudaGetLastError();
+}
