@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "infer/cuda/decode_kernels.h"
 #include "kernels/cuda/common.cuh"
@@ -540,12 +541,14 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 
 // One block per (head, row, split), kAttnWarps warps. Warp w of split s takes positions
 // s + splits * w, then kAttnWarps * splits further on, with an online softmax; lane l holds
-// latent columns l, l + 32, ... of its weighted sum. The warps' states are merged at the end
-// through shared memory: into olat (normalised) when there is one split, else into the split's
-// partial state (max, sum of weights, unnormalised weighted sum), which the (row, head)'s last
-// block to finish merges (merge_splits).
+// columns l, l + 32, ... of each cache row it reads (kPerLane registers, all loaded at once,
+// the next position's while the current one is summed: the walk is bound by load latency) and
+// the same latent columns of its weighted sum, so a row is read once for its score and its
+// weighted sum. The warps' states are merged at the end through shared memory: into olat
+// (normalised) when there is one split, else into the split's partial state (max, sum of
+// weights, unnormalised weighted sum), which the (row, head)'s last block to finish merges
+// (merge_splits).
 constexpr int kAttnWarps = 4;
-constexpr int kMaxPerLane = kMaxDecodeRank / 32;
 
 // The softmax state of one part of the positions: its running max m, the sum l of
 // exp(score - m), and acc, the exp(score - m)-weighted sum of latents (rank values).
@@ -588,7 +591,18 @@ __device__ __forceinline__ void merge_splits(const float* states, int splits, in
   }
 }
 
-template <bool kBf16>
+// Lane `lane`'s columns of cache row `row` (zeros past the width).
+template <bool kBf16, int kPerLane>
+__device__ __forceinline__ void load_cache_columns(const char* row, int width, int lane,
+                                                   float (&v)[kPerLane]) {
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int c = lane + 32 * i;
+    v[i] = c < width ? load_weight<kBf16>(row, c) : 0.0f;
+  }
+}
+
+template <bool kBf16, int kPerLane>
 __device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
                                                      int heads, int rank, float scale,
                                                      int splits, float* partial,
@@ -603,28 +617,36 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   __syncthreads();
   const int end = cache.pos[r];  // positions 0 .. end, inclusive
   const char* base = cache_layer(cache, r);
-  const int per_lane = (rank + 31) / 32;
-  float acc[kMaxPerLane];
+  const int64_t row_bytes = int64_t(width) * (kBf16 ? 2 : 4);
+  const int stride = kAttnWarps * splits;
+  float acc[kPerLane];
 #pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) acc[i] = 0.0f;
+  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
   float m = -INFINITY, l = 0.0f;
-  for (int j = split + splits * warp; j <= end; j += kAttnWarps * splits) {
-    const char* row = base + int64_t(j) * width * (kBf16 ? 2 : 4);
+  int j = split + splits * warp;
+  float v[kPerLane];
+  if (j <= end) load_cache_columns<kBf16>(base + j * row_bytes, width, lane, v);
+  for (; j <= end; j += stride) {
+    float next[kPerLane] = {};
+    if (j + stride <= end) load_cache_columns<kBf16>(base + (j + stride) * row_bytes, width, lane, next);
+    // The score: q . row, each lane's columns in ascending order, then the warp's sum.
     float dot = 0.0f;
-    for (int i = lane; i < width; i += 32) dot = fmaf(q[i], load_weight<kBf16>(row, i), dot);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)
+      if (lane + 32 * i < width) dot = fmaf(q[lane + 32 * i], v[i], dot);
     const float score = warp_sum(dot) * scale;
     const float m_new = fmaxf(m, score);
     const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
     const float pj = expf(score - m_new);
     l = l * corr + pj;
 #pragma unroll
-    for (int i = 0; i < kMaxPerLane; ++i) {
-      if (i >= per_lane) break;
+    for (int i = 0; i < kPerLane; ++i) {  // columns past the rank are never stored
       const int c = lane + 32 * i;
-      const float v = c < rank ? load_weight<kBf16>(row, c) : 0.0f;
-      acc[i] = fmaf(pj, v, acc[i] * corr);
+      acc[i] = fmaf(pj, c < rank ? v[i] : 0.0f, acc[i] * corr);
     }
     m = m_new;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) v[i] = next[i];
   }
   float* part = sm + width + warp * (rank + 2);  // m, l, acc[rank]
   if (lane == 0) {
@@ -632,8 +654,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
     part[1] = l;
   }
 #pragma unroll
-  for (int i = 0; i < kMaxPerLane; ++i) {
-    if (i >= per_lane) break;
+  for (int i = 0; i < kPerLane; ++i) {
     const int c = lane + 32 * i;
     if (c < rank) part[2 + c] = acc[i];
   }
@@ -685,13 +706,14 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (threadIdx.x == 0) arrived[r * heads + h] = 0;
 }
 
-template <bool kBf16>
+template <bool kBf16, int kPerLane>
 __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
                                         int heads, int rank, float scale, int splits,
                                         float* partial, unsigned* arrived, float* olat) {
   begin_after_prior_grids();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    latent_attention_row<kBf16>(qcat, cache, heads, rank, scale, splits, partial, arrived, olat, r);
+    latent_attention_row<kBf16, kPerLane>(qcat, cache, heads, rank, scale, splits, partial,
+                                          arrived, olat, r);
     __syncthreads();  // the next row overwrites the shared query and partial sums
   }
 }
@@ -855,17 +877,26 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
                              int rank, float scale, int splits, float* partial, unsigned* arrived,
                              float* olat, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  if (rank > kMaxDecodeRank || splits < 1 || splits > kAttnSplits ||
+  if (rank > kMaxDecodeRank || cache.width > kMaxDecodeWidth || cache.width < rank ||
+      splits < 1 || splits > kAttnSplits ||
       (splits > 1 && rows > kAttnSplitRows))  // the split states hold kAttnSplitRows rows
     return cudaErrorInvalidValue;
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
-  if (cache.bf16)
-    return launch_kernel(latent_attention_kernel<true>, grid, kAttnWarps * 32, smem, s, qcat, cache,
-                         rows, heads, rank, scale, splits, partial, arrived, olat);
-  else
-    return launch_kernel(latent_attention_kernel<false>, grid, kAttnWarps * 32, smem, s, qcat,
-                         cache, rows, heads, rank, scale, splits, partial, arrived, olat);
+  // Registers per lane for a cache row: the smallest of three sizes that holds the width
+  // (V3's 576 takes 20).
+  auto go = [&](auto per_lane) {
+    constexpr int kPerLane = decltype(per_lane)::value;
+    if (cache.bf16)
+      return launch_kernel(latent_attention_kernel<true, kPerLane>, grid, kAttnWarps * 32, smem, s,
+                           qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
+    return launch_kernel(latent_attention_kernel<false, kPerLane>, grid, kAttnWarps * 32, smem, s,
+                         qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
+  };
+  static_assert(kMaxDecodeWidth == 36 * 32);
+  if (cache.width <= 4 * 32) return go(std::integral_constant<int, 4>{});
+  if (cache.width <= 20 * 32) return go(std::integral_constant<int, 20>{});
+  return go(std::integral_constant<int, 36>{});
 }
 
 cudaError_t route(const Route& p, cudaStream_t s) {

@@ -171,7 +171,8 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
 
 // Attention over the latent cache: for row r and head h, softmax over positions j <= pos[r] of
 // scale * (qcat[r, h] . cache_j), and olat[r, h] = sum_j p_j latent_j (the first rank values of
-// each cache row). qcat [rows, H, width], olat [rows, H, rank]. rank <= kMaxDecodeRank.
+// each cache row). qcat [rows, H, width], olat [rows, H, rank]. rank <= kMaxDecodeRank,
+// width <= kMaxDecodeWidth.
 // splits > 1 (at most kAttnSplits) spreads each (row, head)'s positions over that many blocks,
 // position j to block j % splits: a decode step has one row and a few heads, which alone would
 // leave most of the GPU idle while each block walks the whole context. Their partial softmax
@@ -181,6 +182,7 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
 // them. The split count is fixed by the caller, not by the context length, so a captured step
 // replays at every position.
 constexpr int kMaxDecodeRank = 1024;
+constexpr int kMaxDecodeWidth = 1152;  // rank + rope of a cache row (1024 + 128)
 constexpr int kAttnSplits = 16;
 constexpr int kAttnSplitRows = 8;
 cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t rows, int heads,

@@ -188,6 +188,10 @@ class CudaForward final : public DeviceForward {
     DSV3_CHECK(c_.kv_lora_rank <= gpu::kMaxDecodeRank,
                "inference on cuda: kv_lora_rank = {} exceeds the {} the decode kernel holds",
                c_.kv_lora_rank, gpu::kMaxDecodeRank);
+    DSV3_CHECK(c_.kv_lora_rank + c_.qk_rope_head_dim <= gpu::kMaxDecodeWidth,
+               "inference on cuda: kv_lora_rank + qk_rope_head_dim = {} exceeds the {} the decode "
+               "kernel holds",
+               c_.kv_lora_rank + c_.qk_rope_head_dim, gpu::kMaxDecodeWidth);
     DSV3_CHECK(c_.n_routed_experts <= gpu::kMaxRouterExperts,
                "inference on cuda: n_routed_experts = {} exceeds the router kernel's {}",
                c_.n_routed_experts, gpu::kMaxRouterExperts);
