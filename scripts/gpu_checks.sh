@@ -2,18 +2,21 @@
 # The checks and measurements that need an NVIDIA GPU, in one go (docs/cuda.md):
 #
 #   scripts/gpu_checks.sh LOG_DIR [STAGE...]
-#     stages: tests sanitize parity bench train ops infer transformers (default: all but train)
+#     stages: tests sanitize parity bench train ops infer profile transformers
+#     (default: all but train and profile)
 #
 # Uses the dsv3 binaries on PATH, else build/. Every stage writes LOG_DIR/<stage>.log; the last
 # lines printed are a summary. `bench` also runs the PyTorch/transformers baselines when python3
 # can import torch and transformers. `train` needs prepared data: DATA_DIR (dsv3 prepare output)
 # and TOKENIZER_DIR. `infer` measures decode on the GPU against its roofline (a random
 # bench-1b checkpoint). `transformers` loads a checkpoint written by dsv3 (CHECKPOINT, else a
-# random default-small one) with Hugging Face transformers and compares the logits.
+# random default-small one) with Hugging Face transformers and compares the logits. `profile`
+# times every kernel of a training step and of a decode step with Nsight Compute
+# (scripts/kernel_profile.py sums them per kernel).
 # `sanitize` runs the GPU inference tests under compute-sanitizer's memcheck and racecheck (what
 # the CPU emulation of CUDA cannot see: invalid device addresses, shared-memory races).
 set -uo pipefail
-log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests sanitize parity bench train ops infer transformers]}
+log_dir=${1:?usage: scripts/gpu_checks.sh LOG_DIR [tests sanitize parity bench train ops infer profile transformers]}
 shift
 stages=("$@")
 [[ ${#stages[@]} -eq 0 ]] && stages=(tests sanitize parity bench ops infer transformers)
@@ -108,6 +111,35 @@ for stage in "${stages[@]}"; do
         run_stage init_bench_1b_mtp "$DSV3" init-model "$log_dir/bench-1b-mtp.json" "$mtp_model"
       run_stage decode_cuda_mtp "$DSV3" bench decode -m "$mtp_model" --device cuda \
         --prompt-tokens 128 --new-tokens 128 --repeat 3 --speculative mtp
+      ;;
+    profile)
+      # Per-kernel times (Nsight Compute: each kernel alone, caches flushed) of one BF16 training
+      # step of bench-1b and of one decode step, summarised by scripts/kernel_profile.py.
+      ncu=$(command -v ncu || echo /usr/local/cuda/bin/ncu)
+      if [[ ! -x $ncu ]]; then
+        note "profile: ncu not found (Nsight Compute, part of the CUDA toolkit)"
+        continue
+      fi
+      ncu_csv=("$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --page raw
+        --print-units base)
+      for mode in "" kernel; do
+        csv=$log_dir/profile_train_step_${mode:-cublas}.csv
+        run_stage "profile_train_step_${mode:-cublas}" env DSV3_GROUPED_GEMM=$mode "${ncu_csv[@]}" \
+          --log-file "$csv" "$DSV3" bench train-step --device cuda --precision bf16 \
+          --config "$here/bench/configs/bench-1b.json" --batch "${BENCH_BATCH:-4}" \
+          --seq "${BENCH_SEQ:-1024}" --steps 1 --warmup 1
+        run_stage "profile_train_step_${mode:-cublas}_summary" python3 \
+          "$here/scripts/kernel_profile.py" "$csv" --start embedding_forward \
+          --end embedding_backward --end-inclusive
+      done
+      model=$log_dir/bench-1b-model
+      [[ -f $model/model.safetensors ]] ||
+        run_stage init_bench_1b "$DSV3" init-model "$here/bench/configs/bench-1b.json" "$model"
+      run_stage profile_decode "${ncu_csv[@]}" --log-file "$log_dir/profile_decode.csv" "$DSV3" \
+        bench decode -m "$model" --device cuda --cache-dtype bf16 --prompt-tokens 128 \
+        --new-tokens 4 --repeat 1
+      run_stage profile_decode_summary python3 "$here/scripts/kernel_profile.py" \
+        "$log_dir/profile_decode.csv" --start embed_kernel --end embed_kernel --templates
       ;;
     transformers)
       ckpt=${CHECKPOINT:-$log_dir/default-small-f32}
