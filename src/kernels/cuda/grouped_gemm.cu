@@ -7,10 +7,14 @@
 // One block of 256 threads (2 x 4 warps) per 128 x 128 output tile, the tiles numbered group by
 // group (GemmGroup::first_tile) and the grid striding over them. Warp (wm, wn) owns rows
 // 64 wm .. +63 and columns 32 wn .. +31 of its tile: 4 x 4 accumulators of mma.m16n8k16.
-// K runs in steps of 32; the A and B tiles of step s + 1 load (cp.async) while step s computes.
+// K runs in steps of 32 through a ring of kStages shared-memory buffers: the A and B tiles of
+// steps s + 1 .. s + kStages - 1 load (cp.async) while step s computes, so about three steps of
+// global-memory latency are hidden instead of one. One barrier per step: the buffer step s
+// refills is the one step s - 1 read, and every thread has finished step s - 1 once it passes
+// step s's barrier.
 // (The first version's 64 x 64 tiles of 4 warps ran a bench-1b step's expert products slower
 // than one cuBLAS call per expert on an H100: half the arithmetic per byte brought to shared
-// memory.)
+// memory. The 128 x 128 tiles with two buffers have not been timed; nor has this ring.)
 //
 // ---- Operand tiles in shared memory (rows padded by kPad bf16: no ldmatrix bank conflicts) ----
 //   A k-major [m][k]: As [128][32 + 8], fragments by ldmatrix        (attention's Q)
@@ -38,6 +42,9 @@ constexpr int kMnMajorLd = kTile + kPad;  // a [32][128] tile's padded row
 static_assert(kTile == 2 * kWarpRows && kTile == 4 * kWarpCols, "2 x 4 warps cover the tile");
 constexpr int kOperandElems =
     kTile * kKMajorLd > kStep * kMnMajorLd ? kTile * kKMajorLd : kStep * kMnMajorLd;
+constexpr int kStages = 4;
+// The ring [stage][A, B][kOperandElems] in dynamic shared memory (80 KiB: two blocks an SM).
+constexpr size_t kSmemBytes = size_t(kStages) * 2 * kOperandElems * sizeof(bf16);
 
 // Rows [r0, r0 + ROWS) x columns [c0, c0 + COLS) of a row-major bf16 matrix g (ld elements a
 // row; rows x cols of it exist) into s [ROWS][COLS + kPad], zeros outside. All threads call it.
@@ -54,7 +61,8 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t ld, in
 }
 
 __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedGemmBf16 p) {
-  __shared__ __align__(16) bf16 smem[2][2][kOperandElems];  // [buffer][A, B]
+  extern __shared__ __align__(16) bf16 ring[];  // [kStages][A, B][kOperandElems]
+  const auto operand = [&](int stage, int which) { return ring + (stage * 2 + which) * kOperandElems; };
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
   const int g4 = lane >> 2, t4 = lane & 3;
   for (int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
@@ -73,35 +81,36 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedG
     const bf16* a = reinterpret_cast<const bf16*>(gr.a);
     const bf16* b = reinterpret_cast<const bf16*>(gr.b);
 
-    const auto load_step = [&](int buf, int64_t k0) {
-      if (p.a_k_major)
-        load_tile<kTile, kStep>(smem[buf][0], a, p.lda, m0, gr.m, k0, gr.k);
-      else
-        load_tile<kStep, kTile>(smem[buf][0], a, p.lda, k0, gr.k, m0, gr.m);
-      if (p.b_k_major)
-        load_tile<kTile, kStep>(smem[buf][1], b, p.ldb, n0, gr.n, k0, gr.k);
-      else
-        load_tile<kStep, kTile>(smem[buf][1], b, p.ldb, k0, gr.k, n0, gr.n);
+    // Step s's tiles into its stage; a step past the end loads nothing. Either way one commit,
+    // so that "all but the newest kStages - 2 groups" always means "up to step s".
+    const int64_t steps = (gr.k + kStep - 1) / kStep;  // >= 1: groups with k 0 are not launched
+    const auto load_step = [&](int64_t step) {
+      if (step < steps) {
+        const int buf = int(step % kStages);
+        const int64_t k0 = step * kStep;
+        if (p.a_k_major)
+          load_tile<kTile, kStep>(operand(buf, 0), a, p.lda, m0, gr.m, k0, gr.k);
+        else
+          load_tile<kStep, kTile>(operand(buf, 0), a, p.lda, k0, gr.k, m0, gr.m);
+        if (p.b_k_major)
+          load_tile<kTile, kStep>(operand(buf, 1), b, p.ldb, n0, gr.n, k0, gr.k);
+        else
+          load_tile<kStep, kTile>(operand(buf, 1), b, p.ldb, k0, gr.k, n0, gr.n);
+      }
       cp_async_commit();
     };
 
     float acc[kRowBlocks][4][4];
 #pragma unroll
     for (int mb = 0; mb < kRowBlocks; ++mb) zero_acc(acc[mb]);
-    const int64_t steps = (gr.k + kStep - 1) / kStep;  // >= 1: groups with k 0 are not launched
-    load_step(0, 0);
+    for (int st = 0; st < kStages - 1; ++st) load_step(st);
     for (int64_t s = 0; s < steps; ++s) {
-      const int buf = int(s & 1);
-      if (s + 1 < steps) {
-        // Buffer buf ^ 1 was last read in step s - 1, which ended with a barrier.
-        load_step(buf ^ 1, (s + 1) * kStep);
-        cp_async_wait<1>();  // everything but step s + 1 has landed (this thread's copies)
-      } else {
-        cp_async_wait<0>();
-      }
-      __syncthreads();  // ... and every thread's copies are visible
-      const bf16* as = smem[buf][0];
-      const bf16* bs = smem[buf][1];
+      cp_async_wait<kStages - 2>();  // step s has landed (this thread's copies) ...
+      __syncthreads();  // ... every thread's, and every thread is done with step s - 1
+      load_step(s + kStages - 1);  // into step s - 1's stage
+      const int buf = int(s % kStages);
+      const bf16* as = operand(buf, 0);
+      const bf16* bs = operand(buf, 1);
 #pragma unroll
       for (int kc = 0; kc < kStep / 16; ++kc) {
         uint32_t af[kRowBlocks][4];
@@ -139,8 +148,9 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedG
           }
         }
       }
-      __syncthreads();  // this buffer is loaded again in step s + 2 (or the next tile)
     }
+    // The next tile's first loads refill stages this tile's last steps may still be reading.
+    __syncthreads();
 
     // Each lane holds column pairs (2 t4, 2 t4 + 1): one 8-byte store where C allows it.
     const bool pairs = p.ldc % 2 == 0 && (reinterpret_cast<uintptr_t>(gr.c) & 7) == 0;
@@ -179,7 +189,12 @@ bool grouped_gemm_bf16_fits(int64_t lda, int64_t ldb, int64_t ldc) {
 cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream) {
   if (p.tiles == 0 || p.group_count == 0) return cudaSuccess;
   const int64_t grid = p.tiles < (int64_t(1) << 30) ? p.tiles : (int64_t(1) << 30);
-  grouped_gemm_bf16_kernel<<<unsigned(grid), kThreads, 0, stream>>>(p);
+  // Past the 48 KiB default: opted in at each launch, as the attention kernels do (the setting
+  // is per device).
+  const cudaError_t opted_in = cudaFuncSetAttribute(
+      grouped_gemm_bf16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+  if (opted_in != cudaSuccess) return opted_in;
+  grouped_gemm_bf16_kernel<<<unsigned(grid), kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 
