@@ -15,14 +15,15 @@ namespace {
 // Per layer, attention: norm with q_a and kv_a, q norm with q_b, latent write with query
 // absorption, latent attention, value up-projection, output projection with the residual add
 // (6; without q_lora_rank: norm with q_proj and kv_a, 5). The FFN half, dense: norm with
-// gate/up/SwiGLU, down with the residual (2); MoE: norm with the router, selection, routed
-// gate/up/SwiGLU, routed down with the combination and the residual (4), and a shared expert
-// wider than a routed one adds its own gate/up/SwiGLU and down (6; one of a routed expert's
-// width is a slot of the routed launches). Around the layers: embedding, final norm, lm_head.
+// gate/up/SwiGLU, down with the residual (2); MoE: norm with the router and the expert choice,
+// routed gate/up/SwiGLU, routed down with the combination and the residual (3), and a shared
+// expert wider than a routed one adds its own gate/up/SwiGLU and down (5; one of a routed
+// expert's width is a slot of the routed launches). Around the layers: embedding, final norm,
+// lm_head.
 int64_t expected_launches(const ModelConfig& c) {
   const int64_t layers = c.num_hidden_layers, dense = c.first_k_dense_replace;
   const int64_t attention = c.q_lora_rank ? 6 : 5;
-  const int64_t moe = c.n_shared_experts > 1 ? 6 : 4;
+  const int64_t moe = c.n_shared_experts > 1 ? 5 : 3;
   return 1 + layers * attention + dense * 2 + (layers - dense) * moe + 2;
 }
 

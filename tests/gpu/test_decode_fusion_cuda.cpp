@@ -3,7 +3,9 @@
 //   - the routed experts' GEMV with the shared expert as one more slot = the two GEMVs apart;
 //   - experts_down (down projections, weighted sum, residual add) = the down GEMVs, then
 //     combine_experts;
-//   - the query absorption with the latent write = write_latents, then absorb_query.
+//   - the query absorption with the latent write = write_latents, then absorb_query;
+//   - router_step (norm, router logits, expert choice) = rmsnorm_rows, then gemv, then route,
+//     launched twice in a row (its arrival counts must be back at zero after each launch).
 // The fused forms are only worth having if a decode step gives the same tokens with them, so
 // equality is exact (memcmp), over float32 and BF16 weights, the vector and scalar paths, and
 // the one-row and four-row GEMV blocks.
@@ -18,6 +20,7 @@
 
 #include "core/device.h"
 #include "infer/cuda/decode_kernels.h"
+#include "model/expert_selection.h"
 
 namespace dsv3::infer {
 namespace {
@@ -94,7 +97,7 @@ TEST(CudaDecodeFusion, NormInTheGemvEqualsTheNormThenTheGemv) {
   for (bool bf16 : {false, true}) {
     for (int64_t in : {48, 52, 1536}) {         // 52: the scalar path
       for (int64_t rows : {1, 3, 6}) {          // 6: four-row blocks and a partial one
-        for (int mode = 0; mode < 3; ++mode) {  // plain with the norm stored, second matrix, SwiGLU
+        for (int mode = 0; mode < 3; ++mode) {  // plain, second matrix, SwiGLU
           SCOPED_TRACE("bf16 " + std::to_string(bf16) + ", in " + std::to_string(in) + ", rows " +
                        std::to_string(rows) + ", mode " + std::to_string(mode));
           const int64_t out = 40, out2 = 24, ldx = in + 4;
@@ -132,21 +135,17 @@ TEST(CudaDecodeFusion, NormInTheGemvEqualsTheNormThenTheGemv) {
           // Fused: the raw rows and the norm's weight.
           float* y_fused = a.zeros(size_t(rows * out));
           float* y2_fused = a.zeros(size_t(rows * out2));
-          float* stored = a.zeros(size_t(rows * in));
           p.x = x;
           p.ldx = ldx;
           p.y = y_fused;
           if (mode == 1) p.second.y = y2_fused;
-          p.norm = {nw, eps, mode == 0 ? stored : nullptr, in};
+          p.norm = {nw, eps};
           ASSERT_EQ(gpu::gemv(p, nullptr), cudaSuccess);
           ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
           expect_same_bits(down(y_fused, size_t(rows * out)), down(y_sep, size_t(rows * out)), "y");
           if (mode == 1)
             expect_same_bits(down(y2_fused, size_t(rows * out2)), down(y2_sep, size_t(rows * out2)),
                              "second y");
-          if (mode == 0)
-            expect_same_bits(down(stored, size_t(rows * in)), down(xn, size_t(rows * in)),
-                             "stored norm");
         }
       }
     }
@@ -384,6 +383,91 @@ TEST(CudaDecodeFusion, LatentWriteInTheAbsorptionEqualsWriteLatents) {
   }
 }
 
+struct RouterShape {
+  std::string name;
+  ExpertSelection select;
+  bool sigmoid, norm_topk;
+  int64_t in;
+};
+
+TEST(CudaDecodeFusion, RouterStepEqualsTheNormTheGemvAndTheRoute) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(9);
+  const std::vector<RouterShape> shapes = {
+      {"bench-1b-like", {32, 8, 4, 6, true}, true, true, 1536},
+      {"v3-like, 256 experts", {256, 8, 4, 8, true}, true, true, 264},
+      {"softmax, scalar path", {64, 1, 1, 6, false}, false, false, 52},
+      {"a few experts", {4, 1, 1, 2, true}, true, true, 40},
+  };
+  for (const RouterShape& sh : shapes) {
+    for (bool bf16 : {false, true}) {
+      for (int64_t rows : {1, 3}) {
+        SCOPED_TRACE(sh.name + ", bf16 " + std::to_string(bf16) + ", rows " + std::to_string(rows));
+        const int64_t e = sh.select.experts, k = sh.select.k, in = sh.in;
+        Arena a;
+        const float* x = a.up(normal(size_t(rows * in), rng, 2.0f));
+        const float* nw = a.up(normal(size_t(in), rng));
+        const HostMat w = weights(e, in, rng);
+        const void* wd = up_mat(a, w, bf16);
+        gpu::Route r;
+        r.bias = a.up(normal(size_t(e), rng, 0.1f));
+        r.rows = rows;
+        r.select = sh.select;
+        r.sigmoid = sh.sigmoid;
+        r.norm_topk = sh.norm_topk;
+        r.scaling = 2.5f;
+        // Separate: the norm, the logits, the choice.
+        float* xn = a.zeros(size_t(rows * in));
+        ASSERT_EQ(gpu::rmsnorm_rows(x, in, nw, rows, in, 1e-6f, xn, in, nullptr), cudaSuccess);
+        float* logits = a.zeros(size_t(rows * e));
+        gpu::Gemv p;
+        p.x = xn;
+        p.ldx = in;
+        p.w = wd;
+        p.w_bf16 = bf16;
+        p.in = in;
+        p.y = logits;
+        p.ldy = e;
+        p.rows = rows;
+        p.out = e;
+        ASSERT_EQ(gpu::gemv(p, nullptr), cudaSuccess);
+        r.logits = logits;
+        r.chosen = a.up(std::vector<int32_t>(size_t(rows * k), -1));
+        r.gates = a.zeros(size_t(rows * k));
+        ASSERT_EQ(gpu::route(r, nullptr), cudaSuccess);
+        const std::vector<int32_t> chosen_want = down(r.chosen, size_t(rows * k));
+        const std::vector<float> gates_want = down(r.gates, size_t(rows * k));
+        // Fused, twice.
+        gpu::RouterStep rs;
+        rs.x = x;
+        rs.ldx = in;
+        rs.norm_w = nw;
+        rs.eps = 1e-6f;
+        rs.w = wd;
+        rs.w_bf16 = bf16;
+        rs.in = in;
+        rs.logits = a.zeros(size_t(rows * e));
+        rs.arrived = a.up(std::vector<unsigned>(size_t(rows), 0u));
+        rs.route = r;
+        rs.route.logits = nullptr;
+        for (int launch = 0; launch < 2; ++launch) {
+          SCOPED_TRACE("launch " + std::to_string(launch));
+          rs.xn = a.zeros(size_t(rows * in));
+          rs.route.chosen = a.up(std::vector<int32_t>(size_t(rows * k), -1));
+          rs.route.gates = a.zeros(size_t(rows * k));
+          ASSERT_EQ(gpu::router_step(rs, nullptr), cudaSuccess);
+          expect_same_bits(down(rs.xn, size_t(rows * in)), down(xn, size_t(rows * in)), "xn");
+          expect_same_bits(down(rs.logits, size_t(rows * e)), down(logits, size_t(rows * e)),
+                           "logits");
+          EXPECT_EQ(down(rs.route.chosen, size_t(rows * k)), chosen_want);
+          expect_same_bits(down(rs.route.gates, size_t(rows * k)), gates_want, "gates");
+          EXPECT_EQ(down(rs.arrived, size_t(rows)), std::vector<unsigned>(size_t(rows), 0u));
+        }
+      }
+    }
+  }
+}
+
 TEST(CudaDecodeFusion, RejectsFusionsItCannotDo) {
   REQUIRE_GPU();
   float dummy[8] = {};
@@ -405,6 +489,11 @@ TEST(CudaDecodeFusion, RejectsFusionsItCannotDo) {
   ed.dim = 8;
   ed.picks = 0;  // no picks
   EXPECT_EQ(gpu::experts_down(ed, nullptr), cudaErrorInvalidValue);
+  gpu::RouterStep rs;
+  rs.in = 8;
+  rs.route.rows = 1;
+  rs.route.select = {gpu::kMaxRouterExperts + 1, 1, 1, 2, true};  // more experts than it holds
+  EXPECT_EQ(gpu::router_step(rs, nullptr), cudaErrorInvalidValue);
   cudaGetLastError();
 }
 

@@ -219,10 +219,6 @@ __global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
       for (int r = 0; r < R; ++r) {
         if (r >= nr) break;
         xr[r].inv = row_inv_rms(xr[r].x, p.in, p.norm.eps, red);
-        if (blockIdx.x == 0 && p.norm.out != nullptr) {
-          float* out = p.norm.out + (r0 + r) * p.norm.ldo;
-          for (int64_t i = threadIdx.x; i < p.in; i += blockDim.x) out[i] = xr[r].at(i);
-        }
       }
       if (!active) continue;
     }
@@ -727,18 +723,12 @@ __device__ __forceinline__ float route_score(const Route& p, const float* lg, fl
   return p.sigmoid ? 1.0f / (1.0f + expf(-lg[e])) : expf(lg[e] - mx) / sum;
 }
 
-__global__ void route_kernel(Route p) {
-  begin_after_prior_grids();
+// Token t's choice, by one warp, from its logits lg [E] (global or shared memory); sel and picks
+// are the warp's shared scratch [kMaxRouterExperts].
+__device__ __forceinline__ void route_token(const Route& p, const float* lg, int64_t t, float* sel,
+                                            int32_t* picks, int lane) {
   using dsv3::cuda::kWarpSelectPerLane;
-  __shared__ float sel_shared[kRouteWarps][kMaxRouterExperts];  // selection scores, or exps
-  __shared__ int32_t picks_shared[kRouteWarps][kMaxRouterExperts];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
-  if (t >= p.rows) return;  // whole warps
   const int experts = p.select.experts, k = p.select.k;
-  const float* lg = p.logits + t * experts;
-  float* sel = sel_shared[warp];
-  int32_t* picks = picks_shared[warp];
   float mx = 0.0f, sum = 1.0f;
   if (!p.sigmoid) dsv3::cuda::warp_softmax_terms(lg, experts, lane, sel, mx, sum);
   float sv[kWarpSelectPerLane];
@@ -761,6 +751,69 @@ __global__ void route_kernel(Route p) {
   float scale = p.scaling;
   if (p.norm_topk) scale /= (total + 1e-20f);
   for (int j = 0; j < k; ++j) gates[j] *= scale;
+}
+
+__global__ void route_kernel(Route p) {
+  begin_after_prior_grids();
+  __shared__ float sel_shared[kRouteWarps][kMaxRouterExperts];  // selection scores, or exps
+  __shared__ int32_t picks_shared[kRouteWarps][kMaxRouterExperts];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= p.rows) return;  // whole warps
+  route_token(p, p.logits + t * p.select.experts, t, sel_shared[warp], picks_shared[warp], lane);
+}
+
+// ---- router_step: the norm, the router's logits and the choice, one launch ----
+
+// Block (b, t): warp w computes logit 8 b + w of token t (gemv's sum of the normalised row); the
+// row's last block to finish (counted in arrived[t]) copies the logits past L1 and routes.
+template <bool kVec, bool kBf16>
+__global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) {
+  __shared__ float red[32];
+  __shared__ float lg[kMaxRouterExperts];
+  __shared__ float sel[kMaxRouterExperts];
+  __shared__ int32_t picks[kMaxRouterExperts];
+  __shared__ bool last;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int experts = p.route.select.experts;
+  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const bool active = o < experts;
+  const int64_t esize = kBf16 ? 2 : 4;
+  if (active)
+    dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.w) + o * p.in * esize, p.in * esize,
+                                 lane);
+  begin_after_prior_grids();
+  for (int64_t t = blockIdx.y; t < p.route.rows; t += gridDim.y) {
+    InputRow<true> xr[1];
+    xr[0].x = p.x + t * p.ldx;
+    xr[0].w = p.norm_w;
+    xr[0].inv = row_inv_rms(xr[0].x, p.in, p.eps, red);
+    if (blockIdx.x == 0)
+      for (int64_t i = threadIdx.x; i < p.in; i += blockDim.x) p.xn[t * p.in + i] = xr[0].at(i);
+    if (active) {
+      float acc[1];
+      row_dots<1, kVec, kBf16, true>(p.w, o * p.in, p.in, xr, lane, acc);
+      const float sum = warp_sum(acc[0]);
+      if (lane == 0) p.logits[t * experts + o] = sum;
+    }
+    // Release: every logit written, the barrier, thread 0's fence and count; acquire: the last
+    // block's thread 0 fences again before its threads read the others' logits.
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      last = atomicAdd(&p.arrived[t], 1u) == gridDim.x - 1;
+      if (last) __threadfence();
+    }
+    __syncthreads();
+    if (last) {  // the same for the whole block
+      for (int e = threadIdx.x; e < experts; e += blockDim.x) lg[e] = __ldcg(p.logits + t * experts + e);
+      __syncthreads();
+      if (warp == 0) route_token(p.route, lg, t, sel, picks, lane);
+      if (threadIdx.x == 0) p.arrived[t] = 0;  // for the next launch
+    }
+    __syncthreads();  // the next token reuses the shared arrays
+  }
 }
 
 // One thread per element of [rows, dim], spread over the whole GPU (a decode step has one row).
@@ -906,6 +959,21 @@ cudaError_t route(const Route& p, cudaStream_t s) {
     return cudaErrorInvalidValue;
   return launch_kernel(route_kernel, unsigned((p.rows + kRouteWarps - 1) / kRouteWarps),
                        kRouteWarps * 32, 0, s, p);
+}
+
+cudaError_t router_step(const RouterStep& p, cudaStream_t s) {
+  if (p.route.rows == 0) return cudaSuccess;
+  const ExpertSelection& sel = p.route.select;
+  if (sel.experts > kMaxRouterExperts || sel.experts < 1 || sel.groups > 64 || sel.groups < 1 ||
+      sel.k > sel.experts || p.in < 1)
+    return cudaErrorInvalidValue;
+  const bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && aligned16(p.x) && aligned16(p.norm_w) &&
+                   aligned16(p.w);
+  const dim3 grid(unsigned((sel.experts + kGemvWarps - 1) / kGemvWarps), y_blocks(p.route.rows));
+  if (vec && p.w_bf16) return launch_kernel(router_step_kernel<true, true>, grid, kRowThreads, 0, s, p);
+  if (vec) return launch_kernel(router_step_kernel<true, false>, grid, kRowThreads, 0, s, p);
+  if (p.w_bf16) return launch_kernel(router_step_kernel<false, true>, grid, kRowThreads, 0, s, p);
+  return launch_kernel(router_step_kernel<false, false>, grid, kRowThreads, 0, s, p);
 }
 
 cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* gates,

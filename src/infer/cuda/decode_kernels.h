@@ -47,9 +47,7 @@ class ProgrammaticLaunch {
 // A fused RMSNorm (norm.w set): the products read x[r, k] * inv_r * norm.w[k] instead of
 // x[r, k], inv_r = 1 / sqrt(mean(x[r, :in]^2) + eps) reduced in the block exactly as
 // rmsnorm_rows reduces it, so the result equals rmsnorm_rows then gemv bit for bit and the norm
-// costs no launch of its own. The first column block also writes the normalised rows to
-// norm.out ([rows, in], leading dimension ldo) when given, for later launches to read. Not
-// combined with a table, groups or x_row_div > 1.
+// costs no launch of its own. Not combined with a table, groups or x_row_div > 1.
 // A shared entry (a table and shared_w): rows come in groups of picks + 1 per token; slot
 // j < picks of token t uses table[table_idx[t * picks + j]] (up_table likewise), slot picks uses
 // shared_w (shared_up): the MoE layer's shared expert, when it has a routed expert's shape, in
@@ -57,8 +55,6 @@ class ProgrammaticLaunch {
 struct GemvNorm {
   const float* w = nullptr;
   float eps = 0.0f;
-  float* out = nullptr;
-  int64_t ldo = 0;
 };
 struct GemvSecond {
   const void* w = nullptr;
@@ -205,6 +201,26 @@ struct Route {
   float* gates = nullptr;
 };
 cudaError_t route(const Route& p, cudaStream_t s);
+
+// The MoE layer's router at decode, in one launch: xn[t, :] = RMSNorm(x[t, :in]; norm_w) (kept
+// for the experts), the logits [t, E] = W xn[t] (gemv's sums: W [E, in]) and route's choice from
+// them, into route.chosen and route.gates. The last of a token's blocks to finish its logits
+// (counted in arrived [rows], zero before the launch and again after it) routes it. Bit for bit
+// rmsnorm_rows, then gemv, then route. route.logits is not read: the logits go to `logits`.
+struct RouterStep {
+  const float* x = nullptr;
+  int64_t ldx = 0;
+  const float* norm_w = nullptr;
+  float eps = 0.0f;
+  float* xn = nullptr;  // [rows, in]
+  const void* w = nullptr;
+  bool w_bf16 = false;
+  int64_t in = 0;
+  float* logits = nullptr;     // [rows, E]
+  unsigned* arrived = nullptr;  // [rows]
+  Route route;                  // rows, selection, bias, scoring, chosen, gates
+};
+cudaError_t router_step(const RouterStep& p, cudaStream_t s);
 
 // The MoE layer's output added to the residual stream: residual[t, :] += v, where
 // v = shared[t, :] (the shared experts' output; zeros when null) plus, in order over j < k,

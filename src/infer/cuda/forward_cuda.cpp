@@ -13,8 +13,9 @@
 // the router chose for it), so no routing count comes back to the host; a prefill waits once
 // per MoE layer for the choices and runs one GEMM per expert over its rows.
 // On the GEMV path launches are fused wherever the result stays bit for bit the separate
-// kernels': each RMSNorm rides in the GEMV that reads it (the MoE's in the router's, which
-// stores it for the experts), gate, up and SwiGLU are one launch, q_a and kv_a another, the
+// kernels': each RMSNorm rides in the GEMV that reads it, the MoE's norm, router logits and
+// expert choice are one launch (which stores the norm for the experts), gate, up and SwiGLU are
+// one launch, q_a and kv_a another, the
 // latent cache write rides in the query absorption, a shared expert of a routed expert's shape
 // is one more slot of the routed experts' launches, and the down projections, the weighted
 // combination and the residual add are one launch; the output projection adds into the
@@ -295,6 +296,7 @@ class CudaForward final : public DeviceForward {
     int32_t *perm_rows, *slot_of;  // prefill's expert order: source row per slot, slot per pick
     int64_t* expert_offsets;       // prefill: each expert's first slot [E + 1]
     unsigned* attn_arrived;  // per (row, head): split blocks done (zero between launches)
+    unsigned* router_arrived;  // per row: router blocks done (zero between launches)
     uint16_t* xbf;
     // Inputs (device), uploaded per pass: cache addresses, ids, positions, capacities, the last
     // row of each chunk.
@@ -439,6 +441,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   take(b_.olat, n * h * r);
   take(b_.attn_partial, kSmallRows * h * gpu::kAttnSplits * (r + 2));  // split attention states
   take(b_.attn_arrived, kSmallRows * h);
+  take(b_.router_arrived, kSmallRows);
   take(b_.o, n * h * dv);
   take(b_.g, n * width);
   take(b_.u, n * width);
@@ -459,6 +462,8 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   for (const auto& set_pointer : bind) set_pointer(work_.get());
   check(cudaMemsetAsync(b_.attn_arrived, 0, size_t(kSmallRows * h) * sizeof(unsigned), nullptr),
         "inference on cuda: clearing the attention counts");
+  check(cudaMemsetAsync(b_.router_arrived, 0, size_t(kSmallRows) * sizeof(unsigned), nullptr),
+        "inference on cuda: clearing the router counts");
   // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
   inputs_bytes_ = size_t(n) * 8 + size_t(3 * n + nc) * 4;
   inputs_dev_ = DeviceBuffer(inputs_bytes_);
@@ -540,7 +545,7 @@ void CudaForward::ffn(const DFfn& f, const float* x, const float* norm, int64_t 
     gpu::Gemv p = gemv_of(x, n, d, f.gate, b_.g, width);
     p.up = f.up.p;
     p.swiglu = true;
-    p.norm = {norm, float(c_.rms_norm_eps), nullptr, 0};
+    p.norm = {norm, float(c_.rms_norm_eps)};
     launch(gpu::gemv(p, s_), "inference on cuda: gate/up gemv");
   }
   linear(b_.g, n, width, f.down, out, d, accumulate);
@@ -548,14 +553,6 @@ void CudaForward::ffn(const DFfn& f, const float* x, const float* norm, int64_t 
 
 void CudaForward::moe(const DLayer& l, int64_t n) {
   const int64_t d = c_.hidden_size, e = c_.n_routed_experts;
-  if (gemv_pass(n)) {  // the norm in the router's launch, which also stores it for the experts
-    gpu::Gemv p = gemv_of(b_.x, n, d, l.router, b_.router, e);
-    p.norm = {l.post_norm, float(c_.rms_norm_eps), b_.xn, d};
-    launch(gpu::gemv(p, s_), "inference on cuda: norm and router gemv");
-  } else {
-    rmsnorm(b_.x, l.post_norm, n, b_.xn);
-    linear(b_.xn, n, d, l.router, b_.router, e);
-  }
   gpu::Route r;
   r.logits = b_.router;
   r.bias = l.router_bias;
@@ -566,11 +563,27 @@ void CudaForward::moe(const DLayer& l, int64_t n) {
   r.scaling = float(c_.routed_scaling_factor);
   r.chosen = b_.chosen;
   r.gates = b_.gates;
-  launch(gpu::route(r, s_), "inference on cuda: router");
-  if (gemv_pass(n)) {
+  if (gemv_pass(n)) {  // the norm (stored for the experts), the logits and the choice: one launch
+    DSV3_CHECK(n <= kSmallRows, "inference on cuda: a router pass of {} rows", n);
+    gpu::RouterStep rs;
+    rs.x = b_.x;
+    rs.ldx = d;
+    rs.norm_w = l.post_norm;
+    rs.eps = float(c_.rms_norm_eps);
+    rs.xn = b_.xn;
+    rs.w = l.router.p;
+    rs.w_bf16 = l.router.bf16;
+    rs.in = d;
+    rs.logits = b_.router;
+    rs.arrived = b_.router_arrived;
+    rs.route = r;
+    launch(gpu::router_step(rs, s_), "inference on cuda: norm, router and expert choice");
     routed_experts_gemv(l, n);
     return;
   }
+  rmsnorm(b_.x, l.post_norm, n, b_.xn);
+  linear(b_.xn, n, d, l.router, b_.router, e);
+  launch(gpu::route(r, s_), "inference on cuda: router");
   // The shared experts' output, to which the routed experts' weighted rows are added.
   if (l.has_shared) ffn(l.shared, b_.xn, nullptr, n, b_.sub, false);
   routed_experts_grouped(l, n);
@@ -703,14 +716,14 @@ void CudaForward::attention(const DAttn& a, const float* input_norm, int cache_l
   } else {
     gpu::Gemv p = gemv_of(b_.x, n, d, q_first, q_out, q_first.rows);
     p.second = {a.kv_a.p, w, b_.kv_a, w};
-    p.norm = {input_norm, eps, nullptr, 0};
+    p.norm = {input_norm, eps};
     launch(gpu::gemv(p, s_), "inference on cuda: norm and query/kv_a gemv");
   }
   if (c_.q_lora_rank) {
     const int64_t qr = *c_.q_lora_rank;
     if (gemv_pass(n)) {  // the q norm in q_b's launch
       gpu::Gemv p = gemv_of(b_.qa, n, qr, a.q_b, b_.q, h * dq);
-      p.norm = {a.q_a_norm, eps, nullptr, 0};
+      p.norm = {a.q_a_norm, eps};
       launch(gpu::gemv(p, s_), "inference on cuda: q norm and q_b gemv");
     } else {
       launch(gpu::rmsnorm_rows(b_.qa, qr, a.q_a_norm, n, qr, eps, b_.qa, qr, s_),
