@@ -63,6 +63,9 @@ for stage in "${stages[@]}"; do
           --optimizer "$f"
         run_stage "parity_bf16_grouped_kernel_$(basename "$f")" env DSV3_GROUPED_GEMM=kernel \
           "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
+        # The decode checks with the steps captured by programmatic dependent launch.
+        run_stage "parity_bf16_pdl_$(basename "$f")" env DSV3_CUDA_PDL=1 \
+          "$DSV3" parity --device cuda --precision bf16 "$f"
       done
       ;;
     bench)

@@ -13,14 +13,14 @@
 // the router chose for it), so no routing count comes back to the host; a prefill waits once
 // per MoE layer for the choices and runs one GEMM per expert over its rows.
 // On the GEMV path launches are fused wherever the result stays bit for bit the separate
-// kernels': each RMSNorm rides in the GEMV that reads it, the MoE's norm, router logits and
-// expert choice are one launch (which stores the norm for the experts), gate, up and SwiGLU are
-// one launch, q_a and kv_a another, the
-// latent cache write rides in the query absorption, a shared expert of a routed expert's shape
-// is one more slot of the routed experts' launches, and the down projections, the weighted
-// combination and the residual add are one launch; the output projection adds into the
-// residual stream itself. Every launch of a decode step costs a few microseconds of ramp and
-// drain whatever it does (tests/cuda_emulation/test_decode_launches.cpp counts them).
+// kernels': each RMSNorm rides in the GEMV that reads it; the MoE's norm, router logits and
+// expert choice are one launch (which stores the norm for the experts); gate, up and SwiGLU are
+// one launch, q_a and kv_a another; the latent cache write rides in the query absorption; a
+// shared expert of a routed expert's shape is one more slot of the routed experts' launches;
+// the down projections, the weighted combination and the residual add are one launch; the
+// output projection adds into the residual stream itself. Every launch of a decode step costs
+// a few microseconds of ramp and drain whatever it does
+// (tests/cuda_emulation/test_decode_launches.cpp counts them).
 //
 // CUDA graphs: a one-token pass of one sequence (a decode step) is the same launches at every
 // position, so it is captured once per (depth, logits or not, cache dtype) and replayed; the
