@@ -110,5 +110,8 @@ void scale_inplace(Tensor&, float) { unavailable("scale_inplace"); }
 void adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamWScalars&) {
   unavailable("adamw_update");
 }
+void adamw_update_all(const std::vector<ops::AdamWTensors>&, const ops::AdamWScalars&) {
+  unavailable("adamw_update_all");
+}
 
 }  // namespace dsv3::cuda_ops

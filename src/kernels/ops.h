@@ -185,6 +185,16 @@ struct AdamWScalars {
 // With gc = g * clip_scale: m = b1 m + (1 - b1) gc; v = b2 v + (1 - b2) gc^2;
 // p = p decay - step_size m / (sqrt(v) inv_sqrt_bc2 + eps). p, m, v updated in place.
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWScalars& s);
+// adamw_update for every tensor of a model, each with its own decay (s.decay is not read): the
+// same values bit for bit, in one launch on a GPU instead of one per tensor.
+struct AdamWTensors {
+  Tensor* p;
+  const Tensor* g;
+  Tensor* m;
+  Tensor* v;
+  float decay;
+};
+void adamw_update_all(const std::vector<AdamWTensors>& ts, const AdamWScalars& s);
 
 }  // namespace dsv3::ops
 

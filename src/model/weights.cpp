@@ -1,7 +1,9 @@
 #include "model/weights.h"
 
 #include <cmath>
+#include <memory>
 #include <random>
+#include <vector>
 
 #include "kernels/ops.h"
 #include "model/safetensors.h"
@@ -93,9 +95,20 @@ void ModelWeights::register_all() {
 
 void ModelWeights::to_device(Device device) {
   if (device == this->device()) return;
+  // The gradients: views into one zeroed block, each at a 256-byte boundary.
+  std::vector<size_t> offsets;
+  size_t total = 0;
   for (auto& np : params_) {
-    np.param->value = np.param->value.to(device);
-    np.param->grad = Tensor::zeros(np.param->value.shape(), DType::F32, device);
+    offsets.push_back(total);
+    total += (size_t(np.param->value.numel()) * sizeof(float) + 255) / 256 * 256;
+  }
+  grad_block_ = Tensor::zeros({int64_t(total / sizeof(float))}, DType::F32, device);
+  const auto keep = std::make_shared<Tensor>(grad_block_);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Param& p = *params_[i].param;
+    p.value = p.value.to(device);
+    p.grad = Tensor::view(static_cast<char*>(grad_block_.data()) + offsets[i], p.value.shape(),
+                          DType::F32, device, keep);
   }
   if (compute_dtype_ != DType::F32) set_compute_dtype(compute_dtype_);  // copies on the device
 }
@@ -128,6 +141,7 @@ void ModelWeights::to_float64() {
     v = wide;
     np.param->grad = Tensor::zeros(v.shape(), DType::F64);
   }
+  grad_block_ = Tensor();  // the gradients are their own tensors again
 }
 
 void ModelWeights::refresh_compute() {
@@ -228,6 +242,10 @@ std::vector<std::pair<std::string, Tensor>> ModelWeights::named_grads() const {
 }
 
 void ModelWeights::zero_grads() {
+  if (grad_block_.defined()) {  // every gradient in one allocation
+    grad_block_.zero_();
+    return;
+  }
   for (auto& np : params_) np.param->grad.zero_();
 }
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "kernels/ops.h"
 
@@ -48,17 +49,22 @@ void AdamW::step(const AdamWSettings& s, double lr, double norm) {
   const double bc2 = 1.0 - std::pow(s.beta2, double(step_));
   // The per-tensor constants in double, rounded once to the float32 the update runs in.
   ops::AdamWScalars k;
+  k.decay = 1.0f;  // each tensor's own, below
   k.b1 = float(s.beta1);
   k.b2 = float(s.beta2);
   k.clip_scale = float(clip_scale);
   k.step_size = float(lr / bc1);
   k.inv_sqrt_bc2 = float(1.0 / std::sqrt(bc2));
   k.eps = float(s.eps);
+  // Every tensor in one call (one launch on a GPU), each with its own decay.
+  const float decay = float(1.0 - lr * s.weight_decay);
   auto& params = w_.params();
-  for (size_t t = 0; t < params.size(); ++t) {
-    k.decay = params[t].decay ? float(1.0 - lr * s.weight_decay) : 1.0f;
-    ops::adamw_update(params[t].param->value, params[t].param->grad, m_[t], v_[t], k);
-  }
+  std::vector<ops::AdamWTensors> all;
+  all.reserve(params.size());
+  for (size_t t = 0; t < params.size(); ++t)
+    all.push_back({&params[t].param->value, &params[t].param->grad, &m_[t], &v_[t],
+                   params[t].decay ? decay : 1.0f});
+  ops::adamw_update_all(all, k);
 }
 
 void update_balance_bias(Tensor& bias, const Tensor& load, double gamma) {

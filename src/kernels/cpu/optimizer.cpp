@@ -66,4 +66,15 @@ void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const AdamWS
   }
 }
 
+void adamw_update_all(const std::vector<AdamWTensors>& ts, const AdamWScalars& s) {
+  if (!ts.empty() && ts.front().p->device() == Device::CUDA &&
+      ts.front().p->dtype() == DType::F32)
+    return cuda_ops::adamw_update_all(ts, s);
+  for (const AdamWTensors& t : ts) {
+    AdamWScalars k = s;
+    k.decay = t.decay;
+    adamw_update(*t.p, *t.g, *t.m, *t.v, k);
+  }
+}
+
 }  // namespace dsv3::ops

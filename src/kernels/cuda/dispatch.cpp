@@ -877,17 +877,32 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
 // ---- Optimizer ----
 
 namespace {
-// acc + every tensor's block partials, copied back once and added on the host in order (tensor
-// by tensor, block by block): deterministic, and the same sums whichever entry point is used.
+// A host table copied into stream-ordered scratch (the copy stages pageable memory before it
+// returns, so `rows` may go once this does).
+template <typename T>
+void upload_table(const std::vector<T>& rows, const Scratch& dev, const char* op) {
+  check(cudaMemcpyAsync(dev.as<T>(), rows.data(), rows.size() * sizeof(T), cudaMemcpyHostToDevice,
+                        stream()),
+        op);
+}
+
+// acc + every tensor's block partials (one launch for all tensors), copied back once and added
+// on the host in order (tensor by tensor, block by block): deterministic, and the same sums
+// whichever entry point is used.
 double add_sum_squares(const std::vector<const Tensor*>& gs, double acc, const char* op) {
   const size_t blocks = cuda::kSumSquaresBlocks;
   Scratch partial(std::max<size_t>(gs.size(), 1) * blocks * sizeof(double), op);
-  for (size_t t = 0; t < gs.size(); ++t) {
-    need_device(*gs[t], op, "g");
-    check(cuda::sum_squares({gs[t]->f32(), partial.as<double>() + t * blocks, gs[t]->numel()},
-                            stream()),
-          op);
+  std::vector<cuda::SumSquaresTensor> table;
+  for (const Tensor* g : gs) {
+    need_device(*g, op, "g");
+    table.push_back({g->f32(), g->numel()});
   }
+  Scratch table_dev(std::max<size_t>(table.size(), 1) * sizeof(cuda::SumSquaresTensor), op);
+  upload_table(table, table_dev, op);
+  check(cuda::sum_squares_all({table_dev.as<cuda::SumSquaresTensor>(), partial.as<double>(),
+                               int64_t(table.size())},
+                              stream()),
+        op);
   std::vector<double> host(gs.size() * blocks);
   check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
                    cudaMemcpyDeviceToHost),
@@ -921,6 +936,34 @@ void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::A
                             s.clip_scale, s.step_size, s.inv_sqrt_bc2, s.eps},
                            stream()),
         "adamw_update");
+}
+
+void adamw_update_all(const std::vector<ops::AdamWTensors>& ts, const ops::AdamWScalars& s) {
+  const char* op = "adamw_update_all";
+  std::vector<cuda::AdamWTensor> tensors;
+  std::vector<cuda::AdamWChunk> chunks;
+  for (const ops::AdamWTensors& t : ts) {
+    need_devices(op, {t.p, t.g, t.m, t.v});
+    const int64_t n = t.p->numel();
+    DSV3_CHECK(t.g->numel() == n && t.m->numel() == n && t.v->numel() == n,
+               "{}: p {}, g {}, m {}, v {} differ in size", op, t.p->shape().str(),
+               t.g->shape().str(), t.m->shape().str(), t.v->shape().str());
+    DSV3_CHECK(tensors.size() < size_t(INT32_MAX), "{}: too many tensors", op);
+    const int32_t index = int32_t(tensors.size());
+    tensors.push_back({t.p->f32(), t.g->f32(), t.m->f32(), t.v->f32(), t.decay});
+    for (int64_t b = 0; b < n; b += cuda::kAdamWChunk)
+      chunks.push_back({index, b, std::min(n, b + cuda::kAdamWChunk)});
+  }
+  if (chunks.empty()) return;
+  Scratch tensors_dev(tensors.size() * sizeof(cuda::AdamWTensor), op);
+  Scratch chunks_dev(chunks.size() * sizeof(cuda::AdamWChunk), op);
+  upload_table(tensors, tensors_dev, op);
+  upload_table(chunks, chunks_dev, op);
+  check(cuda::adamw_update_all({tensors_dev.as<cuda::AdamWTensor>(), chunks_dev.as<cuda::AdamWChunk>(),
+                                int64_t(chunks.size()), s.b1, s.b2, s.clip_scale, s.step_size,
+                                s.inv_sqrt_bc2, s.eps},
+                               stream()),
+        op);
 }
 
 }  // namespace dsv3::cuda_ops

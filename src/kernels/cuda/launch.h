@@ -70,5 +70,7 @@ cudaError_t moe_permute(const MoePermute& p, cudaStream_t stream);
 cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream);
 cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream);
 cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream);
+cudaError_t sum_squares_all(const SumSquaresAll& p, cudaStream_t stream);
+cudaError_t adamw_update_all(const AdamWUpdateAll& p, cudaStream_t stream);
 
 }  // namespace dsv3::cuda

@@ -84,5 +84,6 @@ double sum_squares(const Tensor& g, double acc);
 double sum_squares_all(const std::vector<const Tensor*>& gs);
 void scale_inplace(Tensor& x, float factor);
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s);
+void adamw_update_all(const std::vector<ops::AdamWTensors>& ts, const ops::AdamWScalars& s);
 
 }  // namespace dsv3::cuda_ops

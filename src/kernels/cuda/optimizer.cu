@@ -9,21 +9,39 @@ namespace {
 // The grid is always kSumSquaresBlocks x kSumSquaresThreads, whatever n and the GPU: each
 // thread's elements, each block's tree and so the partials are fixed, and the host adds the
 // partials in order. float64 throughout: the norm of ~1e9 squares keeps its digits.
-__global__ void sum_squares_kernel(SumSquares p) {
-  __shared__ double part[kSumSquaresThreads];
+// Block `block` of the fixed kSumSquaresBlocks grid over x[0, n): its partial, to thread 0.
+__device__ __forceinline__ double block_sum_squares(const float* x, int64_t n, int64_t block,
+                                                    double* part) {
   double acc = 0.0;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const double x = p.x[i];
-    acc += x * x;
+  for (int64_t i = block * kSumSquaresThreads + threadIdx.x; i < n;
+       i += int64_t(kSumSquaresBlocks) * kSumSquaresThreads) {
+    const double v = x[i];
+    acc += v * v;
   }
   part[threadIdx.x] = acc;
   __syncthreads();
   for (int s = kSumSquaresThreads / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+    if (int(threadIdx.x) < s) part[threadIdx.x] += part[threadIdx.x + s];
     __syncthreads();
   }
-  if (threadIdx.x == 0) p.partial[blockIdx.x] = part[0];
+  return part[0];
+}
+
+__global__ void sum_squares_kernel(SumSquares p) {
+  __shared__ double part[kSumSquaresThreads];
+  const double total = block_sum_squares(p.x, p.n, blockIdx.x, part);
+  if (threadIdx.x == 0) p.partial[blockIdx.x] = total;
+}
+
+// Grid (kSumSquaresBlocks, tensors): each block's partial is sum_squares_kernel's.
+__global__ void sum_squares_all_kernel(SumSquaresAll p) {
+  __shared__ double part[kSumSquaresThreads];
+  for (int64_t t = blockIdx.y; t < p.count; t += gridDim.y) {
+    const SumSquaresTensor x = p.tensors[t];
+    const double total = block_sum_squares(x.x, x.n, blockIdx.x, part);
+    if (threadIdx.x == 0) p.partial[t * kSumSquaresBlocks + blockIdx.x] = total;
+    __syncthreads();  // part is written again for the next tensor
+  }
 }
 
 __global__ void scale_inplace_kernel(ScaleInplace p) {
@@ -32,15 +50,31 @@ __global__ void scale_inplace_kernel(ScaleInplace p) {
     p.x[i] *= p.factor;
 }
 
+// Element i of one AdamW update: the CPU's formula (kernels/cpu/optimizer.cpp).
+template <typename S>
+__device__ __forceinline__ void adamw_element(float* param, const float* grad, float* m, float* v,
+                                              int64_t i, float decay, const S& a) {
+  const float gi = grad[i] * a.clip_scale;
+  const float mi = a.b1 * m[i] + (1.0f - a.b1) * gi;
+  const float vi = a.b2 * v[i] + (1.0f - a.b2) * gi * gi;
+  m[i] = mi;
+  v[i] = vi;
+  param[i] = param[i] * decay - a.step_size * mi / (sqrtf(vi) * a.inv_sqrt_bc2 + a.eps);
+}
+
 __global__ void adamw_update_kernel(AdamWUpdate a) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.n;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const float gi = a.grad[i] * a.clip_scale;
-    const float mi = a.b1 * a.m[i] + (1.0f - a.b1) * gi;
-    const float vi = a.b2 * a.v[i] + (1.0f - a.b2) * gi * gi;
-    a.m[i] = mi;
-    a.v[i] = vi;
-    a.param[i] = a.param[i] * a.decay - a.step_size * mi / (sqrtf(vi) * a.inv_sqrt_bc2 + a.eps);
+       i += int64_t(gridDim.x) * blockDim.x)
+    adamw_element(a.param, a.grad, a.m, a.v, i, a.decay, a);
+}
+
+// One block per chunk (grid-striding over the chunks past the grid).
+__global__ void adamw_update_all_kernel(AdamWUpdateAll a) {
+  for (int64_t c = blockIdx.x; c < a.count; c += gridDim.x) {
+    const AdamWChunk ch = a.chunks[c];
+    const AdamWTensor t = a.tensors[ch.tensor];
+    for (int64_t i = ch.begin + threadIdx.x; i < ch.end; i += blockDim.x)
+      adamw_element(t.param, t.grad, t.m, t.v, i, t.decay, a);
   }
 }
 
@@ -61,6 +95,20 @@ cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream) {
 cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
   adamw_update_kernel<<<grid_for(p.n, 256), 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t sum_squares_all(const SumSquaresAll& p, cudaStream_t stream) {
+  if (p.count == 0) return cudaSuccess;
+  const dim3 grid(kSumSquaresBlocks, unsigned(p.count < 65535 ? p.count : 65535));
+  sum_squares_all_kernel<<<grid, kSumSquaresThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t adamw_update_all(const AdamWUpdateAll& p, cudaStream_t stream) {
+  if (p.count == 0) return cudaSuccess;
+  const int64_t blocks = p.count < (int64_t(1) << 30) ? p.count : (int64_t(1) << 30);
+  adamw_update_all_kernel<<<unsigned(blocks), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -319,6 +319,18 @@ struct SumSquares {
   int64_t n;
 };
 
+// The same partials for many tensors in one launch: block (b, t) writes partial[t][b], exactly
+// what sum_squares with blockIdx.x = b writes for tensor t.
+struct SumSquaresTensor {
+  const float* x;
+  int64_t n;
+};
+struct SumSquaresAll {
+  const SumSquaresTensor* tensors;  // [count], device memory
+  double* partial;                  // [count][kSumSquaresBlocks]
+  int64_t count;
+};
+
 // x[i] *= factor
 struct ScaleInplace {
   float* x;
@@ -334,6 +346,28 @@ struct AdamWUpdate {
   float* v;           // [n] second moment
   int64_t n;
   float decay, b1, b2, clip_scale, step_size, inv_sqrt_bc2, eps;
+};
+
+// AdamW over many tensors in one launch: chunk c updates elements [begin, end) of tensor
+// tensor[c] with that tensor's decay and the shared scalars (the element arithmetic is
+// adamw_update's).
+struct AdamWTensor {
+  float* param;
+  const float* grad;
+  float* m;
+  float* v;
+  float decay;
+};
+struct AdamWChunk {
+  int32_t tensor;
+  int64_t begin, end;
+};
+constexpr int64_t kAdamWChunk = 1 << 16;  // elements per block
+struct AdamWUpdateAll {
+  const AdamWTensor* tensors;  // device memory
+  const AdamWChunk* chunks;    // [count], device memory
+  int64_t count;
+  float b1, b2, clip_scale, step_size, inv_sqrt_bc2, eps;
 };
 
 }  // namespace dsv3::cuda
