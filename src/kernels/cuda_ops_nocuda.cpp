@@ -65,6 +65,9 @@ void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) {
 }
 void add_inplace(Tensor&, const Tensor&) { unavailable("add_inplace"); }
 void convert(const Tensor&, Tensor&) { unavailable("convert"); }
+void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>&) {
+  unavailable("f32_to_bf16_all");
+}
 void tokens_to_heads(const float*, float*, const ops::HeadCopy&) { unavailable("tokens_to_heads"); }
 void heads_to_tokens(const float*, float*, const ops::HeadCopy&, bool) {
   unavailable("heads_to_tokens");

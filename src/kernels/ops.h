@@ -109,6 +109,9 @@ void add_inplace(Tensor& y, const Tensor& x);  // y += x
 // dst = src converted between float32 and bfloat16 (round to nearest even; NaN stays NaN),
 // or copied when the dtypes match. Same element count, same device.
 void convert(const Tensor& src, Tensor& dst);
+// convert for each (src, dst) pair: the same values, with the float32 -> BF16 pairs of a GPU in
+// one launch (a model's BF16 weight copies after each optimizer step).
+void convert_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs);
 void scale_inplace(Tensor& x, float factor);  // x *= factor
 
 // ---- MoE data movement (kernels/cpu/moe.cpp) ----

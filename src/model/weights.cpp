@@ -145,8 +145,10 @@ void ModelWeights::to_float64() {
 }
 
 void ModelWeights::refresh_compute() {
+  std::vector<std::pair<const Tensor*, Tensor*>> copies;  // one launch on a GPU
   for (auto& np : params_)
-    if (np.param->compute.defined()) ops::convert(np.param->value, np.param->compute);
+    if (np.param->compute.defined()) copies.push_back({&np.param->value, &np.param->compute});
+  ops::convert_all(copies);
 }
 
 void ModelWeights::init_random(uint64_t seed, float std) {

@@ -1,9 +1,11 @@
 // A model's weights on the device (ModelWeights::to_device): every gradient is its own region
 // of the one gradient allocation (no two overlap, each as large as its parameter), and
 // zero_grads clears them all. The optimizer's one-launch update over every tensor
-// (ops::adamw_update_all) gives what one adamw_update per tensor gives, bit for bit.
+// (ops::adamw_update_all) gives what one adamw_update per tensor gives, bit for bit, and so
+// does the one-launch conversion of the BF16 weight copies (ops::convert_all).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <random>
 #include <string>
@@ -91,6 +93,37 @@ TEST(CudaWeights, AdamWOverAllTensorsEqualsOneUpdatePerTensor) {
       ASSERT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << "tensor " << i;
     }
   }
+}
+
+TEST(CudaWeights, ConvertAllEqualsOneConversionPerTensor) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(23);
+  const std::vector<int64_t> sizes = {1, 65536, 65537, 0, 150001};
+  std::vector<Tensor> src, one, all;
+  for (int64_t n : sizes) {
+    Tensor h = random_host(n, rng, -3, 3);
+    if (n > 2) h.f32()[2] = std::nanf("");  // NaN stays NaN
+    src.push_back(h.to(Device::CUDA));
+    one.push_back(Tensor::zeros({n}, DType::BF16, Device::CUDA));
+    all.push_back(Tensor::zeros({n}, DType::BF16, Device::CUDA));
+  }
+  // A pair that is not float32 -> BF16 takes convert's own path inside convert_all.
+  Tensor back_one = Tensor::zeros({sizes[1]}, DType::F32, Device::CUDA);
+  Tensor back_all = Tensor::zeros({sizes[1]}, DType::F32, Device::CUDA);
+  std::vector<std::pair<const Tensor*, Tensor*>> pairs;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    ops::convert(src[i], one[i]);
+    pairs.push_back({&src[i], &all[i]});
+  }
+  ops::convert(one[1], back_one);
+  ops::convert_all(pairs);
+  ops::convert_all({{&all[1], &back_all}});
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const Tensor a = one[i].to(Device::CPU), b = all[i].to(Device::CPU);
+    ASSERT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0) << "tensor " << i;
+  }
+  const Tensor a = back_one.to(Device::CPU), b = back_all.to(Device::CPU);
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.nbytes()), 0);
 }
 
 }  // namespace

@@ -52,6 +52,18 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
   }
 }
 
+void convert_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs) {
+  std::vector<std::pair<const Tensor*, Tensor*>> on_device;
+  for (const auto& [src, dst] : pairs) {
+    if (src->device() == Device::CUDA && dst->device() == Device::CUDA &&
+        src->dtype() == DType::F32 && dst->dtype() == DType::BF16)
+      on_device.push_back({src, dst});
+    else
+      convert(*src, *dst);
+  }
+  if (!on_device.empty()) cuda_ops::f32_to_bf16_all(on_device);
+}
+
 void convert(const Tensor& src, Tensor& dst) {
   if (src.device() == Device::CUDA || dst.device() == Device::CUDA)
     return cuda_ops::convert(src, dst);

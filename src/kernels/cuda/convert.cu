@@ -21,12 +21,28 @@ __global__ void f32_to_bf16_kernel(const float* x, __nv_bfloat16* y, int64_t n) 
     y[i] = __float2bfloat16_rn(x[i]);
 }
 
+// One block per chunk (grid-striding over the chunks past the grid).
+__global__ void f32_to_bf16_chunks_kernel(const ConvertChunk* chunks, int64_t count) {
+  for (int64_t c = blockIdx.x; c < count; c += gridDim.x) {
+    const ConvertChunk ch = chunks[c];
+    __nv_bfloat16* y = reinterpret_cast<__nv_bfloat16*>(ch.dst);
+    for (int64_t i = threadIdx.x; i < ch.n; i += blockDim.x) y[i] = __float2bfloat16_rn(ch.src[i]);
+  }
+}
+
 }  // namespace
 
 cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   bf16_to_f32_kernel<<<grid_for(n, 256), 256, 0, stream>>>(
       reinterpret_cast<const __nv_bfloat16*>(x), y, n);
+  return cudaGetLastError();
+}
+
+cudaError_t f32_to_bf16_chunks(const ConvertChunk* chunks, int64_t count, cudaStream_t stream) {
+  if (count == 0) return cudaSuccess;
+  const int64_t blocks = count < (int64_t(1) << 30) ? count : (int64_t(1) << 30);
+  f32_to_bf16_chunks_kernel<<<unsigned(blocks), 256, 0, stream>>>(chunks, count);
   return cudaGetLastError();
 }
 

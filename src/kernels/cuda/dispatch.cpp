@@ -49,6 +49,15 @@ class Scratch {
   void* p_ = nullptr;
 };
 
+// A host table copied into stream-ordered scratch (the copy stages pageable memory before it
+// returns, so `rows` may go once this does).
+template <typename T>
+void upload_table(const std::vector<T>& rows, const Scratch& dev, const char* op) {
+  check(cudaMemcpyAsync(dev.as<T>(), rows.data(), rows.size() * sizeof(T), cudaMemcpyHostToDevice,
+                        stream()),
+        op);
+}
+
 // An output the kernel writes as float32, or as BF16 (rounded to nearest even) when the tensor
 // is BF16: in mixed precision the activations that only BF16 GEMMs read are stored that way,
 // which the GEMM's own rounding of a float32 operand would give bit for bit.
@@ -722,6 +731,26 @@ void convert(const Tensor& src, Tensor& dst) {
   }
 }
 
+void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs) {
+  const char* op = "convert_all";
+  std::vector<cuda::ConvertChunk> chunks;
+  for (const auto& [src, dst] : pairs) {
+    need_device(*src, op, "src");
+    need_device(*dst, op, "dst");
+    DSV3_CHECK(src->numel() == dst->numel(), "{}: {} into {}", op, src->shape().str(),
+               dst->shape().str());
+    const int64_t n = src->numel();
+    for (int64_t b = 0; b < n; b += cuda::kConvertChunk)
+      chunks.push_back({src->f32() + b, dst->bf16() + b, std::min(cuda::kConvertChunk, n - b)});
+  }
+  if (chunks.empty()) return;
+  Scratch chunks_dev(chunks.size() * sizeof(cuda::ConvertChunk), op);
+  upload_table(chunks, chunks_dev, op);
+  check(cuda::f32_to_bf16_chunks(chunks_dev.as<cuda::ConvertChunk>(), int64_t(chunks.size()),
+                                 stream()),
+        op);
+}
+
 void add_inplace(Tensor& y, const Tensor& x) {
   need_device(y, "add_inplace", "y");
   need_device(x, "add_inplace", "x");
@@ -877,15 +906,6 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
 // ---- Optimizer ----
 
 namespace {
-// A host table copied into stream-ordered scratch (the copy stages pageable memory before it
-// returns, so `rows` may go once this does).
-template <typename T>
-void upload_table(const std::vector<T>& rows, const Scratch& dev, const char* op) {
-  check(cudaMemcpyAsync(dev.as<T>(), rows.data(), rows.size() * sizeof(T), cudaMemcpyHostToDevice,
-                        stream()),
-        op);
-}
-
 // acc + every tensor's block partials (one launch for all tensors), copied back once and added
 // on the host in order (tensor by tensor, block by block): deterministic, and the same sums
 // whichever entry point is used.

@@ -71,6 +71,7 @@ cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream);
 cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream);
 cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream);
 cudaError_t sum_squares_all(const SumSquaresAll& p, cudaStream_t stream);
+cudaError_t f32_to_bf16_chunks(const ConvertChunk* chunks, int64_t count, cudaStream_t stream);
 cudaError_t adamw_update_all(const AdamWUpdateAll& p, cudaStream_t stream);
 
 }  // namespace dsv3::cuda

@@ -54,6 +54,8 @@ void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Te
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 void add_inplace(Tensor& y, const Tensor& x);
 void convert(const Tensor& src, Tensor& dst);
+// float32 -> BF16 for every pair, in one launch.
+void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs);
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
 void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,

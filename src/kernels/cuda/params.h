@@ -306,6 +306,16 @@ struct MoePermute {
   int64_t assignments, k, experts;
 };
 
+// ---- Conversions ----
+
+// float32 -> BF16 over many buffers in one launch: block c converts chunk c.
+struct ConvertChunk {
+  const float* src;
+  uint16_t* dst;
+  int64_t n;
+};
+constexpr int64_t kConvertChunk = 1 << 16;  // elements per chunk (the last of a buffer: fewer)
+
 // ---- Optimizer ----
 
 // partial[b] = sum of x[i]^2 (float64) over the elements that block b of a fixed grid of
