@@ -243,6 +243,15 @@ std::vector<std::pair<std::string, Tensor>> ModelWeights::named_grads() const {
   return split_named(params_, true);
 }
 
+void ModelWeights::scale_grads(float factor) {
+  if (factor == 1.0f) return;  // x * 1 is x
+  if (grad_block_.defined()) {  // the padding between gradients is zeros, and stays so
+    ops::scale_inplace(grad_block_, factor);
+    return;
+  }
+  for (auto& np : params_) ops::scale_inplace(np.param->grad, factor);
+}
+
 void ModelWeights::zero_grads() {
   if (grad_block_.defined()) {  // every gradient in one allocation
     grad_block_.zero_();

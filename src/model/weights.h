@@ -94,6 +94,8 @@ class ModelWeights {
   std::vector<NamedParam>& params() { return params_; }
   std::vector<std::pair<std::string, Tensor*>>& biases() { return biases_; }
   void zero_grads();
+  // Every gradient *= factor (nothing to do for 1; one launch over the block on a device).
+  void scale_grads(float factor);
   // Moves every parameter and its gradient to `device` (the correction biases stay on the host,
   // where routing runs); nothing happens when they are there already. The Param objects stay
   // where they are; their tensors are replaced (gradients start at zero, in one allocation).

@@ -38,9 +38,7 @@ double AdamW::step(const AdamWSettings& s, double lr) {
   return norm;
 }
 
-void AdamW::scale_grads(float factor) {
-  for (auto& p : w_.params()) ops::scale_inplace(p.param->grad, factor);
-}
+void AdamW::scale_grads(float factor) { w_.scale_grads(factor); }
 
 void AdamW::step(const AdamWSettings& s, double lr, double norm) {
   const double clip_scale = s.clip > 0 ? std::min(1.0, s.clip / (norm + 1e-6)) : 1.0;

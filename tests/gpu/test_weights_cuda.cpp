@@ -1,6 +1,6 @@
 // A model's weights on the device (ModelWeights::to_device): every gradient is its own region
 // of the one gradient allocation (no two overlap, each as large as its parameter), and
-// zero_grads clears them all. The optimizer's one-launch update over every tensor
+// scale_grads and zero_grads reach them all. The optimizer's one-launch update over every tensor
 // (ops::adamw_update_all) gives what one adamw_update per tensor gives, bit for bit, and so
 // does the one-launch conversion of the BF16 weight copies (ops::convert_all).
 #include <gtest/gtest.h>
@@ -44,6 +44,12 @@ TEST(CudaWeights, GradientsAreDisjointAndZeroedTogether) {
     const Tensor back = params[i].param->grad.to(Device::CPU);
     for (int64_t j = 0; j < back.numel(); ++j)
       ASSERT_EQ(back.f32()[j], float(i + 1)) << params[i].name << " element " << j;
+  }
+  w.scale_grads(0.5f);  // one launch over the block
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor back = params[i].param->grad.to(Device::CPU);
+    for (int64_t j = 0; j < back.numel(); ++j)
+      ASSERT_EQ(back.f32()[j], 0.5f * float(i + 1)) << params[i].name << " element " << j;
   }
   w.zero_grads();
   for (const auto& np : params) {
