@@ -63,8 +63,8 @@ for stage in "${stages[@]}"; do
           --optimizer "$f"
         run_stage "parity_bf16_grouped_kernel_$(basename "$f")" env DSV3_GROUPED_GEMM=kernel \
           "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
-        # The decode checks with the steps captured by programmatic dependent launch.
-        run_stage "parity_bf16_pdl_$(basename "$f")" env DSV3_CUDA_PDL=1 \
+        # The decode checks with the steps captured without programmatic dependent launch.
+        run_stage "parity_bf16_no_pdl_$(basename "$f")" env DSV3_CUDA_PDL=0 \
           "$DSV3" parity --device cuda --precision bf16 "$f"
       done
       ;;
@@ -102,8 +102,8 @@ for stage in "${stages[@]}"; do
         run_stage "decode_cuda_cache_$cache" "$DSV3" bench decode -m "$model" --device cuda \
           --cache-dtype $cache --prompt-tokens 128 --new-tokens 128 --repeat 3
       done
-      # The same steps captured with programmatic dependent launch (opt-in until it is timed).
-      DSV3_CUDA_PDL=1 run_stage decode_cuda_pdl "$DSV3" bench decode -m "$model" --device cuda \
+      # The same steps captured without programmatic dependent launch (the default has it).
+      DSV3_CUDA_PDL=0 run_stage decode_cuda_no_pdl "$DSV3" bench decode -m "$model" --device cuda \
         --cache-dtype bf16 --prompt-tokens 128 --new-tokens 128 --repeat 3
       # MTP speculation needs MTP weights: the same model with one MTP layer (random weights,
       # so this checks that it runs, not what a trained model's acceptance gives).

@@ -103,18 +103,19 @@ TEST(CudaEngine, AgreesWithTheCpuEngineOnTheDefaultShapes) {
   fs::remove_all(dir);
 }
 
-// The graphs replay the launches exactly, also when captured with programmatic dependent launch
-// (DSV3_CUDA_PDL=1: on a GPU that overlaps each kernel's start with the end of the one before, so
-// a kernel that read an activation before its wait would show here as different logits).
+// The graphs replay the launches exactly, captured with programmatic dependent launch (the
+// default: on a GPU it overlaps each kernel's start with the end of the one before, so a kernel
+// that read an activation before its wait would show here as different logits) and without it
+// (DSV3_CUDA_PDL=0).
 TEST(CudaEngine, GraphReplayEqualsLaunches) {
   REQUIRE_GPU();
   auto w = InferWeights::load(fixture("tiny-v3"), Precision::BF16);
   setenv("DSV3_CUDA_GRAPHS", "0", 1);
   Engine plain(w, Device::CUDA);
   unsetenv("DSV3_CUDA_GRAPHS");
-  Engine graphed(w, Device::CUDA);
-  setenv("DSV3_CUDA_PDL", "1", 1);
   Engine programmatic(w, Device::CUDA);
+  setenv("DSV3_CUDA_PDL", "0", 1);
+  Engine graphed(w, Device::CUDA);
   unsetenv("DSV3_CUDA_PDL");
   for (DType cache : {DType::BF16, DType::F32}) {
     auto a = run_steps(plain, cache), b = run_steps(graphed, cache),

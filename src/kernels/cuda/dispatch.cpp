@@ -946,18 +946,6 @@ void scale_inplace(Tensor& x, float factor) {
   check(cuda::scale_inplace({x.f32(), x.numel(), factor}, stream()), "scale_inplace");
 }
 
-void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s) {
-  need_devices("adamw_update", {&p, &g, &m, &v});
-  const int64_t n = p.numel();
-  DSV3_CHECK(g.numel() == n && m.numel() == n && v.numel() == n,
-             "adamw_update: p {}, g {}, m {}, v {} differ in size", p.shape().str(),
-             g.shape().str(), m.shape().str(), v.shape().str());
-  check(cuda::adamw_update({p.f32(), g.f32(), m.f32(), v.f32(), n, s.decay, s.b1, s.b2,
-                            s.clip_scale, s.step_size, s.inv_sqrt_bc2, s.eps},
-                           stream()),
-        "adamw_update");
-}
-
 void adamw_update_all(const std::vector<ops::AdamWTensors>& ts, const ops::AdamWScalars& s) {
   const char* op = "adamw_update_all";
   std::vector<cuda::AdamWTensor> tensors;
@@ -984,6 +972,12 @@ void adamw_update_all(const std::vector<ops::AdamWTensors>& ts, const ops::AdamW
                                 s.inv_sqrt_bc2, s.eps},
                                stream()),
         op);
+}
+
+// One tensor through the same kernel as many (optimizer.cu: the update must not depend on the
+// call that made it).
+void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s) {
+  cuda_ops::adamw_update_all({{&p, &g, &m, &v, s.decay}}, s);
 }
 
 }  // namespace dsv3::cuda_ops

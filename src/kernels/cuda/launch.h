@@ -67,9 +67,7 @@ inline int64_t route_seq_chunks(int64_t seq, int64_t chunk) { return (seq + chun
 cudaError_t route_forward(const RouteForward& p, cudaStream_t stream);
 cudaError_t route_backward(const RouteBackward& p, cudaStream_t stream);
 cudaError_t moe_permute(const MoePermute& p, cudaStream_t stream);
-cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream);
 cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream);
-cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream);
 cudaError_t sum_squares_all(const SumSquaresAll& p, cudaStream_t stream);
 cudaError_t f32_to_bf16_chunks(const ConvertChunk* chunks, int64_t count, cudaStream_t stream);
 cudaError_t adamw_update_all(const AdamWUpdateAll& p, cudaStream_t stream);

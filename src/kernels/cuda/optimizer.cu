@@ -9,7 +9,7 @@ namespace {
 // The grid is always kSumSquaresBlocks x kSumSquaresThreads, whatever n and the GPU: each
 // thread's elements, each block's tree and so the partials are fixed, and the host adds the
 // partials in order. float64 throughout: the norm of ~1e9 squares keeps its digits.
-// Block `block` of the fixed kSumSquaresBlocks grid over x[0, n): its partial, to thread 0.
+// block_sum_squares: block `block` of that grid over x[0, n), its partial to every thread.
 __device__ __forceinline__ double block_sum_squares(const float* x, int64_t n, int64_t block,
                                                     double* part) {
   double acc = 0.0;
@@ -27,13 +27,7 @@ __device__ __forceinline__ double block_sum_squares(const float* x, int64_t n, i
   return part[0];
 }
 
-__global__ void sum_squares_kernel(SumSquares p) {
-  __shared__ double part[kSumSquaresThreads];
-  const double total = block_sum_squares(p.x, p.n, blockIdx.x, part);
-  if (threadIdx.x == 0) p.partial[blockIdx.x] = total;
-}
-
-// Grid (kSumSquaresBlocks, tensors): each block's partial is sum_squares_kernel's.
+// Grid (kSumSquaresBlocks, tensors): block (b, t) writes tensor t's partial b.
 __global__ void sum_squares_all_kernel(SumSquaresAll p) {
   __shared__ double part[kSumSquaresThreads];
   for (int64_t t = blockIdx.y; t < p.count; t += gridDim.y) {
@@ -50,22 +44,18 @@ __global__ void scale_inplace_kernel(ScaleInplace p) {
     p.x[i] *= p.factor;
 }
 
-// Element i of one AdamW update: the CPU's formula (kernels/cpu/optimizer.cpp).
-template <typename S>
+// Element i of one AdamW update: the CPU's formula (kernels/cpu/optimizer.cpp). One kernel
+// runs it for one tensor and for many: two kernels inlining it may contract its products into
+// FMAs differently (measured on an H100: a per-tensor kernel and this one disagreed in the last
+// bit), so a tensor's update must not depend on which call made it.
 __device__ __forceinline__ void adamw_element(float* param, const float* grad, float* m, float* v,
-                                              int64_t i, float decay, const S& a) {
+                                              int64_t i, float decay, const AdamWUpdateAll& a) {
   const float gi = grad[i] * a.clip_scale;
   const float mi = a.b1 * m[i] + (1.0f - a.b1) * gi;
   const float vi = a.b2 * v[i] + (1.0f - a.b2) * gi * gi;
   m[i] = mi;
   v[i] = vi;
   param[i] = param[i] * decay - a.step_size * mi / (sqrtf(vi) * a.inv_sqrt_bc2 + a.eps);
-}
-
-__global__ void adamw_update_kernel(AdamWUpdate a) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < a.n;
-       i += int64_t(gridDim.x) * blockDim.x)
-    adamw_element(a.param, a.grad, a.m, a.v, i, a.decay, a);
 }
 
 // One block per chunk (grid-striding over the chunks past the grid).
@@ -80,21 +70,9 @@ __global__ void adamw_update_all_kernel(AdamWUpdateAll a) {
 
 }  // namespace
 
-cudaError_t sum_squares(const SumSquares& p, cudaStream_t stream) {
-  // Launched even for n = 0: the partials must be written (zeros) for the host to add.
-  sum_squares_kernel<<<kSumSquaresBlocks, kSumSquaresThreads, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
 cudaError_t scale_inplace(const ScaleInplace& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
   scale_inplace_kernel<<<grid_for(p.n, 256), 256, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
-cudaError_t adamw_update(const AdamWUpdate& p, cudaStream_t stream) {
-  if (p.n == 0) return cudaSuccess;
-  adamw_update_kernel<<<grid_for(p.n, 256), 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

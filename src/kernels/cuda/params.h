@@ -318,19 +318,11 @@ constexpr int64_t kConvertChunk = 1 << 16;  // elements per chunk (the last of a
 
 // ---- Optimizer ----
 
-// partial[b] = sum of x[i]^2 (float64) over the elements that block b of a fixed grid of
-// kSumSquaresBlocks x kSumSquaresThreads visits; the host adds the partials in order. The grid
-// does not depend on the GPU, so neither does the result.
+// partial[t][b] = sum of x_t[i]^2 (float64) over the elements that block b of a fixed grid of
+// kSumSquaresBlocks x kSumSquaresThreads visits in tensor t, every tensor in one launch; the host
+// adds the partials in order. The grid does not depend on the GPU, so neither does the result.
 constexpr int kSumSquaresBlocks = 256;
 constexpr int kSumSquaresThreads = 256;
-struct SumSquares {
-  const float* x;   // [n]
-  double* partial;  // [kSumSquaresBlocks]
-  int64_t n;
-};
-
-// The same partials for many tensors in one launch: block (b, t) writes partial[t][b], exactly
-// what sum_squares with blockIdx.x = b writes for tensor t.
 struct SumSquaresTensor {
   const float* x;
   int64_t n;
@@ -348,15 +340,6 @@ struct ScaleInplace {
   float factor;
 };
 
-// One AdamW step over n elements; the scalars are ops::AdamWScalars'.
-struct AdamWUpdate {
-  float* param;       // [n]
-  const float* grad;  // [n]
-  float* m;           // [n] first moment
-  float* v;           // [n] second moment
-  int64_t n;
-  float decay, b1, b2, clip_scale, step_size, inv_sqrt_bc2, eps;
-};
 
 // AdamW over many tensors in one launch: chunk c updates elements [begin, end) of tensor
 // tensor[c] with that tensor's decay and the shared scalars (the element arithmetic is
