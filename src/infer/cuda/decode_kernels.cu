@@ -64,6 +64,23 @@ __device__ __forceinline__ void begin_after_prior_grids() {
   dsv3::cuda::allow_dependent_grids();
 }
 
+// True, in every thread, in the last of `blocks` blocks to arrive at `count` (every thread of
+// each block calls it); that block then sees every other block's writes. Release: every
+// thread's writes, the barrier, thread 0's fence and count; acquire: the last block's thread 0
+// fences again before the barrier its threads pass. The caller's last block resets the count.
+__device__ __forceinline__ bool last_block_to_arrive(unsigned* count, unsigned blocks) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(count, 1u) == blocks - 1;
+    if (last) __threadfence();
+  }
+  __syncthreads();
+  return last;
+}
+
 // ---- gemv: one warp per output element, R rows per block sharing each weight load ----
 
 // The per-row kernels (rmsnorm_rows, write_latents) and the GEMV reduce a row's sum of squares
@@ -686,18 +703,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (splits == 1) return;
   // The last of the (row, head)'s blocks to get here merges all states (in split order, so the
   // result does not depend on which block that is) and resets the count for the next launch.
-  // Release: every thread's writes, then the barrier, then thread 0's fence and count. Acquire:
-  // the last block's thread 0 fences again before its threads read the other states.
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(&arrived[r * heads + h], 1u) == unsigned(splits - 1);
-    if (last) __threadfence();
-  }
-  __syncthreads();
-  if (!last) return;
+  if (!last_block_to_arrive(&arrived[r * heads + h], unsigned(splits))) return;
   merge_splits(states, splits, rank, olat + (r * heads + h) * rank);
   if (threadIdx.x == 0) arrived[r * heads + h] = 0;
 }
@@ -773,7 +779,6 @@ __global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) 
   __shared__ float lg[kMaxRouterExperts];
   __shared__ float sel[kMaxRouterExperts];
   __shared__ int32_t picks[kMaxRouterExperts];
-  __shared__ bool last;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int experts = p.route.select.experts;
   const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
@@ -796,17 +801,7 @@ __global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) 
       const float sum = warp_sum(acc[0]);
       if (lane == 0) p.logits[t * experts + o] = sum;
     }
-    // Release: every logit written, the barrier, thread 0's fence and count; acquire: the last
-    // block's thread 0 fences again before its threads read the others' logits.
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence();
-      last = atomicAdd(&p.arrived[t], 1u) == gridDim.x - 1;
-      if (last) __threadfence();
-    }
-    __syncthreads();
-    if (last) {  // the same for the whole block
+    if (last_block_to_arrive(&p.arrived[t], gridDim.x)) {  // the same for the whole block
       for (int e = threadIdx.x; e < experts; e += blockDim.x) lg[e] = __ldcg(p.logits + t * experts + e);
       __syncthreads();
       if (warp == 0) route_token(p.route, lg, t, sel, picks, lane);
