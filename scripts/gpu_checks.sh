@@ -61,8 +61,10 @@ for stage in "${stages[@]}"; do
         run_stage "parity_$(basename "$f")" "$DSV3" parity --device cuda --optimizer "$f"
         run_stage "parity_bf16_$(basename "$f")" "$DSV3" parity --device cuda --precision bf16 \
           --optimizer "$f"
-        run_stage "parity_bf16_grouped_kernel_$(basename "$f")" env DSV3_GROUPED_GEMM=kernel \
-          "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
+        for mode in kernel streams; do
+          run_stage "parity_bf16_grouped_${mode}_$(basename "$f")" env DSV3_GROUPED_GEMM=$mode \
+            "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
+        done
         # The decode checks with the steps captured without programmatic dependent launch.
         run_stage "parity_bf16_no_pdl_$(basename "$f")" env DSV3_CUDA_PDL=0 \
           "$DSV3" parity --device cuda --precision bf16 "$f"
@@ -76,11 +78,13 @@ for stage in "${stages[@]}"; do
           --config "$cfg" --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 \
           --warmup 2
       done
-      # The routed experts through dsv3's grouped BF16 kernel instead of one cuBLAS call per
-      # expert (docs/cuda.md), with its profile, to choose the default.
-      run_stage train_step_dsv3_bf16_grouped_kernel env DSV3_GROUPED_GEMM=kernel "$DSV3" bench \
-        train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
-        --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
+      # The routed experts through dsv3's grouped BF16 kernel, and through cuBLAS calls on side
+      # streams, instead of cuBLAS's grouped call (docs/cuda.md), to choose the default.
+      for mode in kernel streams; do
+        run_stage "train_step_dsv3_bf16_grouped_$mode" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
+          train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
+          --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
+      done
       for mode in kernel ""; do
         run_stage "train_step_profile_${mode:-cublas}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \

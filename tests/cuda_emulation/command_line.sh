@@ -22,12 +22,15 @@ for fixture in tiny-v3 tiny-v2lite; do
     grep -q " 0 failed" "$WORK/parity.txt" \
       || fail "parity --device cuda --precision $precision on $fixture reported failures"
   done
-  # The routed experts through dsv3's grouped BF16 kernel instead of cuBLAS.
-  DSV3_GROUPED_GEMM=kernel "$EMU" parity --device cuda --precision bf16 --optimizer \
-    "tests/data/reference/$fixture" >"$WORK/parity.txt" \
-    || { tail -20 "$WORK/parity.txt"; fail "parity with DSV3_GROUPED_GEMM=kernel on $fixture"; }
-  grep -q " 0 failed" "$WORK/parity.txt" \
-    || fail "parity with DSV3_GROUPED_GEMM=kernel on $fixture reported failures"
+  # The routed experts through dsv3's grouped BF16 kernel instead of cuBLAS, and through cuBLAS
+  # calls on side streams.
+  for mode in kernel streams; do
+    DSV3_GROUPED_GEMM=$mode "$EMU" parity --device cuda --precision bf16 --optimizer \
+      "tests/data/reference/$fixture" >"$WORK/parity.txt" \
+      || { tail -20 "$WORK/parity.txt"; fail "parity with DSV3_GROUPED_GEMM=$mode on $fixture"; }
+    grep -q " 0 failed" "$WORK/parity.txt" \
+      || fail "parity with DSV3_GROUPED_GEMM=$mode on $fixture reported failures"
+  done
 done
 
 # Greedy, 20 prompt tokens (the cuBLAS prefill) then decode steps (the GEMV, the graphs).

@@ -141,7 +141,9 @@ cudaError_t release(void* p, Kind kind) {
 // synchronous copy to the host, cudaFree). So host code that reads a result, or rewrites the
 // source of an asynchronous copy, before waiting sees what a GPU would let it see. The legacy
 // stream (nullptr) is ordered with every blocking stream: before one of them runs an item,
-// the other's earlier items run. Non-blocking streams are ordered with nothing.
+// the other's earlier items run. Non-blocking streams are ordered with nothing: their items
+// run as soon as they are queued (after the events they wait on), the earliest a GPU may run
+// them, so work that forgets to wait for its inputs reads them unwritten.
 
 struct Pending {
   uint64_t seq;  // the order in which work was queued, over all streams
@@ -240,9 +242,11 @@ cudaError_t submit(cudaStream_t s, bool synchronous, const char* what, std::func
     }
   }
   const uint64_t n = g_next_seq++;
-  stream_of(s).queue.push_back({n, std::move(work)});
+  Stream& st = stream_of(s);
+  st.queue.push_back({n, std::move(work)});
   if (seq) *seq = n;
-  return cudaSuccess;
+  if (!blocking(st)) drain(st, n);
+  return sticky_or_success();
 }
 
 // ---- fibers ----
@@ -1103,6 +1107,18 @@ struct Event {
 cudaError_t cudaEventCreate(cudaEvent_t* e) {
   *e = reinterpret_cast<cudaEvent_t>(new Event);
   return cudaSuccess;
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+// Work queued on s after the wait runs after the event's last record (at once if it was never
+// recorded): the wait, when s reaches it, runs the recording stream up to the record.
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  const Event* ev = reinterpret_cast<Event*>(e);
+  Stream* from = ev->stream;
+  const uint64_t seq = ev->seq;
+  if (!from) return sticky_or_success();
+  return submit(s, false, "cudaStreamWaitEvent", [from, seq] {
+    if (from == &g_legacy || g_streams.count(from)) drain(*from, seq);
+  });
 }
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   delete reinterpret_cast<Event*>(e);

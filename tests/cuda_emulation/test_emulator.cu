@@ -225,15 +225,24 @@ TEST(CudaEmulation, WorkRunsWhenTheHostWaits) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
 
-  // A non-blocking stream's work: the legacy stream's synchronous copy does not wait for it.
+  // A non-blocking stream's work runs as soon as it is queued, the earliest a GPU may run it:
+  // before the legacy stream's pending work, unless it waits for an event recorded there.
   cudaStream_t side = nullptr;
   ASSERT_EQ(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking), cudaSuccess);
+  fill_kernel<<<1, 32>>>(d.f(), 6.0f);
   fill_kernel<<<1, 32, 0, side>>>(d.f(), 9.0f);
   ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(back, 5.0f);
-  ASSERT_EQ(cudaStreamSynchronize(side), cudaSuccess);
+  EXPECT_EQ(back, 6.0f) << "the side stream's fill did not run before the legacy stream's";
+  cudaEvent_t ready = nullptr;
+  ASSERT_EQ(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming), cudaSuccess);
+  fill_kernel<<<1, 32>>>(d.f(), 7.0f);
+  ASSERT_EQ(cudaEventRecord(ready, nullptr), cudaSuccess);
+  ASSERT_EQ(cudaStreamWaitEvent(side, ready, 0), cudaSuccess);
+  fill_kernel<<<1, 32, 0, side>>>(d.f(), 8.0f);
   ASSERT_EQ(cudaMemcpy(&back, d.p, 4, cudaMemcpyDeviceToHost), cudaSuccess);
-  EXPECT_EQ(back, 9.0f);
+  EXPECT_EQ(back, 8.0f) << "the side stream's fill ran before the work it waited for";
+  ASSERT_EQ(cudaStreamSynchronize(side), cudaSuccess);
+  ASSERT_EQ(cudaEventDestroy(ready), cudaSuccess);
   ASSERT_EQ(cudaStreamDestroy(side), cudaSuccess);
   ASSERT_EQ(cudaFreeHost(pinned), cudaSuccess);
 }

@@ -3,6 +3,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cstdio>
@@ -110,26 +111,16 @@ void check(cublasStatus_t s, const char* what) {
 
 cublasHandle_t cublas() { return cublas_lib().handle; }
 
+namespace {
+
 // cuBLAS is column-major. A row-major matrix M [r, c] with leading dimension ld is, read
 // column-major, M^T [c, r] with the same ld. So row-major C = op(A) op(B) is column-major
 // C^T = op(B)^T op(A)^T: swap the operands and m with n, keep each operand's transpose flag.
-void blas_gemm(const BlasGemm& g, const char* what) {
-  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
-  if (g.k == 0) {  // C = beta C; cuBLAS is not asked to handle an empty reduction
-    for (int64_t i = 0; i < g.batch; ++i) {
-      DSV3_CHECK(g.c_type == CUDA_R_32F, "{}: k = 0 with a non-float32 C", what);
-      check(scale_matrix({static_cast<float*>(g.c) + i * g.stride_c, g.m, g.n, g.ldc, g.beta},
-                         stream()),
-            what);
-    }
-    return;
-  }
-  DSV3_CHECK(g.m <= INT32_MAX && g.n <= INT32_MAX && g.k <= INT32_MAX && g.batch <= INT32_MAX,
-             "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m, g.n, g.k);
+// g has k > 0 and 32-bit sizes; h is the handle (and so the stream) it runs on.
+void gemm_on(cublasHandle_t h, const BlasGemm& g, const char* what) {
   const cublasOperation_t op_a = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const Cublas& lib = cublas_lib();
-  cublasHandle_t h = lib.handle;
   if (g.batch == 1) {
     check(lib.gemm_ex(h, op_b, op_a, int(g.n), int(g.m), int(g.k), &g.alpha, g.b, g.ab_type,
                        int(g.ldb), g.a, g.ab_type, int(g.lda), &g.beta, g.c, g.c_type,
@@ -145,7 +136,87 @@ void blas_gemm(const BlasGemm& g, const char* what) {
   }
 }
 
+}  // namespace
+
+void blas_gemm(const BlasGemm& g, const char* what) {
+  if (g.m == 0 || g.n == 0 || g.batch == 0) return;
+  if (g.k == 0) {  // C = beta C; cuBLAS is not asked to handle an empty reduction
+    for (int64_t i = 0; i < g.batch; ++i) {
+      DSV3_CHECK(g.c_type == CUDA_R_32F, "{}: k = 0 with a non-float32 C", what);
+      check(scale_matrix({static_cast<float*>(g.c) + i * g.stride_c, g.m, g.n, g.ldc, g.beta},
+                         stream()),
+            what);
+    }
+    return;
+  }
+  DSV3_CHECK(g.m <= INT32_MAX && g.n <= INT32_MAX && g.k <= INT32_MAX && g.batch <= INT32_MAX,
+             "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m, g.n, g.k);
+  gemm_on(cublas_lib().handle, g, what);
+}
+
 namespace {
+
+// ---- grouped products side by side ----
+// cublasGemmGroupedBatchedEx runs its groups one after another (on an H100, a kernel per
+// product), and one routed expert's product (a few hundred rows) fills a fraction of the GPU's
+// multiprocessors. kSideStreams streams, each with its own cuBLAS handle (a handle's workspace
+// serves one stream at a time), run the products side by side: they start after an event
+// recorded on stream(), and stream() waits for an event of each, so to everything else the
+// products are one operation on stream().
+constexpr int kSideStreams = 4;
+
+struct SideStreams {
+  cudaStream_t stream[kSideStreams] = {};
+  cublasHandle_t handle[kSideStreams] = {};
+  cudaEvent_t fork = nullptr;
+  cudaEvent_t join[kSideStreams] = {};
+};
+
+// Created on first use and kept for the process, like the main handle.
+const SideStreams& side_streams() {
+  static std::once_flag once;
+  static SideStreams side;
+  std::call_once(once, [] {
+    const Cublas& lib = cublas_lib();
+    const char* what = "grouped GEMMs: creating the side streams";
+    check(cudaEventCreateWithFlags(&side.fork, cudaEventDisableTiming), what);
+    for (int i = 0; i < kSideStreams; ++i) {
+      check(cudaStreamCreateWithFlags(&side.stream[i], cudaStreamNonBlocking), what);
+      check(cudaEventCreateWithFlags(&side.join[i], cudaEventDisableTiming), what);
+      check(lib.create(&side.handle[i]), what);
+      check(lib.set_stream(side.handle[i], side.stream[i]), what);
+      check(lib.set_math_mode(side.handle[i], CUBLAS_DEFAULT_MATH), what);
+    }
+  });
+  return side;
+}
+
+// The products, largest first, each on the side stream with the fewest multiply-adds queued so
+// far. Every product is the same cuBLAS call it is in the loop, on a handle set up the same
+// way, so the results are the loop's.
+void run_on_side_streams(const std::vector<BlasGemm>& products, const char* what) {
+  const SideStreams& side = side_streams();
+  std::vector<size_t> order(products.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  auto work = [&](size_t i) {
+    return double(products[i].m) * double(products[i].n) * double(products[i].k);
+  };
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return work(a) > work(b); });
+  const int used = int(std::min<size_t>(kSideStreams, products.size()));
+  check(cudaEventRecord(side.fork, stream()), what);
+  for (int s = 0; s < used; ++s) check(cudaStreamWaitEvent(side.stream[s], side.fork, 0), what);
+  double queued[kSideStreams] = {};
+  for (size_t i : order) {
+    const int s = int(std::min_element(queued, queued + used) - queued);
+    queued[s] += work(i);
+    gemm_on(side.handle[s], products[i], what);
+  }
+  for (int s = 0; s < used; ++s) {
+    check(cudaEventRecord(side.join[s], side.stream[s]), what);
+    check(cudaStreamWaitEvent(stream(), side.join[s], 0), what);
+  }
+}
 
 // What cublasGemmGroupedBatchedEx has answered per type combination, indexed by (A/B is BF16)
 // * 2 + (C is BF16): 0 not tried yet, 1 ran, 2 refused. cuBLAS documents FP32 x FP32 -> FP32
@@ -160,21 +231,22 @@ int combo(cudaDataType_t ab, cudaDataType_t c) {
 
 // DSV3_GROUPED_GEMM chooses how blas_grouped_gemm runs (to time one way against another):
 // unset, cuBLAS's grouped call (a loop of cublasGemmEx where it refuses the types); 0, that
-// loop; kernel, dsv3's grouped BF16 kernel for the products it takes (grouped_gemm.cu), cuBLAS
-// for the rest. Anything else is an error, not a silent default.
-enum class GroupedMode { Cublas, Loop, Kernel };
+// loop; streams, that loop spread over side streams (run_on_side_streams); kernel, dsv3's
+// grouped BF16 kernel for the products it takes (grouped_gemm.cu), cuBLAS for the rest.
+// Anything else is an error, not a silent default. Read at each call (a getenv beside a GEMM
+// costs nothing), so a test can compare the ways in one process.
+enum class GroupedMode { Cublas, Loop, Streams, Kernel };
 GroupedMode grouped_mode() {
-  static const GroupedMode mode = [] {
-    const char* v = std::getenv("DSV3_GROUPED_GEMM");
-    if (!v || !*v) return GroupedMode::Cublas;
-    const std::string s(v);
-    if (s == "0") return GroupedMode::Loop;
-    if (s == "kernel") return GroupedMode::Kernel;
-    fail("DSV3_GROUPED_GEMM={}: expected 0 (a loop of cuBLAS calls) or kernel (dsv3's grouped "
-         "BF16 kernel); unset for cuBLAS's grouped call",
-         s);
-  }();
-  return mode;
+  const char* v = std::getenv("DSV3_GROUPED_GEMM");
+  if (!v || !*v) return GroupedMode::Cublas;
+  const std::string s(v);
+  if (s == "0") return GroupedMode::Loop;
+  if (s == "streams") return GroupedMode::Streams;
+  if (s == "kernel") return GroupedMode::Kernel;
+  fail("DSV3_GROUPED_GEMM={}: expected 0 (a loop of cuBLAS calls), streams (that loop over {} "
+       "streams side by side) or kernel (dsv3's grouped BF16 kernel); unset for cuBLAS's "
+       "grouped call",
+       s, kSideStreams);
 }
 
 BlasGemm one_product(const BlasGroupedGemm& g, size_t i) {
@@ -224,10 +296,11 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
              "{}: leading dimensions beyond cuBLAS's 32-bit sizes", what);
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
-  if (grouped_mode() == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
+  const GroupedMode mode = grouped_mode();
+  if (mode == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
   // Products the kernel declines (float32 ones, say) take cuBLAS's grouped call in kernel mode too.
-  if (lib.gemm_grouped_batched_ex && state.load() != 2 && grouped_mode() != GroupedMode::Loop &&
-      live.size() > 1) {
+  if (lib.gemm_grouped_batched_ex && state.load() != 2 &&
+      (mode == GroupedMode::Cublas || mode == GroupedMode::Kernel) && live.size() > 1) {
     const size_t n = live.size();
     // Host arrays, read by cuBLAS during the call.
     std::vector<cublasOperation_t> op_a(n, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
@@ -275,6 +348,12 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
                    "dsv3: cublasGemmGroupedBatchedEx refused (status %d) A/B type %d with C type "
                    "%d for %s; running one cublasGemmEx per group instead\n",
                    int(s), int(g.ab_type), int(g.c_type), what);
+  }
+  if (mode == GroupedMode::Streams && live.size() > 1) {
+    std::vector<BlasGemm> products;
+    for (size_t i : live) products.push_back(one_product(g, i));
+    run_on_side_streams(products, what);
+    return;
   }
   // The fallback (and a single product): one cublasGemmEx each, still without per-group
   // conversions or allocations.

@@ -40,7 +40,9 @@ struct BlasGemm {
 };
 void blas_gemm(const BlasGemm& g, const char* what);
 
-// Row-major GEMMs of different sizes in one call (cublasGemmGroupedBatchedEx): product i is
+// Row-major GEMMs of different sizes in one call (cublasGemmGroupedBatchedEx; DSV3_GROUPED_GEMM
+// picks another way to run them: 0, a loop of cublasGemmEx; streams, that loop spread over
+// side streams; kernel, blas_grouped_gemm_kernel): product i is
 // C_i = alpha op(A_i) op(B_i) + beta C_i, m[i] x n[i] x k[i], on device pointers a[i], b[i],
 // c[i]. Transposes, leading dimensions, alpha, beta and types are shared by all products.
 // Empty products (m, n or k zero) are handled as blas_gemm handles them.
