@@ -554,9 +554,10 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 
 // One block per (head, row, split), kAttnWarps warps. Warp w of split s takes positions
 // s + splits * w, then kAttnWarps * splits further on, with an online softmax; lane l holds
-// columns l, l + 32, ... of each cache row it reads (kPerLane registers, all loaded at once,
-// the next position's while the current one is summed: the walk is bound by load latency) and
-// the same latent columns of its weighted sum, so a row is read once for its score and its
+// columns 4l .. 4l + 3, then 128 further on, ... of each cache row it reads (lane_column; one
+// column per load when the width is not a multiple of 4; kPerLane registers, all loaded at
+// once, the next position's while the current one is summed: the walk is bound by load
+// latency) and the same latent columns of its weighted sum, so a row is read once for its score and its
 // weighted sum. The warps' states are merged at the end through shared memory: into olat
 // (normalised) when there is one split, else into the split's partial state (max, sum of
 // weights, unnormalised weighted sum), which the (row, head)'s last block to finish merges
@@ -604,30 +605,55 @@ __device__ __forceinline__ void merge_splits(const float* states, int splits, in
   }
 }
 
+// The cache columns lane `lane` holds: register i is column
+// kVec * (lane + 32 * (i / kVec)) + i % kVec, groups of kVec consecutive columns kVec * 32 apart.
+// kVec 4 reads each group with one load (8 bytes of BF16, 16 of float32) and needs width % 4 == 0
+// and 16-byte aligned rows; kVec 1 reads column by column, any width.
+template <int kVec>
+__device__ __forceinline__ int lane_column(int lane, int i) {
+  return kVec * (lane + 32 * (i / kVec)) + i % kVec;
+}
+
 // Lane `lane`'s columns of cache row `row` (zeros past the width).
-template <bool kBf16, int kPerLane>
+template <bool kBf16, int kVec, int kPerLane>
 __device__ __forceinline__ void load_cache_columns(const char* row, int width, int lane,
                                                    float (&v)[kPerLane]) {
+  static_assert(kVec == 1 || kVec == 4, "one column or four per load");
+  static_assert(kPerLane % kVec == 0, "whole groups");
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
-    const int c = lane + 32 * i;
-    v[i] = c < width ? load_weight<kBf16>(row, c) : 0.0f;
+  for (int g = 0; g < kPerLane / kVec; ++g) {
+    const int c = kVec * (lane + 32 * g);
+    if constexpr (kVec == 1) {
+      v[g] = c < width ? load_weight<kBf16>(row, c) : 0.0f;
+    } else if (c >= width) {  // width % 4 == 0: a group is all in the row or all past it
+      v[4 * g] = v[4 * g + 1] = v[4 * g + 2] = v[4 * g + 3] = 0.0f;
+    } else if constexpr (kBf16) {
+      const uint2 u = *reinterpret_cast<const uint2*>(row + int64_t(c) * 2);
+      v[4 * g] = bf16_to_float(uint16_t(u.x));  // little endian: the lower half comes first
+      v[4 * g + 1] = bf16_to_float(uint16_t(u.x >> 16));
+      v[4 * g + 2] = bf16_to_float(uint16_t(u.y));
+      v[4 * g + 3] = bf16_to_float(uint16_t(u.y >> 16));
+    } else {
+      const float4 f = *reinterpret_cast<const float4*>(row + int64_t(c) * 4);
+      v[4 * g] = f.x, v[4 * g + 1] = f.y, v[4 * g + 2] = f.z, v[4 * g + 3] = f.w;
+    }
   }
 }
 
-template <bool kBf16, int kPerLane>
+template <bool kBf16, int kVec, int kPerLane>
 __device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
                                                      int heads, int rank, float scale,
                                                      int splits, float* partial,
                                                      unsigned* arrived, float* olat, int64_t r) {
-  extern __shared__ float sm[];  // q [width] | per warp: m, l, acc [rank]
+  extern __shared__ float sm[];  // per warp: m, l, acc [rank]
   const int h = blockIdx.x, split = int(blockIdx.z);
   const int width = cache.width;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  float* q = sm;
-  const float* qsrc = qcat + (r * heads + h) * width;
-  for (int i = threadIdx.x; i < width; i += blockDim.x) q[i] = qsrc[i];
-  __syncthreads();
+  // The query's columns this lane multiplies (the same columns as its cache values), kept in
+  // registers for the whole walk.
+  float q[kPerLane];
+  load_cache_columns<false, kVec>(reinterpret_cast<const char*>(qcat + (r * heads + h) * width),
+                                  width, lane, q);
   const int end = cache.pos[r];  // positions 0 .. end, inclusive
   const char* base = cache_layer(cache, r);
   const int64_t row_bytes = int64_t(width) * (kBf16 ? 2 : 4);
@@ -638,15 +664,16 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   float m = -INFINITY, l = 0.0f;
   int j = split + splits * warp;
   float v[kPerLane];
-  if (j <= end) load_cache_columns<kBf16>(base + j * row_bytes, width, lane, v);
+  if (j <= end) load_cache_columns<kBf16, kVec>(base + j * row_bytes, width, lane, v);
   for (; j <= end; j += stride) {
     float next[kPerLane] = {};
-    if (j + stride <= end) load_cache_columns<kBf16>(base + (j + stride) * row_bytes, width, lane, next);
+    if (j + stride <= end) load_cache_columns<kBf16, kVec>(base + (j + stride) * row_bytes, width, lane, next);
     // The score: q . row, each lane's columns in ascending order, then the warp's sum.
     float dot = 0.0f;
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i)
-      if (lane + 32 * i < width) dot = fmaf(q[lane + 32 * i], v[i], dot);
+    for (int i = 0; i < kPerLane; ++i) {
+      if (lane_column<kVec>(lane, i) < width) dot = fmaf(q[i], v[i], dot);
+    }
     const float score = warp_sum(dot) * scale;
     const float m_new = fmaxf(m, score);
     const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
@@ -654,29 +681,29 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
     l = l * corr + pj;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {  // columns past the rank are never stored
-      const int c = lane + 32 * i;
+      const int c = lane_column<kVec>(lane, i);
       acc[i] = fmaf(pj, c < rank ? v[i] : 0.0f, acc[i] * corr);
     }
     m = m_new;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) v[i] = next[i];
   }
-  float* part = sm + width + warp * (rank + 2);  // m, l, acc[rank]
+  float* part = sm + warp * (rank + 2);  // m, l, acc[rank]
   if (lane == 0) {
     part[0] = m;
     part[1] = l;
   }
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
-    const int c = lane + 32 * i;
+    const int c = lane_column<kVec>(lane, i);
     if (c < rank) part[2 + c] = acc[i];
   }
   __syncthreads();
   float mx = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm[width + w * (rank + 2)]);
+  for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, sm[w * (rank + 2)]);
   float total = 0.0f, wscale[kAttnWarps];
   for (int w = 0; w < kAttnWarps; ++w) {
-    const WarpState pw{sm + width + w * (rank + 2)};
+    const WarpState pw{sm + w * (rank + 2)};
     wscale[w] = pw.scale_to(mx);  // a warp with no positions adds nothing
     total += pw.l() * wscale[w];
   }
@@ -697,7 +724,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   }
   for (int c = threadIdx.x; c < rank; c += blockDim.x) {
     float v = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) v = fmaf(sm[width + w * (rank + 2) + 2 + c], wscale[w], v);
+    for (int w = 0; w < kAttnWarps; ++w) v = fmaf(sm[w * (rank + 2) + 2 + c], wscale[w], v);
     out[c] = v * norm;
   }
   if (splits == 1) return;
@@ -708,15 +735,15 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (threadIdx.x == 0) arrived[r * heads + h] = 0;
 }
 
-template <bool kBf16, int kPerLane>
+template <bool kBf16, int kVec, int kPerLane>
 __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
                                         int heads, int rank, float scale, int splits,
                                         float* partial, unsigned* arrived, float* olat) {
   begin_after_prior_grids();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    latent_attention_row<kBf16, kPerLane>(qcat, cache, heads, rank, scale, splits, partial,
+    latent_attention_row<kBf16, kVec, kPerLane>(qcat, cache, heads, rank, scale, splits, partial,
                                           arrived, olat, r);
-    __syncthreads();  // the next row overwrites the shared query and partial sums
+    __syncthreads();  // the next row overwrites the warps' shared states
   }
 }
 
@@ -930,21 +957,29 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
       (splits > 1 && rows > kAttnSplitRows))  // the split states hold kAttnSplitRows rows
     return cudaErrorInvalidValue;
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
-  const size_t smem = (size_t(cache.width) + size_t(kAttnWarps) * (size_t(rank) + 2)) * 4;
+  const size_t smem = size_t(kAttnWarps) * (size_t(rank) + 2) * 4;
   // Registers per lane for a cache row: the smallest of three sizes that holds the width
-  // (V3's 576 takes 20).
-  auto go = [&](auto per_lane) {
-    constexpr int kPerLane = decltype(per_lane)::value;
+  // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base is
+  // 16-byte aligned: forward_cuda checks it).
+  const bool vec = cache.width % 4 == 0;
+  auto go = [&](auto per_lane, auto per_load) {
+    constexpr int kPerLane = decltype(per_lane)::value, kVec = decltype(per_load)::value;
     if (cache.bf16)
-      return launch_kernel(latent_attention_kernel<true, kPerLane>, grid, kAttnWarps * 32, smem, s,
-                           qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
-    return launch_kernel(latent_attention_kernel<false, kPerLane>, grid, kAttnWarps * 32, smem, s,
-                         qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat);
+      return launch_kernel(latent_attention_kernel<true, kVec, kPerLane>, grid, kAttnWarps * 32,
+                           smem, s, qcat, cache, rows, heads, rank, scale, splits, partial,
+                           arrived, olat);
+    return launch_kernel(latent_attention_kernel<false, kVec, kPerLane>, grid, kAttnWarps * 32,
+                         smem, s, qcat, cache, rows, heads, rank, scale, splits, partial, arrived,
+                         olat);
+  };
+  auto sized = [&](auto per_lane) {
+    return vec ? go(per_lane, std::integral_constant<int, 4>{})
+               : go(per_lane, std::integral_constant<int, 1>{});
   };
   static_assert(kMaxDecodeWidth == 36 * 32);
-  if (cache.width <= 4 * 32) return go(std::integral_constant<int, 4>{});
-  if (cache.width <= 20 * 32) return go(std::integral_constant<int, 20>{});
-  return go(std::integral_constant<int, 36>{});
+  if (cache.width <= 4 * 32) return sized(std::integral_constant<int, 4>{});
+  if (cache.width <= 20 * 32) return sized(std::integral_constant<int, 20>{});
+  return sized(std::integral_constant<int, 36>{});
 }
 
 cudaError_t route(const Route& p, cudaStream_t s) {

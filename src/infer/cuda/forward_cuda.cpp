@@ -839,6 +839,9 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
                "inference on cuda: a cache of {} layers for a pass of {} (the main model's "
                "cache for the main model, an MTP depth's for that depth)",
                ch.cache->layers(), depth == 0 ? c_.num_hidden_layers : 1);
+    // The latent attention reads four columns per load (gpu::latent_attention).
+    DSV3_CHECK(reinterpret_cast<uintptr_t>(ch.cache->data()) % 16 == 0,
+               "inference on cuda: a latent cache whose data is not 16-byte aligned");
   }
   const int64_t out_rows = which == LogitsFor::All ? n : which == LogitsFor::Last ? nc : 0;
   ensure_capacity(n, nc);
