@@ -274,16 +274,20 @@ BlasGemm one_product(const BlasGroupedGemm& g, size_t i) {
 // The same column-major reading as blas_gemm, per product: cuBLAS computes C_i^T =
 // op(B_i)^T op(A_i)^T, so its A array holds the B_i, its B array the A_i, and its m, n are
 // our n, m. Each product is a group of its own (group_size 1): the products differ in size.
-void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
+namespace {
+
+// The products of g with work for cuBLAS, after checking g; the empty reductions among the
+// others (C = beta C) are queued here, blas_gemm's way.
+std::vector<size_t> live_products(const BlasGroupedGemm& g, const char* what) {
   const size_t count = g.m.size();
   DSV3_CHECK(g.n.size() == count && g.k.size() == count && g.a.size() == count &&
                  g.b.size() == count && g.c.size() == count,
              "{}: per-product arrays of different lengths", what);
-  std::vector<size_t> live;  // products with work for cuBLAS
+  std::vector<size_t> live;
   live.reserve(count);
   for (size_t i = 0; i < count; ++i) {
     if (g.m[i] == 0 || g.n[i] == 0) continue;
-    if (g.k[i] == 0) {  // C = beta C: blas_gemm's path for an empty reduction
+    if (g.k[i] == 0) {
       blas_gemm(one_product(g, i), what);
       continue;
     }
@@ -291,9 +295,29 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
                "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m[i], g.n[i], g.k[i]);
     live.push_back(i);
   }
+  if (!live.empty())
+    DSV3_CHECK(g.lda <= INT32_MAX && g.ldb <= INT32_MAX && g.ldc <= INT32_MAX,
+               "{}: leading dimensions beyond cuBLAS's 32-bit sizes", what);
+  return live;
+}
+
+}  // namespace
+
+void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const char* what) {
+  if (grouped_mode() != GroupedMode::Streams) {
+    for (const BlasGroupedGemm* g : gs) blas_grouped_gemm(*g, what);
+    return;
+  }
+  std::vector<BlasGemm> products;
+  for (const BlasGroupedGemm* g : gs)
+    for (size_t i : live_products(*g, what)) products.push_back(one_product(*g, i));
+  if (products.size() > 1) run_on_side_streams(products, what);
+  else if (products.size() == 1) blas_gemm(products[0], what);
+}
+
+void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
+  const std::vector<size_t> live = live_products(g, what);
   if (live.empty()) return;
-  DSV3_CHECK(g.lda <= INT32_MAX && g.ldb <= INT32_MAX && g.ldc <= INT32_MAX,
-             "{}: leading dimensions beyond cuBLAS's 32-bit sizes", what);
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
   const GroupedMode mode = grouped_mode();

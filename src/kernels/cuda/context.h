@@ -56,6 +56,10 @@ struct BlasGroupedGemm {
   cudaDataType_t ab_type = CUDA_R_32F, c_type = CUDA_R_32F;
 };
 void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what);
+// Independent grouped GEMMs (no product reads what another one writes): one
+// blas_grouped_gemm each, in order, except under DSV3_GROUPED_GEMM=streams, where all their
+// products run side by side between one fork and one join.
+void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const char* what);
 // The same products through dsv3's own grouped kernel (grouped_gemm.cu: one launch, BF16
 // tensor cores), when they fit it: BF16 A and B, float32 C, alpha 1, beta 0 or 1, every
 // operand row 16-byte aligned. Returns false, having run nothing, when they do not.

@@ -299,53 +299,54 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   const size_t e_size = wt == DType::BF16 ? 2 : 4;
   std::optional<Scratch> x_bf16, d_y_bf16;
   const void* d_y = grouped_operand(d_y_in, wt, d_y_bf16, op);
-  if (d_x) {  // per group: d_x_g [r_g, in] = d_y_g [r_g, out] W_g [out, in]
+  const void* x = grouped_operand(x_in, wt, x_bf16, op);
+  // per group: d_x_g [r_g, in] = d_y_g [r_g, out] W_g [out, in]
+  cuda::BlasGroupedGemm gx;
+  gx.lda = out;
+  gx.ldb = in;
+  gx.ldc = in;
+  gx.ab_type = ab;
+  gx.c_type = CUDA_R_32F;
+  if (d_x) {
     need_device(*d_x, op, "d_x");
     DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
                "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
                dtype_name(d_x->dtype()), rows, in);
-    cuda::BlasGroupedGemm g;
-    g.lda = out;
-    g.ldb = in;
-    g.ldc = in;
-    g.ab_type = ab;
-    g.c_type = CUDA_R_32F;
     for (size_t e = 0; e < w.size(); ++e) {
       const int64_t b = offsets[e], r = offsets[e + 1] - b;
       if (r == 0) continue;
-      g.m.push_back(r);
-      g.n.push_back(in);
-      g.k.push_back(out);
-      g.a.push_back(row_ptr(d_y, b, out, e_size));
-      g.b.push_back(w[e]->data());
-      g.c.push_back(d_x->f32() + b * in);
+      gx.m.push_back(r);
+      gx.n.push_back(in);
+      gx.k.push_back(out);
+      gx.a.push_back(row_ptr(d_y, b, out, e_size));
+      gx.b.push_back(w[e]->data());
+      gx.c.push_back(d_x->f32() + b * in);
     }
-    cuda::blas_grouped_gemm(g, "grouped_linear_backward d_x");
   }
-  const void* x = grouped_operand(x_in, wt, x_bf16, op);
   // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
-  cuda::BlasGroupedGemm g;
-  g.trans_a = true;
-  g.beta = 1.0f;
-  g.lda = out;
-  g.ldb = in;
-  g.ldc = in;
-  g.ab_type = ab;
-  g.c_type = CUDA_R_32F;
+  cuda::BlasGroupedGemm gw;
+  gw.trans_a = true;
+  gw.beta = 1.0f;
+  gw.lda = out;
+  gw.ldb = in;
+  gw.ldc = in;
+  gw.ab_type = ab;
+  gw.c_type = CUDA_R_32F;
   for (size_t e = 0; e < w.size(); ++e) {
     const int64_t b = offsets[e], r = offsets[e + 1] - b;
     if (r == 0) continue;
     DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
                "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
     need_device(*d_w[e], op, "d_w");
-    g.m.push_back(out);
-    g.n.push_back(in);
-    g.k.push_back(r);
-    g.a.push_back(row_ptr(d_y, b, out, e_size));
-    g.b.push_back(row_ptr(x, b, in, e_size));
-    g.c.push_back(d_w[e]->data());
+    gw.m.push_back(out);
+    gw.n.push_back(in);
+    gw.k.push_back(r);
+    gw.a.push_back(row_ptr(d_y, b, out, e_size));
+    gw.b.push_back(row_ptr(x, b, in, e_size));
+    gw.c.push_back(d_w[e]->data());
   }
-  cuda::blas_grouped_gemm(g, "grouped_linear_backward d_w");
+  // The two gradients read the same operands and write apart: one batch of products.
+  cuda::blas_grouped_gemms({&gx, &gw}, "grouped_linear_backward");
 }
 
 // ---- RMSNorm ----
