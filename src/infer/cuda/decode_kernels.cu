@@ -585,23 +585,48 @@ using SplitState = SoftmaxPart<true>;
 using WarpState = SoftmaxPart<false>;
 
 // olat[r, h] = the splits' states merged and normalised, by the block that finished last.
+// The states are in L2 (written by the other blocks): every load a thread needs for one step is
+// issued before the first is used (unrolled over kAttnSplits), so the merge waits for a round
+// trip per step, not per split. The arithmetic runs in split order.
+constexpr int kMergeColumns = 4;  // columns of the weighted sums a thread merges per step
 __device__ __forceinline__ void merge_splits(const float* states, int splits, int rank, float* out) {
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) {
+  float m[kAttnSplits], l[kAttnSplits];
+#pragma unroll
+  for (int s = 0; s < kAttnSplits; ++s) {
     const SplitState ps{states + s * (rank + 2)};
-    if (ps.l() > 0.0f) mx = fmaxf(mx, ps.m());
+    m[s] = s < splits ? ps.m() : -INFINITY;
+    l[s] = s < splits ? ps.l() : 0.0f;
   }
+  float mx = -INFINITY;
+#pragma unroll
+  for (int s = 0; s < kAttnSplits; ++s)
+    if (l[s] > 0.0f) mx = fmaxf(mx, m[s]);
   float total = 0.0f, wscale[kAttnSplits];
-  for (int s = 0; s < splits; ++s) {
-    const SplitState ps{states + s * (rank + 2)};
-    wscale[s] = ps.scale_to(mx);
-    total += ps.l() * wscale[s];
+#pragma unroll
+  for (int s = 0; s < kAttnSplits; ++s) {
+    wscale[s] = l[s] > 0.0f ? expf(m[s] - mx) : 0.0f;  // SoftmaxPart::scale_to
+    total = fmaf(l[s], wscale[s], total);
   }
   const float inv = 1.0f / total;
-  for (int c = threadIdx.x; c < rank; c += blockDim.x) {
-    float v = 0.0f;
-    for (int s = 0; s < splits; ++s) v = fmaf(SplitState{states + s * (rank + 2)}.acc(c), wscale[s], v);
-    out[c] = v * inv;
+  for (int c0 = threadIdx.x; c0 < rank; c0 += kMergeColumns * blockDim.x) {
+    float a[kMergeColumns][kAttnSplits];
+#pragma unroll
+    for (int j = 0; j < kMergeColumns; ++j) {
+      const int c = c0 + j * int(blockDim.x);
+#pragma unroll
+      for (int s = 0; s < kAttnSplits; ++s)
+        a[j][s] = c < rank && s < splits ? SplitState{states + s * (rank + 2)}.acc(c) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kMergeColumns; ++j) {
+      const int c = c0 + j * int(blockDim.x);
+      if (c >= rank) break;
+      float v = 0.0f;
+#pragma unroll
+      for (int s = 0; s < kAttnSplits; ++s)
+        if (s < splits) v = fmaf(a[j][s], wscale[s], v);
+      out[c] = v * inv;
+    }
   }
 }
 
