@@ -557,8 +557,8 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 // columns 4l .. 4l + 3, then 128 further on, ... of each cache row it reads (lane_column; one
 // column per load when the width is not a multiple of 4; kPerLane registers, all loaded at
 // once, the next position's while the current one is summed: the walk is bound by load
-// latency) and the same latent columns of its weighted sum, so a row is read once for its score and its
-// weighted sum. The warps' states are merged at the end through shared memory: into olat
+// latency) and the same latent columns of its weighted sum, so a row is read once for its
+// score and its weighted sum. The warps' states are merged at the end through shared memory: into olat
 // (normalised) when there is one split, else into the split's partial state (max, sum of
 // weights, unnormalised weighted sum), which the (row, head)'s last block to finish merges
 // (merge_splits).
@@ -766,8 +766,8 @@ __global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int6
                                         float* partial, unsigned* arrived, float* olat) {
   begin_after_prior_grids();
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    latent_attention_row<kBf16, kVec, kPerLane>(qcat, cache, heads, rank, scale, splits, partial,
-                                          arrived, olat, r);
+    latent_attention_row<kBf16, kVec, kPerLane>(qcat, cache, heads, rank, scale, splits,
+                                                partial, arrived, olat, r);
     __syncthreads();  // the next row overwrites the warps' shared states
   }
 }
@@ -984,8 +984,8 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = size_t(kAttnWarps) * (size_t(rank) + 2) * 4;
   // Registers per lane for a cache row: the smallest of three sizes that holds the width
-  // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base is
-  // 16-byte aligned: forward_cuda checks it).
+  // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base and
+  // qcat are 16-byte aligned: decode_kernels.h).
   const bool vec = cache.width % 4 == 0;
   auto go = [&](auto per_lane, auto per_load) {
     constexpr int kPerLane = decltype(per_lane)::value, kVec = decltype(per_load)::value;
