@@ -1,6 +1,6 @@
 // Embedding lookup and its gradient.
 //
-// Forward: one thread per output element, grid-stride; an id of -1 gives a zero row. An id
+// Forward: a block per row, its threads over the columns; an id of -1 gives a zero row. An id
 // out of range is recorded (params.h, IndexError) and treated as -1.
 // Backward: rows sharing a token id add into the same table row. Instead of atomics (whose
 // order, and so whose float32 result, varies run to run) each id's first row leads: its block
@@ -17,14 +17,13 @@ namespace dsv3::cuda {
 namespace {
 
 __global__ void embedding_forward_kernel(Embedding p) {
-  const int64_t n = p.rows * p.dim;
-  for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < n;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = idx / p.dim, c = idx % p.dim;
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const int32_t id = p.ids[r];
     const bool bad = id < -1 || id >= p.vocab;
-    if (bad && c == 0) report_index_error(p.error, kBadTokenId, r, id, p.vocab);
-    p.out[idx] = id < 0 || bad ? 0.0f : p.table[int64_t(id) * p.dim + c];
+    if (bad && threadIdx.x == 0) report_index_error(p.error, kBadTokenId, r, id, p.vocab);
+    const float* src = id < 0 || bad ? nullptr : p.table + int64_t(id) * p.dim;
+    for (int64_t c = threadIdx.x; c < p.dim; c += blockDim.x)
+      p.out[r * p.dim + c] = src ? src[c] : 0.0f;
   }
 }
 
@@ -77,7 +76,9 @@ __global__ void embedding_backward_kernel(Embedding p) {
 cudaError_t embedding_forward(const Embedding& p, cudaStream_t stream) {
   const int64_t n = p.rows * p.dim;
   if (n == 0) return cudaSuccess;
-  embedding_forward_kernel<<<grid_for(n, 256), 256, 0, stream>>>(p);
+  // A block per row (looping past the grid), its threads over the row's columns.
+  const unsigned blocks = unsigned(std::min<int64_t>(p.rows, 65535 * 8));
+  embedding_forward_kernel<<<blocks, 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
