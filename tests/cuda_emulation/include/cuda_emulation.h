@@ -67,6 +67,7 @@ struct alignas(8) uint2 {
   unsigned x, y;
 };
 inline uint2 make_uint2(unsigned x, unsigned y) { return {x, y}; }
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 namespace dsv3emu {
 extern uint3 g_thread_idx, g_block_idx;
