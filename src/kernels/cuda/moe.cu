@@ -4,8 +4,8 @@
 // A block per output row (grid-stride over rows past the grid's size), its threads across the
 // row's columns, so every load and store of a warp touches consecutive addresses. A token's K
 // contributions are added by the one thread that owns the output element, in order
-// j = 0 .. K-1: no atomics, and the result is the same every run. The gather is a pure copy and
-// moves float4s when the row length and the pointers allow it.
+// j = 0 .. K-1: no atomics, and the result is the same every run. The gather, the combine and
+// the scatter-add move float4s when the row length and the pointers allow it.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -53,6 +53,57 @@ __global__ void gather_bf16_kernel(MoeGather p) {
   }
 }
 
+// Up to this many picks per token, the sums below keep each pick's row pointer and weight in
+// registers for the whole row (loaded once per token rather than once per element: the output
+// stores may alias them, so the compiler reloaded them every element); more picks take the
+// plain loop.
+constexpr int kMaxPicks = 16;
+
+// acc += w * v per component, the plain loop's expression.
+__device__ __forceinline__ void add_scaled(float4& acc, float w, const float4& v) {
+  acc.x += w * v.x;
+  acc.y += w * v.y;
+  acc.z += w * v.z;
+  acc.w += w * v.w;
+}
+__device__ __forceinline__ void add_scaled(float& acc, float w, float v) { acc += w * v; }
+
+// out[t] += sum_j w[t, j] y_perm[row_of[t, j]], in order j = 0 .. K-1 (scatter_add: w = 1, its
+// own expression below). V: float, or float4 when dim is a multiple of 4 and the rows aligned.
+template <typename V, bool kWeighted>
+__global__ void sum_picks_kernel(const float* src, const int32_t* row_of, const float* weights,
+                                 float* out, int64_t n, int k, int64_t dim) {
+  const int64_t cols = dim / int64_t(sizeof(V) / sizeof(float));
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+    const V* rows[kMaxPicks];
+    float w[kMaxPicks];
+#pragma unroll
+    for (int j = 0; j < kMaxPicks; ++j) {
+      if (j >= k) break;
+      rows[j] = reinterpret_cast<const V*>(src + int64_t(row_of[t * k + j]) * dim);
+      w[j] = kWeighted ? weights[t * k + j] : 1.0f;
+    }
+    V* o = reinterpret_cast<V*>(out + t * dim);
+    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
+      V acc = o[c];
+#pragma unroll
+      for (int j = 0; j < kMaxPicks; ++j) {
+        if (j >= k) break;
+        if constexpr (kWeighted) {
+          add_scaled(acc, w[j], rows[j][c]);
+        } else if constexpr (sizeof(V) == 16) {
+          const float4 v = rows[j][c];
+          acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
+        } else {
+          acc += rows[j][c];
+        }
+      }
+      o[c] = acc;
+    }
+  }
+}
+
+// The plain loops, for more than kMaxPicks picks.
 __global__ void combine_kernel(MoeCombine p) {
   for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
     const int32_t* rows = p.row_of + t * p.k;
@@ -131,8 +182,29 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+namespace {
+
+// sum_picks_kernel when the picks fit, four columns per step when the rows allow.
+template <bool kWeighted>
+cudaError_t launch_sum_picks(const float* src, const int32_t* row_of, const float* weights,
+                             float* out, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
+  const bool vec = dim % 4 == 0 && aligned16(src, out);
+  const unsigned blocks = row_blocks(n);
+  if (vec)
+    sum_picks_kernel<float4, kWeighted><<<blocks, row_threads(dim / 4), 0, stream>>>(
+        src, row_of, weights, out, n, int(k), dim);
+  else
+    sum_picks_kernel<float, kWeighted><<<blocks, row_threads(dim), 0, stream>>>(
+        src, row_of, weights, out, n, int(k), dim);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
+  if (p.k <= kMaxPicks)
+    return launch_sum_picks<true>(p.y_perm, p.row_of, p.weights, p.out, p.n, p.k, p.dim, stream);
   combine_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -146,6 +218,8 @@ cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream) {
 
 cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
+  if (p.k <= kMaxPicks)
+    return launch_sum_picks<false>(p.d_x_perm, p.row_of, nullptr, p.d_x, p.n, p.k, p.dim, stream);
   scatter_add_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }
