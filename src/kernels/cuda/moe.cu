@@ -117,8 +117,52 @@ __global__ void combine_kernel(MoeCombine p) {
   }
 }
 
+// Per token, all its picks in one pass over d_out (read once, not once per pick): the scaled
+// copies of d_out, and each pick's dot product, a thread's columns in the plain loop's order,
+// then reduced over the block in block_sum's tree (warps, then the warps' sums), all picks'
+// sums behind one barrier: the plain loop's arithmetic below, each sum in its order and tree.
+__global__ void combine_backward_picks_kernel(MoeCombine p) {
+  __shared__ float red[kMaxPicks][32];  // [pick][warp]
+  const int k = int(p.k), lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int warps = blockDim.x >> 5;
+  for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
+    const float* g = p.d_out + t * p.dim;
+    int64_t rows[kMaxPicks];
+    float w[kMaxPicks], dot[kMaxPicks];
+#pragma unroll
+    for (int j = 0; j < kMaxPicks; ++j) {
+      if (j >= k) break;
+      rows[j] = p.row_of[t * k + j];
+      w[j] = p.weights[t * k + j];
+      dot[j] = 0.0f;
+    }
+    for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+      const float gi = g[i];
+#pragma unroll
+      for (int j = 0; j < kMaxPicks; ++j) {
+        if (j >= k) break;
+        const int64_t at = rows[j] * p.dim + i;
+        store_f32_or_bf16(p.d_y_perm, p.d_y_perm_bf16, at, w[j] * gi);
+        dot[j] += gi * p.y_perm[at];
+      }
+    }
+    __syncthreads();  // the previous token's sums have been read
+#pragma unroll
+    for (int j = 0; j < kMaxPicks; ++j) {
+      if (j >= k) break;
+      const float v = warp_sum(dot[j]);
+      if (lane == 0) red[j][warp] = v;
+    }
+    __syncthreads();
+    for (int j = warp; j < k; j += warps) {
+      const float total = warp_sum(lane < warps ? red[j][lane] : 0.0f);
+      if (lane == 0) p.d_weights[t * k + j] = total;
+    }
+  }
+}
+
 // Per token and expert: the scaled copy of d_out, and the dot product reduced over the block
-// (a fixed tree, so the same sum every run).
+// (a fixed tree, so the same sum every run). For more than kMaxPicks picks.
 __global__ void combine_backward_kernel(MoeCombine p) {
   __shared__ float red[32];
   for (int64_t t = blockIdx.x; t < p.n; t += gridDim.x) {
@@ -212,7 +256,10 @@ cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream) {
 cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream) {
   if (p.n == 0 || p.k == 0) return cudaSuccess;
   // dim 0 still writes d_weights (zeros): the block runs with one warp and an empty loop.
-  combine_backward_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
+  if (p.k <= kMaxPicks)
+    combine_backward_picks_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
+  else
+    combine_backward_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }
 
