@@ -16,6 +16,7 @@
 
 #include "core/device.h"
 #include "core/dtype.h"
+#include "device_vectors.h"
 #include "kernels/cuda/launch.h"
 
 namespace dsv3 {
@@ -47,21 +48,6 @@ std::vector<float> test_values(size_t n) {
   return v;
 }
 
-template <typename T>
-T* device_copy(const std::vector<T>& v) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, v.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return static_cast<T*>(p);
-}
-
-template <typename T>
-std::vector<T> host_copy(const T* p, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return v;
-}
-
 TEST(CudaConvert, MatchesTheHostBitForBitAtEveryLengthAndAlignment) {
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
   constexpr size_t kPad = 8;  // room for the offsets and a guard on each side
@@ -73,16 +59,16 @@ TEST(CudaConvert, MatchesTheHostBitForBitAtEveryLengthAndAlignment) {
       const std::vector<float> x = test_values(n + 2 * kPad);
       const std::vector<uint16_t> guard16(n + 2 * kPad, 0xabcd);
       const std::vector<float> guard32(n + 2 * kPad, -7.0f);
-      float* dx = device_copy(x);
-      uint16_t* dy = device_copy(guard16);
-      float* dz = device_copy(guard32);
+      float* dx = test::to_device(x);
+      uint16_t* dy = test::to_device(guard16);
+      float* dz = test::to_device(guard32);
       ASSERT_EQ(cuda::f32_to_bf16(dx + kPad + src_off, dy + kPad + dst_off, int64_t(n), nullptr),
                 cudaSuccess);
       // Back to float32 from the converted values, at the source offset into the third buffer.
       ASSERT_EQ(cuda::bf16_to_f32(dy + kPad + dst_off, dz + kPad + src_off, int64_t(n), nullptr),
                 cudaSuccess);
-      const std::vector<uint16_t> y = host_copy(dy, n + 2 * kPad);
-      const std::vector<float> z = host_copy(dz, n + 2 * kPad);
+      const std::vector<uint16_t> y = test::to_host(dy, n + 2 * kPad);
+      const std::vector<float> z = test::to_host(dz, n + 2 * kPad);
       for (size_t i = 0; i < n + 2 * kPad; ++i) {
         if (i < kPad + dst_off || i >= kPad + dst_off + n) {
           ASSERT_EQ(y[i], 0xabcd) << "bf16 element " << i << ", outside the range, was written";

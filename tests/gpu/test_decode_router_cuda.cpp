@@ -18,6 +18,7 @@
 
 #include "core/device.h"
 #include "infer/cuda/decode_kernels.h"
+#include "device_vectors.h"
 #include "model/expert_selection.h"
 
 namespace dsv3::infer {
@@ -75,20 +76,8 @@ float draw(Draw how, std::mt19937_64& rng, float stddev) {
   return float(level(rng)) * stddev;
 }
 
-template <typename T>
-T* to_device(const std::vector<T>& v) {
-  void* p = nullptr;
-  EXPECT_EQ(cudaMalloc(&p, v.size() * sizeof(T)), cudaSuccess);
-  EXPECT_EQ(cudaMemcpy(p, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice), cudaSuccess);
-  return static_cast<T*>(p);
-}
-
-template <typename T>
-std::vector<T> to_host(const T* p, size_t n) {
-  std::vector<T> v(n);
-  EXPECT_EQ(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
-  return v;
-}
+using test::to_device;
+using test::to_host;
 
 TEST(CudaDecodeRouter, ChoosesTheSerialRulesExpertsTieForTie) {
   REQUIRE_GPU();

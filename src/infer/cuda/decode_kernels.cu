@@ -13,6 +13,7 @@
 namespace dsv3::infer::gpu {
 namespace {
 
+using dsv3::cuda::aligned_to;
 using dsv3::cuda::block_sum;
 using dsv3::cuda::grid_for;
 using dsv3::cuda::kFullMask;
@@ -365,7 +366,6 @@ __global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p
   }
 }
 
-bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 // ---- elementwise and per-row kernels ----
 
@@ -558,8 +558,8 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 // column per load when the width is not a multiple of 4; kPerLane registers, all loaded at
 // once, the next position's while the current one is summed: the walk is bound by load
 // latency) and the same latent columns of its weighted sum, so a row is read once for its
-// score and its weighted sum. The warps' states are merged at the end through shared memory: into olat
-// (normalised) when there is one split, else into the split's partial state (max, sum of
+// score and its weighted sum. The warps' states are merged at the end through shared memory:
+// into olat (normalised) when there is one split, else into the split's partial state (max, sum of
 // weights, unnormalised weighted sum), which the (row, head)'s last block to finish merges
 // (merge_splits).
 constexpr int kAttnWarps = 4;
@@ -692,7 +692,8 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (j <= end) load_cache_columns<kBf16, kVec>(base + j * row_bytes, width, lane, v);
   for (; j <= end; j += stride) {
     float next[kPerLane] = {};
-    if (j + stride <= end) load_cache_columns<kBf16, kVec>(base + (j + stride) * row_bytes, width, lane, next);
+    if (j + stride <= end)
+      load_cache_columns<kBf16, kVec>(base + (j + stride) * row_bytes, width, lane, next);
     // The score: q . row, each lane's columns in ascending order, then the warp's sum.
     float dot = 0.0f;
 #pragma unroll
@@ -909,15 +910,15 @@ cudaError_t gemv(const Gemv& p, cudaStream_t s) {
   // The vector path reads 8 weights and 8 inputs per lane step: every weight row and input row
   // start must be 16-byte aligned (in % 8 == 0 makes every weight row start so), and so must
   // the norm's weight.
-  bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 && aligned16(p.x) &&
-             (p.norm.w == nullptr || aligned16(p.norm.w));
+  bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && p.x_group_stride % 4 == 0 &&
+             aligned_to(p.x, 16) && (p.norm.w == nullptr || aligned_to(p.norm.w, 16));
   // Table entries are weights at 256-byte offsets of one allocation (aligned); plain matrices
   // are checked.
-  if (!has_table) vec = vec && aligned16(p.w) && (!p.swiglu || aligned16(p.up)) &&
-                        (p.second.out == 0 || aligned16(p.second.w));
+  if (!has_table) vec = vec && aligned_to(p.w, 16) && (!p.swiglu || aligned_to(p.up, 16)) &&
+                        (p.second.out == 0 || aligned_to(p.second.w, 16));
   else
     vec = vec && (p.shared_w == nullptr ||
-                  (aligned16(p.shared_w) && (!p.swiglu || aligned16(p.shared_up))));
+                  (aligned_to(p.shared_w, 16) && (!p.swiglu || aligned_to(p.shared_up, 16))));
   // A row's sum is the same fmaf chain whatever R, so the choice never changes a result.
   const bool one_row = has_table || p.rows < 4;
   if (p.swiglu) return one_row ? launch_gemv<1, true>(p, vec, s) : launch_gemv<4, true>(p, vec, s);
@@ -929,8 +930,8 @@ cudaError_t experts_down(const ExpertsDown& p, cudaStream_t s) {
   if (p.picks < 1 || (p.shared_w != nullptr && p.shared_out != nullptr))
     return cudaErrorInvalidValue;
   // Table entries are 256-byte aligned (see gemv); the shared matrix and g are checked.
-  const bool vec =
-      p.width % 8 == 0 && aligned16(p.g) && (p.shared_w == nullptr || aligned16(p.shared_w));
+  const bool vec = p.width % 8 == 0 && aligned_to(p.g, 16) &&
+                   (p.shared_w == nullptr || aligned_to(p.shared_w, 16));
   const dim3 grid(unsigned((p.dim + kGemvWarps - 1) / kGemvWarps), y_blocks(p.rows));
   if (vec && p.w_bf16)
     return launch_kernel(experts_down_kernel<true, true>, grid, kRowThreads, 0, s, p);
@@ -984,9 +985,9 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
   const dim3 grid{unsigned(heads), y_blocks(rows), unsigned(splits)};
   const size_t smem = size_t(kAttnWarps) * (size_t(rank) + 2) * 4;
   // Registers per lane for a cache row: the smallest of three sizes that holds the width
-  // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base and
-  // qcat are 16-byte aligned: decode_kernels.h).
-  const bool vec = cache.width % 4 == 0;
+  // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base is
+  // 16-byte aligned: decode_kernels.h).
+  const bool vec = cache.width % 4 == 0 && aligned_to(qcat, 16);
   auto go = [&](auto per_lane, auto per_load) {
     constexpr int kPerLane = decltype(per_lane)::value, kVec = decltype(per_load)::value;
     if (cache.bf16)
@@ -1022,8 +1023,8 @@ cudaError_t router_step(const RouterStep& p, cudaStream_t s) {
   if (sel.experts > kMaxRouterExperts || sel.experts < 1 || sel.groups > 64 || sel.groups < 1 ||
       sel.k > sel.experts || p.in < 1)
     return cudaErrorInvalidValue;
-  const bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && aligned16(p.x) && aligned16(p.norm_w) &&
-                   aligned16(p.w);
+  const bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.norm_w, 16) &&
+                   aligned_to(p.w, 16);
   const dim3 grid(unsigned((sel.experts + kGemvWarps - 1) / kGemvWarps), y_blocks(p.route.rows));
   if (vec && p.w_bf16) return launch_kernel(router_step_kernel<true, true>, grid, kRowThreads, 0, s, p);
   if (vec) return launch_kernel(router_step_kernel<true, false>, grid, kRowThreads, 0, s, p);

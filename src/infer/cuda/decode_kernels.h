@@ -168,8 +168,8 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s);
 // Attention over the latent cache: for row r and head h, softmax over positions j <= pos[r] of
 // scale * (qcat[r, h] . cache_j), and olat[r, h] = sum_j p_j latent_j (the first rank values of
 // each cache row). qcat [rows, H, width], olat [rows, H, rank]. rank <= kMaxDecodeRank,
-// width <= kMaxDecodeWidth; qcat and every cache base 16-byte aligned (a width that is a
-// multiple of 4 is read four columns per load).
+// width <= kMaxDecodeWidth; every cache base 16-byte aligned (a width that is a multiple of 4
+// is read four columns per load, where qcat is aligned too).
 // splits > 1 (at most kAttnSplits) spreads each (row, head)'s positions over that many blocks,
 // position j to block j % splits: a decode step has one row and a few heads, which alone would
 // leave most of the GPU idle while each block walks the whole context. Their partial softmax

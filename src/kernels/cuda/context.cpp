@@ -316,15 +316,16 @@ void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const cha
 }
 
 void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
+  const GroupedMode mode = grouped_mode();
+  if (mode == GroupedMode::Streams) return blas_grouped_gemms({&g}, what);
   const std::vector<size_t> live = live_products(g, what);
   if (live.empty()) return;
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
-  const GroupedMode mode = grouped_mode();
   if (mode == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
   // Products the kernel declines (float32 ones, say) take cuBLAS's grouped call in kernel mode too.
-  if (lib.gemm_grouped_batched_ex && state.load() != 2 &&
-      (mode == GroupedMode::Cublas || mode == GroupedMode::Kernel) && live.size() > 1) {
+  if (lib.gemm_grouped_batched_ex && state.load() != 2 && mode != GroupedMode::Loop &&
+      live.size() > 1) {
     const size_t n = live.size();
     // Host arrays, read by cuBLAS during the call.
     std::vector<cublasOperation_t> op_a(n, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N);
@@ -372,12 +373,6 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
                    "dsv3: cublasGemmGroupedBatchedEx refused (status %d) A/B type %d with C type "
                    "%d for %s; running one cublasGemmEx per group instead\n",
                    int(s), int(g.ab_type), int(g.c_type), what);
-  }
-  if (mode == GroupedMode::Streams && live.size() > 1) {
-    std::vector<BlasGemm> products;
-    for (size_t i : live) products.push_back(one_product(g, i));
-    run_on_side_streams(products, what);
-    return;
   }
   // The fallback (and a single product): one cublasGemmEx each, still without per-group
   // conversions or allocations.

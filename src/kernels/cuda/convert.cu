@@ -15,8 +15,6 @@ namespace {
 // pure-bandwidth kernels at about half the copy bandwidth. The last n % 4 elements, or all of
 // them when a pointer is not aligned, go one at a time. Rounding is __float2bfloat16_rn either
 // way (pack2_bf16 uses it).
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 __device__ __forceinline__ int64_t thread_index() {
   return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
 }
@@ -79,7 +77,7 @@ cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t str
   if (n == 0) return cudaSuccess;
   const auto* xb = reinterpret_cast<const __nv_bfloat16*>(x);
   const unsigned blocks = grid_for((n + 3) / 4, 256);
-  if (aligned(x, 8) && aligned(y, 16))
+  if (aligned_to(x, 8) && aligned_to(y, 16))
     bf16_to_f32_kernel<true><<<blocks, 256, 0, stream>>>(xb, y, n);
   else
     bf16_to_f32_kernel<false><<<blocks, 256, 0, stream>>>(xb, y, n);
@@ -97,7 +95,7 @@ cudaError_t f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t str
   if (n == 0) return cudaSuccess;
   auto* yb = reinterpret_cast<__nv_bfloat16*>(y);
   const unsigned blocks = grid_for((n + 3) / 4, 256);
-  if (aligned(x, 16) && aligned(y, 8))
+  if (aligned_to(x, 16) && aligned_to(y, 8))
     f32_to_bf16_kernel<true><<<blocks, 256, 0, stream>>>(x, yb, n);
   else
     f32_to_bf16_kernel<false><<<blocks, 256, 0, stream>>>(x, yb, n);

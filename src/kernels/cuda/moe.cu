@@ -75,8 +75,8 @@ __global__ void sum_picks_kernel(const float* src, const int32_t* row_of, const 
                                  float* out, int64_t n, int k, int64_t dim) {
   const int64_t cols = dim / int64_t(sizeof(V) / sizeof(float));
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
-    const V* rows[kMaxPicks];
-    float w[kMaxPicks];
+    const V* rows[kMaxPicks] = {};  // (read only below k: the zeros are for the compiler)
+    float w[kMaxPicks] = {};
 #pragma unroll
     for (int j = 0; j < kMaxPicks; ++j) {
       if (j >= k) break;
@@ -197,13 +197,6 @@ __global__ void scatter_add_kernel(MoeScatterAdd p) {
   }
 }
 
-bool aligned16(const void* a, const void* b) {
-  return ((reinterpret_cast<uintptr_t>(a) | reinterpret_cast<uintptr_t>(b)) & 15) == 0;
-}
-bool aligned_to(const void* p, uintptr_t bytes) {
-  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
-}
-
 }  // namespace
 
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
@@ -218,7 +211,7 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
     return cudaGetLastError();
   }
   // Every row starts 16-byte aligned when the bases are and dim is a multiple of 4.
-  if (p.dim % 4 == 0 && aligned16(p.x, p.out)) {
+  if (p.dim % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.out, 16)) {
     gather_kernel<float4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);
   } else {
     gather_kernel<float><<<row_blocks(p.rows), row_threads(p.dim), 0, stream>>>(p);
@@ -232,7 +225,7 @@ namespace {
 template <bool kWeighted>
 cudaError_t launch_sum_picks(const float* src, const int32_t* row_of, const float* weights,
                              float* out, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  const bool vec = dim % 4 == 0 && aligned16(src, out);
+  const bool vec = dim % 4 == 0 && aligned_to(src, 16) && aligned_to(out, 16);
   const unsigned blocks = row_blocks(n);
   if (vec)
     sum_picks_kernel<float4, kWeighted><<<blocks, row_threads(dim / 4), 0, stream>>>(

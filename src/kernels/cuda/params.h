@@ -340,7 +340,6 @@ struct ScaleInplace {
   float factor;
 };
 
-
 // AdamW over many tensors in one launch: chunk c updates elements [begin, end) of tensor
 // tensor[c] with that tensor's decay and the shared scalars (the element arithmetic is
 // adamw_update's).

@@ -69,8 +69,6 @@ __global__ void swiglu_backward_kernel(SwiGlu p) {
   }
 }
 
-bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
-
 // Threads along x for a row's column groups (whole warps, at most 256), blocks along x for the
 // rest of a wide row, blocks along y for the rows (the kernels loop past 65535).
 template <typename K>
@@ -90,13 +88,13 @@ cudaError_t launch_rows(K narrow, K wide, bool vec, const SwiGlu& p, cudaStream_
 
 cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && aligned16(p.gate_up);
+  const bool vec = p.width % 4 == 0 && aligned_to(p.gate_up, 16);
   return launch_rows(swiglu_forward_kernel<1>, swiglu_forward_kernel<4>, vec, p, stream);
 }
 
 cudaError_t swiglu_backward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && aligned16(p.gate_up) && aligned16(p.d_h);
+  const bool vec = p.width % 4 == 0 && aligned_to(p.gate_up, 16) && aligned_to(p.d_h, 16);
   return launch_rows(swiglu_backward_kernel<1>, swiglu_backward_kernel<4>, vec, p, stream);
 }
 
