@@ -1,6 +1,7 @@
 // The CPU emulation of CUDA declared in include/cuda_emulation.h and include/cublas_v2.h.
 //
-// Kernels: the blocks of a launch run one after another, in a shuffled order; the threads of a block run as fibers
+// Kernels: the blocks of a launch run one after another, in a shuffled order (a cooperative
+// launch's side by side, taking turns where a thread pauses in a spin-wait); the threads of a block run as fibers
 // on one host thread, switching only where a thread waits: at __syncthreads and at
 // warp shuffles. A block's warps run one at a time, each as far as it can before the next. A barrier opens when every thread it needs has arrived; a thread that waits
 // for a barrier no other thread can reach (a shuffle after some lanes returned, __syncthreads
@@ -390,7 +391,8 @@ void set_thread_stack(Context& c) {
   c.stack_bytes = bytes;
 }
 
-enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Done };
+// Yielded: at __nanosleep, a spin-wait's pause; ready again once the other blocks have had a turn.
+enum class State { Ready, AtBlockBarrier, AtWarpBarrier, Yielded, Done };
 
 struct Thread {
   Context ctx;
@@ -408,7 +410,7 @@ struct WarpExchange {
 uint64_t g_kernels_run = 0;  // kernel executions so far
 uint64_t g_blocks_run = 0;   // block executions so far
 
-// The block being run.
+// A block of the running launch.
 struct Block {
   const char* kernel = "";
   const std::function<void()>* body = nullptr;
@@ -429,15 +431,29 @@ struct Block {
   int current = -1;
   bool failed = false;
   Context scheduler;
+  uint3 idx{0, 0, 0};
+  uint64_t serial = 0;    // g_blocks_run when it started
+  size_t first_stack = 0;  // its threads' fiber stacks: g_stacks[first_stack + i]
 };
-Block g_block;
+Block g_single;            // the block of a plain launch (one at a time), reused
+Block* g_cur = &g_single;  // the block being run
 std::vector<std::unique_ptr<FiberStack>> g_stacks;
+
+// A cooperative launch runs its blocks side by side (a GPU guarantees them co-resident), so a
+// block may wait for another: a spin-wait pauses at __nanosleep and the other blocks take
+// turns. A launch whose spin-waits pause this often has blocks waiting on each other forever.
+bool g_cooperative = false;
+uint64_t g_yields = 0;  // pauses in the running launch
+constexpr uint64_t kMaxYields = uint64_t(1) << 22;
+// The emulated device, for occupancy and cooperative launches: an H100's SM count is 132; a
+// few here, each holding at most two blocks, keep a cooperative launch's fibers few.
+constexpr int kEmulatedSMs = 4, kBlocksPerSM = 2;
 
 // The running thread returns for good.
 [[noreturn]] void exit_thread() {
-  Thread& t = g_block.threads[size_t(g_block.current)];
+  Thread& t = g_cur->threads[size_t(g_cur->current)];
   t.state = State::Done;
-  switch_context(t.ctx, g_block.scheduler, true);
+  switch_context(t.ctx, g_cur->scheduler, true);
   std::abort();  // never resumed
 }
 
@@ -445,16 +461,16 @@ void fiber_main() {
 #ifdef DSV3EMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);  // the first entry
 #endif
-  (*g_block.body)();
+  (*g_cur->body)();
   exit_thread();
 }
 
 // The running thread waits in `state` until the scheduler releases it.
 void wait_as(State state) {
-  Thread& t = g_block.threads[size_t(g_block.current)];
+  Thread& t = g_cur->threads[size_t(g_cur->current)];
   t.state = state;
-  switch_context(t.ctx, g_block.scheduler);
-  if (g_block.failed) exit_thread();  // the launch failed while this thread waited
+  switch_context(t.ctx, g_cur->scheduler);
+  if (g_cur->failed) exit_thread();  // the launch failed while this thread waited
 }
 
 std::string where(const Thread& t) {
@@ -465,20 +481,41 @@ std::string where(const Thread& t) {
 }
 
 void fail_block(const std::string& why) {
-  g_block.failed = true;
-  kernel_failed(std::string("kernel ") + g_block.kernel + ": " + why);
+  g_cur->failed = true;
+  kernel_failed(std::string("kernel ") + g_cur->kernel + ": " + why);
 }
 
-// Runs every thread of the current block to completion (or to the launch's failure).
-void run_block() {
-  std::vector<Thread>& ts = g_block.threads;
+// Gives each thread of block b a fresh fiber, ready to run the kernel from its start.
+void start_block(Block& b) {
+  for (size_t i = 0; i < b.threads.size(); ++i) {
+    Thread& t = b.threads[i];
+    t.state = State::Ready;
+    make_context(t.ctx, g_stacks[b.first_stack + i]->stack(), kStackBytes, fiber_main);
+  }
+}
+
+// Lets every fiber of a failed block that waits (at a barrier or paused) leave through wait_as;
+// their stacks are reused.
+void drain_block(Block& b) {
+  b.failed = true;
+  for (size_t i = 0; i < b.threads.size(); ++i) {
+    Thread& t = b.threads[i];
+    if (t.state == State::Done || t.state == State::Ready) continue;
+    b.current = int(i);
+    switch_context(b.scheduler, t.ctx);
+  }
+}
+
+enum class Step { Finished, Paused, Failed };
+
+// Runs the threads of block g_cur until they have all returned (Finished), the launch fails, or
+// no thread can go on but some paused in a spin-wait (Paused: they are ready again, to run
+// after the other blocks have had a turn).
+Step step_block() {
+  Block& b = *g_cur;
+  std::vector<Thread>& ts = b.threads;
   const int n = int(ts.size());
   const int warps = (n + 31) / 32;
-  for (int i = 0; i < n; ++i) {
-    Thread& t = ts[size_t(i)];
-    t.state = State::Ready;
-    make_context(t.ctx, g_stacks[size_t(i)]->stack(), kStackBytes, fiber_main);
-  }
   // Threads run to their next barrier in ascending order in even launches, descending in odd
   // ones: a read that a missing barrier leaves unordered after a write sees the write in one
   // of the two.
@@ -490,10 +527,10 @@ void run_block() {
       const int i = descending ? lo + hi - 1 - k : k;
       Thread& t = ts[size_t(i)];
       if (t.state != State::Ready) continue;
-      g_block.current = i;
+      b.current = i;
       g_thread_idx = t.idx;
-      switch_context(g_block.scheduler, t.ctx);
-      if (g_block.failed) return;
+      switch_context(b.scheduler, t.ctx);
+      if (b.failed) return;
     }
   };
   for (;;) {
@@ -501,19 +538,19 @@ void run_block() {
     // before the next starts: the warps drift as far apart as __syncthreads allows, so a read
     // that a missing barrier leaves racing with another warp's write (a tile reloaded while
     // another warp still reads it) sees the write in one of the two warp orders.
-    for (int k = 0; k < warps && !g_block.failed; ++k) {
+    for (int k = 0; k < warps && !b.failed; ++k) {
       const int w = descending ? warps - 1 - k : k;
       const int lo = w * 32, hi = std::min(n, lo + 32);
       for (;;) {
         run_warp(w);
-        if (g_block.failed || hi - lo < 32) break;
+        if (b.failed || hi - lo < 32) break;
         int waiting = 0;
         for (int i = lo; i < hi; ++i) waiting += ts[size_t(i)].state == State::AtWarpBarrier;
         if (waiting != 32) break;  // none waiting, or lanes stuck (diagnosed below)
         for (int i = lo; i < hi; ++i) ts[size_t(i)].state = State::Ready;
       }
     }
-    if (g_block.failed) break;
+    if (b.failed) break;
     bool released = false;
     // A warp barrier opens when all 32 lanes wait at it.
     for (int w = 0; w < warps; ++w) {
@@ -531,11 +568,12 @@ void run_block() {
         released = true;
       }
     }
-    if (g_block.failed) break;
-    int done = 0, at_block = 0;
+    if (b.failed) break;
+    int done = 0, at_block = 0, paused = 0;
     for (const Thread& t : ts) {
       done += t.state == State::Done;
       at_block += t.state == State::AtBlockBarrier;
+      paused += t.state == State::Yielded;
     }
     if (done == n) break;
     if (!released && at_block == n - done && at_block > 0) {
@@ -547,6 +585,12 @@ void run_block() {
       for (Thread& t : ts) t.state = State::Ready;
       released = true;
     }
+    if (!released && paused > 0) {  // spinning: the other blocks' turn
+      for (Thread& t : ts)
+        if (t.state == State::Yielded) t.state = State::Ready;
+      b.current = -1;
+      return Step::Paused;
+    }
     if (!released) {  // threads wait at barriers no one else can reach
       for (const Thread& t : ts) {
         if (t.state == State::AtWarpBarrier) {
@@ -555,42 +599,54 @@ void run_block() {
           break;
         }
       }
-      if (!g_block.failed) fail_block("threads wait at different barriers (divergent __syncthreads)");
+      if (!b.failed) fail_block("threads wait at different barriers (divergent __syncthreads)");
       break;
     }
   }
-  if (g_block.failed) {
-    // Let every suspended fiber leave through wait_as; their stacks are reused afterwards.
-    for (int i = 0; i < n; ++i) {
-      Thread& t = ts[size_t(i)];
-      if (t.state == State::Done || t.state == State::Ready) continue;
-      g_block.current = i;
-      switch_context(g_block.scheduler, t.ctx);
-    }
+  if (b.failed) {
+    drain_block(b);
+    b.current = -1;
+    return Step::Failed;
   }
+  b.current = -1;
+  return Step::Finished;
+}
+
+// Sets up block b of a launch: its index, fresh poisoned shared memory, its fiber stacks.
+void prepare_block(Block& b, const LaunchConfig& cfg, uint3 idx, size_t first_stack) {
+  const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
+  b.idx = idx;
+  b.failed = false;
+  b.current = -1;
+  b.first_stack = first_stack;
+  b.serial = ++g_blocks_run;
+  b.threads.assign(size_t(n), Thread{});
+  b.warps.assign(size_t((n + 31) / 32), WarpExchange{});
+  for (int i = 0; i < n; ++i) {
+    Thread& t = b.threads[size_t(i)];
+    t.linear = i;
+    t.idx = {unsigned(i) % cfg.block.x, (unsigned(i) / cfg.block.x) % cfg.block.y,
+             unsigned(i) / (cfg.block.x * cfg.block.y)};
+  }
+  // Dynamic shared memory starts as garbage on a GPU: the poison pattern here. A fresh
+  // allocation of the launch's size per block, so AddressSanitizer sees overruns.
+  b.shared.reset(new unsigned char[cfg.shared]);
+  poison(b.shared.get(), cfg.shared);
+  b.statics.clear();
+  b.static_bytes = 0;
+  set_thread_stack(b.scheduler);
+  while (g_stacks.size() < first_stack + size_t(n))
+    g_stacks.push_back(std::make_unique<FiberStack>());
+  start_block(b);
 }
 
 void run_kernel(const char* name, const LaunchConfig& cfg, size_t shared_limit,
                 const std::function<void()>& body) {
   ++g_kernels_run;
-  g_block.dynamic_bytes = cfg.shared;
-  g_block.shared_limit = shared_limit;
-  const int n = int(cfg.block.x * cfg.block.y * cfg.block.z);
-  g_block.kernel = name;
-  g_block.body = &body;
-  g_block.failed = false;
-  g_block.threads.assign(size_t(n), Thread{});
-  g_block.warps.assign(size_t((n + 31) / 32), WarpExchange{});
-  while (g_stacks.size() < size_t(n)) g_stacks.push_back(std::make_unique<FiberStack>());
-  for (int i = 0; i < n; ++i) {
-    Thread& t = g_block.threads[size_t(i)];
-    t.linear = i;
-    t.idx = {unsigned(i) % cfg.block.x, (unsigned(i) / cfg.block.x) % cfg.block.y,
-             unsigned(i) / (cfg.block.x * cfg.block.y)};
-  }
-  set_thread_stack(g_block.scheduler);
   g_block_dim = cfg.block;
   g_grid_dim = cfg.grid;
+  g_cooperative = cfg.cooperative;
+  g_yields = 0;
   // A GPU runs blocks in no promised order: here in a shuffled one (seeded by the launch
   // count, so a run is reproducible), so that code relying on an order fails here too.
   std::vector<uint3> order;
@@ -600,45 +656,103 @@ void run_kernel(const char* name, const LaunchConfig& cfg, size_t shared_limit,
       for (unsigned x = 0; x < cfg.grid.x; ++x) order.push_back({x, y, z});
   std::mt19937_64 rng(g_kernels_run);
   std::shuffle(order.begin(), order.end(), rng);
-  for (const uint3& b : order) {
-    g_block_idx = b;
-    // Dynamic shared memory starts as garbage on a GPU: the poison pattern here. A fresh
-    // allocation of the launch's size per block, so AddressSanitizer sees overruns.
-    g_block.shared.reset(new unsigned char[cfg.shared]);
-    poison(g_block.shared.get(), cfg.shared);
-    g_block.statics.clear();
-    g_block.static_bytes = 0;
-    ++g_blocks_run;
-    run_block();
-    if (g_block.failed) break;
+  const auto setup = [&](Block& b) {
+    b.kernel = name;
+    b.body = &body;
+    b.dynamic_bytes = cfg.shared;
+    b.shared_limit = shared_limit;
+  };
+  if (!cfg.cooperative) {  // one block after another
+    for (const uint3& idx : order) {
+      g_cur = &g_single;
+      setup(g_single);
+      prepare_block(g_single, cfg, idx, 0);
+      g_block_idx = idx;
+      Step step;
+      while ((step = step_block()) == Step::Paused) {
+      }
+      if (step == Step::Failed) break;
+    }
+    g_cur = &g_single;
+    return;
   }
-  g_block.current = -1;
+  // Cooperative: every block started, then turns in the shuffled order until all have returned.
+  const size_t n = size_t(cfg.block.x) * cfg.block.y * cfg.block.z;
+  std::vector<std::unique_ptr<Block>> blocks;
+  for (size_t i = 0; i < order.size(); ++i) {
+    blocks.push_back(std::make_unique<Block>());
+    g_cur = blocks.back().get();
+    setup(*g_cur);
+    prepare_block(*g_cur, cfg, order[i], i * n);
+  }
+  std::vector<Block*> live;
+  for (auto& b : blocks) live.push_back(b.get());
+  bool failed = false;
+  while (!live.empty() && !failed) {
+    std::vector<Block*> still;
+    for (Block* b : live) {
+      g_cur = b;
+      g_block_idx = b->idx;
+      const Step step = step_block();
+      if (step == Step::Failed) {
+        failed = true;
+        break;
+      }
+      if (step == Step::Paused) still.push_back(b);
+    }
+    live.swap(still);
+  }
+  if (failed)
+    for (auto& b : blocks) {
+      if (b->failed) continue;
+      g_cur = b.get();
+      g_block_idx = b->idx;
+      drain_block(*b);
+    }
+  g_cur = &g_single;
+  g_cooperative = false;
 }
 
 }  // namespace
 
 void sync_block() {
-  if (g_block.current < 0) {
+  if (g_cur->current < 0) {
     std::fprintf(stderr, "cuda emulation: __syncthreads outside a kernel\n");
     std::abort();
   }
   wait_as(State::AtBlockBarrier);
 }
 
+void pause_thread() {
+  if (g_cur->current < 0) {
+    std::fprintf(stderr, "cuda emulation: __nanosleep outside a kernel\n");
+    std::abort();
+  }
+  if (++g_yields > kMaxYields)
+    internal::fail_thread(
+        g_cooperative
+            ? "a spin-wait that never ends: the blocks of this cooperative launch wait on each "
+              "other"
+            : "a spin-wait that never ends: the launch is not cooperative, so its blocks run one "
+              "after another here (a GPU promises no more), and a block waiting for another "
+              "may wait forever");
+  wait_as(State::Yielded);
+}
+
 uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane, int width,
                        const char* what) {
-  if (g_block.current < 0) {
+  if (g_cur->current < 0) {
     std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
     std::abort();
   }
-  const Thread& t = g_block.threads[size_t(g_block.current)];
+  const Thread& t = g_cur->threads[size_t(g_cur->current)];
   if (mask != 0xffffffffu || width != 32) {
     fail_block(std::string(what) + " at " + where(t) +
                ": only full-warp shuffles (mask 0xffffffff, width 32) are emulated");
     exit_thread();
   }
   const int lane = t.linear % 32;
-  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  WarpExchange& w = g_cur->warps[size_t(t.linear / 32)];
   w.value[lane] = mine;
   wait_as(State::AtWarpBarrier);  // every lane has written
   const int src = (xor_lane ? (lane ^ lane_arg) : lane_arg) & 31;
@@ -649,17 +763,17 @@ uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane
 
 uint32_t warp_ballot(unsigned mask, bool pred, const char* what) {
   // A full-warp exchange in which every lane reads every lane's predicate.
-  if (g_block.current < 0) {
+  if (g_cur->current < 0) {
     std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
     std::abort();
   }
-  const Thread& t = g_block.threads[size_t(g_block.current)];
+  const Thread& t = g_cur->threads[size_t(g_cur->current)];
   if (mask != 0xffffffffu) {
     fail_block(std::string(what) + " at " + where(t) +
                ": only full-warp ballots (mask 0xffffffff) are emulated");
     exit_thread();
   }
-  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  WarpExchange& w = g_cur->warps[size_t(t.linear / 32)];
   w.value[t.linear % 32] = pred ? 1u : 0u;
   wait_as(State::AtWarpBarrier);  // every lane has written
   uint32_t bits = 0;
@@ -669,21 +783,22 @@ uint32_t warp_ballot(unsigned mask, bool pred, const char* what) {
   return bits;
 }
 
-void* dynamic_shared_base() { return g_block.shared.get(); }
+void* dynamic_shared_base() { return g_cur->shared.get(); }
 
 namespace internal {
 
-int thread_linear() { return g_block.threads[size_t(g_block.current)].linear; }
-uint64_t block_serial() { return g_blocks_run; }
+int thread_linear() { return g_cur->threads[size_t(g_cur->current)].linear; }
+uint64_t block_serial() { return g_cur->serial; }
+bool cooperative_launch() { return g_cooperative; }
 
 const unsigned char* warp_gather(const void* mine, size_t bytes, const char* what) {
-  if (g_block.current < 0) {
+  if (g_cur->current < 0) {
     std::fprintf(stderr, "cuda emulation: %s outside a kernel\n", what);
     std::abort();
   }
   if (bytes > kWarpRecordBytes) std::abort();  // the emulator's own mistake
-  const Thread& t = g_block.threads[size_t(g_block.current)];
-  WarpExchange& w = g_block.warps[size_t(t.linear / 32)];
+  const Thread& t = g_cur->threads[size_t(g_cur->current)];
+  WarpExchange& w = g_cur->warps[size_t(t.linear / 32)];
   std::memcpy(w.record[t.linear % 32], mine, bytes);
   w.what[t.linear % 32] = what;
   wait_as(State::AtWarpBarrier);  // every lane has written
@@ -701,8 +816,8 @@ bool in_shared_memory(const void* p, size_t bytes) {
     const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(base);
     return a >= b && bytes <= size && a - b <= size - bytes;
   };
-  if (inside(g_block.shared.get(), g_block.dynamic_bytes)) return true;
-  for (const auto& [site, slot] : g_block.statics) {
+  if (inside(g_cur->shared.get(), g_cur->dynamic_bytes)) return true;
+  for (const auto& [site, slot] : g_cur->statics) {
     (void)site;
     if (inside(slot.storage.get(), slot.bytes)) return true;
   }
@@ -716,7 +831,7 @@ void fail_thread(std::string why) {
     // Every string is gone before the fiber leaves for good (it never unwinds): the caller's
     // message was moved in here, and this one ends with the block.
     const std::string message =
-        std::move(why) + " at " + where(g_block.threads[size_t(g_block.current)]);
+        std::move(why) + " at " + where(g_cur->threads[size_t(g_cur->current)]);
     fail_block(message);
   }
   exit_thread();
@@ -726,22 +841,22 @@ void fail_thread(std::string why) {
 
 
 void* block_shared_slot(const void* site, size_t bytes, size_t align) {
-  auto it = g_block.statics.find(site);
-  if (it != g_block.statics.end()) return it->second.storage.get();
+  auto it = g_cur->statics.find(site);
+  if (it != g_cur->statics.end()) return it->second.storage.get();
   // A GPU's limits: 48 KiB of static shared memory, and static plus dynamic within the launch's
   // limit (raised by the opt-in).
-  g_block.static_bytes += bytes;
-  if (g_block.static_bytes > 48 * 1024 ||
-      g_block.static_bytes + g_block.dynamic_bytes > g_block.shared_limit) {
-    fail_block("static shared memory of " + std::to_string(g_block.static_bytes) +
-               " bytes (with " + std::to_string(g_block.dynamic_bytes) +
+  g_cur->static_bytes += bytes;
+  if (g_cur->static_bytes > 48 * 1024 ||
+      g_cur->static_bytes + g_cur->dynamic_bytes > g_cur->shared_limit) {
+    fail_block("static shared memory of " + std::to_string(g_cur->static_bytes) +
+               " bytes (with " + std::to_string(g_cur->dynamic_bytes) +
                " dynamic) is over the limit");
     exit_thread();
   }
   void* p = nullptr;
   if (posix_memalign(&p, std::max<size_t>(align, 16), bytes ? bytes : 1) != 0) std::abort();
   poison(p, bytes);
-  g_block.statics.emplace(site,
+  g_cur->statics.emplace(site,
                          Block::StaticSlot{std::unique_ptr<void, Block::FreeDeleter>(p), bytes});
   return p;
 }
@@ -749,7 +864,7 @@ void* block_shared_slot(const void* site, size_t bytes, size_t align) {
 void check_global_load(const void* p, size_t bytes, const char* what) {
   // Device memory, or pinned host memory (mapped into the device's address space).
   if (find_allocation(p, bytes)) return;
-  const Thread& t = g_block.threads[size_t(g_block.current)];
+  const Thread& t = g_cur->threads[size_t(g_cur->current)];
   fail_block(std::string(what) + " at " + where(t) + " reads " + std::to_string(bytes) +
              " bytes that are not global memory (shared or local memory faults on a GPU)");
   exit_thread();
@@ -773,6 +888,13 @@ constexpr int kSharedOptin = 227 * 1024;
 std::map<const void*, int> g_max_dynamic_shared;  // per kernel, as raised by cudaFuncSetAttribute
 }  // namespace
 
+static int resident_blocks(int threads, size_t dynamic_shared) {
+  if (threads < 1 || threads > 1024) return 0;
+  // An SM: 2,048 threads and 228 KiB of shared memory (1 KiB of it reserved per block).
+  const size_t by_shared = size_t(228 * 1024) / (dynamic_shared + 1024);
+  return int(std::min<size_t>({size_t(kBlocksPerSM), size_t(2048 / threads), by_shared}));
+}
+
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes) {
   if (bytes < 0 || bytes > kSharedOptin) return set_error(cudaErrorInvalidValue);
   g_max_dynamic_shared[kernel] = bytes;
@@ -795,6 +917,18 @@ void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cf
     set_error(cudaErrorInvalidConfiguration);
     return;
   }
+  if (cfg.cooperative) {
+    // Every block must be resident at once (cudaLaunchCooperativeKernel's rule).
+    const uint64_t blocks = uint64_t(cfg.grid.x) * cfg.grid.y * cfg.grid.z;
+    const uint64_t resident = uint64_t(kEmulatedSMs) * resident_blocks(int(threads), cfg.shared);
+    if (blocks > resident) {
+      std::fprintf(stderr, "cuda emulation: kernel %s: a cooperative launch of %llu blocks, more "
+                   "than the %llu the device holds at once\n", name,
+                   static_cast<unsigned long long>(blocks), static_cast<unsigned long long>(resident));
+      set_error(cudaErrorCooperativeLaunchTooLarge);
+      return;
+    }
+  }
   submit(cfg.stream, false, name,
          [name, cfg, shared_limit, body = std::move(body)] {
            run_kernel(name, cfg, shared_limit, body);
@@ -812,9 +946,18 @@ cudaError_t cudaGetDevice(int* device) {
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
-  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin || device != 0)
-    return set_error(cudaErrorInvalidValue);
-  *value = kSharedOptin;
+  if (device != 0) return set_error(cudaErrorInvalidValue);
+  switch (attr) {
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = kSharedOptin; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = kEmulatedSMs; return cudaSuccess;
+    case cudaDevAttrCooperativeLaunch: *value = 1; return cudaSuccess;
+  }
+  return set_error(cudaErrorInvalidValue);
+}
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* kernel,
+                                                          int block_size, size_t dynamic_shared) {
+  (void)kernel;
+  *blocks = resident_blocks(block_size, dynamic_shared);
   return cudaSuccess;
 }
 cudaError_t cudaGetDeviceCount(int* n) {
@@ -842,6 +985,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
     case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
     case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";

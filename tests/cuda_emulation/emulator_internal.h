@@ -11,6 +11,8 @@ namespace dsv3emu::internal {
 // run (per-thread state kept elsewhere is stale when it changes).
 int thread_linear();
 uint64_t block_serial();
+// Whether the running launch is cooperative (its blocks interleave).
+bool cooperative_launch();
 
 // A warp-collective step: every lane of the running thread's warp publishes `bytes` (at most
 // kWarpRecordBytes) and waits until all 32 have; the result holds lane i's record at

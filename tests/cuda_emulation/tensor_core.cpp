@@ -58,6 +58,9 @@ float bf16_hi(uint32_t v) { return __uint_as_float(v & 0xffff0000u); }
 }  // namespace
 
 void cp_async16(void* smem, const void* gmem, bool valid) {
+  // Copies in flight are kept per thread of one block at a time (my_copies).
+  if (internal::cooperative_launch())
+    fail_thread("cp.async in a cooperative launch (whose blocks interleave) is not emulated");
   if (!aligned16(smem) || !internal::in_shared_memory(smem, 16))
     fail_thread("cp.async: the destination is not 16 aligned bytes of shared memory");
   if (valid && (!aligned16(gmem) || !internal::in_global_memory(gmem, 16)))

@@ -56,6 +56,27 @@ __global__ void dynamic_shared_kernel(float* y) {
 
 __global__ void fill_kernel(float* y, float v) { y[threadIdx.x] = v; }
 
+// Every block adds its index to a count, waits (thread 0 spinning) until all blocks have, and
+// then writes what it saw: correct only when the blocks run side by side.
+__global__ void all_arrive_kernel(unsigned* count, unsigned* seen) {
+  __shared__ unsigned total;
+  if (threadIdx.x == 0) {
+    atomicAdd(count, 1u);
+    while (*static_cast<volatile unsigned*>(count) < gridDim.x) __nanosleep(32);
+    total = *count;
+  }
+  __syncthreads();
+  seen[blockIdx.x * blockDim.x + threadIdx.x] = total;
+}
+
+cudaError_t launch_all_arrive(unsigned blocks, bool cooperative, unsigned* count, unsigned* seen) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = cooperative ? 1 : 0;
+  cudaLaunchConfig_t cfg = {dim3(blocks), dim3(64), 0, nullptr, attr, 1};
+  return cudaLaunchKernelEx(&cfg, all_arrive_kernel, count, seen);
+}
+
 // __ldcg is a global load: fine on device memory, a fault on shared memory.
 __global__ void cached_load_kernel(const float* x, float* y, bool from_shared) {
   __shared__ float tile[32];
@@ -108,6 +129,37 @@ TEST(CudaEmulation, MisusedShuffleOrBarrierFailsTheLaunch) {
   EXPECT_EQ(cudaMemcpy(y.p, y.p, 4, cudaMemcpyDeviceToDevice), cudaErrorLaunchFailure);  // sticky
   reset_errors();
   divergent_barrier_kernel<<<1, 64>>>(y.f());
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
+  reset_errors();
+}
+
+TEST(CudaEmulation, CooperativeBlocksRunSideBySide) {
+  int sms = 0, per_sm = 0;
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), cudaSuccess);
+  ASSERT_EQ(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, all_arrive_kernel, 64, 0),
+            cudaSuccess);
+  const unsigned blocks = unsigned(sms * per_sm);
+  ASSERT_GT(blocks, 1u);
+  Buffer count(4), seen(blocks * 64 * 4);
+  ASSERT_EQ(cudaMemsetAsync(count.p, 0, 4), cudaSuccess);
+  ASSERT_EQ(launch_all_arrive(blocks, true, static_cast<unsigned*>(count.p),
+                              static_cast<unsigned*>(seen.p)),
+            cudaSuccess);
+  std::vector<unsigned> out(blocks * 64);
+  ASSERT_EQ(cudaMemcpy(out.data(), seen.p, out.size() * 4, cudaMemcpyDeviceToHost), cudaSuccess);
+  for (unsigned v : out) ASSERT_EQ(v, blocks);
+
+  // More blocks than the device holds at once: refused.
+  EXPECT_EQ(launch_all_arrive(blocks + 1, true, static_cast<unsigned*>(count.p),
+                              static_cast<unsigned*>(seen.p)),
+            cudaErrorCooperativeLaunchTooLarge);
+  reset_errors();
+  // The same wait in a plain launch, whose blocks run one after another: it never ends, and the
+  // launch fails instead of hanging.
+  ASSERT_EQ(cudaMemsetAsync(count.p, 0, 4), cudaSuccess);
+  EXPECT_EQ(launch_all_arrive(2, false, static_cast<unsigned*>(count.p),
+                              static_cast<unsigned*>(seen.p)),
+            cudaSuccess);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorLaunchFailure);
   reset_errors();
 }

@@ -73,6 +73,7 @@ namespace dsv3emu {
 extern uint3 g_thread_idx, g_block_idx;
 extern dim3 g_block_dim, g_grid_dim;
 void sync_block();
+void pause_thread();
 uint32_t warp_exchange(unsigned mask, uint32_t mine, int lane_arg, bool xor_lane, int width,
                        const char* what);
 uint32_t warp_ballot(unsigned mask, bool pred, const char* what);
@@ -102,6 +103,8 @@ T& block_shared(Site) {
 #define gridDim (static_cast<const dim3&>(::dsv3emu::g_grid_dim))
 
 inline void __syncthreads() { ::dsv3emu::sync_block(); }
+// A spin-wait's pause: the other threads and, in a cooperative launch, the other blocks run.
+inline void __nanosleep(unsigned) { ::dsv3emu::pause_thread(); }
 
 inline uint32_t __float_as_uint(float f) {
   uint32_t u;
@@ -144,7 +147,8 @@ inline void __syncwarp(unsigned mask = 0xffffffffu) {
   (void)::dsv3emu::warp_exchange(mask, 0u, 0, true, 32, "__syncwarp");
 }
 
-// Blocks run one at a time: atomics are plain read-modify-writes, fences have nothing to order.
+// Every thread runs on one host thread, switching only at waits: atomics are plain
+// read-modify-writes, fences have nothing to order.
 inline unsigned atomicAdd(unsigned* p, unsigned v) {
   const unsigned old = *p;
   *p = old + v;
@@ -235,6 +239,7 @@ enum cudaError_t {
   cudaErrorInvalidResourceHandle = 400,
   cudaErrorNotReady = 600,
   cudaErrorLaunchFailure = 719,
+  cudaErrorCooperativeLaunchTooLarge = 720,
   cudaErrorNotSupported = 801,
   cudaErrorStreamCaptureUnsupported = 900,
   cudaErrorStreamCaptureInvalidated = 901,
@@ -322,8 +327,21 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s = nullptr);
 cudaError_t cudaEventSynchronize(cudaEvent_t e);
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t stop);
 cudaError_t cudaGetDevice(int* device);
-enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin = 97 };
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrCooperativeLaunch = 95,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device);
+// The emulated device has a few SMs of two resident blocks each (emulator.cpp).
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, const void* kernel,
+                                                          int block_size, size_t dynamic_shared);
+template <typename... P>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, void (*kernel)(P...),
+                                                          int block_size, size_t dynamic_shared) {
+  return cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      blocks, reinterpret_cast<const void*>(kernel), block_size, dynamic_shared);
+}
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 namespace dsv3emu {
 cudaError_t set_max_dynamic_shared(const void* kernel, int bytes);
@@ -347,6 +365,9 @@ struct LaunchConfig {
   dim3 block;
   size_t shared = 0;
   cudaStream_t stream = nullptr;
+  // Cooperative (cudaLaunchAttributeCooperative): the blocks run side by side, so one may wait
+  // for another; refused when the device cannot hold them all at once.
+  bool cooperative = false;
 };
 void enqueue_kernel(const char* name, const void* kernel, const LaunchConfig& cfg,
                     std::function<void()> body);
@@ -380,11 +401,15 @@ void launch(const char* name, void (*kernel)(P...), const LaunchConfig& cfg, A&&
 }
 }  // namespace dsv3emu
 
-// cudaLaunchKernelEx with the one attribute dsv3 sets, programmatic stream serialization. The
-// emulation runs a stream's kernels one after another, so a programmatic launch is a plain one
-// (griddepcontrol is a no-op off sm_90: kernels/cuda/common.cuh).
-enum cudaLaunchAttributeID { cudaLaunchAttributeProgrammaticStreamSerialization = 5 };
+// cudaLaunchKernelEx with the attributes dsv3 sets: programmatic stream serialization (the
+// emulation runs a stream's kernels one after another, so a programmatic launch is a plain one;
+// griddepcontrol is a no-op off sm_90: kernels/cuda/common.cuh) and cooperative.
+enum cudaLaunchAttributeID {
+  cudaLaunchAttributeCooperative = 2,
+  cudaLaunchAttributeProgrammaticStreamSerialization = 6,
+};
 union cudaLaunchAttributeValue {
+  int cooperative;
   int programmaticStreamSerializationAllowed;
 };
 struct cudaLaunchAttribute {
@@ -404,11 +429,15 @@ struct cudaLaunchConfig_t {
 template <typename... P, typename... A>
 cudaError_t cudaLaunchKernelEx(const cudaLaunchConfig_t* config, void (*kernel)(P...),
                                A&&... args) {
-  for (unsigned i = 0; i < config->numAttrs; ++i)
-    if (config->attrs[i].id != cudaLaunchAttributeProgrammaticStreamSerialization)
-      return cudaErrorInvalidValue;
+  bool cooperative = false;
+  for (unsigned i = 0; i < config->numAttrs; ++i) {
+    const cudaLaunchAttribute& a = config->attrs[i];
+    if (a.id == cudaLaunchAttributeCooperative) cooperative = a.val.cooperative != 0;
+    else if (a.id != cudaLaunchAttributeProgrammaticStreamSerialization) return cudaErrorInvalidValue;
+  }
   ::dsv3emu::launch("kernel (cudaLaunchKernelEx)", kernel,
-                    {config->grid, config->block, config->dynamicSmemBytes, config->stream},
+                    {config->grid, config->block, config->dynamicSmemBytes, config->stream,
+                     cooperative},
                     std::forward<A>(args)...);
   return cudaGetLastError();
 }
