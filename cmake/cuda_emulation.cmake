@@ -3,7 +3,7 @@
 # linked with the library's other objects, and run by the GPU inference and router tests
 # (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp,
 # test_grouped_gemm_cuda.cpp, test_index_errors_cuda.cpp, test_decode_router_cuda.cpp,
-# test_decode_fusion_cuda.cpp, test_weights_cuda.cpp, test_grouped_streams_cuda.cpp,
+# test_decode_fusion_cuda.cpp, test_decode_program_cuda.cpp, test_weights_cuda.cpp, test_grouped_streams_cuda.cpp,
 # test_convert_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
@@ -62,6 +62,7 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_index_errors_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_decode_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_decode_fusion_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_decode_program_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_weights_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_streams_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_convert_cuda.cpp

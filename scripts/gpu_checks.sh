@@ -68,6 +68,9 @@ for stage in "${stages[@]}"; do
         # The decode checks with the steps captured without programmatic dependent launch.
         run_stage "parity_bf16_no_pdl_$(basename "$f")" env DSV3_CUDA_PDL=0 \
           "$DSV3" parity --device cuda --precision bf16 "$f"
+        # The decode checks with each decode step as one launch (the decode program).
+        run_stage "parity_bf16_persistent_$(basename "$f")" env DSV3_CUDA_PERSISTENT=1 \
+          "$DSV3" parity --device cuda --precision bf16 "$f"
       done
       ;;
     bench)
@@ -108,6 +111,15 @@ for stage in "${stages[@]}"; do
       done
       # The same steps captured without programmatic dependent launch (the default has it).
       DSV3_CUDA_PDL=0 run_stage decode_cuda_no_pdl "$DSV3" bench decode -m "$model" --device cuda \
+        --cache-dtype bf16 --prompt-tokens 128 --new-tokens 128 --repeat 3
+      # Each step as one launch (the decode program, DSV3_CUDA_PERSISTENT=1), both caches, then
+      # the separate launches again, so that a drift of the GPU's clocks shows.
+      for cache in bf16 f32; do
+        DSV3_CUDA_PERSISTENT=1 run_stage "decode_cuda_persistent_cache_$cache" "$DSV3" bench \
+          decode -m "$model" --device cuda --cache-dtype $cache --prompt-tokens 128 \
+          --new-tokens 128 --repeat 3
+      done
+      run_stage decode_cuda_cache_bf16_again "$DSV3" bench decode -m "$model" --device cuda \
         --cache-dtype bf16 --prompt-tokens 128 --new-tokens 128 --repeat 3
       # MTP speculation needs MTP weights: the same model with one MTP layer (random weights,
       # so this checks that it runs, not what a trained model's acceptance gives).

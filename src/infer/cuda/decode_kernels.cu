@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <type_traits>
 
 #include "infer/cuda/decode_kernels.h"
@@ -38,6 +39,35 @@ __device__ __forceinline__ float load_weight(const void* w, int64_t i) {
 
 // Set while a ProgrammaticLaunch lives on this thread (decode_kernels.h).
 thread_local bool t_programmatic_launch = false;
+// Set while a DecodeRecording lives on this thread: launches are recorded, not run.
+thread_local DecodeProgram* t_recording = nullptr;
+
+// The kernels a decode program's stage can stand for (decode_program_kernel).
+enum class StageKind : int32_t { Embed, Norm, Gemv, ExpertsDown, AbsorbQuery, Attention, Router };
+constexpr int kGemvSwiGlu = 1, kGemvNorm = 2;  // a Gemv stage's variant bits
+constexpr int kRouterBf16 = 1;                 // a Router stage's variant bit
+
+// Appends a stage to the program being recorded (launch functions call it instead of
+// launching while t_recording is set).
+template <typename A>
+cudaError_t record_stage(StageKind kind, int variant, dim3 grid, size_t smem, const A& args) {
+  static_assert(sizeof(A) <= kDecodeStageArgBytes, "a stage's arguments fit DecodeStage::args");
+  static_assert(std::is_trivially_copyable_v<A>, "stage arguments are copied as bytes");
+  static_assert(alignof(A) <= 16, "DecodeStage::args is 16-byte aligned");
+  DecodeStage st;
+  st.kind = int32_t(kind);
+  st.variant = variant;
+  st.grid[0] = grid.x, st.grid[1] = grid.y, st.grid[2] = grid.z;
+  st.smem = uint32_t(smem);
+  std::memcpy(st.args, &args, sizeof(A));
+  t_recording->add(st);
+  return cudaSuccess;
+}
+
+cudaError_t refuse_stage(const char* why) {
+  t_recording->refuse(why);
+  return cudaSuccess;
+}
 
 // Launches kernel(args) on s with the given shape, with the programmatic stream serialization
 // attribute when it is asked for: then the grid may start while the one before it on s finishes,
@@ -64,6 +94,30 @@ __device__ __forceinline__ void begin_after_prior_grids() {
   dsv3::cuda::wait_for_prior_grids();
   dsv3::cuda::allow_dependent_grids();
 }
+
+// Which block of its grid a kernel body runs as: the hardware's (a launch of its own), or a
+// unit of a stage of the decode program (decode_program_kernel), which runs every stage of a
+// decode step on one grid.
+struct Unit {
+  uint3 idx;
+  dim3 dim;
+};
+__device__ __forceinline__ Unit hardware_block() { return {blockIdx, gridDim}; }
+
+// What a body waits for before it reads an activation (it asks for its weights in L2 before):
+// the grid before it (a launch of its own, programmatic or not: begin_after_prior_grids), or
+// in the decode program the stage before (AfterStage). A wait that returns false ends the body
+// right there (PrefetchOnly: the program asks for a later unit's weights early); every thread
+// of the block gets the same answer.
+struct AfterPriorGrids {
+  __device__ __forceinline__ bool operator()() const {
+    begin_after_prior_grids();
+    return true;
+  }
+};
+struct PrefetchOnly {
+  __device__ __forceinline__ bool operator()() const { return false; }
+};
 
 // True, in every thread, in the last of `blocks` blocks to arrive at `count` (every thread of
 // each block calls it); that block then sees every other block's writes. Release: every
@@ -186,11 +240,11 @@ __device__ __forceinline__ const void* table_weight(const Gemv& p, const void* c
   return j < p.picks ? table[p.table_idx[t * p.picks + j]] : shared;
 }
 
-template <int R, bool kVec, bool kBf16, bool kSwiGlu, bool kNorm>
-__global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
+template <int R, bool kVec, bool kBf16, bool kSwiGlu, bool kNorm, typename Wait>
+__device__ __forceinline__ void gemv_unit(const Gemv& p, Unit u, Wait wait) {
   __shared__ float red[32];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  int64_t o = int64_t(u.idx.x) * kGemvWarps + warp;
   // Whole warps past the outputs: they leave at once, or with a norm after each reduction (which
   // needs the whole block).
   const bool active = o < p.out + p.second.out;
@@ -220,10 +274,10 @@ __global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
       dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.up) + wbase * esize, p.in * esize,
                                    lane);
   }
-  begin_after_prior_grids();
+  if (!wait()) return;
   if (!kNorm && !active) return;
   // Row blocks beyond the grid's y range (65535) are taken in turn.
-  for (int64_t r0 = int64_t(blockIdx.y) * R; r0 < p.rows; r0 += int64_t(gridDim.y) * R) {
+  for (int64_t r0 = int64_t(u.idx.y) * R; r0 < p.rows; r0 += int64_t(u.dim.y) * R) {
     const int nr = int(p.rows - r0 < R ? p.rows - r0 : R);  // the same for the whole block
     InputRow<kNorm> xr[R];
 #pragma unroll
@@ -261,6 +315,11 @@ __global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
   }
 }
 
+template <int R, bool kVec, bool kBf16, bool kSwiGlu, bool kNorm>
+__global__ void __launch_bounds__(kRowThreads) gemv_kernel(Gemv p) {
+  gemv_unit<R, kVec, kBf16, kSwiGlu, kNorm>(p, hardware_block(), AfterPriorGrids{});
+}
+
 // Blocks along y (at most 65535; kernels loop over the rest).
 unsigned y_blocks(int64_t n) { return unsigned(n < 1 ? 1 : n > 65535 ? 65535 : n); }
 
@@ -269,6 +328,12 @@ cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
   const int64_t outputs = p.out + p.second.out;
   const dim3 grid(unsigned((outputs + kGemvWarps - 1) / kGemvWarps), y_blocks((p.rows + R - 1) / R));
   const dim3 block(kRowThreads);
+  if (t_recording) {
+    if (R != 1 || !vec) return refuse_stage("a GEMV of several rows or off the vector path");
+    t_recording->weights(p.w_bf16);
+    return record_stage(StageKind::Gemv, (kSwiGlu ? kGemvSwiGlu : 0) | (kNorm ? kGemvNorm : 0),
+                        grid, 0, p);
+  }
   if (vec && p.w_bf16)
     return launch_kernel(gemv_kernel<R, true, true, kSwiGlu, kNorm>, grid, block, 0, s, p);
   if (vec) return launch_kernel(gemv_kernel<R, true, false, kSwiGlu, kNorm>, grid, block, 0, s, p);
@@ -288,10 +353,10 @@ cudaError_t launch_gemv(const Gemv& p, bool vec, cudaStream_t s) {
 // A warp's products for up to kDownBatch slots at a time, all their weight loads in one loop.
 constexpr int kDownBatch = 4;
 
-template <bool kVec, bool kBf16>
-__global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p) {
+template <bool kVec, bool kBf16, typename Wait>
+__device__ __forceinline__ void experts_down_unit(const ExpertsDown& p, Unit u, Wait wait) {
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const int64_t o = int64_t(u.idx.x) * kGemvWarps + warp;
   const int64_t esize = kBf16 ? 2 : 4;
   if (o < p.dim) {
     // The rows this warp reads can be on their way before the grid before this one (the gate/up
@@ -302,21 +367,21 @@ __global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p
     if (p.shared_w != nullptr)
       dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.shared_w) + o * p.width * esize,
                                    p.width * esize, lane);
-    if (p.experts > 0 && blockIdx.y < p.rows) {
+    if (p.experts > 0 && u.idx.y < p.rows) {
       for (int j = 0; j < p.picks; ++j) {
         const int32_t e =
-            min(max(__ldcg(p.chosen + int64_t(blockIdx.y) * p.picks + j), 0), p.experts - 1);
+            min(max(__ldcg(p.chosen + int64_t(u.idx.y) * p.picks + j), 0), p.experts - 1);
         dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.table[e]) + o * p.width * esize,
                                      p.width * esize, lane);
       }
     }
   }
-  begin_after_prior_grids();
+  if (!wait()) return;
   if (o >= p.dim) return;  // whole warps
   const bool fused_shared = p.shared_w != nullptr;
   const int slots = p.picks + (fused_shared ? 1 : 0);
   const int64_t wbase = o * p.width;
-  for (int64_t t = blockIdx.y; t < p.rows; t += gridDim.y) {
+  for (int64_t t = u.idx.y; t < p.rows; t += u.dim.y) {
     // Slot order: the shared expert (whose output the sum starts from) first, then the picks.
     float v = p.shared_out ? p.shared_out[t * p.dim + o] : 0.0f;
     for (int s0 = fused_shared ? -1 : 0; s0 < p.picks; s0 += kDownBatch) {
@@ -366,13 +431,31 @@ __global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p
   }
 }
 
+template <bool kVec, bool kBf16>
+__global__ void __launch_bounds__(kRowThreads) experts_down_kernel(ExpertsDown p) {
+  experts_down_unit<kVec, kBf16>(p, hardware_block(), AfterPriorGrids{});
+}
+
 
 // ---- elementwise and per-row kernels ----
 
-__global__ void embed_kernel(const void* table, bool bf16, const int32_t* ids, int64_t dim,
-                             float* out) {
-  begin_after_prior_grids();
-  const int64_t r = blockIdx.x;
+struct EmbedArgs {
+  const void* table;
+  bool bf16;
+  const int32_t* ids;
+  int64_t dim;
+  float* out;
+};
+
+template <typename Wait>
+__device__ __forceinline__ void embed_unit(const EmbedArgs& a, Unit u, Wait wait) {
+  if (!wait()) return;
+  const void* table = a.table;
+  const bool bf16 = a.bf16;
+  const int64_t dim = a.dim;
+  const int64_t r = u.idx.x;
+  const int32_t* ids = a.ids;
+  float* out = a.out;
   const int32_t id = ids[r];
   float* o = out + r * dim;
   const int64_t row = int64_t(id) * dim;
@@ -380,21 +463,37 @@ __global__ void embed_kernel(const void* table, bool bf16, const int32_t* ids, i
     o[i] = id < 0 ? 0.0f : bf16 ? load_weight<true>(table, row + i) : load_weight<false>(table, row + i);
 }
 
+__global__ void embed_kernel(EmbedArgs a) { embed_unit(a, hardware_block(), AfterPriorGrids{}); }
+
 // The interleaved rope rotation of the pair (a, b) by (c, s), written to out[0], out[1].
 __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float* out) {
   out[0] = a * c - b * s;
   out[1] = a * s + b * c;
 }
 
-__global__ void rmsnorm_rows_kernel(const float* x, int64_t ldx, const float* w, int64_t dim,
-                                    float eps, float* y, int64_t ldy) {
-  begin_after_prior_grids();
+struct NormArgs {
+  const float* x;
+  int64_t ldx;
+  const float* w;
+  int64_t dim;
+  float eps;
+  float* y;
+  int64_t ldy;
+};
+
+template <typename Wait>
+__device__ __forceinline__ void rmsnorm_unit(const NormArgs& a, Unit u, Wait wait) {
+  if (!wait()) return;
   __shared__ float red[32];
-  const float* xr = x + int64_t(blockIdx.x) * ldx;
-  const float inv = row_inv_rms(xr, dim, eps, red);
-  float* yr = y + int64_t(blockIdx.x) * ldy;
+  const float* xr = a.x + int64_t(u.idx.x) * a.ldx;
+  const float inv = row_inv_rms(xr, a.dim, a.eps, red);
+  float* yr = a.y + int64_t(u.idx.x) * a.ldy;
   // Each thread writes only the elements it read: y may alias x.
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * w[i];
+  for (int64_t i = threadIdx.x; i < a.dim; i += blockDim.x) yr[i] = xr[i] * inv * a.w[i];
+}
+
+__global__ void rmsnorm_rows_kernel(NormArgs a) {
+  rmsnorm_unit(a, hardware_block(), AfterPriorGrids{});
 }
 
 __global__ void swiglu_kernel(float* g, const float* u, int64_t n) {
@@ -468,11 +567,11 @@ __device__ __forceinline__ float2 load_weight_pair(const void* w, int64_t i) {
 }
 
 template <bool kBf16>
-__device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r) {
+__device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, Unit u, int64_t r) {
   extern __shared__ float sm[];  // qn [nope] | sums [kAbsorbSlices][kAbsorbCols]
   float* qn = sm;
   float* sums = sm + p.nope;
-  const int h = blockIdx.x;
+  const int h = u.idx.x;
   const int dq = p.nope + p.rope.rope;
   const float* qh = p.q + (r * p.heads + h) * dq;
   for (int i = threadIdx.x; i < p.nope; i += blockDim.x) qn[i] = qh[i];
@@ -480,7 +579,7 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
   const int width = p.rank + p.rope.rope;
   float* out = p.qcat + (r * p.heads + h) * width;
   const int slice = threadIdx.x / (kAbsorbCols / 2), pair = threadIdx.x % (kAbsorbCols / 2);
-  const int c = int(blockIdx.z) * kAbsorbCols + 2 * pair;  // this thread's columns c, c + 1
+  const int c = int(u.idx.z) * kAbsorbCols + 2 * pair;  // this thread's columns c, c + 1
   const int per_slice = (p.nope + kAbsorbSlices - 1) / kAbsorbSlices;
   const int i0 = slice * per_slice, i1 = min(p.nope, i0 + per_slice);
   const int64_t w0 = int64_t(h) * (p.nope + p.v) * p.rank + c;  // W_uk(h)[0, c]
@@ -519,7 +618,7 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
       out[c + j] = total;
     }
   }
-  if (blockIdx.z != 0) return;  // the first column block also rotates the rope part
+  if (u.idx.z != 0) return;  // the first column block also rotates the rope part
   const int half = p.rope.rope / 2;
   const float* cs = p.rope.cos + int64_t(p.pos[r]) * half;
   const float* sn = p.rope.sin + int64_t(p.pos[r]) * half;
@@ -527,29 +626,34 @@ __device__ __forceinline__ void absorb_query_row(const AbsorbQuery& p, int64_t r
     rotate_pair(qh[p.nope + 2 * i], qh[p.nope + 2 * i + 1], cs[i], sn[i], out + p.rank + 2 * i);
 }
 
-template <bool kBf16>
-__global__ void absorb_query_kernel(AbsorbQuery p) {
+template <bool kBf16, typename Wait>
+__device__ __forceinline__ void absorb_query_unit(const AbsorbQuery& p, Unit u, Wait wait) {
   // This block's slice of W_uk(h) (rows of kv_b, kAbsorbCols columns each) can be on its way
   // before the grid before this one finishes.
   {
     const int64_t esize = kBf16 ? 2 : 4;
-    const int64_t c0 = int64_t(blockIdx.z) * kAbsorbCols;
+    const int64_t c0 = int64_t(u.idx.z) * kAbsorbCols;
     const int64_t cols = min(int64_t(kAbsorbCols), int64_t(p.rank) - c0);
     const char* w = static_cast<const char*>(p.kv_b);
     for (int i = threadIdx.x >> 5; i < p.nope; i += blockDim.x >> 5)
       dsv3::cuda::warp_prefetch_l2(
-          w + ((int64_t(blockIdx.x) * (p.nope + p.v) + i) * p.rank + c0) * esize, cols * esize,
+          w + ((int64_t(u.idx.x) * (p.nope + p.v) + i) * p.rank + c0) * esize, cols * esize,
           threadIdx.x & 31);
   }
-  begin_after_prior_grids();
+  if (!wait()) return;
   __shared__ float red[32];
-  for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
+  for (int64_t r = u.idx.y; r < p.rows; r += u.dim.y) {
     // One block per row also stores the row's latent (the attention launch after reads it).
-    if (p.kv_a != nullptr && blockIdx.x == 0 && blockIdx.z == 0)
+    if (p.kv_a != nullptr && u.idx.x == 0 && u.idx.z == 0)
       write_latent_row(p.kv_a, p.kv_a_norm, p.eps, p.rank, p.rope, p.cache, r, red);
-    absorb_query_row<kBf16>(p, r);
+    absorb_query_row<kBf16>(p, u, r);
     __syncthreads();  // the next row overwrites the shared query and sums
   }
+}
+
+template <bool kBf16>
+__global__ void absorb_query_kernel(AbsorbQuery p) {
+  absorb_query_unit<kBf16>(p, hardware_block(), AfterPriorGrids{});
 }
 
 // One block per (head, row, split), kAttnWarps warps. Warp w of split s takes positions
@@ -562,7 +666,7 @@ __global__ void absorb_query_kernel(AbsorbQuery p) {
 // into olat (normalised) when there is one split, else into the split's partial state (max, sum of
 // weights, unnormalised weighted sum), which the (row, head)'s last block to finish merges
 // (merge_splits).
-constexpr int kAttnWarps = 4;
+constexpr int kAttnWarps = kRowThreads / 32;  // the whole block: a unit of the decode program
 
 // The softmax state of one part of the positions: its running max m, the sum l of
 // exp(score - m), and acc, the exp(score - m)-weighted sum of latents (rank values).
@@ -669,9 +773,10 @@ template <bool kBf16, int kVec, int kPerLane>
 __device__ __forceinline__ void latent_attention_row(const float* qcat, const CacheRows& cache,
                                                      int heads, int rank, float scale,
                                                      int splits, float* partial,
-                                                     unsigned* arrived, float* olat, int64_t r) {
+                                                     unsigned* arrived, float* olat, Unit u,
+                                                     int64_t r) {
   extern __shared__ float sm[];  // per warp: m, l, acc [rank]
-  const int h = blockIdx.x, split = int(blockIdx.z);
+  const int h = u.idx.x, split = int(u.idx.z);
   const int width = cache.width;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   // The query's columns this lane multiplies (the same columns as its cache values), kept in
@@ -761,16 +866,31 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   if (threadIdx.x == 0) arrived[r * heads + h] = 0;
 }
 
-template <bool kBf16, int kVec, int kPerLane>
-__global__ void latent_attention_kernel(const float* qcat, CacheRows cache, int64_t rows,
-                                        int heads, int rank, float scale, int splits,
-                                        float* partial, unsigned* arrived, float* olat) {
-  begin_after_prior_grids();
-  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    latent_attention_row<kBf16, kVec, kPerLane>(qcat, cache, heads, rank, scale, splits,
-                                                partial, arrived, olat, r);
+struct AttentionArgs {
+  const float* qcat;
+  CacheRows cache;
+  int64_t rows;
+  int heads, rank;
+  float scale;
+  int splits;
+  float* partial;
+  unsigned* arrived;
+  float* olat;
+};
+
+template <bool kBf16, int kVec, int kPerLane, typename Wait>
+__device__ __forceinline__ void latent_attention_unit(const AttentionArgs& a, Unit u, Wait wait) {
+  if (!wait()) return;
+  for (int64_t r = u.idx.y; r < a.rows; r += u.dim.y) {
+    latent_attention_row<kBf16, kVec, kPerLane>(a.qcat, a.cache, a.heads, a.rank, a.scale,
+                                                a.splits, a.partial, a.arrived, a.olat, u, r);
     __syncthreads();  // the next row overwrites the warps' shared states
   }
+}
+
+template <bool kBf16, int kVec, int kPerLane>
+__global__ void latent_attention_kernel(AttentionArgs a) {
+  latent_attention_unit<kBf16, kVec, kPerLane>(a, hardware_block(), AfterPriorGrids{});
 }
 
 // One warp per token: the scores lane-parallel with the CPU's expressions, the selection by
@@ -826,27 +946,27 @@ __global__ void route_kernel(Route p) {
 
 // Block (b, t): warp w computes logit 8 b + w of token t (gemv's sum of the normalised row); the
 // row's last block to finish (counted in arrived[t]) copies the logits past L1 and routes.
-template <bool kVec, bool kBf16>
-__global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) {
+template <bool kVec, bool kBf16, typename Wait>
+__device__ __forceinline__ void router_step_unit(const RouterStep& p, Unit u, Wait wait) {
   __shared__ float red[32];
   __shared__ float lg[kMaxRouterExperts];
   __shared__ float sel[kMaxRouterExperts];
   __shared__ int32_t picks[kMaxRouterExperts];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int experts = p.route.select.experts;
-  const int64_t o = int64_t(blockIdx.x) * kGemvWarps + warp;
+  const int64_t o = int64_t(u.idx.x) * kGemvWarps + warp;
   const bool active = o < experts;
   const int64_t esize = kBf16 ? 2 : 4;
   if (active)
     dsv3::cuda::warp_prefetch_l2(static_cast<const char*>(p.w) + o * p.in * esize, p.in * esize,
                                  lane);
-  begin_after_prior_grids();
-  for (int64_t t = blockIdx.y; t < p.route.rows; t += gridDim.y) {
+  if (!wait()) return;
+  for (int64_t t = u.idx.y; t < p.route.rows; t += u.dim.y) {
     InputRow<true> xr[1];
     xr[0].x = p.x + t * p.ldx;
     xr[0].w = p.norm_w;
     xr[0].inv = row_inv_rms(xr[0].x, p.in, p.eps, red);
-    if (blockIdx.x == 0)
+    if (u.idx.x == 0)
       for (int64_t i = threadIdx.x; i < p.in; i += blockDim.x) p.xn[t * p.in + i] = xr[0].at(i);
     if (active) {
       float acc[1];
@@ -854,7 +974,7 @@ __global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) 
       const float sum = warp_sum(acc[0]);
       if (lane == 0) p.logits[t * experts + o] = sum;
     }
-    if (last_block_to_arrive(&p.arrived[t], gridDim.x)) {  // the same for the whole block
+    if (last_block_to_arrive(&p.arrived[t], u.dim.x)) {  // the same for the whole block
       for (int e = threadIdx.x; e < experts; e += blockDim.x) lg[e] = __ldcg(p.logits + t * experts + e);
       __syncthreads();
       if (warp == 0) route_token(p.route, lg, t, sel, picks, lane);
@@ -862,6 +982,11 @@ __global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) 
     }
     __syncthreads();  // the next token reuses the shared arrays
   }
+}
+
+template <bool kVec, bool kBf16>
+__global__ void __launch_bounds__(kRowThreads) router_step_kernel(RouterStep p) {
+  router_step_unit<kVec, kBf16>(p, hardware_block(), AfterPriorGrids{});
 }
 
 // One thread per element of [rows, dim], spread over the whole GPU (a decode step has one row).
@@ -887,6 +1012,109 @@ __global__ void gather_kernel(const float* src, const int32_t* idx, int64_t dim,
   const float* s = src + int64_t(idx[i]) * dim;
   for (int64_t c = threadIdx.x; c < dim; c += blockDim.x) dst[i * dim + c] = s[c];
 }
+
+
+// ---- the decode program (decode_kernels.h): every stage of a decode step in one launch ----
+
+
+// What a unit of stage s waits for: every unit of stage s - 1 done (their count in `done`).
+// Thread 0 spins with acquire loads; the barrier passes what it saw to the block.
+struct AfterStage {
+  const unsigned* done;  // null for the first stage
+  unsigned units;
+  __device__ __forceinline__ bool operator()() const {
+    if (done == nullptr) return true;
+    if (threadIdx.x == 0)
+      while (dsv3::cuda::load_acquire(done) < units) __nanosleep(32);
+    __syncthreads();
+    return true;
+  }
+};
+
+// A unit's end: every thread's writes, then the count (last_block_to_arrive's release).
+__device__ __forceinline__ void unit_done(unsigned* done) {
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(done, 1u);
+  }
+}
+
+template <bool kBf16, bool kCacheBf16, int kPerLane, typename Wait>
+__device__ __forceinline__ void run_unit(const DecodeStage& st, Unit u, Wait wait) {
+  switch (StageKind(st.kind)) {
+    case StageKind::Embed:
+      embed_unit(*reinterpret_cast<const EmbedArgs*>(st.args), u, wait);
+      break;
+    case StageKind::Norm:
+      rmsnorm_unit(*reinterpret_cast<const NormArgs*>(st.args), u, wait);
+      break;
+    case StageKind::Gemv: {
+      const Gemv& p = *reinterpret_cast<const Gemv*>(st.args);
+      switch (st.variant) {
+        case 0: gemv_unit<1, true, kBf16, false, false>(p, u, wait); break;
+        case kGemvSwiGlu: gemv_unit<1, true, kBf16, true, false>(p, u, wait); break;
+        case kGemvNorm: gemv_unit<1, true, kBf16, false, true>(p, u, wait); break;
+        default: gemv_unit<1, true, kBf16, true, true>(p, u, wait); break;
+      }
+      break;
+    }
+    case StageKind::ExpertsDown:
+      experts_down_unit<true, kBf16>(*reinterpret_cast<const ExpertsDown*>(st.args), u, wait);
+      break;
+    case StageKind::AbsorbQuery:
+      absorb_query_unit<kBf16>(*reinterpret_cast<const AbsorbQuery*>(st.args), u, wait);
+      break;
+    case StageKind::Attention:
+      latent_attention_unit<kCacheBf16, 4, kPerLane>(*reinterpret_cast<const AttentionArgs*>(st.args),
+                                                    u, wait);
+      break;
+    case StageKind::Router: {
+      const RouterStep& p = *reinterpret_cast<const RouterStep*>(st.args);
+      if (st.variant & kRouterBf16) router_step_unit<true, true>(p, u, wait);
+      else router_step_unit<true, false>(p, u, wait);
+      break;
+    }
+  }
+}
+
+// Block b takes units b, b + gridDim.x, ... of every stage in order. counters: [count] units
+// done per stage, then the blocks that have left; the last block to leave zeroes them all for
+// the next launch (no block reads them after it has left).
+template <bool kBf16, bool kCacheBf16, int kPerLane>
+__global__ void __launch_bounds__(kRowThreads, 2)
+    decode_program_kernel(const DecodeStage* stages, int count, unsigned* counters) {
+  __shared__ DecodeStage stage;  // the current stage, read by every unit of it
+  unsigned prior_units = 0;
+  for (int s = 0; s < count; ++s) {
+    __syncthreads();  // the previous stage's units are done with `stage`
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(stages + s);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(&stage);
+    for (int i = threadIdx.x; i < int(sizeof(DecodeStage) / 4); i += blockDim.x) dst[i] = src[i];
+    __syncthreads();
+    const dim3 grid(stage.grid[0], stage.grid[1], stage.grid[2]);
+    const unsigned units = grid.x * grid.y * grid.z;
+    const AfterStage wait{s == 0 ? nullptr : counters + (s - 1), prior_units};
+    const auto unit = [&](unsigned i) {
+      return Unit{{i % grid.x, (i / grid.x) % grid.y, i / (grid.x * grid.y)}, grid};
+    };
+    for (unsigned i = blockIdx.x; i < units; i += gridDim.x) {
+      // The block's next unit of this stage asks for its weights now, so that they are in L2
+      // when it starts: two blocks per SM hold too few loads in flight to stream from memory.
+      if (i + gridDim.x < units)
+        run_unit<kBf16, kCacheBf16, kPerLane>(stage, unit(i + gridDim.x), PrefetchOnly{});
+      run_unit<kBf16, kCacheBf16, kPerLane>(stage, unit(i), wait);
+      unit_done(counters + s);
+    }
+    prior_units = units;
+  }
+  if (last_block_to_arrive(counters + count, gridDim.x))
+    for (int i = threadIdx.x; i <= count; i += blockDim.x) counters[i] = 0;
+}
+
+uint64_t g_programs_launched = 0;
+
 
 }  // namespace
 
@@ -933,6 +1161,11 @@ cudaError_t experts_down(const ExpertsDown& p, cudaStream_t s) {
   const bool vec = p.width % 8 == 0 && aligned_to(p.g, 16) &&
                    (p.shared_w == nullptr || aligned_to(p.shared_w, 16));
   const dim3 grid(unsigned((p.dim + kGemvWarps - 1) / kGemvWarps), y_blocks(p.rows));
+  if (t_recording) {
+    if (!vec) return refuse_stage("an expert down projection off the vector path");
+    t_recording->weights(p.w_bf16);
+    return record_stage(StageKind::ExpertsDown, 0, grid, 0, p);
+  }
   if (vec && p.w_bf16)
     return launch_kernel(experts_down_kernel<true, true>, grid, kRowThreads, 0, s, p);
   if (vec) return launch_kernel(experts_down_kernel<true, false>, grid, kRowThreads, 0, s, p);
@@ -943,24 +1176,29 @@ cudaError_t experts_down(const ExpertsDown& p, cudaStream_t s) {
 cudaError_t embed_rows(const void* table, bool bf16, const int32_t* ids, int64_t rows, int64_t dim,
                        float* out, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  return launch_kernel(embed_kernel, unsigned(rows), 256, 0, s, table, bf16, ids, dim, out);
+  const EmbedArgs a{table, bf16, ids, dim, out};
+  if (t_recording) return record_stage(StageKind::Embed, 0, dim3(unsigned(rows)), 0, a);
+  return launch_kernel(embed_kernel, unsigned(rows), kRowThreads, 0, s, a);
 }
 
 cudaError_t rmsnorm_rows(const float* x, int64_t ldx, const float* w, int64_t rows, int64_t dim,
                          float eps, float* y, int64_t ldy, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
-  return launch_kernel(rmsnorm_rows_kernel, unsigned(rows), kRowThreads, 0, s, x, ldx, w, dim, eps,
-                       y, ldy);
+  const NormArgs a{x, ldx, w, dim, eps, y, ldy};
+  if (t_recording) return record_stage(StageKind::Norm, 0, dim3(unsigned(rows)), 0, a);
+  return launch_kernel(rmsnorm_rows_kernel, unsigned(rows), kRowThreads, 0, s, a);
 }
 
 cudaError_t swiglu_rows(float* g, const float* u, int64_t n, cudaStream_t s) {
   if (n == 0) return cudaSuccess;
+  if (t_recording) return refuse_stage("a separate SwiGLU");
   return launch_kernel(swiglu_kernel, grid_for(n, 256), 256, 0, s, g, u, n);
 }
 
 cudaError_t write_latents(const float* kv_a, const float* norm_w, float eps, int64_t rows,
                           int rank, const RopeTable& rope, const CacheRows& cache, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
+  if (t_recording) return refuse_stage("a separate latent cache write");
   return launch_kernel(write_latents_kernel, unsigned(rows), kRowThreads, 0, s, kv_a, norm_w, eps,
                        rank, rope, cache);
 }
@@ -969,6 +1207,10 @@ cudaError_t absorb_query(const AbsorbQuery& p, cudaStream_t s) {
   if (p.rows == 0) return cudaSuccess;
   const dim3 grid{unsigned(p.heads), y_blocks(p.rows), unsigned((p.rank + kAbsorbCols - 1) / kAbsorbCols)};
   const size_t smem = (size_t(p.nope) + kAbsorbSlices * kAbsorbCols) * 4;
+  if (t_recording) {
+    t_recording->weights(p.kv_b_bf16);
+    return record_stage(StageKind::AbsorbQuery, 0, grid, smem, p);
+  }
   if (p.kv_b_bf16)
     return launch_kernel(absorb_query_kernel<true>, grid, kAbsorbThreads, smem, s, p);
   return launch_kernel(absorb_query_kernel<false>, grid, kAbsorbThreads, smem, s, p);
@@ -988,15 +1230,19 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
   // (V3's 576 takes 20); four columns per load where the rows allow it (every cache's base is
   // 16-byte aligned: decode_kernels.h).
   const bool vec = cache.width % 4 == 0 && aligned_to(qcat, 16);
+  const AttentionArgs a{qcat, cache, rows, heads, rank, scale, splits, partial, arrived, olat};
   auto go = [&](auto per_lane, auto per_load) {
     constexpr int kPerLane = decltype(per_lane)::value, kVec = decltype(per_load)::value;
+    if (t_recording) {
+      if (kVec != 4) return refuse_stage("a latent attention over single-column loads");
+      t_recording->cache(cache.bf16, kPerLane);
+      return record_stage(StageKind::Attention, 0, grid, smem, a);
+    }
     if (cache.bf16)
       return launch_kernel(latent_attention_kernel<true, kVec, kPerLane>, grid, kAttnWarps * 32,
-                           smem, s, qcat, cache, rows, heads, rank, scale, splits, partial,
-                           arrived, olat);
+                           smem, s, a);
     return launch_kernel(latent_attention_kernel<false, kVec, kPerLane>, grid, kAttnWarps * 32,
-                         smem, s, qcat, cache, rows, heads, rank, scale, splits, partial, arrived,
-                         olat);
+                         smem, s, a);
   };
   auto sized = [&](auto per_lane) {
     return vec ? go(per_lane, std::integral_constant<int, 4>{})
@@ -1013,6 +1259,7 @@ cudaError_t route(const Route& p, cudaStream_t s) {
   if (p.select.experts > kMaxRouterExperts || p.select.groups > 64 || p.select.groups < 1 ||
       p.select.k > p.select.experts)
     return cudaErrorInvalidValue;
+  if (t_recording) return refuse_stage("a separate router");
   return launch_kernel(route_kernel, unsigned((p.rows + kRouteWarps - 1) / kRouteWarps),
                        kRouteWarps * 32, 0, s, p);
 }
@@ -1026,6 +1273,10 @@ cudaError_t router_step(const RouterStep& p, cudaStream_t s) {
   const bool vec = p.in % 8 == 0 && p.ldx % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.norm_w, 16) &&
                    aligned_to(p.w, 16);
   const dim3 grid(unsigned((sel.experts + kGemvWarps - 1) / kGemvWarps), y_blocks(p.route.rows));
+  if (t_recording) {
+    if (!vec) return refuse_stage("a router off the vector path");
+    return record_stage(StageKind::Router, p.w_bf16 ? kRouterBf16 : 0, grid, 0, p);
+  }
   if (vec && p.w_bf16) return launch_kernel(router_step_kernel<true, true>, grid, kRowThreads, 0, s, p);
   if (vec) return launch_kernel(router_step_kernel<true, false>, grid, kRowThreads, 0, s, p);
   if (p.w_bf16) return launch_kernel(router_step_kernel<false, true>, grid, kRowThreads, 0, s, p);
@@ -1036,6 +1287,7 @@ cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* 
                             int64_t rows, int k, int64_t dim, const float* shared,
                             float* residual, cudaStream_t s) {
   if (rows == 0) return cudaSuccess;
+  if (t_recording) return refuse_stage("a separate expert combine");
   return launch_kernel(combine_kernel, grid_for(rows * dim, 128), 128, 0, s, y, y_rows, gates, k,
                        rows, dim, shared, residual);
 }
@@ -1043,7 +1295,74 @@ cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* 
 cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,
                         cudaStream_t s) {
   if (n == 0) return cudaSuccess;
+  if (t_recording) return refuse_stage("a row gather");
   return launch_kernel(gather_kernel, unsigned(n), 256, 0, s, src, idx, dim, dst);
+}
+
+// ---- the decode program ----
+
+void DecodeProgram::add(const DecodeStage& stage) {
+  stages_.push_back(stage);
+  smem = std::max<size_t>(smem, stage.smem);
+}
+void DecodeProgram::refuse(const std::string& why) {
+  if (why_.empty()) why_ = why;
+}
+void DecodeProgram::weights(bool bf16) {
+  if (weights_set_ && bf16 != weights_bf16) refuse("weights of two dtypes");
+  weights_set_ = true;
+  weights_bf16 = bf16;
+}
+void DecodeProgram::cache(bool bf16, int lanes) {
+  if (cache_set_ && (bf16 != cache_bf16 || lanes != per_lane)) refuse("two cache layouts");
+  cache_set_ = true;
+  cache_bf16 = bf16;
+  per_lane = lanes;
+}
+
+DecodeRecording::DecodeRecording(DecodeProgram* program) : was_(t_recording) {
+  t_recording = program;
+}
+DecodeRecording::~DecodeRecording() { t_recording = was_; }
+
+uint64_t decode_programs_launched() { return g_programs_launched; }
+
+cudaError_t launch_decode_program(const DecodeProgram& program, const DecodeStage* stages,
+                                  unsigned* counters, cudaStream_t s) {
+  if (!program.runnable()) return cudaErrorInvalidValue;
+  using Kernel = void (*)(const DecodeStage*, int, unsigned*);
+  const auto pick = [&](auto per_lane) -> Kernel {
+    constexpr int kPerLane = decltype(per_lane)::value;
+    if (program.weights_bf16)
+      return program.cache_bf16 ? decode_program_kernel<true, true, kPerLane>
+                                : decode_program_kernel<true, false, kPerLane>;
+    return program.cache_bf16 ? decode_program_kernel<false, true, kPerLane>
+                              : decode_program_kernel<false, false, kPerLane>;
+  };
+  // A program without attention (none has one) still needs some instantiation.
+  const Kernel kernel = program.per_lane == 36   ? pick(std::integral_constant<int, 36>{})
+                        : program.per_lane == 20 ? pick(std::integral_constant<int, 20>{})
+                                                 : pick(std::integral_constant<int, 4>{});
+  // As many blocks as the GPU holds at once (a cooperative launch's rule: every block resident,
+  // so that a unit may wait for units of other blocks), no more than the largest stage's units.
+  int device = 0, sms = 0, per_sm = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e == cudaSuccess)
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kRowThreads, program.smem);
+  if (e != cudaSuccess) return e;
+  if (per_sm < 1) return cudaErrorInvalidConfiguration;
+  uint64_t most_units = 1;
+  for (const DecodeStage& st : program.stages())
+    most_units = std::max<uint64_t>(most_units, uint64_t(st.grid[0]) * st.grid[1] * st.grid[2]);
+  const unsigned blocks = unsigned(std::min<uint64_t>(uint64_t(sms) * per_sm, most_units));
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeCooperative;
+  attr[0].val.cooperative = 1;
+  // Positional: grid, block, dynamic shared memory, stream, attributes and their count.
+  cudaLaunchConfig_t cfg = {dim3(blocks), dim3(kRowThreads), program.smem, s, attr, 1};
+  ++g_programs_launched;
+  return cudaLaunchKernelEx(&cfg, kernel, stages, int(program.stages().size()), counters);
 }
 
 }  // namespace dsv3::infer::gpu

@@ -10,6 +10,8 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "kernels/cuda/launch.h"
 #include "model/expert_selection.h"
@@ -233,5 +235,72 @@ cudaError_t combine_experts(const float* y, const int32_t* y_rows, const float* 
 // dst[i, :] = src[idx[i], :] for i < n; rows of `dim` floats.
 cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t dim, float* dst,
                         cudaStream_t s);
+
+// ---- the decode program: a whole decode step in one launch ----
+//
+// A decode step is ~10 dependent kernels per layer, each moving a few megabytes of weights; every
+// kernel boundary drains the GPU and ramps it up again. While a DecodeRecording lives (on this
+// thread), the launch functions above record a stage (the kernel and its arguments) into a
+// DecodeProgram instead of launching. launch_decode_program then runs every stage in one
+// cooperative launch of as many blocks as the GPU holds at once: each block takes its stage's
+// blocks ("units") in turn, each unit first asks for its weights in L2, then waits until every
+// unit of the stage before has finished (a count in device memory), so the next weights stream
+// in while the last units of a stage finish. Each unit runs the very body of the kernel it
+// stands for, so the results equal the launches' bit for bit.
+//
+// Only the kernels of a one-row decode step on the vector path are recorded (every matrix's
+// columns a multiple of 8, one weight dtype, a cache width that is a multiple of 4); a program
+// with anything else is not runnable (runnable() false, why() says what), and the caller runs
+// the plain launches.
+constexpr size_t kDecodeStageArgBytes = 320;
+struct DecodeStage {
+  int32_t kind = 0;     // which kernel (decode_kernels.cu)
+  int32_t variant = 0;  // its template choice
+  uint32_t grid[3] = {1, 1, 1};
+  uint32_t smem = 0;  // dynamic shared memory, bytes
+  alignas(16) unsigned char args[kDecodeStageArgBytes] = {};
+};
+
+class DecodeProgram {
+ public:
+  const std::vector<DecodeStage>& stages() const { return stages_; }
+  bool runnable() const { return why_.empty() && !stages_.empty(); }
+  const std::string& why() const { return why_; }
+  // Counts the launch needs in device memory: zero before its first launch (it leaves them so).
+  size_t counters() const { return stages_.size() + 1; }
+
+  // For the recording launch functions.
+  void add(const DecodeStage& stage);
+  void refuse(const std::string& why);
+  void weights(bool bf16);
+  void cache(bool bf16, int per_lane);
+
+  bool weights_bf16 = false, cache_bf16 = false;
+  int per_lane = 0;  // cache columns per lane of the latent attention
+  size_t smem = 0;   // the largest stage's dynamic shared memory
+
+ private:
+  std::vector<DecodeStage> stages_;
+  std::string why_;
+  bool weights_set_ = false, cache_set_ = false;
+};
+
+class DecodeRecording {
+ public:
+  explicit DecodeRecording(DecodeProgram* program);
+  ~DecodeRecording();
+  DecodeRecording(const DecodeRecording&) = delete;
+  DecodeRecording& operator=(const DecodeRecording&) = delete;
+
+ private:
+  DecodeProgram* was_;
+};
+
+// Runs a runnable program on s: `stages` is its stages() in device memory, `counters` its
+// counters() counts (zero before the first launch; each launch leaves them zero).
+cudaError_t launch_decode_program(const DecodeProgram& program, const DecodeStage* stages,
+                                  unsigned* counters, cudaStream_t s);
+// Programs launched so far in this process (tests check that a step ran as one).
+uint64_t decode_programs_launched();
 
 }  // namespace dsv3::infer::gpu

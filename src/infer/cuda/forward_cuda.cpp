@@ -30,9 +30,15 @@
 // The steps are captured with programmatic dependent launch (decode_kernels.h): each kernel
 // fetches its weights into L2 while the one before it finishes (sm_90 and later; 4-6% more
 // tokens/s on an H100). DSV3_CUDA_PDL=0 captures them without it.
+// DSV3_CUDA_PERSISTENT=1 runs each such step as one launch instead (gpu::DecodeProgram: the
+// step's kernels recorded once per key, then run as units of one cooperative grid that wait
+// on counts instead of kernel boundaries), captured and replayed the same way; bit for bit the
+// separate launches. A model whose step the program cannot hold (see DecodeProgram) says so
+// once on stderr and runs the launches.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -216,6 +222,8 @@ class CudaForward final : public DeviceForward {
     sync_each_launch_ = sync && std::string(sync) == "1";
     const char* pdl = std::getenv("DSV3_CUDA_PDL");
     programmatic_launch_ = !(pdl && std::string(pdl) == "0");
+    const char* persistent = std::getenv("DSV3_CUDA_PERSISTENT");
+    persistent_ = persistent && std::string(persistent) == "1";
   }
 
   ~CudaForward() override {
@@ -235,6 +243,17 @@ class CudaForward final : public DeviceForward {
   void ensure_logits(int64_t rows);
   void drop_graphs();
   void run(int depth, int64_t n, int64_t n_chunks, LogitsFor which, bool cache_bf16);
+  // A decode step as one launch (DSV3_CUDA_PERSISTENT=1): its program, recorded once per graph
+  // key outside any capture, in device memory with the counts its launch needs.
+  struct Program {
+    gpu::DecodeProgram program;
+    DeviceBuffer stages, counters;
+  };
+  // The key's program, recorded on first use; null when the step cannot run as one.
+  const Program* program_for(int key, int depth, LogitsFor which, bool cache_bf16);
+  // One pass: the program's launch, or run's launches.
+  void run_pass(const Program* program, int depth, int64_t n, int64_t n_chunks, LogitsFor which,
+                bool cache_bf16);
   void block(const DLayer& l, int cache_layer, int64_t n, bool cache_bf16);
   // The attention half of a layer, of RMSNorm(x; input_norm), added to the residual stream x.
   void attention(const DAttn& a, const float* input_norm, int cache_layer, int64_t n,
@@ -310,6 +329,9 @@ class CudaForward final : public DeviceForward {
   bool graphs_enabled_ = true;
   bool sync_each_launch_ = false;
   bool programmatic_launch_ = true;  // in captured decode steps (DSV3_CUDA_PDL=0: off)
+  bool persistent_ = false;          // decode steps as one launch (DSV3_CUDA_PERSISTENT=1)
+  bool told_not_persistent_ = false;  // said once why a step runs as separate launches
+  std::map<int, Program> programs_;
   std::map<int, cudaGraphExec_t> graphs_;
   std::set<int> run_directly_;  // keys whose one-token pass has run once without a graph
 };
@@ -388,6 +410,46 @@ DLayer CudaForward::upload_layer(WeightUploader& u, const LayerWeights& l) {
 void CudaForward::drop_graphs() {
   for (auto& [key, exec] : graphs_) cudaGraphExecDestroy(exec);
   graphs_.clear();
+  programs_.clear();  // their stages point into the same buffers
+}
+
+const CudaForward::Program* CudaForward::program_for(int key, int depth, LogitsFor which,
+                                                     bool cache_bf16) {
+  auto it = programs_.find(key);
+  if (it == programs_.end()) {
+    Program p;
+    {
+      const gpu::DecodeRecording recording(&p.program);
+      run(depth, 1, 1, which, cache_bf16);
+    }
+    if (p.program.runnable()) {
+      const std::vector<gpu::DecodeStage>& st = p.program.stages();
+      p.stages = DeviceBuffer(st.size() * sizeof(gpu::DecodeStage));
+      check(cudaMemcpy(p.stages.get(), st.data(), st.size() * sizeof(gpu::DecodeStage),
+                       cudaMemcpyHostToDevice),
+            "inference on cuda: uploading the decode program");
+      p.counters = DeviceBuffer(p.program.counters() * sizeof(unsigned));
+      check(cudaMemsetAsync(p.counters.get(), 0, p.program.counters() * sizeof(unsigned), nullptr),
+            "inference on cuda: the decode program's counts");
+    } else if (!told_not_persistent_) {
+      told_not_persistent_ = true;
+      std::fprintf(stderr,
+                   "DSV3_CUDA_PERSISTENT: this model's decode step runs as separate launches "
+                   "(the decode program cannot hold %s)\n",
+                   p.program.why().empty() ? "an empty step" : p.program.why().c_str());
+    }
+    it = programs_.emplace(key, std::move(p)).first;
+  }
+  return it->second.program.runnable() ? &it->second : nullptr;
+}
+
+void CudaForward::run_pass(const Program* program, int depth, int64_t n, int64_t n_chunks,
+                           LogitsFor which, bool cache_bf16) {
+  if (program == nullptr) return run(depth, n, n_chunks, which, cache_bf16);
+  launch(gpu::launch_decode_program(program->program,
+                                    reinterpret_cast<const gpu::DecodeStage*>(program->stages.get()),
+                                    reinterpret_cast<unsigned*>(program->counters.get()), s_),
+         "inference on cuda: decode program");
 }
 
 void CudaForward::ensure_logits(int64_t rows) {
@@ -873,6 +935,8 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
           "inference on cuda: uploading the hidden states");
   const bool cache_bf16 = cache_dtype == DType::BF16;
   const int key = depth * 4 + (which == LogitsFor::None ? 0 : 2) + (cache_bf16 ? 1 : 0);
+  const Program* program =
+      persistent_ && n == 1 && nc == 1 ? program_for(key, depth, which, cache_bf16) : nullptr;
   if (graphs_enabled_ && n == 1 && nc == 1 && run_directly_.count(key)) {
     // A decode step: replay its graph (captured on the second use).
     auto it = graphs_.find(key);
@@ -884,7 +948,7 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
       s_ = capture_stream_;
       try {
         const gpu::ProgrammaticLaunch programmatic(programmatic_launch_);
-        run(depth, n, nc, which, cache_bf16);
+        run_pass(program, depth, n, nc, which, cache_bf16);
       } catch (...) {
         s_ = nullptr;
         cudaStreamEndCapture(capture_stream_, &graph);
@@ -902,7 +966,7 @@ void CudaForward::forward(int depth, std::span<const Chunk> chunks, const float*
     }
     check(cudaGraphLaunch(it->second, nullptr), "inference on cuda: graph launch");
   } else {
-    run(depth, n, nc, which, cache_bf16);
+    run_pass(program, depth, n, nc, which, cache_bf16);
     if (n == 1 && nc == 1) run_directly_.insert(key);
   }
   hidden.resize(size_t(n * d));

@@ -54,6 +54,19 @@ __device__ __forceinline__ void allow_dependent_grids() {
   asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
+// *p, read with acquire semantics at GPU scope: a spin-wait on a count that other blocks raise
+// (after a fence) before this block reads what they wrote. The emulation runs one thread at a
+// time, where a volatile read is enough.
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+#if defined(__CUDA_ARCH__)
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#else
+  return *static_cast<const volatile unsigned*>(p);
+#endif
+}
+
 // Asks for the 128-byte lines of [p, p + bytes) in L2, spread over the warp's lanes.
 __device__ __forceinline__ void warp_prefetch_l2(const void* p, int64_t bytes, int lane) {
 #if defined(__CUDA_ARCH__)
