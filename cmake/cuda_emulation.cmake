@@ -36,6 +36,21 @@ foreach(cu ${DSV3_EMU_KERNELS})
     COMMENT "Rewriting ${cu} for the CUDA emulation")
 endforeach()
 
+# Kernel headers with shared memory are rewritten the same way, to the folder of the rewritten
+# .cu files under the same relative path: a quoted include finds them there first.
+set(DSV3_EMU_KERNEL_HEADERS src/infer/cuda/decode_units.cuh)
+foreach(cuh ${DSV3_EMU_KERNEL_HEADERS})
+  string(REGEX REPLACE "^src/" "" rel ${cuh})
+  set(out ${CMAKE_BINARY_DIR}/cuda_emulation/${rel})
+  list(APPEND DSV3_EMU_GENERATED ${out})
+  add_custom_command(
+    OUTPUT ${out}
+    COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/${cuh} -DOUT=${out}
+            -P ${DSV3_EMU_DIR}/rewrite_launches.cmake
+    DEPENDS ${CMAKE_SOURCE_DIR}/${cuh} ${DSV3_EMU_DIR}/rewrite_launches.cmake
+    COMMENT "Rewriting ${cuh} for the CUDA emulation")
+endforeach()
+
 # The backend's host code; the peak benchmark (an 8192^3 GEMM) is left out.
 set(DSV3_EMU_HOST ${DSV3_ALL_SOURCES})
 list(FILTER DSV3_EMU_HOST INCLUDE REGEX "/cuda/.*\\.cpp$|device_peak_nocuda")
