@@ -185,14 +185,17 @@ __global__ void gather_kernel(const float* src, const int32_t* idx, int64_t dim,
 
 
 // What a unit of stage s waits for: every unit of stage s - 1 done (their count in `done`).
-// Thread 0 spins with acquire loads; the barrier passes what it saw to the block.
+// Thread 0 spins with acquire loads, then fences (as a cooperative grid's sync does before its
+// blocks read each other's writes with plain loads); the barrier passes that to the block.
 struct AfterStage {
   const unsigned* done;  // null for the first stage
   unsigned units;
   __device__ __forceinline__ bool operator()() const {
     if (done == nullptr) return true;
-    if (threadIdx.x == 0)
+    if (threadIdx.x == 0) {
       while (dsv3::cuda::load_acquire(done) < units) __nanosleep(32);
+      __threadfence();
+    }
     __syncthreads();
     return true;
   }
