@@ -509,8 +509,8 @@ void drain_block(Block& b) {
 enum class Step { Finished, Paused, Failed };
 
 // Runs the threads of block g_cur until they have all returned (Finished), the launch fails, or
-// no thread can go on but some paused in a spin-wait (Paused: they are ready again, to run
-// after the other blocks have had a turn).
+// no thread can go on but some paused in a spin-wait (Paused: they run again at the block's
+// next turn, after the other blocks have had theirs).
 Step step_block() {
   Block& b = *g_cur;
   std::vector<Thread>& ts = b.threads;
@@ -520,6 +520,8 @@ Step step_block() {
   // ones: a read that a missing barrier leaves unordered after a write sees the write in one
   // of the two.
   const bool descending = (g_kernels_run & 1) != 0;
+  for (Thread& t : ts)  // paused in a spin-wait at the end of the block's last turn
+    if (t.state == State::Yielded) t.state = State::Ready;
   // Runs the ready threads of warp w (lanes in the launch's order) to their next wait.
   const auto run_warp = [&](int w) {
     const int lo = w * 32, hi = std::min(n, lo + 32);
@@ -585,9 +587,7 @@ Step step_block() {
       for (Thread& t : ts) t.state = State::Ready;
       released = true;
     }
-    if (!released && paused > 0) {  // spinning: the other blocks' turn
-      for (Thread& t : ts)
-        if (t.state == State::Yielded) t.state = State::Ready;
+    if (!released && paused > 0) {  // spinning: the other blocks' turn (then ready again)
       b.current = -1;
       return Step::Paused;
     }

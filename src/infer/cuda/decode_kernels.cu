@@ -201,9 +201,9 @@ struct AfterStage {
   }
 };
 
-// A unit's end: every thread's writes, then the count (last_block_to_arrive's release).
+// A unit's end: every thread's writes, the barrier, then thread 0's fence (cumulative: it
+// orders the writes the barrier ordered before it) and the count.
 __device__ __forceinline__ void unit_done(unsigned* done) {
-  __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();

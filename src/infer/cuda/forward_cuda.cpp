@@ -331,6 +331,8 @@ class CudaForward final : public DeviceForward {
   bool programmatic_launch_ = true;  // in captured decode steps (DSV3_CUDA_PDL=0: off)
   bool persistent_ = false;          // decode steps as one launch (DSV3_CUDA_PERSISTENT=1)
   bool told_not_persistent_ = false;  // said once why a step runs as separate launches
+  // While a step's program is recorded: only gpu:: launches (which record) may be issued.
+  bool recording_ = false;
   std::map<int, Program> programs_;
   std::map<int, cudaGraphExec_t> graphs_;
   std::set<int> run_directly_;  // keys whose one-token pass has run once without a graph
@@ -418,9 +420,21 @@ const CudaForward::Program* CudaForward::program_for(int key, int depth, LogitsF
   auto it = programs_.find(key);
   if (it == programs_.end()) {
     Program p;
-    {
+    int cooperative = 0;
+    check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, 0),
+          "inference on cuda: device attributes");
+    if (cooperative) {
       const gpu::DecodeRecording recording(&p.program);
-      run(depth, 1, 1, which, cache_bf16);
+      recording_ = true;
+      try {
+        run(depth, 1, 1, which, cache_bf16);
+      } catch (...) {
+        recording_ = false;
+        throw;
+      }
+      recording_ = false;
+    } else {
+      p.program.refuse("cooperative launches (this device has none)");
     }
     if (p.program.runnable()) {
       const std::vector<gpu::DecodeStage>& st = p.program.stages();
@@ -543,6 +557,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
 void CudaForward::linear(const float* x, int64_t n, int64_t ldx, const DMat& w, float* y,
                          int64_t ldy, bool accumulate) {
   if (use_blas(n, ldx, w)) {
+    DSV3_CHECK(!recording_, "inference on cuda: a cuBLAS product inside a recorded decode step");
     // Prefill: cuBLAS, y = x W^T. Against BF16 weights the activations are rounded to BF16 first.
     cuda::BlasGemm g;
     g.trans_b = true;
@@ -702,6 +717,7 @@ void CudaForward::routed_experts_grouped(const DLayer& l, int64_t n) {
   const int64_t d = c_.hidden_size, e = c_.n_routed_experts, k = c_.num_experts_per_tok,
                 width = c_.moe_intermediate_size, picks = n * k;
   DSV3_CHECK(!capturing(), "inference on cuda: a prefill cannot be captured (it waits for routing)");
+  DSV3_CHECK(!recording_, "inference on cuda: a prefill's experts inside a recorded decode step");
   // The one wait: the chosen experts [n, K] come to the host, which counts them to size the
   // GEMMs; the training step's permutation kernel (ops::moe_permute) then orders the picks by
   // expert, stable in token order, into slots: perm_rows[slot] is the token, slot_of[t * K + j]
