@@ -19,6 +19,16 @@ set(DSV3_EMU_KERNELS
     src/kernels/cuda/router.cu
     src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu
     tests/cuda_emulation/test_tensor_core.cu)
+# Rewrites the kernel source `in` (relative to the source tree) to `out`.
+function(dsv3_emu_rewrite in out)
+  add_custom_command(
+    OUTPUT ${out}
+    COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/${in} -DOUT=${out}
+            -P ${DSV3_EMU_DIR}/rewrite_launches.cmake
+    DEPENDS ${CMAKE_SOURCE_DIR}/${in} ${DSV3_EMU_DIR}/rewrite_launches.cmake
+    COMMENT "Rewriting ${in} for the CUDA emulation")
+endfunction()
+
 set(DSV3_EMU_GENERATED)  # the backend's kernel files, rewritten
 set(DSV3_EMU_KERNEL_CPP)  # and the emulation's own test kernels
 foreach(cu ${DSV3_EMU_KERNELS})
@@ -28,12 +38,7 @@ foreach(cu ${DSV3_EMU_KERNELS})
     list(APPEND DSV3_EMU_GENERATED ${out})
   endif()
   list(APPEND DSV3_EMU_KERNEL_CPP ${out})
-  add_custom_command(
-    OUTPUT ${out}
-    COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/${cu} -DOUT=${out}
-            -P ${DSV3_EMU_DIR}/rewrite_launches.cmake
-    DEPENDS ${CMAKE_SOURCE_DIR}/${cu} ${DSV3_EMU_DIR}/rewrite_launches.cmake
-    COMMENT "Rewriting ${cu} for the CUDA emulation")
+  dsv3_emu_rewrite(${cu} ${out})
 endforeach()
 
 # Kernel headers with shared memory are rewritten the same way, to the folder of the rewritten
@@ -43,12 +48,7 @@ foreach(cuh ${DSV3_EMU_KERNEL_HEADERS})
   string(REGEX REPLACE "^src/" "" rel ${cuh})
   set(out ${CMAKE_BINARY_DIR}/cuda_emulation/${rel})
   list(APPEND DSV3_EMU_GENERATED ${out})
-  add_custom_command(
-    OUTPUT ${out}
-    COMMAND ${CMAKE_COMMAND} -DIN=${CMAKE_SOURCE_DIR}/${cuh} -DOUT=${out}
-            -P ${DSV3_EMU_DIR}/rewrite_launches.cmake
-    DEPENDS ${CMAKE_SOURCE_DIR}/${cuh} ${DSV3_EMU_DIR}/rewrite_launches.cmake
-    COMMENT "Rewriting ${cuh} for the CUDA emulation")
+  dsv3_emu_rewrite(${cuh} ${out})
 endforeach()
 
 # The backend's host code; the peak benchmark (an 8192^3 GEMM) is left out.

@@ -3,7 +3,8 @@
 # `parity --device cuda --optimizer` passes the fixtures in float32 (the training step and the
 # decode checks on the device) and in BF16 mixed precision (the tensor-core attention kernels
 # on the emulated mma/ldmatrix/cp.async, at the BF16 tolerances), greedy generation gives the CPU's tokens, a batch and MTP
-# speculation give the plain tokens, and perplexity agrees with the CPU's.
+# speculation give the plain tokens (also with each decode step as one launch), and perplexity
+# agrees with the CPU's.
 # Usage: command_line.sh PATH/TO/dsv3 PATH/TO/dsv3_emulated
 set -euo pipefail
 CPU=$1
@@ -39,6 +40,13 @@ cpu=$("$CPU" generate -m "$FIX" "${F32[@]}" --prompt-ids "$prompt" -n 16 --print
 gpu=$("$EMU" generate -m "$FIX" "${F32[@]}" --device cuda --prompt-ids "$prompt" -n 16 --print-ids)
 [[ $cpu =~ ^([0-9]+,){15}[0-9]+$ ]] || fail "the CPU run printed '$cpu', not 16 token ids"
 [ "$cpu" = "$gpu" ] || fail "generate --device cuda gave $gpu, the CPU $cpu"
+# Each decode step as one launch (the decode program): the same tokens, MTP speculation too.
+one=$(DSV3_CUDA_PERSISTENT=1 "$EMU" generate -m "$FIX" "${F32[@]}" --device cuda --prompt-ids "$prompt" \
+  -n 16 --print-ids)
+[ "$one" = "$cpu" ] || fail "generate with DSV3_CUDA_PERSISTENT=1 gave $one, the CPU $cpu"
+one_spec=$(DSV3_CUDA_PERSISTENT=1 "$EMU" generate -m "$FIX" "${F32[@]}" --device cuda \
+  --prompt-ids "$prompt" -n 16 --print-ids --speculative mtp)
+[ "$one_spec" = "$cpu" ] || fail "speculation with DSV3_CUDA_PERSISTENT=1 gave $one_spec, the CPU $cpu"
 
 # A batch and MTP speculation on the device give what plain decoding gives there (BF16).
 prompts=("64,261,120,507" "5,6,7" "300")

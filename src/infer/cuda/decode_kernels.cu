@@ -236,10 +236,11 @@ __device__ __forceinline__ void run_unit(const DecodeStage& st, Unit u, Wait wai
     case StageKind::AbsorbQuery:
       absorb_query_unit<kBf16>(*reinterpret_cast<const AbsorbQuery*>(st.args), u, wait);
       break;
-    case StageKind::Attention:
-      latent_attention_unit<kCacheBf16, 4, kPerLane>(*reinterpret_cast<const AttentionArgs*>(st.args),
-                                                    u, wait);
+    case StageKind::Attention: {
+      const AttentionArgs& a = *reinterpret_cast<const AttentionArgs*>(st.args);
+      latent_attention_unit<kCacheBf16, 4, kPerLane>(a, u, wait);
       break;
+    }
     case StageKind::Router: {
       const RouterStep& p = *reinterpret_cast<const RouterStep*>(st.args);
       if (st.variant & kRouterBf16) router_step_unit<true, true>(p, u, wait);
@@ -405,7 +406,10 @@ cudaError_t latent_attention(const float* qcat, const CacheRows& cache, int64_t 
     constexpr int kPerLane = decltype(per_lane)::value, kVec = decltype(per_load)::value;
     if (t_recording) {
       if (kVec != 4) return refuse_stage("a latent attention over single-column loads");
-      t_recording->cache(cache.bf16, kPerLane);
+      // The program's kernels are built for rows of up to 20 * 32 columns (V3's 576 take 20 a
+      // lane); wider ones (an exotic latent rank) would be two more large instantiations.
+      if (kPerLane > 20) return refuse_stage("a latent cache row wider than 640 columns");
+      t_recording->attention(cache.bf16, kPerLane);
       return record_stage(StageKind::Attention, 0, grid, smem, a);
     }
     if (cache.bf16)
@@ -478,16 +482,15 @@ void DecodeProgram::add(const DecodeStage& stage) {
 void DecodeProgram::refuse(const std::string& why) {
   if (why_.empty()) why_ = why;
 }
+void DecodeProgram::attention(bool bf16, int lanes) {
+  if (per_lane != 0 && (lanes != per_lane || bf16 != cache_bf16)) refuse("two cache layouts");
+  per_lane = lanes;
+  cache_bf16 = bf16;
+}
 void DecodeProgram::weights(bool bf16) {
   if (weights_set_ && bf16 != weights_bf16) refuse("weights of two dtypes");
   weights_set_ = true;
   weights_bf16 = bf16;
-}
-void DecodeProgram::cache(bool bf16, int lanes) {
-  if (cache_set_ && (bf16 != cache_bf16 || lanes != per_lane)) refuse("two cache layouts");
-  cache_set_ = true;
-  cache_bf16 = bf16;
-  per_lane = lanes;
 }
 
 DecodeRecording::DecodeRecording(DecodeProgram* program) : was_(t_recording) {
@@ -509,10 +512,9 @@ cudaError_t launch_decode_program(const DecodeProgram& program, const DecodeStag
     return program.cache_bf16 ? decode_program_kernel<false, true, kPerLane>
                               : decode_program_kernel<false, false, kPerLane>;
   };
-  // A program without attention (none has one) still needs some instantiation.
-  const Kernel kernel = program.per_lane == 36   ? pick(std::integral_constant<int, 36>{})
-                        : program.per_lane == 20 ? pick(std::integral_constant<int, 20>{})
-                                                 : pick(std::integral_constant<int, 4>{});
+  // The attention's registers per lane (a program without attention takes the smallest).
+  const Kernel kernel = program.per_lane == 20 ? pick(std::integral_constant<int, 20>{})
+                                               : pick(std::integral_constant<int, 4>{});
   // As many blocks as the GPU holds at once (a cooperative launch's rule: every block resident,
   // so that a unit may wait for units of other blocks), no more than the largest stage's units.
   int device = 0, sms = 0, per_sm = 0;

@@ -249,9 +249,9 @@ cudaError_t gather_rows(const float* src, const int32_t* idx, int64_t n, int64_t
 // stands for, so the results equal the launches' bit for bit.
 //
 // Only the kernels of a one-row decode step on the vector path are recorded (every matrix's
-// columns a multiple of 8, one weight dtype, a cache width that is a multiple of 4); a program
-// with anything else is not runnable (runnable() false, why() says what), and the caller runs
-// the plain launches.
+// columns a multiple of 8, one weight dtype, a cache row of a multiple of 4 and at most 640
+// columns: V3's is 576); a program with anything else is not runnable (runnable() false, why()
+// says what), and the caller runs the plain launches.
 constexpr size_t kDecodeStageArgBytes = 320;
 struct DecodeStage {
   int32_t kind = 0;     // which kernel (decode_kernels.cu)
@@ -273,16 +273,16 @@ class DecodeProgram {
   void add(const DecodeStage& stage);
   void refuse(const std::string& why);
   void weights(bool bf16);
-  void cache(bool bf16, int per_lane);
+  void attention(bool cache_bf16, int per_lane);
 
   bool weights_bf16 = false, cache_bf16 = false;
-  int per_lane = 0;  // cache columns per lane of the latent attention
+  int per_lane = 0;  // cache columns per lane of the latent attention (0: none)
   size_t smem = 0;   // the largest stage's dynamic shared memory
 
  private:
   std::vector<DecodeStage> stages_;
   std::string why_;
-  bool weights_set_ = false, cache_set_ = false;
+  bool weights_set_ = false;
 };
 
 class DecodeRecording {
