@@ -420,8 +420,9 @@ const CudaForward::Program* CudaForward::program_for(int key, int depth, LogitsF
   auto it = programs_.find(key);
   if (it == programs_.end()) {
     Program p;
-    int cooperative = 0;
-    check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, 0),
+    int device = 0, cooperative = 0;
+    check(cudaGetDevice(&device), "inference on cuda: device");
+    check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device),
           "inference on cuda: device attributes");
     if (cooperative) {
       const gpu::DecodeRecording recording(&p.program);
