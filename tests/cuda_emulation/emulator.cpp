@@ -9,6 +9,7 @@
 //
 // Memory: device and pinned allocations come from the host heap, recorded by address so that
 // copies, GEMM operands and cudaPointerGetAttributes can be checked against them.
+#include <execinfo.h>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <ucontext.h>
@@ -883,6 +884,48 @@ uint64_t kernels_run() { return g_kernels_run; }
 uint64_t blocks_run() { return g_blocks_run; }
 
 namespace {
+HostCalls g_host_calls;
+}  // namespace
+
+// DSV3_EMU_TRACE_HOST_CALLS=1: a backtrace on stderr at each counted call, to find where a
+// wait or an allocation comes from (pipe it through c++filt).
+void trace_host_call(const char* api) {
+  static const bool on = std::getenv("DSV3_EMU_TRACE_HOST_CALLS") != nullptr;
+  if (!on) return;
+  void* frames[16];
+  const int n = backtrace(frames, 16);
+  std::fprintf(stderr, "cuda emulation: %s from\n", api);
+  backtrace_symbols_fd(frames, n, 2);
+}
+void note_host_wait(const char* api) {
+  ++g_host_calls.waits[api];
+  trace_host_call(api);
+}
+void note_allocation(const char* api) {
+  ++g_host_calls.allocations[api];
+  trace_host_call(api);
+}
+HostCalls host_calls() { return g_host_calls; }
+void poison_device(void* p, size_t n, cudaStream_t s) {
+  if (n == 0) return;
+  if (!device_range_ok(p, n, "poison_device")) {
+    set_error(cudaErrorInvalidValue);
+    return;
+  }
+  submit(s, false, "poison_device", [=] { poison(p, n); });
+}
+uint64_t HostCalls::total_waits() const {
+  uint64_t n = 0;
+  for (const auto& [api, count] : waits) n += count;
+  return n;
+}
+uint64_t HostCalls::total_allocations() const {
+  uint64_t n = 0;
+  for (const auto& [api, count] : allocations) n += count;
+  return n;
+}
+
+namespace {
 // An H100's opt-in limit of dynamic shared memory per block; 48 KiB without the opt-in.
 constexpr int kSharedOptin = 227 * 1024;
 std::map<const void*, int> g_max_dynamic_shared;  // per kernel, as raised by cudaFuncSetAttribute
@@ -1010,6 +1053,7 @@ cudaError_t cudaDeviceSynchronize() {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
+  note_host_wait("cudaDeviceSynchronize");
   drain_all();
   return sticky_or_success();
 }
@@ -1025,6 +1069,7 @@ cudaError_t cudaMalloc(void** p, size_t n) {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
+  note_allocation("cudaMalloc");
   return allocate(p, n, Kind::Device);
 }
 // cudaFree and cudaFreeHost wait for the device first, as CUDA's do: queued work may use the
@@ -1034,11 +1079,16 @@ cudaError_t cudaFree(void* p) {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
+  note_host_wait("cudaFree");
   drain_all();
   return release(p, Kind::Device);
 }
-cudaError_t cudaMallocHost(void** p, size_t n) { return allocate(p, n, Kind::Pinned); }
+cudaError_t cudaMallocHost(void** p, size_t n) {
+  note_allocation("cudaMallocHost");
+  return allocate(p, n, Kind::Pinned);
+}
 cudaError_t cudaFreeHost(void* p) {
+  note_host_wait("cudaFreeHost");
   drain_all();
   return release(p, Kind::Pinned);
 }
@@ -1060,6 +1110,7 @@ cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s) {
     std::fprintf(stderr, "cuda emulation: cudaMallocAsync inside a capture is not emulated\n");
     return set_error(cudaErrorNotSupported);
   }
+  note_allocation("cudaMallocAsync");
   return allocate(p, n, Kind::Device);
 }
 cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {
@@ -1132,6 +1183,7 @@ cudaError_t copy2d(void* dst, size_t dpitch, const void* src, size_t spitch, siz
   // A synchronous copy waits unless it is device to device; one between host buffers is
   // synchronous even when asynchronous.
   if ((synchronous && !(src_dev && dst_dev)) || (!src_dev && !dst_dev)) {
+    note_host_wait(what);
     drain(stream_of(s), seq);
     return sticky_or_success();
   }
@@ -1177,6 +1229,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned flags) {
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
   Stream* st = reinterpret_cast<Stream*>(s);
   if (!st || !g_streams.count(st)) return set_error(cudaErrorInvalidResourceHandle);
+  note_host_wait("cudaStreamDestroy");
   drain(*st, kEverything);
   g_streams.erase(st);
   delete st;
@@ -1187,6 +1240,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
     g_capture.invalidated = true;
     return set_error(cudaErrorStreamCaptureUnsupported);
   }
+  note_host_wait("cudaStreamSynchronize");
   if (s == nullptr)
     drain_blocking();
   else
@@ -1279,6 +1333,7 @@ cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   Event* ev = reinterpret_cast<Event*>(e);
+  note_host_wait("cudaEventSynchronize");
   if (ev->stream == &g_legacy || g_streams.count(ev->stream)) drain(*ev->stream, ev->seq);
   return sticky_or_success();
 }

@@ -33,6 +33,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -81,6 +83,16 @@ void* dynamic_shared_base();
 void clear_sticky_error();  // for the emulation's own tests of failing launches
 uint64_t kernels_run();     // kernel executions so far (graph replays included)
 uint64_t blocks_run();      // block executions so far
+// Host calls that wait for the device (synchronisations, synchronous copies other than device
+// to device, cudaFree) and allocations (cudaMalloc, cudaMallocAsync, cudaMallocHost) so far,
+// each counted under its API's name: tests check that a training step in its steady state
+// waits only where it must and allocates nothing.
+struct HostCalls {
+  std::map<std::string, uint64_t> waits, allocations;
+  uint64_t total_waits() const;
+  uint64_t total_allocations() const;
+};
+HostCalls host_calls();
 template <typename T>
 T* dynamic_shared() {
   return static_cast<T*>(dynamic_shared_base());
@@ -294,6 +306,12 @@ cudaError_t cudaFree(void* p);
 cudaError_t cudaMallocHost(void** p, size_t n);
 cudaError_t cudaFreeHost(void* p);
 cudaError_t cudaMallocAsync(void** p, size_t n, cudaStream_t s);
+namespace dsv3emu {
+// Queues the fill of device memory with the emulation's garbage pattern (as new allocations
+// hold): code that hands out reused device memory calls it so that reads of unwritten memory
+// still show.
+void poison_device(void* p, size_t n, cudaStream_t s);
+}  // namespace dsv3emu
 // The default memory pool: one per device; its release threshold is the one attribute dsv3
 // sets (the emulation's pool holds nothing, so the value changes nothing).
 struct CUmemPoolHandle_st;
