@@ -3,8 +3,8 @@
 # linked with the library's other objects, and run by the GPU inference and router tests
 # (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp,
 # test_grouped_gemm_cuda.cpp, test_index_errors_cuda.cpp, test_decode_router_cuda.cpp,
-# test_decode_fusion_cuda.cpp, test_decode_program_cuda.cpp, test_weights_cuda.cpp, test_grouped_streams_cuda.cpp,
-# test_convert_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
+# test_decode_fusion_cuda.cpp, test_decode_program_cuda.cpp, test_weights_cuda.cpp,
+# test_grouped_streams_cuda.cpp, test_scratch_cuda.cpp, test_convert_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
 # .cu files become C++ with their launches rewritten (rewrite_launches.cmake).
@@ -81,10 +81,12 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_weights_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_streams_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_convert_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_scratch_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp
-                              ${DSV3_EMU_DIR}/test_decode_launches.cpp)
+                              ${DSV3_EMU_DIR}/test_decode_launches.cpp
+                              ${DSV3_EMU_DIR}/test_train_step_host_calls.cpp)
 target_link_libraries(dsv3_emu_tests PRIVATE dsv3emu GTest::gtest GTest::gtest_main)
 target_compile_options(dsv3_emu_tests PRIVATE -Wno-unknown-pragmas)
 target_compile_definitions(dsv3_emu_tests PRIVATE DSV3_TEST_DATA="${CMAKE_SOURCE_DIR}/tests/data"

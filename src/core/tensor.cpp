@@ -123,4 +123,27 @@ void Tensor::copy_from(const Tensor& src) {
   device::copy(data_, device_, src.data_, src.device_, nbytes());
 }
 
+void copy_to_host(std::span<const HostCopyOf> pairs) {
+  for (const HostCopyOf& p : pairs) {
+    DSV3_CHECK(p.dst->device() == Device::CPU, "copy_to_host: the destination is on {}",
+               device_name(p.dst->device()));
+    DSV3_CHECK(p.src->dtype() == p.dst->dtype() && p.src->numel() == p.dst->numel(),
+               "copy_to_host: {} {} into {} {}", dtype_name(p.src->dtype()), p.src->shape().str(),
+               dtype_name(p.dst->dtype()), p.dst->shape().str());
+  }
+  // The device regions in a fixed-size list: no allocation.
+  constexpr size_t kMax = 16;
+  DSV3_CHECK(pairs.size() <= kMax, "copy_to_host: {} tensors, at most {} at once", pairs.size(),
+             kMax);
+  device::ToHost regions[kMax];
+  size_t n = 0;
+  for (const HostCopyOf& p : pairs) {
+    if (p.src->device() == Device::CPU)
+      p.dst->copy_from(*p.src);
+    else
+      regions[n++] = {p.dst->data(), p.src->data(), p.src->nbytes()};
+  }
+  if (n) device::copy_to_host(std::span<const device::ToHost>(regions, n));
+}
+
 }  // namespace dsv3

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <span>
 #include <string>
 #include <type_traits>
 
@@ -105,5 +106,18 @@ class Tensor {
   Device device_ = Device::CPU;
   std::shared_ptr<void> owner_;
 };
+
+// A readback of several tensors with one wait for the device: for each pair, dst (on the host)
+// takes src's bytes, as dst.copy_from(src) would (same dtype and element count). Device sources
+// come back together (device::copy_to_host); host sources are copied at once (nothing when a
+// pair is one tensor, as a CPU run's host mirrors are). At most 16 pairs a call.
+struct HostCopyOf {
+  Tensor* dst;
+  const Tensor* src;
+};
+void copy_to_host(std::span<const HostCopyOf> pairs);
+inline void copy_to_host(std::initializer_list<HostCopyOf> pairs) {
+  copy_to_host(std::span<const HostCopyOf>(pairs.begin(), pairs.size()));
+}
 
 }  // namespace dsv3

@@ -57,6 +57,9 @@ void attention_backward_lse(const Tensor&, const Tensor&, const Tensor&, const T
 double cross_entropy(const Tensor&, const int32_t*, float, Tensor*) {
   unavailable("cross_entropy");
 }
+void cross_entropy_rows(const Tensor&, const int32_t*, float, Tensor*, Tensor&) {
+  unavailable("cross_entropy_rows");
+}
 void embedding_forward(const Tensor&, const int32_t*, int64_t, Tensor&) {
   unavailable("embedding_forward");
 }

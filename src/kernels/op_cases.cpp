@@ -553,6 +553,42 @@ std::vector<OpCase> build_op_cases() {
       {64, 32000, 0, 0, 1}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 8.0 * d[0] * d[1]; }});
 
+  // Cross-entropy's row form (the training step's: each row's loss stays on the device until
+  // the step's end): the same problems, the row losses compared instead of their sum.
+  cases.push_back(OpCase{
+      "cross_entropy_rows", "rows, vocab, left-out rows, with gradient",
+      shapes({{1, 1, 0, 1}, {5, 33, 1, 1}, {17, 129, 1, 0}}, 3,
+             [](Rng& r) {
+               return Dims{uniform_int(r, 1, 40), uniform_int(r, 1, 3000), uniform_int(r, 0, 1),
+                           uniform_int(r, 0, 1)};
+             }),
+      [](const Dims& d, Rng& rng) {
+        Problem p;
+        p.tensors["logits"] = randn({d[0], d[1]}, rng, 3.0);
+        p.tensors["targets"] = random_ids(rng, d[0], d[1], d[2] ? 4 : 0);
+        p.tensors["d_logits"] = filled({d[0], d[1]}, d[3] ? kNaN : 0.0f);
+        p.tensors["row_loss"] = filled({d[0]}, kNaN);
+        p.scalars["scale"] = 0.37;
+        p.scalars["with_grad"] = double(d[3]);
+        return p;
+      },
+      [](const OpSet& o, Problem& p) {
+        const Tensor& logits = p["logits"];
+        Tensor& d = p["d_logits"];
+        // Float64 on the logits' device, as the op takes it; compared in float32 on the host.
+        Tensor rows = Tensor::zeros({logits.dim(0)}, DType::F64, logits.device());
+        o.cross_entropy_rows(logits, p["targets"].i32(), float(p.scalar("scale")),
+                             p.scalar("with_grad") != 0 ? &d : nullptr, rows);
+        const Tensor host = rows.to(Device::CPU);
+        Tensor out = Tensor::zeros({logits.dim(0)});
+        for (int64_t i = 0; i < out.numel(); ++i) out.f32()[i] = float(host.f64()[i]);
+        p.tensors["row_loss"] = out;
+      },
+      {"row_loss", "d_logits"}, {kElementwise, kBf16Elementwise},
+      "each row's loss in float64 on the GPU, float32 on the CPU; the gradient as cross_entropy's",
+      {64, 32000, 0, 1}, [](const Dims& d) { return 0.0; },
+      [](const Dims& d) { return 8.0 * d[0] * d[1]; }});
+
   // Embedding: ids -1 (zero row) and repeated ids (the backward's scatter-add collides).
   cases.push_back(OpCase{
       "embedding_forward", "vocab, dim, rows",

@@ -69,6 +69,7 @@ struct OpSet {
   decltype(&ops::adamw_update) adamw_update;
   decltype(&ops::grouped_linear_forward) grouped_linear_forward;
   decltype(&ops::grouped_linear_backward) grouped_linear_backward;
+  decltype(&ops::cross_entropy_rows) cross_entropy_rows;
 };
 const OpSet& fast_ops();       // dsv3::ops (dispatching on the tensors' device)
 const OpSet& reference_ops();  // dsv3::ref

@@ -47,7 +47,7 @@ const OpSet& fast_ops() {
       &ops::put_columns,     &ops::moe_gather_rows,   &ops::moe_combine,
       &ops::moe_combine_backward, &ops::moe_scatter_add, &ops::sum_squares,
       &ops::scale_inplace,   &ops::adamw_update,      &ops::grouped_linear_forward,
-      &ops::grouped_linear_backward};
+      &ops::grouped_linear_backward, &ops::cross_entropy_rows};
   return set;
 }
 
@@ -63,7 +63,7 @@ const OpSet& reference_ops() {
       &ref::put_columns,     &ref::moe_gather_rows,   &ref::moe_combine,
       &ref::moe_combine_backward, &ref::moe_scatter_add, &ref::sum_squares,
       &ref::scale_inplace,   &ref::adamw_update,      &ref::grouped_linear_forward,
-      &ref::grouped_linear_backward};
+      &ref::grouped_linear_backward, &ref::cross_entropy_rows};
   return set;
 }
 

@@ -98,6 +98,12 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
 // counted rows. When d_logits is given, writes scale * d(sum loss)/d(logits) (zero rows for
 // left-out positions); d_logits may alias logits (in-place).
 double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits);
+// The same, with each row's loss written to row_loss ([rows] float64 on the logits' device; 0
+// for left-out rows) instead of summed: on a GPU nothing comes back to the host, so a training
+// step reads all its losses with one wait at its end. Summed in row order, the row losses give
+// cross_entropy's total exactly.
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double scale,
+                        Tensor* d_logits, Tensor& row_loss);
 
 // ---- Embedding (kernels/cpu/embedding.cpp) ----
 // An id of -1 stands for "no token": a zero row forward, no gradient.

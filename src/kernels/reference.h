@@ -55,6 +55,11 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
                             const Tensor& lse, const Tensor& d_o, double scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v);
 double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits);
+// The same, each row's loss also into row_loss [rows].
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits,
+                     double* row_loss);
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double scale,
+                        Tensor* d_logits, Tensor& row_loss);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 void add_inplace(Tensor& y, const Tensor& x);
@@ -133,9 +138,10 @@ void attention_backward_lse(const T* q, const T* k, const T* v, const T* o, cons
                             const T* d_o, int64_t bh, int64_t seq, int64_t dq, int64_t dv,
                             double scale, T* d_q, T* d_k, T* d_v);
 
+// row_loss (optional): each row's loss (0 for left-out rows); the total is their sum in order.
 template <typename T>
 double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t* targets,
-                     double scale, T* d_logits);
+                     double scale, T* d_logits, double* row_loss = nullptr);
 
 template <typename T>
 void embedding_forward(const T* table, int64_t vocab, int64_t dim, const int32_t* ids, int64_t rows,

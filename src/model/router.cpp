@@ -65,8 +65,7 @@ void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x
   ops::route_forward(route_spec(ctx), act.logits, c.has_bias() ? &act.bias : nullptr, act.scores,
                      act.indices, act.weights, act.score_sum, act.seq_counts, act.seq_prob);
   // The one wait of the layer on a GPU: the counts and sums the host needs (no-ops on the CPU).
-  act.seq_counts_host.copy_from(act.seq_counts);
-  act.seq_prob_host.copy_from(act.seq_prob);
+  copy_to_host({{&act.seq_counts_host, &act.seq_counts}, {&act.seq_prob_host, &act.seq_prob}});
   // Loads in the whole window, and the sequence-wise balance term.
   const int64_t experts = c.n_routed_experts, k = c.num_experts_per_tok;
   const float* seq_counts = act.seq_counts_host.f32();

@@ -1,6 +1,8 @@
 #include "model/transformer.h"
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <optional>
 
 #include "core/profile.h"
@@ -23,6 +25,7 @@ struct MtpBuffers {
   Tensor h, h_rstd_out;           // [N, D], [N] shared_head.norm(x_out): h^k
   Tensor logits;                  // [N, V]
   Tensor d_logits;                // [N, V] the loss gradient, with the loss (matmul operand dtype)
+  Tensor row_loss, row_loss_host;  // [N] float64: each position's loss (read at the step's end)
   BlockActivations block;
 
   MtpBuffers(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
@@ -43,8 +46,17 @@ struct MtpBuffers {
     h_rstd_out = a.alloc({n});
     logits = a.alloc({n, c.vocab_size});
     d_logits = a.alloc_matmul_operand({n, c.vocab_size});  // read by the lm head's backward only
+    auto [lh, ld] = a.alloc_mirrored({n}, DType::F64);
+    row_loss_host = lh, row_loss = ld;
   }
 };
+
+// The sum of a window's row losses, in row order (as ops::cross_entropy sums them).
+double sum_rows(const Tensor& row_loss_host) {
+  double total = 0.0;
+  for (int64_t i = 0; i < row_loss_host.numel(); ++i) total += row_loss_host.f64()[i];
+  return total;
+}
 }  // namespace
 
 struct Transformer::Buffers {
@@ -57,6 +69,7 @@ struct Transformer::Buffers {
   Tensor logits;               // [N, V]
   std::vector<std::unique_ptr<MtpBuffers>> mtp;
   Tensor d_logits;  // [N, V] the main loss gradient, with the loss (matmul operand dtype)
+  Tensor row_loss, row_loss_host;  // [N] float64: the main loss of each position
   // Backward scratch.
   BlockScratch scratch;
   Tensor d_residual;        // [N, D]
@@ -81,6 +94,8 @@ struct Transformer::Buffers {
     for (int k = 0; k < c.num_nextn_predict_layers; ++k)
       mtp.push_back(std::make_unique<MtpBuffers>(a, c, batch, seq));
     d_logits = a.alloc_matmul_operand({n, c.vocab_size});  // read by the lm head's backward only
+    auto [rh, rd] = a.alloc_mirrored({n}, DType::F64);
+    row_loss_host = rh, row_loss = rd;
     d_residual = a.alloc({n, d});
     for (int k = 0; k <= c.num_nextn_predict_layers; ++k) d_h.push_back(a.alloc({n, d}));
     d_cat = a.alloc({n, 2 * d});
@@ -170,9 +185,9 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
   // The loss gradient is computed in the same pass as the loss (one sweep over the logits).
-  result.main = ops::cross_entropy(b.logits, b.labels.i32(), 1.0 / double(main_count),
-                                   backward ? &b.d_logits : nullptr) /
-                double(main_count);
+  // The losses stay on the device until the step's end (finish_losses): no wait here.
+  ops::cross_entropy_rows(b.logits, b.labels.i32(), 1.0 / double(main_count),
+                          backward ? &b.d_logits : nullptr, b.row_loss);
 
   head_phase.reset();
 
@@ -202,18 +217,38 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     if (m.block.moe) result.balance_sum += m.block.moe->router.balance;
     ops::rmsnorm_forward(m.x_out, mw.shared_head_norm.value, eps, m.h, m.h_rstd_out);
     ops::linear_forward(m.h, w_.lm_head.for_matmul(), m.logits);
-    double ce = 0.0;
     if (mtp_count[size_t(k - 1)] > 0) {
       const double count = double(mtp_count[size_t(k - 1)]);
       const double scale = loss.mtp_lambda / depths / count;
-      ce = ops::cross_entropy(m.logits, m.targets.i32(), scale, backward ? &m.d_logits : nullptr) /
-           count;
+      ops::cross_entropy_rows(m.logits, m.targets.i32(), scale, backward ? &m.d_logits : nullptr,
+                              m.row_loss);
     }
-    result.mtp.push_back(ce);
   }
-  result.total = result.main + loss.balance_alpha * result.balance_sum;
-  for (double ce : result.mtp) result.total += loss.mtp_lambda / depths * ce;
-  if (!backward) return result;
+  // The losses: every row loss comes back with one wait, once all of the step's work is queued.
+  const auto finish_losses = [&] {
+    HostCopyOf rows[16];
+    size_t n_rows = 0;
+    rows[n_rows++] = {&b.row_loss_host, &b.row_loss};
+    for (int k = 1; k <= depths; ++k) {
+      if (mtp_count[size_t(k - 1)] == 0) continue;
+      DSV3_CHECK(n_rows < std::size(rows), "{} MTP depths: at most {} are supported", depths,
+                 std::size(rows) - 1);
+      rows[n_rows++] = {&b.mtp[size_t(k - 1)]->row_loss_host, &b.mtp[size_t(k - 1)]->row_loss};
+    }
+    copy_to_host(std::span<const HostCopyOf>(rows, n_rows));
+    result.main = sum_rows(b.row_loss_host) / double(main_count);
+    for (int k = 1; k <= depths; ++k) {
+      const int64_t count = mtp_count[size_t(k - 1)];
+      result.mtp.push_back(count > 0 ? sum_rows(b.mtp[size_t(k - 1)]->row_loss_host) / double(count)
+                                     : 0.0);
+    }
+    result.total = result.main + loss.balance_alpha * result.balance_sum;
+    for (double ce : result.mtp) result.total += loss.mtp_lambda / depths * ce;
+  };
+  if (!backward) {
+    finish_losses();
+    return result;
+  }
 
   // ---- Backward: MTP depths, deepest first (depth k feeds h^k back into depth k-1) ----
   for (Tensor& t : b.d_h) t.zero_();
@@ -248,6 +283,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     block_backward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],
                    loss.balance_alpha, b.scratch, b.d_residual);
   ops::embedding_backward(b.tokens.i32(), n, b.d_residual, w_.embed.grad);
+  finish_losses();
   return result;
 }
 

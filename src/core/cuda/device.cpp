@@ -6,6 +6,7 @@
 // communication) changes this in one place.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -99,9 +100,87 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
     return;
   }
   require_cuda("copy");
+  if (dst_device == Device::CUDA && src_device == Device::CPU) {
+    // Queued, not waited for: a pageable source is staged by the driver before the call
+    // returns (a pinned one would be read later; dsv3's host tensors are pageable).
+    check(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, nullptr), "copy");
+    return;
+  }
   // cudaMemcpyDefault: the runtime tells host from device pointers (unified addressing). The
-  // plain (not Async) copy on the legacy stream waits for queued kernels and returns when done.
+  // plain (not Async) copy on the legacy stream waits for queued kernels; into host memory it
+  // returns when done, between device buffers it is queued.
   check(cudaMemcpy(dst, src, n, cudaMemcpyDefault), "copy");
+}
+
+namespace {
+
+// The wait check's device record (set_wait_check).
+struct WaitCheck {
+  const void* record = nullptr;
+  size_t bytes = 0;
+  void (*check)(const void*) = nullptr;
+};
+WaitCheck g_wait_check;
+
+// Pinned host memory the readbacks land in: asynchronous copies into pageable memory would
+// each be a wait. Grown on demand (the GPU is driven from one host thread).
+struct Staging {
+  char* base = nullptr;
+  size_t capacity = 0;
+  char* reserve(size_t bytes) {
+    if (bytes <= capacity) return base;
+    if (base) cudaFreeHost(base);
+    base = nullptr;
+    capacity = 0;
+    void* p = nullptr;
+    check(cudaMallocHost(&p, bytes), "copy_to_host");
+    base = static_cast<char*>(p);
+    capacity = bytes;
+    return base;
+  }
+};
+Staging g_staging;
+
+size_t round_up16(size_t n) { return (n + 15) / 16 * 16; }
+
+// Queues the wait check's record into the staging memory at `at` (when a check is set).
+void queue_wait_check(char* at) {
+  if (g_wait_check.check)
+    check(cudaMemcpyAsync(at, g_wait_check.record, g_wait_check.bytes, cudaMemcpyDeviceToHost,
+                          nullptr),
+          "wait check");
+}
+
+void run_wait_check(const char* at) {
+  if (g_wait_check.check) g_wait_check.check(at);
+}
+
+}  // namespace
+
+void set_wait_check(const void* record, size_t bytes, void (*check_fn)(const void*)) {
+  g_wait_check = {record, bytes, check_fn};
+}
+
+void copy_to_host(std::span<const ToHost> regions) {
+  require_cuda("copy_to_host");
+  size_t total = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
+  for (const ToHost& r : regions) total += round_up16(r.bytes);
+  char* staging = g_staging.reserve(std::max<size_t>(total, 16));
+  size_t at = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
+  for (const ToHost& r : regions) {
+    if (r.bytes)
+      check(cudaMemcpyAsync(staging + at, r.src, r.bytes, cudaMemcpyDeviceToHost, nullptr),
+            "copy_to_host");
+    at += round_up16(r.bytes);
+  }
+  queue_wait_check(staging);
+  check(cudaStreamSynchronize(nullptr), "copy_to_host");
+  at = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
+  for (const ToHost& r : regions) {
+    if (r.bytes) std::memcpy(r.dst, staging + at, r.bytes);
+    at += round_up16(r.bytes);
+  }
+  run_wait_check(staging);
 }
 
 void zero(void* p, Device device, size_t n) {
@@ -113,16 +192,13 @@ void zero(void* p, Device device, size_t n) {
   check(cudaMemsetAsync(p, 0, n, nullptr), "zero");
 }
 
-namespace {
-std::atomic<void (*)()> g_synchronize_check{nullptr};
-}  // namespace
-
-void set_synchronize_check(void (*check_fn)()) { g_synchronize_check.store(check_fn); }
-
 void synchronize(Device device) {
   if (device != Device::CUDA) return;
+  char* staging =
+      g_wait_check.check ? g_staging.reserve(std::max<size_t>(g_wait_check.bytes, 16)) : nullptr;
+  if (staging) queue_wait_check(staging);
   check(cudaDeviceSynchronize(), "synchronize");
-  if (auto* after = g_synchronize_check.load()) after();
+  if (staging) run_wait_check(staging);
 }
 
 double cuda_elapsed_ms(const std::function<void()>& f) {

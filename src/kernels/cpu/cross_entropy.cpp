@@ -18,14 +18,10 @@ float* scratch_row_loss(int64_t rows) {
   if (int64_t(buffer.size()) < rows) buffer.resize(size_t(rows));
   return buffer.data();
 }
-}  // namespace
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, double scale64,
-                     Tensor* d_logits) {
-  if (logits.dtype() == DType::F64) return ref::cross_entropy(logits, targets, scale64, d_logits);
-  const float scale = float(scale64);
-  if (logits.device() == Device::CUDA)
-    return cuda_ops::cross_entropy(logits, targets, scale, d_logits);
+// The float32 loss of each row into row_loss (0 for left-out rows), and the gradient.
+void float_rows(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits,
+                float* row_loss) {
   const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
   for (int64_t r = 0; r < rows; ++r)
     DSV3_CHECK(targets[r] >= -1 && targets[r] < vocab,
@@ -33,9 +29,6 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, double scale6
                vocab);
   const float* lp = logits.f32();
   float* dp = d_logits ? d_logits->f32() : nullptr;
-  // Per-row losses are summed in row order afterwards, so the total is the same for any thread
-  // count or timing (an OpenMP reduction would add in arrival order).
-  float* row_loss = scratch_row_loss(rows);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     row_loss[r] = 0.0f;
@@ -73,9 +66,50 @@ double cross_entropy(const Tensor& logits, const int32_t* targets, double scale6
       drow[targets[r]] -= scale;
     }
   }
+}
+
+int64_t rows_of(const Tensor& logits) {
+  const int64_t vocab = logits.dim(-1);
+  return vocab ? logits.numel() / vocab : 0;
+}
+
+}  // namespace
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale64,
+                     Tensor* d_logits) {
+  if (logits.dtype() == DType::F64) return ref::cross_entropy(logits, targets, scale64, d_logits);
+  const float scale = float(scale64);
+  if (logits.device() == Device::CUDA)
+    return cuda_ops::cross_entropy(logits, targets, scale, d_logits);
+  // Per-row losses are summed in row order afterwards, so the total is the same for any thread
+  // count or timing (an OpenMP reduction would add in arrival order).
+  const int64_t rows = rows_of(logits);
+  float* row_loss = scratch_row_loss(rows);
+  float_rows(logits, targets, scale, d_logits, row_loss);
   double total = 0.0;
   for (int64_t r = 0; r < rows; ++r) total += row_loss[r];
   return total;
+}
+
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double scale64,
+                        Tensor* d_logits, Tensor& row_loss) {
+  const int64_t rows = rows_of(logits);
+  DSV3_CHECK(row_loss.dtype() == DType::F64 && row_loss.numel() == rows &&
+                 row_loss.device() == logits.device(),
+             "cross_entropy_rows: row_loss is {} {} on {}, not float64 [{}] on {}",
+             dtype_name(row_loss.dtype()), row_loss.shape().str(), device_name(row_loss.device()),
+             rows, device_name(logits.device()));
+  if (logits.dtype() == DType::F64) {
+    ref::cross_entropy(logits, targets, scale64, d_logits, row_loss.f64());
+    return;
+  }
+  const float scale = float(scale64);
+  if (logits.device() == Device::CUDA)
+    return cuda_ops::cross_entropy_rows(logits, targets, scale, d_logits, row_loss);
+  float* loss32 = scratch_row_loss(rows);
+  float_rows(logits, targets, scale, d_logits, loss32);
+  double* out = row_loss.f64();
+  for (int64_t r = 0; r < rows; ++r) out[r] = loss32[r];
 }
 
 }  // namespace dsv3::ops

@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "core/error.h"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/scratch.h"
 
 namespace dsv3::cuda {
 
@@ -335,8 +336,8 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
     std::vector<float> alpha(n, g.alpha), beta(n, g.beta);
     // The device arrays of pointers: [A'_0..A'_n-1 | B'_0.. | C'_0..], staged on the host and
     // sent with one copy. A pageable source makes the copy synchronous for the host, so
-    // `staged` may go when this function returns; the device buffer is freed in stream order,
-    // after the GEMM that reads it.
+    // `staged` may go when this function returns; the device table is scratch (scratch.h),
+    // handed out again only to work queued after the GEMM that reads it.
     std::vector<const void*> staged(3 * n);
     for (size_t j = 0; j < n; ++j) {
       const size_t i = live[j];
@@ -347,17 +348,16 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
       staged[n + j] = g.a[i];
       staged[2 * n + j] = g.c[i];
     }
-    void* dev = nullptr;
     const size_t bytes = staged.size() * sizeof(void*);
-    check(cudaMallocAsync(&dev, bytes, stream()), what);
-    check(cudaMemcpyAsync(dev, staged.data(), bytes, cudaMemcpyHostToDevice, stream()), what);
-    const void* const* ptrs = static_cast<const void* const*>(dev);
+    Scratch dev(bytes, what);
+    check(cudaMemcpyAsync(dev.as<void>(), staged.data(), bytes, cudaMemcpyHostToDevice, stream()),
+          what);
+    const void* const* ptrs = dev.as<const void* const>();
     const cublasStatus_t s = lib.gemm_grouped_batched_ex(
         lib.handle, op_a.data(), op_b.data(), m.data(), nn.data(), k.data(), alpha.data(), ptrs,
         g.ab_type, lda.data(), ptrs + n, g.ab_type, ldb.data(), beta.data(),
         const_cast<void* const*>(ptrs + 2 * n), g.c_type, ldc.data(), int(n), group_size.data(),
         CUBLAS_COMPUTE_32F);
-    check(cudaFreeAsync(dev, stream()), what);
     if (s == CUBLAS_STATUS_SUCCESS) {
       state.store(1);
       return;
@@ -399,17 +399,15 @@ bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
              ((n + kGroupedGemmTile - 1) / kGroupedGemmTile);
   }
   if (groups.empty()) return true;
-  // The group table goes up with one copy into stream-ordered scratch; a pageable source is
+  // The group table goes up with one copy into the ops' scratch (scratch.h); a pageable source is
   // staged by the copy, so `groups` may go when this returns.
-  void* dev = nullptr;
   const size_t bytes = groups.size() * sizeof(GemmGroup);
-  check(cudaMallocAsync(&dev, bytes, stream()), what);
-  check(cudaMemcpyAsync(dev, groups.data(), bytes, cudaMemcpyHostToDevice, stream()), what);
-  GroupedGemmBf16 p{static_cast<const GemmGroup*>(dev), int64_t(groups.size()), tiles, g.lda,
-                    g.ldb, g.ldc, !g.trans_a, g.trans_b, g.beta != 0.0f};
-  const cudaError_t e = grouped_gemm_bf16(p, stream());
-  check(cudaFreeAsync(dev, stream()), what);
-  check(e, what);
+  Scratch dev(bytes, what);
+  check(cudaMemcpyAsync(dev.as<void>(), groups.data(), bytes, cudaMemcpyHostToDevice, stream()),
+        what);
+  GroupedGemmBf16 p{dev.as<const GemmGroup>(), int64_t(groups.size()), tiles, g.lda, g.ldb, g.ldc,
+                    !g.trans_a, g.trans_b, g.beta != 0.0f};
+  check(grouped_gemm_bf16(p, stream()), what);
   return true;
 }
 

@@ -13,6 +13,7 @@
 #include "kernels/cuda/index_errors.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/scratch.h"
 
 namespace dsv3::cuda_ops {
 namespace {
@@ -29,25 +30,7 @@ void need_devices(const char* op, std::initializer_list<const Tensor*> ts) {
   for (const Tensor* t : ts) need_device(*t, op, "an operand");
 }
 
-// A stream-ordered temporary (cudaMallocAsync): freed when it goes out of scope, after the work
-// queued before that point. Used for small per-call buffers (per-row losses, attention lse);
-// the planned arena replaces them once the model runs on the device.
-class Scratch {
- public:
-  Scratch(size_t bytes, const char* what) {
-    check(cudaMallocAsync(&p_, bytes ? bytes : 256, stream()), what);
-  }
-  ~Scratch() { cudaFreeAsync(p_, stream()); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(p_);
-  }
-
- private:
-  void* p_ = nullptr;
-};
+using cuda::Scratch;
 
 // A host table copied into stream-ordered scratch (the copy stages pageable memory before it
 // returns, so `rows` may go once this does).
@@ -655,33 +638,44 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
 // ---- Cross-entropy ----
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
-  need_device(logits, "cross_entropy", "logits");
-  const int64_t vocab = logits.dim(-1), rows = vocab ? logits.numel() / vocab : 0;
+namespace {
+// Launches the loss (and gradient) kernel, each row's loss into row_loss [rows] on the device.
+void launch_cross_entropy(const Tensor& logits, const int32_t* targets, float scale,
+                          Tensor* d_logits, double* row_loss, const char* op) {
+  need_device(logits, op, "logits");
   if (d_logits) {
-    need_device(*d_logits, "cross_entropy", "d_logits");
-    DSV3_CHECK(d_logits->numel() == logits.numel(), "cross_entropy: d_logits {} is not logits {}",
+    need_device(*d_logits, op, "d_logits");
+    DSV3_CHECK(d_logits->numel() == logits.numel(), "{}: d_logits {} is not logits {}", op,
                d_logits->shape().str(), logits.shape().str());
   }
+  const int64_t vocab = logits.dim(-1), rows = vocab ? logits.numel() / vocab : 0;
   // The gradient in BF16 when only matrix products read it (the lm head's backward).
-  const F32OrBf16 grad =
-      d_logits ? f32_or_bf16(*d_logits, "cross_entropy", "d_logits") : F32OrBf16{};
-  // Targets are range-checked on the device (index_errors.h) and raised after the readback.
-  Scratch row_loss(size_t(rows) * sizeof(double), "cross_entropy");
-  cuda::CrossEntropy p{logits.f32(), targets, grad.f32, row_loss.as<double>(), rows, vocab, scale,
+  const F32OrBf16 grad = d_logits ? f32_or_bf16(*d_logits, op, "d_logits") : F32OrBf16{};
+  // Targets are range-checked on the device (index_errors.h) and raised at the next wait.
+  cuda::CrossEntropy p{logits.f32(), targets, grad.f32, row_loss, rows, vocab, scale,
                        cuda::index_error_record()};
   p.d_logits_bf16 = grad.bf16;
-  check(cuda::cross_entropy(p, stream()), "cross_entropy");
-  // The loss comes back to the host (a wait on the stream); summed in row order as on the CPU.
+  check(cuda::cross_entropy(p, stream()), op);
+}
+}  // namespace
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits) {
+  const int64_t vocab = logits.dim(-1), rows = vocab ? logits.numel() / vocab : 0;
+  Scratch row_loss(size_t(rows) * sizeof(double), "cross_entropy");
+  launch_cross_entropy(logits, targets, scale, d_logits, row_loss.as<double>(), "cross_entropy");
+  // The loss comes back to the host (one wait, which also raises any recorded index error);
+  // summed in row order as on the CPU.
   std::vector<double> host_loss(static_cast<size_t>(rows));
-  if (rows)
-    check(cudaMemcpy(host_loss.data(), row_loss.as<double>(), size_t(rows) * sizeof(double),
-                     cudaMemcpyDeviceToHost),
-          "cross_entropy");
-  cuda::check_index_errors();  // this call's targets, and any earlier kernel's indices
+  device::copy_to_host({{host_loss.data(), row_loss.as<double>(), host_loss.size() * sizeof(double)}});
   double total = 0.0;
   for (double l : host_loss) total += l;
   return total;
+}
+
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, float scale,
+                        Tensor* d_logits, Tensor& row_loss) {
+  need_device(row_loss, "cross_entropy_rows", "row_loss");
+  launch_cross_entropy(logits, targets, scale, d_logits, row_loss.f64(), "cross_entropy_rows");
 }
 
 // ---- Embedding ----
@@ -924,11 +918,9 @@ double add_sum_squares(const std::vector<const Tensor*>& gs, double acc, const c
                                int64_t(table.size())},
                               stream()),
         op);
+  // One wait, which also raises what a kernel recorded (index_errors.h).
   std::vector<double> host(gs.size() * blocks);
-  check(cudaMemcpy(host.data(), partial.as<double>(), host.size() * sizeof(double),
-                   cudaMemcpyDeviceToHost),
-        op);
-  cuda::check_index_errors();  // a wait point: raise what a kernel recorded (index_errors.h)
+  device::copy_to_host({{host.data(), partial.as<double>(), host.size() * sizeof(double)}});
   for (double v : host) acc += v;
   return acc;
 }

@@ -6,11 +6,13 @@
 #include "kernels/cuda/context.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
+#include "kernels/cuda/scratch.h"
 
 namespace dsv3::cuda_ops {
 namespace {
 
 using cuda::check;
+using cuda::Scratch;
 using cuda::stream;
 
 void need_cuda(const char* op, std::initializer_list<const Tensor*> ts) {
@@ -64,15 +66,11 @@ void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tenso
   set_routing(p, spec, score_sum.numel());
   p.chunk = kSeqChunk;
   const int64_t partials = p.batch * cuda::route_seq_chunks(p.seq, p.chunk) * spec.select.experts;
-  void* partial = nullptr;
-  check(cudaMallocAsync(&partial, size_t(std::max<int64_t>(partials, 1)) * sizeof(double),
-                        stream()),
-        "route_forward");
-  p.seq_partial = static_cast<double*>(partial);
+  Scratch partial(size_t(std::max<int64_t>(partials, 1)) * sizeof(double), "route_forward");
+  p.seq_partial = partial.as<double>();
   check(cudaMemsetAsync(p.seq_counts, 0, size_t(seq_counts.numel()) * sizeof(float), stream()),
         "route_forward");
   const cudaError_t launched = cuda::route_forward(p, stream());
-  cudaFreeAsync(partial, stream());
   check(launched, "route_forward");
 }
 

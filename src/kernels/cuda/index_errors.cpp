@@ -3,29 +3,23 @@
 
 #include <cuda_runtime.h>
 
+#include <cstring>
+
 #include "core/device.h"
 #include "core/error.h"
 #include "kernels/cuda/context.h"
 
 namespace dsv3::cuda {
 
-IndexError* index_error_record() {
-  static IndexError* record = [] {
-    void* p = nullptr;
-    check(cudaMalloc(&p, sizeof(IndexError)), "index checks");
-    check(cudaMemsetAsync(p, 0, sizeof(IndexError), stream()), "index checks");
-    device::set_synchronize_check(check_index_errors);
-    return static_cast<IndexError*>(p);
-  }();
-  return record;
-}
+namespace {
 
-void check_index_errors() {
+// The wait check (core/device.h): the record's copy, brought back by a wait the caller makes
+// anyway. A recorded error is cleared on the device and raised.
+void raise_recorded_error(const void* host_copy) {
   IndexError e{};
-  IndexError* record = index_error_record();
-  check(cudaMemcpy(&e, record, sizeof e, cudaMemcpyDeviceToHost), "index checks");
+  std::memcpy(&e, host_copy, sizeof e);
   if (e.code == kNoIndexError) return;
-  check(cudaMemsetAsync(record, 0, sizeof(IndexError), stream()), "index checks");
+  check(cudaMemsetAsync(index_error_record(), 0, sizeof(IndexError), stream()), "index checks");
   switch (e.code) {
     case kBadPosition:
       fail("rope: position {} at row {} is outside the table of {} positions", e.value, e.row,
@@ -38,6 +32,24 @@ void check_index_errors() {
     default:
       fail("a kernel recorded index error code {} (row {}, value {})", e.code, e.row, e.value);
   }
+}
+
+}  // namespace
+
+IndexError* index_error_record() {
+  static IndexError* record = [] {
+    void* p = nullptr;
+    check(cudaMalloc(&p, sizeof(IndexError)), "index checks");
+    check(cudaMemsetAsync(p, 0, sizeof(IndexError), stream()), "index checks");
+    device::set_wait_check(p, sizeof(IndexError), raise_recorded_error);
+    return static_cast<IndexError*>(p);
+  }();
+  return record;
+}
+
+void check_index_errors() {
+  index_error_record();          // sets the wait check on first use
+  device::copy_to_host({});      // a wait that brings the record back and checks it
 }
 
 }  // namespace dsv3::cuda

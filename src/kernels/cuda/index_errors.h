@@ -12,8 +12,10 @@ namespace dsv3::cuda {
 // The device record, zeroed; created on first use and kept for the process.
 IndexError* index_error_record();
 
-// Reads the record back (a wait on the stream) and, when a kernel recorded an error, clears
+// A wait on the stream that reads the record back and, when a kernel recorded an error, clears
 // the record and throws it as a dsv3::Error naming the op, the row, the value and the bound.
+// Every device::copy_to_host and device::synchronize does the same check within its own wait
+// (the record is their wait check, core/device.h), so readbacks need not call this.
 void check_index_errors();
 
 }  // namespace dsv3::cuda

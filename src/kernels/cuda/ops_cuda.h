@@ -13,9 +13,11 @@
 //     swiglu h and d_gate_up, moe_gather_rows out, moe_combine_backward d_y_perm, and the
 //     layout moves (*_bf16 below);
 //   - calls are asynchronous on the backend's stream, except cross_entropy and sum_squares
-//     (return a value to the host). Token ids, targets and positions are range-checked on the
-//     device (kernels/cuda/index_errors.h): an index out of range is raised as a dsv3::Error
-//     at the next wait (cross_entropy, sum_squares, device::synchronize), not by the call.
+//     (return a value to the host: one wait each); cross_entropy_rows leaves its losses on the
+//     device. Token ids, targets and positions are range-checked on the device
+//     (kernels/cuda/index_errors.h): an index out of range is raised as a dsv3::Error at the
+//     next wait (any device::copy_to_host or device::synchronize), not by the call.
+//   - per-call scratch comes from kernels/cuda/scratch.h: no allocation in a steady state.
 // Built only with the CUDA backend; in a CPU build every function fails with
 // "CUDA device requested but dsv3 was built without CUDA" (kernels/cuda_ops_nocuda.cpp).
 #include "kernels/ops.h"
@@ -50,6 +52,8 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
                             const Tensor& lse, const Tensor& d_o, float scale, Tensor& d_q,
                             Tensor& d_k, Tensor& d_v);
 double cross_entropy(const Tensor& logits, const int32_t* targets, float scale, Tensor* d_logits);
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, float scale,
+                        Tensor* d_logits, Tensor& row_loss);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 void add_inplace(Tensor& y, const Tensor& x);

@@ -10,7 +10,7 @@ namespace t {
 
 template <typename T>
 double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t* targets,
-                     double scale, T* d_logits) {
+                     double scale, T* d_logits, double* row_loss) {
   double total = 0.0;
   std::vector<double> p(static_cast<size_t>(vocab));
   for (int64_t r = 0; r < rows; ++r) {
@@ -18,6 +18,7 @@ double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t
                "ref::cross_entropy: target {} at row {} is outside the vocabulary of {}",
                targets[r], r, vocab);
     const T* row = logits + r * vocab;
+    if (row_loss) row_loss[r] = 0.0;
     if (targets[r] < 0) {
       if (d_logits) std::fill(d_logits + r * vocab, d_logits + (r + 1) * vocab, T(0));
       continue;
@@ -26,7 +27,9 @@ double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t
     for (int64_t j = 0; j < vocab; ++j) mx = std::max(mx, double(row[j]));
     double sum = 0.0;
     for (int64_t j = 0; j < vocab; ++j) sum += (p[size_t(j)] = std::exp(double(row[j]) - mx));
-    total += std::log(sum) + mx - double(row[targets[r]]);
+    const double loss = std::log(sum) + mx - double(row[targets[r]]);
+    total += loss;
+    if (row_loss) row_loss[r] = loss;
     // The row is read completely before the gradient is written: d_logits may alias logits.
     if (d_logits) {
       for (int64_t j = 0; j < vocab; ++j) {
@@ -39,19 +42,33 @@ double cross_entropy(const T* logits, int64_t rows, int64_t vocab, const int32_t
 }
 
 template double cross_entropy<float>(const float*, int64_t, int64_t, const int32_t*, double,
-                                     float*);
+                                     float*, double*);
 template double cross_entropy<double>(const double*, int64_t, int64_t, const int32_t*, double,
-                                      double*);
+                                      double*, double*);
 
 }  // namespace t
 
-double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits) {
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale, Tensor* d_logits,
+                     double* row_loss) {
   return with_real(logits, [&](auto real_zero) -> double {
     using T = decltype(real_zero);
     const int64_t vocab = logits.dim(-1), rows = logits.numel() / vocab;
     return t::cross_entropy(logits.real<T>(), rows, vocab, targets, scale,
-                            d_logits ? d_logits->real<T>() : nullptr);
+                            d_logits ? d_logits->real<T>() : nullptr, row_loss);
   });
+}
+
+double cross_entropy(const Tensor& logits, const int32_t* targets, double scale,
+                     Tensor* d_logits) {
+  return cross_entropy(logits, targets, scale, d_logits, nullptr);
+}
+
+void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double scale,
+                        Tensor* d_logits, Tensor& row_loss) {
+  DSV3_CHECK(row_loss.dtype() == DType::F64 && row_loss.numel() == logits.numel() / logits.dim(-1),
+             "ref::cross_entropy_rows: row_loss is {} {}", dtype_name(row_loss.dtype()),
+             row_loss.shape().str());
+  cross_entropy(logits, targets, scale, d_logits, row_loss.f64());
 }
 
 }  // namespace dsv3::ref
