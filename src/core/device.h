@@ -40,6 +40,7 @@ struct ToHost {
   const void* src;  // device memory
   size_t bytes;
 };
+// Queued on the legacy stream, as every copy here: kernels/cuda/context.h's stream().
 void copy_to_host(std::span<const ToHost> regions);
 inline void copy_to_host(std::initializer_list<ToHost> regions) {
   copy_to_host(std::span<const ToHost>(regions.begin(), regions.size()));

@@ -40,7 +40,7 @@ ExpertSelection expert_selection(const ModelConfig& c);
 
 // Copies the correction bias (host memory: the trainer updates it between steps) to act.bias
 // on the model's device. Transformer::step does it for every router at the start of a step,
-// where the step waits for its inputs anyway, rather than a wait per layer.
+// with its inputs (copies to the device are queued without a wait: core/device.h).
 void upload_router_bias(const MoeWeights& w, RouterActivations& act);
 // Reads act.bias (upload_router_bias) when the config has one.
 void router_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x,

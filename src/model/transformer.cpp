@@ -160,6 +160,22 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   std::memcpy(b.labels_host.i32(), labels, size_t(n) * 4);
   b.tokens.copy_from(b.tokens_host);
   b.labels.copy_from(b.labels_host);
+  // Each MTP depth's inputs and targets (the window shifted by k), built on the host and sent
+  // with the tokens, before any kernel is queued.
+  std::vector<int64_t>& mtp_count = mtp_count_;
+  mtp_count.assign(size_t(depths), 0);  // sized at construction: no allocation
+  for (int k = 1; k <= depths; ++k) {
+    MtpBuffers& m = *b.mtp[size_t(k - 1)];
+    for (int64_t bi = 0; bi < batch_; ++bi)
+      for (int64_t i = 0; i < seq_; ++i) {
+        bool inside = i + k < seq_;
+        m.ids_host.i32()[bi * seq_ + i] = inside ? b.tokens_host.i32()[bi * seq_ + i + k] : -1;
+        m.targets_host.i32()[bi * seq_ + i] = inside ? b.labels_host.i32()[bi * seq_ + i + k] : -1;
+      }
+    for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets_host.i32()[i] >= 0;
+    m.ids.copy_from(m.ids_host);
+    m.targets.copy_from(m.targets_host);
+  }
   if (c_.has_bias()) {
     for (int l = 0; l < c_.num_hidden_layers; ++l)
       if (auto& blk = b.blocks[size_t(l)]; blk->moe)
@@ -191,20 +207,9 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
 
   head_phase.reset();
 
-  // ---- Forward: MTP depths ----
-  std::vector<int64_t>& mtp_count = mtp_count_;
-  mtp_count.assign(size_t(depths), 0);  // sized at construction: no allocation
+  // ---- Forward: MTP depths (their ids and targets went up with the tokens) ----
   for (int k = 1; k <= depths; ++k) {
     MtpBuffers& m = *b.mtp[size_t(k - 1)];
-    for (int64_t bi = 0; bi < batch_; ++bi)
-      for (int64_t i = 0; i < seq_; ++i) {
-        bool inside = i + k < seq_;
-        m.ids_host.i32()[bi * seq_ + i] = inside ? b.tokens_host.i32()[bi * seq_ + i + k] : -1;
-        m.targets_host.i32()[bi * seq_ + i] = inside ? b.labels_host.i32()[bi * seq_ + i + k] : -1;
-      }
-    for (int64_t i = 0; i < n; ++i) mtp_count[size_t(k - 1)] += m.targets_host.i32()[i] >= 0;
-    m.ids.copy_from(m.ids_host);
-    m.targets.copy_from(m.targets_host);
     const MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     ops::embedding_forward(w_.embed.value, m.ids.i32(), n, m.emb);

@@ -101,8 +101,9 @@ void copy(void* dst, Device dst_device, const void* src, Device src_device, size
   }
   require_cuda("copy");
   if (dst_device == Device::CUDA && src_device == Device::CPU) {
-    // Queued, not waited for: a pageable source is staged by the driver before the call
-    // returns (a pinned one would be read later; dsv3's host tensors are pageable).
+    // Queued, not waited for: from pageable memory (dsv3's host tensors) the driver stages the
+    // source before the call returns, or, as CUDA allows, makes the copy synchronous; either way
+    // the source may be reused at once. A pinned source would be read later.
     check(cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, nullptr), "copy");
     return;
   }

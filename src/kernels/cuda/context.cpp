@@ -349,7 +349,9 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
       staged[2 * n + j] = g.c[i];
     }
     const size_t bytes = staged.size() * sizeof(void*);
-    Scratch dev(bytes, what);
+    // Sized for every group, not only the live ones: the same size at every step, so the
+    // scratch (scratch.h) stops growing once a step has run, whatever the routing.
+    Scratch dev(3 * g.m.size() * sizeof(void*), what);
     check(cudaMemcpyAsync(dev.as<void>(), staged.data(), bytes, cudaMemcpyHostToDevice, stream()),
           what);
     const void* const* ptrs = dev.as<const void* const>();
@@ -402,7 +404,7 @@ bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
   // The group table goes up with one copy into the ops' scratch (scratch.h); a pageable source is
   // staged by the copy, so `groups` may go when this returns.
   const size_t bytes = groups.size() * sizeof(GemmGroup);
-  Scratch dev(bytes, what);
+  Scratch dev(g.m.size() * sizeof(GemmGroup), what);  // every group: a fixed size (see above)
   check(cudaMemcpyAsync(dev.as<void>(), groups.data(), bytes, cudaMemcpyHostToDevice, stream()),
         what);
   GroupedGemmBf16 p{dev.as<const GemmGroup>(), int64_t(groups.size()), tiles, g.lda, g.ldb, g.ldc,

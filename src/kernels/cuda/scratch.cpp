@@ -71,18 +71,19 @@ Scratch::~Scratch() {
   while (!s.regions.empty() && !s.regions.back().live) s.regions.pop_back();
   if (!s.regions.empty() || s.peak <= s.capacity) return;
   // Empty, and smaller than the peak: one buffer of the peak's size from now on. The old one is
-  // given back in stream order, after the work queued on it. A destructor never throws: if the
-  // allocation fails, later requests take regions of their own as before.
-  if (s.base) cudaFreeAsync(s.base, stream());
-  s.base = nullptr;
-  s.capacity = 0;
-  if (cudaMallocAsync(&s.base, s.peak, stream()) == cudaSuccess) {
-    s.capacity = s.peak;
-    ++s.allocations;
-  } else {
+  // given back in stream order, after the work queued on it, once the new one exists. A
+  // destructor never throws: if the allocation fails, the old buffer stays, and requests that
+  // do not fit keep taking regions of their own (the next empty stack tries again).
+  void* grown = nullptr;
+  if (cudaMallocAsync(&grown, s.peak, stream()) != cudaSuccess) {
     cudaGetLastError();  // not sticky: clear it
-    s.base = nullptr;
+    s.peak = s.capacity;
+    return;
   }
+  if (s.base) cudaFreeAsync(s.base, stream());
+  s.base = grown;
+  s.capacity = s.peak;
+  ++s.allocations;
 }
 
 size_t scratch_capacity() { return stack().capacity; }
