@@ -1,8 +1,6 @@
 #include "model/transformer.h"
 
-#include <algorithm>
 #include <cstring>
-#include <iterator>
 #include <optional>
 
 #include "core/profile.h"
@@ -50,6 +48,10 @@ struct MtpBuffers {
     row_loss_host = lh, row_loss = ld;
   }
 };
+
+// The losses a step reads back with its one wait: the main loss and each MTP depth's
+// (copy_to_host takes at most this many tensors at once).
+constexpr size_t kMaxReadback = 16;
 
 // The sum of a window's row losses, in row order (as ops::cross_entropy sums them).
 double sum_rows(const Tensor& row_loss_host) {
@@ -107,6 +109,9 @@ Transformer::Transformer(ModelWeights& weights, int64_t batch, int64_t seq)
     : w_(weights), c_(weights.config()), batch_(batch), seq_(seq) {
   DSV3_CHECK(batch > 0 && seq > 0, "a training window needs batch > 0 and seq > 0, got {} x {}",
              batch, seq);
+  DSV3_CHECK(c_.num_nextn_predict_layers < int(kMaxReadback),
+             "num_nextn_predict_layers = {}: training supports at most {} MTP depths",
+             c_.num_nextn_predict_layers, kMaxReadback - 1);
   const Device device = weights.device();
   const DType real = weights.real_dtype();  // F32, or F64 for the float64 step
   rope_ = build_rope_tables(c_, int(std::max<int64_t>(seq, c_.max_position_embeddings)), real);
@@ -231,15 +236,12 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   }
   // The losses: every row loss comes back with one wait, once all of the step's work is queued.
   const auto finish_losses = [&] {
-    HostCopyOf rows[16];
+    HostCopyOf rows[kMaxReadback];  // the main loss and each depth's with targets
     size_t n_rows = 0;
     rows[n_rows++] = {&b.row_loss_host, &b.row_loss};
-    for (int k = 1; k <= depths; ++k) {
-      if (mtp_count[size_t(k - 1)] == 0) continue;
-      DSV3_CHECK(n_rows < std::size(rows), "{} MTP depths: at most {} are supported", depths,
-                 std::size(rows) - 1);
-      rows[n_rows++] = {&b.mtp[size_t(k - 1)]->row_loss_host, &b.mtp[size_t(k - 1)]->row_loss};
-    }
+    for (int k = 1; k <= depths; ++k)
+      if (mtp_count[size_t(k - 1)] > 0)
+        rows[n_rows++] = {&b.mtp[size_t(k - 1)]->row_loss_host, &b.mtp[size_t(k - 1)]->row_loss};
     copy_to_host(std::span<const HostCopyOf>(rows, n_rows));
     result.main = sum_rows(b.row_loss_host) / double(main_count);
     for (int k = 1; k <= depths; ++k) {

@@ -144,16 +144,19 @@ Staging g_staging;
 
 size_t round_up16(size_t n) { return (n + 15) / 16 * 16; }
 
-// Queues the wait check's record into the staging memory at `at` (when a check is set).
-void queue_wait_check(char* at) {
-  if (g_wait_check.check)
-    check(cudaMemcpyAsync(at, g_wait_check.record, g_wait_check.bytes, cudaMemcpyDeviceToHost,
-                          nullptr),
-          "wait check");
-}
+// Staging bytes in front of the regions for the wait check's record (0 when no check is set).
+size_t record_space() { return g_wait_check.check ? round_up16(g_wait_check.bytes) : 0; }
 
-void run_wait_check(const char* at) {
-  if (g_wait_check.check) g_wait_check.check(at);
+// The wait shared by copy_to_host and synchronize: the wait check's record is queued into the
+// front of the staging memory, `wait` waits, then the check runs on the copy (and may throw).
+template <typename Wait>
+void wait_and_check(char* staging, Wait wait) {
+  if (g_wait_check.check)
+    check(cudaMemcpyAsync(staging, g_wait_check.record, g_wait_check.bytes,
+                          cudaMemcpyDeviceToHost, nullptr),
+          "wait check");
+  wait();
+  if (g_wait_check.check) g_wait_check.check(staging);
 }
 
 }  // namespace
@@ -164,24 +167,25 @@ void set_wait_check(const void* record, size_t bytes, void (*check_fn)(const voi
 
 void copy_to_host(std::span<const ToHost> regions) {
   require_cuda("copy_to_host");
-  size_t total = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
+  size_t total = record_space();
   for (const ToHost& r : regions) total += round_up16(r.bytes);
   char* staging = g_staging.reserve(std::max<size_t>(total, 16));
-  size_t at = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
+  size_t at = record_space();
   for (const ToHost& r : regions) {
     if (r.bytes)
       check(cudaMemcpyAsync(staging + at, r.src, r.bytes, cudaMemcpyDeviceToHost, nullptr),
             "copy_to_host");
     at += round_up16(r.bytes);
   }
-  queue_wait_check(staging);
-  check(cudaStreamSynchronize(nullptr), "copy_to_host");
-  at = round_up16(g_wait_check.check ? g_wait_check.bytes : 0);
-  for (const ToHost& r : regions) {
-    if (r.bytes) std::memcpy(r.dst, staging + at, r.bytes);
-    at += round_up16(r.bytes);
-  }
-  run_wait_check(staging);
+  // The regions are copied out before the check, which may throw.
+  wait_and_check(staging, [&] {
+    check(cudaStreamSynchronize(nullptr), "copy_to_host");
+    size_t from = record_space();
+    for (const ToHost& r : regions) {
+      if (r.bytes) std::memcpy(r.dst, staging + from, r.bytes);
+      from += round_up16(r.bytes);
+    }
+  });
 }
 
 void zero(void* p, Device device, size_t n) {
@@ -195,11 +199,8 @@ void zero(void* p, Device device, size_t n) {
 
 void synchronize(Device device) {
   if (device != Device::CUDA) return;
-  char* staging =
-      g_wait_check.check ? g_staging.reserve(std::max<size_t>(g_wait_check.bytes, 16)) : nullptr;
-  if (staging) queue_wait_check(staging);
-  check(cudaDeviceSynchronize(), "synchronize");
-  if (staging) run_wait_check(staging);
+  char* staging = g_staging.reserve(std::max<size_t>(record_space(), 16));
+  wait_and_check(staging, [] { check(cudaDeviceSynchronize(), "synchronize"); });
 }
 
 double cuda_elapsed_ms(const std::function<void()>& f) {
