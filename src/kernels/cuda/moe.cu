@@ -138,12 +138,19 @@ __global__ void combine_backward_picks_kernel(MoeCombine p) {
     }
     for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
       const float gi = g[i];
+      // Every pick's value is loaded before the first store: the stores could alias y_perm for
+      // all the compiler knows, so loads interleaved with them would wait one by one.
+      float y[kMaxPicks];
 #pragma unroll
       for (int j = 0; j < kMaxPicks; ++j) {
         if (j >= k) break;
-        const int64_t at = rows[j] * p.dim + i;
-        store_f32_or_bf16(p.d_y_perm, p.d_y_perm_bf16, at, w[j] * gi);
-        dot[j] += gi * p.y_perm[at];
+        y[j] = p.y_perm[rows[j] * p.dim + i];
+      }
+#pragma unroll
+      for (int j = 0; j < kMaxPicks; ++j) {
+        if (j >= k) break;
+        store_f32_or_bf16(p.d_y_perm, p.d_y_perm_bf16, rows[j] * p.dim + i, w[j] * gi);
+        dot[j] += gi * y[j];
       }
     }
     __syncthreads();  // the previous token's sums have been read
