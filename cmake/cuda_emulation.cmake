@@ -14,7 +14,7 @@ set(DSV3_EMU_KERNELS
     src/kernels/cuda/attention_bf16_backward.cu src/kernels/cuda/convert.cu
     src/kernels/cuda/cross_entropy.cu src/kernels/cuda/elementwise.cu
     src/kernels/cuda/embedding.cu src/kernels/cuda/grouped_gemm.cu src/kernels/cuda/heads.cu
-    src/kernels/cuda/moe.cu
+    src/kernels/cuda/moe.cu src/kernels/cuda/pad_groups.cu
     src/kernels/cuda/optimizer.cu src/kernels/cuda/rmsnorm.cu src/kernels/cuda/rope.cu
     src/kernels/cuda/router.cu
     src/kernels/cuda/swiglu.cu tests/cuda_emulation/test_emulator.cu

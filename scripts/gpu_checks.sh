@@ -61,7 +61,7 @@ for stage in "${stages[@]}"; do
         run_stage "parity_$(basename "$f")" "$DSV3" parity --device cuda --optimizer "$f"
         run_stage "parity_bf16_$(basename "$f")" "$DSV3" parity --device cuda --precision bf16 \
           --optimizer "$f"
-        for mode in kernel streams; do
+        for mode in cublas kernel streams; do
           run_stage "parity_bf16_grouped_${mode}_$(basename "$f")" env DSV3_GROUPED_GEMM=$mode \
             "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
         done
@@ -81,15 +81,16 @@ for stage in "${stages[@]}"; do
           --config "$cfg" --batch "${BENCH_BATCH:-4}" --seq "${BENCH_SEQ:-1024}" --steps 5 \
           --warmup 2
       done
-      # The routed experts through dsv3's grouped BF16 kernel, and through cuBLAS calls on side
-      # streams, instead of cuBLAS's grouped call (docs/cuda.md), to choose the default.
-      for mode in kernel streams; do
+      # The routed experts through cuBLAS's grouped call (a loop of calls where it refuses the
+      # types), dsv3's grouped BF16 kernel, and cuBLAS calls on side streams, instead of the
+      # default batched products over padded chunks (docs/cuda.md), to choose the default.
+      for mode in cublas kernel streams; do
         run_stage "train_step_dsv3_bf16_grouped_$mode" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
       done
-      for mode in kernel ""; do
-        run_stage "train_step_profile_${mode:-cublas}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
+      for mode in cublas ""; do
+        run_stage "train_step_profile_${mode:-padded}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 3 --warmup 2 --profile
       done
@@ -141,13 +142,13 @@ for stage in "${stages[@]}"; do
       fi
       ncu_csv=("$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --page raw
         --print-units base)
-      for mode in "" kernel; do
-        csv=$log_dir/profile_train_step_${mode:-cublas}.csv
-        run_stage "profile_train_step_${mode:-cublas}" env DSV3_GROUPED_GEMM=$mode "${ncu_csv[@]}" \
+      for mode in "" cublas; do
+        csv=$log_dir/profile_train_step_${mode:-padded}.csv
+        run_stage "profile_train_step_${mode:-padded}" env DSV3_GROUPED_GEMM=$mode "${ncu_csv[@]}" \
           --log-file "$csv" "$DSV3" bench train-step --device cuda --precision bf16 \
           --config "$here/bench/configs/bench-1b.json" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 1 --warmup 1
-        run_stage "profile_train_step_${mode:-cublas}_summary" python3 \
+        run_stage "profile_train_step_${mode:-padded}_summary" python3 \
           "$here/scripts/kernel_profile.py" "$csv" --start embedding_forward \
           --end embedding_backward --end-inclusive
       done

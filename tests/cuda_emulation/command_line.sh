@@ -25,7 +25,7 @@ for fixture in tiny-v3 tiny-v2lite; do
   done
   # The routed experts through dsv3's grouped BF16 kernel instead of cuBLAS, and through cuBLAS
   # calls on side streams.
-  for mode in kernel streams; do
+  for mode in cublas kernel streams; do
     DSV3_GROUPED_GEMM=$mode "$EMU" parity --device cuda --precision bf16 --optimizer \
       "tests/data/reference/$fixture" >"$WORK/parity.txt" \
       || { tail -20 "$WORK/parity.txt"; fail "parity with DSV3_GROUPED_GEMM=$mode on $fixture"; }

@@ -1372,16 +1372,30 @@ size_t matrix_bytes(int64_t rows, int64_t cols, int64_t ld, cudaDataType t) {
   return size_t((cols - 1) * ld + rows) * type_bytes(t);
 }
 
-// Checks what cuBLAS checks (sizes, leading dimensions, types), and that each operand lies in
-// device memory; then queues the batched product on the handle's stream.
-cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
-                    int k, const void* alpha, const void* A, cudaDataType at, int lda,
-                    long long sa, const void* B, cudaDataType bt, int ldb, long long sb,
-                    const void* beta, void* C, cudaDataType ct, int ldc, long long sc, int batch,
-                    cublasComputeType_t compute, const char* what) {
+// One column-major product C = alpha op(A) op(B) + beta C, each element a float32 sum in order.
+void one_product(cublasOperation_t ta, cublasOperation_t tb, int64_t m, int64_t n, int64_t k,
+                 float al, const char* ai, cudaDataType at, int64_t lda, const char* bi,
+                 cudaDataType bt, int64_t ldb, float be, char* ci, cudaDataType ct, int64_t ldc) {
+  for (int64_t col = 0; col < n; ++col)
+    for (int64_t row = 0; row < m; ++row) {
+      float acc = 0.0f;
+      for (int64_t l = 0; l < k; ++l) {
+        const float a = load(ai, at, ta == CUBLAS_OP_N ? row + l * lda : l + row * lda);
+        const float b = load(bi, bt, tb == CUBLAS_OP_N ? l + col * ldb : col + l * ldb);
+        acc = fmaf(a, b, acc);
+      }
+      const int64_t ic = row + col * ldc;
+      store(ci, ct, ic, be == 0.0f ? al * acc : al * acc + be * load(ci, ct, ic));
+    }
+}
+
+// What cuBLAS checks of a product's arguments: the handle, sizes, leading dimensions, types.
+cublasStatus_t check_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                          int n, int k, cudaDataType at, int lda, cudaDataType bt, int ldb,
+                          cudaDataType ct, int ldc, int batch, cublasComputeType_t compute,
+                          const char* what) {
   if (!h) return CUBLAS_STATUS_NOT_INITIALIZED;
-  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
-  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, b_rows = tb == CUBLAS_OP_N ? k : n;
   if (m < 0 || n < 0 || k < 0 || batch < 0 || lda < std::max(1, a_rows) ||
       ldb < std::max(1, b_rows) || ldc < std::max(1, m)) {
     std::fprintf(stderr, "cuda emulation: %s: invalid sizes m=%d n=%d k=%d lda=%d ldb=%d ldc=%d\n",
@@ -1393,8 +1407,21 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
   const bool types_ok = at == bt && compute == CUBLAS_COMPUTE_32F &&
                         ((at == CUDA_R_32F && ct == CUDA_R_32F) ||
                          (at == CUDA_R_16BF && (ct == CUDA_R_32F || ct == CUDA_R_16BF)));
-  if (!types_ok) return CUBLAS_STATUS_NOT_SUPPORTED;
-  if (m == 0 || n == 0 || batch == 0) return CUBLAS_STATUS_SUCCESS;
+  return types_ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+}
+
+// Checks what cuBLAS checks (sizes, leading dimensions, types), and that each operand lies in
+// device memory; then queues the batched product on the handle's stream.
+cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                    int k, const void* alpha, const void* A, cudaDataType at, int lda,
+                    long long sa, const void* B, cudaDataType bt, int ldb, long long sb,
+                    const void* beta, void* C, cudaDataType ct, int ldc, long long sc, int batch,
+                    cublasComputeType_t compute, const char* what) {
+  const cublasStatus_t args = check_gemm(h, ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch,
+                                         compute, what);
+  if (args != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return args;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int i = 0; i < batch; ++i) {
     const char* ai = static_cast<const char*>(A) + i * sa * int64_t(type_bytes(at));
@@ -1410,17 +1437,41 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
       const char* ai = static_cast<const char*>(A) + i * sa * int64_t(type_bytes(at));
       const char* bi = static_cast<const char*>(B) + i * sb * int64_t(type_bytes(bt));
       char* ci = static_cast<char*>(C) + i * sc * int64_t(type_bytes(ct));
-      for (int64_t col = 0; col < n; ++col)
-        for (int64_t row = 0; row < m; ++row) {
-          float acc = 0.0f;
-          for (int64_t l = 0; l < k; ++l) {
-            const float a = load(ai, at, ta == CUBLAS_OP_N ? row + l * lda : l + row * lda);
-            const float b = load(bi, bt, tb == CUBLAS_OP_N ? l + col * ldb : col + l * ldb);
-            acc = fmaf(a, b, acc);
-          }
-          const int64_t ic = row + col * ldc;
-          store(ci, ct, ic, be == 0.0f ? al * acc : al * acc + be * load(ci, ct, ic));
-        }
+      one_product(ta, tb, m, n, k, al, ai, at, lda, bi, bt, ldb, be, ci, ct, ldc);
+    }
+  });
+  return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
+}
+
+// cublasGemmBatchedEx: the products' operands through device arrays of pointers, read when the
+// call runs in stream order (they are usually copied there just before); a pointer outside
+// device memory then fails the call as a fault would.
+cublasStatus_t gemm_pointers(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                             int n, int k, const void* alpha, const void* const* A,
+                             cudaDataType at, int lda, const void* const* B, cudaDataType bt,
+                             int ldb, const void* beta, void* const* C, cudaDataType ct, int ldc,
+                             int batch, cublasComputeType_t compute, const char* what) {
+  const cublasStatus_t args = check_gemm(h, ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch,
+                                         compute, what);
+  if (args != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return args;
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+  const size_t table = size_t(batch) * sizeof(void*);
+  if (!device_range_ok(A, table, what) || !device_range_ok(B, table, what) ||
+      !device_range_ok(C, table, what))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
+  const cudaError_t e = submit(h->stream, false, what, [=] {
+    for (int i = 0; i < batch; ++i) {
+      if ((k > 0 && (!device_range_ok(A[i], matrix_bytes(a_rows, a_cols, lda, at), what) ||
+                     !device_range_ok(B[i], matrix_bytes(b_rows, b_cols, ldb, bt), what))) ||
+          !device_range_ok(C[i], matrix_bytes(m, n, ldc, ct), what)) {
+        kernel_failed(std::string(what) + ": product " + std::to_string(i) +
+                      " has an operand outside device memory");
+        return;
+      }
+      one_product(ta, tb, m, n, k, al, static_cast<const char*>(A[i]), at, lda,
+                  static_cast<const char*>(B[i]), bt, ldb, be, static_cast<char*>(C[i]), ct, ldc);
     }
   });
   return e == cudaSuccess ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_EXECUTION_FAILED;
@@ -1455,6 +1506,18 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
   return gemm(handle, transa, transb, m, n, k, alpha, A, Atype, lda, 0, B, Btype, ldb, 0, beta, C,
               Ctype, ldc, 0, 1, computeType, "cublasGemmEx");
 }
+cublasStatus_t cublasGemmBatchedEx(cublasHandle_t handle, cublasOperation_t transa,
+                                   cublasOperation_t transb, int m, int n, int k,
+                                   const void* alpha, const void* const Aarray[], cudaDataType Atype,
+                                   int lda, const void* const Barray[], cudaDataType Btype, int ldb,
+                                   const void* beta, void* const Carray[], cudaDataType Ctype,
+                                   int ldc, int batchCount, cublasComputeType_t computeType,
+                                   cublasGemmAlgo_t) {
+  return gemm_pointers(handle, transa, transb, m, n, k, alpha, Aarray, Atype, lda, Barray, Btype,
+                       ldb, beta, Carray, Ctype, ldc, batchCount, computeType,
+                       "cublasGemmBatchedEx");
+}
+
 cublasStatus_t cublasGemmStridedBatchedEx(
     cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n, int k,
     const void* alpha, const void* A, cudaDataType Atype, int lda, long long strideA,

@@ -1,12 +1,19 @@
-// The routed experts' grouped products spread over side streams (DSV3_GROUPED_GEMM=streams)
-// against the same cuBLAS calls one after another on the main stream (DSV3_GROUPED_GEMM=0):
-// the forward, the input gradient and the accumulated weight gradient, with float32 and BF16
-// weights, bit for bit. Each product is the same call either way; what this checks is the
-// ordering: the products start after the work queued before them (the inputs are written just
-// before) and everything after waits for all of them (the results are read at once). Part of
-// dsv3_gpu_tests and of the emulated tests.
+// The routed experts' grouped products run other ways against the same cuBLAS calls one after
+// another on the main stream (DSV3_GROUPED_GEMM=0): the forward, the input gradient and the
+// accumulated weight gradient, with float32 and BF16 weights.
+// - Spread over side streams (streams): bit for bit. Each product is the same call either way;
+//   what this checks is the ordering: the products start after the work queued before them
+//   (the inputs are written just before) and everything after waits for all of them (the
+//   results are read at once).
+// - As batched products over the groups cut into chunks of one height (padded, the default;
+//   grouped_padded.h): other cuBLAS kernels, so equal within float32 summation differences on a
+//   GPU (and bit for bit in the emulation, whose products sum in one order); the weight
+//   gradients of empty groups untouched, bit for bit.
+// Part of dsv3_gpu_tests and of the emulated tests.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -19,22 +26,24 @@
 namespace dsv3 {
 namespace {
 
-// DSV3_GROUPED_GEMM set for a scope, restored after.
-class GroupedMode {
+// An environment variable set for a scope, restored after.
+class ScopedEnv {
  public:
-  explicit GroupedMode(const char* mode) {
-    if (const char* v = std::getenv("DSV3_GROUPED_GEMM")) saved_ = v, had_ = true;
-    setenv("DSV3_GROUPED_GEMM", mode, 1);
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* v = std::getenv(name)) saved_ = v, had_ = true;
+    setenv(name, value, 1);
   }
-  ~GroupedMode() {
-    if (had_) setenv("DSV3_GROUPED_GEMM", saved_.c_str(), 1);
-    else unsetenv("DSV3_GROUPED_GEMM");
+  ~ScopedEnv() {
+    if (had_) setenv(name_.c_str(), saved_.c_str(), 1);
+    else unsetenv(name_.c_str());
   }
 
  private:
-  std::string saved_;
+  std::string name_, saved_;
   bool had_ = false;
 };
+
+constexpr int64_t kGroups = 32, kIn = 96, kOut = 72;
 
 struct Results {
   std::vector<Tensor> host;  // y, d_x, then each group's d_w
@@ -53,8 +62,8 @@ Tensor device_randn(const Shape& shape, uint64_t seed, DType dtype = DType::F32)
 // The three products over 32 experts with uneven rows (some empty), under `mode`. The inputs
 // are made on the device right before, and the outputs copied back right after.
 Results run(const char* mode, DType wt) {
-  const GroupedMode scoped(mode);
-  const int64_t groups = 32, in = 96, out = 72;
+  const ScopedEnv scoped("DSV3_GROUPED_GEMM", mode);
+  const int64_t groups = kGroups, in = kIn, out = kOut;
   std::vector<int64_t> off{0};
   for (int64_t g = 0; g < groups; ++g) off.push_back(off.back() + (g % 7 == 3 ? 0 : (g * 29 + 5) % 83));
   const int64_t rows = off.back();
@@ -79,6 +88,15 @@ Results run(const char* mode, DType wt) {
   return r;
 }
 
+// The weight gradients `run` starts from (its other inputs are not outputs).
+Results run_inputs_only() {
+  Results r;
+  r.host.resize(2);
+  for (int64_t g = 0; g < kGroups; ++g)
+    r.host.push_back(device_randn({kOut, kIn}, 200 + uint64_t(g)).to(Device::CPU));
+  return r;
+}
+
 class CudaGroupedStreams : public ::testing::TestWithParam<DType> {};
 
 TEST_P(CudaGroupedStreams, EqualTheLoopOnTheMainStream) {
@@ -96,9 +114,67 @@ TEST_P(CudaGroupedStreams, EqualTheLoopOnTheMainStream) {
 INSTANTIATE_TEST_SUITE_P(Weights, CudaGroupedStreams, ::testing::Values(DType::F32, DType::BF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// Largest |a - b| over the largest |b|, and whether every value of a is finite.
+double relative_difference(const Tensor& a, const Tensor& b, bool& finite) {
+  const float* x = a.f32();
+  const float* y = b.f32();
+  double diff = 0.0, scale = 0.0;
+  finite = true;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    finite = finite && std::isfinite(x[i]);
+    diff = std::max(diff, std::fabs(double(x[i]) - double(y[i])));
+    scale = std::max(scale, std::fabs(double(y[i])));
+  }
+  return scale > 0.0 ? diff / scale : diff;
+}
+
+TEST(CudaGroupedPadded, EqualsTheLoopAndLeavesEmptyGroupsAlone) {
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
+  // The groups of `run` have 0 to 79 rows: one chunk each at the default height, up to five
+  // (the last topped up with zero rows) at 16 rows, one and a zero row at 80.
+  const Results loop = run("0", DType::BF16), by_default = run("", DType::BF16);
+  const Results before = run_inputs_only();
+  for (const char* height : {"16", "80"}) {
+    const ScopedEnv scoped("DSV3_GROUPED_CHUNK_ROWS", height);
+    const Results padded = run("padded", DType::BF16);
+    ASSERT_EQ(loop.host.size(), padded.host.size());
+    for (size_t i = 0; i < loop.host.size(); ++i) {
+      const std::string what = std::string(height) + "-row chunks: " +
+                               (i == 0 ? "y" : i == 1 ? "d_x" : "d_w of group " + std::to_string(i - 2));
+      if (i >= 2 && (i - 2) % 7 == 3) {  // an empty group: d_w as it was, bit for bit
+        EXPECT_EQ(std::memcmp(padded.host[i].data(), before.host[i].data(), padded.host[i].nbytes()), 0)
+            << what;
+        continue;
+      }
+      bool finite = false;
+      // Both sum float32 products of the same BF16 values; cuBLAS's kernels may order the sums
+      // differently (a relative 1e-6 or so), while a wrong row or group is off by its own size.
+      EXPECT_LE(relative_difference(padded.host[i], loop.host[i], finite), 1e-4) << what;
+      EXPECT_TRUE(finite) << what;
+    }
+  }
+  // The default is the padded path: in the emulation, whose products sum in one order, it is
+  // the loop bit for bit at any chunk height; on a GPU within the tolerance above.
+  for (size_t i = 0; i < loop.host.size(); ++i) {
+    bool finite = false;
+    EXPECT_LE(relative_difference(by_default.host[i], loop.host[i], finite), 1e-4) << i;
+  }
+}
+
+TEST(CudaGroupedPadded, ABadChunkHeightIsAClearError) {
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
+  const ScopedEnv scoped("DSV3_GROUPED_CHUNK_ROWS", "100");
+  try {
+    run("padded", DType::BF16);
+    FAIL() << "DSV3_GROUPED_CHUNK_ROWS=100 was accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("DSV3_GROUPED_CHUNK_ROWS=100"), std::string::npos) << e.what();
+  }
+}
+
 TEST(CudaGroupedStreams, AnUnknownModeIsAClearError) {
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
-  const GroupedMode scoped("stream");
+  const ScopedEnv scoped("DSV3_GROUPED_GEMM", "stream");
   const Tensor x = device_randn({4, 8}, 1), w0 = device_randn({8, 8}, 2);
   const std::vector<const Tensor*> w{&w0, &w0};
   const int64_t off[] = {0, 2, 4};

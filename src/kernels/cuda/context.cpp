@@ -41,6 +41,12 @@ using GemmStridedBatchedExFn = cublasStatus_t (*)(
     cudaDataType, int, long long, const void*, cudaDataType, int, long long, const void*, void*,
     cudaDataType, int, long long, int, cublasComputeType_t, cublasGemmAlgo_t);
 
+using GemmBatchedExFn = cublasStatus_t (*)(cublasHandle_t, cublasOperation_t, cublasOperation_t,
+                                           int, int, int, const void*, const void* const[],
+                                           cudaDataType, int, const void* const[], cudaDataType,
+                                           int, const void*, void* const[], cudaDataType, int, int,
+                                           cublasComputeType_t, cublasGemmAlgo_t);
+
 // Since cuBLAS 12.5. Per group: transposes, sizes, leading dimensions and host alpha/beta
 // values; A, B and C are device arrays of pointers, one per product (group_size of each).
 using GemmGroupedBatchedExFn = cublasStatus_t (*)(
@@ -55,6 +61,7 @@ struct Cublas {
   decltype(&cublasSetMathMode) set_math_mode = nullptr;
   GemmExFn gemm_ex = nullptr;
   GemmStridedBatchedExFn gemm_strided_batched_ex = nullptr;
+  GemmBatchedExFn gemm_batched_ex = nullptr;
   GemmGroupedBatchedExFn gemm_grouped_batched_ex = nullptr;  // null before cuBLAS 12.5
   cublasHandle_t handle = nullptr;
 };
@@ -92,6 +99,7 @@ const Cublas& cublas_lib() {
     resolve(h, "cublasSetMathMode", &lib.set_math_mode);
     resolve(h, "cublasGemmEx", &lib.gemm_ex);
     resolve(h, "cublasGemmStridedBatchedEx", &lib.gemm_strided_batched_ex);
+    resolve(h, "cublasGemmBatchedEx", &lib.gemm_batched_ex);
     // Optional: without it the grouped GEMMs run one cublasGemmEx per group.
     lib.gemm_grouped_batched_ex =
         reinterpret_cast<GemmGroupedBatchedExFn>(dlsym(h, "cublasGemmGroupedBatchedEx"));
@@ -230,23 +238,28 @@ int combo(cudaDataType_t ab, cudaDataType_t c) {
   return (ab == CUDA_R_16BF ? 2 : 0) + (c == CUDA_R_16BF ? 1 : 0);
 }
 
-// DSV3_GROUPED_GEMM chooses how blas_grouped_gemm runs (to time one way against another):
-// unset, cuBLAS's grouped call (a loop of cublasGemmEx where it refuses the types); 0, that
-// loop; streams, that loop spread over side streams (run_on_side_streams); kernel, dsv3's
-// grouped BF16 kernel for the products it takes (grouped_gemm.cu), cuBLAS for the rest.
-// Anything else is an error, not a silent default. Read at each call (a getenv beside a GEMM
-// costs nothing), so a test can compare the ways in one process.
-enum class GroupedMode { Cublas, Loop, Streams, Kernel };
+// DSV3_GROUPED_GEMM chooses how the grouped GEMMs run (to time one way against another):
+// unset or padded, the input and forward products as batched products over the groups cut into
+// chunks of one height (grouped_padded.cpp), the weight gradients as below; cublas, cuBLAS's
+// grouped call (a loop of cublasGemmEx where it refuses the types); 0, that loop; streams, the
+// loop spread over side streams (run_on_side_streams); kernel, dsv3's grouped BF16 kernel for
+// the products it takes (grouped_gemm.cu), cuBLAS for the rest. Anything else is an error, not
+// a silent default. Read at each call (a getenv beside a GEMM costs nothing), so a test can
+// compare the ways in one process.
+enum class GroupedMode { Default, Padded, Cublas, Loop, Streams, Kernel };
 GroupedMode grouped_mode() {
   const char* v = std::getenv("DSV3_GROUPED_GEMM");
-  if (!v || !*v) return GroupedMode::Cublas;
+  if (!v || !*v) return GroupedMode::Default;
   const std::string s(v);
+  if (s == "padded") return GroupedMode::Padded;
+  if (s == "cublas") return GroupedMode::Cublas;
   if (s == "0") return GroupedMode::Loop;
   if (s == "streams") return GroupedMode::Streams;
   if (s == "kernel") return GroupedMode::Kernel;
-  fail("DSV3_GROUPED_GEMM={}: expected 0 (a loop of cuBLAS calls), streams (that loop over {} "
-       "streams side by side) or kernel (dsv3's grouped BF16 kernel); unset for cuBLAS's "
-       "grouped call",
+  fail("DSV3_GROUPED_GEMM={}: expected padded (the default: batched products over the groups "
+       "cut into chunks of one height), cublas (cuBLAS's grouped call), 0 (a loop of cuBLAS "
+       "calls), streams (that loop over {} streams side by side) or kernel (dsv3's grouped BF16 "
+       "kernel)",
        s, kSideStreams);
 }
 
@@ -303,6 +316,64 @@ std::vector<size_t> live_products(const BlasGroupedGemm& g, const char* what) {
 }
 
 }  // namespace
+
+bool pad_groups_for_gemm() {
+  const GroupedMode mode = grouped_mode();
+  return mode == GroupedMode::Default || mode == GroupedMode::Padded;
+}
+
+int64_t grouped_chunk_rows() {
+  const char* v = std::getenv("DSV3_GROUPED_CHUNK_ROWS");
+  if (!v || !*v) return kGroupedChunkRows;
+  char* end = nullptr;
+  const long long n = std::strtoll(v, &end, 10);
+  DSV3_CHECK(end && *end == '\0' && n >= 8 && n <= 4096 && n % 8 == 0,
+             "DSV3_GROUPED_CHUNK_ROWS={}: expected a multiple of 8 from 8 to 4096 (default {})", v,
+             kGroupedChunkRows);
+  return n;
+}
+
+void blas_batched_gemm(const BlasGroupedGemm& g, const char* what) {
+  const size_t n = g.m.size();
+  if (n == 0) return;
+  DSV3_CHECK(g.n.size() == n && g.k.size() == n && g.a.size() == n && g.b.size() == n &&
+                 g.c.size() == n,
+             "{}: per-product arrays of different lengths", what);
+  for (size_t i = 1; i < n; ++i)
+    DSV3_CHECK(g.m[i] == g.m[0] && g.n[i] == g.n[0] && g.k[i] == g.k[0],
+               "{}: a batched GEMM's products differ in size", what);
+  if (g.m[0] == 0 || g.n[0] == 0) return;
+  if (g.k[0] == 0) {  // C = beta C: blas_gemm's way, per product
+    for (size_t i = 0; i < n; ++i) blas_gemm(one_product(g, i), what);
+    return;
+  }
+  DSV3_CHECK(g.m[0] <= INT32_MAX && g.n[0] <= INT32_MAX && g.k[0] <= INT32_MAX &&
+                 g.lda <= INT32_MAX && g.ldb <= INT32_MAX && g.ldc <= INT32_MAX &&
+                 n <= size_t(INT32_MAX),
+             "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m[0], g.n[0], g.k[0]);
+  // Column-major as in gemm_on: cuBLAS's A array holds our B_i, its B array our A_i. The three
+  // device arrays go up with one copy into the ops' scratch (scratch.h); a pageable source is
+  // staged by the copy, so `staged` may go when this returns.
+  std::vector<const void*> staged(3 * n);
+  for (size_t i = 0; i < n; ++i) {
+    staged[i] = g.b[i];
+    staged[n + i] = g.a[i];
+    staged[2 * n + i] = g.c[i];
+  }
+  Scratch dev(staged.size() * sizeof(void*), what);
+  check(cudaMemcpyAsync(dev.as<void>(), staged.data(), staged.size() * sizeof(void*),
+                        cudaMemcpyHostToDevice, stream()),
+        what);
+  const void* const* ptrs = dev.as<const void* const>();
+  const Cublas& lib = cublas_lib();
+  check(lib.gemm_batched_ex(lib.handle, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.n[0]), int(g.m[0]),
+                            int(g.k[0]), &g.alpha, ptrs, g.ab_type, int(g.ldb), ptrs + n,
+                            g.ab_type, int(g.lda), &g.beta, const_cast<void* const*>(ptrs + 2 * n),
+                            g.c_type, int(g.ldc), int(n), CUBLAS_COMPUTE_32F,
+                            CUBLAS_GEMM_DEFAULT),
+        what);
+}
 
 void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const char* what) {
   if (grouped_mode() != GroupedMode::Streams) {

@@ -60,6 +60,16 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what);
 // blas_grouped_gemm each, in order, except under DSV3_GROUPED_GEMM=streams, where all their
 // products run side by side between one fork and one join.
 void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const char* what);
+// Products of one size (m, n, k the same for all) in one cublasGemmBatchedEx call, the
+// pointer arrays sent to the device with one copy.
+void blas_batched_gemm(const BlasGroupedGemm& g, const char* what);
+// Whether the grouped linear products take the padded path (grouped_padded.h): unless
+// DSV3_GROUPED_GEMM names another way.
+bool pad_groups_for_gemm();
+// The height of the padded path's chunks: DSV3_GROUPED_CHUNK_ROWS (a multiple of 8), else
+// kGroupedChunkRows.
+constexpr int64_t kGroupedChunkRows = 128;
+int64_t grouped_chunk_rows();
 // The same products through dsv3's own grouped kernel (grouped_gemm.cu: one launch, BF16
 // tensor cores), when they fit it: BF16 A and B, float32 C, alpha 1, beta 0 or 1, every
 // operand row 16-byte aligned. Returns false, having run nothing, when they do not.

@@ -10,6 +10,7 @@
 
 #include "core/device.h"
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/grouped_padded.h"
 #include "kernels/cuda/index_errors.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
@@ -241,6 +242,7 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
   DSV3_CHECK(y.dtype() == DType::F32 && y.numel() == rows * out,
              "{}: y {} {} is not [{}, {}] float32", op, y.shape().str(), dtype_name(y.dtype()),
              rows, out);
+  if (cuda::grouped_linear_forward_padded(x_in, w, offsets, rows, y)) return;
   const DType wt = w[0]->dtype();
   std::optional<Scratch> x_bf16;
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
@@ -278,6 +280,20 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
              "{}: d_y {} {} is not [{}, {}] float32 (or bfloat16 against bfloat16 weights)", op,
              d_y_in.shape().str(), dtype_name(d_y_in.dtype()), rows, out);
   DSV3_CHECK(d_w.size() == w.size(), "{}: {} weights but {} gradients", op, w.size(), d_w.size());
+  if (d_x) {
+    need_device(*d_x, op, "d_x");
+    DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
+               "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
+               dtype_name(d_x->dtype()), rows, in);
+  }
+  for (size_t e = 0; e < w.size(); ++e) {
+    if (offsets[e + 1] == offsets[e]) continue;
+    DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
+               "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
+    need_device(*d_w[e], op, "d_w");
+  }
+  // The input gradient as batched products over padded chunks where that path applies.
+  const bool d_x_done = d_x && cuda::grouped_linear_backward_padded(d_y_in, w, offsets, rows, *d_x);
   const cudaDataType_t ab = blas_type(wt, op);
   const size_t e_size = wt == DType::BF16 ? 2 : 4;
   std::optional<Scratch> x_bf16, d_y_bf16;
@@ -290,11 +306,7 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   gx.ldc = in;
   gx.ab_type = ab;
   gx.c_type = CUDA_R_32F;
-  if (d_x) {
-    need_device(*d_x, op, "d_x");
-    DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
-               "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
-               dtype_name(d_x->dtype()), rows, in);
+  if (d_x && !d_x_done) {
     for (size_t e = 0; e < w.size(); ++e) {
       const int64_t b = offsets[e], r = offsets[e + 1] - b;
       if (r == 0) continue;
@@ -318,9 +330,6 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   for (size_t e = 0; e < w.size(); ++e) {
     const int64_t b = offsets[e], r = offsets[e + 1] - b;
     if (r == 0) continue;
-    DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
-               "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
-    need_device(*d_w[e], op, "d_w");
     gw.m.push_back(out);
     gw.n.push_back(in);
     gw.k.push_back(r);

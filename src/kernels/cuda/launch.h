@@ -57,6 +57,8 @@ cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
 constexpr int64_t kGroupedGemmTile = 128;
 bool grouped_gemm_bf16_fits(int64_t lda, int64_t ldb, int64_t ldc);
 cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream);
+cudaError_t pad_groups(const PadGroups& p, cudaStream_t stream);
+cudaError_t unpad_groups(const UnpadGroups& p, cudaStream_t stream);
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream);
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream);
 cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream);

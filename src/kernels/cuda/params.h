@@ -258,6 +258,29 @@ struct MoeCombine {
   uint16_t* d_y_perm_bf16 = nullptr;  // when set: d_y_perm in BF16 instead (backward only)
 };
 
+// The rows of G groups padded to one height, so that uniform batched GEMMs can take them
+// (grouped_padded.cpp). Group g is rows [starts[g], starts[g + 1]) of a compact [R, cols]
+// buffer; padded, it is rows [g * cap, (g + 1) * cap) of a [G * cap, cols] buffer: its own
+// rows first, then zero rows (cap >= every group's rows).
+struct GroupPadding {
+  const int64_t* starts;  // [G + 1], device
+  int64_t groups, cap, cols;
+};
+// pad: padded (BF16) [G * cap, cols] = the compact rows of src (float32, or BF16 when
+// src_bf16 is set), zero rows below each group's own. unpad: compact dst [R, cols] = each
+// group's own rows of the padded float32 src.
+struct PadGroups {
+  GroupPadding layout;
+  const float* src;
+  const uint16_t* src_bf16;  // instead of src when set
+  uint16_t* dst;             // [G * cap, cols] BF16
+};
+struct UnpadGroups {
+  GroupPadding layout;
+  const float* src;  // [G * cap, cols]
+  float* dst;        // [R, cols]
+};
+
 // d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]
 struct MoeScatterAdd {
   const float* d_x_perm;  // [N*K, dim]

@@ -1,0 +1,103 @@
+// The moves between a grouped GEMM's compact rows and their padded layout (params.h,
+// GroupPadding; grouped_padded.cpp uses them). One warp per padded row, the lanes over the
+// columns: 8 columns per lane and step when the rows allow 16-byte BF16 stores (cols a
+// multiple of 8, every pointer 16-byte aligned), else one. The values are moved or rounded to
+// BF16 (nearest even, as f32_to_bf16), never summed, so the result does not depend on the
+// launch shape.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace dsv3::cuda {
+namespace {
+
+constexpr int kRowThreads = 256, kRowWarps = kRowThreads / 32;
+
+// The compact row of padded row p (row i of group g), or -1 for a zero row of padding.
+__device__ __forceinline__ int64_t compact_row(const GroupPadding& l, int64_t p) {
+  const int64_t g = p / l.cap, i = p - g * l.cap;
+  const int64_t start = l.starts[g];
+  return i < l.starts[g + 1] - start ? start + i : -1;
+}
+
+#define FOR_EACH_WARP_ROW(p, rows)                                                         \
+  for (int64_t p = int64_t(blockIdx.x) * kRowWarps + threadIdx.x / 32; p < (rows);          \
+       p += int64_t(gridDim.x) * kRowWarps)
+
+template <bool kVec>
+__global__ void pad_groups_kernel(PadGroups a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t cols = a.layout.cols;
+  FOR_EACH_WARP_ROW(p, a.layout.groups * a.layout.cap) {
+    const int64_t r = compact_row(a.layout, p);
+    uint16_t* dst = a.dst + p * cols;
+    if constexpr (kVec) {
+      for (int64_t c = int64_t(lane) * 8; c < cols; c += 32 * 8) {
+        uint4 out = {0u, 0u, 0u, 0u};
+        if (r >= 0 && a.src_bf16) {
+          out = *reinterpret_cast<const uint4*>(a.src_bf16 + r * cols + c);
+        } else if (r >= 0) {
+          const float4 lo = *reinterpret_cast<const float4*>(a.src + r * cols + c);
+          const float4 hi = *reinterpret_cast<const float4*>(a.src + r * cols + c + 4);
+          out = {pack2_bf16(lo.x, lo.y), pack2_bf16(lo.z, lo.w), pack2_bf16(hi.x, hi.y),
+                 pack2_bf16(hi.z, hi.w)};
+        }
+        *reinterpret_cast<uint4*>(dst + c) = out;
+      }
+    } else {
+      for (int64_t c = lane; c < cols; c += 32) {
+        uint16_t v = 0;
+        if (r >= 0)
+          v = a.src_bf16 ? a.src_bf16[r * cols + c]
+                         : __bfloat16_as_ushort(__float2bfloat16_rn(a.src[r * cols + c]));
+        dst[c] = v;
+      }
+    }
+  }
+}
+
+template <bool kVec>
+__global__ void unpad_groups_kernel(UnpadGroups a) {
+  const int lane = threadIdx.x & 31;
+  const int64_t cols = a.layout.cols;
+  FOR_EACH_WARP_ROW(p, a.layout.groups * a.layout.cap) {
+    const int64_t r = compact_row(a.layout, p);
+    if (r < 0) continue;  // uniform over the warp
+    const float* src = a.src + p * cols;
+    float* dst = a.dst + r * cols;
+    if constexpr (kVec) {
+      for (int64_t c = int64_t(lane) * 4; c < cols; c += 32 * 4)
+        *reinterpret_cast<float4*>(dst + c) = *reinterpret_cast<const float4*>(src + c);
+    } else {
+      for (int64_t c = lane; c < cols; c += 32) dst[c] = src[c];
+    }
+  }
+}
+
+#undef FOR_EACH_WARP_ROW
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
+
+cudaError_t pad_groups(const PadGroups& p, cudaStream_t stream) {
+  const int64_t rows = p.layout.groups * p.layout.cap;
+  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
+  const bool vec = p.layout.cols % 8 == 0 && aligned16(p.dst) &&
+                   aligned16(p.src_bf16 ? static_cast<const void*>(p.src_bf16) : p.src);
+  const unsigned blocks = grid_for(rows, kRowWarps);
+  if (vec) pad_groups_kernel<true><<<blocks, kRowThreads, 0, stream>>>(p);
+  else pad_groups_kernel<false><<<blocks, kRowThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+cudaError_t unpad_groups(const UnpadGroups& p, cudaStream_t stream) {
+  const int64_t rows = p.layout.groups * p.layout.cap;
+  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
+  const bool vec = p.layout.cols % 4 == 0 && aligned16(p.dst) && aligned16(p.src);
+  const unsigned blocks = grid_for(rows, kRowWarps);
+  if (vec) unpad_groups_kernel<true><<<blocks, kRowThreads, 0, stream>>>(p);
+  else unpad_groups_kernel<false><<<blocks, kRowThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace dsv3::cuda
