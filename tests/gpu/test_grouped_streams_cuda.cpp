@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "kernels/cuda/scratch.h"
 #include "kernels/op_cases.h"
 #include "kernels/ops.h"
 
@@ -170,6 +171,35 @@ TEST(CudaGroupedPadded, ABadChunkHeightIsAClearError) {
   } catch (const std::exception& e) {
     EXPECT_NE(std::string(e.what()).find("DSV3_GROUPED_CHUNK_ROWS=100"), std::string::npos) << e.what();
   }
+}
+
+// The padded path asks the ops' scratch for the same sizes whatever the routing: after one
+// call, another over the same rows cut into many more chunks allocates nothing.
+TEST(CudaGroupedPadded, RoutingDoesNotGrowTheScratch) {
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
+  const ScopedEnv mode("DSV3_GROUPED_GEMM", "padded");
+  const ScopedEnv height("DSV3_GROUPED_CHUNK_ROWS", "8");
+  const int64_t groups = 16, rows = 256, in = 16, out = 8;
+  std::vector<Tensor> w_dev;
+  std::vector<const Tensor*> w;
+  for (int64_t g = 0; g < groups; ++g) w_dev.push_back(device_randn({out, in}, 300 + uint64_t(g), DType::BF16));
+  for (const Tensor& t : w_dev) w.push_back(&t);
+  const Tensor x = device_randn({rows, in}, 3);
+  Tensor y = Tensor::zeros({rows, out}, DType::F32, Device::CUDA);
+  std::vector<int64_t> one_group(groups + 1, rows), even(groups + 1);
+  one_group[0] = 0;  // every row in group 0: 32 chunks
+  for (int64_t g = 0; g <= groups; ++g) even[g] = g * rows / groups;  // 16 rows each: 32 chunks
+  std::vector<int64_t> ragged{0};  // 9 rows each but the last: 2 chunks each, 46 in all
+  for (int64_t g = 0; g < groups - 1; ++g) ragged.push_back(ragged.back() + 9);
+  ragged.push_back(rows);
+  ops::grouped_linear_forward(x, w, one_group.data(), y);
+  ops::grouped_linear_forward(x, w, one_group.data(), y);  // the buffer has grown to its peak
+  device::synchronize(Device::CUDA);
+  const uint64_t allocations = cuda::scratch_allocations();
+  ops::grouped_linear_forward(x, w, even.data(), y);
+  ops::grouped_linear_forward(x, w, ragged.data(), y);
+  device::synchronize(Device::CUDA);
+  EXPECT_EQ(cuda::scratch_allocations(), allocations);
 }
 
 TEST(CudaGroupedStreams, AnUnknownModeIsAClearError) {

@@ -333,7 +333,7 @@ int64_t grouped_chunk_rows() {
   return n;
 }
 
-void blas_batched_gemm(const BlasGroupedGemm& g, const char* what) {
+void blas_batched_gemm(const BlasGroupedGemm& g, const char* what, size_t table_products) {
   const size_t n = g.m.size();
   if (n == 0) return;
   DSV3_CHECK(g.n.size() == n && g.k.size() == n && g.a.size() == n && g.b.size() == n &&
@@ -360,7 +360,7 @@ void blas_batched_gemm(const BlasGroupedGemm& g, const char* what) {
     staged[n + i] = g.a[i];
     staged[2 * n + i] = g.c[i];
   }
-  Scratch dev(staged.size() * sizeof(void*), what);
+  Scratch dev(3 * std::max(n, table_products) * sizeof(void*), what);
   check(cudaMemcpyAsync(dev.as<void>(), staged.data(), staged.size() * sizeof(void*),
                         cudaMemcpyHostToDevice, stream()),
         what);

@@ -61,8 +61,10 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what);
 // products run side by side between one fork and one join.
 void blas_grouped_gemms(const std::vector<const BlasGroupedGemm*>& gs, const char* what);
 // Products of one size (m, n, k the same for all) in one cublasGemmBatchedEx call, the
-// pointer arrays sent to the device with one copy.
-void blas_batched_gemm(const BlasGroupedGemm& g, const char* what);
+// pointer arrays sent to the device with one copy into the ops' scratch, sized for at least
+// `table_products` products (a caller whose count varies from step to step passes its bound,
+// so that the scratch stops growing after the first step).
+void blas_batched_gemm(const BlasGroupedGemm& g, const char* what, size_t table_products = 0);
 // Whether the grouped linear products take the padded path (grouped_padded.h): unless
 // DSV3_GROUPED_GEMM names another way.
 bool pad_groups_for_gemm();

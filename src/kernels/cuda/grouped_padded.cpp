@@ -91,7 +91,7 @@ void chunk_products(const Plan& p, const std::vector<const Tensor*>& w, const Sc
     g.b.push_back(w[p.group[j]]->data());
     g.c.push_back(out.as<float>() + int64_t(j) * p.height * n);
   }
-  blas_batched_gemm(g, what);
+  blas_batched_gemm(g, what, size_t(p.buffer_chunks));
 }
 
 }  // namespace
