@@ -6,7 +6,7 @@
 //   (the inputs are written just before) and everything after waits for all of them (the
 //   results are read at once).
 // - As batched products over the groups cut into chunks of one height (padded, the default;
-//   grouped_padded.h): other cuBLAS kernels, so equal within float32 summation differences on a
+//   grouped_padded.h: whole chunks in place, the tails padded): other cuBLAS kernels, so equal within float32 summation differences on a
 //   GPU (and bit for bit in the emulation, whose products sum in one order); the weight
 //   gradients of empty groups untouched, bit for bit.
 // Part of dsv3_gpu_tests and of the emulated tests.
@@ -131,8 +131,9 @@ double relative_difference(const Tensor& a, const Tensor& b, bool& finite) {
 
 TEST(CudaGroupedPadded, EqualsTheLoopAndLeavesEmptyGroupsAlone) {
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
-  // The groups of `run` have 0 to 79 rows: one chunk each at the default height, up to five
-  // (the last topped up with zero rows) at 16 rows, one and a zero row at 80.
+  // The groups of `run` have 0 to 79 rows: a tail only at the default height and at 80 rows;
+  // at 16 rows up to four whole chunks read and written in place and a tail topped up with
+  // zero rows, and one group of exactly 16 rows (a whole chunk, no tail).
   const Results loop = run("0", DType::BF16), by_default = run("", DType::BF16);
   const Results before = run_inputs_only();
   for (const char* height : {"16", "80"}) {

@@ -242,10 +242,10 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
   DSV3_CHECK(y.dtype() == DType::F32 && y.numel() == rows * out,
              "{}: y {} {} is not [{}, {}] float32", op, y.shape().str(), dtype_name(y.dtype()),
              rows, out);
-  if (cuda::grouped_linear_forward_padded(x_in, w, offsets, rows, y)) return;
   const DType wt = w[0]->dtype();
   std::optional<Scratch> x_bf16;
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
+  if (cuda::grouped_linear_forward_padded(x, w, offsets, rows, y.f32())) return;
   const size_t xe = wt == DType::BF16 ? 2 : 4;
   cuda::BlasGroupedGemm g;  // per group: y_g [r_g, out] = x_g [r_g, in] W_g^T
   g.trans_b = true;
@@ -292,13 +292,13 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
                "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
     need_device(*d_w[e], op, "d_w");
   }
-  // The input gradient as batched products over padded chunks where that path applies.
-  const bool d_x_done = d_x && cuda::grouped_linear_backward_padded(d_y_in, w, offsets, rows, *d_x);
   const cudaDataType_t ab = blas_type(wt, op);
   const size_t e_size = wt == DType::BF16 ? 2 : 4;
   std::optional<Scratch> x_bf16, d_y_bf16;
   const void* d_y = grouped_operand(d_y_in, wt, d_y_bf16, op);
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
+  // The input gradient as batched products over chunks where that path applies.
+  const bool d_x_done = d_x && cuda::grouped_linear_backward_padded(d_y, w, offsets, rows, d_x->f32());
   // per group: d_x_g [r_g, in] = d_y_g [r_g, out] W_g [out, in]
   cuda::BlasGroupedGemm gx;
   gx.lda = out;

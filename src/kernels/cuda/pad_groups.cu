@@ -1,9 +1,8 @@
 // The moves between a grouped GEMM's compact rows and their padded layout (params.h,
-// GroupPadding; grouped_padded.cpp uses them). One warp per padded row, the lanes over the
-// columns: 8 columns per lane and step when the rows allow 16-byte BF16 stores (cols a
-// multiple of 8, every pointer 16-byte aligned), else one. The values are moved or rounded to
-// BF16 (nearest even, as f32_to_bf16), never summed, so the result does not depend on the
-// launch shape.
+// GroupPadding; grouped_padded.cpp uses them for the groups' tails). One warp per padded row,
+// the lanes over the columns: 16 bytes per lane and step when the rows allow it (cols a
+// multiple of 8 BF16 or 4 float32 values, both pointers 16-byte aligned), else one value. The
+// values are moved, never summed or rounded, so the result does not depend on the launch shape.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -15,8 +14,8 @@ constexpr int kRowThreads = 256, kRowWarps = kRowThreads / 32;
 // The compact row of padded row p (row i of group g), or -1 for a zero row of padding.
 __device__ __forceinline__ int64_t compact_row(const GroupPadding& l, int64_t p) {
   const int64_t g = p / l.cap, i = p - g * l.cap;
-  const int64_t start = l.starts[g];
-  return i < l.starts[g + 1] - start ? start + i : -1;
+  const int64_t begin = l.bounds[2 * g];
+  return i < l.bounds[2 * g + 1] - begin ? begin + i : -1;
 }
 
 #define FOR_EACH_WARP_ROW(p, rows)                                                         \
@@ -31,26 +30,11 @@ __global__ void pad_groups_kernel(PadGroups a) {
     const int64_t r = compact_row(a.layout, p);
     uint16_t* dst = a.dst + p * cols;
     if constexpr (kVec) {
-      for (int64_t c = int64_t(lane) * 8; c < cols; c += 32 * 8) {
-        uint4 out = {0u, 0u, 0u, 0u};
-        if (r >= 0 && a.src_bf16) {
-          out = *reinterpret_cast<const uint4*>(a.src_bf16 + r * cols + c);
-        } else if (r >= 0) {
-          const float4 lo = *reinterpret_cast<const float4*>(a.src + r * cols + c);
-          const float4 hi = *reinterpret_cast<const float4*>(a.src + r * cols + c + 4);
-          out = {pack2_bf16(lo.x, lo.y), pack2_bf16(lo.z, lo.w), pack2_bf16(hi.x, hi.y),
-                 pack2_bf16(hi.z, hi.w)};
-        }
-        *reinterpret_cast<uint4*>(dst + c) = out;
-      }
+      for (int64_t c = int64_t(lane) * 8; c < cols; c += 32 * 8)
+        *reinterpret_cast<uint4*>(dst + c) =
+            r >= 0 ? *reinterpret_cast<const uint4*>(a.src + r * cols + c) : uint4{0u, 0u, 0u, 0u};
     } else {
-      for (int64_t c = lane; c < cols; c += 32) {
-        uint16_t v = 0;
-        if (r >= 0)
-          v = a.src_bf16 ? a.src_bf16[r * cols + c]
-                         : __bfloat16_as_ushort(__float2bfloat16_rn(a.src[r * cols + c]));
-        dst[c] = v;
-      }
+      for (int64_t c = lane; c < cols; c += 32) dst[c] = r >= 0 ? a.src[r * cols + c] : uint16_t(0);
     }
   }
 }
@@ -82,8 +66,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 cudaError_t pad_groups(const PadGroups& p, cudaStream_t stream) {
   const int64_t rows = p.layout.groups * p.layout.cap;
   if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
-  const bool vec = p.layout.cols % 8 == 0 && aligned16(p.dst) &&
-                   aligned16(p.src_bf16 ? static_cast<const void*>(p.src_bf16) : p.src);
+  const bool vec = p.layout.cols % 8 == 0 && aligned16(p.dst) && aligned16(p.src);
   const unsigned blocks = grid_for(rows, kRowWarps);
   if (vec) pad_groups_kernel<true><<<blocks, kRowThreads, 0, stream>>>(p);
   else pad_groups_kernel<false><<<blocks, kRowThreads, 0, stream>>>(p);

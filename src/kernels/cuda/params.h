@@ -258,22 +258,21 @@ struct MoeCombine {
   uint16_t* d_y_perm_bf16 = nullptr;  // when set: d_y_perm in BF16 instead (backward only)
 };
 
-// The rows of G groups padded to one height, so that uniform batched GEMMs can take them
-// (grouped_padded.cpp). Group g is rows [starts[g], starts[g + 1]) of a compact [R, cols]
-// buffer; padded, it is rows [g * cap, (g + 1) * cap) of a [G * cap, cols] buffer: its own
-// rows first, then zero rows (cap >= every group's rows).
+// Row ranges of G groups padded to one height, so that uniform batched GEMMs can take them
+// (grouped_padded.cpp pads the groups' tails). Group g is rows [bounds[2g], bounds[2g + 1]) of
+// a compact [R, cols] buffer; padded, it is rows [g * cap, (g + 1) * cap) of a [G * cap, cols]
+// buffer: its own rows first, then zero rows (cap >= every group's rows).
 struct GroupPadding {
-  const int64_t* starts;  // [G + 1], device
+  const int64_t* bounds;  // [2 * G], device
   int64_t groups, cap, cols;
 };
-// pad: padded (BF16) [G * cap, cols] = the compact rows of src (float32, or BF16 when
-// src_bf16 is set), zero rows below each group's own. unpad: compact dst [R, cols] = each
-// group's own rows of the padded float32 src.
+// pad: padded [G * cap, cols] = the groups' compact rows of src, zero rows below each group's
+// own (BF16 both). unpad: compact dst [R, cols] = each group's own rows of the padded src
+// (float32 both); the other rows of dst are left alone.
 struct PadGroups {
   GroupPadding layout;
-  const float* src;
-  const uint16_t* src_bf16;  // instead of src when set
-  uint16_t* dst;             // [G * cap, cols] BF16
+  const uint16_t* src;  // [R, cols]
+  uint16_t* dst;        // [G * cap, cols]
 };
 struct UnpadGroups {
   GroupPadding layout;
