@@ -611,8 +611,12 @@ std::vector<OpCase> build_op_cases() {
 
   cases.push_back(OpCase{
       "embedding_backward", "vocab, dim, rows",
-      // dim 8500: more columns than the CUDA kernel's 256 threads hold (32 each).
-      shapes({{1, 1, 1}, {1, 5, 40}, {5, 17, 90}, {100, 64, 33}, {3, 8500, 20}}, 3,
+      // The CUDA kernel's blocks hold 4, 8, 16 or 32 columns per thread (dims 64 to 17000) and
+      // compare ids a tile of up to 1024 rows at a time: 1000 rows in 7 ids spread each id's
+      // rows over several tiles.
+      shapes({{1, 1, 1}, {1, 5, 40}, {5, 17, 90}, {100, 64, 33}, {7, 64, 1000}, {3, 5000, 300},
+              {3, 8500, 20}, {2, 17000, 40}},
+             3,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 50), uniform_int(r, 1, 300), uniform_int(r, 1, 200)};
              }),
