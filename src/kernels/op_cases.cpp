@@ -57,9 +57,12 @@ ops::HeadCopy head_copy(const Dims& d) {
   c.width = d[3];
   const bool shared = d[4] != 0;
   const int64_t tok_pad = d[5], head_pad = d[6];
+  // Rows padded by 3 floats, or by 4 where tok_pad is a multiple of 4: then shapes whose
+  // widths and pads are all multiples of 4 take the CUDA kernels' 16-byte accesses.
+  const int64_t row_pad = tok_pad % 4 == 0 ? 4 : 3;
   c.tok_offset = tok_pad / 2;
   c.tok_head_stride = shared ? 0 : c.width + tok_pad;
-  c.tok_row_stride = shared ? c.width + tok_pad + 3 : c.heads * c.tok_head_stride + 3;
+  c.tok_row_stride = shared ? c.width + tok_pad + row_pad : c.heads * c.tok_head_stride + row_pad;
   c.head_dim = c.width + head_pad;
   c.head_offset = head_pad - head_pad / 3;
   return c;
@@ -649,12 +652,12 @@ std::vector<OpCase> build_op_cases() {
       {1 << 22}, [](const Dims& d) { return 0.0; }, [](const Dims& d) { return 12.0 * d[0]; }});
 
   // Head layout moves: per-head slots with padding, and the shared vector (k_pe) that every
-  // head reads and whose gradient is the sum over heads.
-  // Head layout moves: per-head slots with padding, and the shared vector (k_pe) that every
   // head reads and whose gradient is the sum over heads. Untouched padding must survive.
   cases.push_back(OpCase{
       "tokens_to_heads", "batch, seq, heads, width, shared, tok_pad, head_pad",
-      shapes({{1, 1, 1, 1, 0, 0, 0}, {2, 5, 3, 17, 1, 4, 3}, {1, 33, 4, 64, 0, 64, 0}}, 4,
+      shapes({{1, 1, 1, 1, 0, 0, 0}, {2, 5, 3, 17, 1, 4, 3}, {1, 33, 4, 64, 0, 64, 0},
+              {2, 9, 3, 136, 0, 8, 12}, {2, 7, 3, 64, 1, 8, 12}},
+             4,
              draw_heads(false)),
       make_heads,
       [](const OpSet& o, Problem& p) {
@@ -667,7 +670,8 @@ std::vector<OpCase> build_op_cases() {
   cases.push_back(OpCase{
       "heads_to_tokens", "batch, seq, heads, width, shared, tok_pad, head_pad, accumulate",
       shapes({{1, 1, 1, 1, 0, 0, 0, 0}, {2, 5, 3, 17, 1, 4, 3, 0}, {2, 5, 3, 17, 1, 4, 3, 1},
-              {1, 33, 4, 64, 0, 64, 0, 1}},
+              {1, 33, 4, 64, 0, 64, 0, 1}, {2, 9, 3, 136, 0, 8, 12, 0}, {2, 9, 3, 136, 0, 8, 12, 1},
+              {2, 7, 3, 64, 1, 8, 12, 0}, {2, 7, 3, 64, 1, 8, 12, 1}},
              4, draw_heads(true)),
       make_heads,
       [](const OpSet& o, Problem& p) {
