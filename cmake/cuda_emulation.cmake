@@ -57,7 +57,7 @@ list(FILTER DSV3_EMU_HOST INCLUDE REGEX "/cuda/.*\\.cpp$|device_peak_nocuda")
 list(FILTER DSV3_EMU_HOST EXCLUDE REGEX "kernels/cuda/peak\\.cpp$")
 add_library(dsv3emu STATIC
   $<TARGET_OBJECTS:dsv3common> ${DSV3_EMU_HOST} ${DSV3_EMU_GENERATED}
-  ${DSV3_EMU_DIR}/emulator.cpp ${DSV3_EMU_DIR}/tensor_core.cpp)
+  ${DSV3_EMU_DIR}/emulator.cpp ${DSV3_EMU_DIR}/cublas.cpp ${DSV3_EMU_DIR}/tensor_core.cpp)
 target_include_directories(dsv3emu BEFORE PUBLIC ${DSV3_EMU_DIR}/include)
 target_include_directories(dsv3emu PUBLIC ${CMAKE_SOURCE_DIR}/src)
 target_compile_definitions(dsv3emu PRIVATE DSV3_CUDA_EMULATION=1)

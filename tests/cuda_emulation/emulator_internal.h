@@ -1,9 +1,13 @@
 #pragma once
-// What the emulator's core (emulator.cpp: blocks, fibers, barriers, memory) offers the files that
-// emulate further instructions on top of it (tensor_core.cpp). Not part of the emulated CUDA API.
+// What the emulator's core (emulator.cpp: blocks, fibers, barriers, memory, streams) offers the
+// files that emulate further instructions or libraries on top of it (tensor_core.cpp,
+// cublas.cpp). Not part of the emulated CUDA API.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
+
+#include "cuda_emulation.h"
 
 namespace dsv3emu::internal {
 
@@ -31,5 +35,15 @@ bool in_global_memory(const void* p, size_t bytes);
 // Fails the launch (a sticky error), naming the running thread, and ends that thread. `why` is
 // taken by value and released before the thread ends (its fiber never unwinds).
 [[noreturn]] void fail_thread(std::string why);
+
+// Whether device bytes [p, p + bytes) lie inside one device allocation; says on stderr which
+// range is not, for `what`.
+bool device_range(const void* p, size_t bytes, const char* what);
+// Queues host work on stream s, run in stream order (or recorded, while s is captured), as a
+// library call's kernels would be; the stream's error if it cannot be queued.
+cudaError_t enqueue(cudaStream_t s, const char* what, std::function<void()> work);
+// Fails the work that is running from the queue, as a fault in a kernel would: said on stderr,
+// then sticky.
+void fail_queued_work(const std::string& why);
 
 }  // namespace dsv3emu::internal
