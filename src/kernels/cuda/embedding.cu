@@ -7,7 +7,7 @@
 // adds that id's rows to the table row in row order, as the CPU does, so the result is
 // bit-reproducible. One block per row; a block whose id appeared earlier has nothing to do.
 // The ids are compared a tile of blockDim at a time, all threads at once (warp ballots); only
-// the adds of the matching rows are in order, and their loads are issued several rows ahead.
+// the adds of the matching rows are in order, and their loads are issued up to 8 rows ahead.
 // (The first version, one thread per column walking every row, took 2 ms per step on an H100
 // at 4096 x 1536: 12 blocks on 132 SMs. The second walked the ids one at a time in every
 // leading block: 1.9 ms.)
@@ -49,7 +49,9 @@ __device__ __forceinline__ bool block_any(bool pred, unsigned* words) {
 
 template <int C>  // columns per thread: column threadIdx.x + j * blockDim.x for j < C
 __global__ void __launch_bounds__(kEmbedMaxThreads) embedding_backward_kernel(Embedding p) {
-  constexpr int kAhead = 32 / C;  // rows whose loads are issued before their adds
+  // Rows whose loads are issued before their adds: as many as the registers allow at 1024
+  // threads (64 each; more would spill).
+  constexpr int kAhead = C == 4 ? 8 : C == 8 ? 2 : 1;
   __shared__ unsigned words[kEmbedMaxWarps];
   __shared__ int32_t matched[kEmbedMaxThreads];  // a tile's rows with the leader's id, in order
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
