@@ -23,8 +23,8 @@ for fixture in tiny-v3 tiny-v2lite; do
     grep -q " 0 failed" "$WORK/parity.txt" \
       || fail "parity --device cuda --precision $precision on $fixture reported failures"
   done
-  # The routed experts through dsv3's grouped BF16 kernel instead of cuBLAS, and through cuBLAS
-  # calls on side streams.
+  # The routed experts the other ways (the default is batched products over chunks): cuBLAS's
+  # grouped call, dsv3's grouped BF16 kernel, and cuBLAS calls on side streams.
   for mode in cublas kernel streams; do
     DSV3_GROUPED_GEMM=$mode "$EMU" parity --device cuda --precision bf16 --optimizer \
       "tests/data/reference/$fixture" >"$WORK/parity.txt" \

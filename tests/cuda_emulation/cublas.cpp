@@ -73,6 +73,17 @@ cublasStatus_t check_gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperatio
   return types_ok ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
 }
 
+// Whether one product's operands lie in device memory (A and B only when there is a sum).
+bool operands_in_device(cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,
+                        const void* a, cudaDataType at, int lda, const void* b, cudaDataType bt,
+                        int ldb, const void* c, cudaDataType ct, int ldc, const char* what) {
+  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
+  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
+  return (k == 0 || (internal::device_range(a, matrix_bytes(a_rows, a_cols, lda, at), what) &&
+                     internal::device_range(b, matrix_bytes(b_rows, b_cols, ldb, bt), what))) &&
+         internal::device_range(c, matrix_bytes(m, n, ldc, ct), what);
+}
+
 // Checks what cuBLAS checks (sizes, leading dimensions, types), and that each operand lies in
 // device memory; then queues the batched product on the handle's stream.
 cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
@@ -83,16 +94,12 @@ cublasStatus_t gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb
   const cublasStatus_t args = check_gemm(h, ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch,
                                          compute, what);
   if (args != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return args;
-  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
-  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   for (int i = 0; i < batch; ++i) {
     const char* ai = static_cast<const char*>(A) + i * sa * int64_t(type_bytes(at));
     const char* bi = static_cast<const char*>(B) + i * sb * int64_t(type_bytes(bt));
     const char* ci = static_cast<const char*>(C) + i * sc * int64_t(type_bytes(ct));
-    if ((k > 0 && (!internal::device_range(ai, matrix_bytes(a_rows, a_cols, lda, at), what) ||
-                   !internal::device_range(bi, matrix_bytes(b_rows, b_cols, ldb, bt), what))) ||
-        !internal::device_range(ci, matrix_bytes(m, n, ldc, ct), what))
+    if (!operands_in_device(ta, tb, m, n, k, ai, at, lda, bi, bt, ldb, ci, ct, ldc, what))
       return CUBLAS_STATUS_INVALID_VALUE;
   }
   const cudaError_t e = internal::enqueue(h->stream, what, [=] {
@@ -117,8 +124,6 @@ cublasStatus_t gemm_pointers(cublasHandle_t h, cublasOperation_t ta, cublasOpera
   const cublasStatus_t args = check_gemm(h, ta, tb, m, n, k, at, lda, bt, ldb, ct, ldc, batch,
                                          compute, what);
   if (args != CUBLAS_STATUS_SUCCESS || m == 0 || n == 0 || batch == 0) return args;
-  const int a_rows = ta == CUBLAS_OP_N ? m : k, a_cols = ta == CUBLAS_OP_N ? k : m;
-  const int b_rows = tb == CUBLAS_OP_N ? k : n, b_cols = tb == CUBLAS_OP_N ? n : k;
   const size_t table = size_t(batch) * sizeof(void*);
   if (!internal::device_range(A, table, what) || !internal::device_range(B, table, what) ||
       !internal::device_range(C, table, what))
@@ -126,11 +131,9 @@ cublasStatus_t gemm_pointers(cublasHandle_t h, cublasOperation_t ta, cublasOpera
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   const cudaError_t e = internal::enqueue(h->stream, what, [=] {
     for (int i = 0; i < batch; ++i) {
-      if ((k > 0 && (!internal::device_range(A[i], matrix_bytes(a_rows, a_cols, lda, at), what) ||
-                     !internal::device_range(B[i], matrix_bytes(b_rows, b_cols, ldb, bt), what))) ||
-          !internal::device_range(C[i], matrix_bytes(m, n, ldc, ct), what)) {
+      if (!operands_in_device(ta, tb, m, n, k, A[i], at, lda, B[i], bt, ldb, C[i], ct, ldc, what)) {
         internal::fail_queued_work(std::string(what) + ": product " + std::to_string(i) +
-                      " has an operand outside device memory");
+                                   " has an operand outside device memory");
         return;
       }
       one_product(ta, tb, m, n, k, al, static_cast<const char*>(A[i]), at, lda,

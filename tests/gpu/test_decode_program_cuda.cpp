@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "scoped_env.h"
 #include "infer/cuda/decode_kernels.h"
 #include "infer/convert.h"
 #include "infer/engine.h"
@@ -31,24 +32,7 @@ namespace {
 #define REQUIRE_GPU() \
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device"
 
-// An environment variable set for a scope, restored after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* v = std::getenv(name)) saved_ = v, had_ = true;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_.c_str(), saved_.c_str(), 1);
-    else unsetenv(name_.c_str());
-  }
-  ScopedEnv(const ScopedEnv&) = delete;
-  ScopedEnv& operator=(const ScopedEnv&) = delete;
-
- private:
-  std::string name_, saved_;
-  bool had_ = false;
-};
+using test::ScopedEnv;
 
 // A 12-token prompt (the cuBLAS prefill), then `steps` one-token steps; each pass's logits.
 std::vector<std::vector<float>> decode(Engine& eng, DType cache_dtype, int steps) {

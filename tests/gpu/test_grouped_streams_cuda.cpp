@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "scoped_env.h"
 #include "kernels/cuda/scratch.h"
 #include "kernels/op_cases.h"
 #include "kernels/ops.h"
@@ -27,22 +28,7 @@
 namespace dsv3 {
 namespace {
 
-// An environment variable set for a scope, restored after.
-class ScopedEnv {
- public:
-  ScopedEnv(const char* name, const char* value) : name_(name) {
-    if (const char* v = std::getenv(name)) saved_ = v, had_ = true;
-    setenv(name, value, 1);
-  }
-  ~ScopedEnv() {
-    if (had_) setenv(name_.c_str(), saved_.c_str(), 1);
-    else unsetenv(name_.c_str());
-  }
-
- private:
-  std::string name_, saved_;
-  bool had_ = false;
-};
+using test::ScopedEnv;
 
 constexpr int64_t kGroups = 32, kIn = 96, kOut = 72;
 

@@ -315,6 +315,27 @@ std::vector<size_t> live_products(const BlasGroupedGemm& g, const char* what) {
   return live;
 }
 
+// The device arrays of pointers of the products `live` of g, in cuBLAS's column-major reading:
+// [B_0.. | A_0.. | C_0..] (its A array holds our B_i, its B array our A_i), staged on the host
+// and sent with one copy into `table` (ops' scratch of at least 3 * live.size() pointers).
+// A pageable source makes the copy synchronous for the host, so the staging may go when this
+// returns; the table is scratch (scratch.h), handed out again only to work queued after the
+// GEMM that reads it.
+const void* const* send_pointer_table(const BlasGroupedGemm& g, const std::vector<size_t>& live,
+                                      const Scratch& table, const char* what) {
+  const size_t n = live.size();
+  std::vector<const void*> staged(3 * n);
+  for (size_t j = 0; j < n; ++j) {
+    staged[j] = g.b[live[j]];
+    staged[n + j] = g.a[live[j]];
+    staged[2 * n + j] = g.c[live[j]];
+  }
+  check(cudaMemcpyAsync(table.as<void>(), staged.data(), staged.size() * sizeof(void*),
+                        cudaMemcpyHostToDevice, stream()),
+        what);
+  return table.as<const void* const>();
+}
+
 }  // namespace
 
 bool pad_groups_for_gemm() {
@@ -334,44 +355,22 @@ int64_t grouped_chunk_rows() {
 }
 
 void blas_batched_gemm(const BlasGroupedGemm& g, const char* what, size_t table_products) {
-  const size_t n = g.m.size();
-  if (n == 0) return;
-  DSV3_CHECK(g.n.size() == n && g.k.size() == n && g.a.size() == n && g.b.size() == n &&
-                 g.c.size() == n,
-             "{}: per-product arrays of different lengths", what);
-  for (size_t i = 1; i < n; ++i)
-    DSV3_CHECK(g.m[i] == g.m[0] && g.n[i] == g.n[0] && g.k[i] == g.k[0],
+  const std::vector<size_t> live = live_products(g, what);  // all or none: one size
+  if (live.empty()) return;
+  const size_t n = live.size(), first = live[0];
+  for (size_t i : live)
+    DSV3_CHECK(g.m[i] == g.m[first] && g.n[i] == g.n[first] && g.k[i] == g.k[first],
                "{}: a batched GEMM's products differ in size", what);
-  if (g.m[0] == 0 || g.n[0] == 0) return;
-  if (g.k[0] == 0) {  // C = beta C: blas_gemm's way, per product
-    for (size_t i = 0; i < n; ++i) blas_gemm(one_product(g, i), what);
-    return;
-  }
-  DSV3_CHECK(g.m[0] <= INT32_MAX && g.n[0] <= INT32_MAX && g.k[0] <= INT32_MAX &&
-                 g.lda <= INT32_MAX && g.ldb <= INT32_MAX && g.ldc <= INT32_MAX &&
-                 n <= size_t(INT32_MAX),
-             "{}: GEMM {}x{}x{} is beyond cuBLAS's 32-bit sizes", what, g.m[0], g.n[0], g.k[0]);
-  // Column-major as in gemm_on: cuBLAS's A array holds our B_i, its B array our A_i. The three
-  // device arrays go up with one copy into the ops' scratch (scratch.h); a pageable source is
-  // staged by the copy, so `staged` may go when this returns.
-  std::vector<const void*> staged(3 * n);
-  for (size_t i = 0; i < n; ++i) {
-    staged[i] = g.b[i];
-    staged[n + i] = g.a[i];
-    staged[2 * n + i] = g.c[i];
-  }
-  Scratch dev(3 * std::max(n, table_products) * sizeof(void*), what);
-  check(cudaMemcpyAsync(dev.as<void>(), staged.data(), staged.size() * sizeof(void*),
-                        cudaMemcpyHostToDevice, stream()),
-        what);
-  const void* const* ptrs = dev.as<const void* const>();
+  DSV3_CHECK(n <= size_t(INT32_MAX), "{}: {} products are beyond cuBLAS's 32-bit count", what, n);
+  const Scratch table(3 * std::max(n, table_products) * sizeof(void*), what);
+  const void* const* ptrs = send_pointer_table(g, live, table, what);
   const Cublas& lib = cublas_lib();
   check(lib.gemm_batched_ex(lib.handle, g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                            g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.n[0]), int(g.m[0]),
-                            int(g.k[0]), &g.alpha, ptrs, g.ab_type, int(g.ldb), ptrs + n,
-                            g.ab_type, int(g.lda), &g.beta, const_cast<void* const*>(ptrs + 2 * n),
-                            g.c_type, int(g.ldc), int(n), CUBLAS_COMPUTE_32F,
-                            CUBLAS_GEMM_DEFAULT),
+                            g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, int(g.n[first]),
+                            int(g.m[first]), int(g.k[first]), &g.alpha, ptrs, g.ab_type,
+                            int(g.ldb), ptrs + n, g.ab_type, int(g.lda), &g.beta,
+                            const_cast<void* const*>(ptrs + 2 * n), g.c_type, int(g.ldc), int(n),
+                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
         what);
 }
 
@@ -405,27 +404,15 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
     std::vector<int> m(n), nn(n), k(n), lda(n, int(g.ldb)), ldb(n, int(g.lda)), ldc(n, int(g.ldc)),
         group_size(n, 1);
     std::vector<float> alpha(n, g.alpha), beta(n, g.beta);
-    // The device arrays of pointers: [A'_0..A'_n-1 | B'_0.. | C'_0..], staged on the host and
-    // sent with one copy. A pageable source makes the copy synchronous for the host, so
-    // `staged` may go when this function returns; the device table is scratch (scratch.h),
-    // handed out again only to work queued after the GEMM that reads it.
-    std::vector<const void*> staged(3 * n);
     for (size_t j = 0; j < n; ++j) {
-      const size_t i = live[j];
-      m[j] = int(g.n[i]);
-      nn[j] = int(g.m[i]);
-      k[j] = int(g.k[i]);
-      staged[j] = g.b[i];
-      staged[n + j] = g.a[i];
-      staged[2 * n + j] = g.c[i];
+      m[j] = int(g.n[live[j]]);
+      nn[j] = int(g.m[live[j]]);
+      k[j] = int(g.k[live[j]]);
     }
-    const size_t bytes = staged.size() * sizeof(void*);
     // Sized for every group, not only the live ones: the same size at every step, so the
     // scratch (scratch.h) stops growing once a step has run, whatever the routing.
-    Scratch dev(3 * g.m.size() * sizeof(void*), what);
-    check(cudaMemcpyAsync(dev.as<void>(), staged.data(), bytes, cudaMemcpyHostToDevice, stream()),
-          what);
-    const void* const* ptrs = dev.as<const void* const>();
+    const Scratch table(3 * g.m.size() * sizeof(void*), what);
+    const void* const* ptrs = send_pointer_table(g, live, table, what);
     const cublasStatus_t s = lib.gemm_grouped_batched_ex(
         lib.handle, op_a.data(), op_b.data(), m.data(), nn.data(), k.data(), alpha.data(), ptrs,
         g.ab_type, lda.data(), ptrs + n, g.ab_type, ldb.data(), beta.data(),

@@ -128,15 +128,13 @@ __global__ void copy_columns_kernel(ColumnCopy p) {
 
 #undef FOR_EACH_WARP_SLOT
 
-bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 // Whether a move can take 4 values per access: every offset and stride a multiple of 4, the
 // float32 buffers 16-byte aligned and a BF16 destination 8-byte aligned.
 bool four_wide(std::initializer_list<int64_t> counts, const float* src, const float* dst,
                const uint16_t* dst_bf16) {
   for (int64_t c : counts)
     if (c % 4 != 0) return false;
-  return aligned(src, 16) && (dst_bf16 ? aligned(dst_bf16, 8) : aligned(dst, 16));
+  return aligned_to(src, 16) && (dst_bf16 ? aligned_to(dst_bf16, 8) : aligned_to(dst, 16));
 }
 
 bool four_wide(const HeadMove& p) {

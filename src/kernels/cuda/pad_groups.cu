@@ -59,28 +59,30 @@ __global__ void unpad_groups_kernel(UnpadGroups a) {
 
 #undef FOR_EACH_WARP_ROW
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Launches a move over the padded rows of p: `wide`, 16 bytes per lane and step, where a row
+// is whole 16-byte chunks (cols a multiple of `per_16_bytes` values) and both buffers are
+// 16-byte aligned, else `narrow`.
+template <typename P>
+cudaError_t launch_over_padded_rows(const P& p, int64_t per_16_bytes, void (*wide)(P),
+                                    void (*narrow)(P), cudaStream_t stream) {
+  const int64_t rows = p.layout.groups * p.layout.cap;
+  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
+  const bool vec =
+      p.layout.cols % per_16_bytes == 0 && aligned_to(p.dst, 16) && aligned_to(p.src, 16);
+  void (*const move_rows)(P) = vec ? wide : narrow;
+  move_rows<<<grid_for(rows, kRowWarps), kRowThreads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
 
 }  // namespace
 
 cudaError_t pad_groups(const PadGroups& p, cudaStream_t stream) {
-  const int64_t rows = p.layout.groups * p.layout.cap;
-  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
-  const bool vec = p.layout.cols % 8 == 0 && aligned16(p.dst) && aligned16(p.src);
-  const unsigned blocks = grid_for(rows, kRowWarps);
-  if (vec) pad_groups_kernel<true><<<blocks, kRowThreads, 0, stream>>>(p);
-  else pad_groups_kernel<false><<<blocks, kRowThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_over_padded_rows(p, 8, pad_groups_kernel<true>, pad_groups_kernel<false>, stream);
 }
 
 cudaError_t unpad_groups(const UnpadGroups& p, cudaStream_t stream) {
-  const int64_t rows = p.layout.groups * p.layout.cap;
-  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
-  const bool vec = p.layout.cols % 4 == 0 && aligned16(p.dst) && aligned16(p.src);
-  const unsigned blocks = grid_for(rows, kRowWarps);
-  if (vec) unpad_groups_kernel<true><<<blocks, kRowThreads, 0, stream>>>(p);
-  else unpad_groups_kernel<false><<<blocks, kRowThreads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_over_padded_rows(p, 4, unpad_groups_kernel<true>, unpad_groups_kernel<false>,
+                                 stream);
 }
 
 }  // namespace dsv3::cuda
