@@ -25,8 +25,8 @@ constexpr int kLd = kK + kPad;  // padded shared rows, as the kernels lay them o
 __global__ void abt_kernel(const bf16* a, const bf16* b, float* c) {
   __shared__ __align__(16) bf16 as[16 * kLd];
   __shared__ __align__(16) bf16 bs[16 * kLd];
-  dsv3::cuda::tc::load_tile_async<16, kK, 32>(as, a, 0, 16, kK);
-  dsv3::cuda::tc::load_tile_async<16, kK, 32>(bs, b, 0, 16, kK);
+  dsv3::cuda::tc::load_tile_async<16, kK, 32>(as, dsv3::cuda::tc::rows_of(a, kK, kK), 0, 16, kK);
+  dsv3::cuda::tc::load_tile_async<16, kK, 32>(bs, dsv3::cuda::tc::rows_of(b, kK, kK), 0, 16, kK);
   dsv3::cuda::tc::cp_async_commit();
   dsv3::cuda::tc::cp_async_wait<0>();
   __syncthreads();
@@ -43,7 +43,7 @@ __global__ void abt_kernel(const bf16* a, const bf16* b, float* c) {
 __global__ void ab_kernel(const float* a, const bf16* m, float* c) {
   constexpr int kLdm = 16 + kPad;
   __shared__ __align__(16) bf16 ms[kK * kLdm];
-  dsv3::cuda::tc::load_tile_async<kK, 16, 32>(ms, m, 0, kK, 16);
+  dsv3::cuda::tc::load_tile_async<kK, 16, 32>(ms, dsv3::cuda::tc::rows_of(m, 16, 16), 0, kK, 16);
   dsv3::cuda::tc::cp_async_commit();
   dsv3::cuda::tc::cp_async_wait<0>();
   __syncthreads();
@@ -61,6 +61,20 @@ __global__ void ab_kernel(const float* a, const bf16* m, float* c) {
   dsv3::cuda::tc::mma_ab_reg<2, kK / 16>(acc, frag, ms, kLdm);
   for (int nb = 0; nb < 2; ++nb)
     for (int e = 0; e < 4; ++e) c[(g + 8 * (e / 2)) * 16 + nb * 8 + 2 * t + e % 2] = acc[nb][e];
+}
+
+// A tile of 8 rows x 32 columns from two buffers: row r's columns [0, 16) at a + 40 r + 8 and
+// [16, 24) at b + 8 r; columns 24.. and rows 5.. exist in neither and must load as zeros.
+__global__ void split_rows_kernel(const bf16* a, const bf16* b, float* out) {
+  constexpr int kCols = 32, kLdt = kCols + kPad;
+  __shared__ __align__(16) bf16 tile[8 * kLdt];
+  const dsv3::cuda::tc::RowSource src{a + 8, 40, b, 8, 16};
+  dsv3::cuda::tc::load_tile_async<8, kCols, 32>(tile, src, 0, 5, 24);
+  dsv3::cuda::tc::cp_async_commit();
+  dsv3::cuda::tc::cp_async_wait<0>();
+  __syncthreads();
+  for (int i = threadIdx.x; i < 8 * kCols; i += 32)
+    out[i] = __bfloat162float(tile[(i / kCols) * kLdt + i % kCols]);
 }
 
 // Reads the shared tile before and after the wait for its asynchronous copy.
@@ -189,6 +203,26 @@ TEST(CudaTensorCores, LdmatrixAndMmaGiveAPlainProduct) {
     for (int j = 0; j < 16; ++j)
       for (int k = 0; k < kK; ++k) want[size_t(i * 16 + j)] += double(a[size_t(i * kK + k)]) * b[size_t(j * kK + k)];
   expect_close(download<float>(dc, 256), want);
+}
+
+TEST(CudaTensorCores, SplitRowSourcesLoadEachPartAndZeroTheRest) {
+  std::mt19937 rng(9);
+  // a: 5 rows of 40 (a tile reads columns 8..23 of each), b: 5 rows of 8; both past 5 rows
+  // too, so that a load of row 5 or more would read numbers, not zeros.
+  const std::vector<float> a = bf16_exact(8 * 40, rng), b = bf16_exact(8 * 8, rng);
+  Device da(a.size() * 2), db(b.size() * 2), dout(8 * 32 * 4);
+  upload(da, to_bf16(a));
+  upload(db, to_bf16(b));
+  split_rows_kernel<<<1, 32>>>(da.as<bf16>(), db.as<bf16>(), dout.as<float>());
+  ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const std::vector<float> got = download<float>(dout, 8 * 32);
+  for (int r = 0; r < 8; ++r)
+    for (int c = 0; c < 32; ++c) {
+      float want = 0.0f;
+      if (r < 5 && c < 16) want = a[size_t(r * 40 + 8 + c)];
+      else if (r < 5 && c < 24) want = b[size_t(r * 8 + c - 16)];
+      EXPECT_EQ(got[size_t(r * 32 + c)], want) << "row " << r << " column " << c;
+    }
 }
 
 TEST(CudaTensorCores, TransposedLoadsGiveAPlainProduct) {

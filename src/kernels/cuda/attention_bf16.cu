@@ -52,9 +52,11 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_kernel(AttentionF
   const int64_t bh = blockIdx.y, seq = p.seq, dq = p.qk_dim, dv = p.v_dim;
   const int qtile = int(gridDim.x - 1 - blockIdx.x);
   const int64_t m0 = int64_t(qtile) * kQ;
-  const bf16* qg = reinterpret_cast<const bf16*>(p.q) + bh * seq * dq;
-  const bf16* kg = reinterpret_cast<const bf16*>(p.k) + bh * seq * dq;
-  const bf16* vg = reinterpret_cast<const bf16*>(p.v) + bh * seq * dv;
+  const HeadOf at{bh, p.heads};
+  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
+  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
+                     p.k2_rows.row, p.k_split};
+  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
 
   load_tile_async<kQ, DQ, kThreads>(Qs, qg, m0, seq, dq);
   load_tile_async<kK, DQ, kThreads>(Ks, kg, 0, seq, dq);
@@ -141,7 +143,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_kernel(AttentionF
     if (i >= seq) continue;  // rows past the end: computed on zeros, never stored
     const float inv = 1.0f / l[r];
     if (p.o_f32) {
-      float* orow = static_cast<float*>(p.o) + (bh * seq + i) * dv;
+      float* orow = static_cast<float*>(p.o) + at.offset(p.o_rows) + i * p.o_rows.row;
 #pragma unroll
       for (int nb = 0; nb < DV / 8; ++nb) {
         const int col = nb * 8 + 2 * t4;  // dv is a multiple of 8: col + 1 < dv with col
@@ -150,7 +152,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_kernel(AttentionF
               make_float2(o[nb][2 * r] * inv, o[nb][2 * r + 1] * inv);
       }
     } else {
-      bf16* orow = static_cast<bf16*>(p.o) + (bh * seq + i) * dv;
+      bf16* orow = static_cast<bf16*>(p.o) + at.offset(p.o_rows) + i * p.o_rows.row;
 #pragma unroll
       for (int nb = 0; nb < DV / 8; ++nb) {
         const int col = nb * 8 + 2 * t4;
@@ -159,7 +161,7 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_kernel(AttentionF
               pack_bf16(o[nb][2 * r] * inv, o[nb][2 * r + 1] * inv);
       }
     }
-    if (t4 == 0) p.lse[bh * seq + i] = (m[r] + __log2f(l[r])) * kLn2;
+    if (t4 == 0) p.lse[bh * seq + i] = (m[r] + __log2f(l[r])) * kLn2;  // [bh, seq]
   }
 }
 

@@ -60,17 +60,20 @@ constexpr size_t dq_smem() {
 __global__ void __launch_bounds__(256) attention_bf16_rows_kernel(AttentionBackwardBf16 p) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int64_t rows = p.bh * p.seq, dv = p.v_dim;
-  const bf16* gb = reinterpret_cast<const bf16*>(p.d_o);
   for (int64_t row = int64_t(blockIdx.x) * warps + warp; row < rows;
        row += int64_t(gridDim.x) * warps) {
+    const int64_t bh = row / p.seq, i = row % p.seq;
+    const HeadOf at{bh, p.heads};
+    const bf16* gb = at.bf16_rows(p.d_o, p.d_o_rows) + i * p.d_o_rows.row;
+    const int64_t o_at = at.offset(p.o_rows) + i * p.o_rows.row;
     float acc = 0.0f;
     if (p.o_f32) {
-      const float* o = static_cast<const float*>(p.o) + row * dv;
-      for (int64_t c = lane; c < dv; c += 32) acc = fmaf(__bfloat162float(gb[row * dv + c]), o[c], acc);
+      const float* o = static_cast<const float*>(p.o) + o_at;
+      for (int64_t c = lane; c < dv; c += 32) acc = fmaf(__bfloat162float(gb[c]), o[c], acc);
     } else {
-      const bf16* o = static_cast<const bf16*>(p.o) + row * dv;
+      const bf16* o = static_cast<const bf16*>(p.o) + o_at;
       for (int64_t c = lane; c < dv; c += 32)
-        acc = fmaf(__bfloat162float(gb[row * dv + c]), __bfloat162float(o[c]), acc);
+        acc = fmaf(__bfloat162float(gb[c]), __bfloat162float(o[c]), acc);
     }
     acc = warp_sum(acc);
     if (lane == 0) p.d_rows[row] = acc;
@@ -103,10 +106,12 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dkv_kernel(AttentionB
   const int g = lane >> 2, t4 = lane & 3;
   const int64_t bh = blockIdx.y, seq = p.seq, dq = p.qk_dim, dv = p.v_dim;
   const int64_t j0 = int64_t(blockIdx.x) * kKeyTile;  // block 0 has the most query tiles
-  const bf16* qg = reinterpret_cast<const bf16*>(p.q) + bh * seq * dq;
-  const bf16* kg = reinterpret_cast<const bf16*>(p.k) + bh * seq * dq;
-  const bf16* vg = reinterpret_cast<const bf16*>(p.v) + bh * seq * dv;
-  const bf16* gg = reinterpret_cast<const bf16*>(p.d_o) + bh * seq * dv;
+  const HeadOf at{bh, p.heads};
+  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
+  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
+                     p.k2_rows.row, p.k_split};
+  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
+  const RowSource gg = rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, dv);
 
   load_tile_async<kKeyTile, DQ, kThreads>(Ks, kg, j0, seq, dq);
   load_tile_async<kKeyTile, DV, kThreads>(Vs, vg, j0, seq, dv);
@@ -173,24 +178,39 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dkv_kernel(AttentionB
     __syncthreads();  // Qs / dOs / Ls / Ds [buf] are reloaded in iteration t + 1
   }
 
+  // d_k's columns [0, k_split) and d_v in float32 or bf16; d_k's [k_split, dq) to d_k2 (float32).
+  const int64_t dk_at = at.offset(p.d_k_rows), dk2_at = at.offset(p.d_k2_rows),
+                dv_at = at.offset(p.d_v_rows);
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t j = key0 + 8 * r;
     if (j >= seq) continue;
-    float* dkr = p.d_k + (bh * seq + j) * dq;
-    float* dvr = p.d_v + (bh * seq + j) * dv;
 #pragma unroll
     for (int nb = 0; nb < DQ / 8; ++nb) {
-      const int col = nb * 8 + 2 * t4;  // head dims are multiples of 8: col + 1 < dim with col
-      if (col < dq)
-        *reinterpret_cast<float2*>(dkr + col) =
-            make_float2(acc_k[nb][2 * r] * p.scale, acc_k[nb][2 * r + 1] * p.scale);
+      const int col = nb * 8 + 2 * t4;  // head dims and k_split are multiples of 8: the pair
+      if (col >= dq) continue;          // lies in one part
+      const float x = acc_k[nb][2 * r] * p.scale, y = acc_k[nb][2 * r + 1] * p.scale;
+      if (col >= p.k_split)
+        *reinterpret_cast<float2*>(p.d_k2 + dk2_at + j * p.d_k2_rows.row + (col - p.k_split)) =
+            make_float2(x, y);
+      else if (p.d_kv_bf16)
+        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(p.d_k) + dk_at + j * p.d_k_rows.row +
+                                     col) = pack_bf16(x, y);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(p.d_k) + dk_at + j * p.d_k_rows.row +
+                                   col) = make_float2(x, y);
     }
 #pragma unroll
     for (int nb = 0; nb < DV / 8; ++nb) {
       const int col = nb * 8 + 2 * t4;
-      if (col < dv)
-        *reinterpret_cast<float2*>(dvr + col) = make_float2(acc_v[nb][2 * r], acc_v[nb][2 * r + 1]);
+      if (col >= dv) continue;
+      const float x = acc_v[nb][2 * r], y = acc_v[nb][2 * r + 1];
+      if (p.d_kv_bf16)
+        *reinterpret_cast<uint32_t*>(static_cast<bf16*>(p.d_v) + dv_at + j * p.d_v_rows.row +
+                                     col) = pack_bf16(x, y);
+      else
+        *reinterpret_cast<float2*>(static_cast<float*>(p.d_v) + dv_at + j * p.d_v_rows.row +
+                                   col) = make_float2(x, y);
     }
   }
 }
@@ -209,10 +229,12 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBa
   const int64_t bh = blockIdx.y, seq = p.seq, dq = p.qk_dim, dv = p.v_dim;
   const int qtile = int(gridDim.x - 1 - blockIdx.x);  // the longest blocks start first
   const int64_t m0 = int64_t(qtile) * kRowTile;
-  const bf16* qg = reinterpret_cast<const bf16*>(p.q) + bh * seq * dq;
-  const bf16* kg = reinterpret_cast<const bf16*>(p.k) + bh * seq * dq;
-  const bf16* vg = reinterpret_cast<const bf16*>(p.v) + bh * seq * dv;
-  const bf16* gg = reinterpret_cast<const bf16*>(p.d_o) + bh * seq * dv;
+  const HeadOf at{bh, p.heads};
+  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
+  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
+                     p.k2_rows.row, p.k_split};
+  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
+  const RowSource gg = rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, dv);
 
   load_tile_async<kRowTile, DQ, kThreads>(Qs, qg, m0, seq, dq);
   load_tile_async<kRowTile, DV, kThreads>(dOs, gg, m0, seq, dv);
@@ -287,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBa
   for (int r = 0; r < 2; ++r) {
     const int64_t i = m0 + row_l0 + 8 * r;
     if (i >= seq) continue;
-    float* dqr = p.d_q + (bh * seq + i) * dq;
+    float* dqr = p.d_q + at.offset(p.d_q_rows) + i * p.d_q_rows.row;
 #pragma unroll
     for (int nb = 0; nb < DQ / 8; ++nb) {
       const int col = nb * 8 + 2 * t4;

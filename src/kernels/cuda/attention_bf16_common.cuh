@@ -9,8 +9,23 @@
 #include <cstdint>
 
 #include "kernels/cuda/mma_bf16.cuh"
+#include "kernels/cuda/params.h"
 
 namespace dsv3::cuda {
+
+// The (b, h) of a block's bh = b heads + h, and where that head's rows start in a buffer
+// (params.h, HeadRows).
+struct HeadOf {
+  int64_t b, h;
+  __device__ __forceinline__ HeadOf(int64_t bh, int64_t heads) : b(bh / heads), h(bh % heads) {}
+  __device__ __forceinline__ int64_t offset(const HeadRows& r) const {
+    return b * r.batch + h * r.head;
+  }
+  __device__ __forceinline__ const tc::bf16* bf16_rows(const uint16_t* base,
+                                                       const HeadRows& r) const {
+    return reinterpret_cast<const tc::bf16*>(base) + offset(r);
+  }
+};
 
 struct Capacity {
   int id;      // index into the list below; -1: none fits

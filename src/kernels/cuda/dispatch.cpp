@@ -468,6 +468,9 @@ bool smem_fits(size_t smem, const char* op) {
   return smem > 0 && smem <= size_t(optin);
 }
 
+// The rows of a head-major [bh, seq, dim] buffer (heads = 1: bh is the b of HeadRows).
+cuda::HeadRows head_major_rows(int64_t seq, int64_t dim) { return {dim, 0, seq * dim}; }
+
 // A float32 device copy of a BF16 (or float32) tensor, for the fallback.
 Tensor widened(const Tensor& t, const char* op) {
   if (t.dtype() == DType::F32) return t;
@@ -482,10 +485,21 @@ void attention_forward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, f
   check_bf16_attention(op, {&k, &v}, o);
   if (cuda::attention_bf16_forward_supported(d.dq, d.dv) && aligned16({&q, &k, &v}) &&
       smem_fits(cuda::attention_bf16_forward_smem_bytes(d.dq, d.dv), op)) {
-    check(cuda::attention_forward_bf16({q.bf16(), k.bf16(), v.bf16(), o.data(), lse.f32(), d.bh,
-                                        d.seq, d.dq, d.dv, scale, o.dtype() == DType::F32},
-                                       stream()),
-          op);
+    cuda::AttentionForwardBf16 p;
+    p.q = q.bf16();
+    p.k = p.k2 = k.bf16();
+    p.v = v.bf16();
+    p.o = o.data();
+    p.lse = lse.f32();
+    p.q_rows = p.k_rows = p.k2_rows = head_major_rows(d.seq, d.dq);
+    p.v_rows = p.o_rows = head_major_rows(d.seq, d.dv);
+    p.bh = d.bh;
+    p.seq = d.seq;
+    p.qk_dim = p.k_split = d.dq;
+    p.v_dim = d.dv;
+    p.scale = scale;
+    p.o_f32 = o.dtype() == DType::F32;
+    check(cuda::attention_forward_bf16(p, stream()), op);
     return;
   }
   Tensor qf = widened(q, op), kf = widened(k, op), vf = widened(v, op);
@@ -506,12 +520,27 @@ void attention_backward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, 
   if (cuda::attention_bf16_backward_supported(d.dq, d.dv) && aligned16({&q, &k, &v, &d_o}) &&
       smem_fits(cuda::attention_bf16_backward_smem_bytes(d.dq, d.dv), op)) {
     Scratch rows(size_t(d.bh * d.seq) * sizeof(float), op);
-    check(cuda::attention_backward_bf16({q.bf16(), k.bf16(), v.bf16(), o.data(), lse.f32(),
-                                         d_o.bf16(), rows.as<float>(), d_q.f32(), d_k.f32(),
-                                         d_v.f32(), d.bh, d.seq, d.dq, d.dv, scale,
-                                         o.dtype() == DType::F32},
-                                        stream()),
-          op);
+    cuda::AttentionBackwardBf16 p;
+    p.q = q.bf16();
+    p.k = p.k2 = k.bf16();
+    p.v = v.bf16();
+    p.o = o.data();
+    p.lse = lse.f32();
+    p.d_o = d_o.bf16();
+    p.d_rows = rows.as<float>();
+    p.d_q = d_q.f32();
+    p.d_k = p.d_k2 = d_k.f32();
+    p.d_v = d_v.f32();
+    p.q_rows = p.k_rows = p.k2_rows = p.d_q_rows = p.d_k_rows = p.d_k2_rows =
+        head_major_rows(d.seq, d.dq);
+    p.v_rows = p.o_rows = p.d_o_rows = p.d_v_rows = head_major_rows(d.seq, d.dv);
+    p.bh = d.bh;
+    p.seq = d.seq;
+    p.qk_dim = p.k_split = d.dq;
+    p.v_dim = d.dv;
+    p.scale = scale;
+    p.o_f32 = o.dtype() == DType::F32;
+    check(cuda::attention_backward_bf16(p, stream()), op);
     return;
   }
   attention_backward_lse(widened(q, op), widened(k, op), widened(v, op), widened(o, op), lse,

@@ -128,19 +128,34 @@ __device__ __forceinline__ void zero_acc(float (&acc)[NB][4]) {
     for (int e = 0; e < 4; ++e) acc[n][e] = 0.0f;
 }
 
-// Loads rows [row0, row0 + ROWS) x columns [0, COLS) of a row-major bf16 matrix g [rows, dim]
-// into a shared tile s [ROWS][COLS + kPad]; rows at or past `rows` and columns at or past `dim`
-// become zero (so padding never carries NaN bit patterns into a product). dim is a multiple of
-// 8 and g 16-byte aligned, so every 16-byte chunk is aligned. Call from all THREADS threads.
+// Where a tile's rows come from: row r, columns [0, split) at a + r * lda, columns [split, dim)
+// at b + r * ldb + (column - split). One buffer: b = a, ldb = lda, split = dim (rows_of).
+// split, lda, ldb and dim are multiples of 8 and a, b 16-byte aligned, so every 16-byte chunk
+// is aligned and lies wholly in one part.
+struct RowSource {
+  const bf16* a;
+  int64_t lda;
+  const bf16* b;
+  int64_t ldb;
+  int64_t split;
+};
+__device__ __forceinline__ RowSource rows_of(const bf16* g, int64_t ld, int64_t dim) {
+  return {g, ld, g, ld, dim};
+}
+
+// Loads rows [row0, row0 + ROWS) x columns [0, COLS) of src (rows x dim of it exist) into a
+// shared tile s [ROWS][COLS + kPad]; rows at or past `rows` and columns at or past `dim` become
+// zero (so padding never carries NaN bit patterns into a product). Call from all THREADS threads.
 template <int ROWS, int COLS, int THREADS>
-__device__ __forceinline__ void load_tile_async(bf16* s, const bf16* g, int64_t row0, int64_t rows,
-                                                int64_t dim) {
+__device__ __forceinline__ void load_tile_async(bf16* s, const RowSource& src, int64_t row0,
+                                                int64_t rows, int64_t dim) {
   constexpr int kChunks = COLS / 8, kLd = COLS + kPad;
   for (int idx = threadIdx.x; idx < ROWS * kChunks; idx += THREADS) {
-    const int r = idx / kChunks, c = idx % kChunks;
+    const int r = idx / kChunks, c = (idx % kChunks) * 8;
     const int64_t row = row0 + r;
-    const bool valid = row < rows && c * 8 < dim;
-    cp_async16(s + r * kLd + c * 8, valid ? g + row * dim + c * 8 : g, valid);
+    const bool valid = row < rows && c < dim;
+    const bf16* g = c < src.split ? src.a + row * src.lda + c : src.b + row * src.ldb + (c - src.split);
+    cp_async16(s + r * kLd + c, valid ? g : src.a, valid);
   }
 }
 

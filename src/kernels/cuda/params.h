@@ -173,31 +173,52 @@ struct AttentionBackward {
 // The same two ops on BF16 q, k, v (and d_o) with tensor cores (attention_bf16*.cu). bf16
 // values are passed as their bit patterns (uint16_t). Head dims are multiples of 8 (16-byte
 // rows for cp.async); attention_bf16_supported says which dims have a kernel. o is BF16 or
-// float32 (o_f32); lse, D and the gradients are float32 (the model's master gradients).
+// float32 (o_f32); lse, D and d_q are float32.
+//
+// Where the rows lie: every operand has its own HeadRows, so the kernels read and write the
+// head-major [bh, seq, dim] buffers and MLA's token-major projections alike (the latter without
+// a layout copy on either side). bh = batch x heads, split as b = bh / heads, h = bh % heads.
+struct HeadRows {
+  // Row t of head h of sequence b starts b * batch + h * head + t * row elements past the base.
+  // Head-major [B, H, T, d] with heads = 1: {d, 0, T d}. MLA's token-major [B T, H w] buffer
+  // read at column offset c of each head's w: base + c, {H w, w, T H w}; a vector shared by all
+  // heads has head stride 0.
+  int64_t row = 0, head = 0, batch = 0;
+};
+// The key's columns [k_split, qk_dim) may come from a second buffer k2 (MLA: the rope key, one
+// per token, shared by the heads); k_split == qk_dim reads the whole key from k. k_split is a
+// multiple of 8.
 struct AttentionForwardBf16 {
-  const uint16_t* q;  // [bh, seq, qk_dim]
-  const uint16_t* k;  // [bh, seq, qk_dim]
-  const uint16_t* v;  // [bh, seq, v_dim]
-  void* o;            // [bh, seq, v_dim], bf16 or float32
-  float* lse;         // [bh, seq]
-  int64_t bh, seq, qk_dim, v_dim;
-  float scale;
-  bool o_f32;
+  const uint16_t* q = nullptr;  // q_rows
+  const uint16_t* k = nullptr;  // columns [0, k_split): k_rows
+  const uint16_t* k2 = nullptr;  // columns [k_split, qk_dim): k2_rows (column 0 = key column k_split)
+  const uint16_t* v = nullptr;  // v_rows
+  void* o = nullptr;            // o_rows, bf16 or float32
+  float* lse = nullptr;         // [bh, seq]
+  HeadRows q_rows, k_rows, k2_rows, v_rows, o_rows;
+  int64_t bh = 0, heads = 1, seq = 0, qk_dim = 0, v_dim = 0, k_split = 0;
+  float scale = 1.0f;
+  bool o_f32 = false;
 };
 struct AttentionBackwardBf16 {
-  const uint16_t* q;    // [bh, seq, qk_dim]
-  const uint16_t* k;    // [bh, seq, qk_dim]
-  const uint16_t* v;    // [bh, seq, v_dim]
-  const void* o;        // [bh, seq, v_dim], bf16 or float32: the forward's output
-  const float* lse;     // [bh, seq]
-  const uint16_t* d_o;  // [bh, seq, v_dim]
-  float* d_rows;        // [bh, seq] scratch: D = rowsum(dO * O)
-  float* d_q;           // [bh, seq, qk_dim]
-  float* d_k;           // [bh, seq, qk_dim]
-  float* d_v;           // [bh, seq, v_dim]
-  int64_t bh, seq, qk_dim, v_dim;
-  float scale;
-  bool o_f32;
+  const uint16_t* q = nullptr;   // as in AttentionForwardBf16
+  const uint16_t* k = nullptr;
+  const uint16_t* k2 = nullptr;
+  const uint16_t* v = nullptr;
+  const void* o = nullptr;       // o_rows, bf16 or float32: the forward's output
+  const float* lse = nullptr;    // [bh, seq]
+  const uint16_t* d_o = nullptr;  // d_o_rows
+  float* d_rows = nullptr;       // [bh, seq] scratch: D = rowsum(dO * O)
+  float* d_q = nullptr;          // d_q_rows, float32
+  void* d_k = nullptr;           // key columns [0, k_split): d_k_rows, float32 or bf16 (d_kv_bf16)
+  float* d_k2 = nullptr;         // key columns [k_split, qk_dim): d_k2_rows, float32 (per head)
+  void* d_v = nullptr;           // d_v_rows, float32 or bf16 (d_kv_bf16)
+  HeadRows q_rows, k_rows, k2_rows, v_rows, o_rows, d_o_rows, d_q_rows, d_k_rows, d_k2_rows,
+      d_v_rows;
+  int64_t bh = 0, heads = 1, seq = 0, qk_dim = 0, v_dim = 0, k_split = 0;
+  float scale = 1.0f;
+  bool o_f32 = false;
+  bool d_kv_bf16 = false;  // d_k's first k_split columns and d_v rounded to bf16
 };
 
 // probs[bh, i, j] = exp(s[bh, i, j] - lse[bh, i]) for j <= i, else 0; `probs` holds the raw
