@@ -4,7 +4,8 @@
 # (tests/gpu/test_infer_cuda.cpp, test_router_cuda.cpp, test_bf16_storage_cuda.cpp,
 # test_grouped_gemm_cuda.cpp, test_index_errors_cuda.cpp, test_decode_router_cuda.cpp,
 # test_decode_fusion_cuda.cpp, test_decode_program_cuda.cpp, test_weights_cuda.cpp,
-# test_grouped_streams_cuda.cpp, test_scratch_cuda.cpp, test_convert_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
+# test_grouped_streams_cuda.cpp, test_scratch_cuda.cpp, test_convert_cuda.cpp,
+# test_mla_attention_cuda.cpp), the op table's CUDA cases and the emulation's own tests, on any machine, in every test run. Needs no CUDA toolkit. Test names start with "emulated.".
 set(DSV3_EMU_DIR ${CMAKE_SOURCE_DIR}/tests/cuda_emulation)
 
 # .cu files become C++ with their launches rewritten (rewrite_launches.cmake).
@@ -86,6 +87,7 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_streams_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_convert_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_scratch_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_mla_attention_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/ops/test_ops.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp

@@ -89,6 +89,10 @@ for stage in "${stages[@]}"; do
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
       done
+      # MLA's attention through head-major copies (the path before the token-major kernels).
+      run_stage train_step_dsv3_bf16_head_major env DSV3_MLA_TOKEN_MAJOR=0 "$DSV3" bench \
+        train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
+        --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
       for mode in cublas ""; do
         run_stage "train_step_profile_${mode:-padded}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \

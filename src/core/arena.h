@@ -45,6 +45,9 @@ class Arena {
     return alloc(shape, matmul_operand_dtype_ ? *matmul_operand_dtype_ : real_dtype_);
   }
   void set_matmul_operand_dtype(DType dtype) { matmul_operand_dtype_ = dtype; }
+  DType matmul_operand_dtype() const {
+    return matmul_operand_dtype_ ? *matmul_operand_dtype_ : real_dtype_;
+  }
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
   bool is_measuring() const { return base_ == nullptr; }

@@ -71,6 +71,20 @@ void convert(const Tensor&, Tensor&) { unavailable("convert"); }
 void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>&) {
   unavailable("f32_to_bf16_all");
 }
+bool mla_attention_token_major(const ops::MlaAttentionShape&) { return false; }
+void mla_attention_forward(const Tensor&, const Tensor&, const Tensor&, const ops::MlaAttentionShape&,
+                           float, Tensor&, Tensor&) {
+  unavailable("mla_attention_forward");
+}
+void mla_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                            const Tensor&, const Tensor&, const ops::MlaAttentionShape&, float,
+                            Tensor&, Tensor&, Tensor&) {
+  unavailable("mla_attention_backward");
+}
+void rope_to_bf16(const Tensor&, const ops::RopeSlice&, const int32_t*, const Tensor&,
+                  const Tensor&, Tensor&) {
+  unavailable("rope_forward_bf16");
+}
 void tokens_to_heads(const float*, float*, const ops::HeadCopy&) { unavailable("tokens_to_heads"); }
 void heads_to_tokens(const float*, float*, const ops::HeadCopy&, bool) {
   unavailable("heads_to_tokens");

@@ -238,4 +238,35 @@ void copy_columns(const Tensor& src, int64_t src_cols, int64_t offset, int64_t w
                   int64_t rows);
 void put_columns(const Tensor& src, int64_t width, Tensor& dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
+
+// ---- MLA attention on the token-major projections (GPU, BF16: kernels/cuda/dispatch_mla.cpp) ----
+// The BF16 attention kernels read MLA's projections where they lie, instead of head-major
+// copies made by the moves above (and write their outputs the same way). N = batch x seq rows:
+//   q    [N, H*(nope+rope)] BF16, rope applied (rope_forward_bf16),
+//   kv   [N, H*(nope+v)] BF16, each head's nope key then its value (kv_b_proj's output),
+//   k_pe [N, rope] BF16, the rope key all heads share (rope applied);
+//   o    [N, H*v] BF16 (o_proj's input), lse [batch, H, seq] float32.
+// The values are those of attention_forward_lse / attention_backward_lse on head-major BF16
+// copies (q_h = q's head h, k_h = [kv's nope of head h, k_pe], v_h = kv's v of head h), bit
+// for bit, with o stored in BF16 and the backward's D = rowsum(dO o) taken from that BF16 o.
+// On the CPU, and on a GPU for dims these kernels do not take, MLA moves the rows instead.
+struct MlaAttentionShape {
+  int64_t batch, seq, heads, nope, rope, v;
+};
+// Whether the current device runs these dims on the token-major kernels (every dim a multiple
+// of 8, nope + rope and v within the BF16 backward's capacity). False without the CUDA backend.
+bool mla_attention_token_major(const MlaAttentionShape& s);
+void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
+                           const MlaAttentionShape& s, double scale, Tensor& lse, Tensor& o);
+// From the forward's o and lse and the output gradient d_o [N, H*v] BF16 (all overwritten):
+// d_q [N, H*(nope+rope)] float32, d_kv [N, H*(nope+v)] BF16, and d_k_pe [N, rope] float32,
+// the heads' rope-key gradients summed in head order (as heads_to_tokens sums a shared vector).
+void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, const MlaAttentionShape& s,
+                            double scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe);
+// RoPE's forward rotation of x (float32, left unchanged) into out (BF16, the same [rows, heads,
+// head_stride] layout): every column of each head, rotated or not, rounded to nearest even,
+// bit for bit what rope_forward then a conversion would give. GPU only.
+void rope_forward_bf16(const Tensor& x, const RopeSlice& s, const int32_t* positions,
+                       const Tensor& cos, const Tensor& sin, Tensor& out);
 }  // namespace dsv3::ops

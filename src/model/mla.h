@@ -11,17 +11,25 @@ namespace dsv3 {
 // N = batch * seq rows; H heads; dq = nope + rope; R = kv_lora_rank; Q = q_lora_rank.
 // (mm): only matrix products read it, so it is in the arena's matmul operand dtype (BF16 in
 // mixed precision; Arena::alloc_matmul_operand).
+//
+// Token-major attention (mixed precision on a GPU, for dims the BF16 kernels take;
+// ops::mla_attention_token_major): the attention reads q_roped, kv and k_pe_roped in place and
+// writes o, so the head-major buffers (q_heads .. o_heads, and the scratch's d_*_heads) are not
+// allocated. Otherwise q and k_pe are rotated in place and moved into the head-major buffers.
 struct MlaActivations {
+  bool token_major = false;
   Tensor q_a;        // [N, Q]      q_a_proj(x)                  (q LoRA only)
   Tensor q_a_rstd;   // [N]
   Tensor q_a_norm;   // [N, Q]      RMSNorm_q(q_a) (mm)
-  Tensor q;          // [N, H*dq]   per-head queries, rope applied in place
+  Tensor q;          // [N, H*dq]   per-head queries (rope applied in place unless token-major)
+  Tensor q_roped;    // [N, H*dq]   BF16 queries with rope applied (token-major only)
   Tensor kv_a;       // [N, R+rope] kv_a_proj_with_mqa(x)
   Tensor c_kv;       // [N, R]      latent (pre-norm)
   Tensor c_kv_rstd;  // [N]
   Tensor c_kv_norm;  // [N, R]      RMSNorm_kv(c_kv): what the decode cache stores (mm)
-  Tensor k_pe;       // [N, rope]   shared rope key, rotated
-  Tensor kv;         // [N, H*(nope+v)] kv_b_proj(c_kv_norm)
+  Tensor k_pe;       // [N, rope]   shared rope key (rotated in place unless token-major)
+  Tensor k_pe_roped;  // [N, rope]  BF16 rope key, rotated (token-major only)
+  Tensor kv;         // [N, H*(nope+v)] kv_b_proj(c_kv_norm) (mm when token-major)
   Tensor q_heads;    // [B, H, T, dq] (mm)
   Tensor k_heads;    // [B, H, T, dq] (mm)
   Tensor v_heads;    // [B, H, T, v]  (mm)
@@ -35,7 +43,7 @@ struct MlaActivations {
 
 // Scratch shared by all layers' backward passes (only one layer is in backward at a time).
 struct MlaScratch {
-  Tensor d_o;                   // [N, H*v]
+  Tensor d_o;                   // [N, H*v] (mm when token-major: the attention reads it)
   Tensor d_o_heads;             // [B, H, T, v] (mm, as in MlaActivations)
   Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
   Tensor d_v_heads;             // [B, H, T, v]

@@ -32,6 +32,12 @@ for fixture in tiny-v3 tiny-v2lite; do
     grep -q " 0 failed" "$WORK/parity.txt" \
       || fail "parity with DSV3_GROUPED_GEMM=$mode on $fixture reported failures"
   done
+  # MLA's attention through head-major copies instead of on the token-major projections.
+  DSV3_MLA_TOKEN_MAJOR=0 "$EMU" parity --device cuda --precision bf16 --optimizer \
+    "tests/data/reference/$fixture" >"$WORK/parity.txt" \
+    || { tail -20 "$WORK/parity.txt"; fail "parity with DSV3_MLA_TOKEN_MAJOR=0 on $fixture"; }
+  grep -q " 0 failed" "$WORK/parity.txt" \
+    || fail "parity with DSV3_MLA_TOKEN_MAJOR=0 on $fixture reported failures"
 done
 
 # Greedy, 20 prompt tokens (the cuBLAS prefill) then decode steps (the GEMV, the graphs).

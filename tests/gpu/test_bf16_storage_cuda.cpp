@@ -11,6 +11,7 @@
 
 #include "core/device.h"
 #include "kernels/ops.h"
+#include "device_tensors.h"
 
 namespace dsv3 {
 namespace {
@@ -25,35 +26,9 @@ Tensor random_cuda(const Shape& shape, std::mt19937_64& rng) {
   return t.to(Device::CUDA);
 }
 
-Tensor cuda_zeros(const Shape& shape, DType dtype = DType::F32) {
-  return Tensor::zeros(shape, dtype, Device::CUDA);
-}
-
-// The float32 tensor rounded to BF16 on the device by the conversion op.
-Tensor rounded(const Tensor& f32) {
-  Tensor b = cuda_zeros(f32.shape(), DType::BF16);
-  ops::convert(f32, b);
-  return b;
-}
-
-// Bit-for-bit equality of two device tensors of one dtype; the count of differing elements.
-int64_t differing(const Tensor& a_dev, const Tensor& b_dev) {
-  const Tensor a = a_dev.to(Device::CPU), b = b_dev.to(Device::CPU);
-  EXPECT_EQ(a.dtype(), b.dtype());
-  EXPECT_EQ(a.numel(), b.numel());
-  const size_t elem = a.dtype() == DType::BF16 ? 2 : 4;
-  int64_t bad = 0;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    bad += std::memcmp(static_cast<const char*>(a.data()) + size_t(i) * elem,
-                       static_cast<const char*>(b.data()) + size_t(i) * elem, elem) != 0;
-  return bad;
-}
-
-Tensor device_ids(const std::vector<int32_t>& ids) {
-  Tensor t = Tensor::zeros({int64_t(ids.size())}, DType::I32);
-  std::memcpy(t.data(), ids.data(), ids.size() * 4);
-  return t.to(Device::CUDA);
-}
+using test::cuda_zeros;
+using test::differing;
+using test::rounded;
 
 TEST(CudaBf16Storage, SwigluWritesTheRoundedFloat32Result) {
   REQUIRE_GPU();
@@ -81,7 +56,7 @@ TEST(CudaBf16Storage, GatherAndCombineBackwardWriteTheRoundedFloat32Result) {
   std::shuffle(perm.begin(), perm.end(), rng);
   std::vector<int32_t> src_row(perm.size());
   for (size_t i = 0; i < perm.size(); ++i) src_row[size_t(perm[i])] = int32_t(i / size_t(k));
-  const Tensor row_of = device_ids(perm), src = device_ids(src_row);
+  const Tensor row_of = test::device_ints(perm), src = test::device_ints(src_row);
   for (int64_t dim : {12, 7}) {  // the four-wide path, and the one-value path
     const Tensor x = random_cuda({n, dim}, rng);
     Tensor out = cuda_zeros({n * k, dim}), out_bf16 = cuda_zeros({n * k, dim}, DType::BF16);
@@ -131,7 +106,7 @@ TEST(CudaBf16Storage, CrossEntropyGradientIsTheRoundedFloat32Result) {
     const int64_t rows = 7;
     const Tensor logits = random_cuda({rows, vocab}, rng);
     // Left-out rows (-1) get a zero gradient in either dtype.
-    const Tensor targets = device_ids({0, -1, int32_t(vocab - 1), 3, -1, 5, 1});
+    const Tensor targets = test::device_ints({0, -1, int32_t(vocab - 1), 3, -1, 5, 1});
     Tensor d = cuda_zeros({rows, vocab}), d_bf16 = cuda_zeros({rows, vocab}, DType::BF16);
     const double loss = ops::cross_entropy(logits, targets.i32(), 0.25f, &d);
     const double loss_bf16 = ops::cross_entropy(logits, targets.i32(), 0.25f, &d_bf16);

@@ -1,6 +1,8 @@
 // Causal attention forward on BF16 q, k, v with tensor cores (FlashAttention-2 structure). The
 // float32 kernels (attention.cu) stay the path for float32 inputs; this one runs when q, k, v
-// are BF16 (kernels/cuda/dispatch.cpp).
+// are BF16 (kernels/cuda/dispatch.cpp), on head-major buffers or on MLA's token-major
+// projections (dispatch_mla.cpp): each operand's rows are found through its HeadRows strides,
+// and the key's columns may come from two buffers (params.h).
 //
 // ---- Launch shape ----
 // grid (ceil(seq / 64), bh), 128 threads. Block x owns query rows m0 = 64 q .. m0 + 63 with

@@ -13,6 +13,9 @@
 //            dP = dO V^T, dS = P (dP - D), dQ += dS K. d_q (float32) written once.
 // S and dP are computed in both tile kernels: the price of owning every output row in one block
 // (deterministic, run-to-run identical) instead of adding dQ with atomics.
+// Operands are found through their HeadRows strides (params.h), as in the forward; the dkv
+// kernel writes d_k's first k_split columns and d_v in float32 or BF16 (MLA's d_kv) and d_k's
+// other columns (MLA's rope key, shared by the heads) to d_k2, per head, for the caller to sum.
 //
 // Masking: query and key tiles are aligned (64 = 4 x 16), so only tiles that reach the diagonal
 // (or run past seq) are masked element by element: j > i and i >= seq give P = dS = 0. Row 0
@@ -80,6 +83,17 @@ __global__ void __launch_bounds__(256) attention_bf16_rows_kernel(AttentionBackw
   }
 }
 
+// Where head bh's q, k, v and d_o rows come from (both tile kernels read all four).
+struct Inputs {
+  RowSource q, k, v, d_o;
+  __device__ __forceinline__ Inputs(const AttentionBackwardBf16& p, const HeadOf& at)
+      : q(rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, p.qk_dim)),
+        k{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows), p.k2_rows.row,
+          p.k_split},
+        v(rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, p.v_dim)),
+        d_o(rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, p.v_dim)) {}
+};
+
 // The query tile's lse (times log2 e) and D into Ls / Ds (plain stores; the barrier that makes
 // the cp.async tiles visible covers them too). Rows past seq get 0: they are masked.
 __device__ __forceinline__ void load_rows(float* Ls, float* Ds, const AttentionBackwardBf16& p,
@@ -107,11 +121,8 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dkv_kernel(AttentionB
   const int64_t bh = blockIdx.y, seq = p.seq, dq = p.qk_dim, dv = p.v_dim;
   const int64_t j0 = int64_t(blockIdx.x) * kKeyTile;  // block 0 has the most query tiles
   const HeadOf at{bh, p.heads};
-  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
-  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
-                     p.k2_rows.row, p.k_split};
-  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
-  const RowSource gg = rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, dv);
+  const Inputs in(p, at);
+  const RowSource &qg = in.q, &kg = in.k, &vg = in.v, &gg = in.d_o;
 
   load_tile_async<kKeyTile, DQ, kThreads>(Ks, kg, j0, seq, dq);
   load_tile_async<kKeyTile, DV, kThreads>(Vs, vg, j0, seq, dv);
@@ -230,11 +241,8 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBa
   const int qtile = int(gridDim.x - 1 - blockIdx.x);  // the longest blocks start first
   const int64_t m0 = int64_t(qtile) * kRowTile;
   const HeadOf at{bh, p.heads};
-  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
-  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
-                     p.k2_rows.row, p.k_split};
-  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
-  const RowSource gg = rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, dv);
+  const Inputs in(p, at);
+  const RowSource &qg = in.q, &kg = in.k, &vg = in.v, &gg = in.d_o;
 
   load_tile_async<kRowTile, DQ, kThreads>(Qs, qg, m0, seq, dq);
   load_tile_async<kRowTile, DV, kThreads>(dOs, gg, m0, seq, dv);

@@ -22,6 +22,13 @@ void check(cudaError_t e, const char* what) {
   if (e != cudaSuccess) fail("{}: CUDA error {} ({})", what, cudaGetErrorName(e), cudaGetErrorString(e));
 }
 
+bool smem_fits(size_t bytes, const char* what) {
+  int device = 0, optin = 0;
+  check(cudaGetDevice(&device), what);
+  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), what);
+  return bytes > 0 && bytes <= size_t(optin);
+}
+
 // ---- cuBLAS, opened on first use ----
 // cuBLAS is not linked: loading libcublas (and with it libcublasLt, 540 MB) runs static
 // constructors that cost about 0.6 s at every process start, measured on this build, even for

@@ -21,6 +21,9 @@ cublasHandle_t cublas();
 void check(cudaError_t e, const char* what);
 void check(cublasStatus_t s, const char* what);
 
+// Whether the current device grants a block `bytes` of dynamic shared memory (its opt-in limit).
+bool smem_fits(size_t bytes, const char* what);
+
 // Row-major GEMM on device pointers through cuBLAS: C = alpha op(A) op(B) + beta C, with A, B
 // of `ab_type` and C of `c_type` (CUDA_R_32F or CUDA_R_16BF), always accumulating in float32
 // (CUBLAS_COMPUTE_32F: no TF32 for float32 inputs, so FP32 mode matches the CPU's precision).

@@ -460,16 +460,29 @@ bool aligned16(std::initializer_list<const Tensor*> ts) {
   return true;
 }
 
-// Whether this device grants `smem` bytes of dynamic shared memory per block.
-bool smem_fits(size_t smem, const char* op) {
-  int device = 0, optin = 0;
-  check(cudaGetDevice(&device), op);
-  check(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), op);
-  return smem > 0 && smem <= size_t(optin);
-}
+using cuda::smem_fits;
 
 // The rows of a head-major [bh, seq, dim] buffer (heads = 1: bh is the b of HeadRows).
 cuda::HeadRows head_major_rows(int64_t seq, int64_t dim) { return {dim, 0, seq * dim}; }
+
+// The operands the forward and the backward share, all head-major; the key wholly from k.
+template <typename Params>
+void set_head_major(Params& p, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
+                    const Tensor& lse, float scale, const AttnDims& d) {
+  p.q = q.bf16();
+  p.k = p.k2 = k.bf16();
+  p.v = v.bf16();
+  p.o = o.data();
+  p.lse = lse.f32();
+  p.q_rows = p.k_rows = p.k2_rows = head_major_rows(d.seq, d.dq);
+  p.v_rows = p.o_rows = head_major_rows(d.seq, d.dv);
+  p.bh = d.bh;
+  p.seq = d.seq;
+  p.qk_dim = p.k_split = d.dq;
+  p.v_dim = d.dv;
+  p.scale = scale;
+  p.o_f32 = o.dtype() == DType::F32;
+}
 
 // A float32 device copy of a BF16 (or float32) tensor, for the fallback.
 Tensor widened(const Tensor& t, const char* op) {
@@ -486,19 +499,7 @@ void attention_forward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, f
   if (cuda::attention_bf16_forward_supported(d.dq, d.dv) && aligned16({&q, &k, &v}) &&
       smem_fits(cuda::attention_bf16_forward_smem_bytes(d.dq, d.dv), op)) {
     cuda::AttentionForwardBf16 p;
-    p.q = q.bf16();
-    p.k = p.k2 = k.bf16();
-    p.v = v.bf16();
-    p.o = o.data();
-    p.lse = lse.f32();
-    p.q_rows = p.k_rows = p.k2_rows = head_major_rows(d.seq, d.dq);
-    p.v_rows = p.o_rows = head_major_rows(d.seq, d.dv);
-    p.bh = d.bh;
-    p.seq = d.seq;
-    p.qk_dim = p.k_split = d.dq;
-    p.v_dim = d.dv;
-    p.scale = scale;
-    p.o_f32 = o.dtype() == DType::F32;
+    set_head_major(p, q, k, v, o, lse, scale, d);
     check(cuda::attention_forward_bf16(p, stream()), op);
     return;
   }
@@ -521,25 +522,14 @@ void attention_backward_bf16(const Tensor& q, const Tensor& k, const Tensor& v, 
       smem_fits(cuda::attention_bf16_backward_smem_bytes(d.dq, d.dv), op)) {
     Scratch rows(size_t(d.bh * d.seq) * sizeof(float), op);
     cuda::AttentionBackwardBf16 p;
-    p.q = q.bf16();
-    p.k = p.k2 = k.bf16();
-    p.v = v.bf16();
-    p.o = o.data();
-    p.lse = lse.f32();
+    set_head_major(p, q, k, v, o, lse, scale, d);
     p.d_o = d_o.bf16();
     p.d_rows = rows.as<float>();
     p.d_q = d_q.f32();
     p.d_k = p.d_k2 = d_k.f32();
     p.d_v = d_v.f32();
-    p.q_rows = p.k_rows = p.k2_rows = p.d_q_rows = p.d_k_rows = p.d_k2_rows =
-        head_major_rows(d.seq, d.dq);
-    p.v_rows = p.o_rows = p.d_o_rows = p.d_v_rows = head_major_rows(d.seq, d.dv);
-    p.bh = d.bh;
-    p.seq = d.seq;
-    p.qk_dim = p.k_split = d.dq;
-    p.v_dim = d.dv;
-    p.scale = scale;
-    p.o_f32 = o.dtype() == DType::F32;
+    p.d_q_rows = p.d_k_rows = p.d_k2_rows = p.q_rows;
+    p.d_o_rows = p.d_v_rows = p.v_rows;
     check(cuda::attention_backward_bf16(p, stream()), op);
     return;
   }

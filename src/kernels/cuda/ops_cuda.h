@@ -60,6 +60,14 @@ void add_inplace(Tensor& y, const Tensor& x);
 void convert(const Tensor& src, Tensor& dst);
 // float32 -> BF16 for every pair, in one launch.
 void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs);
+bool mla_attention_token_major(const ops::MlaAttentionShape& s);
+void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
+                           const ops::MlaAttentionShape& s, float scale, Tensor& lse, Tensor& o);
+void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
+                            const Tensor& lse, const Tensor& d_o, const ops::MlaAttentionShape& s,
+                            float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe);
+void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* positions,
+                  const Tensor& cos, const Tensor& sin, Tensor& out);
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
 void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,

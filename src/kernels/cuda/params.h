@@ -58,6 +58,10 @@ struct Rope {
   bool inverse;  // the transposed rotation (the backward pass)
   int64_t max_pos;
   IndexError* error;  // a position out of range: recorded, its row left as it is
+  // Set: x is left as it is and the rotated rows, every column of each head (rotated or not),
+  // go to out [rows, heads, head_stride] rounded to BF16 (forward only; a row whose position is
+  // out of range is copied unrotated).
+  uint16_t* out_bf16 = nullptr;
 };
 
 // h = silu(gate) * up; gate_up rows hold gate in [0, width) and up in [width, 2 width).

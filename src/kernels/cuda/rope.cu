@@ -1,4 +1,5 @@
-// RoPE over interleaved pairs, in place, forward and inverse (the backward pass).
+// RoPE over interleaved pairs, in place, forward and inverse (the backward pass); the forward
+// also into a BF16 copy of the rows (Rope::out_bf16), for MLA's attention to read.
 //
 // Blocks take rows (a grid-stride loop past 65535), threads along y a row's heads and threads
 // along x a head's pairs: a warp touches consecutive pairs (two adjacent floats each: 8-byte
@@ -11,6 +12,12 @@
 
 namespace dsv3::cuda {
 namespace {
+
+// One pair's rotation, shared by both kernels so that the rounded copy holds exactly the values
+// the in-place rotation leaves.
+__device__ __forceinline__ float2 rotate_pair(float a, float b, float c, float s) {
+  return make_float2(a * c - b * s, a * s + b * c);
+}
 
 __global__ void rope_kernel(Rope p) {
   const int64_t half = p.rope_dim / 2;
@@ -29,9 +36,37 @@ __global__ void rope_kernel(Rope p) {
         const float c = cs[i];
         const float s = p.inverse ? -sn[i] : sn[i];
         float* v = head + 2 * i;
-        const float a = v[0], b = v[1];
-        v[0] = a * c - b * s;
-        v[1] = a * s + b * c;
+        const float2 r = rotate_pair(v[0], v[1], c, s);
+        v[0] = r.x;
+        v[1] = r.y;
+      }
+    }
+  }
+}
+
+// The forward rotation into a BF16 copy: threads along x walk a head's columns (a warp writes
+// consecutive ones), each rotated column reading its pair.
+__global__ void rope_to_bf16_kernel(Rope p) {
+  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
+    const int64_t pos = p.positions[r];
+    const bool valid = pos >= 0 && pos < p.max_pos;
+    if (!valid && threadIdx.x == 0 && threadIdx.y == 0)
+      report_index_error(p.error, kBadPosition, r, pos, p.max_pos);
+    const float* cs = p.cos + (valid ? pos : 0) * (p.rope_dim / 2);
+    const float* sn = p.sin + (valid ? pos : 0) * (p.rope_dim / 2);
+    for (int64_t h = threadIdx.y; h < p.heads; h += blockDim.y) {
+      const float* head = p.x + (r * p.heads + h) * p.head_stride;
+      uint16_t* out = p.out_bf16 + (r * p.heads + h) * p.head_stride;
+      for (int64_t col = threadIdx.x; col < p.head_stride; col += blockDim.x) {
+        const int64_t j = col - p.offset;
+        float v = head[col];
+        if (valid && j >= 0 && j < p.rope_dim) {
+          const int64_t i = j / 2;
+          const float* pair = head + p.offset + 2 * i;
+          const float2 rot = rotate_pair(pair[0], pair[1], cs[i], sn[i]);
+          v = j % 2 ? rot.y : rot.x;
+        }
+        out[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
       }
     }
   }
@@ -41,6 +76,16 @@ __global__ void rope_kernel(Rope p) {
 
 cudaError_t rope(const Rope& p, cudaStream_t stream) {
   const int64_t half = p.rope_dim / 2;
+  if (p.out_bf16) {
+    if (p.inverse) return cudaErrorInvalidValue;
+    if (p.rows * p.heads * p.head_stride == 0) return cudaSuccess;
+    // 256 threads: a head's columns along x (up to 256), heads along y.
+    const unsigned tx = unsigned(std::min<int64_t>(p.head_stride, 256));
+    const unsigned ty = unsigned(std::max<int64_t>(1, std::min<int64_t>(p.heads, 256 / tx)));
+    const unsigned blocks = unsigned(std::min<int64_t>(p.rows, 65535 * 8));
+    rope_to_bf16_kernel<<<blocks, dim3(tx, ty), 0, stream>>>(p);
+    return cudaGetLastError();
+  }
   if (p.rows * p.heads * half == 0) return cudaSuccess;
   // 256 threads: a head's pairs along x (up to 64), heads along y.
   const unsigned tx = unsigned(std::min<int64_t>(half, 64));
