@@ -1,16 +1,25 @@
 #pragma once
-// Helpers the GPU tests share for exact comparisons of device tensors: zeros on the device, the
-// conversion op's BF16 rounding, bit-for-bit differences, and index tensors.
+// Helpers the GPU tests share for exact comparisons of device tensors: random values, zeros on
+// the device, the conversion op's BF16 rounding, bit-for-bit differences, and index tensors.
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "core/tensor.h"
 #include "kernels/ops.h"
 
 namespace dsv3::test {
+
+// Standard normal float32 values on the host.
+inline Tensor random_host(const Shape& shape, std::mt19937_64& rng) {
+  Tensor t = Tensor::zeros(shape);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
 
 inline Tensor cuda_zeros(const Shape& shape, DType dtype = DType::F32) {
   return Tensor::zeros(shape, dtype, Device::CUDA);

@@ -20,10 +20,7 @@ namespace {
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device"
 
 Tensor random_cuda(const Shape& shape, std::mt19937_64& rng) {
-  Tensor t = Tensor::zeros(shape);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return t.to(Device::CUDA);
+  return test::random_host(shape, rng).to(Device::CUDA);
 }
 
 using test::cuda_zeros;

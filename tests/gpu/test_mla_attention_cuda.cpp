@@ -19,17 +19,10 @@ namespace {
 #define REQUIRE_GPU() \
   ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device"
 
-// Random float32 values on the host.
-Tensor random_host(const Shape& shape, std::mt19937_64& rng) {
-  Tensor t = Tensor::zeros(shape);
-  std::normal_distribution<float> dist(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
-  return t;
-}
-
 using test::cuda_zeros;
 using test::device_ints;
 using test::differing;
+using test::random_host;
 using test::rounded;
 
 // The raw bits of element i of a host tensor (2 or 4 bytes).
