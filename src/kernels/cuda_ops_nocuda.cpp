@@ -35,7 +35,8 @@ void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&
                       bool) {
   unavailable("rmsnorm_backward");
 }
-void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&, bool) {
+void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&, bool,
+          uint16_t*) {
   unavailable("rope");
 }
 void swiglu_forward(const Tensor&, Tensor&) { unavailable("swiglu_forward"); }

@@ -377,7 +377,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
 // ---- RoPE ----
 
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
-          const Tensor& sin, bool inverse) {
+          const Tensor& sin, bool inverse, uint16_t* out_bf16) {
   need_device(cos, "rope", "cos");
   need_device(sin, "rope", "sin");
   const int64_t half = s.rope_dim / 2, max_pos = cos.dim(0);
@@ -386,10 +386,10 @@ void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Ten
              "rope: slice (offset {}, rope_dim {}, head_stride {}) and table {} do not match",
              s.offset, s.rope_dim, s.head_stride, cos.shape().str());
   // Positions are range-checked on the device (index_errors.h): no copy back, no wait.
-  check(cuda::rope({x, positions, cos.f32(), sin.f32(), s.rows, s.heads, s.head_stride, s.offset,
-                    s.rope_dim, inverse, max_pos, cuda::index_error_record()},
-                   stream()),
-        "rope");
+  cuda::Rope p{x, positions, cos.f32(), sin.f32(), s.rows, s.heads, s.head_stride, s.offset,
+               s.rope_dim, inverse, max_pos, cuda::index_error_record()};
+  p.out_bf16 = out_bf16;
+  check(cuda::rope(p, stream()), "rope");
 }
 
 // ---- SwiGLU ----

@@ -5,7 +5,6 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/context.h"
-#include "kernels/cuda/index_errors.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/scratch.h"
@@ -151,15 +150,8 @@ void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* posit
              "([rows {}, heads {}, head_stride {}]), with the tables on cuda",
              op, x.shape().str(), dtype_name(x.dtype()), out.shape().str(),
              dtype_name(out.dtype()), numel, s.rows, s.heads, s.head_stride);
-  const int64_t half = s.rope_dim / 2, max_pos = cos.dim(0);
-  DSV3_CHECK(s.rope_dim % 2 == 0 && cos.ndim() == 2 && cos.dim(1) == half &&
-                 sin.shape() == cos.shape() && s.offset >= 0 && s.offset + s.rope_dim <= s.head_stride,
-             "{}: slice (offset {}, rope_dim {}, head_stride {}) and table {} do not match", op,
-             s.offset, s.rope_dim, s.head_stride, cos.shape().str());
-  cuda::Rope p{const_cast<float*>(x.f32()), positions, cos.f32(), sin.f32(), s.rows, s.heads,
-               s.head_stride, s.offset, s.rope_dim, false, max_pos, cuda::index_error_record()};
-  p.out_bf16 = out.bf16();
-  check(cuda::rope(p, stream()), op);
+  // rope() checks the slice against the tables and launches; x is only read (Rope::out_bf16).
+  rope(const_cast<float*>(x.f32()), s, positions, cos, sin, false, out.bf16());
 }
 
 }  // namespace dsv3::cuda_ops

@@ -154,8 +154,10 @@ __device__ __forceinline__ void load_tile_async(bf16* s, const RowSource& src, i
     const int r = idx / kChunks, c = (idx % kChunks) * 8;
     const int64_t row = row0 + r;
     const bool valid = row < rows && c < dim;
-    const bf16* g = c < src.split ? src.a + row * src.lda + c : src.b + row * src.ldb + (c - src.split);
-    cp_async16(s + r * kLd + c, valid ? g : src.a, valid);
+    const bf16* g = !valid        ? src.a  // any mapped address: nothing is read
+                    : c < src.split ? src.a + row * src.lda + c
+                                    : src.b + row * src.ldb + (c - src.split);
+    cp_async16(s + r * kLd + c, g, valid);
   }
 }
 

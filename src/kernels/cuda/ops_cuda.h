@@ -37,8 +37,10 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x);
+// With out_bf16 (forward only): x is left as it is and its rotated rows go to out_bf16 (BF16,
+// x's layout; params.h, Rope).
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
-          const Tensor& sin, bool inverse);
+          const Tensor& sin, bool inverse, uint16_t* out_bf16 = nullptr);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
