@@ -83,8 +83,8 @@ void mla_attention_backward(const Tensor&, const Tensor&, const Tensor&, const T
   unavailable("mla_attention_backward");
 }
 void rope_to_bf16(const Tensor&, const ops::RopeSlice&, const int32_t*, const Tensor&,
-                  const Tensor&, Tensor&) {
-  unavailable("rope_forward_bf16");
+                  const Tensor&, bool inverse, Tensor&) {
+  unavailable(inverse ? "rope_backward_bf16" : "rope_forward_bf16");
 }
 void tokens_to_heads(const float*, float*, const ops::HeadCopy&) { unavailable("tokens_to_heads"); }
 void heads_to_tokens(const float*, float*, const ops::HeadCopy&, bool) {

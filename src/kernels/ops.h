@@ -269,4 +269,9 @@ void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_p
 // bit for bit what rope_forward then a conversion would give. GPU only.
 void rope_forward_bf16(const Tensor& x, const RopeSlice& s, const int32_t* positions,
                        const Tensor& cos, const Tensor& sin, Tensor& out);
+// The same for the inverse rotation: bit for bit rope_backward then a conversion. MLA's query
+// gradient goes from the attention (float32) to q_b_proj's backward (BF16) this way, without a
+// float32 copy rotated in place and converted again inside the product. GPU only.
+void rope_backward_bf16(const Tensor& d_x, const RopeSlice& s, const int32_t* positions,
+                        const Tensor& cos, const Tensor& sin, Tensor& out);
 }  // namespace dsv3::ops

@@ -78,6 +78,7 @@ MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
   // itself when the attention reads it token-major), and those of kv_b, kv_a and q_a.
   if (token_major_attention(a, c, batch, seq)) {
     d_o = a.alloc_matmul_operand({n, h * dv});
+    d_q_proj = a.alloc_matmul_operand({n, h * dq});
   } else {
     d_o = a.alloc({n, h * dv});
     d_o_heads = a.alloc_matmul_operand({batch, h, seq, dv});
@@ -207,7 +208,14 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   } else {
     attention_backward_head_major(ctx, c, act, s);
   }
-  ops::rope_backward(s.d_q, {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
+  // The query gradient rotated back: token-major, straight into the BF16 operand of the query
+  // projection's backward (no float32 pass in place and conversion inside the product).
+  const ops::RopeSlice q_rope{n, h, dn + dr, dn, dr};
+  if (act.token_major)
+    ops::rope_backward_bf16(s.d_q, q_rope, ctx.positions, ctx.rope->cos, ctx.rope->sin, s.d_q_proj);
+  else
+    ops::rope_backward(s.d_q, q_rope, ctx.positions, ctx.rope->cos, ctx.rope->sin);
+  const Tensor& d_q_proj = act.token_major ? s.d_q_proj : s.d_q;
   ops::rope_backward(s.d_k_pe, {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   // Latent path.
   ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm,
@@ -220,13 +228,13 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
                        &w.kv_a_proj_with_mqa.grad);
   // Query path.
   if (c.q_lora_rank) {
-    ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), s.d_q, &s.d_q_a_norm,
+    ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), d_q_proj, &s.d_q_a_norm,
                          &w.q_b_proj.grad);
     ops::rmsnorm_backward(act.q_a, w.q_a_layernorm.value, act.q_a_rstd, s.d_q_a_norm, s.d_q_a,
                           w.q_a_layernorm.grad);
     ops::linear_backward(x, w.q_a_proj.for_matmul(), s.d_q_a, &d_x, &w.q_a_proj.grad, true);
   } else {
-    ops::linear_backward(x, w.q_proj.for_matmul(), s.d_q, &d_x, &w.q_proj.grad, true);
+    ops::linear_backward(x, w.q_proj.for_matmul(), d_q_proj, &d_x, &w.q_proj.grad, true);
   }
 }
 

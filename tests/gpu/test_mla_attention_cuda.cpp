@@ -1,4 +1,4 @@
-// MLA's attention on the token-major projections (ops::mla_attention_*, ops::rope_forward_bf16)
+// MLA's attention on the token-major projections (ops::mla_attention_*, ops::rope_*_bf16)
 // against the head-major path it replaces in mixed precision (model/mla.cpp): the rows moved
 // into head-major BF16 buffers, ops::attention_*_lse, and the gradients moved back. Both run
 // the same kernels on the same values, so every output must be equal bit for bit; an operand
@@ -37,24 +37,33 @@ TEST(CudaMlaAttention, RopeIntoBf16IsTheInPlaceRotationRounded) {
   REQUIRE_GPU();
   std::mt19937_64 rng(11);
   // [rows, heads, head_stride] with the rope part in the middle of each head, and MLA's
-  // shared rope key (one head, rope over all of it).
-  for (const ops::RopeSlice s : {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
-    const int64_t max_pos = 50;
-    const Tensor x_host = random_host({s.rows, s.heads * s.head_stride}, rng);
-    const Tensor cos = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-    const Tensor sin = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-    std::vector<int32_t> pos(size_t(s.rows));
-    for (auto& p : pos) p = int32_t(rng() % max_pos);
-    const Tensor positions = device_ints(pos);
+  // shared rope key (one head, rope over all of it); the forward rotation and its inverse
+  // (the query gradient's way back to q_b_proj).
+  for (const bool inverse : {false, true})
+    for (const ops::RopeSlice s :
+         {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
+      const int64_t max_pos = 50;
+      const Tensor x_host = random_host({s.rows, s.heads * s.head_stride}, rng);
+      const Tensor cos = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
+      const Tensor sin = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
+      std::vector<int32_t> pos(size_t(s.rows));
+      for (auto& p : pos) p = int32_t(rng() % max_pos);
+      const Tensor positions = device_ints(pos);
 
-    Tensor in_place = x_host.to(Device::CUDA);
-    ops::rope_forward(in_place, s, positions.i32(), cos, sin);
-    const Tensor x = x_host.to(Device::CUDA);
-    Tensor out = cuda_zeros(x.shape(), DType::BF16);
-    ops::rope_forward_bf16(x, s, positions.i32(), cos, sin, out);
-    EXPECT_EQ(differing(out, rounded(in_place)), 0) << "head_stride " << s.head_stride;
-    EXPECT_EQ(differing(x, x_host.to(Device::CUDA)), 0) << "x must be left as it was";
-  }
+      Tensor in_place = x_host.to(Device::CUDA);
+      const Tensor x = x_host.to(Device::CUDA);
+      Tensor out = cuda_zeros(x.shape(), DType::BF16);
+      if (inverse) {
+        ops::rope_backward(in_place, s, positions.i32(), cos, sin);
+        ops::rope_backward_bf16(x, s, positions.i32(), cos, sin, out);
+      } else {
+        ops::rope_forward(in_place, s, positions.i32(), cos, sin);
+        ops::rope_forward_bf16(x, s, positions.i32(), cos, sin, out);
+      }
+      EXPECT_EQ(differing(out, rounded(in_place)), 0)
+          << (inverse ? "inverse" : "forward") << ", head_stride " << s.head_stride;
+      EXPECT_EQ(differing(x, x_host.to(Device::CUDA)), 0) << "x must be left as it was";
+    }
 }
 
 TEST(CudaMlaAttention, RopeIntoBf16RejectsTheWrongDtypes) {
@@ -62,11 +71,17 @@ TEST(CudaMlaAttention, RopeIntoBf16RejectsTheWrongDtypes) {
   const Tensor x = cuda_zeros({2, 8}), cos = cuda_zeros({4, 4}), sin = cuda_zeros({4, 4});
   const Tensor positions = device_ints({0, 1});
   Tensor out_f32 = cuda_zeros({2, 8});
-  try {
-    ops::rope_forward_bf16(x, {2, 1, 8, 0, 8}, positions.i32(), cos, sin, out_f32);
-    FAIL() << "a float32 destination must be refused";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("rope_forward_bf16"), std::string::npos) << e.what();
+  for (const bool inverse : {false, true}) {
+    const char* op = inverse ? "rope_backward_bf16" : "rope_forward_bf16";
+    try {
+      if (inverse)
+        ops::rope_backward_bf16(x, {2, 1, 8, 0, 8}, positions.i32(), cos, sin, out_f32);
+      else
+        ops::rope_forward_bf16(x, {2, 1, 8, 0, 8}, positions.i32(), cos, sin, out_f32);
+      FAIL() << op << ": a float32 destination must be refused";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(op), std::string::npos) << e.what();
+    }
   }
 }
 

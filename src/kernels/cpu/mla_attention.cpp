@@ -34,7 +34,13 @@ void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_p
 void rope_forward_bf16(const Tensor& x, const RopeSlice& s, const int32_t* positions,
                        const Tensor& cos, const Tensor& sin, Tensor& out) {
   need_gpu("rope_forward_bf16", x);
-  cuda_ops::rope_to_bf16(x, s, positions, cos, sin, out);
+  cuda_ops::rope_to_bf16(x, s, positions, cos, sin, false, out);
+}
+
+void rope_backward_bf16(const Tensor& d_x, const RopeSlice& s, const int32_t* positions,
+                        const Tensor& cos, const Tensor& sin, Tensor& out) {
+  need_gpu("rope_backward_bf16", d_x);
+  cuda_ops::rope_to_bf16(d_x, s, positions, cos, sin, true, out);
 }
 
 }  // namespace dsv3::ops

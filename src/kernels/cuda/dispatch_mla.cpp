@@ -139,8 +139,8 @@ void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_p
 }
 
 void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* positions,
-                  const Tensor& cos, const Tensor& sin, Tensor& out) {
-  const char* op = "rope_forward_bf16";
+                  const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out) {
+  const char* op = inverse ? "rope_backward_bf16" : "rope_forward_bf16";
   const int64_t numel = s.rows * s.heads * s.head_stride;
   DSV3_CHECK(x.device() == Device::CUDA && x.dtype() == DType::F32 && x.numel() == numel &&
                  out.device() == Device::CUDA && out.dtype() == DType::BF16 &&
@@ -151,7 +151,7 @@ void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* posit
              op, x.shape().str(), dtype_name(x.dtype()), out.shape().str(),
              dtype_name(out.dtype()), numel, s.rows, s.heads, s.head_stride);
   // rope() checks the slice against the tables and launches; x is only read (Rope::out_bf16).
-  rope(const_cast<float*>(x.f32()), s, positions, cos, sin, false, out.bf16());
+  rope(const_cast<float*>(x.f32()), s, positions, cos, sin, inverse, out.bf16());
 }
 
 }  // namespace dsv3::cuda_ops

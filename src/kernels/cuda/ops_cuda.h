@@ -37,8 +37,8 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x);
-// With out_bf16 (forward only): x is left as it is and its rotated rows go to out_bf16 (BF16,
-// x's layout; params.h, Rope).
+// With out_bf16: x is left as it is and its rotated rows go to out_bf16 (BF16, x's layout;
+// params.h, Rope).
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
           const Tensor& sin, bool inverse, uint16_t* out_bf16 = nullptr);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
@@ -69,7 +69,7 @@ void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_p
                             const Tensor& lse, const Tensor& d_o, const ops::MlaAttentionShape& s,
                             float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe);
 void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* positions,
-                  const Tensor& cos, const Tensor& sin, Tensor& out);
+                  const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out);
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
 void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,

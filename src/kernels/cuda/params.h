@@ -59,8 +59,8 @@ struct Rope {
   int64_t max_pos;
   IndexError* error;  // a position out of range: recorded, its row left as it is
   // Set: x is left as it is and the rotated rows, every column of each head (rotated or not),
-  // go to out [rows, heads, head_stride] rounded to BF16 (forward only; a row whose position is
-  // out of range is copied unrotated).
+  // go to out [rows, heads, head_stride] rounded to BF16 (either direction; a row whose position
+  // is out of range is copied unrotated).
   uint16_t* out_bf16 = nullptr;
 };
 

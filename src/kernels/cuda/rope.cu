@@ -1,5 +1,6 @@
-// RoPE over interleaved pairs, in place, forward and inverse (the backward pass); the forward
-// also into a BF16 copy of the rows (Rope::out_bf16), for MLA's attention to read.
+// RoPE over interleaved pairs, in place, forward and inverse (the backward pass); either one
+// also into a BF16 copy of the rows (Rope::out_bf16): the forward for MLA's attention to read,
+// the inverse for q_b_proj's backward (a matrix product's BF16 operand).
 //
 // Blocks take rows (a grid-stride loop past 65535), threads along y a row's heads and threads
 // along x a head's pairs: a warp touches consecutive pairs (two adjacent floats each: 8-byte
@@ -14,9 +15,10 @@ namespace dsv3::cuda {
 namespace {
 
 // One pair's rotation, shared by both kernels so that the rounded copy holds exactly the values
-// the in-place rotation leaves.
+// the in-place rotation leaves. The fused multiply-adds are spelled out: left to the compiler,
+// a * c - b * s may be contracted one way in one kernel and the other way in the other.
 __device__ __forceinline__ float2 rotate_pair(float a, float b, float c, float s) {
-  return make_float2(a * c - b * s, a * s + b * c);
+  return make_float2(fmaf(a, c, -(b * s)), fmaf(a, s, b * c));
 }
 
 __global__ void rope_kernel(Rope p) {
@@ -44,8 +46,8 @@ __global__ void rope_kernel(Rope p) {
   }
 }
 
-// The forward rotation into a BF16 copy: threads along x walk a head's columns (a warp writes
-// consecutive ones), each rotated column reading its pair.
+// The rotation (or its inverse) into a BF16 copy: threads along x walk a head's columns (a warp
+// writes consecutive ones), each rotated column reading its pair.
 __global__ void rope_to_bf16_kernel(Rope p) {
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const int64_t pos = p.positions[r];
@@ -63,7 +65,7 @@ __global__ void rope_to_bf16_kernel(Rope p) {
         if (valid && j >= 0 && j < p.rope_dim) {
           const int64_t i = j / 2;
           const float* pair = head + p.offset + 2 * i;
-          const float2 rot = rotate_pair(pair[0], pair[1], cs[i], sn[i]);
+          const float2 rot = rotate_pair(pair[0], pair[1], cs[i], p.inverse ? -sn[i] : sn[i]);
           v = j % 2 ? rot.y : rot.x;
         }
         out[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
@@ -77,7 +79,6 @@ __global__ void rope_to_bf16_kernel(Rope p) {
 cudaError_t rope(const Rope& p, cudaStream_t stream) {
   const int64_t half = p.rope_dim / 2;
   if (p.out_bf16) {
-    if (p.inverse) return cudaErrorInvalidValue;
     if (p.rows * p.heads * p.head_stride == 0) return cudaSuccess;
     // 256 threads: a head's columns along x (up to 256), heads along y.
     const unsigned tx = unsigned(std::min<int64_t>(p.head_stride, 256));
