@@ -61,7 +61,7 @@ for stage in "${stages[@]}"; do
         run_stage "parity_$(basename "$f")" "$DSV3" parity --device cuda --optimizer "$f"
         run_stage "parity_bf16_$(basename "$f")" "$DSV3" parity --device cuda --precision bf16 \
           --optimizer "$f"
-        for mode in cublas kernel streams; do
+        for mode in cublas kernel padded-kernel streams; do
           run_stage "parity_bf16_grouped_${mode}_$(basename "$f")" env DSV3_GROUPED_GEMM=$mode \
             "$DSV3" parity --device cuda --precision bf16 --optimizer "$f"
         done
@@ -82,9 +82,10 @@ for stage in "${stages[@]}"; do
           --warmup 2
       done
       # The routed experts through cuBLAS's grouped call (a loop of calls where it refuses the
-      # types), dsv3's grouped BF16 kernel, and cuBLAS calls on side streams, instead of the
-      # default batched products over padded chunks (docs/cuda.md), to choose the default.
-      for mode in cublas kernel streams; do
+      # types), dsv3's grouped BF16 kernel (every product, or the weight gradients only), and
+      # cuBLAS calls on side streams, instead of the default batched products over padded
+      # chunks (docs/cuda.md), to choose the default.
+      for mode in cublas kernel padded-kernel streams; do
         run_stage "train_step_dsv3_bf16_grouped_$mode" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
@@ -93,7 +94,7 @@ for stage in "${stages[@]}"; do
       run_stage train_step_dsv3_bf16_head_major env DSV3_MLA_TOKEN_MAJOR=0 "$DSV3" bench \
         train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
         --seq "${BENCH_SEQ:-1024}" --steps 5 --warmup 2
-      for mode in cublas ""; do
+      for mode in cublas padded-kernel ""; do
         run_stage "train_step_profile_${mode:-padded}" env DSV3_GROUPED_GEMM=$mode "$DSV3" bench \
           train-step --device cuda --precision bf16 --config "$cfg" --batch "${BENCH_BATCH:-4}" \
           --seq "${BENCH_SEQ:-1024}" --steps 3 --warmup 2 --profile

@@ -24,8 +24,9 @@ for fixture in tiny-v3 tiny-v2lite; do
       || fail "parity --device cuda --precision $precision on $fixture reported failures"
   done
   # The routed experts the other ways (the default is batched products over chunks): cuBLAS's
-  # grouped call, dsv3's grouped BF16 kernel, and cuBLAS calls on side streams.
-  for mode in cublas kernel streams; do
+  # grouped call, dsv3's grouped BF16 kernel (for every product, or for the weight gradients
+  # only), and cuBLAS calls on side streams.
+  for mode in cublas kernel padded-kernel streams; do
     DSV3_GROUPED_GEMM=$mode "$EMU" parity --device cuda --precision bf16 --optimizer \
       "tests/data/reference/$fixture" >"$WORK/parity.txt" \
       || { tail -20 "$WORK/parity.txt"; fail "parity with DSV3_GROUPED_GEMM=$mode on $fixture"; }

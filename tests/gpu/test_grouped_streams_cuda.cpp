@@ -9,6 +9,7 @@
 //   grouped_padded.h: whole chunks in place, the tails padded): other cuBLAS kernels, so equal within float32 summation differences on a
 //   GPU (and bit for bit in the emulation, whose products sum in one order); the weight
 //   gradients of empty groups untouched, bit for bit.
+// - padded-kernel: the padded products with the weight gradients through dsv3's grouped kernel.
 // Part of dsv3_gpu_tests and of the emulated tests.
 #include <gtest/gtest.h>
 
@@ -147,6 +148,32 @@ TEST(CudaGroupedPadded, EqualsTheLoopAndLeavesEmptyGroupsAlone) {
     bool finite = false;
     EXPECT_LE(relative_difference(by_default.host[i], loop.host[i], finite), 1e-4) << i;
   }
+}
+
+// padded-kernel: the forward and the input gradient are the default's batched products and the
+// weight gradients dsv3's grouped kernel, each bit for bit what that way alone gives (both are
+// deterministic: no product depends on which other products share its launch).
+TEST(CudaGroupedPadded, PaddedKernelTakesEachProductFromItsWay) {
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
+  const Results padded = run("padded", DType::BF16), kernel = run("kernel", DType::BF16);
+  const Results mixed = run("padded-kernel", DType::BF16), before = run_inputs_only();
+  ASSERT_EQ(mixed.host.size(), padded.host.size());
+  for (size_t i = 0; i < mixed.host.size(); ++i) {
+    const bool weight_gradient = i >= 2;
+    const Results& want = weight_gradient ? kernel : padded;
+    const std::string what = i == 0 ? "y" : i == 1 ? "d_x" : "d_w of group " + std::to_string(i - 2);
+    EXPECT_EQ(std::memcmp(mixed.host[i].data(), want.host[i].data(), mixed.host[i].nbytes()), 0)
+        << what << " differs from " << (weight_gradient ? "kernel" : "padded");
+    if (weight_gradient && (i - 2) % 7 == 3)  // an empty group: d_w as it was
+      EXPECT_EQ(std::memcmp(mixed.host[i].data(), before.host[i].data(), mixed.host[i].nbytes()), 0)
+          << what;
+  }
+  // The ways differ somewhere, or the comparisons above could not tell them apart.
+  bool any_differs = false;
+  for (size_t i = 2; i < mixed.host.size(); ++i)
+    any_differs = any_differs || std::memcmp(kernel.host[i].data(), padded.host[i].data(),
+                                             kernel.host[i].nbytes()) != 0;
+  EXPECT_TRUE(any_differs) << "the kernel's weight gradients equal the cuBLAS loop's bit for bit";
 }
 
 TEST(CudaGroupedPadded, ABadChunkHeightIsAClearError) {

@@ -250,10 +250,13 @@ int combo(cudaDataType_t ab, cudaDataType_t c) {
 // chunks of one height (grouped_padded.cpp), the weight gradients as below; cublas, cuBLAS's
 // grouped call (a loop of cublasGemmEx where it refuses the types); 0, that loop; streams, the
 // loop spread over side streams (run_on_side_streams); kernel, dsv3's grouped BF16 kernel for
-// the products it takes (grouped_gemm.cu), cuBLAS for the rest. Anything else is an error, not
+// the products it takes (grouped_gemm.cu), cuBLAS for the rest; padded-kernel, the default's
+// batched products for the forward and input gradients and that kernel for the weight gradients
+// (the products the batched chunks cannot take: each sums over all of its group's rows, and a
+// group's product alone covers fewer tiles than the GPU has SMs). Anything else is an error, not
 // a silent default. Read at each call (a getenv beside a GEMM costs nothing), so a test can
 // compare the ways in one process.
-enum class GroupedMode { Default, Padded, Cublas, Loop, Streams, Kernel };
+enum class GroupedMode { Default, Padded, Cublas, Loop, Streams, Kernel, PaddedKernel };
 GroupedMode grouped_mode() {
   const char* v = std::getenv("DSV3_GROUPED_GEMM");
   if (!v || !*v) return GroupedMode::Default;
@@ -263,10 +266,11 @@ GroupedMode grouped_mode() {
   if (s == "0") return GroupedMode::Loop;
   if (s == "streams") return GroupedMode::Streams;
   if (s == "kernel") return GroupedMode::Kernel;
+  if (s == "padded-kernel") return GroupedMode::PaddedKernel;
   fail("DSV3_GROUPED_GEMM={}: expected padded (the default: batched products over the groups "
        "cut into chunks of one height), cublas (cuBLAS's grouped call), 0 (a loop of cuBLAS "
-       "calls), streams (that loop over {} streams side by side) or kernel (dsv3's grouped BF16 "
-       "kernel)",
+       "calls), streams (that loop over {} streams side by side), kernel (dsv3's grouped BF16 "
+       "kernel) or padded-kernel (the default, with the weight gradients through that kernel)",
        s, kSideStreams);
 }
 
@@ -347,7 +351,8 @@ const void* const* send_pointer_table(const BlasGroupedGemm& g, const std::vecto
 
 bool pad_groups_for_gemm() {
   const GroupedMode mode = grouped_mode();
-  return mode == GroupedMode::Default || mode == GroupedMode::Padded;
+  return mode == GroupedMode::Default || mode == GroupedMode::Padded ||
+         mode == GroupedMode::PaddedKernel;
 }
 
 int64_t grouped_chunk_rows() {
@@ -400,7 +405,10 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
   if (live.empty()) return;
   const Cublas& lib = cublas_lib();
   std::atomic<int>& state = grouped_state[combo(g.ab_type, g.c_type)];
-  if (mode == GroupedMode::Kernel && blas_grouped_gemm_kernel(g, what)) return;
+  // (After the padded products, only the weight gradients, and what those decline, come here.)
+  if ((mode == GroupedMode::Kernel || mode == GroupedMode::PaddedKernel) &&
+      blas_grouped_gemm_kernel(g, what))
+    return;
   // Products the kernel declines (float32 ones, say) take cuBLAS's grouped call in kernel mode too.
   if (lib.gemm_grouped_batched_ex && state.load() != 2 && mode != GroupedMode::Loop &&
       live.size() > 1) {
