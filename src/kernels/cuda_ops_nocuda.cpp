@@ -28,7 +28,7 @@ void grouped_linear_backward(const Tensor&, const std::vector<const Tensor*>&, c
                              const int64_t*, Tensor*, const std::vector<Tensor*>&) {
   unavailable("grouped_linear_backward");
 }
-void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&) {
+void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&, Tensor*) {
   unavailable("rmsnorm_forward");
 }
 void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,

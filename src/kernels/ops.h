@@ -46,6 +46,11 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 // ---- RMSNorm (kernels/cpu/rmsnorm.cpp): y = x * rsqrt(mean(x^2) + eps) * w ----
 // rstd[rows] is saved for the backward pass.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+// The same with y float32 and its values also written to y_bf16 rounded to BF16, in the same
+// pass (one launch on a GPU): a copy for the matrix products that read y beside float32
+// readers, bit for bit what a conversion of y would give.
+void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                                    Tensor& rstd, Tensor& y_bf16);
 // d_x (= or +=), d_w +=
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);

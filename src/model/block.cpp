@@ -15,7 +15,9 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
   rstd_attn = a.alloc({n});
   attn_out = a.alloc({n, d});
   x_mid = a.alloc({n, d});
-  h_ffn = a.alloc({n, d});
+  // A dense FFN is the norm's only reader: its products' dtype. The MoE's router reads it in
+  // float32, and the norm writes the products' BF16 copy beside it (MoeActivations::x_mm).
+  h_ffn = is_moe ? a.alloc({n, d}) : a.alloc_matmul_operand({n, d});
   rstd_ffn = a.alloc({n});
   ffn_out = a.alloc({n, d});
   if (is_moe) {
@@ -41,7 +43,12 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   mla_forward(ctx, w.attn, act.h_attn, act.mla, act.attn_out);
   act.x_mid.copy_from(x);
   ops::add_inplace(act.x_mid, act.attn_out);
-  ops::rmsnorm_forward(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn, act.rstd_ffn);
+  if (act.moe && act.moe->x_mm.defined())
+    ops::rmsnorm_forward_with_bf16_copy(act.x_mid, w.post_attention_layernorm.value, eps,
+                                        act.h_ffn, act.rstd_ffn, act.moe->x_mm);
+  else
+    ops::rmsnorm_forward(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn,
+                         act.rstd_ffn);
   if (w.moe) {
     moe_forward(ctx, w.experts, act.h_ffn, *act.moe, act.ffn_out);
   } else {

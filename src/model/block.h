@@ -13,7 +13,8 @@ struct BlockActivations {
   Tensor h_attn, rstd_attn;  // [N, hidden] (matmul operand dtype), [N]: the attention input norm
   Tensor attn_out;           // [N, hidden]
   Tensor x_mid;              // [N, hidden]  x + attention
-  Tensor h_ffn, rstd_ffn;    // [N, hidden], [N]: RMSNorm(x_mid) feeding the FFN
+  Tensor h_ffn, rstd_ffn;    // [N, hidden], [N]: RMSNorm(x_mid) feeding the FFN (matmul operand
+                             // dtype in dense layers; MoE layers: float32, and moe->x_mm)
   Tensor ffn_out;            // [N, hidden]
   MlaActivations mla;
   std::unique_ptr<FfnActivations> dense;  // dense layers

@@ -17,6 +17,7 @@ int64_t shared_width(const ModelConfig& c) {
 MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
+  if (a.matmul_operand_dtype() == DType::BF16) x_mm = a.alloc_matmul_operand({n, d});
   auto [off_host, off] = a.alloc_mirrored({c.n_routed_experts + 1}, DType::I64);
   expert_offsets = off_host, device_offsets = off;
   permuted_token = a.alloc({nk}, DType::I32);
@@ -41,6 +42,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
                  Tensor& out) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts;
+  const Tensor& x_mm = act.x_mm.defined() ? act.x_mm : x;  // what the products read
   std::optional<profile::Phase> phase;
   phase.emplace("moe fwd: routing + permutation", x.device());
   router_forward(ctx, w, x, act.router);
@@ -55,7 +57,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   act.device_offsets.copy_from(act.expert_offsets);  // no-op on the CPU
   ops::moe_permute(act.router.indices, act.device_offsets, act.permuted_token, act.permuted_row);
   phase.emplace("moe fwd: routed experts", x.device());
-  ops::moe_gather_rows(x, act.permuted_token.i32(), act.x_perm);
+  ops::moe_gather_rows(x_mm, act.permuted_token.i32(), act.x_perm);
 
   // The routed experts, each over its contiguous rows: one grouped GEMM per projection for all
   // experts, and one SwiGLU over all N*K rows (row r's activation depends on row r only). On
@@ -77,7 +79,7 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   // Shared experts, then the weighted routed outputs.
   phase.emplace("moe fwd: shared + combine", x.device());
   if (c.n_shared_experts > 0) {
-    ffn_forward(w.shared, x, act.shared, out);
+    ffn_forward(w.shared, x_mm, act.shared, out);
   } else {
     out.zero_();
   }
@@ -118,7 +120,8 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   // Shared experts write d_x first; routed inputs and the router add to it.
   phase.emplace("moe bwd: shared", x.device());
   if (c.n_shared_experts > 0) {
-    ffn_backward(w.shared, x, act.shared, d_out, s.d_shared, d_x, false);
+    ffn_backward(w.shared, act.x_mm.defined() ? act.x_mm : x, act.shared, d_out, s.d_shared, d_x,
+                 false);
   } else {
     d_x.zero_();
   }

@@ -54,12 +54,16 @@ TEST(CudaBf16Storage, GatherAndCombineBackwardWriteTheRoundedFloat32Result) {
   std::vector<int32_t> src_row(perm.size());
   for (size_t i = 0; i < perm.size(); ++i) src_row[size_t(perm[i])] = int32_t(i / size_t(k));
   const Tensor row_of = test::device_ints(perm), src = test::device_ints(src_row);
-  for (int64_t dim : {12, 7}) {  // the four-wide path, and the one-value path
+  for (int64_t dim : {16, 12, 7}) {  // the eight-wide (BF16 rows), four-wide and one-value paths
     const Tensor x = random_cuda({n, dim}, rng);
     Tensor out = cuda_zeros({n * k, dim}), out_bf16 = cuda_zeros({n * k, dim}, DType::BF16);
     ops::moe_gather_rows(x, src.i32(), out);
     ops::moe_gather_rows(x, src.i32(), out_bf16);
     EXPECT_EQ(differing(out_bf16, rounded(out)), 0) << "gather, dim " << dim;
+    // From a BF16 copy of x (the norm's, in MoE layers) the rows move as they are.
+    Tensor from_copy = cuda_zeros({n * k, dim}, DType::BF16);
+    ops::moe_gather_rows(rounded(x), src.i32(), from_copy);
+    EXPECT_EQ(differing(from_copy, rounded(out)), 0) << "gather from BF16, dim " << dim;
 
     const Tensor d_out = random_cuda({n, dim}, rng), y_perm = random_cuda({n * k, dim}, rng);
     const Tensor weights = random_cuda({n, k}, rng);
@@ -85,6 +89,15 @@ TEST(CudaBf16Storage, RmsNormWritesTheRoundedFloat32Result) {
     ops::rmsnorm_forward(x, w, 1e-6f, y_bf16, rstd2);
     EXPECT_EQ(differing(y_bf16, rounded(y)), 0) << "forward, dim " << dim;
     EXPECT_EQ(differing(rstd2, rstd), 0);
+    // Both at once: the float32 y and its BF16 copy.
+    Tensor y_both = cuda_zeros({rows, dim}), copy = cuda_zeros({rows, dim}, DType::BF16);
+    Tensor rstd3 = cuda_zeros({rows});
+    ops::rmsnorm_forward_with_bf16_copy(x, w, 1e-6f, y_both, rstd3, copy);
+    EXPECT_EQ(differing(y_both, y), 0) << "forward with a copy, dim " << dim;
+    EXPECT_EQ(differing(copy, rounded(y)), 0) << "the copy, dim " << dim;
+    EXPECT_EQ(differing(rstd3, rstd), 0);
+    EXPECT_THROW(ops::rmsnorm_forward_with_bf16_copy(x, w, 1e-6f, y_bf16, rstd3, copy), Error)
+        << "the copy goes beside a float32 y";
     Tensor d_x = cuda_zeros({rows, dim}), d_x_bf16 = cuda_zeros({rows, dim}, DType::BF16);
     Tensor d_w = cuda_zeros({dim}), d_w2 = cuda_zeros({dim});
     ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w);
@@ -207,6 +220,10 @@ TEST(CudaBf16Storage, OtherOutputDtypesAreErrors) {
   const std::vector<int64_t> offsets = {0, 4};
   Tensor y = cuda_zeros({4, 8});
   EXPECT_THROW(ops::grouped_linear_forward(x_bf16, {&w}, offsets.data(), y), Error);
+  // BF16 rows do not gather into float32 ones (that would widen what was rounded).
+  const Tensor src = test::device_ints({1, 0, 3});
+  Tensor gathered = cuda_zeros({3, 8});
+  EXPECT_THROW(ops::moe_gather_rows(x_bf16, src.i32(), gathered), Error);
 }
 
 }  // namespace

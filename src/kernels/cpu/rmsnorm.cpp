@@ -11,9 +11,16 @@
 
 namespace dsv3::ops {
 
+void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                                    Tensor& rstd, Tensor& y_bf16) {
+  if (x.device() == Device::CUDA) return cuda_ops::rmsnorm_forward(x, w, eps, y, rstd, &y_bf16);
+  rmsnorm_forward(x, w, eps, y, rstd);  // on the CPU: the norm, then the copy
+  convert(y, y_bf16);
+}
+
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
   if (x.dtype() == DType::F64) return ref::rmsnorm_forward(x, w, eps, y, rstd);
-  if (x.device() == Device::CUDA) return cuda_ops::rmsnorm_forward(x, w, eps, y, rstd);
+  if (x.device() == Device::CUDA) return cuda_ops::rmsnorm_forward(x, w, eps, y, rstd, nullptr);
   const int64_t dim = w.numel(), rows = x.numel() / dim;
   const float* xp = x.f32();
   const float* wp = w.f32();

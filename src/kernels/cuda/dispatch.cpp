@@ -343,7 +343,8 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
 
 // ---- RMSNorm ----
 
-void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd) {
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
+                     Tensor* y_bf16) {
   need_devices("rmsnorm_forward", {&x, &w, &y, &rstd});
   const int64_t dim = w.numel(), rows = dim ? x.numel() / dim : 0;
   DSV3_CHECK(dim > 0 && x.numel() == rows * dim && y.numel() == x.numel() && rstd.numel() == rows,
@@ -352,6 +353,13 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   const F32OrBf16 out = f32_or_bf16(y, "rmsnorm_forward", "y");
   cuda::RmsNormForward p{x.f32(), w.f32(), out.f32, rstd.f32(), rows, dim, eps};
   p.y_bf16 = out.bf16;
+  if (y_bf16) {  // the BF16 copy beside a float32 y
+    need_device(*y_bf16, "rmsnorm_forward", "y_bf16");
+    DSV3_CHECK(out.f32 && y_bf16->dtype() == DType::BF16 && y_bf16->numel() == y.numel(),
+               "rmsnorm_forward: the copy {} {} is not a BF16 [{}, {}] beside a float32 y",
+               y_bf16->shape().str(), dtype_name(y_bf16->dtype()), rows, dim);
+    p.y_bf16 = y_bf16->bf16();
+  }
   check(cuda::rmsnorm_forward(p, stream()), "rmsnorm_forward");
 }
 
@@ -866,8 +874,14 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
              x.shape().str(), out.shape().str());
   need_device_indices(src_row, m, "moe_gather_rows");
   const F32OrBf16 o = f32_or_bf16(out, "moe_gather_rows", "out");
-  cuda::MoeGather p{x.f32(), src_row, o.f32, m, d};
+  // A BF16 x (a copy the norm wrote beside its float32 output) moves into a BF16 out as it is.
+  DSV3_CHECK(x.dtype() == DType::F32 || (x.dtype() == DType::BF16 && o.bf16),
+             "moe_gather_rows: x is {} and out {}: expected float32 x, or BF16 x and out",
+             dtype_name(x.dtype()), dtype_name(out.dtype()));
+  const bool x_bf16 = x.dtype() == DType::BF16;
+  cuda::MoeGather p{x_bf16 ? nullptr : x.f32(), src_row, o.f32, m, d};
   p.out_bf16 = o.bf16;
+  p.x_bf16 = x_bf16 ? x.bf16() : nullptr;
   check(cuda::moe_gather_rows(p, stream()), "moe_gather_rows");
 }
 

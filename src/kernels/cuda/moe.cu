@@ -23,14 +23,24 @@ int row_threads(int64_t cols) {
 
 unsigned row_blocks(int64_t rows) { return unsigned(rows < kMaxRowBlocks ? rows : kMaxRowBlocks); }
 
-template <typename V>  // float or float4; dim is a multiple of the vector width
-__global__ void gather_kernel(MoeGather p) {
-  const int64_t cols = p.dim / int64_t(sizeof(V) / sizeof(float));
-  for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
-    const V* src = reinterpret_cast<const V*>(p.x + int64_t(p.src_row[r]) * p.dim);
-    V* dst = reinterpret_cast<V*>(p.out + r * p.dim);
-    for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) dst[c] = src[c];
+// Rows moved as they are, `units` values of V per row: float or float4 (float32 rows), uint16_t
+// or uint4 (BF16 rows, 8 values a uint4).
+template <typename V>
+__global__ void gather_kernel(const V* x, V* out, const int32_t* src_row, int64_t rows,
+                              int64_t units) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const V* src = x + int64_t(src_row[r]) * units;
+    V* dst = out + r * units;
+    for (int64_t c = threadIdx.x; c < units; c += blockDim.x) dst[c] = src[c];
   }
+}
+
+template <typename V>
+cudaError_t launch_gather(const void* x, void* out, const MoeGather& p, int64_t units,
+                          cudaStream_t stream) {
+  gather_kernel<V><<<row_blocks(p.rows), row_threads(units), 0, stream>>>(
+      static_cast<const V*>(x), static_cast<V*>(out), p.src_row, p.rows, units);
+  return cudaGetLastError();
 }
 
 // The gather into BF16 (mixed precision: the rows only feed BF16 GEMMs): a float4 read and four
@@ -208,6 +218,12 @@ __global__ void scatter_add_kernel(MoeScatterAdd p) {
 
 cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  if (p.x_bf16) {  // a BF16 copy of x: the rows as they are, no rounding
+    if (!p.out_bf16) return cudaErrorInvalidValue;
+    if (p.dim % 8 == 0 && aligned_to(p.x_bf16, 16) && aligned_to(p.out_bf16, 16))
+      return launch_gather<uint4>(p.x_bf16, p.out_bf16, p, p.dim / 8, stream);
+    return launch_gather<uint16_t>(p.x_bf16, p.out_bf16, p, p.dim, stream);
+  }
   if (p.out_bf16) {
     // Rows of 4k values start 16-byte aligned in x and 8-byte aligned in out when the bases are.
     if (p.dim % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.out_bf16, 8)) {
@@ -218,12 +234,9 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
     return cudaGetLastError();
   }
   // Every row starts 16-byte aligned when the bases are and dim is a multiple of 4.
-  if (p.dim % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.out, 16)) {
-    gather_kernel<float4><<<row_blocks(p.rows), row_threads(p.dim / 4), 0, stream>>>(p);
-  } else {
-    gather_kernel<float><<<row_blocks(p.rows), row_threads(p.dim), 0, stream>>>(p);
-  }
-  return cudaGetLastError();
+  if (p.dim % 4 == 0 && aligned_to(p.x, 16) && aligned_to(p.out, 16))
+    return launch_gather<float4>(p.x, p.out, p, p.dim / 4, stream);
+  return launch_gather<float>(p.x, p.out, p, p.dim, stream);
 }
 
 namespace {

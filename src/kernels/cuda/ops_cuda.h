@@ -34,7 +34,9 @@ void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
                              const std::vector<Tensor*>& d_w);
-void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
+// With y_bf16: y float32 and its BF16 copy, in one pass.
+void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
+                     Tensor* y_bf16);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x);
 // With out_bf16: x is left as it is and its rotated rows go to out_bf16 (BF16, x's layout;

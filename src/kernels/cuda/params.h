@@ -27,11 +27,11 @@ struct IndexError {
 struct RmsNormForward {
   const float* x;  // [rows, dim]
   const float* w;  // [dim]
-  float* y;        // [rows, dim]
+  float* y;        // [rows, dim], or null when only y_bf16 is wanted
   float* rstd;     // [rows]
   int64_t rows, dim;
   float eps;
-  uint16_t* y_bf16 = nullptr;  // when set: y in BF16 instead
+  uint16_t* y_bf16 = nullptr;  // [rows, dim] when set: y rounded to BF16 (instead, or as well)
 };
 
 // d_x (= or +=) rstd * (g w - xhat * mean(g w xhat)), xhat = x rstd; d_w += sum_r g xhat
@@ -266,6 +266,8 @@ struct MoeGather {
   float* out;              // [rows, dim]
   int64_t rows, dim;
   uint16_t* out_bf16 = nullptr;  // when set: out in BF16 instead
+  // When set (with out_bf16, x null): the rows come from a BF16 copy of x, moved as they are.
+  const uint16_t* x_bf16 = nullptr;
 };
 
 // Forward: out[t, :] += sum_j weights[t, j] y_perm[row_of[t*K + j], :].

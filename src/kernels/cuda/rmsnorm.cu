@@ -1,4 +1,5 @@
-// Fused RMSNorm forward and backward (float32; y and d_x may be written in BF16 instead).
+// Fused RMSNorm forward and backward (float32; y and d_x may be written in BF16 instead, and y
+// in both: a float32 y for its float32 readers and a BF16 copy for the products that read it).
 //
 // Forward: one block of 256 threads per row; the threads stride the row (coalesced), a block
 // reduction gives the sum of squares, then the same threads write y. rstd is saved per row.
@@ -26,8 +27,11 @@ __global__ void rmsnorm_forward_kernel(RmsNormForward p) {
   const float rstd = rsqrtf(ss / float(p.dim) + p.eps);
   float* y = p.y ? p.y + r * p.dim : nullptr;
   uint16_t* y_bf16 = p.y_bf16 ? p.y_bf16 + r * p.dim : nullptr;
-  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x)
-    store_f32_or_bf16(y, y_bf16, i, x[i] * rstd * p.w[i]);
+  for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    const float v = x[i] * rstd * p.w[i];
+    if (y) y[i] = v;
+    if (y_bf16) y_bf16[i] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
+  }
   if (threadIdx.x == 0) p.rstd[r] = rstd;
 }
 
