@@ -32,7 +32,7 @@ void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&, Tens
   unavailable("rmsnorm_forward");
 }
 void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
-                      bool) {
+                      bool, Tensor*) {
   unavailable("rmsnorm_backward");
 }
 void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&, bool,

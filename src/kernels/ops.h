@@ -54,6 +54,12 @@ void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps,
 // d_x (= or +=), d_w +=
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
+// The same with d_x float32 and its values (after any accumulation) also written to d_x_bf16
+// rounded to BF16, in the same pass: the residual stream's gradient for the products that read
+// it beside float32 readers, bit for bit what a conversion of d_x would give.
+void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
+                                     const Tensor& d_y, Tensor& d_x, Tensor& d_w,
+                                     bool accumulate_d_x, Tensor& d_x_bf16);
 
 // ---- RoPE (kernels/cpu/rope.cpp): rotate interleaved pairs (x[2i], x[2i+1]) in place. ----
 // x is [rows, heads, row_stride] and the rotated part is the `rope_dim` values starting at

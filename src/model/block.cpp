@@ -29,6 +29,8 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
 
 BlockScratch::BlockScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : d_h(a.alloc({batch * seq, c.hidden_size})), mla(a, c, batch, seq) {
+  if (a.matmul_operand_dtype() == DType::BF16)
+    d_residual_mm = a.alloc_matmul_operand({batch * seq, c.hidden_size});
   bool any_dense = c.first_k_dense_replace > 0 || c.moe_layer_freq > 1 || c.n_routed_experts == 0;
   if (any_dense)
     d_dense = std::make_unique<FfnActivations>(a, batch * seq, c.intermediate_size,
@@ -59,22 +61,37 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   ops::add_inplace(out, act.ffn_out);
 }
 
+void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,
+                            Tensor& d_residual, bool accumulate, BlockScratch& s) {
+  if (s.d_residual_mm.defined())
+    ops::rmsnorm_backward_with_bf16_copy(x, w.value, rstd, d_y, d_residual, w.grad, accumulate,
+                                         s.d_residual_mm);
+  else
+    ops::rmsnorm_backward(x, w.value, rstd, d_y, d_residual, w.grad, accumulate);
+}
+
+const Tensor& residual_for_matmul(const Tensor& d_residual, const BlockScratch& s) {
+  return s.d_residual_mm.defined() ? s.d_residual_mm : d_residual;
+}
+
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
                     const BlockActivations& act, double alpha, BlockScratch& s,
                     Tensor& d_residual) {
   // FFN branch: d_residual (= d out) flows to x_mid directly and through the FFN and its norm.
+  // The output projections' backward products read its BF16 copy in mixed precision.
   if (w.moe) {
-    moe_backward(ctx, w.experts, act.h_ffn, *act.moe, d_residual, alpha, *s.moe, s.d_h);
+    moe_backward(ctx, w.experts, act.h_ffn, *act.moe, d_residual,
+                 residual_for_matmul(d_residual, s), alpha, *s.moe, s.d_h);
   } else {
     profile::Phase phase("dense ffn bwd", x.device());
-    ffn_backward(w.dense, act.h_ffn, *act.dense, d_residual, *s.d_dense, s.d_h, false);
+    ffn_backward(w.dense, act.h_ffn, *act.dense, residual_for_matmul(d_residual, s), *s.d_dense,
+                 s.d_h, false);
   }
-  ops::rmsnorm_backward(act.x_mid, w.post_attention_layernorm.value, act.rstd_ffn, s.d_h,
-                        d_residual, w.post_attention_layernorm.grad, true);
-  // Attention branch: d_residual now holds d x_mid.
-  mla_backward(ctx, w.attn, act.h_attn, act.mla, d_residual, s.mla, s.d_h);
-  ops::rmsnorm_backward(x, w.input_layernorm.value, act.rstd_attn, s.d_h, d_residual,
-                        w.input_layernorm.grad, true);
+  residual_norm_backward(act.x_mid, w.post_attention_layernorm, act.rstd_ffn, s.d_h, d_residual,
+                         true, s);
+  // Attention branch: d_residual now holds d x_mid (o_proj's backward is its only reader).
+  mla_backward(ctx, w.attn, act.h_attn, act.mla, residual_for_matmul(d_residual, s), s.mla, s.d_h);
+  residual_norm_backward(x, w.input_layernorm, act.rstd_attn, s.d_h, d_residual, true, s);
 }
 
 }  // namespace dsv3

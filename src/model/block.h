@@ -26,6 +26,9 @@ struct BlockActivations {
 // Backward scratch shared by every block (one block is in backward at a time).
 struct BlockScratch {
   Tensor d_h;  // [N, hidden]
+  // [N, hidden] BF16, in mixed precision only: the residual gradient rounded, written with it by
+  // the norm backward that makes it (residual_norm_backward); the products read this copy.
+  Tensor d_residual_mm;
   MlaScratch mla;
   std::unique_ptr<FfnActivations> d_dense;
   std::unique_ptr<MoeScratch> moe;
@@ -35,7 +38,16 @@ struct BlockScratch {
 // out [N, hidden] = block(x [N, hidden])
 void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& x,
                    BlockActivations& act, Tensor& out);
-// In place: d_residual holds d(out) on entry and d(x) on return. alpha: balance-loss weight.
+// d_residual (= or +=) the input gradient of y = RMSNorm(x) with weight w (whose gradient
+// accumulates), and s.d_residual_mm its BF16 copy where the scratch has one.
+void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,
+                            Tensor& d_residual, bool accumulate, BlockScratch& s);
+// The residual gradient as the products read it: the BF16 copy where there is one.
+const Tensor& residual_for_matmul(const Tensor& d_residual, const BlockScratch& s);
+
+// In place: d_residual holds d(out) on entry and d(x) on return (and s.d_residual_mm its copy,
+// where there is one, on entry and on return: residual_norm_backward writes both). alpha:
+// balance-loss weight.
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
                     const BlockActivations& act, double alpha, BlockScratch& s, Tensor& d_residual);
 

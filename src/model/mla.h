@@ -65,6 +65,7 @@ struct MlaScratch {
 void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, MlaActivations& act,
                  Tensor& out);
 // d_x (overwritten) = d_out . d(out)/d(x); parameter gradients accumulate into w.s grads.
+// d_out may be in the matmul operand dtype: only o_proj's backward product reads it.
 void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const MlaActivations& act,
                   const Tensor& d_out, MlaScratch& s, Tensor& d_x);
 

@@ -87,7 +87,8 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
 }
 
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, double alpha, MoeScratch& s, Tensor& d_x) {
+                  const Tensor& d_out, const Tensor& d_out_mm, double alpha, MoeScratch& s,
+                  Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t k = c.num_experts_per_tok, experts = c.n_routed_experts;
   const int64_t* off = act.expert_offsets.i64();
@@ -120,8 +121,8 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   // Shared experts write d_x first; routed inputs and the router add to it.
   phase.emplace("moe bwd: shared", x.device());
   if (c.n_shared_experts > 0) {
-    ffn_backward(w.shared, act.x_mm.defined() ? act.x_mm : x, act.shared, d_out, s.d_shared, d_x,
-                 false);
+    ffn_backward(w.shared, act.x_mm.defined() ? act.x_mm : x, act.shared, d_out_mm, s.d_shared,
+                 d_x, false);
   } else {
     d_x.zero_();
   }

@@ -37,8 +37,10 @@ struct MoeScratch {
 // writes both).
 void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
                  Tensor& out);
-// d_x (overwritten); alpha scales the balance term's gradient.
+// d_x (overwritten); alpha scales the balance term's gradient. d_out_mm: d_out as the shared
+// experts' products read it (its BF16 copy in mixed precision, else d_out itself).
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, double alpha, MoeScratch& s, Tensor& d_x);
+                  const Tensor& d_out, const Tensor& d_out_mm, double alpha, MoeScratch& s,
+                  Tensor& d_x);
 
 }  // namespace dsv3

@@ -266,10 +266,11 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     if (mtp_count[size_t(k - 1)] > 0)
       ops::linear_backward(m.h, w_.lm_head.for_matmul(), m.d_logits, &b.d_h[size_t(k)],
                            &w_.lm_head.grad, true);
-    ops::rmsnorm_backward(m.x_out, mw.shared_head_norm.value, m.h_rstd_out, b.d_h[size_t(k)],
-                          b.d_residual, mw.shared_head_norm.grad, false);
+    residual_norm_backward(m.x_out, mw.shared_head_norm, m.h_rstd_out, b.d_h[size_t(k)],
+                           b.d_residual, false, b.scratch);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
-    ops::linear_backward(m.cat, mw.eh_proj.for_matmul(), b.d_residual, &b.d_cat, &mw.eh_proj.grad);
+    ops::linear_backward(m.cat, mw.eh_proj.for_matmul(), residual_for_matmul(b.d_residual, b.scratch),
+                         &b.d_cat, &mw.eh_proj.grad);
     ops::copy_columns(b.d_cat, 2 * d, 0, d, b.d_e, n);  // d e_norm
     ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
                           false);
@@ -283,8 +284,8 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
   head_phase.emplace("lm head bwd", b.logits.device());
   ops::linear_backward(b.h_final, w_.lm_head.for_matmul(), b.d_logits, &b.d_h[0], &w_.lm_head.grad,
                        true);
-  ops::rmsnorm_backward(b.residual.back(), w_.norm.value, b.rstd_final, b.d_h[0], b.d_residual,
-                        w_.norm.grad, false);
+  residual_norm_backward(b.residual.back(), w_.norm, b.rstd_final, b.d_h[0], b.d_residual, false,
+                         b.scratch);
   head_phase.reset();
   for (int l = c_.num_hidden_layers - 1; l >= 0; --l)
     block_backward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],

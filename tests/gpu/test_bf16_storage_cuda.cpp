@@ -106,6 +106,18 @@ TEST(CudaBf16Storage, RmsNormWritesTheRoundedFloat32Result) {
     EXPECT_EQ(differing(d_w2, d_w), 0) << "d_w does not depend on d_x's dtype";
     EXPECT_THROW(ops::rmsnorm_backward(x, w, rstd, d_y, d_x_bf16, d_w2, true), Error)
         << "a BF16 d_x cannot be accumulated into";
+    // Both at once, written and accumulated into: the float32 d_x and its BF16 copy.
+    for (const bool accumulate : {false, true}) {
+      const Tensor start = random_cuda({rows, dim}, rng);
+      Tensor want = start.to(Device::CUDA), got = start.to(Device::CUDA);
+      Tensor copy = cuda_zeros({rows, dim}, DType::BF16);
+      Tensor d_w3 = cuda_zeros({dim}), d_w4 = cuda_zeros({dim});
+      ops::rmsnorm_backward(x, w, rstd, d_y, want, d_w3, accumulate);
+      ops::rmsnorm_backward_with_bf16_copy(x, w, rstd, d_y, got, d_w4, accumulate, copy);
+      EXPECT_EQ(differing(got, want), 0) << "backward with a copy, accumulate " << accumulate;
+      EXPECT_EQ(differing(copy, rounded(want)), 0) << "the copy, accumulate " << accumulate;
+      EXPECT_EQ(differing(d_w4, d_w3), 0);
+    }
   }
 }
 

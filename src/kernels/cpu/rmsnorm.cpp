@@ -38,12 +38,21 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   }
 }
 
+void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
+                                     const Tensor& d_y, Tensor& d_x, Tensor& d_w,
+                                     bool accumulate_d_x, Tensor& d_x_bf16) {
+  if (x.device() == Device::CUDA)
+    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, &d_x_bf16);
+  rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);  // on the CPU: then the copy
+  convert(d_x, d_x_bf16);
+}
+
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
   if (x.dtype() == DType::F64)
     return ref::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
   if (x.device() == Device::CUDA)
-    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
+    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, nullptr);
   const int64_t dim = w.numel(), rows = x.numel() / dim;
   const float* xp = x.f32();
   const float* wp = w.f32();

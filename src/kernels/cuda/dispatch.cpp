@@ -364,7 +364,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, Tensor* d_x_bf16) {
   need_devices("rmsnorm_backward", {&x, &w, &rstd, &d_y, &d_x, &d_w});
   const int64_t dim = w.numel(), rows = dim ? x.numel() / dim : 0;
   DSV3_CHECK(dim > 0 && x.numel() == rows * dim && d_y.numel() == x.numel() &&
@@ -377,6 +377,13 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   cuda::RmsNormBackward p{x.f32(),  w.f32(), rstd.f32(), d_y.f32(),     dx.f32,
                           d_w.f32(), rows,    dim,        accumulate_d_x};
   p.d_x_bf16 = dx.bf16;
+  if (d_x_bf16) {  // the BF16 copy beside a float32 d_x
+    need_device(*d_x_bf16, "rmsnorm_backward", "d_x_bf16");
+    DSV3_CHECK(dx.f32 && d_x_bf16->dtype() == DType::BF16 && d_x_bf16->numel() == d_x.numel(),
+               "rmsnorm_backward: the copy {} {} is not a BF16 [{}, {}] beside a float32 d_x",
+               d_x_bf16->shape().str(), dtype_name(d_x_bf16->dtype()), rows, dim);
+    p.d_x_bf16 = d_x_bf16->bf16();
+  }
   Scratch partial(size_t(cuda::rmsnorm_dw_chunks(rows) * dim) * sizeof(float), "rmsnorm_backward");
   p.d_w_partial = partial.as<float>();
   check(cuda::rmsnorm_backward(p, stream()), "rmsnorm_backward");

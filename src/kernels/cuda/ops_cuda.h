@@ -37,8 +37,9 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 // With y_bf16: y float32 and its BF16 copy, in one pass.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
                      Tensor* y_bf16);
+// With d_x_bf16: d_x float32 and its BF16 copy, in one pass.
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x);
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, Tensor* d_x_bf16);
 // With out_bf16: x is left as it is and its rotated rows go to out_bf16 (BF16, x's layout;
 // params.h, Rope).
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,

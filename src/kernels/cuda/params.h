@@ -44,7 +44,9 @@ struct RmsNormBackward {
   float* d_w;         // [dim], accumulated into
   int64_t rows, dim;
   bool accumulate_d_x;
-  uint16_t* d_x_bf16 = nullptr;  // when set: d_x in BF16 instead (accumulate_d_x false)
+  // When set: d_x (after any accumulation) rounded to BF16, instead of d_x (d_x null and
+  // accumulate_d_x false) or as well.
+  uint16_t* d_x_bf16 = nullptr;
   float* d_w_partial = nullptr;  // [rmsnorm_dw_chunks(rows), dim] scratch: d_w per row chunk
 };
 

@@ -1,5 +1,6 @@
-// Fused RMSNorm forward and backward (float32; y and d_x may be written in BF16 instead, and y
-// in both: a float32 y for its float32 readers and a BF16 copy for the products that read it).
+// Fused RMSNorm forward and backward (float32; y and d_x may be written in BF16 instead, or in
+// both: the float32 values for their float32 readers and a BF16 copy for the products that read
+// them).
 //
 // Forward: one block of 256 threads per row; the threads stride the row (coalesced), a block
 // reduction gives the sum of squares, then the same threads write y. rstd is saved per row.
@@ -49,7 +50,9 @@ __global__ void rmsnorm_backward_dx_kernel(RmsNormBackward p) {
   uint16_t* dx_bf16 = p.d_x_bf16 ? p.d_x_bf16 + r * p.dim : nullptr;
   for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
     const float v = rstd * (g[i] * p.w[i] - x[i] * rstd * mean);
-    store_f32_or_bf16(dx, dx_bf16, i, p.accumulate_d_x ? dx[i] + v : v);
+    const float out = p.accumulate_d_x ? dx[i] + v : v;
+    if (dx) dx[i] = out;
+    if (dx_bf16) dx_bf16[i] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
   }
 }
 
