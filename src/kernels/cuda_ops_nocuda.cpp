@@ -134,5 +134,6 @@ void adamw_update(Tensor&, const Tensor&, Tensor&, Tensor&, const ops::AdamWScal
 void adamw_update_all(const std::vector<ops::AdamWTensors>&, const ops::AdamWScalars&) {
   unavailable("adamw_update_all");
 }
+uint64_t matmul_operand_conversions() { return 0; }
 
 }  // namespace dsv3::cuda_ops

@@ -5,7 +5,8 @@
 // the expert products) and one at the end for the losses; one more in the optimizer (the
 // gradient norm, which decides whether the update is taken); and no allocation once the first
 // step has sized everything. Each wait also brings back the kernels' index-error record, so a
-// bad token id is still raised within the step.
+// bad token id is still raised within the step. And no product rounds a float32 operand itself:
+// mixed precision's BF16 operands are written as such by the ops that make them.
 //
 // To see where an unexpected call comes from: DSV3_EMU_TRACE_HOST_CALLS=1 prints a backtrace at
 // each one.
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/ops_cuda.h"
 #include "model/config.h"
 #include "model/transformer.h"
 #include "model/weights.h"
@@ -76,9 +78,13 @@ TEST(CudaTrainStepHostCalls, WaitsOnlyForRoutingAndLossesAndAllocatesNothing) {
       for (auto& t : tokens) t = int32_t(rng() % uint32_t(c.vocab_size));
       for (auto& t : labels) t = int32_t(rng() % uint32_t(c.vocab_size));
       const dsv3emu::HostCalls before = dsv3emu::host_calls();
+      const uint64_t conversions = cuda_ops::matmul_operand_conversions();
       w.zero_grads();
       const StepResult r = model.step(tokens.data(), labels.data(), LossWeights{}, true);
       const dsv3emu::HostCalls pass = since(before);
+      // Every BF16 operand of the step's products was written in BF16 by the op that made it.
+      EXPECT_EQ(cuda_ops::matmul_operand_conversions(), conversions)
+          << "a linear op rounded a float32 operand itself";
       opt.step(AdamWSettings{}, 1e-3);
       const dsv3emu::HostCalls whole = since(before);
       ASSERT_TRUE(std::isfinite(r.total));

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <vector>
@@ -99,16 +100,21 @@ void check_linear(const Tensor& x, const Tensor& w, int64_t rows, const char* op
 }  // namespace
 
 namespace {
+std::atomic<uint64_t> operand_conversions{0};
+
 // Mixed precision: float32 activations against a BF16 weight are rounded to BF16 into scratch
 // first, so that the GEMM runs on tensor cores with float32 accumulation.
 Tensor bf16_operand(const Tensor& t, std::optional<Scratch>& holder, const char* op) {
   if (t.dtype() == DType::BF16) return t;
+  operand_conversions.fetch_add(1, std::memory_order_relaxed);
   holder.emplace(size_t(t.numel()) * 2, op);
   Tensor b = Tensor::view(holder->as<void>(), t.shape(), DType::BF16, Device::CUDA);
   convert(t, b);
   return b;
 }
 }  // namespace
+
+uint64_t matmul_operand_conversions() { return operand_conversions.load(); }
 
 void linear_forward(const Tensor& x_in, const Tensor& w, Tensor& y) {
   std::optional<Scratch> x_bf16;

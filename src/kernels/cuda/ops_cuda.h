@@ -105,4 +105,10 @@ void scale_inplace(Tensor& x, float factor);
 void adamw_update(Tensor& p, const Tensor& g, Tensor& m, Tensor& v, const ops::AdamWScalars& s);
 void adamw_update_all(const std::vector<ops::AdamWTensors>& ts, const ops::AdamWScalars& s);
 
+// How many float32 operands the linear ops have rounded to BF16 themselves (against BF16
+// weights) since the process started: each is a full pass over the operand that the op making
+// it could have saved by writing BF16 (docs/cuda.md, mixed precision). A training step keeps
+// this at zero; a test pins it.
+uint64_t matmul_operand_conversions();
+
 }  // namespace dsv3::cuda_ops
