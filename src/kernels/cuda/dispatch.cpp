@@ -349,6 +349,18 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
 
 // ---- RMSNorm ----
 
+namespace {
+// The BF16 copy a norm writes beside its float32 output `out` ([rows, dim]).
+uint16_t* bf16_copy_beside(Tensor& copy, const F32OrBf16& out, int64_t rows, int64_t dim,
+                           const char* op, const char* what) {
+  need_device(copy, op, "its BF16 copy");
+  DSV3_CHECK(out.f32 && copy.dtype() == DType::BF16 && copy.numel() == rows * dim,
+             "{}: the copy {} {} is not a BF16 [{}, {}] beside a float32 {}", op,
+             copy.shape().str(), dtype_name(copy.dtype()), rows, dim, what);
+  return copy.bf16();
+}
+}  // namespace
+
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
                      Tensor* y_bf16) {
   need_devices("rmsnorm_forward", {&x, &w, &y, &rstd});
@@ -359,13 +371,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
   const F32OrBf16 out = f32_or_bf16(y, "rmsnorm_forward", "y");
   cuda::RmsNormForward p{x.f32(), w.f32(), out.f32, rstd.f32(), rows, dim, eps};
   p.y_bf16 = out.bf16;
-  if (y_bf16) {  // the BF16 copy beside a float32 y
-    need_device(*y_bf16, "rmsnorm_forward", "y_bf16");
-    DSV3_CHECK(out.f32 && y_bf16->dtype() == DType::BF16 && y_bf16->numel() == y.numel(),
-               "rmsnorm_forward: the copy {} {} is not a BF16 [{}, {}] beside a float32 y",
-               y_bf16->shape().str(), dtype_name(y_bf16->dtype()), rows, dim);
-    p.y_bf16 = y_bf16->bf16();
-  }
+  if (y_bf16) p.y_bf16 = bf16_copy_beside(*y_bf16, out, rows, dim, "rmsnorm_forward", "y");
   check(cuda::rmsnorm_forward(p, stream()), "rmsnorm_forward");
 }
 
@@ -383,13 +389,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   cuda::RmsNormBackward p{x.f32(),  w.f32(), rstd.f32(), d_y.f32(),     dx.f32,
                           d_w.f32(), rows,    dim,        accumulate_d_x};
   p.d_x_bf16 = dx.bf16;
-  if (d_x_bf16) {  // the BF16 copy beside a float32 d_x
-    need_device(*d_x_bf16, "rmsnorm_backward", "d_x_bf16");
-    DSV3_CHECK(dx.f32 && d_x_bf16->dtype() == DType::BF16 && d_x_bf16->numel() == d_x.numel(),
-               "rmsnorm_backward: the copy {} {} is not a BF16 [{}, {}] beside a float32 d_x",
-               d_x_bf16->shape().str(), dtype_name(d_x_bf16->dtype()), rows, dim);
-    p.d_x_bf16 = d_x_bf16->bf16();
-  }
+  if (d_x_bf16)
+    p.d_x_bf16 = bf16_copy_beside(*d_x_bf16, dx, rows, dim, "rmsnorm_backward", "d_x");
   Scratch partial(size_t(cuda::rmsnorm_dw_chunks(rows) * dim) * sizeof(float), "rmsnorm_backward");
   p.d_w_partial = partial.as<float>();
   check(cuda::rmsnorm_backward(p, stream()), "rmsnorm_backward");
