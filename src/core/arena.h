@@ -48,6 +48,13 @@ class Arena {
   DType matmul_operand_dtype() const {
     return matmul_operand_dtype_ ? *matmul_operand_dtype_ : real_dtype_;
   }
+  // A copy of an activation in the products' operand dtype, for the products that read it beside
+  // readers of the real dtype (the op that makes the activation writes both): allocated only
+  // where the two dtypes differ (mixed precision); otherwise undefined, and the products read
+  // the original (matmul_view).
+  Tensor alloc_matmul_copy(const Shape& shape) {
+    return matmul_operand_dtype() == real_dtype_ ? Tensor() : alloc_matmul_operand(shape);
+  }
   size_t used() const { return used_; }
   size_t capacity() const { return capacity_; }
   bool is_measuring() const { return base_ == nullptr; }
@@ -77,5 +84,11 @@ class Arena {
   std::optional<DType> matmul_operand_dtype_;  // unset: the real dtype
   Arena* host_ = nullptr;
 };
+
+// What a product reads of t: its copy in the operand dtype where one was made
+// (Arena::alloc_matmul_copy), else t itself.
+inline const Tensor& matmul_view(const Tensor& t, const Tensor& copy) {
+  return copy.defined() ? copy : t;
+}
 
 }  // namespace dsv3

@@ -48,7 +48,8 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 // The same with y float32 and its values also written to y_bf16 rounded to BF16, in the same
 // pass (one launch on a GPU): a copy for the matrix products that read y beside float32
-// readers, bit for bit what a conversion of y would give.
+// readers, bit for bit what a conversion of y would give. An undefined y_bf16 (no copy kept:
+// Arena::alloc_matmul_copy) writes y alone.
 void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y,
                                     Tensor& rstd, Tensor& y_bf16);
 // d_x (= or +=), d_w +=
@@ -56,7 +57,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
                       Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
 // The same with d_x float32 and its values (after any accumulation) also written to d_x_bf16
 // rounded to BF16, in the same pass: the residual stream's gradient for the products that read
-// it beside float32 readers, bit for bit what a conversion of d_x would give.
+// it beside float32 readers, bit for bit what a conversion of d_x would give. An undefined
+// d_x_bf16 writes d_x alone.
 void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                      const Tensor& d_y, Tensor& d_x, Tensor& d_w,
                                      bool accumulate_d_x, Tensor& d_x_bf16);

@@ -16,8 +16,9 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
   attn_out = a.alloc({n, d});
   x_mid = a.alloc({n, d});
   // A dense FFN is the norm's only reader: its products' dtype. The MoE's router reads it in
-  // float32, and the norm writes the products' BF16 copy beside it (MoeActivations::x_mm).
+  // float32, and the norm writes the products' copy beside it.
   h_ffn = is_moe ? a.alloc({n, d}) : a.alloc_matmul_operand({n, d});
+  if (is_moe) h_ffn_mm = a.alloc_matmul_copy({n, d});
   rstd_ffn = a.alloc({n});
   ffn_out = a.alloc({n, d});
   if (is_moe) {
@@ -29,8 +30,7 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
 
 BlockScratch::BlockScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : d_h(a.alloc({batch * seq, c.hidden_size})), mla(a, c, batch, seq) {
-  if (a.matmul_operand_dtype() == DType::BF16)
-    d_residual_mm = a.alloc_matmul_operand({batch * seq, c.hidden_size});
+  d_residual_mm = a.alloc_matmul_copy({batch * seq, c.hidden_size});
   bool any_dense = c.first_k_dense_replace > 0 || c.moe_layer_freq > 1 || c.n_routed_experts == 0;
   if (any_dense)
     d_dense = std::make_unique<FfnActivations>(a, batch * seq, c.intermediate_size,
@@ -45,14 +45,11 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   mla_forward(ctx, w.attn, act.h_attn, act.mla, act.attn_out);
   act.x_mid.copy_from(x);
   ops::add_inplace(act.x_mid, act.attn_out);
-  if (act.moe && act.moe->x_mm.defined())
-    ops::rmsnorm_forward_with_bf16_copy(act.x_mid, w.post_attention_layernorm.value, eps,
-                                        act.h_ffn, act.rstd_ffn, act.moe->x_mm);
-  else
-    ops::rmsnorm_forward(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn,
-                         act.rstd_ffn);
+  ops::rmsnorm_forward_with_bf16_copy(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn,
+                                      act.rstd_ffn, act.h_ffn_mm);
   if (w.moe) {
-    moe_forward(ctx, w.experts, act.h_ffn, *act.moe, act.ffn_out);
+    moe_forward(ctx, w.experts, act.h_ffn, matmul_view(act.h_ffn, act.h_ffn_mm), *act.moe,
+                act.ffn_out);
   } else {
     profile::Phase phase("dense ffn fwd", x.device());
     ffn_forward(w.dense, act.h_ffn, *act.dense, act.ffn_out);
@@ -63,34 +60,27 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
 
 void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,
                             Tensor& d_residual, bool accumulate, BlockScratch& s) {
-  if (s.d_residual_mm.defined())
-    ops::rmsnorm_backward_with_bf16_copy(x, w.value, rstd, d_y, d_residual, w.grad, accumulate,
-                                         s.d_residual_mm);
-  else
-    ops::rmsnorm_backward(x, w.value, rstd, d_y, d_residual, w.grad, accumulate);
-}
-
-const Tensor& residual_for_matmul(const Tensor& d_residual, const BlockScratch& s) {
-  return s.d_residual_mm.defined() ? s.d_residual_mm : d_residual;
+  ops::rmsnorm_backward_with_bf16_copy(x, w.value, rstd, d_y, d_residual, w.grad, accumulate,
+                                       s.d_residual_mm);
 }
 
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,
                     const BlockActivations& act, double alpha, BlockScratch& s,
                     Tensor& d_residual) {
   // FFN branch: d_residual (= d out) flows to x_mid directly and through the FFN and its norm.
-  // The output projections' backward products read its BF16 copy in mixed precision.
+  // The output projections' backward products read its copy in mixed precision.
+  const Tensor& d_residual_mm = matmul_view(d_residual, s.d_residual_mm);
   if (w.moe) {
-    moe_backward(ctx, w.experts, act.h_ffn, *act.moe, d_residual,
-                 residual_for_matmul(d_residual, s), alpha, *s.moe, s.d_h);
+    moe_backward(ctx, w.experts, act.h_ffn, matmul_view(act.h_ffn, act.h_ffn_mm), *act.moe,
+                 d_residual, d_residual_mm, alpha, *s.moe, s.d_h);
   } else {
     profile::Phase phase("dense ffn bwd", x.device());
-    ffn_backward(w.dense, act.h_ffn, *act.dense, residual_for_matmul(d_residual, s), *s.d_dense,
-                 s.d_h, false);
+    ffn_backward(w.dense, act.h_ffn, *act.dense, d_residual_mm, *s.d_dense, s.d_h, false);
   }
   residual_norm_backward(act.x_mid, w.post_attention_layernorm, act.rstd_ffn, s.d_h, d_residual,
                          true, s);
   // Attention branch: d_residual now holds d x_mid (o_proj's backward is its only reader).
-  mla_backward(ctx, w.attn, act.h_attn, act.mla, residual_for_matmul(d_residual, s), s.mla, s.d_h);
+  mla_backward(ctx, w.attn, act.h_attn, act.mla, d_residual_mm, s.mla, s.d_h);
   residual_norm_backward(x, w.input_layernorm, act.rstd_attn, s.d_h, d_residual, true, s);
 }
 

@@ -14,7 +14,9 @@ struct BlockActivations {
   Tensor attn_out;           // [N, hidden]
   Tensor x_mid;              // [N, hidden]  x + attention
   Tensor h_ffn, rstd_ffn;    // [N, hidden], [N]: RMSNorm(x_mid) feeding the FFN (matmul operand
-                             // dtype in dense layers; MoE layers: float32, and moe->x_mm)
+                             // dtype in dense layers, which only products read)
+  Tensor h_ffn_mm;           // MoE layers: h_ffn's copy for the products (alloc_matmul_copy;
+                             // the router reads h_ffn in float32)
   Tensor ffn_out;            // [N, hidden]
   MlaActivations mla;
   std::unique_ptr<FfnActivations> dense;  // dense layers
@@ -26,8 +28,8 @@ struct BlockActivations {
 // Backward scratch shared by every block (one block is in backward at a time).
 struct BlockScratch {
   Tensor d_h;  // [N, hidden]
-  // [N, hidden] BF16, in mixed precision only: the residual gradient rounded, written with it by
-  // the norm backward that makes it (residual_norm_backward); the products read this copy.
+  // [N, hidden]: the residual gradient's copy for the products (alloc_matmul_copy), written with
+  // it by the norm backward that makes it (residual_norm_backward).
   Tensor d_residual_mm;
   MlaScratch mla;
   std::unique_ptr<FfnActivations> d_dense;
@@ -39,11 +41,10 @@ struct BlockScratch {
 void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& x,
                    BlockActivations& act, Tensor& out);
 // d_residual (= or +=) the input gradient of y = RMSNorm(x) with weight w (whose gradient
-// accumulates), and s.d_residual_mm its BF16 copy where the scratch has one.
+// accumulates), and s.d_residual_mm its copy where the scratch has one. The products read
+// matmul_view(d_residual, s.d_residual_mm).
 void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,
                             Tensor& d_residual, bool accumulate, BlockScratch& s);
-// The residual gradient as the products read it: the BF16 copy where there is one.
-const Tensor& residual_for_matmul(const Tensor& d_residual, const BlockScratch& s);
 
 // In place: d_residual holds d(out) on entry and d(x) on return (and s.d_residual_mm its copy,
 // where there is one, on entry and on return: residual_norm_backward writes both). alpha:

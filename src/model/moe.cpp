@@ -17,7 +17,6 @@ int64_t shared_width(const ModelConfig& c) {
 MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, int64_t seq)
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
-  if (a.matmul_operand_dtype() == DType::BF16) x_mm = a.alloc_matmul_operand({n, d});
   auto [off_host, off] = a.alloc_mirrored({c.n_routed_experts + 1}, DType::I64);
   expert_offsets = off_host, device_offsets = off;
   permuted_token = a.alloc({nk}, DType::I32);
@@ -38,11 +37,10 @@ MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
     d_shared = FfnActivations(a, n, shared_width(c), FfnActivations::Role::Gradients);
 }
 
-void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
-                 Tensor& out) {
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, const Tensor& x_mm,
+                 MoeActivations& act, Tensor& out) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts;
-  const Tensor& x_mm = act.x_mm.defined() ? act.x_mm : x;  // what the products read
   std::optional<profile::Phase> phase;
   phase.emplace("moe fwd: routing + permutation", x.device());
   router_forward(ctx, w, x, act.router);
@@ -86,9 +84,9 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, M
   ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.weights, out);
 }
 
-void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, const Tensor& d_out_mm, double alpha, MoeScratch& s,
-                  Tensor& d_x) {
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const Tensor& x_mm,
+                  const MoeActivations& act, const Tensor& d_out, const Tensor& d_out_mm,
+                  double alpha, MoeScratch& s, Tensor& d_x) {
   const ModelConfig& c = *ctx.config;
   const int64_t k = c.num_experts_per_tok, experts = c.n_routed_experts;
   const int64_t* off = act.expert_offsets.i64();
@@ -121,8 +119,7 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   // Shared experts write d_x first; routed inputs and the router add to it.
   phase.emplace("moe bwd: shared", x.device());
   if (c.n_shared_experts > 0) {
-    ffn_backward(w.shared, act.x_mm.defined() ? act.x_mm : x, act.shared, d_out_mm, s.d_shared,
-                 d_x, false);
+    ffn_backward(w.shared, x_mm, act.shared, d_out_mm, s.d_shared, d_x, false);
   } else {
     d_x.zero_();
   }

@@ -10,9 +10,6 @@ namespace dsv3 {
 // N rows, K experts per token, E experts, W expert width, S shared width.
 struct MoeActivations {
   RouterActivations router;
-  // [N, hidden] in mixed precision only: x rounded to BF16 by the norm that makes x (the router
-  // reads x in float32; the gather and the shared experts' products read this copy).
-  Tensor x_mm;
   Tensor expert_offsets;   // [E + 1] int64 (host): permuted rows of expert e are [off[e], off[e+1])
   Tensor device_offsets;   // the same on the model's device (the same tensor on the CPU)
   Tensor permuted_token;   // [N*K] int32: token row feeding each permuted row
@@ -33,14 +30,14 @@ struct MoeScratch {
   MoeScratch(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
 
-// Where act.x_mm is defined, the caller has written x's BF16 copy there (block_forward's norm
-// writes both).
-void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, MoeActivations& act,
-                 Tensor& out);
-// d_x (overwritten); alpha scales the balance term's gradient. d_out_mm: d_out as the shared
-// experts' products read it (its BF16 copy in mixed precision, else d_out itself).
-void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const MoeActivations& act,
-                  const Tensor& d_out, const Tensor& d_out_mm, double alpha, MoeScratch& s,
-                  Tensor& d_x);
+// x_mm, d_out_mm: x and d_out as the products read them (their BF16 copies in mixed precision,
+// else x and d_out themselves: matmul_view). The router reads x, the gather and the shared
+// experts x_mm; the combine's backward reads d_out, the shared experts d_out_mm.
+void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, const Tensor& x_mm,
+                 MoeActivations& act, Tensor& out);
+// d_x (overwritten); alpha scales the balance term's gradient.
+void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const Tensor& x_mm,
+                  const MoeActivations& act, const Tensor& d_out, const Tensor& d_out_mm,
+                  double alpha, MoeScratch& s, Tensor& d_x);
 
 }  // namespace dsv3

@@ -21,7 +21,7 @@ struct MtpBuffers {
   Tensor cat;                     // [N, 2D] [e_norm | h_norm] (matmul operand dtype: eh_proj's)
   Tensor x_in, x_out;             // [N, D] block input (eh_proj output) and output
   Tensor h, h_rstd_out;           // [N, D], [N] shared_head.norm(x_out): h^k
-  Tensor h_mm;                    // [N, D] h's BF16 copy for the lm head (mixed precision only)
+  Tensor h_mm;                    // [N, D] h's copy for the lm head (alloc_matmul_copy)
   Tensor logits;                  // [N, V]
   Tensor d_logits;                // [N, V] the loss gradient, with the loss (matmul operand dtype)
   Tensor row_loss, row_loss_host;  // [N] float64: each position's loss (read at the step's end)
@@ -43,7 +43,7 @@ struct MtpBuffers {
     x_out = a.alloc({n, d});
     h = a.alloc({n, d});
     h_rstd_out = a.alloc({n});
-    if (a.matmul_operand_dtype() == DType::BF16) h_mm = a.alloc_matmul_operand({n, d});
+    h_mm = a.alloc_matmul_copy({n, d});
     logits = a.alloc({n, c.vocab_size});
     d_logits = a.alloc_matmul_operand({n, c.vocab_size});  // read by the lm head's backward only
     auto [lh, ld] = a.alloc_mirrored({n}, DType::F64);
@@ -54,20 +54,6 @@ struct MtpBuffers {
 // The losses a step reads back with its one wait: the main loss and each MTP depth's
 // (copy_to_host takes at most this many tensors at once).
 constexpr size_t kMaxReadback = 16;
-
-// y = RMSNorm(x), with its BF16 copy for the products where mixed precision keeps one.
-void norm_with_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
-                    Tensor& y_mm) {
-  if (y_mm.defined())
-    ops::rmsnorm_forward_with_bf16_copy(x, w, eps, y, rstd, y_mm);
-  else
-    ops::rmsnorm_forward(x, w, eps, y, rstd);
-}
-
-// What a product reads: the BF16 copy where there is one.
-const Tensor& for_matmul(const Tensor& t, const Tensor& copy) {
-  return copy.defined() ? copy : t;
-}
 
 // The sum of a window's row losses, in row order (as ops::cross_entropy sums them).
 double sum_rows(const Tensor& row_loss_host) {
@@ -84,7 +70,7 @@ struct Transformer::Buffers {
   std::vector<Tensor> residual;  // L + 1 of [N, D]: the input of each block, then the output
   std::vector<std::unique_ptr<BlockActivations>> blocks;
   Tensor h_final, rstd_final;  // [N, D], [N]
-  Tensor h_final_mm;           // [N, D] h_final's BF16 copy for the lm head (mixed precision)
+  Tensor h_final_mm;           // [N, D] h_final's copy for the lm head (alloc_matmul_copy)
   Tensor logits;               // [N, V]
   std::vector<std::unique_ptr<MtpBuffers>> mtp;
   Tensor d_logits;  // [N, V] the main loss gradient, with the loss (matmul operand dtype)
@@ -109,7 +95,7 @@ struct Transformer::Buffers {
       blocks.push_back(std::make_unique<BlockActivations>(a, c, c.is_moe_layer(l), batch, seq));
     h_final = a.alloc({n, d});
     rstd_final = a.alloc({n});
-    if (a.matmul_operand_dtype() == DType::BF16) h_final_mm = a.alloc_matmul_operand({n, d});
+    h_final_mm = a.alloc_matmul_copy({n, d});
     logits = a.alloc({n, c.vocab_size});
     for (int k = 0; k < c.num_nextn_predict_layers; ++k)
       mtp.push_back(std::make_unique<MtpBuffers>(a, c, batch, seq));
@@ -217,10 +203,11 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     if (const RouterActivations* r = routing(l)) result.balance_sum += r->balance;
   }
   // The final norm: float32 for MTP and hidden(), and the lm head's BF16 copy in the same pass.
-  norm_with_copy(b.residual.back(), w_.norm.value, eps, b.h_final, b.rstd_final, b.h_final_mm);
+  ops::rmsnorm_forward_with_bf16_copy(b.residual.back(), w_.norm.value, eps, b.h_final,
+                                      b.rstd_final, b.h_final_mm);
   std::optional<profile::Phase> head_phase;
   head_phase.emplace("lm head + loss fwd", b.logits.device());
-  ops::linear_forward(for_matmul(b.h_final, b.h_final_mm), w_.lm_head.for_matmul(), b.logits);
+  ops::linear_forward(matmul_view(b.h_final, b.h_final_mm), w_.lm_head.for_matmul(), b.logits);
   int64_t main_count = 0;
   for (int64_t i = 0; i < n; ++i) main_count += b.labels_host.i32()[i] >= 0;
   DSV3_CHECK(main_count > 0, "the window has no position with a label");
@@ -244,8 +231,9 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     ops::linear_forward(m.cat, mw.eh_proj.for_matmul(), m.x_in);
     block_forward(ctx, mw.block, m.x_in, m.block, m.x_out);
     if (m.block.moe) result.balance_sum += m.block.moe->router.balance;
-    norm_with_copy(m.x_out, mw.shared_head_norm.value, eps, m.h, m.h_rstd_out, m.h_mm);
-    ops::linear_forward(for_matmul(m.h, m.h_mm), w_.lm_head.for_matmul(), m.logits);
+    ops::rmsnorm_forward_with_bf16_copy(m.x_out, mw.shared_head_norm.value, eps, m.h,
+                                        m.h_rstd_out, m.h_mm);
+    ops::linear_forward(matmul_view(m.h, m.h_mm), w_.lm_head.for_matmul(), m.logits);
     if (mtp_count[size_t(k - 1)] > 0) {
       const double count = double(mtp_count[size_t(k - 1)]);
       const double scale = loss.mtp_lambda / depths / count;
@@ -283,13 +271,14 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     MtpWeights& mw = w_.mtp[size_t(k - 1)];
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     if (mtp_count[size_t(k - 1)] > 0)
-      ops::linear_backward(for_matmul(m.h, m.h_mm), w_.lm_head.for_matmul(), m.d_logits,
+      ops::linear_backward(matmul_view(m.h, m.h_mm), w_.lm_head.for_matmul(), m.d_logits,
                            &b.d_h[size_t(k)], &w_.lm_head.grad, true);
     residual_norm_backward(m.x_out, mw.shared_head_norm, m.h_rstd_out, b.d_h[size_t(k)],
                            b.d_residual, false, b.scratch);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
-    ops::linear_backward(m.cat, mw.eh_proj.for_matmul(), residual_for_matmul(b.d_residual, b.scratch),
-                         &b.d_cat, &mw.eh_proj.grad);
+    ops::linear_backward(m.cat, mw.eh_proj.for_matmul(),
+                         matmul_view(b.d_residual, b.scratch.d_residual_mm), &b.d_cat,
+                         &mw.eh_proj.grad);
     ops::copy_columns(b.d_cat, 2 * d, 0, d, b.d_e, n);  // d e_norm
     ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
                           false);
@@ -301,7 +290,7 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
 
   // ---- Backward: main head, final norm, blocks, embedding ----
   head_phase.emplace("lm head bwd", b.logits.device());
-  ops::linear_backward(for_matmul(b.h_final, b.h_final_mm), w_.lm_head.for_matmul(), b.d_logits,
+  ops::linear_backward(matmul_view(b.h_final, b.h_final_mm), w_.lm_head.for_matmul(), b.d_logits,
                        &b.d_h[0], &w_.lm_head.grad, true);
   residual_norm_backward(b.residual.back(), w_.norm, b.rstd_final, b.d_h[0], b.d_residual, false,
                          b.scratch);

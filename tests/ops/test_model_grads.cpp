@@ -339,9 +339,9 @@ TEST_P(MoeGradMode, MoeBackwardMatchesFiniteDifferences) {
     MoeWeights w = moe_weights_of(p, c, true);
     Tensor out = Tensor::zeros({n, d});
     upload_router_bias(w, act.router);
-    moe_forward(ctx, w, p["x"], act, out);
+    moe_forward(ctx, w, p["x"], p["x"], act, out);
     p.tensors["d_x"] = Tensor::zeros({n, d});
-    moe_backward(ctx, w, p["x"], act, p["r_out"], p["r_out"], s.alpha, scratch, p["d_x"]);
+    moe_backward(ctx, w, p["x"], p["x"], act, p["r_out"], p["r_out"], s.alpha, scratch, p["d_x"]);
     p.tensors["d_gate"] = w.gate.grad;
     for (int64_t i = 0; i < c.n_routed_experts; ++i)
       store_swiglu_grads(p, "e" + std::to_string(i) + ".", w.experts[size_t(i)]);

@@ -13,6 +13,7 @@ namespace dsv3::ops {
 
 void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y,
                                     Tensor& rstd, Tensor& y_bf16) {
+  if (!y_bf16.defined()) return rmsnorm_forward(x, w, eps, y, rstd);
   if (x.device() == Device::CUDA) return cuda_ops::rmsnorm_forward(x, w, eps, y, rstd, &y_bf16);
   rmsnorm_forward(x, w, eps, y, rstd);  // on the CPU: the norm, then the copy
   convert(y, y_bf16);
@@ -41,6 +42,7 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                      const Tensor& d_y, Tensor& d_x, Tensor& d_w,
                                      bool accumulate_d_x, Tensor& d_x_bf16) {
+  if (!d_x_bf16.defined()) return rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
   if (x.device() == Device::CUDA)
     return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, &d_x_bf16);
   rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);  // on the CPU: then the copy

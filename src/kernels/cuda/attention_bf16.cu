@@ -55,10 +55,8 @@ __global__ void __launch_bounds__(kThreads) attention_fwd_bf16_kernel(AttentionF
   const int qtile = int(gridDim.x - 1 - blockIdx.x);
   const int64_t m0 = int64_t(qtile) * kQ;
   const HeadOf at{bh, p.heads};
-  const RowSource qg = rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, dq);
-  const RowSource kg{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows),
-                     p.k2_rows.row, p.k_split};
-  const RowSource vg = rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, dv);
+  const QkvRows in = qkv_rows(p, at);
+  const RowSource &qg = in.q, &kg = in.k, &vg = in.v;
 
   load_tile_async<kQ, DQ, kThreads>(Qs, qg, m0, seq, dq);
   load_tile_async<kK, DQ, kThreads>(Ks, kg, 0, seq, dq);

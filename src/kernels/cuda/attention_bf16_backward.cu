@@ -85,12 +85,10 @@ __global__ void __launch_bounds__(256) attention_bf16_rows_kernel(AttentionBackw
 
 // Where head bh's q, k, v and d_o rows come from (both tile kernels read all four).
 struct Inputs {
-  RowSource q, k, v, d_o;
+  QkvRows qkv;
+  RowSource d_o;
   __device__ __forceinline__ Inputs(const AttentionBackwardBf16& p, const HeadOf& at)
-      : q(rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, p.qk_dim)),
-        k{at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows), p.k2_rows.row,
-          p.k_split},
-        v(rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, p.v_dim)),
+      : qkv(qkv_rows(p, at)),
         d_o(rows_of(at.bf16_rows(p.d_o, p.d_o_rows), p.d_o_rows.row, p.v_dim)) {}
 };
 
@@ -122,7 +120,7 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dkv_kernel(AttentionB
   const int64_t j0 = int64_t(blockIdx.x) * kKeyTile;  // block 0 has the most query tiles
   const HeadOf at{bh, p.heads};
   const Inputs in(p, at);
-  const RowSource &qg = in.q, &kg = in.k, &vg = in.v, &gg = in.d_o;
+  const RowSource &qg = in.qkv.q, &kg = in.qkv.k, &vg = in.qkv.v, &gg = in.d_o;
 
   load_tile_async<kKeyTile, DQ, kThreads>(Ks, kg, j0, seq, dq);
   load_tile_async<kKeyTile, DV, kThreads>(Vs, vg, j0, seq, dv);
@@ -242,7 +240,7 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBa
   const int64_t m0 = int64_t(qtile) * kRowTile;
   const HeadOf at{bh, p.heads};
   const Inputs in(p, at);
-  const RowSource &qg = in.q, &kg = in.k, &vg = in.v, &gg = in.d_o;
+  const RowSource &qg = in.qkv.q, &kg = in.qkv.k, &vg = in.qkv.v, &gg = in.d_o;
 
   load_tile_async<kRowTile, DQ, kThreads>(Qs, qg, m0, seq, dq);
   load_tile_async<kRowTile, DV, kThreads>(dOs, gg, m0, seq, dv);

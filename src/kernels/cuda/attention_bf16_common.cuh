@@ -27,6 +27,19 @@ struct HeadOf {
   }
 };
 
+// Where head `at`'s q, k and v rows come from (AttentionForwardBf16 and AttentionBackwardBf16
+// name these fields alike); the key's columns past k_split from k2.
+struct QkvRows {
+  tc::RowSource q, k, v;
+};
+template <typename Params>
+__device__ __forceinline__ QkvRows qkv_rows(const Params& p, const HeadOf& at) {
+  return {tc::rows_of(at.bf16_rows(p.q, p.q_rows), p.q_rows.row, p.qk_dim),
+          {at.bf16_rows(p.k, p.k_rows), p.k_rows.row, at.bf16_rows(p.k2, p.k2_rows), p.k2_rows.row,
+           p.k_split},
+          tc::rows_of(at.bf16_rows(p.v, p.v_rows), p.v_rows.row, p.v_dim)};
+}
+
 struct Capacity {
   int id;      // index into the list below; -1: none fits
   int dq, dv;  // 0 when none fits
