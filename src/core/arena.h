@@ -48,6 +48,14 @@ class Arena {
   DType matmul_operand_dtype() const {
     return matmul_operand_dtype_ ? *matmul_operand_dtype_ : real_dtype_;
   }
+  // The FFNs' intermediates (gate/up outputs, the SwiGLU output's gradient) and the routed
+  // experts' outputs and input gradients in expert order: products write them and elementwise
+  // ops read them (SwiGLU, the combine, the scatter-add), which widen each value and compute in
+  // float32. In mixed precision they are stored in the operand dtype (BF16), as BF16 training
+  // in PyTorch stores them: the products round their float32 sums once on the way out, where a
+  // float32 buffer over N x K rows would be written and read at twice the bytes. Else the real
+  // dtype.
+  Tensor alloc_ffn_intermediate(const Shape& shape) { return alloc_matmul_operand(shape); }
   // A copy of an activation in the products' operand dtype, for the products that read it beside
   // readers of the real dtype (the op that makes the activation writes both): allocated only
   // where the two dtypes differ (mixed precision); otherwise undefined, and the products read

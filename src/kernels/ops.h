@@ -33,7 +33,9 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor
 // values, offsets[0] = 0, offsets[G] = R). Groups with no rows are skipped. Equal to a loop of
 // linear_forward/linear_backward over the groups, in one call: on a GPU one grouped GEMM for
 // all groups instead of a launch (and, with BF16 weights, a BF16 rounding of x) per group.
-// y[rows of g, out] = x[rows of g, in] W_g[out, in]^T; x [R, in], y [R, out].
+// y[rows of g, out] = x[rows of g, in] W_g[out, in]^T; x [R, in], y [R, out]. With BF16 weights
+// on a GPU, x may be BF16 and y (like the backward's d_x) float32 or BF16 (the float32 sums
+// rounded once: mixed precision stores the routed experts' outputs and input gradients so).
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y);
 // d_x[rows of g] = d_y[rows of g] W_g (overwritten; rows of empty groups do not exist);
@@ -82,7 +84,8 @@ void rope_backward(Tensor& d_x, const RopeSlice& s, const int32_t* positions, co
                    const Tensor& sin);
 
 // ---- SwiGLU (kernels/cpu/swiglu.cpp): h = silu(g) * u over [rows, width] ----
-// gate_up is [rows, 2*width]: gate in the first half of each row, up in the second.
+// gate_up is [rows, 2*width]: gate in the first half of each row, up in the second. On a GPU
+// each input and output may also be BF16 (inputs widened exactly, float32 arithmetic).
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
 
@@ -143,7 +146,9 @@ void scale_inplace(Tensor& x, float factor);  // x *= factor
 // out [m, d] (overwritten).
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
 // out[t, :] += sum_j weights[t, j] * y_perm[row_of[t*K + j], :]
-// y_perm [N*K, d], row_of [N*K], weights [N, K], out [N, d] (accumulated into).
+// y_perm [N*K, d], row_of [N*K], weights [N, K], out [N, d] (accumulated into). On a GPU y_perm
+// may be BF16 here and in the backward (d_y_perm too), d_x_perm in the scatter-add: read widened
+// exactly, summed in float32.
 void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
 // The combine's backward: d_y_perm[row_of[t*K + j], :] = weights[t, j] * d_out[t, :] and
 // d_weights[t, j] = d_out[t, :] . y_perm[row_of[t*K + j], :]. Both overwritten; rows of

@@ -6,13 +6,14 @@ namespace dsv3 {
 
 FfnActivations::FfnActivations(Arena& arena, int64_t rows, int64_t width, Role role) {
   // Only GEMMs read act (down's input) and d gate_up (gate_up's output gradient); the
-  // forward's gate_up and the backward's d act feed SwiGLU and stay in the real dtype.
+  // forward's gate_up and the backward's d act are products' outputs that SwiGLU reads. All
+  // four are BF16 in mixed precision (Arena::alloc_ffn_intermediate).
   if (role == Role::Saved) {
-    gate_up = arena.alloc({rows, 2 * width});
+    gate_up = arena.alloc_ffn_intermediate({rows, 2 * width});
     act = arena.alloc_matmul_operand({rows, width});
   } else {
     gate_up = arena.alloc_matmul_operand({rows, 2 * width});
-    act = arena.alloc({rows, width});
+    act = arena.alloc_ffn_intermediate({rows, width});
   }
 }
 

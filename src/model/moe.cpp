@@ -23,7 +23,7 @@ MoeActivations::MoeActivations(Arena& a, const ModelConfig& c, int64_t batch, in
   permuted_row = a.alloc({nk}, DType::I32);
   x_perm = a.alloc_matmul_operand({nk, d});  // read only by the experts' GEMMs
   experts = FfnActivations(a, nk, c.moe_intermediate_size);
-  y_perm = a.alloc({nk, d});
+  y_perm = a.alloc_ffn_intermediate({nk, d});  // read by the combine, forward and backward
   if (c.n_shared_experts > 0) shared = FfnActivations(a, n, shared_width(c));
 }
 
@@ -31,7 +31,7 @@ MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
     : router(a, c, batch, seq) {
   const int64_t n = batch * seq, nk = n * c.num_experts_per_tok, d = c.hidden_size;
   d_y_perm = a.alloc_matmul_operand({nk, d});  // read only by the experts' backward GEMMs
-  d_x_perm = a.alloc({nk, d});
+  d_x_perm = a.alloc_ffn_intermediate({nk, d});  // read by the scatter-add
   d_experts = FfnActivations(a, nk, c.moe_intermediate_size, FfnActivations::Role::Gradients);
   if (c.n_shared_experts > 0)
     d_shared = FfnActivations(a, n, shared_width(c), FfnActivations::Role::Gradients);

@@ -16,14 +16,14 @@ struct MoeActivations {
   Tensor permuted_row;     // [N*K] int32: permuted row of assignment (t, j) at t*K + j
   Tensor x_perm;           // [N*K, hidden] inputs in expert order (BF16 in mixed precision)
   FfnActivations experts;  // [N*K, ...]
-  Tensor y_perm;           // [N*K, hidden] expert outputs in expert order
+  Tensor y_perm;           // [N*K, hidden] expert outputs in expert order (BF16 in mixed precision)
   FfnActivations shared;   // [N, ...]
 
   MoeActivations(Arena& arena, const ModelConfig& c, int64_t batch, int64_t seq);
 };
 
 struct MoeScratch {
-  Tensor d_y_perm, d_x_perm;  // [N*K, hidden] (d_y_perm BF16 in mixed precision)
+  Tensor d_y_perm, d_x_perm;  // [N*K, hidden] (BF16 in mixed precision)
   FfnActivations d_experts;   // [N*K, ...]
   FfnActivations d_shared;    // [N, ...]
   RouterScratch router;       // d gating weights [N, K], d logits [N, E]

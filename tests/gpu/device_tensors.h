@@ -32,6 +32,13 @@ inline Tensor rounded(const Tensor& f32) {
   return b;
 }
 
+// The BF16 tensor widened to float32 on the device by the conversion op (exactly).
+inline Tensor widened(const Tensor& bf16) {
+  Tensor f = cuda_zeros(bf16.shape());
+  ops::convert(bf16, f);
+  return f;
+}
+
 // Bit-for-bit equality of two device tensors of one dtype; the count of differing elements.
 inline int64_t differing(const Tensor& a_dev, const Tensor& b_dev) {
   const Tensor a = a_dev.to(Device::CPU), b = b_dev.to(Device::CPU);

@@ -5,8 +5,10 @@
 // where the rounding happens, bit for bit; this file checks both halves on the device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/device.h"
@@ -26,6 +28,7 @@ Tensor random_cuda(const Shape& shape, std::mt19937_64& rng) {
 using test::cuda_zeros;
 using test::differing;
 using test::rounded;
+using test::widened;
 
 TEST(CudaBf16Storage, SwigluWritesTheRoundedFloat32Result) {
   REQUIRE_GPU();
@@ -41,6 +44,70 @@ TEST(CudaBf16Storage, SwigluWritesTheRoundedFloat32Result) {
     ops::swiglu_backward(gate_up, d_h, d);
     ops::swiglu_backward(gate_up, d_h, d_bf16);
     EXPECT_EQ(differing(d_bf16, rounded(d)), 0) << "backward, width " << width;
+  }
+}
+
+// The FFNs' intermediates are stored in BF16 too (Arena::alloc_ffn_intermediate): the ops that
+// read them must compute from a BF16 buffer exactly what they compute from its values widened
+// to float32, whatever the output dtype.
+TEST(CudaBf16Storage, SwigluReadsBf16InputsAsTheirFloat32Values) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(5);
+  for (int64_t width : {8, 13, 64}) {  // four values a load, and one
+    const int64_t rows = 37;
+    const Tensor gate_up = rounded(random_cuda({rows, 2 * width}, rng));
+    const Tensor d_h = rounded(random_cuda({rows, width}, rng));
+    for (DType out : {DType::F32, DType::BF16}) {
+      Tensor h = cuda_zeros({rows, width}, out), h_ref = cuda_zeros({rows, width}, out);
+      ops::swiglu_forward(gate_up, h);
+      ops::swiglu_forward(widened(gate_up), h_ref);
+      EXPECT_EQ(differing(h, h_ref), 0) << "forward, width " << width << ", " << dtype_name(out);
+      Tensor d = cuda_zeros({rows, 2 * width}, out), d_ref = cuda_zeros({rows, 2 * width}, out);
+      ops::swiglu_backward(gate_up, d_h, d);
+      ops::swiglu_backward(widened(gate_up), widened(d_h), d_ref);
+      EXPECT_EQ(differing(d, d_ref), 0) << "backward, width " << width << ", " << dtype_name(out);
+      // One input BF16, the other float32.
+      Tensor d_mixed = cuda_zeros({rows, 2 * width}, out);
+      ops::swiglu_backward(widened(gate_up), d_h, d_mixed);
+      EXPECT_EQ(differing(d_mixed, d_ref), 0) << "backward, d_h alone BF16, width " << width;
+    }
+  }
+}
+
+// The combine (forward and backward) and the scatter-add read the routed experts' BF16 outputs
+// and input gradients as their float32 values: with up to 16 picks (the picks in registers)
+// and more (the plain loops), rows of 8, 4 and 1 values a load.
+TEST(CudaBf16Storage, CombineAndScatterReadBf16RowsAsTheirFloat32Values) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(6);
+  const int64_t n = 29;
+  for (int64_t k : {3, 17}) {
+    std::vector<int32_t> perm(size_t(n * k));
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = int32_t(i);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    const Tensor row_of = test::device_ints(perm);
+    for (int64_t dim : {16, 12, 7}) {
+      const std::string what = "k " + std::to_string(k) + ", dim " + std::to_string(dim);
+      const Tensor rows_bf16 = rounded(random_cuda({n * k, dim}, rng)), rows_f32 = widened(rows_bf16);
+      const Tensor weights = random_cuda({n, k}, rng), base = random_cuda({n, dim}, rng);
+      Tensor out = base.clone(), out_ref = base.clone();  // accumulated into
+      ops::moe_combine(rows_bf16, row_of.i32(), weights, out);
+      ops::moe_combine(rows_f32, row_of.i32(), weights, out_ref);
+      EXPECT_EQ(differing(out, out_ref), 0) << "combine, " << what;
+
+      const Tensor d_out = random_cuda({n, dim}, rng);
+      Tensor d_y = cuda_zeros({n * k, dim}, DType::BF16), d_y_ref = cuda_zeros({n * k, dim}, DType::BF16);
+      Tensor d_w = cuda_zeros({n, k}), d_w_ref = cuda_zeros({n, k});
+      ops::moe_combine_backward(d_out, rows_bf16, row_of.i32(), weights, d_y, d_w);
+      ops::moe_combine_backward(d_out, rows_f32, row_of.i32(), weights, d_y_ref, d_w_ref);
+      EXPECT_EQ(differing(d_w, d_w_ref), 0) << "combine backward, gating gradients, " << what;
+      EXPECT_EQ(differing(d_y, d_y_ref), 0) << "combine backward, d_y, " << what;
+
+      Tensor d_x = base.clone(), d_x_ref = base.clone();  // accumulated into
+      ops::moe_scatter_add(rows_bf16, row_of.i32(), k, d_x);
+      ops::moe_scatter_add(rows_f32, row_of.i32(), k, d_x_ref);
+      EXPECT_EQ(differing(d_x, d_x_ref), 0) << "scatter-add, " << what;
+    }
   }
 }
 
@@ -232,6 +299,10 @@ TEST(CudaBf16Storage, OtherOutputDtypesAreErrors) {
   const std::vector<int64_t> offsets = {0, 4};
   Tensor y = cuda_zeros({4, 8});
   EXPECT_THROW(ops::grouped_linear_forward(x_bf16, {&w}, offsets.data(), y), Error);
+  // Nor is a BF16 output of float32 products (float32 weights: the parity mode).
+  Tensor y_bf16 = cuda_zeros({4, 8}, DType::BF16);
+  EXPECT_THROW(ops::grouped_linear_forward(random_cuda({4, 8}, rng), {&w}, offsets.data(), y_bf16),
+               Error);
   // BF16 rows do not gather into float32 ones (that would widen what was rounded).
   const Tensor src = test::device_ints({1, 0, 3});
   Tensor gathered = cuda_zeros({3, 8});

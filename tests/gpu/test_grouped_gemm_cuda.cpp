@@ -163,20 +163,32 @@ TEST(CudaGroupedGemm, MatchesFloat64InEveryLayout) {
 TEST(CudaGroupedGemm, DeclinesProductsItCannotRun) {
   REQUIRE_GPU();
   std::mt19937_64 rng(3);
-  const Matrix a(16, 12, rng), b(16, 12, rng);
+  const Matrix a(16, 16, rng), b(16, 16, rng), narrow_a(16, 12, rng), narrow_b(16, 12, rng);
   Tensor c = Tensor::zeros({16, 16}, DType::F32, Device::CUDA);
-  cuda::BlasGroupedGemm p;
-  p.trans_b = true;
-  p.lda = 12, p.ldb = 12, p.ldc = 16;
-  p.ab_type = CUDA_R_16BF;
-  p.m = {16}, p.n = {16}, p.k = {12};
-  p.a = {a.device.data()}, p.b = {b.device.data()}, p.c = {c.data()};
+  const auto product = [&] {  // one the kernel runs; each case below breaks one condition
+    cuda::BlasGroupedGemm p;
+    p.trans_b = true;
+    p.lda = 16, p.ldb = 16, p.ldc = 16;
+    p.ab_type = CUDA_R_16BF;
+    p.m = {16}, p.n = {16}, p.k = {16};
+    p.a = {a.device.data()}, p.b = {b.device.data()}, p.c = {c.data()};
+    return p;
+  };
+  cuda::BlasGroupedGemm p = product();
+  ASSERT_TRUE(cuda::blas_grouped_gemm_kernel(p, "test"));
+  p.lda = 12, p.ldb = 12, p.k = {12};
+  p.a = {narrow_a.device.data()}, p.b = {narrow_b.device.data()};
   EXPECT_FALSE(cuda::blas_grouped_gemm_kernel(p, "test")) << "rows of 12 are not 16-byte chunks";
+  p = product();
   p.ab_type = CUDA_R_32F;
   EXPECT_FALSE(cuda::blas_grouped_gemm_kernel(p, "test")) << "float32 operands";
-  p.ab_type = CUDA_R_16BF;
+  p = product();
   p.alpha = 2.0f;
   EXPECT_FALSE(cuda::blas_grouped_gemm_kernel(p, "test")) << "alpha other than 1";
+  p = product();
+  p.c_type = CUDA_R_16BF;
+  p.beta = 1.0f;
+  EXPECT_FALSE(cuda::blas_grouped_gemm_kernel(p, "test")) << "a BF16 output accumulated into";
 }
 
 }  // namespace

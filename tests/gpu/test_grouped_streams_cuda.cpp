@@ -10,6 +10,8 @@
 //   GPU (and bit for bit in the emulation, whose products sum in one order); the weight
 //   gradients of empty groups untouched, bit for bit.
 // - padded-kernel: the padded products with the weight gradients through dsv3's grouped kernel.
+// - With BF16 outputs (y and d_x: mixed precision stores the routed experts' outputs and input
+//   gradients so), every way writes its float32 sums rounded.
 // Part of dsv3_gpu_tests and of the emulated tests.
 #include <gtest/gtest.h>
 
@@ -47,9 +49,10 @@ Tensor device_randn(const Shape& shape, uint64_t seed, DType dtype = DType::F32)
   return b;
 }
 
-// The three products over 32 experts with uneven rows (some empty), under `mode`. The inputs
-// are made on the device right before, and the outputs copied back right after.
-Results run(const char* mode, DType wt) {
+// The three products over 32 experts with uneven rows (some empty), under `mode`, y and d_x in
+// `out_dtype`. The inputs are made on the device right before, and the outputs copied back
+// right after.
+Results run(const char* mode, DType wt, DType out_dtype = DType::F32) {
   const ScopedEnv scoped("DSV3_GROUPED_GEMM", mode);
   const int64_t groups = kGroups, in = kIn, out = kOut;
   std::vector<int64_t> off{0};
@@ -65,8 +68,8 @@ Results run(const char* mode, DType wt) {
   for (const Tensor& t : w_dev) w.push_back(&t);
   for (Tensor& t : d_w) d_w_ptrs.push_back(&t);
   const Tensor x = device_randn({rows, in}, 1), d_y = device_randn({rows, out}, 2);
-  Tensor y = Tensor::zeros({rows, out}, DType::F32, Device::CUDA);
-  Tensor d_x = Tensor::zeros({rows, in}, DType::F32, Device::CUDA);
+  Tensor y = Tensor::zeros({rows, out}, out_dtype, Device::CUDA);
+  Tensor d_x = Tensor::zeros({rows, in}, out_dtype, Device::CUDA);
   ops::grouped_linear_forward(x, w, off.data(), y);
   ops::grouped_linear_backward(x, w, d_y, off.data(), &d_x, d_w_ptrs);
   Results r;
@@ -174,6 +177,46 @@ TEST(CudaGroupedPadded, PaddedKernelTakesEachProductFromItsWay) {
     any_differs = any_differs || std::memcmp(kernel.host[i].data(), padded.host[i].data(),
                                              kernel.host[i].nbytes()) != 0;
   EXPECT_TRUE(any_differs) << "the kernel's weight gradients equal the cuBLAS loop's bit for bit";
+}
+
+// BF16 bits of v rounded to nearest even (what the conversion op writes).
+uint16_t bf16_bits(float v) {
+  uint32_t u = 0;
+  std::memcpy(&u, &v, 4);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// The BF16 y and d_x of each way are its float32 ones rounded: bit for bit in the emulation
+// (one summation order); on a GPU cuBLAS may pick another kernel for a BF16 output, whose sums
+// can land on the neighbouring BF16 value, and no further.
+TEST(CudaGroupedPadded, Bf16OutputsAreTheFloat32SumsRounded) {
+  ASSERT_GT(device::cuda_device_count(), 0) << "dsv3_gpu_tests needs a visible CUDA device";
+  for (const char* mode : {"0", "padded", "cublas", "streams", "kernel", "padded-kernel"}) {
+    for (const char* height : {"16", "128"}) {
+      const ScopedEnv scoped("DSV3_GROUPED_CHUNK_ROWS", height);
+      const Results f32 = run(mode, DType::BF16), bf16 = run(mode, DType::BF16, DType::BF16);
+      for (size_t i = 0; i < 2; ++i) {
+        const Tensor& want = f32.host[i];
+        const uint16_t* got = bf16.host[i].bf16();
+        int64_t off_by_one = 0, further = 0;
+        for (int64_t j = 0; j < want.numel(); ++j) {
+          const int diff = std::abs(int(got[j]) - int(bf16_bits(want.f32()[j])));
+          off_by_one += diff == 1;
+          further += diff > 1;
+        }
+        const std::string what = std::string(mode) + ", " + height + "-row chunks, " +
+                                 (i == 0 ? "y" : "d_x");
+        EXPECT_EQ(further, 0) << what;
+#ifdef DSV3_CUDA_EMULATION
+        EXPECT_EQ(off_by_one, 0) << what;
+#endif
+      }
+      // The weight gradients stay float32 and do not depend on the outputs' dtype.
+      for (size_t i = 2; i < f32.host.size(); ++i)
+        EXPECT_EQ(std::memcmp(f32.host[i].data(), bf16.host[i].data(), f32.host[i].nbytes()), 0)
+            << mode << ", d_w of group " << i - 2;
+    }
+  }
 }
 
 TEST(CudaGroupedPadded, ABadChunkHeightIsAClearError) {

@@ -21,6 +21,22 @@ __device__ __forceinline__ void store_f32_or_bf16(float* f, uint16_t* bf16, int6
   else
     f[i] = v;
 }
+// Element i of an input that is float32 (f) or, when bf16 is given, BF16: widened exactly, so
+// an op reading a BF16 buffer computes what it computes from the float32 values it rounds.
+__device__ __forceinline__ float load_f32_or_bf16(const float* f, const uint16_t* bf16, int64_t i) {
+  return bf16 ? __uint_as_float(uint32_t(bf16[i]) << 16) : f[i];
+}
+// Four consecutive values at p: one 16-byte load of float32 (16-byte aligned), or one 8-byte
+// load of BF16 (8-byte aligned) when bf16 is given.
+__device__ __forceinline__ float4 load4_f32_or_bf16(const float* f, const uint16_t* bf16,
+                                                    int64_t i) {
+  if (bf16) {
+    const uint2 w = *reinterpret_cast<const uint2*>(bf16 + i);
+    return make_float4(__uint_as_float(w.x << 16), __uint_as_float(w.x & 0xffff0000u),
+                       __uint_as_float(w.y << 16), __uint_as_float(w.y & 0xffff0000u));
+  }
+  return *reinterpret_cast<const float4*>(f + i);
+}
 // Records an index out of range (params.h, IndexError): the first report wins the record.
 __device__ __forceinline__ void report_index_error(IndexError* e, int32_t code, int64_t row,
                                                    int64_t value, int64_t limit) {

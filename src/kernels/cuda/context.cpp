@@ -455,8 +455,9 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
 }
 
 bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
-  if (g.ab_type != CUDA_R_16BF || g.c_type != CUDA_R_32F || g.alpha != 1.0f ||
-      (g.beta != 0.0f && g.beta != 1.0f) || !grouped_gemm_bf16_fits(g.lda, g.ldb, g.ldc))
+  const bool c_bf16 = g.c_type == CUDA_R_16BF;  // BF16 outputs are written, never accumulated
+  if (g.ab_type != CUDA_R_16BF || (g.c_type != CUDA_R_32F && !c_bf16) || g.alpha != 1.0f ||
+      (g.beta != 0.0f && (g.beta != 1.0f || c_bf16)) || !grouped_gemm_bf16_fits(g.lda, g.ldb, g.ldc))
     return false;
   const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   std::vector<GemmGroup> groups;
@@ -469,7 +470,7 @@ bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
     const int64_t a_cols = g.trans_a ? m : k, b_cols = g.trans_b ? k : n;
     if (a_cols % 8 || b_cols % 8 || !aligned16(g.a[i]) || !aligned16(g.b[i])) return false;
     groups.push_back({static_cast<const uint16_t*>(g.a[i]), static_cast<const uint16_t*>(g.b[i]),
-                      static_cast<float*>(g.c[i]), m, n, k, tiles});
+                      g.c[i], m, n, k, tiles});
     tiles += ((m + kGroupedGemmTile - 1) / kGroupedGemmTile) *
              ((n + kGroupedGemmTile - 1) / kGroupedGemmTile);
   }
@@ -482,6 +483,7 @@ bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
         what);
   GroupedGemmBf16 p{dev.as<const GemmGroup>(), int64_t(groups.size()), tiles, g.lda, g.ldb, g.ldc,
                     !g.trans_a, g.trans_b, g.beta != 0.0f};
+  p.c_bf16 = c_bf16;
   check(grouped_gemm_bf16(p, stream()), what);
   return true;
 }

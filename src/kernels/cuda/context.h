@@ -76,8 +76,8 @@ bool pad_groups_for_gemm();
 constexpr int64_t kGroupedChunkRows = 128;
 int64_t grouped_chunk_rows();
 // The same products through dsv3's own grouped kernel (grouped_gemm.cu: one launch, BF16
-// tensor cores), when they fit it: BF16 A and B, float32 C, alpha 1, beta 0 or 1, every
-// operand row 16-byte aligned. Returns false, having run nothing, when they do not.
+// tensor cores), when they fit it: BF16 A and B, float32 C (beta 0 or 1) or BF16 C (beta 0),
+// alpha 1, every operand row 16-byte aligned. Returns false, having run nothing, when they do not.
 // blas_grouped_gemm takes this path under DSV3_GROUPED_GEMM=kernel.
 bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what);
 

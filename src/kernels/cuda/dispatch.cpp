@@ -57,6 +57,19 @@ F32OrBf16 f32_or_bf16(Tensor& t, const char* op, const char* name) {
   return {t.f32(), nullptr};
 }
 
+// An input that may be float32 or BF16 (the ops that read the routed experts' BF16
+// intermediates widen each value exactly).
+struct F32OrBf16In {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+};
+F32OrBf16In f32_or_bf16_in(const Tensor& t, const char* op, const char* name) {
+  if (t.dtype() == DType::BF16) return {nullptr, t.bf16()};
+  DSV3_CHECK(t.dtype() == DType::F32, "{}: {} is {}, not float32 or bfloat16", op, name,
+             dtype_name(t.dtype()));
+  return {t.f32(), nullptr};
+}
+
 cudaDataType_t blas_type(DType d, const char* op) {
   switch (d) {
     case DType::F32: return CUDA_R_32F;
@@ -237,6 +250,18 @@ const void* grouped_operand(const Tensor& t, DType w_dtype, std::optional<Scratc
 const void* row_ptr(const void* base, int64_t row, int64_t cols, size_t elem) {
   return static_cast<const char*>(base) + size_t(row * cols) * elem;
 }
+
+// A grouped product's output `out` [rows, cols]: float32, or BF16 against BF16 weights (mixed
+// precision stores the routed experts' intermediates so: docs/cuda.md).
+cuda::GroupedOutput grouped_output(Tensor& out, DType w_dtype, int64_t rows, int64_t cols,
+                                   const char* op, const char* name) {
+  need_device(out, op, name);
+  DSV3_CHECK((out.dtype() == DType::F32 || (out.dtype() == DType::BF16 && w_dtype == DType::BF16)) &&
+                 out.numel() == rows * cols,
+             "{}: {} {} {} is not [{}, {}] float32 (or bfloat16 against bfloat16 weights)", op,
+             name, out.shape().str(), dtype_name(out.dtype()), rows, cols);
+  return {out.data(), out.dtype() == DType::BF16};
+}
 }  // namespace
 
 void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>& w,
@@ -244,22 +269,19 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
   const char* op = "grouped_linear_forward";
   const int64_t rows = check_grouped(x_in, w, offsets, op);
   const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
-  need_device(y, op, "y");
-  DSV3_CHECK(y.dtype() == DType::F32 && y.numel() == rows * out,
-             "{}: y {} {} is not [{}, {}] float32", op, y.shape().str(), dtype_name(y.dtype()),
-             rows, out);
   const DType wt = w[0]->dtype();
+  const cuda::GroupedOutput y_out = grouped_output(y, wt, rows, out, op, "y");
   std::optional<Scratch> x_bf16;
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
-  if (cuda::grouped_linear_forward_padded(x, w, offsets, rows, y.f32())) return;
-  const size_t xe = wt == DType::BF16 ? 2 : 4;
+  if (cuda::grouped_linear_forward_padded(x, w, offsets, rows, y_out)) return;
+  const size_t xe = wt == DType::BF16 ? 2 : 4, ye = y_out.bf16 ? 2 : 4;
   cuda::BlasGroupedGemm g;  // per group: y_g [r_g, out] = x_g [r_g, in] W_g^T
   g.trans_b = true;
   g.lda = in;
   g.ldb = in;
   g.ldc = out;
   g.ab_type = blas_type(wt, op);
-  g.c_type = CUDA_R_32F;
+  g.c_type = blas_type(y.dtype(), op);
   for (size_t e = 0; e < w.size(); ++e) {
     const int64_t b = offsets[e], r = offsets[e + 1] - b;
     if (r == 0) continue;
@@ -268,7 +290,7 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
     g.k.push_back(in);
     g.a.push_back(row_ptr(x, b, in, xe));
     g.b.push_back(w[e]->data());
-    g.c.push_back(y.f32() + b * out);
+    g.c.push_back(const_cast<void*>(row_ptr(y_out.data, b, out, ye)));
   }
   cuda::blas_grouped_gemm(g, op);
 }
@@ -286,12 +308,8 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
              "{}: d_y {} {} is not [{}, {}] float32 (or bfloat16 against bfloat16 weights)", op,
              d_y_in.shape().str(), dtype_name(d_y_in.dtype()), rows, out);
   DSV3_CHECK(d_w.size() == w.size(), "{}: {} weights but {} gradients", op, w.size(), d_w.size());
-  if (d_x) {
-    need_device(*d_x, op, "d_x");
-    DSV3_CHECK(d_x->dtype() == DType::F32 && d_x->numel() == rows * in,
-               "{}: d_x {} {} is not [{}, {}] float32", op, d_x->shape().str(),
-               dtype_name(d_x->dtype()), rows, in);
-  }
+  const cuda::GroupedOutput d_x_out =
+      d_x ? grouped_output(*d_x, wt, rows, in, op, "d_x") : cuda::GroupedOutput{nullptr, false};
   for (size_t e = 0; e < w.size(); ++e) {
     if (offsets[e + 1] == offsets[e]) continue;
     DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
@@ -304,14 +322,14 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   const void* d_y = grouped_operand(d_y_in, wt, d_y_bf16, op);
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
   // The input gradient as batched products over chunks where that path applies.
-  const bool d_x_done = d_x && cuda::grouped_linear_backward_padded(d_y, w, offsets, rows, d_x->f32());
+  const bool d_x_done = d_x && cuda::grouped_linear_backward_padded(d_y, w, offsets, rows, d_x_out);
   // per group: d_x_g [r_g, in] = d_y_g [r_g, out] W_g [out, in]
   cuda::BlasGroupedGemm gx;
   gx.lda = out;
   gx.ldb = in;
   gx.ldc = in;
   gx.ab_type = ab;
-  gx.c_type = CUDA_R_32F;
+  gx.c_type = d_x_out.bf16 ? CUDA_R_16BF : CUDA_R_32F;
   if (d_x && !d_x_done) {
     for (size_t e = 0; e < w.size(); ++e) {
       const int64_t b = offsets[e], r = offsets[e + 1] - b;
@@ -321,7 +339,7 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
       gx.k.push_back(out);
       gx.a.push_back(row_ptr(d_y, b, out, e_size));
       gx.b.push_back(w[e]->data());
-      gx.c.push_back(d_x->f32() + b * in);
+      gx.c.push_back(const_cast<void*>(row_ptr(d_x_out.data, b, in, d_x_out.bf16 ? 2 : 4)));
     }
   }
   // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
@@ -423,8 +441,10 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
   DSV3_CHECK(gate_up.numel() == 2 * h.numel(), "swiglu_forward: gate_up {} is not twice h {}",
              gate_up.shape().str(), h.shape().str());
   const F32OrBf16 out = f32_or_bf16(h, "swiglu_forward", "h");
-  cuda::SwiGlu p{gate_up.f32(), nullptr, out.f32, nullptr, rows, width};
+  const F32OrBf16In in = f32_or_bf16_in(gate_up, "swiglu_forward", "gate_up");
+  cuda::SwiGlu p{in.f32, nullptr, out.f32, nullptr, rows, width};
   p.h_bf16 = out.bf16;
+  p.gate_up_bf16 = in.bf16;
   check(cuda::swiglu_forward(p, stream()), "swiglu_forward");
 }
 
@@ -435,8 +455,12 @@ void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up
              "swiglu_backward: gate_up {}, d_h {}, d_gate_up {} do not match",
              gate_up.shape().str(), d_h.shape().str(), d_gate_up.shape().str());
   const F32OrBf16 out = f32_or_bf16(d_gate_up, "swiglu_backward", "d_gate_up");
-  cuda::SwiGlu p{gate_up.f32(), d_h.f32(), nullptr, out.f32, rows, width};
+  const F32OrBf16In in = f32_or_bf16_in(gate_up, "swiglu_backward", "gate_up");
+  const F32OrBf16In dh = f32_or_bf16_in(d_h, "swiglu_backward", "d_h");
+  cuda::SwiGlu p{in.f32, dh.f32, nullptr, out.f32, rows, width};
   p.d_gate_up_bf16 = out.bf16;
+  p.gate_up_bf16 = in.bf16;
+  p.d_h_bf16 = dh.bf16;
   check(cuda::swiglu_backward(p, stream()), "swiglu_backward");
 }
 
@@ -906,8 +930,10 @@ void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weig
              "moe_combine: y_perm {}, weights {} and out {} do not match", y_perm.shape().str(),
              weights.shape().str(), out.shape().str());
   need_device_indices(row_of, n * k, "moe_combine");
+  const F32OrBf16In y = f32_or_bf16_in(y_perm, "moe_combine", "y_perm");
   cuda::MoeCombine p{};
-  p.y_perm = y_perm.f32();
+  p.y_perm = y.f32;
+  p.y_perm_bf16 = y.bf16;
   p.row_of = row_of;
   p.weights = weights.f32();
   p.out = out.f32();
@@ -929,8 +955,10 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
              d_out.shape().str(), y_perm.shape().str(), weights.shape().str(),
              d_y_perm.shape().str(), d_weights.shape().str());
   need_device_indices(row_of, n * k, "moe_combine_backward");
+  const F32OrBf16In y = f32_or_bf16_in(y_perm, "moe_combine_backward", "y_perm");
   cuda::MoeCombine p{};
-  p.y_perm = y_perm.f32();
+  p.y_perm = y.f32;
+  p.y_perm_bf16 = y.bf16;
   p.row_of = row_of;
   p.weights = weights.f32();
   p.d_out = d_out.f32();
@@ -950,8 +978,10 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
   DSV3_CHECK(k >= 1 && d_x_perm.dim(-1) == d && rows_of(d_x_perm, d) == n * k,
              "moe_scatter_add: d_x_perm {} is not [{} * {}, {}]", d_x_perm.shape().str(), n, k, d);
   need_device_indices(row_of, n * k, "moe_scatter_add");
-  check(cuda::moe_scatter_add({d_x_perm.f32(), row_of, d_x.f32(), n, k, d}, stream()),
-        "moe_scatter_add");
+  const F32OrBf16In src = f32_or_bf16_in(d_x_perm, "moe_scatter_add", "d_x_perm");
+  cuda::MoeScatterAdd p{src.f32, row_of, d_x.f32(), n, k, d};
+  p.d_x_perm_bf16 = src.bf16;
+  check(cuda::moe_scatter_add(p, stream()), "moe_scatter_add");
 }
 
 // ---- Optimizer ----

@@ -1,5 +1,5 @@
 // Grouped GEMM on BF16 tensor cores (params.h, GroupedGemmBf16): every group's product in one
-// launch, float32 accumulation and output. It exists for the routed experts in mixed
+// launch, float32 accumulation, float32 or BF16 output. It exists for the routed experts in mixed
 // precision, where cuBLAS's grouped call refuses BF16 inputs with float32 outputs and the
 // fallback is one cuBLAS call per expert (hundreds of small launches per step).
 //
@@ -60,6 +60,9 @@ __device__ __forceinline__ void load_tile(bf16* s, const bf16* g, int64_t ld, in
   }
 }
 
+// kBf16Out: C is BF16 (p.c_bf16), an instantiation of its own so that the float32 one keeps its
+// registers (the two epilogues in one kernel spilled).
+template <bool kBf16Out>
 __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedGemmBf16 p) {
   extern __shared__ __align__(16) bf16 ring[];  // [kStages][A, B][kOperandElems]
   const auto operand = [&](int stage, int which) { return ring + (stage * 2 + which) * kOperandElems; };
@@ -152,8 +155,10 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedG
     // The next tile's first loads refill stages this tile's last steps may still be reading.
     __syncthreads();
 
-    // Each lane holds column pairs (2 t4, 2 t4 + 1): one 8-byte store where C allows it.
-    const bool pairs = p.ldc % 2 == 0 && (reinterpret_cast<uintptr_t>(gr.c) & 7) == 0;
+    // Each lane holds column pairs (2 t4, 2 t4 + 1): one 8-byte store (4 bytes of BF16) where C
+    // allows it.
+    const bool pairs =
+        p.ldc % 2 == 0 && (reinterpret_cast<uintptr_t>(gr.c) & (kBf16Out ? 3 : 7)) == 0;
 #pragma unroll
     for (int mb = 0; mb < kRowBlocks; ++mb)
 #pragma unroll
@@ -163,18 +168,29 @@ __global__ void __launch_bounds__(kThreads, 2) grouped_gemm_bf16_kernel(GroupedG
           const int64_t row = m0 + wm * kWarpRows + mb * 16 + g4 + 8 * half;
           const int64_t col = n0 + wn * kWarpCols + nb * 8 + 2 * t4;
           if (row >= gr.m || col >= gr.n) continue;
-          float* c = gr.c + row * p.ldc + col;
           float v0 = acc[mb][nb][2 * half], v1 = acc[mb][nb][2 * half + 1];
-          if (pairs && col + 1 < gr.n) {
-            if (p.accumulate) {
-              const float2 old = *reinterpret_cast<const float2*>(c);
-              v0 += old.x;
-              v1 += old.y;
+          if constexpr (kBf16Out) {  // (never accumulated)
+            uint16_t* c = static_cast<uint16_t*>(gr.c) + row * p.ldc + col;
+            const uint32_t packed = pack2_bf16(v0, v1);  // v0 in the low half
+            if (pairs && col + 1 < gr.n) {
+              *reinterpret_cast<uint32_t*>(c) = packed;
+            } else {
+              c[0] = uint16_t(packed);
+              if (col + 1 < gr.n) c[1] = uint16_t(packed >> 16);
             }
-            *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
           } else {
-            c[0] = p.accumulate ? c[0] + v0 : v0;
-            if (col + 1 < gr.n) c[1] = p.accumulate ? c[1] + v1 : v1;
+            float* c = static_cast<float*>(gr.c) + row * p.ldc + col;
+            if (pairs && col + 1 < gr.n) {
+              if (p.accumulate) {
+                const float2 old = *reinterpret_cast<const float2*>(c);
+                v0 += old.x;
+                v1 += old.y;
+              }
+              *reinterpret_cast<float2*>(c) = make_float2(v0, v1);
+            } else {
+              c[0] = p.accumulate ? c[0] + v0 : v0;
+              if (col + 1 < gr.n) c[1] = p.accumulate ? c[1] + v1 : v1;
+            }
           }
         }
   }
@@ -191,10 +207,12 @@ cudaError_t grouped_gemm_bf16(const GroupedGemmBf16& p, cudaStream_t stream) {
   const int64_t grid = p.tiles < (int64_t(1) << 30) ? p.tiles : (int64_t(1) << 30);
   // Past the 48 KiB default: opted in at each launch, as the attention kernels do (the setting
   // is per device).
-  const cudaError_t opted_in = cudaFuncSetAttribute(
-      grouped_gemm_bf16_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+  void (*const kernel)(GroupedGemmBf16) =
+      p.c_bf16 ? grouped_gemm_bf16_kernel<true> : grouped_gemm_bf16_kernel<false>;
+  const cudaError_t opted_in =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
   if (opted_in != cudaSuccess) return opted_in;
-  grouped_gemm_bf16_kernel<<<unsigned(grid), kThreads, kSmemBytes, stream>>>(p);
+  kernel<<<unsigned(grid), kThreads, kSmemBytes, stream>>>(p);
   return cudaGetLastError();
 }
 

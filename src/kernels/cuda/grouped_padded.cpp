@@ -84,15 +84,17 @@ size_t tail_bytes(const Plan& p, int64_t cols, size_t elem) {
 // A whole chunk's a_j and out_j are its rows of the compact a [rows, k] and out [rows, n]; a
 // tail's are its chunk of the tail buffers a_tails [tails * height, k], out_tails [.., n].
 void chunk_products(const Plan& p, const std::vector<const Tensor*>& w, const uint16_t* a,
-                    const uint16_t* a_tails, int64_t k, bool transpose_w, float* out,
-                    float* out_tails, int64_t n, const char* what) {
+                    const uint16_t* a_tails, int64_t k, bool transpose_w, const GroupedOutput& out,
+                    void* out_tails, int64_t n, const char* what) {
   BlasGroupedGemm g;
   g.trans_b = transpose_w;
   g.lda = k;
   g.ldb = transpose_w ? k : n;
   g.ldc = n;
   g.ab_type = CUDA_R_16BF;
-  g.c_type = CUDA_R_32F;
+  g.c_type = out.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const size_t elem = out.bf16 ? 2 : 4;
+  const auto row = [&](void* base, int64_t r) { return static_cast<char*>(base) + size_t(r * n) * elem; };
   for (size_t j = 0; j < p.group.size(); ++j) {
     const bool whole = j < p.whole;
     const int64_t tail = int64_t(j) - int64_t(p.whole);
@@ -101,7 +103,7 @@ void chunk_products(const Plan& p, const std::vector<const Tensor*>& w, const ui
     g.k.push_back(k);
     g.a.push_back(whole ? a + p.start[j] * k : a_tails + tail * p.height * k);
     g.b.push_back(w[p.group[j]]->data());
-    g.c.push_back(whole ? out + p.start[j] * n : out_tails + tail * p.height * n);
+    g.c.push_back(whole ? row(out.data, p.start[j]) : row(out_tails, tail * p.height));
   }
   blas_batched_gemm(g, what, size_t(p.max_products));
 }
@@ -109,21 +111,24 @@ void chunk_products(const Plan& p, const std::vector<const Tensor*>& w, const ui
 // out [rows, n] = a [rows, k] op(W_g) per group, as chunk_products over the plan's chunks with
 // the tails padded on the way in and copied back on the way out.
 void padded_products(const Plan& p, const std::vector<const Tensor*>& w, const void* a_in,
-                     int64_t k, bool transpose_w, float* out, int64_t n, const char* what) {
+                     int64_t k, bool transpose_w, const GroupedOutput& out, int64_t n,
+                     const char* what) {
   const uint16_t* a = static_cast<const uint16_t*>(a_in);
+  const int elem = out.bf16 ? 2 : 4;
   const DeviceTails tails(p, what);
-  const Scratch a_tails(tail_bytes(p, k, 2), what);    // [max_tails * height, k] BF16
-  const Scratch out_tails(tail_bytes(p, n, 4), what);  // [max_tails * height, n] float32
+  const Scratch a_tails(tail_bytes(p, k, 2), what);       // [max_tails * height, k] BF16
+  const Scratch out_tails(tail_bytes(p, n, elem), what);  // [max_tails * height, n] as out
   check(pad_groups({tails.layout(k), a, a_tails.as<uint16_t>()}, stream()), what);
-  chunk_products(p, w, a, a_tails.as<const uint16_t>(), k, transpose_w, out, out_tails.as<float>(),
-                 n, what);
-  check(unpad_groups({tails.layout(n), out_tails.as<const float>(), out}, stream()), what);
+  chunk_products(p, w, a, a_tails.as<const uint16_t>(), k, transpose_w, out,
+                 out_tails.as<void>(), n, what);
+  check(unpad_groups({tails.layout(n), out_tails.as<const void>(), out.data, elem}, stream()),
+        what);
 }
 
 }  // namespace
 
 bool grouped_linear_forward_padded(const void* x, const std::vector<const Tensor*>& w,
-                                   const int64_t* offsets, int64_t rows, float* y) {
+                                   const int64_t* offsets, int64_t rows, const GroupedOutput& y) {
   const std::optional<Plan> p = plan_chunks(w, offsets, rows);
   if (!p) return false;
   const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
@@ -132,7 +137,8 @@ bool grouped_linear_forward_padded(const void* x, const std::vector<const Tensor
 }
 
 bool grouped_linear_backward_padded(const void* d_y, const std::vector<const Tensor*>& w,
-                                    const int64_t* offsets, int64_t rows, float* d_x) {
+                                    const int64_t* offsets, int64_t rows,
+                                    const GroupedOutput& d_x) {
   const std::optional<Plan> p = plan_chunks(w, offsets, rows);
   if (!p) return false;
   const int64_t in = w[0]->dim(1), out = w[0]->dim(0);

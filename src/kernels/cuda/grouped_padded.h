@@ -9,7 +9,7 @@
 // A whole chunk (T rows of its group) is read and written where it lies in the compact rows:
 // its rows are contiguous, so it is a product of its own with the compact leading dimensions.
 // Only a group's last, partial chunk (its tail) is copied into a padded buffer, topped up with
-// zero rows, and its float32 outputs copied back: at most T - 1 rows per group are moved, not
+// zero rows, and its outputs copied back: at most T - 1 rows per group are moved, not
 // every row. (A tail cannot be written in place: its T output rows would run into the next
 // group's.)
 //
@@ -27,12 +27,19 @@
 
 namespace dsv3::cuda {
 
-// y [rows, out] (float32) = x_g [r_g, in] W_g^T per group; x is BF16 [rows, in].
+// The output of the products: float32, or BF16 (each value the float32 sum rounded).
+struct GroupedOutput {
+  void* data;
+  bool bf16;
+};
+
+// y [rows, out] = x_g [r_g, in] W_g^T per group; x is BF16 [rows, in].
 bool grouped_linear_forward_padded(const void* x, const std::vector<const Tensor*>& w,
-                                   const int64_t* offsets, int64_t rows, float* y);
-// The input gradient d_x [rows, in] (float32) = d_y_g W_g per group; d_y is BF16 [rows, out].
-// (The weight gradients are the caller's.)
+                                   const int64_t* offsets, int64_t rows, const GroupedOutput& y);
+// The input gradient d_x [rows, in] = d_y_g W_g per group; d_y is BF16 [rows, out]. (The weight
+// gradients are the caller's.)
 bool grouped_linear_backward_padded(const void* d_y, const std::vector<const Tensor*>& w,
-                                    const int64_t* offsets, int64_t rows, float* d_x);
+                                    const int64_t* offsets, int64_t rows,
+                                    const GroupedOutput& d_x);
 
 }  // namespace dsv3::cuda

@@ -5,7 +5,9 @@
 // row's columns, so every load and store of a warp touches consecutive addresses. A token's K
 // contributions are added by the one thread that owns the output element, in order
 // j = 0 .. K-1: no atomics, and the result is the same every run. The gather, the combine and
-// the scatter-add move float4s when the row length and the pointers allow it.
+// the scatter-add move four values at a time when the row length and the pointers allow it.
+// The rows the combine and the scatter-add read (the routed experts' outputs and input
+// gradients) are float32 or, in mixed precision, BF16, widened exactly; the sums are float32.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -78,19 +80,29 @@ __device__ __forceinline__ void add_scaled(float4& acc, float w, const float4& v
 }
 __device__ __forceinline__ void add_scaled(float& acc, float w, float v) { acc += w * v; }
 
-// out[t] += sum_j w[t, j] y_perm[row_of[t, j]], in order j = 0 .. K-1 (scatter_add: w = 1, its
-// own expression below). V: float, or float4 when dim is a multiple of 4 and the rows aligned.
+// The V (float or float4) at element i of a float32 (f) or BF16 (bf16, when set) buffer.
+template <typename V>
+__device__ __forceinline__ V load_v(const float* f, const uint16_t* bf16, int64_t i) {
+  if constexpr (sizeof(V) == 16)
+    return load4_f32_or_bf16(f, bf16, i);
+  else
+    return load_f32_or_bf16(f, bf16, i);
+}
+
+// out[t] += sum_j w[t, j] src[row_of[t, j]], in order j = 0 .. K-1 (scatter_add: w = 1, its own
+// expression below). V: float, or float4 when dim is a multiple of 4 and the rows aligned.
 template <typename V, bool kWeighted>
-__global__ void sum_picks_kernel(const float* src, const int32_t* row_of, const float* weights,
-                                 float* out, int64_t n, int k, int64_t dim) {
-  const int64_t cols = dim / int64_t(sizeof(V) / sizeof(float));
+__global__ void sum_picks_kernel(const float* src, const uint16_t* src_bf16, const int32_t* row_of,
+                                 const float* weights, float* out, int64_t n, int k, int64_t dim) {
+  constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));  // values per V
+  const int64_t cols = dim / kW;
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
-    const V* rows[kMaxPicks] = {};  // (read only below k: the zeros are for the compiler)
+    int64_t rows[kMaxPicks] = {};  // each pick's first element (read only below k)
     float w[kMaxPicks] = {};
 #pragma unroll
     for (int j = 0; j < kMaxPicks; ++j) {
       if (j >= k) break;
-      rows[j] = reinterpret_cast<const V*>(src + int64_t(row_of[t * k + j]) * dim);
+      rows[j] = int64_t(row_of[t * k + j]) * dim;
       w[j] = kWeighted ? weights[t * k + j] : 1.0f;
     }
     V* o = reinterpret_cast<V*>(out + t * dim);
@@ -99,13 +111,13 @@ __global__ void sum_picks_kernel(const float* src, const int32_t* row_of, const 
 #pragma unroll
       for (int j = 0; j < kMaxPicks; ++j) {
         if (j >= k) break;
+        const V v = load_v<V>(src, src_bf16, rows[j] + c * kW);
         if constexpr (kWeighted) {
-          add_scaled(acc, w[j], rows[j][c]);
+          add_scaled(acc, w[j], v);
         } else if constexpr (sizeof(V) == 16) {
-          const float4 v = rows[j][c];
           acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
         } else {
-          acc += rows[j][c];
+          acc += v;
         }
       }
       o[c] = acc;
@@ -121,7 +133,8 @@ __global__ void combine_kernel(MoeCombine p) {
     float* o = p.out + t * p.dim;
     for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
       float acc = o[i];
-      for (int64_t j = 0; j < p.k; ++j) acc += w[j] * p.y_perm[int64_t(rows[j]) * p.dim + i];
+      for (int64_t j = 0; j < p.k; ++j)
+        acc += w[j] * load_f32_or_bf16(p.y_perm, p.y_perm_bf16, int64_t(rows[j]) * p.dim + i);
       o[i] = acc;
     }
   }
@@ -154,7 +167,7 @@ __global__ void combine_backward_picks_kernel(MoeCombine p) {
 #pragma unroll
       for (int j = 0; j < kMaxPicks; ++j) {
         if (j >= k) break;
-        y[j] = p.y_perm[rows[j] * p.dim + i];
+        y[j] = load_f32_or_bf16(p.y_perm, p.y_perm_bf16, rows[j] * p.dim + i);
       }
 #pragma unroll
       for (int j = 0; j < kMaxPicks; ++j) {
@@ -187,14 +200,13 @@ __global__ void combine_backward_kernel(MoeCombine p) {
     for (int64_t j = 0; j < p.k; ++j) {
       const int64_t r = p.row_of[t * p.k + j];
       const float w = p.weights[t * p.k + j];
-      const float* y = p.y_perm + r * p.dim;
       float* dy = p.d_y_perm ? p.d_y_perm + r * p.dim : nullptr;
       float dot = 0.0f;
       uint16_t* dy_bf16 = p.d_y_perm_bf16 ? p.d_y_perm_bf16 + r * p.dim : nullptr;
       for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
         const float gi = g[i];
         store_f32_or_bf16(dy, dy_bf16, i, w * gi);
-        dot += gi * y[i];
+        dot += gi * load_f32_or_bf16(p.y_perm, p.y_perm_bf16, r * p.dim + i);
       }
       dot = block_sum(dot, red);
       if (threadIdx.x == 0) p.d_weights[t * p.k + j] = dot;
@@ -208,7 +220,8 @@ __global__ void scatter_add_kernel(MoeScatterAdd p) {
     float* dx = p.d_x + t * p.dim;
     for (int64_t i = threadIdx.x; i < p.dim; i += blockDim.x) {
       float acc = dx[i];
-      for (int64_t j = 0; j < p.k; ++j) acc += p.d_x_perm[int64_t(rows[j]) * p.dim + i];
+      for (int64_t j = 0; j < p.k; ++j)
+        acc += load_f32_or_bf16(p.d_x_perm, p.d_x_perm_bf16, int64_t(rows[j]) * p.dim + i);
       dx[i] = acc;
     }
   }
@@ -241,18 +254,21 @@ cudaError_t moe_gather_rows(const MoeGather& p, cudaStream_t stream) {
 
 namespace {
 
-// sum_picks_kernel when the picks fit, four columns per step when the rows allow.
+// sum_picks_kernel when the picks fit, four columns per step when the rows allow (src float32,
+// or BF16 when src_bf16 is set).
 template <bool kWeighted>
-cudaError_t launch_sum_picks(const float* src, const int32_t* row_of, const float* weights,
-                             float* out, int64_t n, int64_t k, int64_t dim, cudaStream_t stream) {
-  const bool vec = dim % 4 == 0 && aligned_to(src, 16) && aligned_to(out, 16);
+cudaError_t launch_sum_picks(const float* src, const uint16_t* src_bf16, const int32_t* row_of,
+                             const float* weights, float* out, int64_t n, int64_t k, int64_t dim,
+                             cudaStream_t stream) {
+  const bool src_aligned = src_bf16 ? aligned_to(src_bf16, 8) : aligned_to(src, 16);
+  const bool vec = dim % 4 == 0 && src_aligned && aligned_to(out, 16);
   const unsigned blocks = row_blocks(n);
   if (vec)
     sum_picks_kernel<float4, kWeighted><<<blocks, row_threads(dim / 4), 0, stream>>>(
-        src, row_of, weights, out, n, int(k), dim);
+        src, src_bf16, row_of, weights, out, n, int(k), dim);
   else
     sum_picks_kernel<float, kWeighted><<<blocks, row_threads(dim), 0, stream>>>(
-        src, row_of, weights, out, n, int(k), dim);
+        src, src_bf16, row_of, weights, out, n, int(k), dim);
   return cudaGetLastError();
 }
 
@@ -261,7 +277,8 @@ cudaError_t launch_sum_picks(const float* src, const int32_t* row_of, const floa
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
   if (p.k <= kMaxPicks)
-    return launch_sum_picks<true>(p.y_perm, p.row_of, p.weights, p.out, p.n, p.k, p.dim, stream);
+    return launch_sum_picks<true>(p.y_perm, p.y_perm_bf16, p.row_of, p.weights, p.out, p.n, p.k,
+                                  p.dim, stream);
   combine_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -279,7 +296,8 @@ cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream) {
 cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
   if (p.k <= kMaxPicks)
-    return launch_sum_picks<false>(p.d_x_perm, p.row_of, nullptr, p.d_x, p.n, p.k, p.dim, stream);
+    return launch_sum_picks<false>(p.d_x_perm, p.d_x_perm_bf16, p.row_of, nullptr, p.d_x, p.n,
+                                   p.k, p.dim, stream);
   scatter_add_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }

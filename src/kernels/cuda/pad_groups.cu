@@ -39,21 +39,17 @@ __global__ void pad_groups_kernel(PadGroups a) {
   }
 }
 
-template <bool kVec>
-__global__ void unpad_groups_kernel(UnpadGroups a) {
+// The rows move as V units: uint4 (16 bytes) when the rows allow, else one value (uint16_t for
+// BF16, uint32_t for float32); `units` per row.
+template <typename V>
+__global__ void unpad_groups_kernel(UnpadGroups a, int64_t units) {
   const int lane = threadIdx.x & 31;
-  const int64_t cols = a.layout.cols;
   FOR_EACH_WARP_ROW(p, a.layout.groups * a.layout.cap) {
     const int64_t r = compact_row(a.layout, p);
     if (r < 0) continue;  // uniform over the warp
-    const float* src = a.src + p * cols;
-    float* dst = a.dst + r * cols;
-    if constexpr (kVec) {
-      for (int64_t c = int64_t(lane) * 4; c < cols; c += 32 * 4)
-        *reinterpret_cast<float4*>(dst + c) = *reinterpret_cast<const float4*>(src + c);
-    } else {
-      for (int64_t c = lane; c < cols; c += 32) dst[c] = src[c];
-    }
+    const V* src = static_cast<const V*>(a.src) + p * units;
+    V* dst = static_cast<V*>(a.dst) + r * units;
+    for (int64_t c = lane; c < units; c += 32) dst[c] = src[c];
   }
 }
 
@@ -81,8 +77,18 @@ cudaError_t pad_groups(const PadGroups& p, cudaStream_t stream) {
 }
 
 cudaError_t unpad_groups(const UnpadGroups& p, cudaStream_t stream) {
-  return launch_over_padded_rows(p, 4, unpad_groups_kernel<true>, unpad_groups_kernel<false>,
-                                 stream);
+  const int64_t rows = p.layout.groups * p.layout.cap;
+  if (rows == 0 || p.layout.cols == 0) return cudaSuccess;
+  if (p.elem_bytes != 2 && p.elem_bytes != 4) return cudaErrorInvalidValue;
+  const int64_t bytes = p.layout.cols * p.elem_bytes;  // of a row
+  const dim3 grid(grid_for(rows, kRowWarps)), block(kRowThreads);
+  if (bytes % 16 == 0 && aligned_to(p.dst, 16) && aligned_to(p.src, 16))
+    unpad_groups_kernel<uint4><<<grid, block, 0, stream>>>(p, bytes / 16);
+  else if (p.elem_bytes == 2)
+    unpad_groups_kernel<uint16_t><<<grid, block, 0, stream>>>(p, p.layout.cols);
+  else
+    unpad_groups_kernel<uint32_t><<<grid, block, 0, stream>>>(p, p.layout.cols);
+  return cudaGetLastError();
 }
 
 }  // namespace dsv3::cuda

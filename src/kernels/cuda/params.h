@@ -76,16 +76,20 @@ struct SwiGlu {
   // When set, the output is written here in BF16 instead (h or d_gate_up unused).
   uint16_t* h_bf16 = nullptr;
   uint16_t* d_gate_up_bf16 = nullptr;
+  // When set, the input is read from here in BF16 instead (gate_up or d_h unused).
+  const uint16_t* gate_up_bf16 = nullptr;
+  const uint16_t* d_h_bf16 = nullptr;
 };
 
 // Grouped BF16 GEMM (grouped_gemm.cu): for each group g, C_g [m_g, n_g] = A_g B_g (+ C_g when
-// accumulate), BF16 operands, float32 accumulation and output, all groups in one launch. The
-// operand layouts are shared: A is [m][k] (k contiguous) or, with a_k_major false, stored as
-// [k][m]; B is [n][k] (b_k_major) or [k][n]. Leading dimensions are in elements.
+// accumulate), BF16 operands, float32 accumulation, all groups in one launch. C is float32, or
+// BF16 with c_bf16 (the float32 sums rounded; not with accumulate). The operand layouts are
+// shared: A is [m][k] (k contiguous) or, with a_k_major false, stored as [k][m]; B is [n][k]
+// (b_k_major) or [k][n]. Leading dimensions are in elements.
 struct GemmGroup {
   const uint16_t* a;
   const uint16_t* b;
-  float* c;
+  void* c;  // float32, or BF16 (c_bf16)
   int64_t m, n, k;
   int64_t first_tile;  // the group's first output tile in the launch's numbering
 };
@@ -94,6 +98,7 @@ struct GroupedGemmBf16 {
   int64_t group_count, tiles;
   int64_t lda, ldb, ldc;
   bool a_k_major, b_k_major, accumulate;
+  bool c_bf16 = false;
 };
 
 // Softmax cross-entropy per row; row_loss[r] = logsumexp(row) - row[target] (0 for target -1).
@@ -284,7 +289,8 @@ struct MoeCombine {
   float* d_y_perm;        // [N*K, dim] (backward only)
   float* d_weights;       // [N, K] (backward only)
   int64_t n, k, dim;
-  uint16_t* d_y_perm_bf16 = nullptr;  // when set: d_y_perm in BF16 instead (backward only)
+  uint16_t* d_y_perm_bf16 = nullptr;      // when set: d_y_perm in BF16 instead (backward only)
+  const uint16_t* y_perm_bf16 = nullptr;  // when set: y_perm read in BF16 instead
 };
 
 // Row ranges of G groups padded to one height, so that uniform batched GEMMs can take them
@@ -297,7 +303,7 @@ struct GroupPadding {
 };
 // pad: padded [G * cap, cols] = the groups' compact rows of src, zero rows below each group's
 // own (BF16 both). unpad: compact dst [R, cols] = each group's own rows of the padded src
-// (float32 both); the other rows of dst are left alone.
+// (float32 both, or BF16 both); the other rows of dst are left alone.
 struct PadGroups {
   GroupPadding layout;
   const uint16_t* src;  // [R, cols]
@@ -305,8 +311,9 @@ struct PadGroups {
 };
 struct UnpadGroups {
   GroupPadding layout;
-  const float* src;  // [G * cap, cols]
-  float* dst;        // [R, cols]
+  const void* src;  // [G * cap, cols]
+  void* dst;        // [R, cols]
+  int elem_bytes;   // 4 (float32) or 2 (BF16)
 };
 
 // d_x[t, :] += sum_j d_x_perm[row_of[t*K + j], :]
@@ -315,6 +322,7 @@ struct MoeScatterAdd {
   const int32_t* row_of;  // [N*K]
   float* d_x;             // [N, dim]
   int64_t n, k, dim;
+  const uint16_t* d_x_perm_bf16 = nullptr;  // when set: d_x_perm read in BF16 instead
 };
 
 // ---- MoE routing (ops::route_forward, route_backward, moe_permute) ----

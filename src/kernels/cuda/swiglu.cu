@@ -1,7 +1,9 @@
 // SwiGLU forward and backward, elementwise over [rows, width]; gate and up of a row are `width`
 // apart in the same row of gate_up. Blocks along y take rows, threads along x a row's columns,
-// kVec at a time (16-byte loads when the width is a multiple of 4 and the rows are aligned): no
-// per-element division of a flat index (64-bit divisions were most of these kernels' time).
+// kVec at a time (4 values per load, 16 bytes of float32 or 8 of BF16, when the width is a
+// multiple of 4 and the rows are aligned): no per-element division of a flat index (64-bit
+// divisions were most of these kernels' time). Inputs and outputs are float32 or BF16 (mixed
+// precision stores the routed experts' intermediates in BF16); the arithmetic is float32.
 #include <algorithm>
 #include <cstdint>
 
@@ -13,13 +15,15 @@ namespace {
 
 __device__ __forceinline__ float sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 
+// Values i .. i + kVec - 1 of a float32 (f) or BF16 (bf16, when set) input.
 template <int kVec>
-__device__ __forceinline__ void load(const float* p, float (&v)[kVec]) {
+__device__ __forceinline__ void load(const float* f, const uint16_t* bf16, int64_t i,
+                                     float (&v)[kVec]) {
   if constexpr (kVec == 4) {
-    const float4 q = *reinterpret_cast<const float4*>(p);
+    const float4 q = load4_f32_or_bf16(f, bf16, i);
     v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
   } else {
-    v[0] = *p;
+    v[0] = load_f32_or_bf16(f, bf16, i);
   }
 }
 
@@ -36,11 +40,11 @@ __device__ __forceinline__ int64_t column_step() {
 template <int kVec>
 __global__ void swiglu_forward_kernel(SwiGlu p) {
   for (int64_t r = blockIdx.y; r < p.rows; r += gridDim.y) {
-    const float* row = p.gate_up + r * 2 * p.width;
+    const int64_t row = r * 2 * p.width;
     for (int64_t c = first_column<kVec>(); c < p.width; c += column_step<kVec>()) {
       float g[kVec], u[kVec];
-      load<kVec>(row + c, g);
-      load<kVec>(row + p.width + c, u);
+      load<kVec>(p.gate_up, p.gate_up_bf16, row + c, g);
+      load<kVec>(p.gate_up, p.gate_up_bf16, row + p.width + c, u);
 #pragma unroll
       for (int j = 0; j < kVec; ++j)
         store_f32_or_bf16(p.h, p.h_bf16, r * p.width + c + j, g[j] * sigmoid(g[j]) * u[j]);
@@ -55,9 +59,9 @@ __global__ void swiglu_backward_kernel(SwiGlu p) {
     for (int64_t c = first_column<kVec>(); c < p.width; c += column_step<kVec>()) {
       const int64_t gi = r * 2 * p.width + c, ui = gi + p.width;
       float g[kVec], u[kVec], dh[kVec];
-      load<kVec>(p.gate_up + gi, g);
-      load<kVec>(p.gate_up + ui, u);
-      load<kVec>(p.d_h + r * p.width + c, dh);
+      load<kVec>(p.gate_up, p.gate_up_bf16, gi, g);
+      load<kVec>(p.gate_up, p.gate_up_bf16, ui, u);
+      load<kVec>(p.d_h, p.d_h_bf16, r * p.width + c, dh);
 #pragma unroll
       for (int j = 0; j < kVec; ++j) {
         const float sg = sigmoid(g[j]);
@@ -84,17 +88,23 @@ cudaError_t launch_rows(K narrow, K wide, bool vec, const SwiGlu& p, cudaStream_
   return cudaGetLastError();
 }
 
+// Whether an input's rows, each a multiple of 4 values long, allow 4-value loads.
+bool four_aligned(const float* f, const uint16_t* bf16) {
+  return bf16 ? aligned_to(bf16, 8) : aligned_to(f, 16);
+}
+
 }  // namespace
 
 cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && aligned_to(p.gate_up, 16);
+  const bool vec = p.width % 4 == 0 && four_aligned(p.gate_up, p.gate_up_bf16);
   return launch_rows(swiglu_forward_kernel<1>, swiglu_forward_kernel<4>, vec, p, stream);
 }
 
 cudaError_t swiglu_backward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && aligned_to(p.gate_up, 16) && aligned_to(p.d_h, 16);
+  const bool vec = p.width % 4 == 0 && four_aligned(p.gate_up, p.gate_up_bf16) &&
+                   four_aligned(p.d_h, p.d_h_bf16);
   return launch_rows(swiglu_backward_kernel<1>, swiglu_backward_kernel<4>, vec, p, stream);
 }
 
