@@ -27,6 +27,6 @@ fuzz_one() {
 export -f fuzz_one
 export FUZZ_DIR
 find "$FUZZ_DIR" -maxdepth 1 -name 'dsv3_fuzz_*' -type f -executable | sort \
-  | xargs -P "$(nproc)" -I{} bash -c 'fuzz_one {}'
+  | xargs -P "$(nproc)" -I{} bash -c 'fuzz_one "$1"' _ {}
 
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)"

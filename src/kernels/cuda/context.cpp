@@ -455,9 +455,11 @@ void blas_grouped_gemm(const BlasGroupedGemm& g, const char* what) {
 }
 
 bool blas_grouped_gemm_kernel(const BlasGroupedGemm& g, const char* what) {
-  const bool c_bf16 = g.c_type == CUDA_R_16BF;  // BF16 outputs are written, never accumulated
+  const bool c_bf16 = g.c_type == CUDA_R_16BF;
+  // C float32 (written or accumulated into) or BF16 (written only).
+  const bool c_fits = g.beta == 0.0f || (g.beta == 1.0f && !c_bf16);
   if (g.ab_type != CUDA_R_16BF || (g.c_type != CUDA_R_32F && !c_bf16) || g.alpha != 1.0f ||
-      (g.beta != 0.0f && (g.beta != 1.0f || c_bf16)) || !grouped_gemm_bf16_fits(g.lda, g.ldb, g.ldc))
+      !c_fits || !grouped_gemm_bf16_fits(g.lda, g.ldb, g.ldc))
     return false;
   const auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; };
   std::vector<GemmGroup> groups;

@@ -43,27 +43,15 @@ void upload_table(const std::vector<T>& rows, const Scratch& dev, const char* op
         op);
 }
 
-// An output the kernel writes as float32, or as BF16 (rounded to nearest even) when the tensor
-// is BF16: in mixed precision the activations that only BF16 GEMMs read are stored that way,
-// which the GEMM's own rounding of a float32 operand would give bit for bit.
+// A tensor a kernel reads or writes as float32, or as BF16 when the tensor is BF16 (outputs
+// rounded to nearest even, inputs widened exactly). In mixed precision the activations that
+// only BF16 GEMMs read are stored that way, which the GEMM's own rounding of a float32 operand
+// would give bit for bit, and so are the FFNs' intermediates (Arena::alloc_ffn_intermediate).
 struct F32OrBf16 {
   float* f32 = nullptr;
   uint16_t* bf16 = nullptr;
 };
-F32OrBf16 f32_or_bf16(Tensor& t, const char* op, const char* name) {
-  if (t.dtype() == DType::BF16) return {nullptr, t.bf16()};
-  DSV3_CHECK(t.dtype() == DType::F32, "{}: {} is {}, not float32 or bfloat16", op, name,
-             dtype_name(t.dtype()));
-  return {t.f32(), nullptr};
-}
-
-// An input that may be float32 or BF16 (the ops that read the routed experts' BF16
-// intermediates widen each value exactly).
-struct F32OrBf16In {
-  const float* f32 = nullptr;
-  const uint16_t* bf16 = nullptr;
-};
-F32OrBf16In f32_or_bf16_in(const Tensor& t, const char* op, const char* name) {
+F32OrBf16 f32_or_bf16(const Tensor& t, const char* op, const char* name) {
   if (t.dtype() == DType::BF16) return {nullptr, t.bf16()};
   DSV3_CHECK(t.dtype() == DType::F32, "{}: {} is {}, not float32 or bfloat16", op, name,
              dtype_name(t.dtype()));
@@ -274,7 +262,7 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
   std::optional<Scratch> x_bf16;
   const void* x = grouped_operand(x_in, wt, x_bf16, op);
   if (cuda::grouped_linear_forward_padded(x, w, offsets, rows, y_out)) return;
-  const size_t xe = wt == DType::BF16 ? 2 : 4, ye = y_out.bf16 ? 2 : 4;
+  const size_t xe = wt == DType::BF16 ? 2 : 4;
   cuda::BlasGroupedGemm g;  // per group: y_g [r_g, out] = x_g [r_g, in] W_g^T
   g.trans_b = true;
   g.lda = in;
@@ -290,7 +278,7 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
     g.k.push_back(in);
     g.a.push_back(row_ptr(x, b, in, xe));
     g.b.push_back(w[e]->data());
-    g.c.push_back(const_cast<void*>(row_ptr(y_out.data, b, out, ye)));
+    g.c.push_back(const_cast<void*>(row_ptr(y_out.data, b, out, y_out.elem_bytes())));
   }
   cuda::blas_grouped_gemm(g, op);
 }
@@ -329,7 +317,7 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   gx.ldb = in;
   gx.ldc = in;
   gx.ab_type = ab;
-  gx.c_type = d_x_out.bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  if (d_x) gx.c_type = blas_type(d_x->dtype(), op);
   if (d_x && !d_x_done) {
     for (size_t e = 0; e < w.size(); ++e) {
       const int64_t b = offsets[e], r = offsets[e + 1] - b;
@@ -339,7 +327,7 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
       gx.k.push_back(out);
       gx.a.push_back(row_ptr(d_y, b, out, e_size));
       gx.b.push_back(w[e]->data());
-      gx.c.push_back(const_cast<void*>(row_ptr(d_x_out.data, b, in, d_x_out.bf16 ? 2 : 4)));
+      gx.c.push_back(const_cast<void*>(row_ptr(d_x_out.data, b, in, d_x_out.elem_bytes())));
     }
   }
   // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
@@ -441,7 +429,7 @@ void swiglu_forward(const Tensor& gate_up, Tensor& h) {
   DSV3_CHECK(gate_up.numel() == 2 * h.numel(), "swiglu_forward: gate_up {} is not twice h {}",
              gate_up.shape().str(), h.shape().str());
   const F32OrBf16 out = f32_or_bf16(h, "swiglu_forward", "h");
-  const F32OrBf16In in = f32_or_bf16_in(gate_up, "swiglu_forward", "gate_up");
+  const F32OrBf16 in = f32_or_bf16(gate_up, "swiglu_forward", "gate_up");
   cuda::SwiGlu p{in.f32, nullptr, out.f32, nullptr, rows, width};
   p.h_bf16 = out.bf16;
   p.gate_up_bf16 = in.bf16;
@@ -455,8 +443,8 @@ void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up
              "swiglu_backward: gate_up {}, d_h {}, d_gate_up {} do not match",
              gate_up.shape().str(), d_h.shape().str(), d_gate_up.shape().str());
   const F32OrBf16 out = f32_or_bf16(d_gate_up, "swiglu_backward", "d_gate_up");
-  const F32OrBf16In in = f32_or_bf16_in(gate_up, "swiglu_backward", "gate_up");
-  const F32OrBf16In dh = f32_or_bf16_in(d_h, "swiglu_backward", "d_h");
+  const F32OrBf16 in = f32_or_bf16(gate_up, "swiglu_backward", "gate_up");
+  const F32OrBf16 dh = f32_or_bf16(d_h, "swiglu_backward", "d_h");
   cuda::SwiGlu p{in.f32, dh.f32, nullptr, out.f32, rows, width};
   p.d_gate_up_bf16 = out.bf16;
   p.gate_up_bf16 = in.bf16;
@@ -916,10 +904,10 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
   DSV3_CHECK(x.dtype() == DType::F32 || (x.dtype() == DType::BF16 && o.bf16),
              "moe_gather_rows: x is {} and out {}: expected float32 x, or BF16 x and out",
              dtype_name(x.dtype()), dtype_name(out.dtype()));
-  const bool x_bf16 = x.dtype() == DType::BF16;
-  cuda::MoeGather p{x_bf16 ? nullptr : x.f32(), src_row, o.f32, m, d};
+  const F32OrBf16 in = f32_or_bf16(x, "moe_gather_rows", "x");
+  cuda::MoeGather p{in.f32, src_row, o.f32, m, d};
   p.out_bf16 = o.bf16;
-  p.x_bf16 = x_bf16 ? x.bf16() : nullptr;
+  p.x_bf16 = in.bf16;
   check(cuda::moe_gather_rows(p, stream()), "moe_gather_rows");
 }
 
@@ -930,7 +918,7 @@ void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weig
              "moe_combine: y_perm {}, weights {} and out {} do not match", y_perm.shape().str(),
              weights.shape().str(), out.shape().str());
   need_device_indices(row_of, n * k, "moe_combine");
-  const F32OrBf16In y = f32_or_bf16_in(y_perm, "moe_combine", "y_perm");
+  const F32OrBf16 y = f32_or_bf16(y_perm, "moe_combine", "y_perm");
   cuda::MoeCombine p{};
   p.y_perm = y.f32;
   p.y_perm_bf16 = y.bf16;
@@ -955,7 +943,7 @@ void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32
              d_out.shape().str(), y_perm.shape().str(), weights.shape().str(),
              d_y_perm.shape().str(), d_weights.shape().str());
   need_device_indices(row_of, n * k, "moe_combine_backward");
-  const F32OrBf16In y = f32_or_bf16_in(y_perm, "moe_combine_backward", "y_perm");
+  const F32OrBf16 y = f32_or_bf16(y_perm, "moe_combine_backward", "y_perm");
   cuda::MoeCombine p{};
   p.y_perm = y.f32;
   p.y_perm_bf16 = y.bf16;
@@ -978,7 +966,7 @@ void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, T
   DSV3_CHECK(k >= 1 && d_x_perm.dim(-1) == d && rows_of(d_x_perm, d) == n * k,
              "moe_scatter_add: d_x_perm {} is not [{} * {}, {}]", d_x_perm.shape().str(), n, k, d);
   need_device_indices(row_of, n * k, "moe_scatter_add");
-  const F32OrBf16In src = f32_or_bf16_in(d_x_perm, "moe_scatter_add", "d_x_perm");
+  const F32OrBf16 src = f32_or_bf16(d_x_perm, "moe_scatter_add", "d_x_perm");
   cuda::MoeScatterAdd p{src.f32, row_of, d_x.f32(), n, k, d};
   p.d_x_perm_bf16 = src.bf16;
   check(cuda::moe_scatter_add(p, stream()), "moe_scatter_add");

@@ -93,8 +93,9 @@ void chunk_products(const Plan& p, const std::vector<const Tensor*>& w, const ui
   g.ldc = n;
   g.ab_type = CUDA_R_16BF;
   g.c_type = out.bf16 ? CUDA_R_16BF : CUDA_R_32F;
-  const size_t elem = out.bf16 ? 2 : 4;
-  const auto row = [&](void* base, int64_t r) { return static_cast<char*>(base) + size_t(r * n) * elem; };
+  const auto row = [&](void* base, int64_t r) {
+    return static_cast<char*>(base) + size_t(r * n) * size_t(out.elem_bytes());
+  };
   for (size_t j = 0; j < p.group.size(); ++j) {
     const bool whole = j < p.whole;
     const int64_t tail = int64_t(j) - int64_t(p.whole);
@@ -114,7 +115,7 @@ void padded_products(const Plan& p, const std::vector<const Tensor*>& w, const v
                      int64_t k, bool transpose_w, const GroupedOutput& out, int64_t n,
                      const char* what) {
   const uint16_t* a = static_cast<const uint16_t*>(a_in);
-  const int elem = out.bf16 ? 2 : 4;
+  const int elem = out.elem_bytes();
   const DeviceTails tails(p, what);
   const Scratch a_tails(tail_bytes(p, k, 2), what);       // [max_tails * height, k] BF16
   const Scratch out_tails(tail_bytes(p, n, elem), what);  // [max_tails * height, n] as out

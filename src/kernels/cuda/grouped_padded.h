@@ -31,6 +31,7 @@ namespace dsv3::cuda {
 struct GroupedOutput {
   void* data;
   bool bf16;
+  int elem_bytes() const { return bf16 ? 2 : 4; }
 };
 
 // y [rows, out] = x_g [r_g, in] W_g^T per group; x is BF16 [rows, in].
