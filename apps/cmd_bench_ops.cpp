@@ -17,7 +17,10 @@ struct Options {
 
 std::string dims_str(const dsv3::optest::Dims& d) {
   std::string s;
-  for (size_t i = 0; i < d.size(); ++i) s += (i ? "x" : "") + std::to_string(d[i]);
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (i) s += 'x';  // appended apart: GCC 12 warns falsely (-Wrestrict) on "x" + to_string
+    s += std::to_string(d[i]);
+  }
   return s;
 }
 

@@ -1,9 +1,9 @@
 // Absorbed MLA attention over the latent cache (see engine.h for the form).
-#include <immintrin.h>
 
 #include <cmath>
 #include <cstring>
 
+#include "core/x86_intrinsics.h"
 #include "infer/scratch.h"
 #include "kernels/ops.h"
 

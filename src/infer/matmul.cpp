@@ -1,6 +1,5 @@
 #include "infer/matmul.h"
 
-#include <immintrin.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 
 #include <oneapi/dnnl/dnnl.hpp>
 
+#include "core/x86_intrinsics.h"
 #include "kernels/ops.h"
 
 namespace dsv3::infer {
