@@ -10,7 +10,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -30,14 +29,6 @@ struct Options {
   int warmup = 3, reps = 10, threads = 0;
 };
 
-std::vector<int64_t> parse_list(const std::string& s) {
-  std::vector<int64_t> out;
-  std::stringstream ss(s);
-  for (std::string item; std::getline(ss, item, ',');)
-    if (!item.empty()) out.push_back(std::stoll(item));
-  return out;
-}
-
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
@@ -53,21 +44,24 @@ dsv3::app::Registrar reg(
       sub.add_option("--dtype", o->dtype,
                      "f32 or bf16: q, k, v, d_o (and o) in that dtype; lse and the gradients are "
                      "float32 either way (default f32)");
-      sub.add_option("--batch", o->batch, "Batch size (default 1)");
-      sub.add_option("--heads", o->heads, "Heads (default 16)");
+      sub.add_option("--batch", o->batch, "Batch size (default 1)")->check(dsv3::app::at_least(1));
+      sub.add_option("--heads", o->heads, "Heads (default 16)")->check(dsv3::app::at_least(1));
       sub.add_option("--seq", o->seqs,
                      "Sequence lengths, comma-separated (default 1024,2048,4096)");
-      sub.add_option("--qk-dim", o->qk_dim, "q/k head dim (default 192)");
-      sub.add_option("--v-dim", o->v_dim, "v head dim (default 128)");
-      sub.add_option("--warmup", o->warmup, "Untimed calls first (default 3)");
-      sub.add_option("--reps", o->reps, "Timed repeats; the median is reported (default 10)");
+      sub.add_option("--qk-dim", o->qk_dim, "q/k head dim (default 192)")
+          ->check(dsv3::app::at_least(1));
+      sub.add_option("--v-dim", o->v_dim, "v head dim (default 128)")
+          ->check(dsv3::app::at_least(1));
+      sub.add_option("--warmup", o->warmup, "Untimed calls first (default 3)")
+          ->check(dsv3::app::at_least(0));
+      sub.add_option("--reps", o->reps, "Timed repeats; the median is reported (default 10)")
+          ->check(dsv3::app::at_least(1));
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
       return [o]() {
         using namespace dsv3;
         const bool cuda = o->device == "cuda";
         DSV3_CHECK(cuda || o->device == "cpu", "bench attention: --device is cuda or cpu, not {}",
                    o->device);
-        DSV3_CHECK(o->reps >= 1 && o->warmup >= 0, "bench attention: --reps >= 1, --warmup >= 0");
         DSV3_CHECK(o->dtype == "f32" || o->dtype == "bf16",
                    "bench attention: --dtype is f32 or bf16, not {}", o->dtype);
         DSV3_CHECK(cuda || o->dtype == "f32", "bench attention: --dtype bf16 needs --device cuda");
@@ -99,7 +93,7 @@ dsv3::app::Registrar reg(
         };
         const int64_t b = o->batch, h = o->heads, dq = o->qk_dim, dv = o->v_dim;
         const float scale = float(1.0 / std::sqrt(double(dq)));
-        for (int64_t t : parse_list(o->seqs)) {
+        for (int64_t t : app::parse_int_list("--seq", o->seqs, 1)) {
           optest::Rng rng{uint64_t(t)};
           const Tensor q = input(optest::randn({b, h, t, dq}, rng));
           const Tensor k = input(optest::randn({b, h, t, dq}, rng));

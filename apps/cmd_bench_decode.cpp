@@ -59,9 +59,12 @@ dsv3::app::Registrar reg(
     [](CLI::App& sub) {
       auto o = std::make_shared<Options>();
       o->model.add(sub);
-      sub.add_option("--prompt-tokens", o->prompt_tokens, "Prompt length (default 128)");
-      sub.add_option("--new-tokens", o->new_tokens, "Tokens to generate (default 64)");
-      sub.add_option("--repeat", o->repeat, "Timed runs after one warm-up; the median is reported");
+      sub.add_option("--prompt-tokens", o->prompt_tokens, "Prompt length (default 128)")
+          ->check(dsv3::app::at_least(1));
+      sub.add_option("--new-tokens", o->new_tokens, "Tokens to generate (default 64)")
+          ->check(dsv3::app::at_least(2));
+      sub.add_option("--repeat", o->repeat, "Timed runs after one warm-up; the median is reported")
+          ->check(dsv3::app::at_least(1));
       sub.add_option("--seed", o->seed, "Seed of the random prompt");
       sub.add_option("--speculative", o->speculative, "mtp: MTP speculative decoding")
           ->check(CLI::IsMember({"mtp", "none"}));
@@ -69,8 +72,6 @@ dsv3::app::Registrar reg(
                    "Time the phases of the forward pass (prefill and decode apart) and print them");
       return [o]() {
         using namespace dsv3;
-        DSV3_CHECK(o->prompt_tokens > 0 && o->new_tokens > 1 && o->repeat > 0,
-                   "bench decode: needs --prompt-tokens > 0, --new-tokens > 1, --repeat > 0");
         // Phases are filed as prefill or decode by the rows of the pass.
         DSV3_CHECK(!o->profile || o->prompt_tokens > infer::kSmallRows,
                    "bench decode: --profile needs --prompt-tokens > {} (shorter prompts run "

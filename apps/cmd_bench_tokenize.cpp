@@ -87,18 +87,9 @@ dsv3::app::Registrar reg("bench tokenize", "Tokenizer load time and encode throu
     std::printf("dsv3 single-thread CPU-time MB/s: %.2f\n", cpu_rates[cpu_rates.size() / 2]);
 
     std::vector<int> counts;
-    for (size_t start = 0; start < opt->thread_list.size();) {
-      size_t comma = std::min(opt->thread_list.find(',', start), opt->thread_list.size());
-      std::string item = opt->thread_list.substr(start, comma - start);
-      int n = 0;
-      try {
-        n = std::stoi(item);
-      } catch (const std::exception&) {
-      }
-      if (n < 1) dsv3::fail("--threads: \"{}\" is not a positive thread count", item);
-      counts.push_back(n);
-      start = comma + 1;
-    }
+    if (!opt->thread_list.empty())
+      for (int64_t n : dsv3::app::parse_int_list("--threads", opt->thread_list, 1))
+        counts.push_back(int(std::min<int64_t>(n, 1 << 16)));
     if (counts.empty())
       for (int t = 1; t <= omp_get_num_procs(); t *= 2) counts.push_back(t);
     // Batch mode. Besides wall-clock MB/s, bytes per CPU-second over all threads: if that holds

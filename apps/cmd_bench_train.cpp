@@ -102,11 +102,11 @@ dsv3::app::Registrar reg(
     [](CLI::App& sub) {
       auto o = std::make_shared<Options>();
       sub.add_option("--config", o->config, "Model config.json")->required();
-      sub.add_option("--batch", o->batch, "Sequences per step")->check(CLI::PositiveNumber);
-      sub.add_option("--seq", o->seq, "Tokens per sequence")->check(CLI::PositiveNumber);
+      sub.add_option("--batch", o->batch, "Sequences per step")->check(dsv3::app::at_least(1));
+      sub.add_option("--seq", o->seq, "Tokens per sequence")->check(dsv3::app::at_least(1));
       sub.add_option("--threads", o->threads, "CPU threads (default: all)");
-      sub.add_option("--steps", o->steps, "Timed steps")->check(CLI::PositiveNumber);
-      sub.add_option("--warmup", o->warmup, "Untimed steps first");
+      sub.add_option("--steps", o->steps, "Timed steps")->check(dsv3::app::at_least(1));
+      sub.add_option("--warmup", o->warmup, "Untimed steps first")->check(dsv3::app::at_least(0));
       sub.add_option("--seed", o->seed, "Seed for weights and tokens");
       dsv3::app::add_device_option(sub, o->device);
       dsv3::app::add_precision_option(sub, o->precision);

@@ -67,16 +67,25 @@ dsv3::app::Registrar reg(
       sub.add_option("--tokenizer-dir", s.tokenizer_dir, "Tokenizer files to copy into checkpoints");
       sub.add_option("--out", s.run_dir, "Run folder (checkpoints, metrics.jsonl)")
           ->capture_default_str();
-      sub.add_option("--steps", s.steps, "Optimizer steps")->capture_default_str();
-      sub.add_option("--batch", s.micro_batch, "Sequences per micro-batch")->capture_default_str();
+      sub.add_option("--steps", s.steps, "Optimizer steps")
+          ->check(dsv3::app::at_least(1))
+          ->capture_default_str();
+      sub.add_option("--batch", s.micro_batch, "Sequences per micro-batch")
+          ->check(dsv3::app::at_least(1))
+          ->capture_default_str();
       sub.add_option("--accum", s.micro_batches, "Micro-batches per step at full batch size")
+          ->check(dsv3::app::at_least(1))
           ->capture_default_str();
       sub.add_option("--accum-start", s.start_micro_batches,
                      "Micro-batches per step at the start of the batch-size ramp")
           ->capture_default_str();
-      sub.add_option("--seq", s.seq, "Tokens per sequence")->capture_default_str();
+      sub.add_option("--seq", s.seq, "Tokens per sequence")
+          ->check(dsv3::app::at_least(2))
+          ->capture_default_str();
       sub.add_option("--lr", s.lr, "Peak learning rate")->capture_default_str();
-      sub.add_option("--warmup", s.warmup_steps, "Warmup steps")->capture_default_str();
+      sub.add_option("--warmup", s.warmup_steps, "Warmup steps")
+          ->check(dsv3::app::at_least(0))
+          ->capture_default_str();
       sub.add_option("--weight-decay", s.weight_decay)->capture_default_str();
       sub.add_option("--clip", s.clip, "Global gradient-norm clip")->capture_default_str();
       sub.add_option("--balance", o->balance, "loss-free (bias + small sequence-wise loss), "

@@ -2,8 +2,10 @@
 // Subcommand registration: each apps/cmd_*.cpp adds its subcommand to the `dsv3` app with
 //   static dsv3::app::Registrar reg("name", [](CLI::App& sub) { ...options...; return run; });
 // so that a new command is one new file and main.cpp never grows a switch.
+#include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -24,5 +26,13 @@ void add_device_option(CLI::App& sub, Device& device);
 // device: auto is BF16 mixed precision on a GPU and float32 on the CPU.
 void add_precision_option(CLI::App& sub, std::string& precision);
 DType resolve_precision(const std::string& precision, Device device);
+
+// A check for a whole-number option: `->check(at_least(1))` refuses `--batch 0` with
+// "--batch: must be at least 1, not 0" (CLI11's PositiveNumber prints its range as 0 to 1.8e308).
+CLI::Validator at_least(int64_t least);
+// The whole numbers of a comma-separated list option (`--seq 1024,2048`), each at least `least`;
+// anything else fails naming the option and the item.
+std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text,
+                                    int64_t least);
 
 }  // namespace dsv3::app

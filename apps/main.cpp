@@ -1,6 +1,9 @@
 // The dsv3 command line. Subcommands live in apps/cmd_*.cpp and register themselves.
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <map>
+#include <optional>
 #include <vector>
 
 #include "command.h"
@@ -34,6 +37,44 @@ DType resolve_precision(const std::string& precision, Device device) {
   if (precision == "f32") return DType::F32;
   if (precision == "bf16") return DType::BF16;
   return device == Device::CUDA ? DType::BF16 : DType::F32;
+}
+
+namespace {
+// The whole number `text` is, or nothing (a sign, digits, and nothing after them).
+std::optional<int64_t> whole_number(const std::string& text) {
+  int64_t v = 0;
+  const char* end = text.data() + text.size();
+  const auto [ptr, ec] = std::from_chars(text.data(), end, v);
+  if (ec != std::errc() || ptr != end || text.empty()) return std::nullopt;
+  return v;
+}
+}  // namespace
+
+CLI::Validator at_least(int64_t least) {
+  return CLI::Validator(
+      [least](std::string& text) -> std::string {
+        const std::optional<int64_t> v = whole_number(text);
+        if (!v) return "expected a whole number, not '" + text + "'";
+        if (*v < least) return "must be at least " + std::to_string(least) + ", not " + text;
+        return "";
+      },
+      ">=" + std::to_string(least));
+}
+
+std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text,
+                                    int64_t least) {
+  std::vector<int64_t> out;
+  size_t start = 0;
+  while (start <= text.size()) {
+    const size_t comma = std::min(text.find(',', start), text.size());
+    const std::string item = text.substr(start, comma - start);
+    const std::optional<int64_t> v = whole_number(item);
+    DSV3_CHECK(v && *v >= least, "{}: '{}' in '{}' is not a whole number of at least {}", option,
+               item, text, least);
+    out.push_back(*v);
+    start = comma + 1;
+  }
+  return out;
 }
 
 void add_device_option(CLI::App& sub, Device& device) {

@@ -26,6 +26,22 @@ expect_error() {
   fi
 }
 
+# expect_usage_error NAME NEEDLE COMMAND...: a refused option (the command-line parser's own
+# message, then its hint to run --help): a non-zero exit, NEEDLE on the first stderr line,
+# nothing on stdout (nothing ran).
+expect_usage_error() {
+  local name=$1 needle=$2
+  shift 2
+  "$@" >"$WORK/out" 2>"$WORK/err"
+  local rc=$?
+  if [ $rc -eq 0 ] || [ -s "$WORK/out" ] || ! head -1 "$WORK/err" | grep -q -- "$needle"; then
+    echo "FAIL $name: rc=$rc, stdout $(wc -c <"$WORK/out") bytes, stderr:"; cat "$WORK/err"
+    failures=$((failures + 1))
+  else
+    passes=$((passes + 1))
+  fi
+}
+
 FIX=tests/data/reference/tiny-v2lite
 expect_error missing-fixture "nowhere" "$DSV3" parity "$WORK/nowhere"
 
@@ -55,6 +71,21 @@ expect_error bench-decode-profile-cuda "not available with --device cuda" "$DSV3
 
 printf '{"hidden_size": 64,' >"$WORK/broken.json"
 expect_error malformed-config "broken.json" "$DSV3" bench train-step --config "$WORK/broken.json"
+
+# Counts out of range name the option, the least value and what was given.
+expect_usage_error bench-batch-zero "^--batch: must be at least 1, not 0$" "$DSV3" bench \
+  train-step --config "$FIX/config.json" --batch 0
+expect_usage_error bench-warmup-negative "^--warmup: must be at least 0, not -1$" "$DSV3" bench \
+  train-step --config "$FIX/config.json" --warmup -1
+expect_usage_error bench-steps-text "^--steps: expected a whole number, not '2x'$" "$DSV3" bench \
+  train-step --config "$FIX/config.json" --steps 2x
+expect_usage_error bench-decode-one-token "^--new-tokens: must be at least 2, not 1$" "$DSV3" \
+  bench decode -m "$FIX" --new-tokens 1
+expect_usage_error train-seq-one "^--seq: must be at least 2, not 1$" "$DSV3" train \
+  --data "$WORK/nowhere" --out "$WORK/run" --seq 1
+expect_error bench-attention-seq-list "--seq: '-1' in '64,-1' is not a whole number of at least 1" \
+  "$DSV3" bench attention --device cpu --seq 64,-1
+[ -e "$WORK/run" ] && { echo "FAIL train-seq-one: left $WORK/run"; failures=$((failures + 1)); }
 
 expect_error train-missing-data "nowhere" "$DSV3" train --data "$WORK/nowhere" --out "$WORK/run" \
   --steps 1
