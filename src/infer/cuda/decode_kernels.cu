@@ -250,32 +250,49 @@ __device__ __forceinline__ void run_unit(const DecodeStage& st, Unit u, Wait wai
   }
 }
 
+// Unit i of a stage's grid.
+__device__ __forceinline__ Unit unit_of(const DecodeStage& st, unsigned i) {
+  const dim3 grid(st.grid[0], st.grid[1], st.grid[2]);
+  return Unit{{i % grid.x, (i / grid.x) % grid.y, i / (grid.x * grid.y)}, grid};
+}
+__device__ __forceinline__ unsigned units_of(const DecodeStage& st) {
+  return st.grid[0] * st.grid[1] * st.grid[2];
+}
+
+// Block b's units of stage `st` ask for their weights in L2 (each body's part before its wait).
+template <bool kBf16, bool kCacheBf16, int kPerLane>
+__device__ __noinline__ void prefetch_stage(const DecodeStage& st) {
+  for (unsigned i = blockIdx.x; i < units_of(st); i += gridDim.x)
+    run_unit<kBf16, kCacheBf16, kPerLane>(st, unit_of(st, i), PrefetchOnly{});
+}
+
 // Block b takes units b, b + gridDim.x, ... of every stage in order. counters: [count] units
 // done per stage, then the blocks that have left; the last block to leave zeroes them all for
 // the next launch (no block reads them after it has left).
+//
+// Weights are asked for one stage ahead, as programmatic launch does between kernels: a block
+// entering stage s asks for its units' weights of stage s + 1 before it waits for stage s - 1,
+// so they stream in while stage s runs. (Asking only for the block's next unit of the same
+// stage, as at first, left every stage boundary to start from memory: two blocks per SM hold
+// too few loads in flight to hide that.) A body's part before its wait reads no activation it
+// could misuse: fixed matrices, or routed ids clamped to the table (decode_units.cuh).
 template <bool kBf16, bool kCacheBf16, int kPerLane>
 __global__ void __launch_bounds__(kRowThreads, 2)
     decode_program_kernel(const DecodeStage* stages, int count, unsigned* counters) {
   __shared__ DecodeStage stage;  // the current stage, read by every unit of it
   unsigned prior_units = 0;
+  if (count > 0) prefetch_stage<kBf16, kCacheBf16, kPerLane>(stages[0]);
   for (int s = 0; s < count; ++s) {
     __syncthreads();  // the previous stage's units are done with `stage`
     const uint32_t* src = reinterpret_cast<const uint32_t*>(stages + s);
     uint32_t* dst = reinterpret_cast<uint32_t*>(&stage);
     for (int i = threadIdx.x; i < int(sizeof(DecodeStage) / 4); i += blockDim.x) dst[i] = src[i];
     __syncthreads();
-    const dim3 grid(stage.grid[0], stage.grid[1], stage.grid[2]);
-    const unsigned units = grid.x * grid.y * grid.z;
+    if (s + 1 < count) prefetch_stage<kBf16, kCacheBf16, kPerLane>(stages[s + 1]);
+    const unsigned units = units_of(stage);
     const AfterStage wait{s == 0 ? nullptr : counters + (s - 1), prior_units};
-    const auto unit = [&](unsigned i) {
-      return Unit{{i % grid.x, (i / grid.x) % grid.y, i / (grid.x * grid.y)}, grid};
-    };
     for (unsigned i = blockIdx.x; i < units; i += gridDim.x) {
-      // The block's next unit of this stage asks for its weights now, so that they are in L2
-      // when it starts: two blocks per SM hold too few loads in flight to stream from memory.
-      if (i + gridDim.x < units)
-        run_unit<kBf16, kCacheBf16, kPerLane>(stage, unit(i + gridDim.x), PrefetchOnly{});
-      run_unit<kBf16, kCacheBf16, kPerLane>(stage, unit(i), wait);
+      run_unit<kBf16, kCacheBf16, kPerLane>(stage, unit_of(stage, i), wait);
       unit_done(counters + s);
     }
     prior_units = units;
