@@ -67,7 +67,7 @@ void embedding_forward(const Tensor&, const int32_t*, int64_t, Tensor&) {
 void embedding_backward(const int32_t*, int64_t, const Tensor&, Tensor&) {
   unavailable("embedding_backward");
 }
-void add_inplace(Tensor&, const Tensor&) { unavailable("add_inplace"); }
+void add(const Tensor&, const Tensor&, Tensor&) { unavailable("add"); }
 void convert(const Tensor&, Tensor&) { unavailable("convert"); }
 void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>&) {
   unavailable("f32_to_bf16_all");

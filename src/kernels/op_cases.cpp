@@ -637,19 +637,27 @@ std::vector<OpCase> build_op_cases() {
       {8192, 1024, 2048}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 12.0 * d[1] * d[2]; }});
 
-  cases.push_back(OpCase{
-      "add_inplace", "n", shapes({{1}, {17}, {4096}}, 2, [](Rng& r) {
-        return Dims{uniform_int(r, 1, 100000)};
-      }),
-      [](const Dims& d, Rng& rng) {
-        Problem p;
-        p.tensors["y"] = randn({d[0]}, rng);
-        p.tensors["x"] = randn({d[0]}, rng);
-        return p;
-      },
-      [](const OpSet& o, Problem& p) { o.add_inplace(p["y"], p["x"]); }, {"y"},
-      {{1.2e-7, 0}, {4e-3, 0}}, "one rounding (float64 then float32 may differ by an ulp)",
-      {1 << 22}, [](const Dims& d) { return 0.0; }, [](const Dims& d) { return 12.0 * d[0]; }});
+  // out = a + b into a buffer of its own (random, so a kernel that skips an element shows), and
+  // in place (out = a), as the residual stream uses both.
+  for (const bool in_place : {false, true})
+    cases.push_back(OpCase{
+        in_place ? "add_in_place" : "add", "n", shapes({{1}, {17}, {4096}}, 2, [](Rng& r) {
+          return Dims{uniform_int(r, 1, 100000)};
+        }),
+        [](const Dims& d, Rng& rng) {
+          Problem p;
+          p.tensors["a"] = randn({d[0]}, rng);
+          p.tensors["b"] = randn({d[0]}, rng);
+          p.tensors["out"] = randn({d[0]}, rng);
+          return p;
+        },
+        [in_place](const OpSet& o, Problem& p) {
+          if (in_place) o.add(p["a"], p["b"], p["a"]);
+          else o.add(p["a"], p["b"], p["out"]);
+        },
+        {in_place ? "a" : "out"}, {{1.2e-7, 0}, {4e-3, 0}},
+        "one rounding (float64 then float32 may differ by an ulp)", {1 << 22},
+        [](const Dims& d) { return 0.0; }, [](const Dims& d) { return 12.0 * d[0]; }});
 
   // Head layout moves: per-head slots with padding, and the shared vector (k_pe) that every
   // head reads and whose gradient is the sum over heads. Untouched padding must survive.

@@ -55,7 +55,7 @@ struct OpSet {
   decltype(&ops::cross_entropy) cross_entropy;
   decltype(&ops::embedding_forward) embedding_forward;
   decltype(&ops::embedding_backward) embedding_backward;
-  decltype(&ops::add_inplace) add_inplace;
+  decltype(&ops::add) add;
   ToHeadsFn tokens_to_heads;
   ToTokensFn heads_to_tokens;
   CopyColumnsFn copy_columns;

@@ -42,7 +42,7 @@ const OpSet& fast_ops() {
       &ops::rope_backward,  &ops::swiglu_forward,    &ops::swiglu_backward,
       &ops::attention_forward, &ops::attention_backward,
       &ops::attention_forward_lse, &ops::attention_backward_lse, &ops::cross_entropy,
-      &ops::embedding_forward, &ops::embedding_backward, &ops::add_inplace,
+      &ops::embedding_forward, &ops::embedding_backward, &ops::add,
       &ops::tokens_to_heads, &ops::heads_to_tokens,  &ops::copy_columns,
       &ops::put_columns,     &ops::moe_gather_rows,   &ops::moe_combine,
       &ops::moe_combine_backward, &ops::moe_scatter_add, &ops::sum_squares,
@@ -58,7 +58,7 @@ const OpSet& reference_ops() {
       &ref::rope_backward,  &ref::swiglu_forward,    &ref::swiglu_backward,
       &ref::attention_forward, &ref::attention_backward,
       &ref::attention_forward_lse, &ref::attention_backward_lse, &ref::cross_entropy,
-      &ref::embedding_forward, &ref::embedding_backward, &ref::add_inplace,
+      &ref::embedding_forward, &ref::embedding_backward, &ref::add,
       &ref::tokens_to_heads, &ref::heads_to_tokens,  &ref::copy_columns,
       &ref::put_columns,     &ref::moe_gather_rows,   &ref::moe_combine,
       &ref::moe_combine_backward, &ref::moe_scatter_add, &ref::sum_squares,
@@ -197,7 +197,10 @@ TestResult run_test(const OpCase& c, Backend backend, const Dims& dims, uint64_t
   c.run(reference_ops(), ref);
   TestResult result;
   std::string shape = "[";
-  for (size_t i = 0; i < dims.size(); ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
+  for (size_t i = 0; i < dims.size(); ++i) {
+    if (i) shape += ", ";  // appended apart: GCC 12 warns falsely (-Wrestrict) on ", " + to_string
+    shape += std::to_string(dims[i]);
+  }
   shape += "]";
   for (const auto& out : c.outputs) {
     Comparison cmp = compare(out, dev[out], ref[out], c.tol.for_dtype(c.dtype));

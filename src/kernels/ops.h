@@ -127,7 +127,9 @@ void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Te
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 
 // ---- Elementwise ----
-void add_inplace(Tensor& y, const Tensor& x);  // y += x
+// out = a + b, elementwise (float32 or float64); out may be a or b. Out of place, a residual
+// stream's sum is one pass (a copy and then y += x were two).
+void add(const Tensor& a, const Tensor& b, Tensor& out);
 // dst = src converted between float32 and bfloat16 (round to nearest even; NaN stays NaN),
 // or copied when the dtypes match. Same element count, same device.
 void convert(const Tensor& src, Tensor& dst);

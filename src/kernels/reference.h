@@ -62,7 +62,7 @@ void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double sca
                         Tensor* d_logits, Tensor& row_loss);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
-void add_inplace(Tensor& y, const Tensor& x);
+void add(const Tensor& a, const Tensor& b, Tensor& out);
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);
 void heads_to_tokens(const float* heads, float* tokens, const ops::HeadCopy& c, bool accumulate);
 void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t width, float* dst,

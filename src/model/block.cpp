@@ -43,8 +43,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   const float eps = float(ctx.config->rms_norm_eps);
   ops::rmsnorm_forward(x, w.input_layernorm.value, eps, act.h_attn, act.rstd_attn);
   mla_forward(ctx, w.attn, act.h_attn, act.mla, act.attn_out);
-  act.x_mid.copy_from(x);
-  ops::add_inplace(act.x_mid, act.attn_out);
+  ops::add(x, act.attn_out, act.x_mid);
   ops::rmsnorm_forward_with_bf16_copy(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn,
                                       act.rstd_ffn, act.h_ffn_mm);
   if (w.moe) {
@@ -54,8 +53,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
     profile::Phase phase("dense ffn fwd", x.device());
     ffn_forward(w.dense, act.h_ffn, *act.dense, act.ffn_out);
   }
-  out.copy_from(act.x_mid);
-  ops::add_inplace(out, act.ffn_out);
+  ops::add(act.x_mid, act.ffn_out, out);
 }
 
 void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,

@@ -167,9 +167,10 @@ TEST(CudaGroupedPadded, PaddedKernelTakesEachProductFromItsWay) {
     const std::string what = i == 0 ? "y" : i == 1 ? "d_x" : "d_w of group " + std::to_string(i - 2);
     EXPECT_EQ(std::memcmp(mixed.host[i].data(), want.host[i].data(), mixed.host[i].nbytes()), 0)
         << what << " differs from " << (weight_gradient ? "kernel" : "padded");
-    if (weight_gradient && (i - 2) % 7 == 3)  // an empty group: d_w as it was
+    if (weight_gradient && (i - 2) % 7 == 3) {  // an empty group: d_w as it was
       EXPECT_EQ(std::memcmp(mixed.host[i].data(), before.host[i].data(), mixed.host[i].nbytes()), 0)
           << what;
+    }
   }
   // The ways differ somewhere, or the comparisons above could not tell them apart.
   bool any_differs = false;

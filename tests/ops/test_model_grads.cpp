@@ -46,7 +46,7 @@ double dot(const std::vector<double>& y, const Tensor& r) {
 
 // A Param whose value views the problem's tensor (so the fast code sees the same numbers).
 Param param_of(Problem& p, const std::string& name) {
-  return Param{p[name], Tensor::zeros(p[name].shape())};
+  return Param{p[name], Tensor::zeros(p[name].shape()), Tensor()};  // float32: no BF16 copy
 }
 
 // ---- The SwiGLU FFN: down(silu(gate(x)) * up(x)) ----

@@ -79,15 +79,16 @@ void convert(const Tensor& src, Tensor& dst) {
   }
 }
 
-void add_inplace(Tensor& y, const Tensor& x) {
-  if (y.dtype() == DType::F64) return ref::add_inplace(y, x);
-  if (y.device() == Device::CUDA) return cuda_ops::add_inplace(y, x);
-  DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
-  float* yp = y.f32();
-  const float* xp = x.f32();
-  const int64_t n = y.numel();
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  if (out.dtype() == DType::F64) return ref::add(a, b, out);
+  if (out.device() == Device::CUDA) return cuda_ops::add(a, b, out);
+  DSV3_CHECK(a.numel() == out.numel() && b.numel() == out.numel(), "add: {} + {} into {}",
+             a.shape().str(), b.shape().str(), out.shape().str());
+  const float *ap = a.f32(), *bp = b.f32();
+  float* op = out.f32();
+  const int64_t n = out.numel();
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) yp[i] += xp[i];
+  for (int64_t i = 0; i < n; ++i) op[i] = ap[i] + bp[i];
 }
 
 }  // namespace dsv3::ops

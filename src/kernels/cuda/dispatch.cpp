@@ -808,11 +808,13 @@ void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs
         op);
 }
 
-void add_inplace(Tensor& y, const Tensor& x) {
-  need_device(y, "add_inplace", "y");
-  need_device(x, "add_inplace", "x");
-  DSV3_CHECK(y.numel() == x.numel(), "add_inplace: {} vs {}", y.shape().str(), x.shape().str());
-  check(cuda::add_inplace({y.f32(), x.f32(), y.numel()}, stream()), "add_inplace");
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  need_device(a, "add", "a");
+  need_device(b, "add", "b");
+  need_device(out, "add", "out");
+  DSV3_CHECK(a.numel() == out.numel() && b.numel() == out.numel(), "add: {} + {} into {}",
+             a.shape().str(), b.shape().str(), out.shape().str());
+  check(cuda::add({a.f32(), b.f32(), out.f32(), out.numel()}, stream()), "add");
 }
 
 namespace {

@@ -49,7 +49,7 @@ cudaError_t bf16_to_f32(const uint16_t* x, float* y, int64_t n, cudaStream_t str
 cudaError_t f32_to_bf16(const float* x, uint16_t* y, int64_t n, cudaStream_t stream);
 cudaError_t causal_softmax_from_lse(const CausalSoftmaxFromLse& p, cudaStream_t stream);
 cudaError_t softmax_backward(const SoftmaxBackward& p, cudaStream_t stream);
-cudaError_t add_inplace(const AddInplace& p, cudaStream_t stream);
+cudaError_t add(const Add& p, cudaStream_t stream);
 cudaError_t scale_matrix(const ScaleMatrix& p, cudaStream_t stream);
 // The grouped BF16 GEMM: the output tile edge (rows and columns of C per tile), and whether a
 // product of these leading dimensions and layout can run (every row of A, B and C starts

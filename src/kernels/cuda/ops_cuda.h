@@ -61,7 +61,7 @@ void cross_entropy_rows(const Tensor& logits, const int32_t* targets, float scal
                         Tensor* d_logits, Tensor& row_loss);
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
-void add_inplace(Tensor& y, const Tensor& x);
+void add(const Tensor& a, const Tensor& b, Tensor& out);
 void convert(const Tensor& src, Tensor& dst);
 // float32 -> BF16 for every pair, in one launch.
 void f32_to_bf16_all(const std::vector<std::pair<const Tensor*, Tensor*>>& pairs);

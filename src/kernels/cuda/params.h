@@ -251,9 +251,10 @@ struct SoftmaxBackward {
 };
 
 // y[i] += x[i]; c[i] = beta * c[i] (beta 0: c = 0 without reading it).
-struct AddInplace {
-  float* y;
-  const float* x;
+struct Add {  // out = a + b; out may be a or b
+  const float* a;
+  const float* b;
+  float* out;
   int64_t n;
 };
 struct ScaleMatrix {

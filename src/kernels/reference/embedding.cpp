@@ -62,13 +62,13 @@ void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, T
   });
 }
 
-void add_inplace(Tensor& y, const Tensor& x) {
-  with_real(y, [&](auto real_zero) {
+void add(const Tensor& a, const Tensor& b, Tensor& out) {
+  with_real(out, [&](auto real_zero) {
     using T = decltype(real_zero);
-    DSV3_CHECK(y.numel() == x.numel(), "ref::add_inplace: {} vs {}", y.shape().str(),
-               x.shape().str());
-    for (int64_t i = 0; i < y.numel(); ++i)
-      y.real<T>()[i] = T(double(y.real<T>()[i]) + x.real<T>()[i]);
+    DSV3_CHECK(a.numel() == out.numel() && b.numel() == out.numel(), "ref::add: {} + {} into {}",
+               a.shape().str(), b.shape().str(), out.shape().str());
+    for (int64_t i = 0; i < out.numel(); ++i)
+      out.real<T>()[i] = T(double(a.real<T>()[i]) + b.real<T>()[i]);
   });
 }
 
