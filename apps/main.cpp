@@ -45,7 +45,7 @@ std::optional<int64_t> whole_number(const std::string& text) {
   int64_t v = 0;
   const char* end = text.data() + text.size();
   const auto [ptr, ec] = std::from_chars(text.data(), end, v);
-  if (ec != std::errc() || ptr != end || text.empty()) return std::nullopt;
+  if (ec != std::errc() || ptr != end) return std::nullopt;  // also "" (no digits)
   return v;
 }
 }  // namespace

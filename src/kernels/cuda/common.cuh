@@ -166,6 +166,11 @@ __device__ __forceinline__ void score_dots(const float* a, int a_stride, const f
 inline bool aligned_to(const void* p, uintptr_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
+// Whether a float32 (f) or, when bf16 is given, BF16 buffer allows load4_f32_or_bf16 at every
+// multiple of 4 values: 16-byte aligned float32, 8-byte aligned BF16.
+inline bool four_values_aligned(const float* f, const uint16_t* bf16) {
+  return bf16 ? aligned_to(bf16, 8) : aligned_to(f, 16);
+}
 
 // Blocks for a grid-stride loop over n elements: enough to fill the GPU, never more than needed.
 inline unsigned grid_for(int64_t n, int threads) {

@@ -244,8 +244,9 @@ const void* row_ptr(const void* base, int64_t row, int64_t cols, size_t elem) {
 cuda::GroupedOutput grouped_output(Tensor& out, DType w_dtype, int64_t rows, int64_t cols,
                                    const char* op, const char* name) {
   need_device(out, op, name);
-  DSV3_CHECK((out.dtype() == DType::F32 || (out.dtype() == DType::BF16 && w_dtype == DType::BF16)) &&
-                 out.numel() == rows * cols,
+  const bool dtype_ok =
+      out.dtype() == DType::F32 || (out.dtype() == DType::BF16 && w_dtype == DType::BF16);
+  DSV3_CHECK(dtype_ok && out.numel() == rows * cols,
              "{}: {} {} {} is not [{}, {}] float32 (or bfloat16 against bfloat16 weights)", op,
              name, out.shape().str(), dtype_name(out.dtype()), rows, cols);
   return {out.data(), out.dtype() == DType::BF16};

@@ -260,8 +260,7 @@ template <bool kWeighted>
 cudaError_t launch_sum_picks(const float* src, const uint16_t* src_bf16, const int32_t* row_of,
                              const float* weights, float* out, int64_t n, int64_t k, int64_t dim,
                              cudaStream_t stream) {
-  const bool src_aligned = src_bf16 ? aligned_to(src_bf16, 8) : aligned_to(src, 16);
-  const bool vec = dim % 4 == 0 && src_aligned && aligned_to(out, 16);
+  const bool vec = dim % 4 == 0 && four_values_aligned(src, src_bf16) && aligned_to(out, 16);
   const unsigned blocks = row_blocks(n);
   if (vec)
     sum_picks_kernel<float4, kWeighted><<<blocks, row_threads(dim / 4), 0, stream>>>(

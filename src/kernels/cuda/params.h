@@ -250,8 +250,8 @@ struct SoftmaxBackward {
   float scale;
 };
 
-// y[i] += x[i]; c[i] = beta * c[i] (beta 0: c = 0 without reading it).
-struct Add {  // out = a + b; out may be a or b
+// out[i] = a[i] + b[i]; c[i] = beta * c[i] (beta 0: c = 0 without reading it).
+struct Add {  // out may be a or b
   const float* a;
   const float* b;
   float* out;

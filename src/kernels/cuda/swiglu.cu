@@ -88,23 +88,18 @@ cudaError_t launch_rows(K narrow, K wide, bool vec, const SwiGlu& p, cudaStream_
   return cudaGetLastError();
 }
 
-// Whether an input's rows, each a multiple of 4 values long, allow 4-value loads.
-bool four_aligned(const float* f, const uint16_t* bf16) {
-  return bf16 ? aligned_to(bf16, 8) : aligned_to(f, 16);
-}
-
 }  // namespace
 
 cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && four_aligned(p.gate_up, p.gate_up_bf16);
+  const bool vec = p.width % 4 == 0 && four_values_aligned(p.gate_up, p.gate_up_bf16);
   return launch_rows(swiglu_forward_kernel<1>, swiglu_forward_kernel<4>, vec, p, stream);
 }
 
 cudaError_t swiglu_backward(const SwiGlu& p, cudaStream_t stream) {
   if (p.rows * p.width == 0) return cudaSuccess;
-  const bool vec = p.width % 4 == 0 && four_aligned(p.gate_up, p.gate_up_bf16) &&
-                   four_aligned(p.d_h, p.d_h_bf16);
+  const bool vec = p.width % 4 == 0 && four_values_aligned(p.gate_up, p.gate_up_bf16) &&
+                   four_values_aligned(p.d_h, p.d_h_bf16);
   return launch_rows(swiglu_backward_kernel<1>, swiglu_backward_kernel<4>, vec, p, stream);
 }
 
