@@ -52,7 +52,7 @@ int run(const Options& o) {
   double total = 0;
   for (int i = 0; i < o.warmup + o.steps; ++i) {
     auto t0 = clock::now();
-    weights.zero_grads();
+    weights.discard_grads();  // as training does: the step overwrites them
     dsv3::StepResult r = model.step(tokens.data(), labels, loss, true);
     dsv3::device::synchronize(o.device);  // the backward pass may still be queued
     double s = std::chrono::duration<double>(clock::now() - t0).count();

@@ -86,8 +86,12 @@ TEST(Parity, Float64StepMatchesEveryFixtureQuantity) {
     EXPECT_GT(count_prefix(r, "grad."), 30u) << name;
     EXPECT_GT(count_prefix(r, "adamw."), 30u) << name;
     for (const auto& c : r.checks) {
-      if (c.quantity == "logits") EXPECT_EQ(c.tolerance, 1e-6);
-      if (c.quantity.rfind("adamw.", 0) == 0) EXPECT_EQ(c.tolerance, 1e-5) << c.quantity;
+      if (c.quantity == "logits") {
+        EXPECT_EQ(c.tolerance, 1e-6);
+      }
+      if (c.quantity.rfind("adamw.", 0) == 0) {
+        EXPECT_EQ(c.tolerance, 1e-5) << c.quantity;
+      }
     }
   }
 }

@@ -17,7 +17,7 @@ void gemm(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, c
   unavailable("gemm");
 }
 void linear_forward(const Tensor&, const Tensor&, Tensor&) { unavailable("linear_forward"); }
-void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor*, bool) {
+void linear_backward(const Tensor&, const Tensor&, const Tensor&, Tensor*, Tensor*, bool, bool) {
   unavailable("linear_backward");
 }
 void grouped_linear_forward(const Tensor&, const std::vector<const Tensor*>&, const int64_t*,
@@ -25,14 +25,14 @@ void grouped_linear_forward(const Tensor&, const std::vector<const Tensor*>&, co
   unavailable("grouped_linear_forward");
 }
 void grouped_linear_backward(const Tensor&, const std::vector<const Tensor*>&, const Tensor&,
-                             const int64_t*, Tensor*, const std::vector<Tensor*>&) {
+                             const int64_t*, Tensor*, const std::vector<Tensor*>&, bool) {
   unavailable("grouped_linear_backward");
 }
 void rmsnorm_forward(const Tensor&, const Tensor&, float, Tensor&, Tensor&, Tensor*) {
   unavailable("rmsnorm_forward");
 }
 void rmsnorm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&, Tensor&, Tensor&,
-                      bool, Tensor*) {
+                      bool, bool, Tensor*) {
   unavailable("rmsnorm_backward");
 }
 void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&, bool,

@@ -198,14 +198,18 @@ std::vector<OpCase> build_op_cases() {
       [](const Dims& d) { return 2.0 * prod(d, {0, 1, 2}); },
       [](const Dims& d) { return 4.0 * (d[0] * d[1] + d[1] * d[2] + d[0] * d[2]); }});
 
+  // x and d_x read and written, d_y and W read, d_w written (and read when accumulated into).
+  const auto linear_backward_bytes = [](const Dims& d) {
+    return 4.0 * (2 * d[0] * d[1] + (1 + d[5]) * d[1] * d[2] + d[0] * d[2]);
+  };
   cases.push_back(OpCase{
-      "linear_backward", "rows, in, out, accumulate d_x, with d_x",
-      shapes({{1, 1, 1, 0, 1}, {1, 7, 5, 1, 1}, {3, 17, 33, 0, 0}, {61, 129, 47, 1, 1},
-              {40, 33, 65, 0, 1}},
+      "linear_backward", "rows, in, out, accumulate d_x, with d_x, accumulate d_w",
+      shapes({{1, 1, 1, 0, 1, 1}, {1, 7, 5, 1, 1, 0}, {3, 17, 33, 0, 0, 1}, {61, 129, 47, 1, 1, 0},
+              {40, 33, 65, 0, 1, 1}, {5, 9, 3, 0, 0, 0}},
              4,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 100), uniform_int(r, 1, 300), uniform_int(r, 1, 300),
-                           uniform_int(r, 0, 1), uniform_int(r, 0, 1)};
+                           uniform_int(r, 0, 1),   uniform_int(r, 0, 1),   uniform_int(r, 0, 1)};
              }),
       [](const Dims& d, Rng& rng) {
         Problem p;
@@ -215,18 +219,20 @@ std::vector<OpCase> build_op_cases() {
         // d_x: accumulated into, overwritten (NaN), or not asked for (must stay zero).
         p.tensors["d_x"] = d[3] ? randn({d[0], d[1]}, rng)
                                 : filled({d[0], d[1]}, d[4] ? kNaN : 0.0f);
-        p.tensors["d_w"] = randn({d[2], d[1]}, rng);  // always accumulated into
+        // d_w: accumulated into, or overwritten (NaN: the stale gradient of a step's first write).
+        p.tensors["d_w"] = d[5] ? randn({d[2], d[1]}, rng) : filled({d[2], d[1]}, kNaN);
         p.scalars["accumulate"] = double(d[3]);
         p.scalars["with_d_x"] = double(d[4]);
+        p.scalars["accumulate_d_w"] = double(d[5]);
         return p;
       },
       [](const OpSet& o, Problem& p) {
         o.linear_backward(p["x"], p["w"], p["d_y"], p.scalar("with_d_x") ? &p["d_x"] : nullptr,
-                          &p["d_w"], p.scalar("accumulate") != 0);
+                          &p["d_w"], p.scalar("accumulate") != 0, p.scalar("accumulate_d_w") != 0);
       },
       {"d_x", "d_w"}, {kDot, kBf16Dot}, "sums of `out` (d_x) and `rows` (d_w) products",
-      {128, 512, 512, 0, 1}, [](const Dims& d) { return 4.0 * prod(d, {0, 1, 2}); },
-      [](const Dims& d) { return 4.0 * (2 * d[0] * d[1] + 2 * d[1] * d[2] + d[0] * d[2]); }});
+      {128, 512, 512, 0, 1, 1}, [](const Dims& d) { return 4.0 * prod(d, {0, 1, 2}); },
+      linear_backward_bytes});
 
   // RMSNorm: rows of very different scales (the norm must remove them).
   auto make_rms = [](const Dims& d, Rng& rng) {
@@ -259,13 +265,16 @@ std::vector<OpCase> build_op_cases() {
       [](const Dims& d) { return 4.0 * (2 * d[0] * d[1] + d[1] + d[0]); }});
 
   cases.push_back(OpCase{
-      "rmsnorm_backward", "rows, dim, accumulate d_x",
+      "rmsnorm_backward", "rows, dim, accumulate d_x, accumulate d_w",
       // Not dim 1: there d_x = rstd (g w - xhat mean(g w xhat)) cancels to the eps term alone
       // (~1e-7 of its terms), which no float32 kernel resolves and no model has.
       // 300 rows: several row chunks of the CUDA weight gradient, the last one partial.
-      shapes({{1, 2, 0}, {1, 17, 1}, {5, 16, 0}, {3, 1000, 1}, {33, 129, 0}, {300, 40, 1}}, 4,
+      shapes({{1, 2, 0, 1}, {1, 17, 1, 0}, {5, 16, 0, 1}, {3, 1000, 1, 1}, {33, 129, 0, 0},
+              {300, 40, 1, 0}},
+             4,
              [](Rng& r) {
-               return Dims{uniform_int(r, 1, 64), uniform_int(r, 2, 1100), uniform_int(r, 0, 1)};
+               return Dims{uniform_int(r, 1, 64), uniform_int(r, 2, 1100), uniform_int(r, 0, 1),
+                           uniform_int(r, 0, 1)};
              }),
       [make_rms](const Dims& d, Rng& rng) {
         Problem p = make_rms(d, rng);
@@ -274,17 +283,18 @@ std::vector<OpCase> build_op_cases() {
         p.tensors["rstd"] = rstd;
         p.tensors["d_y"] = randn({d[0], d[1]}, rng);
         p.tensors["d_x"] = d[2] ? randn({d[0], d[1]}, rng) : filled({d[0], d[1]}, kNaN);
-        p.tensors["d_w"] = randn({d[1]}, rng);
+        p.tensors["d_w"] = d[3] ? randn({d[1]}, rng) : filled({d[1]}, kNaN);
         p.scalars["accumulate"] = double(d[2]);
+        p.scalars["accumulate_d_w"] = double(d[3]);
         return p;
       },
       [](const OpSet& o, Problem& p) {
         o.rmsnorm_backward(p["x"], p["w"], p["rstd"], p["d_y"], p["d_x"], p["d_w"],
-                           p.scalar("accumulate") != 0);
+                           p.scalar("accumulate") != 0, p.scalar("accumulate_d_w") != 0);
       },
-      {"d_x", "d_w"}, {kDot, kBf16Dot}, "sums over dim (d_x) and rows (d_w)", {1024, 1024, 0},
+      {"d_x", "d_w"}, {kDot, kBf16Dot}, "sums over dim (d_x) and rows (d_w)", {1024, 1024, 0, 1},
       [](const Dims& d) { return 0.0; },
-      [](const Dims& d) { return 4.0 * (4 * d[0] * d[1] + 2 * d[1] + d[0]); }});
+      [](const Dims& d) { return 4.0 * (4 * d[0] * d[1] + (1 + d[3]) * d[1] + d[0]); }});
 
   // RoPE on a slice of each head (offset inside a wider head, as MLA's q_pe), with a table
   // whose magnitude is not 1 (YaRN folds its mscale into cos/sin).
@@ -793,7 +803,7 @@ std::vector<GradCase> build_grad_cases() {
       [](const OpSet& o, Problem& p) {
         set(p, "d_x", zeros_like(p["x"]));
         set(p, "d_w", zeros_like(p["w"]));
-        o.linear_backward(p["x"], p["w"], p["r_y"], &p["d_x"], &p["d_w"], false);
+        o.linear_backward(p["x"], p["w"], p["r_y"], &p["d_x"], &p["d_w"], false, true);
       }});
 
   cases.push_back(GradCase{
@@ -820,7 +830,7 @@ std::vector<GradCase> build_grad_cases() {
         o.rmsnorm_forward(p["x"], p["w"], float(p.scalar("eps")), y, rstd);
         set(p, "d_x", zeros_like(p["x"]));
         set(p, "d_w", zeros_like(p["w"]));
-        o.rmsnorm_backward(p["x"], p["w"], rstd, p["r_y"], p["d_x"], p["d_w"], false);
+        o.rmsnorm_backward(p["x"], p["w"], rstd, p["r_y"], p["d_x"], p["d_w"], false, true);
       }});
 
   cases.push_back(GradCase{

@@ -84,33 +84,41 @@ void run_forward(const OpSet& o, Problem& p) {
   o.grouped_linear_forward(p["x"], ws, off.data(), p["y"]);
 }
 
+// Backward dims: in, out, with d_x, accumulate d_w, then the rows of each group.
+constexpr size_t kBackwardGroupsFrom = 4;
+
 Problem make_backward(const Dims& d, Rng& rng, bool bf16_w) {
-  const int64_t in = d[0], out = d[1], groups = int64_t(d.size()) - 3, rows = total_rows(d, 3);
+  const int64_t in = d[0], out = d[1], groups = int64_t(d.size() - kBackwardGroupsFrom),
+                rows = total_rows(d, kBackwardGroupsFrom);
   Problem p;
   p.tensors["x"] = randn({rows, in}, rng);
   Tensor w = randn({groups * out, in}, rng);
   p.tensors["w"] = bf16_w ? as_bf16(w) : w;
   p.tensors["d_y"] = randn({rows, out}, rng);
-  // d_x overwritten (NaN) or not asked for (must stay zero); d_w accumulated into, and left
-  // as it is for empty groups.
+  // d_x overwritten (NaN) or not asked for (must stay zero); d_w accumulated into (left as it
+  // is for empty groups) or overwritten (NaN, the stale gradient of a step's first write:
+  // zeroed for empty groups).
   p.tensors["d_x"] = filled({rows, in}, d[2] ? kNaN : 0.0f);
-  p.tensors["d_w"] = randn({groups * out, in}, rng);
+  p.tensors["d_w"] = d[3] ? randn({groups * out, in}, rng) : filled({groups * out, in}, kNaN);
   return p;
 }
 
 void run_backward(const OpSet& o, Problem& p) {
   const Dims& d = p.dims;
-  const int64_t out = d[1], groups = int64_t(d.size()) - 3;
+  const int64_t out = d[1], groups = int64_t(d.size() - kBackwardGroupsFrom);
   Tensor w = weights_for(p["w"]);
   std::vector<Tensor> keep_w, keep_dw;
   const std::vector<const Tensor*> ws = group_views<const Tensor>(w, groups, out, keep_w);
   const std::vector<Tensor*> dws = group_views<Tensor>(p["d_w"], groups, out, keep_dw);
-  const std::vector<int64_t> off = group_offsets(d, 3);
-  o.grouped_linear_backward(p["x"], ws, p["d_y"], off.data(), d[2] ? &p["d_x"] : nullptr, dws);
+  const std::vector<int64_t> off = group_offsets(d, kBackwardGroupsFrom);
+  o.grouped_linear_backward(p["x"], ws, p["d_y"], off.data(), d[2] ? &p["d_x"] : nullptr, dws,
+                            d[3] != 0);
 }
 
 double forward_flops(const Dims& d) { return 2.0 * total_rows(d, 2) * d[0] * d[1]; }
-double backward_flops(const Dims& d) { return 4.0 * total_rows(d, 3) * d[0] * d[1]; }
+double backward_flops(const Dims& d) {
+  return 4.0 * total_rows(d, kBackwardGroupsFrom) * d[0] * d[1];
+}
 
 }  // namespace
 
@@ -127,7 +135,7 @@ std::vector<OpCase> grouped_linear_op_cases() {
   // A wide MoE layer's expert projection: 32 experts of uneven load, a 1024-wide hidden state.
   Dims bench_fwd{1024, 512};
   for (int g = 0; g < 32; ++g) bench_fwd.push_back(64 + 16 * (g % 9) + (g % 5 == 0 ? 0 : 8));
-  Dims bench_bwd{1024, 512, 1};
+  Dims bench_bwd{1024, 512, 1, 1};
   bench_bwd.insert(bench_bwd.end(), bench_fwd.begin() + 2, bench_fwd.end());
 
   auto fwd_shapes =
@@ -140,23 +148,26 @@ std::vector<OpCase> grouped_linear_op_cases() {
              4, [](Rng& r) {
                return draw_groups(r, {uniform_int(r, 1, 300), uniform_int(r, 1, 300)});
              });
-  auto bwd_shapes = shapes({{1, 1, 1, 1},
-                            {7, 5, 0, 3},
-                            {129, 47, 1, 61},
-                            {17, 33, 1, 0, 4, 0, 9},
-                            {64, 48, 0, 5, 0, 0, 11, 1, 0, 30},
-                            {16, 16, 1, 0, 0, 0, 0, 1}},
+  auto bwd_shapes = shapes({{1, 1, 1, 1, 1},
+                            {7, 5, 0, 0, 3},
+                            {129, 47, 1, 1, 61},
+                            {17, 33, 1, 1, 0, 4, 0, 9},
+                            {17, 33, 1, 0, 0, 4, 0, 9},
+                            {64, 48, 0, 1, 5, 0, 0, 11, 1, 0, 30},
+                            {64, 48, 1, 0, 5, 0, 0, 11, 1, 0, 30},
+                            {16, 16, 1, 0, 0, 0, 0, 0, 1}},
                            4, [](Rng& r) {
                              return draw_groups(r, {uniform_int(r, 1, 300), uniform_int(r, 1, 300),
-                                                    uniform_int(r, 0, 1)});
+                                                    uniform_int(r, 0, 1), uniform_int(r, 0, 1)});
                            });
   const auto fwd_bytes = [](const Dims& d) {
     const double groups = double(d.size()) - 2;
     return 4.0 * (total_rows(d, 2) * (d[0] + d[1]) + groups * d[0] * d[1]);
   };
   const auto bwd_bytes = [](const Dims& d) {
-    const double groups = double(d.size()) - 3;
-    return 4.0 * (total_rows(d, 3) * 2 * (d[0] + d[1]) + 3 * groups * d[0] * d[1]);
+    const double groups = double(d.size() - kBackwardGroupsFrom);
+    return 4.0 * (total_rows(d, kBackwardGroupsFrom) * 2 * (d[0] + d[1]) +
+                  (2 + d[3]) * groups * d[0] * d[1]);
   };
 
   cases.push_back(OpCase{"grouped_linear_forward",
@@ -171,7 +182,7 @@ std::vector<OpCase> grouped_linear_op_cases() {
                          forward_flops,
                          fwd_bytes});
   cases.push_back(OpCase{"grouped_linear_backward",
-                         "in, out, with d_x, rows of each group",
+                         "in, out, with d_x, accumulate d_w, rows of each group",
                          bwd_shapes,
                          [](const Dims& d, Rng& rng) { return make_backward(d, rng, false); },
                          run_backward,
@@ -194,7 +205,7 @@ std::vector<OpCase> grouped_linear_op_cases() {
                          fwd_bytes,
                          DType::BF16});
   cases.push_back(OpCase{"grouped_linear_backward_bf16w",
-                         "in, out, with d_x, rows of each group",
+                         "in, out, with d_x, accumulate d_w, rows of each group",
                          bwd_shapes,
                          [](const Dims& d, Rng& rng) { return make_backward(d, rng, true); },
                          run_backward,

@@ -5,7 +5,9 @@
 // each op (kernels/reference.h) are the oracle the fast ones are tested against.
 //
 // Conventions: row-major; "rows" is the leading (token) dimension; gradient outputs named
-// d_* are overwritten unless the name says accumulate ("+=").
+// d_* are overwritten unless the name says accumulate ("+="). Weight gradients take a flag:
+// accumulated into over a step's micro-batches and the uses of a shared weight, overwritten by
+// a step's first write (Param::accumulate_grad), which spares zeroing them beforehand.
 #include <cstdint>
 #include <vector>
 
@@ -24,9 +26,9 @@ double measure_gemm_gflops();
 
 // y[rows, out] = x[rows, in] W[out, in]^T
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
-// d_x[rows, in] (= or +=) d_y W ; d_w[out, in] += d_y^T x
+// d_x[rows, in] (= or +=) d_y W ; d_w[out, in] (+= or =) d_y^T x
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x = false);
+                     bool accumulate_d_x = false, bool accumulate_d_w = true);
 
 // Grouped linear (the routed experts of an MoE layer): G weights, and the rows of x split into
 // G contiguous groups, group g being rows [offsets[g], offsets[g + 1]) (offsets: host, G + 1
@@ -39,11 +41,11 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y);
 // d_x[rows of g] = d_y[rows of g] W_g (overwritten; rows of empty groups do not exist);
-// d_w[g] += d_y[rows of g]^T x[rows of g] (float32; untouched for empty groups).
-// d_x may be null; d_w has G entries.
+// d_w[g] (+= or =) d_y[rows of g]^T x[rows of g] (float32; an empty group's d_w is untouched
+// when accumulated into, zeroed when overwritten). d_x may be null; d_w has G entries.
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w);
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w = true);
 
 // ---- RMSNorm (kernels/cpu/rmsnorm.cpp): y = x * rsqrt(mean(x^2) + eps) * w ----
 // rstd[rows] is saved for the backward pass.
@@ -54,16 +56,17 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 // Arena::alloc_matmul_copy) writes y alone.
 void rmsnorm_forward_with_bf16_copy(const Tensor& x, const Tensor& w, float eps, Tensor& y,
                                     Tensor& rstd, Tensor& y_bf16);
-// d_x (= or +=), d_w +=
+// d_x (= or +=), d_w (+= or =)
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false,
+                      bool accumulate_d_w = true);
 // The same with d_x float32 and its values (after any accumulation) also written to d_x_bf16
 // rounded to BF16, in the same pass: the residual stream's gradient for the products that read
 // it beside float32 readers, bit for bit what a conversion of d_x would give. An undefined
 // d_x_bf16 writes d_x alone.
 void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                      const Tensor& d_y, Tensor& d_x, Tensor& d_w,
-                                     bool accumulate_d_x, Tensor& d_x_bf16);
+                                     bool accumulate_d_x, bool accumulate_d_w, Tensor& d_x_bf16);
 
 // ---- RoPE (kernels/cpu/rope.cpp): rotate interleaved pairs (x[2i], x[2i+1]) in place. ----
 // x is [rows, heads, row_stride] and the rotated part is the `rope_dim` values starting at
@@ -124,6 +127,7 @@ void cross_entropy_rows(const Tensor& logits, const int32_t* targets, double sca
 // ---- Embedding (kernels/cpu/embedding.cpp) ----
 // An id of -1 stands for "no token": a zero row forward, no gradient.
 void embedding_forward(const Tensor& table, const int32_t* ids, int64_t rows, Tensor& out);
+// d_table[ids[r]] += d_out[r] (a scatter: accumulated into only).
 void embedding_backward(const int32_t* ids, int64_t rows, const Tensor& d_out, Tensor& d_table);
 
 // ---- Elementwise ----

@@ -29,15 +29,16 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x = false);
+                     bool accumulate_d_x = false, bool accumulate_d_w = true);
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y);
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w);
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w = true);
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd);
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false);
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x = false,
+                      bool accumulate_d_w = true);
 void rope_forward(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
                   const Tensor& sin);
 void rope_backward(float* d_x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
@@ -90,13 +91,13 @@ template <typename T>
 void linear_forward(const T* x, const T* w, int64_t rows, int64_t in, int64_t out, T* y);
 template <typename T>
 void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t in, int64_t out,
-                     T* d_x, T* d_w, bool accumulate_d_x);
+                     T* d_x, T* d_w, bool accumulate_d_x, bool accumulate_d_w);
 
 template <typename T>
 void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double eps, T* y, T* rstd);
 template <typename T>
 void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64_t rows,
-                      int64_t dim, T* d_x, T* d_w, bool accumulate_d_x);
+                      int64_t dim, T* d_x, T* d_w, bool accumulate_d_x, bool accumulate_d_w);
 
 // cos/sin are [max_pos, rope_dim / 2] of type U (float tables, or double ones for the float64
 // step); inverse rotates by -angle (the backward pass).

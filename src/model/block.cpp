@@ -59,7 +59,7 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
 void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,
                             Tensor& d_residual, bool accumulate, BlockScratch& s) {
   ops::rmsnorm_backward_with_bf16_copy(x, w.value, rstd, d_y, d_residual, w.grad, accumulate,
-                                       s.d_residual_mm);
+                                       w.accumulate_grad(), s.d_residual_mm);
 }
 
 void block_backward(const StepContext& ctx, BlockWeights& w, const Tensor& x,

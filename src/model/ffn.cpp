@@ -32,10 +32,11 @@ void ffn_forward(const SwigluWeights& w, const Tensor& x, FfnActivations& act, T
 
 void ffn_backward(SwigluWeights& w, const Tensor& x, const FfnActivations& act, const Tensor& d_out,
                   FfnActivations& scratch, Tensor& d_x, bool accumulate_d_x) {
-  ops::linear_backward(act.act, w.down.for_matmul(), d_out, &scratch.act, &w.down.grad);
+  ops::linear_backward(act.act, w.down.for_matmul(), d_out, &scratch.act, &w.down.grad, false,
+                       w.down.accumulate_grad());
   ops::swiglu_backward(act.gate_up, scratch.act, scratch.gate_up);
   ops::linear_backward(x, w.gate_up.for_matmul(), scratch.gate_up, &d_x, &w.gate_up.grad,
-                       accumulate_d_x);
+                       accumulate_d_x, w.gate_up.accumulate_grad());
 }
 
 }  // namespace dsv3

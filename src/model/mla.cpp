@@ -199,7 +199,8 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), h = c.num_attention_heads, dn = c.qk_nope_head_dim,
                 dr = c.qk_rope_head_dim, r = c.kv_lora_rank;
-  ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad);
+  ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad, false,
+                       w.o_proj.accumulate_grad());
   if (act.token_major) {
     // d_q, d_kv's nope-key and value columns and the heads' summed d_k_pe, written in place.
     ops::mla_attention_backward(act.q_roped, act.kv, act.k_pe_roped, act.o, act.lse, s.d_o,
@@ -219,22 +220,24 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   ops::rope_backward(s.d_k_pe, {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   // Latent path.
   ops::linear_backward(act.c_kv_norm, w.kv_b_proj.for_matmul(), s.d_kv, &s.d_c_kv_norm,
-                       &w.kv_b_proj.grad);
+                       &w.kv_b_proj.grad, false, w.kv_b_proj.accumulate_grad());
   ops::rmsnorm_backward(act.c_kv, w.kv_a_layernorm.value, act.c_kv_rstd, s.d_c_kv_norm, s.d_c_kv,
-                        w.kv_a_layernorm.grad);
+                        w.kv_a_layernorm.grad, false, w.kv_a_layernorm.accumulate_grad());
   ops::put_columns(s.d_c_kv, r, s.d_kv_a, r + dr, 0, n);
   ops::put_columns(s.d_k_pe, dr, s.d_kv_a, r + dr, r, n);
   ops::linear_backward(x, w.kv_a_proj_with_mqa.for_matmul(), s.d_kv_a, &d_x,
-                       &w.kv_a_proj_with_mqa.grad);
+                       &w.kv_a_proj_with_mqa.grad, false, w.kv_a_proj_with_mqa.accumulate_grad());
   // Query path.
   if (c.q_lora_rank) {
     ops::linear_backward(act.q_a_norm, w.q_b_proj.for_matmul(), d_q_proj, &s.d_q_a_norm,
-                         &w.q_b_proj.grad);
+                         &w.q_b_proj.grad, false, w.q_b_proj.accumulate_grad());
     ops::rmsnorm_backward(act.q_a, w.q_a_layernorm.value, act.q_a_rstd, s.d_q_a_norm, s.d_q_a,
-                          w.q_a_layernorm.grad);
-    ops::linear_backward(x, w.q_a_proj.for_matmul(), s.d_q_a, &d_x, &w.q_a_proj.grad, true);
+                          w.q_a_layernorm.grad, false, w.q_a_layernorm.accumulate_grad());
+    ops::linear_backward(x, w.q_a_proj.for_matmul(), s.d_q_a, &d_x, &w.q_a_proj.grad, true,
+                         w.q_a_proj.accumulate_grad());
   } else {
-    ops::linear_backward(x, w.q_proj.for_matmul(), d_q_proj, &d_x, &w.q_proj.grad, true);
+    ops::linear_backward(x, w.q_proj.for_matmul(), d_q_proj, &d_x, &w.q_proj.grad, true,
+                         w.q_proj.accumulate_grad());
   }
 }
 

@@ -97,14 +97,24 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   ops::moe_combine_backward(d_out, act.y_perm, row_of, act.router.weights, s.d_y_perm,
                             s.router.d_weights);
   // The routed experts' backward mirrors the forward: down, SwiGLU, gate_up, each one call
-  // over all experts' rows; the weight gradients accumulate into each expert's own.
+  // over all experts' rows, which writes every expert's weight gradients (an expert without
+  // rows gets zeros when they are overwritten). So the experts' gradients are written
+  // together, and either all of them are added to or none.
   std::vector<const Tensor*> gate_up(static_cast<size_t>(experts)), down(gate_up.size());
   std::vector<Tensor*> d_gate_up(gate_up.size()), d_down(gate_up.size());
+  const bool accumulate = w.experts[0].gate_up.grad_written;
   for (size_t e = 0; e < size_t(experts); ++e) {
-    gate_up[e] = &w.experts[e].gate_up.for_matmul();
-    down[e] = &w.experts[e].down.for_matmul();
-    d_gate_up[e] = &w.experts[e].gate_up.grad;
-    d_down[e] = &w.experts[e].down.grad;
+    SwigluWeights& expert = w.experts[e];
+    gate_up[e] = &expert.gate_up.for_matmul();
+    down[e] = &expert.down.for_matmul();
+    d_gate_up[e] = &expert.gate_up.grad;
+    d_down[e] = &expert.down.grad;
+    const bool up_written = expert.gate_up.accumulate_grad();
+    const bool down_written = expert.down.accumulate_grad();
+    DSV3_CHECK(up_written == accumulate && down_written == accumulate,
+               "moe_backward: expert {}'s gradients are written and expert 0's not, or the "
+               "reverse (the experts' gradients are written together)",
+               e);
   }
   phase.emplace("moe bwd: routed experts", x.device());
   const int64_t nk = off[experts];  // N*K: the rows of this step
@@ -112,10 +122,10 @@ void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const 
   FfnActivations d_routed = s.d_experts.rows(0, nk);
   Tensor d_x_perm = s.d_x_perm.slice_rows(0, nk);
   ops::grouped_linear_backward(routed.act, down, s.d_y_perm.slice_rows(0, nk), off, &d_routed.act,
-                               d_down);
+                               d_down, accumulate);
   ops::swiglu_backward(routed.gate_up, d_routed.act, d_routed.gate_up);
   ops::grouped_linear_backward(act.x_perm.slice_rows(0, nk), gate_up, d_routed.gate_up, off,
-                               &d_x_perm, d_gate_up);
+                               &d_x_perm, d_gate_up, accumulate);
   // Shared experts write d_x first; routed inputs and the router add to it.
   phase.emplace("moe bwd: shared", x.device());
   if (c.n_shared_experts > 0) {

@@ -175,7 +175,7 @@ FixtureStep run_fixture_step(const std::string& dir, const ModelConfig& config, 
   }
   s.model = std::make_unique<Transformer>(*s.weights, tokens.dim(0), tokens.dim(1));
   const LossWeights lw{config.train.mtp_lambda, config.train.balance_alpha};
-  s.weights->zero_grads();
+  s.weights->discard_grads();  // the step overwrites them, as training does
   s.result = s.model->step(tokens.i32(), labels.i32(), lw, backward);
   return s;
 }

@@ -87,7 +87,8 @@ void router_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x,
                      const RouterActivations& act, double alpha, RouterScratch& rs, Tensor& d_x) {
   ops::route_backward(route_spec(ctx), alpha, act.scores, act.indices, act.score_sum,
                       act.seq_counts, rs.d_weights, rs.d_logits);
-  ops::linear_backward(x, w.gate.value, rs.d_logits, &d_x, &w.gate.grad, true);
+  ops::linear_backward(x, w.gate.value, rs.d_logits, &d_x, &w.gate.grad, true,
+                       w.gate.accumulate_grad());
 }
 
 }  // namespace dsv3

@@ -272,33 +272,34 @@ StepResult Transformer::step(const int32_t* tokens, const int32_t* labels, const
     const Tensor& h_prev = k == 1 ? b.h_final : b.mtp[size_t(k - 2)]->h;
     if (mtp_count[size_t(k - 1)] > 0)
       ops::linear_backward(matmul_view(m.h, m.h_mm), w_.lm_head.for_matmul(), m.d_logits,
-                           &b.d_h[size_t(k)], &w_.lm_head.grad, true);
+                           &b.d_h[size_t(k)], &w_.lm_head.grad, true, w_.lm_head.accumulate_grad());
     residual_norm_backward(m.x_out, mw.shared_head_norm, m.h_rstd_out, b.d_h[size_t(k)],
                            b.d_residual, false, b.scratch);
     block_backward(ctx, mw.block, m.x_in, m.block, loss.balance_alpha, b.scratch, b.d_residual);
     ops::linear_backward(m.cat, mw.eh_proj.for_matmul(),
                          matmul_view(b.d_residual, b.scratch.d_residual_mm), &b.d_cat,
-                         &mw.eh_proj.grad);
+                         &mw.eh_proj.grad, false, mw.eh_proj.accumulate_grad());
     ops::copy_columns(b.d_cat, 2 * d, 0, d, b.d_e, n);  // d e_norm
     ops::rmsnorm_backward(m.emb, mw.enorm.value, m.e_rstd, b.d_e, b.d_residual, mw.enorm.grad,
-                          false);
-    ops::embedding_backward(m.ids.i32(), n, b.d_residual, w_.embed.grad);
+                          false, mw.enorm.accumulate_grad());
+    ops::embedding_backward(m.ids.i32(), n, b.d_residual, w_.embed.grad_to_add_into());
     ops::copy_columns(b.d_cat, 2 * d, d, d, b.d_e, n);  // d h_norm
     ops::rmsnorm_backward(h_prev, mw.hnorm.value, m.h_rstd, b.d_e, b.d_h[size_t(k - 1)],
-                          mw.hnorm.grad, true);
+                          mw.hnorm.grad, true, mw.hnorm.accumulate_grad());
   }
 
   // ---- Backward: main head, final norm, blocks, embedding ----
   head_phase.emplace("lm head bwd", b.logits.device());
   ops::linear_backward(matmul_view(b.h_final, b.h_final_mm), w_.lm_head.for_matmul(), b.d_logits,
-                       &b.d_h[0], &w_.lm_head.grad, true);
+                       &b.d_h[0], &w_.lm_head.grad, true, w_.lm_head.accumulate_grad());
   residual_norm_backward(b.residual.back(), w_.norm, b.rstd_final, b.d_h[0], b.d_residual, false,
                          b.scratch);
   head_phase.reset();
   for (int l = c_.num_hidden_layers - 1; l >= 0; --l)
     block_backward(ctx, w_.layers[size_t(l)], b.residual[size_t(l)], *b.blocks[size_t(l)],
                    loss.balance_alpha, b.scratch, b.d_residual);
-  ops::embedding_backward(b.tokens.i32(), n, b.d_residual, w_.embed.grad);
+  ops::embedding_backward(b.tokens.i32(), n, b.d_residual, w_.embed.grad_to_add_into());
+  w_.zero_unwritten_grads();  // after discard_grads: what this step did not reach
   finish_losses();
   return result;
 }

@@ -28,8 +28,9 @@ class Transformer {
   ~Transformer();
 
   // tokens, labels: [batch, seq] int32 (labels[i] is the token after tokens[i]; -1 skips a
-  // position). With backward, gradients are accumulated into the weights' grads (call
-  // weights.zero_grads() before a fresh step).
+  // position). With backward, gradients are accumulated into the weights' grads: call
+  // weights.discard_grads() (or zero_grads()) before a fresh step, and nothing between the
+  // micro-batches of one.
   StepResult step(const int32_t* tokens, const int32_t* labels, const LossWeights& loss,
                   bool backward);
 

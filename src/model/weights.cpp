@@ -109,6 +109,7 @@ void ModelWeights::to_device(Device device) {
     p.value = p.value.to(device);
     p.grad = Tensor::view(static_cast<char*>(grad_block_.data()) + offsets[i], p.value.shape(),
                           DType::F32, device, keep);
+    p.grad_written = true;  // zeros
   }
   if (compute_dtype_ != DType::F32) set_compute_dtype(compute_dtype_);  // copies on the device
 }
@@ -140,6 +141,7 @@ void ModelWeights::to_float64() {
     convert_from_f32(v.f32(), DType::F64, wide.data(), size_t(v.numel()));
     v = wide;
     np.param->grad = Tensor::zeros(v.shape(), DType::F64);
+    np.param->grad_written = true;
   }
   grad_block_ = Tensor();  // the gradients are their own tensors again
 }
@@ -253,11 +255,21 @@ void ModelWeights::scale_grads(float factor) {
 }
 
 void ModelWeights::zero_grads() {
+  for (auto& np : params_) np.param->grad_written = true;
   if (grad_block_.defined()) {  // every gradient in one allocation
     grad_block_.zero_();
     return;
   }
   for (auto& np : params_) np.param->grad.zero_();
+}
+
+void ModelWeights::discard_grads() {
+  for (auto& np : params_) np.param->grad_written = false;
+}
+
+void ModelWeights::zero_unwritten_grads() {
+  for (auto& np : params_)
+    if (!np.param->accumulate_grad()) np.param->grad.zero_();
 }
 
 }  // namespace dsv3

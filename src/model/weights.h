@@ -4,6 +4,7 @@
 // inference keeps lower-precision copies of its own.
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -21,6 +22,18 @@ struct Param {
   // undefined when the model computes in float32.
   Tensor compute;
   const Tensor& for_matmul() const { return compute.defined() ? compute : value; }
+  // Whether grad holds this step's gradient so far. ModelWeights::discard_grads clears it, so
+  // that the step's first write overwrites grad rather than adding to zeros: no pass to zero
+  // the gradients, and no read of those zeros in the weight-gradient GEMMs.
+  bool grad_written = true;
+  // For a backward op about to write grad: whether it adds to grad (true) or overwrites it.
+  // Either way grad is written after, so later writes add.
+  bool accumulate_grad() { return std::exchange(grad_written, true); }
+  // For ops that can only add into grad (the embedding's scatter): zeroed first if unwritten.
+  Tensor& grad_to_add_into() {
+    if (!accumulate_grad()) grad.zero_();
+    return grad;
+  }
 };
 
 struct MlaWeights {
@@ -93,7 +106,15 @@ class ModelWeights {
   };
   std::vector<NamedParam>& params() { return params_; }
   std::vector<std::pair<std::string, Tensor*>>& biases() { return biases_; }
+  // Every gradient = 0 (written: the next backward pass adds to it).
   void zero_grads();
+  // Every gradient marked unwritten without touching it: the next backward pass overwrites
+  // them (Param::accumulate_grad), what zero_grads then a pass would give, with less memory
+  // traffic. Until that pass ends the gradients hold stale values.
+  void discard_grads();
+  // Zeroes the gradients no op wrote since discard_grads (parameters the step did not reach),
+  // so that every gradient is this step's. Transformer::step calls it after its backward pass.
+  void zero_unwritten_grads();
   // Every gradient *= factor (nothing to do for 1; one launch over the block on a device).
   void scale_grads(float factor);
   // Moves every parameter and its gradient to `device` (the correction biases stay on the host,

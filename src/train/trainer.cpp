@@ -255,7 +255,7 @@ TrainOutcome train(const TrainSettings& s) {
     const auto t0 = clock::now();
     const ScheduleValues sv = schedule_at(sched, step);
     LossWeights lw{sv.mtp_lambda, alpha};
-    weights.zero_grads();
+    weights.discard_grads();  // the first micro-batch overwrites them
     for (Tensor& l : step_load) l.zero_();
     double loss = 0, main = 0, mtp = 0, balance = 0;
     for (int64_t micro = 0; micro < sv.micro_batches; ++micro) {

@@ -79,7 +79,7 @@ TEST(CudaTrainStepHostCalls, WaitsOnlyForRoutingAndLossesAndAllocatesNothing) {
       for (auto& t : labels) t = int32_t(rng() % uint32_t(c.vocab_size));
       const dsv3emu::HostCalls before = dsv3emu::host_calls();
       const uint64_t conversions = cuda_ops::matmul_operand_conversions();
-      w.zero_grads();
+      w.discard_grads();  // as training does
       const StepResult r = model.step(tokens.data(), labels.data(), LossWeights{}, true);
       const dsv3emu::HostCalls pass = since(before);
       // Every BF16 operand of the step's products was written in BF16 by the op that made it.

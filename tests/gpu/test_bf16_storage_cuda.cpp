@@ -180,7 +180,7 @@ TEST(CudaBf16Storage, RmsNormWritesTheRoundedFloat32Result) {
       Tensor copy = cuda_zeros({rows, dim}, DType::BF16);
       Tensor d_w3 = cuda_zeros({dim}), d_w4 = cuda_zeros({dim});
       ops::rmsnorm_backward(x, w, rstd, d_y, want, d_w3, accumulate);
-      ops::rmsnorm_backward_with_bf16_copy(x, w, rstd, d_y, got, d_w4, accumulate, copy);
+      ops::rmsnorm_backward_with_bf16_copy(x, w, rstd, d_y, got, d_w4, accumulate, true, copy);
       EXPECT_EQ(differing(got, want), 0) << "backward with a copy, accumulate " << accumulate;
       EXPECT_EQ(differing(copy, rounded(want)), 0) << "the copy, accumulate " << accumulate;
       EXPECT_EQ(differing(d_w4, d_w3), 0);

@@ -66,10 +66,11 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x) {
-  if (x.dtype() == DType::F64) return ref::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x);
+                     bool accumulate_d_x, bool accumulate_d_w) {
+  if (x.dtype() == DType::F64)
+    return ref::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w);
   if (x.device() == Device::CUDA)
-    return cuda_ops::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x);
+    return cuda_ops::linear_backward(x, w, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w);
   int64_t in = w.dim(1), out = w.dim(0);
   int64_t rows = in ? x.numel() / in : 0;
   check_linear(x, w, rows, "linear_backward");
@@ -77,7 +78,8 @@ void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor
     gemm(false, false, rows, in, out, 1.0f, d_y.f32(), out, w.f32(), in,
          accumulate_d_x ? 1.0f : 0.0f, d_x->f32(), in);
   if (d_w)
-    gemm(true, false, out, in, rows, 1.0f, d_y.f32(), out, x.f32(), in, 1.0f, d_w->f32(), in);
+    gemm(true, false, out, in, rows, 1.0f, d_y.f32(), out, x.f32(), in,
+         accumulate_d_w ? 1.0f : 0.0f, d_w->f32(), in);
 }
 
 namespace {
@@ -113,10 +115,11 @@ void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w
 
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w) {
-  if (x.dtype() == DType::F64) return ref::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w);
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w) {
+  if (x.dtype() == DType::F64)
+    return ref::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w, accumulate_d_w);
   if (x.device() == Device::CUDA)
-    return cuda_ops::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w);
+    return cuda_ops::grouped_linear_backward(x, w, d_y, offsets, d_x, d_w, accumulate_d_w);
   DSV3_CHECK(!w.empty() && w[0]->ndim() == 2, "grouped_linear_backward: no groups or W not 2-D");
   const int64_t in = w[0]->dim(1), rows = in ? x.numel() / in : 0;
   check_groups(w, offsets, rows, "grouped_linear_backward");
@@ -126,10 +129,13 @@ void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& 
 #pragma omp parallel for schedule(dynamic)
   for (int64_t g = 0; g < groups; ++g) {
     const int64_t b = offsets[g], e = offsets[g + 1];
-    if (b == e) continue;
+    if (b == e) {
+      if (!accumulate_d_w) d_w[size_t(g)]->zero_();  // no rows: a sum of nothing
+      continue;
+    }
     Tensor dxg = d_x ? d_x->slice_rows(b, e) : Tensor();
     linear_backward(x.slice_rows(b, e), *w[size_t(g)], d_y.slice_rows(b, e), d_x ? &dxg : nullptr,
-                    d_w[size_t(g)], false);
+                    d_w[size_t(g)], false, accumulate_d_w);
   }
 }
 

@@ -1,6 +1,7 @@
 // RMSNorm forward and backward on the CPU.
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -41,20 +42,23 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 
 void rmsnorm_backward_with_bf16_copy(const Tensor& x, const Tensor& w, const Tensor& rstd,
                                      const Tensor& d_y, Tensor& d_x, Tensor& d_w,
-                                     bool accumulate_d_x, Tensor& d_x_bf16) {
-  if (!d_x_bf16.defined()) return rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
+                                     bool accumulate_d_x, bool accumulate_d_w, Tensor& d_x_bf16) {
+  if (!d_x_bf16.defined())
+    return rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w);
   if (x.device() == Device::CUDA)
-    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, &d_x_bf16);
-  rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);  // on the CPU: then the copy
+    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w,
+                                      &d_x_bf16);
+  rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w);  // then the copy
   convert(d_x, d_x_bf16);
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, bool accumulate_d_w) {
   if (x.dtype() == DType::F64)
-    return ref::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x);
+    return ref::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w);
   if (x.device() == Device::CUDA)
-    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, nullptr);
+    return cuda_ops::rmsnorm_backward(x, w, rstd, d_y, d_x, d_w, accumulate_d_x, accumulate_d_w,
+                                      nullptr);
   const int64_t dim = w.numel(), rows = x.numel() / dim;
   const float* xp = x.f32();
   const float* wp = w.f32();
@@ -83,6 +87,7 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   {
     const int64_t threads = omp_get_num_threads(), t = omp_get_thread_num();
     const int64_t begin = dim * t / threads, end = dim * (t + 1) / threads;
+    if (!accumulate_d_w) std::fill(dwp + begin, dwp + end, 0.0f);
     for (int64_t r = 0; r < rows; ++r) {
       const float* xr = xp + r * dim;
       const float* gr = gp + r * dim;

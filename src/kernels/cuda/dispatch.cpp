@@ -144,7 +144,7 @@ void linear_forward(const Tensor& x_in, const Tensor& w, Tensor& y) {
 }
 
 void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, Tensor* d_x,
-                     Tensor* d_w, bool accumulate_d_x) {
+                     Tensor* d_w, bool accumulate_d_x, bool accumulate_d_w) {
   // Against BF16 weights each float32 operand is rounded (one may already be stored in BF16).
   std::optional<Scratch> x_bf16, d_y_bf16;
   const bool mixed = w.dtype() == DType::BF16;
@@ -176,7 +176,7 @@ void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, 
     g.c_type = blas_type(d_x->dtype(), "linear_backward");
     cuda::blas_gemm(g, "linear_backward d_x");
   }
-  if (d_w) {  // d_w [out, in] += d_y^T [out, rows] x [rows, in]
+  if (d_w) {  // d_w [out, in] (+= or =) d_y^T [out, rows] x [rows, in]
     need_device(*d_w, "linear_backward", "d_w");
     DSV3_CHECK(d_w->shape() == w.shape(), "linear_backward: d_w {} is not W's {}",
                d_w->shape().str(), w.shape().str());
@@ -185,7 +185,7 @@ void linear_backward(const Tensor& x_in, const Tensor& w, const Tensor& d_y_in, 
     g.m = out;
     g.n = in;
     g.k = rows;
-    g.beta = 1.0f;
+    g.beta = accumulate_d_w ? 1.0f : 0.0f;
     g.a = d_y.data();
     g.lda = out;
     g.b = x.data();
@@ -286,7 +286,7 @@ void grouped_linear_forward(const Tensor& x_in, const std::vector<const Tensor*>
 
 void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*>& w,
                              const Tensor& d_y_in, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w) {
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w) {
   const char* op = "grouped_linear_backward";
   const int64_t rows = check_grouped(x_in, w, offsets, op);
   const int64_t in = w[0]->dim(1), out = w[0]->dim(0);
@@ -300,7 +300,7 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   const cuda::GroupedOutput d_x_out =
       d_x ? grouped_output(*d_x, wt, rows, in, op, "d_x") : cuda::GroupedOutput{nullptr, false};
   for (size_t e = 0; e < w.size(); ++e) {
-    if (offsets[e + 1] == offsets[e]) continue;
+    if (offsets[e + 1] == offsets[e] && accumulate_d_w) continue;  // not touched
     DSV3_CHECK(d_w[e] && d_w[e]->shape() == w[e]->shape() && d_w[e]->dtype() == DType::F32,
                "{}: d_w of group {} is not float32 of W's shape {}", op, e, w[e]->shape().str());
     need_device(*d_w[e], op, "d_w");
@@ -331,10 +331,11 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
       gx.c.push_back(const_cast<void*>(row_ptr(d_x_out.data, b, in, d_x_out.elem_bytes())));
     }
   }
-  // per group: d_w_g [out, in] += d_y_g^T [out, r_g] x_g [r_g, in]
+  // per group: d_w_g [out, in] (+= or =) d_y_g^T [out, r_g] x_g [r_g, in]; an empty group's
+  // overwritten gradient is a sum over no rows: zero.
   cuda::BlasGroupedGemm gw;
   gw.trans_a = true;
-  gw.beta = 1.0f;
+  gw.beta = accumulate_d_w ? 1.0f : 0.0f;
   gw.lda = out;
   gw.ldb = in;
   gw.ldc = in;
@@ -342,7 +343,10 @@ void grouped_linear_backward(const Tensor& x_in, const std::vector<const Tensor*
   gw.c_type = CUDA_R_32F;
   for (size_t e = 0; e < w.size(); ++e) {
     const int64_t b = offsets[e], r = offsets[e + 1] - b;
-    if (r == 0) continue;
+    if (r == 0) {
+      if (!accumulate_d_w) d_w[e]->zero_();
+      continue;
+    }
     gw.m.push_back(out);
     gw.n.push_back(in);
     gw.k.push_back(r);
@@ -383,7 +387,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, Tensor* d_x_bf16) {
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, bool accumulate_d_w,
+                      Tensor* d_x_bf16) {
   need_devices("rmsnorm_backward", {&x, &w, &rstd, &d_y, &d_x, &d_w});
   const int64_t dim = w.numel(), rows = dim ? x.numel() / dim : 0;
   DSV3_CHECK(dim > 0 && x.numel() == rows * dim && d_y.numel() == x.numel() &&
@@ -393,8 +398,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   const F32OrBf16 dx = f32_or_bf16(d_x, "rmsnorm_backward", "d_x");
   DSV3_CHECK(!(dx.bf16 && accumulate_d_x),
              "rmsnorm_backward: d_x is bfloat16, which cannot be accumulated into");
-  cuda::RmsNormBackward p{x.f32(),  w.f32(), rstd.f32(), d_y.f32(),     dx.f32,
-                          d_w.f32(), rows,    dim,        accumulate_d_x};
+  cuda::RmsNormBackward p{x.f32(),   w.f32(), rstd.f32(), d_y.f32(),      dx.f32,
+                          d_w.f32(), rows,    dim,        accumulate_d_x, accumulate_d_w};
   p.d_x_bf16 = dx.bf16;
   if (d_x_bf16)
     p.d_x_bf16 = bf16_copy_beside(*d_x_bf16, dx, rows, dim, "rmsnorm_backward", "d_x");

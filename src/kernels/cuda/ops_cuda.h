@@ -28,18 +28,19 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
 void linear_forward(const Tensor& x, const Tensor& w, Tensor& y);
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x);
+                     bool accumulate_d_x, bool accumulate_d_w);
 void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w,
                             const int64_t* offsets, Tensor& y);
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w);
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w);
 // With y_bf16: y float32 and its BF16 copy, in one pass.
 void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Tensor& rstd,
                      Tensor* y_bf16);
 // With d_x_bf16: d_x float32 and its BF16 copy, in one pass.
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, Tensor* d_x_bf16);
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, bool accumulate_d_w,
+                      Tensor* d_x_bf16);
 // With out_bf16: x is left as it is and its rotated rows go to out_bf16 (BF16, x's layout;
 // params.h, Rope).
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,

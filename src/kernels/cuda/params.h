@@ -41,9 +41,9 @@ struct RmsNormBackward {
   const float* rstd;  // [rows]
   const float* d_y;   // [rows, dim]
   float* d_x;         // [rows, dim]
-  float* d_w;         // [dim], accumulated into
+  float* d_w;         // [dim], accumulated into or overwritten
   int64_t rows, dim;
-  bool accumulate_d_x;
+  bool accumulate_d_x, accumulate_d_w;
   // When set: d_x (after any accumulation) rounded to BF16, instead of d_x (d_x null and
   // accumulate_d_x false) or as well.
   uint16_t* d_x_bf16 = nullptr;

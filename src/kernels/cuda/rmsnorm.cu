@@ -81,7 +81,7 @@ __global__ void rmsnorm_backward_dw_sum_kernel(RmsNormBackward p, int64_t chunks
   if (col >= p.dim) return;
   float total = 0.0f;
   for (int64_t c = 0; c < chunks; ++c) total += p.d_w_partial[c * p.dim + col];
-  p.d_w[col] += total;
+  p.d_w[col] = p.accumulate_d_w ? p.d_w[col] + total : total;
 }
 
 }  // namespace

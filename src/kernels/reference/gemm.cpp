@@ -34,7 +34,7 @@ void linear_forward(const T* x, const T* w, int64_t rows, int64_t in, int64_t ou
 
 template <typename T>
 void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t in, int64_t out,
-                     T* d_x, T* d_w, bool accumulate_d_x) {
+                     T* d_x, T* d_w, bool accumulate_d_x, bool accumulate_d_w) {
   if (d_x)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t i = 0; i < in; ++i) {
@@ -45,7 +45,7 @@ void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t
   if (d_w)
     for (int64_t o = 0; o < out; ++o)
       for (int64_t i = 0; i < in; ++i) {
-        double sum = d_w[o * in + i];
+        double sum = accumulate_d_w ? double(d_w[o * in + i]) : 0.0;
         for (int64_t r = 0; r < rows; ++r) sum += double(d_y[r * out + o]) * double(x[r * in + i]);
         d_w[o * in + i] = T(sum);
       }
@@ -56,7 +56,7 @@ void linear_backward(const T* x, const T* w, const T* d_y, int64_t rows, int64_t
                         const T*, int64_t, double, T*, int64_t);                                \
   template void linear_forward<T>(const T*, const T*, int64_t, int64_t, int64_t, T*);           \
   template void linear_backward<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, T*, \
-                                   T*, bool);
+                                   T*, bool, bool);
 DSV3_INSTANTIATE(float)
 DSV3_INSTANTIATE(double)
 #undef DSV3_INSTANTIATE
@@ -80,13 +80,13 @@ void linear_forward(const Tensor& x, const Tensor& w, Tensor& y) {
 }
 
 void linear_backward(const Tensor& x, const Tensor& w, const Tensor& d_y, Tensor* d_x, Tensor* d_w,
-                     bool accumulate_d_x) {
+                     bool accumulate_d_x, bool accumulate_d_w) {
   with_real(x, [&](auto real_zero) {
     using T = decltype(real_zero);
     const int64_t in = w.dim(1), out = w.dim(0), rows = in ? x.numel() / in : 0;
     t::linear_backward(x.real<T>(), w.real<T>(), d_y.real<T>(), rows, in, out,
                        d_x ? d_x->real<T>() : nullptr, d_w ? d_w->real<T>() : nullptr,
-                       accumulate_d_x);
+                       accumulate_d_x, accumulate_d_w);
   });
 }
 
@@ -102,13 +102,16 @@ void grouped_linear_forward(const Tensor& x, const std::vector<const Tensor*>& w
 
 void grouped_linear_backward(const Tensor& x, const std::vector<const Tensor*>& w,
                              const Tensor& d_y, const int64_t* offsets, Tensor* d_x,
-                             const std::vector<Tensor*>& d_w) {
+                             const std::vector<Tensor*>& d_w, bool accumulate_d_w) {
   for (size_t g = 0; g < w.size(); ++g) {
     const int64_t b = offsets[g], e = offsets[g + 1];
-    if (b == e) continue;
+    if (b == e) {
+      if (!accumulate_d_w) d_w[g]->zero_();  // a sum over no rows
+      continue;
+    }
     Tensor dxg = d_x ? d_x->slice_rows(b, e) : Tensor();
     linear_backward(x.slice_rows(b, e), *w[g], d_y.slice_rows(b, e), d_x ? &dxg : nullptr, d_w[g],
-                    false);
+                    false, accumulate_d_w);
   }
 }
 

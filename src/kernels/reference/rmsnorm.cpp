@@ -23,9 +23,10 @@ void rmsnorm_forward(const T* x, const T* w, int64_t rows, int64_t dim, double e
 // d_w = sum over rows of d_y * xhat.
 template <typename T>
 void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64_t rows,
-                      int64_t dim, T* d_x, T* d_w, bool accumulate_d_x) {
+                      int64_t dim, T* d_x, T* d_w, bool accumulate_d_x, bool accumulate_d_w) {
   std::vector<double> dw(static_cast<size_t>(dim));
-  for (int64_t i = 0; i < dim; ++i) dw[size_t(i)] = d_w[i];
+  if (accumulate_d_w)
+    for (int64_t i = 0; i < dim; ++i) dw[size_t(i)] = d_w[i];
   for (int64_t r = 0; r < rows; ++r) {
     const double inv = rstd[r];
     double dot = 0.0;
@@ -48,7 +49,7 @@ void rmsnorm_backward(const T* x, const T* w, const T* rstd, const T* d_y, int64
 #define DSV3_INSTANTIATE(T)                                                                       \
   template void rmsnorm_forward<T>(const T*, const T*, int64_t, int64_t, double, T*, T*);         \
   template void rmsnorm_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, \
-                                    T*, bool);
+                                    T*, bool, bool);
 DSV3_INSTANTIATE(float)
 DSV3_INSTANTIATE(double)
 #undef DSV3_INSTANTIATE
@@ -64,12 +65,12 @@ void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y, Ten
 }
 
 void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, const Tensor& d_y,
-                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x) {
+                      Tensor& d_x, Tensor& d_w, bool accumulate_d_x, bool accumulate_d_w) {
   with_real(x, [&](auto real_zero) {
     using T = decltype(real_zero);
     const int64_t dim = w.numel(), rows = x.numel() / dim;
     t::rmsnorm_backward(x.real<T>(), w.real<T>(), rstd.real<T>(), d_y.real<T>(), rows, dim,
-                        d_x.real<T>(), d_w.real<T>(), accumulate_d_x);
+                        d_x.real<T>(), d_w.real<T>(), accumulate_d_x, accumulate_d_w);
   });
 }
 
