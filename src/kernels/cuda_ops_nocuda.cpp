@@ -106,7 +106,7 @@ void put_columns_bf16(const float*, int64_t, uint16_t*, int64_t, int64_t, int64_
   unavailable("put_columns");
 }
 void moe_gather_rows(const Tensor&, const int32_t*, Tensor&) { unavailable("moe_gather_rows"); }
-void moe_combine(const Tensor&, const int32_t*, const Tensor&, Tensor&) {
+void moe_combine(const Tensor&, const int32_t*, const Tensor&, Tensor&, const Tensor*) {
   unavailable("moe_combine");
 }
 void moe_combine_backward(const Tensor&, const Tensor&, const int32_t*, const Tensor&, Tensor&,

@@ -143,11 +143,29 @@ std::vector<OpCase> moe_optimizer_op_cases() {
         return p;
       },
       [](const OpSet& o, Problem& p) {
-        o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"]);
+        o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"], nullptr);
       },
       {"out"}, {kSumK, kSumK}, "K float32 products added to the output in order", kMoeBench,
       [](const Dims& d) { return 2.0 * d[0] * d[1] * d[2]; },
       [](const Dims& d) { return moe_bytes(d, 1, 2); }});
+
+  // The combine into the MoE block's output: out = residual + (out + the weighted picks).
+  cases.push_back(OpCase{
+      "moe_combine_residual", dims, moe_shapes(),
+      [](const Dims& d, Rng& rng) {
+        Problem p = make_routed(d, rng);
+        p.tensors["y_perm"] = randn({d[0] * d[1], d[2]}, rng);
+        p.tensors["weights"] = randn({d[0], d[1]}, rng);
+        p.tensors["out"] = randn({d[0], d[2]}, rng);  // the shared experts' output
+        p.tensors["residual"] = randn({d[0], d[2]}, rng);
+        return p;
+      },
+      [](const OpSet& o, Problem& p) {
+        o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"], &p["residual"]);
+      },
+      {"out"}, {kSumK, kSumK}, "K float32 products and the residual added in order", kMoeBench,
+      [](const Dims& d) { return 2.0 * d[0] * d[1] * d[2] + d[0] * d[2]; },
+      [](const Dims& d) { return moe_bytes(d, 1, 3); }});
 
   cases.push_back(OpCase{
       "moe_combine_backward", dims, moe_shapes(),

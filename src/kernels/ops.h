@@ -155,7 +155,11 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
 // y_perm [N*K, d], row_of [N*K], weights [N, K], out [N, d] (accumulated into). On a GPU y_perm
 // may be BF16 here and in the backward (d_y_perm too), d_x_perm in the scatter-add: read widened
 // exactly, summed in float32.
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
+// With a residual [N, d] (not out), out[t, :] = residual[t, :] + (that sum) after it, in the
+// same pass: the MoE block's output, bit for bit what add(residual, out) would then give,
+// without a pass over out to read it back.
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual = nullptr);
 // The combine's backward: d_y_perm[row_of[t*K + j], :] = weights[t, j] * d_out[t, :] and
 // d_weights[t, j] = d_out[t, :] . y_perm[row_of[t*K + j], :]. Both overwritten; rows of
 // d_y_perm that row_of does not name are left as they are (a permutation names them all).

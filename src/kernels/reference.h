@@ -71,7 +71,8 @@ void copy_columns(const float* src, int64_t src_cols, int64_t offset, int64_t wi
 void put_columns(const float* src, int64_t width, float* dst, int64_t dst_cols, int64_t offset,
                  int64_t rows);
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual = nullptr);
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
                           const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights);
 void moe_scatter_add(const Tensor& d_x_perm, const int32_t* row_of, int64_t k, Tensor& d_x);
@@ -151,10 +152,11 @@ template <typename T>
 void embedding_backward(const int32_t* ids, int64_t rows, int64_t vocab, int64_t dim,
                         const T* d_out, T* d_table);
 
-// out[t, :] += sum_j weights[t, j] y_perm[row_of[t*k + j], :] over n tokens of d values.
+// out[t, :] += sum_j weights[t, j] y_perm[row_of[t*k + j], :] over n tokens of d values (plus
+// residual[t, :] when that is not null), rounded once.
 template <typename T>
 void moe_combine(const T* y_perm, const int32_t* row_of, const T* weights, int64_t n, int64_t k,
-                 int64_t d, T* out);
+                 int64_t d, T* out, const T* residual = nullptr);
 
 }  // namespace t
 }  // namespace dsv3::ref

@@ -20,7 +20,6 @@ BlockActivations::BlockActivations(Arena& a, const ModelConfig& c, bool is_moe, 
   h_ffn = is_moe ? a.alloc({n, d}) : a.alloc_matmul_operand({n, d});
   if (is_moe) h_ffn_mm = a.alloc_matmul_copy({n, d});
   rstd_ffn = a.alloc({n});
-  ffn_out = a.alloc({n, d});
   if (is_moe) {
     moe = std::make_unique<MoeActivations>(a, c, batch, seq);
   } else {
@@ -46,14 +45,16 @@ void block_forward(const StepContext& ctx, const BlockWeights& w, const Tensor& 
   ops::add(x, act.attn_out, act.x_mid);
   ops::rmsnorm_forward_with_bf16_copy(act.x_mid, w.post_attention_layernorm.value, eps, act.h_ffn,
                                       act.rstd_ffn, act.h_ffn_mm);
+  // out = x_mid + FFN(h_ffn): the FFN writes its output into out, and x_mid is added in the
+  // MoE combine's pass, or in place after the dense FFN.
   if (w.moe) {
-    moe_forward(ctx, w.experts, act.h_ffn, matmul_view(act.h_ffn, act.h_ffn_mm), *act.moe,
-                act.ffn_out);
+    moe_forward(ctx, w.experts, act.h_ffn, matmul_view(act.h_ffn, act.h_ffn_mm), *act.moe, out,
+                &act.x_mid);
   } else {
     profile::Phase phase("dense ffn fwd", x.device());
-    ffn_forward(w.dense, act.h_ffn, *act.dense, act.ffn_out);
+    ffn_forward(w.dense, act.h_ffn, *act.dense, out);
+    ops::add(act.x_mid, out, out);
   }
-  ops::add(act.x_mid, act.ffn_out, out);
 }
 
 void residual_norm_backward(const Tensor& x, Param& w, const Tensor& rstd, const Tensor& d_y,

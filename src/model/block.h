@@ -17,7 +17,6 @@ struct BlockActivations {
                              // dtype in dense layers, which only products read)
   Tensor h_ffn_mm;           // MoE layers: h_ffn's copy for the products (alloc_matmul_copy;
                              // the router reads h_ffn in float32)
-  Tensor ffn_out;            // [N, hidden]
   MlaActivations mla;
   std::unique_ptr<FfnActivations> dense;  // dense layers
   std::unique_ptr<MoeActivations> moe;    // MoE layers

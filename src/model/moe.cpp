@@ -38,7 +38,7 @@ MoeScratch::MoeScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
 }
 
 void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, const Tensor& x_mm,
-                 MoeActivations& act, Tensor& out) {
+                 MoeActivations& act, Tensor& out, const Tensor* residual) {
   const ModelConfig& c = *ctx.config;
   const int64_t n = ctx.rows(), k = c.num_experts_per_tok, experts = c.n_routed_experts;
   std::optional<profile::Phase> phase;
@@ -74,14 +74,14 @@ void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, c
   ops::swiglu_forward(routed.gate_up, routed.act);             // [N*K, width]
   ops::grouped_linear_forward(routed.act, down, off, y_perm);  // [N*K, d]
 
-  // Shared experts, then the weighted routed outputs.
+  // Shared experts, then the weighted routed outputs (and the residual).
   phase.emplace("moe fwd: shared + combine", x.device());
   if (c.n_shared_experts > 0) {
     ffn_forward(w.shared, x_mm, act.shared, out);
   } else {
     out.zero_();
   }
-  ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.weights, out);
+  ops::moe_combine(act.y_perm, act.permuted_row.i32(), act.router.weights, out, residual);
 }
 
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const Tensor& x_mm,

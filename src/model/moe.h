@@ -33,8 +33,10 @@ struct MoeScratch {
 // x_mm, d_out_mm: x and d_out as the products read them (their BF16 copies in mixed precision,
 // else x and d_out themselves: matmul_view). The router reads x, the gather and the shared
 // experts x_mm; the combine's backward reads d_out, the shared experts d_out_mm.
+// out = the shared experts' output + the routed experts' weighted outputs, plus `residual` when
+// given (the block's x_mid: out is then the block's output, written in the combine's pass).
 void moe_forward(const StepContext& ctx, const MoeWeights& w, const Tensor& x, const Tensor& x_mm,
-                 MoeActivations& act, Tensor& out);
+                 MoeActivations& act, Tensor& out, const Tensor* residual = nullptr);
 // d_x (overwritten); alpha scales the balance term's gradient.
 void moe_backward(const StepContext& ctx, MoeWeights& w, const Tensor& x, const Tensor& x_mm,
                   const MoeActivations& act, const Tensor& d_out, const Tensor& d_out_mm,

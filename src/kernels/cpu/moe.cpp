@@ -39,24 +39,34 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
     std::memcpy(op + r * d, xp + int64_t(src_row[r]) * d, size_t(d) * sizeof(float));
 }
 
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
-  if (out.dtype() == DType::F64) return ref::moe_combine(y_perm, row_of, weights, out);
-  if (out.device() == Device::CUDA) return cuda_ops::moe_combine(y_perm, row_of, weights, out);
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual) {
+  if (out.dtype() == DType::F64) return ref::moe_combine(y_perm, row_of, weights, out, residual);
+  if (out.device() == Device::CUDA)
+    return cuda_ops::moe_combine(y_perm, row_of, weights, out, residual);
   const int64_t d = out.dim(-1), n = rows_of(out, d), k = n ? weights.numel() / n : 0;
   DSV3_CHECK(y_perm.dim(-1) == d && weights.numel() == n * k && y_perm.numel() == n * k * d,
              "moe_combine: y_perm {}, weights {} and out {} do not match", y_perm.shape().str(),
              weights.shape().str(), out.shape().str());
+  DSV3_CHECK(!residual || (residual->device() == Device::CPU && residual->dtype() == DType::F32 &&
+                           residual->numel() == out.numel() && residual->data() != out.data()),
+             "moe_combine: the residual {} is not a float32 tensor of out's shape {} beside it",
+             residual ? residual->shape().str() : "", out.shape().str());
   check_rows("moe_combine", "row_of", row_of, n * k, n * k);
   const float* wt = weights.f32();
   const float* y = y_perm.f32();
+  const float* res = residual ? residual->f32() : nullptr;
   float* o = out.f32();
 #pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < n; ++t)
+  for (int64_t t = 0; t < n; ++t) {
     for (int64_t j = 0; j < k; ++j) {
       const float* yr = y + int64_t(row_of[t * k + j]) * d;
       const float g = wt[t * k + j];
       for (int64_t i = 0; i < d; ++i) o[t * d + i] += g * yr[i];
     }
+    if (res)  // the row is in cache: add(residual, out)'s sum
+      for (int64_t i = 0; i < d; ++i) o[t * d + i] = res[t * d + i] + o[t * d + i];
+  }
 }
 
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,

@@ -919,12 +919,20 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
   check(cuda::moe_gather_rows(p, stream()), "moe_gather_rows");
 }
 
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual) {
   need_devices("moe_combine", {&y_perm, &weights, &out});
   const int64_t d = out.dim(-1), n = rows_of(out, d), k = n ? weights.numel() / n : 0;
   DSV3_CHECK(y_perm.dim(-1) == d && weights.numel() == n * k && y_perm.numel() == n * k * d,
              "moe_combine: y_perm {}, weights {} and out {} do not match", y_perm.shape().str(),
              weights.shape().str(), out.shape().str());
+  if (residual) {
+    need_device(*residual, "moe_combine", "residual");
+    DSV3_CHECK(residual->dtype() == DType::F32 && residual->numel() == out.numel() &&
+                   residual->data() != out.data(),
+               "moe_combine: the residual {} is not a float32 tensor of out's shape {} beside it",
+               residual->shape().str(), out.shape().str());
+  }
   need_device_indices(row_of, n * k, "moe_combine");
   const F32OrBf16 y = f32_or_bf16(y_perm, "moe_combine", "y_perm");
   cuda::MoeCombine p{};
@@ -933,6 +941,7 @@ void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weig
   p.row_of = row_of;
   p.weights = weights.f32();
   p.out = out.f32();
+  p.residual = residual ? residual->f32() : nullptr;
   p.n = n;
   p.k = k;
   p.dim = d;

@@ -90,10 +90,12 @@ __device__ __forceinline__ V load_v(const float* f, const uint16_t* bf16, int64_
 }
 
 // out[t] += sum_j w[t, j] src[row_of[t, j]], in order j = 0 .. K-1 (scatter_add: w = 1, its own
-// expression below). V: float, or float4 when dim is a multiple of 4 and the rows aligned.
+// expression below), then out[t] = residual[t] + out[t] when residual is set (the combine into
+// the MoE block's output). V: float, or float4 when dim is a multiple of 4 and the rows aligned.
 template <typename V, bool kWeighted>
 __global__ void sum_picks_kernel(const float* src, const uint16_t* src_bf16, const int32_t* row_of,
-                                 const float* weights, float* out, int64_t n, int k, int64_t dim) {
+                                 const float* weights, const float* residual, float* out, int64_t n,
+                                 int k, int64_t dim) {
   constexpr int64_t kW = int64_t(sizeof(V) / sizeof(float));  // values per V
   const int64_t cols = dim / kW;
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
@@ -106,6 +108,7 @@ __global__ void sum_picks_kernel(const float* src, const uint16_t* src_bf16, con
       w[j] = kWeighted ? weights[t * k + j] : 1.0f;
     }
     V* o = reinterpret_cast<V*>(out + t * dim);
+    const V* res = residual ? reinterpret_cast<const V*>(residual + t * dim) : nullptr;
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       V acc = o[c];
 #pragma unroll
@@ -118,6 +121,14 @@ __global__ void sum_picks_kernel(const float* src, const uint16_t* src_bf16, con
           acc.x += v.x, acc.y += v.y, acc.z += v.z, acc.w += v.w;
         } else {
           acc += v;
+        }
+      }
+      if (res) {  // add(residual, out)'s sum
+        const V r = res[c];
+        if constexpr (sizeof(V) == 16) {
+          acc.x = r.x + acc.x, acc.y = r.y + acc.y, acc.z = r.z + acc.z, acc.w = r.w + acc.w;
+        } else {
+          acc = r + acc;
         }
       }
       o[c] = acc;
@@ -135,7 +146,7 @@ __global__ void combine_kernel(MoeCombine p) {
       float acc = o[i];
       for (int64_t j = 0; j < p.k; ++j)
         acc += w[j] * load_f32_or_bf16(p.y_perm, p.y_perm_bf16, int64_t(rows[j]) * p.dim + i);
-      o[i] = acc;
+      o[i] = p.residual ? p.residual[t * p.dim + i] + acc : acc;
     }
   }
 }
@@ -258,16 +269,17 @@ namespace {
 // or BF16 when src_bf16 is set).
 template <bool kWeighted>
 cudaError_t launch_sum_picks(const float* src, const uint16_t* src_bf16, const int32_t* row_of,
-                             const float* weights, float* out, int64_t n, int64_t k, int64_t dim,
-                             cudaStream_t stream) {
-  const bool vec = dim % 4 == 0 && four_values_aligned(src, src_bf16) && aligned_to(out, 16);
+                             const float* weights, const float* residual, float* out, int64_t n,
+                             int64_t k, int64_t dim, cudaStream_t stream) {
+  const bool vec = dim % 4 == 0 && four_values_aligned(src, src_bf16) && aligned_to(out, 16) &&
+                   aligned_to(residual, 16);
   const unsigned blocks = row_blocks(n);
   if (vec)
     sum_picks_kernel<float4, kWeighted><<<blocks, row_threads(dim / 4), 0, stream>>>(
-        src, src_bf16, row_of, weights, out, n, int(k), dim);
+        src, src_bf16, row_of, weights, residual, out, n, int(k), dim);
   else
     sum_picks_kernel<float, kWeighted><<<blocks, row_threads(dim), 0, stream>>>(
-        src, src_bf16, row_of, weights, out, n, int(k), dim);
+        src, src_bf16, row_of, weights, residual, out, n, int(k), dim);
   return cudaGetLastError();
 }
 
@@ -276,8 +288,8 @@ cudaError_t launch_sum_picks(const float* src, const uint16_t* src_bf16, const i
 cudaError_t moe_combine(const MoeCombine& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
   if (p.k <= kMaxPicks)
-    return launch_sum_picks<true>(p.y_perm, p.y_perm_bf16, p.row_of, p.weights, p.out, p.n, p.k,
-                                  p.dim, stream);
+    return launch_sum_picks<true>(p.y_perm, p.y_perm_bf16, p.row_of, p.weights, p.residual, p.out,
+                                  p.n, p.k, p.dim, stream);
   combine_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }
@@ -295,8 +307,8 @@ cudaError_t moe_combine_backward(const MoeCombine& p, cudaStream_t stream) {
 cudaError_t moe_scatter_add(const MoeScatterAdd& p, cudaStream_t stream) {
   if (p.n == 0 || p.dim == 0 || p.k == 0) return cudaSuccess;
   if (p.k <= kMaxPicks)
-    return launch_sum_picks<false>(p.d_x_perm, p.d_x_perm_bf16, p.row_of, nullptr, p.d_x, p.n,
-                                   p.k, p.dim, stream);
+    return launch_sum_picks<false>(p.d_x_perm, p.d_x_perm_bf16, p.row_of, nullptr, nullptr, p.d_x,
+                                   p.n, p.k, p.dim, stream);
   scatter_add_kernel<<<row_blocks(p.n), row_threads(p.dim), 0, stream>>>(p);
   return cudaGetLastError();
 }

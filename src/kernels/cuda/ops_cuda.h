@@ -87,7 +87,8 @@ void heads_to_tokens_bf16(const float* heads, uint16_t* tokens, const ops::HeadC
 void put_columns_bf16(const float* src, int64_t width, uint16_t* dst, int64_t dst_cols,
                       int64_t offset, int64_t rows);
 void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out);
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out);
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual);
 void moe_combine_backward(const Tensor& d_out, const Tensor& y_perm, const int32_t* row_of,
                           const Tensor& weights, Tensor& d_y_perm, Tensor& d_weights);
 void route_forward(const ops::RouteSpec& spec, const Tensor& logits, const Tensor* bias,

@@ -286,6 +286,7 @@ struct MoeCombine {
   const int32_t* row_of;  // [N*K]
   const float* weights;   // [N, K]
   float* out;             // [N, dim], accumulated into (forward only)
+  const float* residual = nullptr;  // [N, dim]: when set, out = residual + (out + sum) (forward)
   const float* d_out;     // [N, dim] (backward only)
   float* d_y_perm;        // [N*K, dim] (backward only)
   float* d_weights;       // [N, K] (backward only)

@@ -19,21 +19,22 @@ namespace t {
 
 template <typename T>
 void moe_combine(const T* y_perm, const int32_t* row_of, const T* weights, int64_t n, int64_t k,
-                 int64_t d, T* out) {
+                 int64_t d, T* out, const T* residual) {
   check_index("moe_combine", row_of, n * k, n * k);
   for (int64_t t = 0; t < n; ++t)
     for (int64_t i = 0; i < d; ++i) {
       double sum = double(out[t * d + i]);
       for (int64_t j = 0; j < k; ++j)
         sum += double(weights[t * k + j]) * double(y_perm[int64_t(row_of[t * k + j]) * d + i]);
+      if (residual) sum += double(residual[t * d + i]);
       out[t * d + i] = T(sum);
     }
 }
 
 template void moe_combine<float>(const float*, const int32_t*, const float*, int64_t, int64_t,
-                                 int64_t, float*);
+                                 int64_t, float*, const float*);
 template void moe_combine<double>(const double*, const int32_t*, const double*, int64_t, int64_t,
-                                  int64_t, double*);
+                                  int64_t, double*, const double*);
 
 }  // namespace t
 
@@ -48,11 +49,16 @@ void moe_gather_rows(const Tensor& x, const int32_t* src_row, Tensor& out) {
   });
 }
 
-void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out) {
+void moe_combine(const Tensor& y_perm, const int32_t* row_of, const Tensor& weights, Tensor& out,
+                 const Tensor* residual) {
   with_real(y_perm, [&](auto real_zero) {
     using T = decltype(real_zero);
     const int64_t d = out.dim(-1), n = d ? out.numel() / d : 0, k = n ? weights.numel() / n : 0;
-    t::moe_combine(y_perm.real<T>(), row_of, weights.real<T>(), n, k, d, out.real<T>());
+    DSV3_CHECK(!residual || residual->numel() == out.numel(),
+               "ref::moe_combine: residual {} is not out's shape {}",
+               residual ? residual->shape().str() : "", out.shape().str());
+    t::moe_combine(y_perm.real<T>(), row_of, weights.real<T>(), n, k, d, out.real<T>(),
+                   residual ? residual->real<T>() : nullptr);
   });
 }
 
