@@ -56,7 +56,7 @@ dsv3::app::Registrar reg(
           ->check(dsv3::app::at_least(0));
       sub.add_option("--reps", o->reps, "Timed repeats; the median is reported (default 10)")
           ->check(dsv3::app::at_least(1));
-      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, o->threads);
       return [o]() {
         using namespace dsv3;
         const bool cuda = o->device == "cuda";

@@ -30,7 +30,7 @@ dsv3::app::Registrar reg(
       auto o = std::make_shared<Options>();
       sub.add_option("--filter", o->filter, "Only ops whose name contains this");
       sub.add_option("--seconds", o->seconds, "Minimum time per fast op (default 0.1)");
-      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, o->threads);
       return [o]() {
         using namespace dsv3::optest;
         dsv3::set_num_threads(o->threads);

@@ -104,7 +104,7 @@ dsv3::app::Registrar reg(
       sub.add_option("--config", o->config, "Model config.json")->required();
       sub.add_option("--batch", o->batch, "Sequences per step")->check(dsv3::app::at_least(1));
       sub.add_option("--seq", o->seq, "Tokens per sequence")->check(dsv3::app::at_least(1));
-      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, o->threads);
       sub.add_option("--steps", o->steps, "Timed steps")->check(dsv3::app::at_least(1));
       sub.add_option("--warmup", o->warmup, "Untimed steps first")->check(dsv3::app::at_least(0));
       sub.add_option("--seed", o->seed, "Seed for weights and tokens");

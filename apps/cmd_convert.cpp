@@ -23,7 +23,7 @@ dsv3::app::Registrar reg(
       sub.add_option("in", o->in, "Input checkpoint folder")->required();
       sub.add_option("out", o->out, "Output folder")->required();
       sub.add_option("--shard-gib", o->shard_gib, "Largest shard file in GiB (default 4)");
-      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, o->threads);
       return [o]() {
         dsv3::set_num_threads(o->threads);
         DSV3_CHECK(o->shard_gib > 0, "convert: --shard-gib must be > 0");

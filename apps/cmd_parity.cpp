@@ -33,7 +33,7 @@ dsv3::app::Registrar reg(
                    "Also check grad_norm, one AdamW step and the bias update");
       sub.add_flag("--no-decode", o->no_decode,
                    "Skip the inference checks (token-by-token decode through the latent cache)");
-      sub.add_option("--threads", o->threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, o->threads);
       dsv3::app::add_device_option(sub, o->device);
       sub.add_option("--precision", o->precision,
                      "f32 (default: the fixtures' tolerances), f64 (the whole step in float64 "

@@ -112,7 +112,7 @@ dsv3::app::Registrar reg(
                      "Consecutive non-finite steps that stop the run")
           ->capture_default_str();
       sub.add_flag("--resume", s.resume, "Continue the run in --out from its last checkpoint");
-      sub.add_option("--threads", s.threads, "CPU threads (default: all)");
+      dsv3::app::add_threads_option(sub, s.threads);
       dsv3::app::add_device_option(sub, s.device);
       dsv3::app::add_precision_option(sub, o->precision);
       return [o, &sub]() {

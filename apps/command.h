@@ -22,6 +22,8 @@ struct Registrar {
 
 // Adds `--device cpu|cuda` (default cpu) to a subcommand, writing into `device`.
 void add_device_option(CLI::App& sub, Device& device);
+// Adds `--threads N` (CPU threads; 0, the default, is every core; negative counts are refused).
+void add_threads_option(CLI::App& sub, int& threads);
 // Adds `--precision auto|f32|bf16` (GEMM operand precision of training); resolve it with the
 // device: auto is BF16 mixed precision on a GPU and float32 on the CPU.
 void add_precision_option(CLI::App& sub, std::string& precision);

@@ -30,7 +30,7 @@ struct ModelOptions {
         ->check(CLI::IsMember({"bf16", "f32"}));
     sub.add_option("--cache-dtype", cache, "Latent cache dtype: bf16 (default) or f32")
         ->check(CLI::IsMember({"bf16", "f32"}));
-    sub.add_option("--threads", threads, "CPU threads (default: all)");
+    add_threads_option(sub, threads);
     add_device_option(sub, device);
   }
   std::shared_ptr<infer::InferWeights> load() const {

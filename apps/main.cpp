@@ -77,6 +77,10 @@ std::vector<int64_t> parse_int_list(const std::string& option, const std::string
   return out;
 }
 
+void add_threads_option(CLI::App& sub, int& threads) {
+  sub.add_option("--threads", threads, "CPU threads (default 0: all)")->check(at_least(0));
+}
+
 void add_device_option(CLI::App& sub, Device& device) {
   // Parsed by hand: Device is a uint8_t enum, which CLI11's own mapping prints as a raw byte in
   // the help and in its error message.

@@ -83,6 +83,8 @@ expect_usage_error bench-decode-one-token "^--new-tokens: must be at least 2, no
   bench decode -m "$FIX" --new-tokens 1
 expect_usage_error train-seq-one "^--seq: must be at least 2, not 1$" "$DSV3" train \
   --data "$WORK/nowhere" --out "$WORK/run" --seq 1
+expect_usage_error generate-threads-negative "^--threads: must be at least 0, not -2$" "$DSV3" \
+  generate -m "$FIX" --threads -2 -n 2
 expect_error bench-attention-seq-list "--seq: '-1' in '64,-1' is not a whole number of at least 1" \
   "$DSV3" bench attention --device cpu --seq 64,-1
 [ -e "$WORK/run" ] && { echo "FAIL train-seq-one: left $WORK/run"; failures=$((failures + 1)); }
