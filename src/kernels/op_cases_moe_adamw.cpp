@@ -133,39 +133,30 @@ std::vector<OpCase> moe_optimizer_op_cases() {
       {"x_perm"}, {kExact, kExact}, "a copy", kMoeBench, [](const Dims&) { return 0.0; },
       [](const Dims& d) { return moe_bytes(d, 2, 0); }});
 
-  cases.push_back(OpCase{
-      "moe_combine", dims, moe_shapes(),
-      [](const Dims& d, Rng& rng) {
-        Problem p = make_routed(d, rng);
-        p.tensors["y_perm"] = randn({d[0] * d[1], d[2]}, rng);
-        p.tensors["weights"] = randn({d[0], d[1]}, rng);
-        p.tensors["out"] = randn({d[0], d[2]}, rng);  // accumulated into
-        return p;
-      },
-      [](const OpSet& o, Problem& p) {
-        o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"], nullptr);
-      },
-      {"out"}, {kSumK, kSumK}, "K float32 products added to the output in order", kMoeBench,
-      [](const Dims& d) { return 2.0 * d[0] * d[1] * d[2]; },
-      [](const Dims& d) { return moe_bytes(d, 1, 2); }});
-
-  // The combine into the MoE block's output: out = residual + (out + the weighted picks).
-  cases.push_back(OpCase{
-      "moe_combine_residual", dims, moe_shapes(),
-      [](const Dims& d, Rng& rng) {
-        Problem p = make_routed(d, rng);
-        p.tensors["y_perm"] = randn({d[0] * d[1], d[2]}, rng);
-        p.tensors["weights"] = randn({d[0], d[1]}, rng);
-        p.tensors["out"] = randn({d[0], d[2]}, rng);  // the shared experts' output
-        p.tensors["residual"] = randn({d[0], d[2]}, rng);
-        return p;
-      },
-      [](const OpSet& o, Problem& p) {
-        o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"], &p["residual"]);
-      },
-      {"out"}, {kSumK, kSumK}, "K float32 products and the residual added in order", kMoeBench,
-      [](const Dims& d) { return 2.0 * d[0] * d[1] * d[2] + d[0] * d[2]; },
-      [](const Dims& d) { return moe_bytes(d, 1, 3); }});
+  // The combine, accumulating into out, and into the MoE block's output: out = residual + (out
+  // + the weighted picks).
+  for (const bool with_residual : {false, true}) {
+    cases.push_back(OpCase{
+        with_residual ? "moe_combine_residual" : "moe_combine", dims, moe_shapes(),
+        [with_residual](const Dims& d, Rng& rng) {
+          Problem p = make_routed(d, rng);
+          p.tensors["y_perm"] = randn({d[0] * d[1], d[2]}, rng);
+          p.tensors["weights"] = randn({d[0], d[1]}, rng);
+          p.tensors["out"] = randn({d[0], d[2]}, rng);  // accumulated into
+          if (with_residual) p.tensors["residual"] = randn({d[0], d[2]}, rng);
+          return p;
+        },
+        [with_residual](const OpSet& o, Problem& p) {
+          o.moe_combine(p["y_perm"], p["row_of"].i32(), p["weights"], p["out"],
+                        with_residual ? &p["residual"] : nullptr);
+        },
+        {"out"}, {kSumK, kSumK}, "K float32 products (and the residual) added in order",
+        kMoeBench,
+        [with_residual](const Dims& d) {
+          return 2.0 * d[0] * d[1] * d[2] + (with_residual ? d[0] * d[2] : 0);
+        },
+        [with_residual](const Dims& d) { return moe_bytes(d, 1, with_residual ? 3 : 2); }});
+  }
 
   cases.push_back(OpCase{
       "moe_combine_backward", dims, moe_shapes(),
