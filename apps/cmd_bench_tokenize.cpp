@@ -48,10 +48,20 @@ dsv3::app::Registrar reg("bench tokenize", "Tokenizer load time and encode throu
   };
   auto opt = std::make_shared<Options>();
   sub.add_option("--tokenizer", opt->tokenizer, "tokenizer.json")->required();
-  sub.add_option("--passes", opt->passes, "encode passes over the corpus (the median is reported)");
+  sub.add_option("--passes", opt->passes, "encode passes over the corpus (the median is reported)")
+      ->check(dsv3::app::at_least(1));
   sub.add_option("--threads", opt->thread_list, "thread counts for the batch mode, comma-separated (default 1,2,4,.. cores)");
   sub.add_option("files", opt->files, "text files, one document each")->required();
   return [opt]() {
+    // The batch mode's thread counts, checked before anything runs.
+    constexpr int64_t kMostThreads = 1 << 16;
+    std::vector<int> counts;
+    if (!opt->thread_list.empty())
+      for (int64_t n : dsv3::app::parse_int_list("--threads", opt->thread_list, 1, kMostThreads))
+        counts.push_back(int(n));
+    if (counts.empty())
+      for (int t = 1; t <= omp_get_num_procs(); t *= 2) counts.push_back(t);
+
     auto load_start = Clock::now();
     auto tok = dsv3::tok::Tokenizer::load(opt->tokenizer);
     double load_s = seconds_since(load_start);
@@ -86,12 +96,6 @@ dsv3::app::Registrar reg("bench tokenize", "Tokenizer load time and encode throu
     std::printf("dsv3 single-thread MB/s: %.2f\n", rates[rates.size() / 2]);
     std::printf("dsv3 single-thread CPU-time MB/s: %.2f\n", cpu_rates[cpu_rates.size() / 2]);
 
-    std::vector<int> counts;
-    if (!opt->thread_list.empty())
-      for (int64_t n : dsv3::app::parse_int_list("--threads", opt->thread_list, 1))
-        counts.push_back(int(std::min<int64_t>(n, 1 << 16)));
-    if (counts.empty())
-      for (int t = 1; t <= omp_get_num_procs(); t *= 2) counts.push_back(t);
     // Batch mode. Besides wall-clock MB/s, bytes per CPU-second over all threads: if that holds
     // steady as threads are added, the threads do not slow each other down (no locks, no false
     // sharing), so wall time scales with the cores that are actually free.

@@ -32,9 +32,9 @@ DType resolve_precision(const std::string& precision, Device device);
 // A check for a whole-number option: `->check(at_least(1))` refuses `--batch 0` with
 // "--batch: must be at least 1, not 0" (CLI11's PositiveNumber prints its range as 0 to 1.8e308).
 CLI::Validator at_least(int64_t least);
-// The whole numbers of a comma-separated list option (`--seq 1024,2048`), each at least `least`;
-// anything else fails naming the option and the item.
+// The whole numbers of a comma-separated list option (`--seq 1024,2048`), each from `least` to
+// `most`; anything else fails naming the option and the item.
 std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text,
-                                    int64_t least);
+                                    int64_t least, int64_t most = INT64_MAX);
 
 }  // namespace dsv3::app

@@ -62,7 +62,7 @@ CLI::Validator at_least(int64_t least) {
 }
 
 std::vector<int64_t> parse_int_list(const std::string& option, const std::string& text,
-                                    int64_t least) {
+                                    int64_t least, int64_t most) {
   std::vector<int64_t> out;
   size_t start = 0;
   while (start <= text.size()) {
@@ -71,6 +71,7 @@ std::vector<int64_t> parse_int_list(const std::string& option, const std::string
     const std::optional<int64_t> v = whole_number(item);
     DSV3_CHECK(v && *v >= least, "{}: '{}' in '{}' is not a whole number of at least {}", option,
                item, text, least);
+    DSV3_CHECK(*v <= most, "{}: '{}' in '{}' is more than {}", option, item, text, most);
     out.push_back(*v);
     start = comma + 1;
   }

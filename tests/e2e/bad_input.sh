@@ -87,6 +87,12 @@ expect_usage_error generate-threads-negative "^--threads: must be at least 0, no
   generate -m "$FIX" --threads -2 -n 2
 expect_error bench-attention-seq-list "--seq: '-1' in '64,-1' is not a whole number of at least 1" \
   "$DSV3" bench attention --device cpu --seq 64,-1
+# bench tokenize checks its thread counts before it loads or times anything.
+expect_error bench-tokenize-threads-too-many "--threads: '70000' in '1,70000' is more than 65536" \
+  "$DSV3" bench tokenize --tokenizer "$WORK/nowhere.json" --threads 1,70000 "$FIX/config.json"
+[ -s "$WORK/out" ] && { echo "FAIL bench-tokenize-threads-too-many: printed to stdout"; failures=$((failures + 1)); }
+expect_usage_error bench-tokenize-passes-zero "^--passes: must be at least 1, not 0$" "$DSV3" \
+  bench tokenize --tokenizer "$WORK/nowhere.json" --passes 0 "$FIX/config.json"
 [ -e "$WORK/run" ] && { echo "FAIL train-seq-one: left $WORK/run"; failures=$((failures + 1)); }
 
 expect_error train-missing-data "nowhere" "$DSV3" train --data "$WORK/nowhere" --out "$WORK/run" \
