@@ -529,11 +529,14 @@ std::vector<OpCase> build_op_cases() {
       [](const Dims& d) { return 0.0; }, DType::BF16});
 
   // Cross-entropy: peaked rows (logits of scale 3), left-out rows (-1), the in-place form
-  // (d_logits aliasing logits) and the loss-only form.
+  // (d_logits aliasing logits) and the loss-only form. The GPU keeps rows of up to 256 x 32,
+  // x 64 and x 128 logits in registers and reads longer ones three times: vocabularies on both
+  // sides of each limit.
   cases.push_back(OpCase{
       "cross_entropy", "rows, vocab, left-out rows, in place, with gradient",
       shapes({{1, 1, 0, 0, 1}, {1, 7, 0, 1, 1}, {5, 33, 1, 0, 1}, {8, 1000, 1, 1, 1},
-              {17, 129, 1, 0, 0}},
+              {17, 129, 1, 0, 0}, {3, 8192, 1, 1, 1}, {3, 8193, 0, 0, 1}, {2, 16385, 1, 1, 1},
+              {3, 32768, 1, 0, 1}, {3, 32769, 1, 1, 1}, {2, 40000, 0, 0, 0}},
              4,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 40), uniform_int(r, 1, 3000), uniform_int(r, 0, 1),
