@@ -268,9 +268,13 @@ std::vector<OpCase> build_op_cases() {
       "rmsnorm_backward", "rows, dim, accumulate d_x, accumulate d_w",
       // Not dim 1: there d_x = rstd (g w - xhat mean(g w xhat)) cancels to the eps term alone
       // (~1e-7 of its terms), which no float32 kernel resolves and no model has.
-      // 300 rows: several row chunks of the CUDA weight gradient, the last one partial.
+      // 300 and 2100 rows: several row chunks of the CUDA weight gradient (8 and 16 rows), the
+      // last one partial. Widths on both sides of the CUDA kernel's register limits (512, 1024,
+      // 1536, 2048 columns; wider rows take separate d_x and d_w passes).
       shapes({{1, 2, 0, 1}, {1, 17, 1, 0}, {5, 16, 0, 1}, {3, 1000, 1, 1}, {33, 129, 0, 0},
-              {300, 40, 1, 0}},
+              {300, 40, 1, 0}, {2100, 40, 0, 1}, {20, 512, 1, 1}, {20, 513, 0, 0},
+              {20, 1025, 1, 0}, {20, 1536, 0, 1}, {20, 1537, 1, 1}, {20, 2048, 0, 0},
+              {20, 2049, 1, 1}},
              4,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 64), uniform_int(r, 2, 1100), uniform_int(r, 0, 1),

@@ -403,7 +403,8 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
   p.d_x_bf16 = dx.bf16;
   if (d_x_bf16)
     p.d_x_bf16 = bf16_copy_beside(*d_x_bf16, dx, rows, dim, "rmsnorm_backward", "d_x");
-  Scratch partial(size_t(cuda::rmsnorm_dw_chunks(rows) * dim) * sizeof(float), "rmsnorm_backward");
+  Scratch partial(size_t(cuda::rmsnorm_dw_chunks(rows, dim) * dim) * sizeof(float),
+                  "rmsnorm_backward");
   p.d_w_partial = partial.as<float>();
   check(cuda::rmsnorm_backward(p, stream()), "rmsnorm_backward");
 }

@@ -13,11 +13,19 @@ cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream);
 // The routers' warp selection (warp_select.cuh) holds up to this many routed experts.
 constexpr int kMaxWarpSelectExperts = 512;
 cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream);
-// Rows per chunk of the RMSNorm weight gradient's first pass, and the chunks (rows of
-// RmsNormBackward::d_w_partial) for `rows` rows.
-constexpr int64_t kRmsNormDwChunkRows = 128;
-inline int64_t rmsnorm_dw_chunks(int64_t rows) {
-  return (rows + kRmsNormDwChunkRows - 1) / kRmsNormDwChunkRows;
+// The RMSNorm weight gradient is summed per chunk of rows, then over the chunks in order. Up to
+// kRmsNormFusedMaxDim columns the d_x kernel sums the chunks (a block of 8 warps each, about 256
+// chunks at most, at least 8 rows: one per warp); wider rows take a separate pass over
+// 128-row chunks. rmsnorm_dw_chunks is the rows of RmsNormBackward::d_w_partial.
+constexpr int64_t kRmsNormFusedMaxDim = 2048;
+inline int64_t rmsnorm_dw_chunk_rows(int64_t rows, int64_t dim) {
+  if (dim > kRmsNormFusedMaxDim) return 128;
+  const int64_t rows_per_chunk = (rows + 255) / 256;
+  return rows_per_chunk <= 8 ? 8 : (rows_per_chunk + 7) / 8 * 8;
+}
+inline int64_t rmsnorm_dw_chunks(int64_t rows, int64_t dim) {
+  const int64_t chunk_rows = rmsnorm_dw_chunk_rows(rows, dim);
+  return (rows + chunk_rows - 1) / chunk_rows;
 }
 cudaError_t rope(const Rope& p, cudaStream_t stream);
 cudaError_t swiglu_forward(const SwiGlu& p, cudaStream_t stream);

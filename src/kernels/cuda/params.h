@@ -47,7 +47,7 @@ struct RmsNormBackward {
   // When set: d_x (after any accumulation) rounded to BF16, instead of d_x (d_x null and
   // accumulate_d_x false) or as well.
   uint16_t* d_x_bf16 = nullptr;
-  float* d_w_partial = nullptr;  // [rmsnorm_dw_chunks(rows), dim] scratch: d_w per row chunk
+  float* d_w_partial = nullptr;  // [rmsnorm_dw_chunks(rows, dim), dim] scratch: d_w per row chunk
 };
 
 // Rotation of interleaved pairs (x[2i], x[2i+1]) of a slice of each head, in place.

@@ -4,12 +4,19 @@
 //
 // Forward: one block of 256 threads per row; the threads stride the row (coalesced), a block
 // reduction gives the sum of squares, then the same threads write y. rstd is saved per row.
-// Backward d_x: same shape, one block per row, two reductions (none needed for g w xhat's mean
-// besides one). Backward d_w: two passes without atomics, so the result does not depend on
-// timing. The first, a block per (32 columns, kRmsNormDwChunkRows rows), each of 8 row-lanes
-// walking rows with stride 8, writes the chunk's sum per column (lanes added in a fixed
-// order); the second adds the chunks in order into d_w. (A single pass over all rows, 48
-// blocks at dim 1536, took 115 us per call on an H100; 49 calls per bench-1b step.)
+//
+// Backward, rows of up to kRmsNormFusedMaxDim values (every norm of bench-1b; launch.h): one
+// kernel writes d_x and sums d_w per chunk of rows. A warp per row (lane l holds columns l,
+// l + 32, ...), 8 warps per block over a chunk; each lane adds its columns' g x rstd over its
+// warp's rows in registers, and the warps' sums are added in warp order into the chunk's row of
+// d_w_partial. A second kernel adds the chunks in order into d_w. No atomics anywhere, so the
+// result does not depend on timing. (Before, a separate pass re-read d_y and x for d_w: the two
+// largest reads of the backward, 49 calls a bench-1b step.)
+//
+// Wider rows: d_x by a block per row (two reductions), then d_w in two passes: a block per
+// (32 columns, 128 rows), each of 8 row-lanes walking rows with stride 8, writes the chunk's sum
+// per column (lanes added in a fixed order); the second pass adds the chunks in order. (A
+// single pass over all rows, 48 blocks at dim 1536, took 115 us per call on an H100.)
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -56,13 +63,63 @@ __global__ void rmsnorm_backward_dx_kernel(RmsNormBackward p) {
   }
 }
 
+// d_x and the chunk's d_w sums for rows of at most 32 * kCols values (see the top of the file).
+template <int kCols>
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_backward_fused_kernel(RmsNormBackward p, int64_t chunk_rows) {
+  constexpr int kWarps = kThreads / 32;
+  __shared__ float part[32 * kCols];  // the chunk's d_w sums so far
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, dim = int(p.dim);
+  const int64_t r0 = int64_t(blockIdx.x) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < p.rows ? r0 + chunk_rows : p.rows;
+  float acc[kCols];  // column lane + 32 k's sum over this warp's rows
+#pragma unroll
+  for (int k = 0; k < kCols; ++k) acc[k] = 0.0f;
+  for (int64_t r = r0 + warp; r < r1; r += kWarps) {
+    const float* x = p.x + r * p.dim;
+    const float* g = p.d_y + r * p.dim;
+    const float rstd = p.rstd[r];
+    float dot = 0.0f;  // mean over the row of (g w) * xhat
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      const int c = lane + 32 * k;
+      if (c < dim) dot += g[c] * p.w[c] * x[c] * rstd;
+    }
+    const float mean = warp_sum(dot) / float(p.dim);
+    float* dx = p.d_x ? p.d_x + r * p.dim : nullptr;
+    uint16_t* dx_bf16 = p.d_x_bf16 ? p.d_x_bf16 + r * p.dim : nullptr;
+#pragma unroll
+    for (int k = 0; k < kCols; ++k) {
+      const int c = lane + 32 * k;
+      if (c >= dim) break;
+      const float gc = g[c], xc = x[c];
+      const float v = rstd * (gc * p.w[c] - xc * rstd * mean);
+      const float out = p.accumulate_d_x ? dx[c] + v : v;
+      if (dx) dx[c] = out;
+      if (dx_bf16) dx_bf16[c] = __bfloat16_as_ushort(__float2bfloat16_rn(out));
+      acc[k] += gc * xc * rstd;
+    }
+  }
+  for (int w = 0; w < kWarps; ++w) {  // in warp order: the same sums on every run
+    if (warp == w)
+#pragma unroll
+      for (int k = 0; k < kCols; ++k) {
+        const int c = lane + 32 * k;
+        if (c < dim) part[c] = w == 0 ? acc[k] : part[c] + acc[k];
+      }
+    __syncthreads();
+  }
+  for (int c = threadIdx.x; c < dim; c += kThreads)
+    p.d_w_partial[int64_t(blockIdx.x) * p.dim + c] = part[c];
+}
+
 // Block (32, 8): threadIdx.x picks the column inside a tile of 32, threadIdx.y the row lane;
 // blockIdx.y the chunk of rows.
-__global__ void rmsnorm_backward_dw_partial_kernel(RmsNormBackward p) {
+__global__ void rmsnorm_backward_dw_partial_kernel(RmsNormBackward p, int64_t chunk_rows) {
   __shared__ float part[8][33];  // +1: lanes of one row lane write one bank apart
   const int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
-  const int64_t r0 = int64_t(blockIdx.y) * kRmsNormDwChunkRows;
-  const int64_t r1 = r0 + kRmsNormDwChunkRows < p.rows ? r0 + kRmsNormDwChunkRows : p.rows;
+  const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
+  const int64_t r1 = r0 + chunk_rows < p.rows ? r0 + chunk_rows : p.rows;
   float s = 0.0f;
   if (col < p.dim)
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8)
@@ -76,11 +133,20 @@ __global__ void rmsnorm_backward_dw_partial_kernel(RmsNormBackward p) {
   }
 }
 
+// d_w from the chunks' sums: block (32, 8) over a tile of 32 columns, row lane l adding chunks
+// l, l + 8, ... (up to about 256 chunks: a column's chunks are not one thread's serial walk),
+// then the lanes added in order.
 __global__ void rmsnorm_backward_dw_sum_kernel(RmsNormBackward p, int64_t chunks) {
-  const int64_t col = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (col >= p.dim) return;
+  __shared__ float part[8][33];
+  const int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
+  float s = 0.0f;
+  if (col < p.dim)
+    for (int64_t c = threadIdx.y; c < chunks; c += 8) s += p.d_w_partial[c * p.dim + col];
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  if (threadIdx.y != 0 || col >= p.dim) return;
   float total = 0.0f;
-  for (int64_t c = 0; c < chunks; ++c) total += p.d_w_partial[c * p.dim + col];
+  for (int l = 0; l < 8; ++l) total += part[l][threadIdx.x];
   p.d_w[col] = p.accumulate_d_w ? p.d_w[col] + total : total;
 }
 
@@ -94,13 +160,28 @@ cudaError_t rmsnorm_forward(const RmsNormForward& p, cudaStream_t stream) {
 
 cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
-  if (p.d_x || p.d_x_bf16) rmsnorm_backward_dx_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
   if (!p.d_w_partial) return cudaErrorInvalidValue;
-  const int64_t chunks = rmsnorm_dw_chunks(p.rows);
-  if (chunks > 65535) return cudaErrorInvalidValue;  // blocks along y
-  rmsnorm_backward_dw_partial_kernel<<<dim3(unsigned((p.dim + 31) / 32), unsigned(chunks)),
-                                       dim3(32, 8), 0, stream>>>(p);
-  rmsnorm_backward_dw_sum_kernel<<<grid_for(p.dim, 256), 256, 0, stream>>>(p, chunks);
+  const int64_t chunk_rows = rmsnorm_dw_chunk_rows(p.rows, p.dim);
+  const int64_t chunks = (p.rows + chunk_rows - 1) / chunk_rows;
+  if (chunks > 65535) return cudaErrorInvalidValue;  // blocks along y (the separate pass)
+  const bool with_d_x = p.d_x || p.d_x_bf16;
+  if (with_d_x && p.dim <= kRmsNormFusedMaxDim) {
+    const unsigned blocks = unsigned(chunks);
+    if (p.dim <= 512)
+      rmsnorm_backward_fused_kernel<16><<<blocks, kThreads, 0, stream>>>(p, chunk_rows);
+    else if (p.dim <= 1024)
+      rmsnorm_backward_fused_kernel<32><<<blocks, kThreads, 0, stream>>>(p, chunk_rows);
+    else if (p.dim <= 1536)
+      rmsnorm_backward_fused_kernel<48><<<blocks, kThreads, 0, stream>>>(p, chunk_rows);
+    else
+      rmsnorm_backward_fused_kernel<64><<<blocks, kThreads, 0, stream>>>(p, chunk_rows);
+  } else {
+    if (with_d_x) rmsnorm_backward_dx_kernel<<<unsigned(p.rows), kThreads, 0, stream>>>(p);
+    rmsnorm_backward_dw_partial_kernel<<<dim3(unsigned((p.dim + 31) / 32), unsigned(chunks)),
+                                         dim3(32, 8), 0, stream>>>(p, chunk_rows);
+  }
+  rmsnorm_backward_dw_sum_kernel<<<unsigned((p.dim + 31) / 32), dim3(32, 8), 0, stream>>>(p,
+                                                                                          chunks);
   return cudaGetLastError();
 }
 
