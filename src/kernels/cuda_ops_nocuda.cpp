@@ -79,7 +79,7 @@ void mla_attention_forward(const Tensor&, const Tensor&, const Tensor&, const op
 }
 void mla_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                             const Tensor&, const Tensor&, const ops::MlaAttentionShape&, float,
-                            Tensor&, Tensor&, Tensor&) {
+                            Tensor&, Tensor&, Tensor&, const ops::QueryRope*) {
   unavailable("mla_attention_backward");
 }
 void rope_to_bf16(const Tensor&, const ops::RopeSlice&, const int32_t*, const Tensor&,

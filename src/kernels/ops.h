@@ -286,20 +286,31 @@ struct MlaAttentionShape {
 bool mla_attention_token_major(const MlaAttentionShape& s);
 void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe,
                            const MlaAttentionShape& s, double scale, Tensor& lse, Tensor& o);
+// The query rope that mla_attention_backward may undo on d_q: each head's columns [nope,
+// nope + rope) rotated at the row's position with these tables (rope_forward's).
+struct QueryRope {
+  const int32_t* positions;  // [N] on the device
+  const Tensor* cos;
+  const Tensor* sin;
+};
 // From the forward's o and lse and the output gradient d_o [N, H*v] BF16 (all overwritten):
 // d_q [N, H*(nope+rope)] float32, d_kv [N, H*(nope+v)] BF16, and d_k_pe [N, rope] float32,
 // the heads' rope-key gradients summed in head order (as heads_to_tokens sums a shared vector).
+// With rotate_back, d_q is BF16 instead and already rotated back: bit for bit what
+// rope_backward_bf16 would make of the float32 d_q (q_b_proj's output gradient, with no
+// float32 d_q written and read again in between).
 void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
                             const Tensor& lse, const Tensor& d_o, const MlaAttentionShape& s,
-                            double scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe);
+                            double scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe,
+                            const QueryRope* rotate_back = nullptr);
 // RoPE's forward rotation of x (float32, left unchanged) into out (BF16, the same [rows, heads,
 // head_stride] layout): every column of each head, rotated or not, rounded to nearest even,
 // bit for bit what rope_forward then a conversion would give. GPU only.
 void rope_forward_bf16(const Tensor& x, const RopeSlice& s, const int32_t* positions,
                        const Tensor& cos, const Tensor& sin, Tensor& out);
-// The same for the inverse rotation: bit for bit rope_backward then a conversion. MLA's query
-// gradient goes from the attention (float32) to q_b_proj's backward (BF16) this way, without a
-// float32 copy rotated in place and converted again inside the product. GPU only.
+// The same for the inverse rotation: bit for bit rope_backward then a conversion; what
+// mla_attention_backward's rotate_back writes (which the training step uses, so that no
+// float32 query gradient is written at all). GPU only.
 void rope_backward_bf16(const Tensor& d_x, const RopeSlice& s, const int32_t* positions,
                         const Tensor& cos, const Tensor& sin, Tensor& out);
 }  // namespace dsv3::ops

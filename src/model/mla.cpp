@@ -80,6 +80,7 @@ MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
     d_o = a.alloc_matmul_operand({n, h * dv});
     d_q_proj = a.alloc_matmul_operand({n, h * dq});
   } else {
+    d_q = a.alloc({n, h * dq});
     d_o = a.alloc({n, h * dv});
     d_o_heads = a.alloc_matmul_operand({batch, h, seq, dv});
     d_q_heads = a.alloc({batch, h, seq, dq});
@@ -87,7 +88,6 @@ MlaScratch::MlaScratch(Arena& a, const ModelConfig& c, int64_t batch, int64_t se
     d_v_heads = a.alloc({batch, h, seq, dv});
   }
   if (a.device() == Device::CPU) d_probs = a.alloc({batch, h, seq, seq});
-  d_q = a.alloc({n, h * dq});
   d_kv = a.alloc_matmul_operand({n, h * (c.qk_nope_head_dim + dv)});
   d_kv_a = a.alloc_matmul_operand({n, r + dr});
   d_c_kv_norm = a.alloc({n, r});
@@ -202,20 +202,17 @@ void mla_backward(const StepContext& ctx, MlaWeights& w, const Tensor& x, const 
   ops::linear_backward(act.o, w.o_proj.for_matmul(), d_out, &s.d_o, &w.o_proj.grad, false,
                        w.o_proj.accumulate_grad());
   if (act.token_major) {
-    // d_q, d_kv's nope-key and value columns and the heads' summed d_k_pe, written in place.
+    // d_kv's nope-key and value columns and the heads' summed d_k_pe, written in place; the
+    // query gradient rotated back by the kernel that makes it, straight into the BF16 operand
+    // of the query projection's backward (no float32 d_q written, rotated and read again).
+    const ops::QueryRope rotate_back{ctx.positions, &ctx.rope->cos, &ctx.rope->sin};
     ops::mla_attention_backward(act.q_roped, act.kv, act.k_pe_roped, act.o, act.lse, s.d_o,
                                 attention_shape(c, ctx.batch, ctx.seq), ctx.rope->softmax_scale,
-                                s.d_q, s.d_kv, s.d_k_pe);
+                                s.d_q_proj, s.d_kv, s.d_k_pe, &rotate_back);
   } else {
     attention_backward_head_major(ctx, c, act, s);
+    ops::rope_backward(s.d_q, {n, h, dn + dr, dn, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   }
-  // The query gradient rotated back: token-major, straight into the BF16 operand of the query
-  // projection's backward (no float32 pass in place and conversion inside the product).
-  const ops::RopeSlice q_rope{n, h, dn + dr, dn, dr};
-  if (act.token_major)
-    ops::rope_backward_bf16(s.d_q, q_rope, ctx.positions, ctx.rope->cos, ctx.rope->sin, s.d_q_proj);
-  else
-    ops::rope_backward(s.d_q, q_rope, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   const Tensor& d_q_proj = act.token_major ? s.d_q_proj : s.d_q;
   ops::rope_backward(s.d_k_pe, {n, 1, dr, 0, dr}, ctx.positions, ctx.rope->cos, ctx.rope->sin);
   // Latent path.

@@ -48,10 +48,11 @@ struct MlaScratch {
   Tensor d_q_heads, d_k_heads;  // [B, H, T, dq]
   Tensor d_v_heads;             // [B, H, T, v]
   Tensor d_probs;               // [B, H, T, T] on the CPU only
-  Tensor d_q;                   // [N, H*dq] of the rotated queries (rotated back in place
-                                //   unless token-major)
-  Tensor d_q_proj;              // [N, H*dq] (mm, token-major only): d_q rotated back, the
-                                //   query projection's output gradient
+  Tensor d_q;                   // [N, H*dq] of the rotated queries, rotated back in place
+                                //   (not token-major)
+  Tensor d_q_proj;              // [N, H*dq] (mm, token-major only): the queries' gradient
+                                //   rotated back by the attention backward, the query
+                                //   projection's output gradient
   Tensor d_kv;                  // [N, H*(nope+v)] (mm)
   Tensor d_kv_a;                // [N, R+rope] (mm)
   Tensor d_c_kv_norm, d_c_kv;   // [N, R]

@@ -89,6 +89,20 @@ struct Case {
   int64_t batch, seq, heads, nope, rope, v;
 };
 
+// Random rope tables [max_pos, rope / 2] (magnitudes not 1, as YaRN's) and a position for each
+// of n rows.
+struct RopeTables {
+  static constexpr int64_t kMaxPos = 50;
+  Tensor cos, sin, positions;
+  RopeTables(int64_t n, int64_t rope, std::mt19937_64& rng) {
+    cos = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
+    sin = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (auto& p : pos) p = int32_t(rng() % kMaxPos);
+    positions = device_ints(pos);
+  }
+};
+
 // The head-major path of model/mla.cpp on the same values, and the token-major op, forward and
 // backward; every output compared bit for bit.
 void check_against_head_major(const Case& c, uint64_t seed) {
@@ -158,6 +172,22 @@ void check_against_head_major(const Case& c, uint64_t seed) {
   EXPECT_EQ(differing(d_q, want_d_q), 0) << "d_q";
   EXPECT_EQ(differing(d_kv, want_d_kv), 0) << "d_kv";
   EXPECT_EQ(differing(d_k_pe, want_d_k_pe), 0) << "d_k_pe";
+
+  // The query gradient rotated back as the attention stores it (the training step's way):
+  // rope_backward_bf16 of the float32 d_q above, bit for bit; the other outputs unchanged.
+  const RopeTables rope(n, c.rope, rng);
+  Tensor want_d_q_proj = cuda_zeros({n, h * dq}, DType::BF16);
+  ops::rope_backward_bf16(d_q, {n, h, dq, c.nope, c.rope}, rope.positions.i32(), rope.cos, rope.sin,
+                          want_d_q_proj);
+  Tensor d_q_proj = nan_filled({n, h * dq}, DType::BF16),
+         d_kv2 = nan_filled({n, h * dkv}, DType::BF16),
+         d_k_pe2 = nan_filled({n, c.rope}, DType::F32);
+  const ops::QueryRope rotate_back{rope.positions.i32(), &rope.cos, &rope.sin};
+  ops::mla_attention_backward(q16, kv16, k_pe16, o, lse, d_o16, shape, scale, d_q_proj, d_kv2,
+                              d_k_pe2, &rotate_back);
+  EXPECT_EQ(differing(d_q_proj, want_d_q_proj), 0) << "d_q rotated back";
+  EXPECT_EQ(differing(d_kv2, want_d_kv), 0) << "d_kv (rotating d_q back)";
+  EXPECT_EQ(differing(d_k_pe2, want_d_k_pe), 0) << "d_k_pe (rotating d_q back)";
 }
 
 TEST(CudaMlaAttention, TokenMajorEqualsTheHeadMajorPathBitForBit) {
@@ -167,6 +197,58 @@ TEST(CudaMlaAttention, TokenMajorEqualsTheHeadMajorPathBitForBit) {
   check_against_head_major({2, 70, 3, 128, 64, 128}, 21);
   check_against_head_major({2, 9, 4, 16, 8, 16}, 22);
   check_against_head_major({1, 33, 2, 24, 16, 40}, 23);
+}
+
+// A position outside the tables, as the rope kernels treat it: recorded (raised at the next
+// wait) and its row's query gradient stored unrotated.
+TEST(CudaMlaAttention, RotatingBackAtABadPositionIsRaisedAndTheRowLeftUnrotated) {
+  REQUIRE_GPU();
+  const auto error_at_next_wait = [] {
+    try {
+      device::synchronize(Device::CUDA);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  ASSERT_EQ(error_at_next_wait(), "");
+  std::mt19937_64 rng(31);
+  const ops::MlaAttentionShape shape{1, 9, 2, 16, 8, 16};
+  const int64_t n = 9, dq = 24, dkv = 32;
+  const Tensor q = rounded(random_host({n, 2 * dq}, rng).to(Device::CUDA));
+  const Tensor kv = rounded(random_host({n, 2 * dkv}, rng).to(Device::CUDA));
+  const Tensor k_pe = rounded(random_host({n, 8}, rng).to(Device::CUDA));
+  const Tensor d_o = rounded(random_host({n, 2 * 16}, rng).to(Device::CUDA));
+  Tensor lse = cuda_zeros({1, 2, 9}), o = cuda_zeros({n, 2 * 16}, DType::BF16);
+  ops::mla_attention_forward(q, kv, k_pe, shape, 0.2, lse, o);
+  RopeTables rope(n, 8, rng);
+  std::vector<int32_t> pos(size_t(n), 3);
+  pos[5] = int32_t(RopeTables::kMaxPos);  // one past the tables
+  rope.positions = device_ints(pos);
+  Tensor d_q = cuda_zeros({n, 2 * dq}), d_kv = cuda_zeros({n, 2 * dkv}, DType::BF16),
+         d_k_pe = cuda_zeros({n, 8});
+  ops::mla_attention_backward(q, kv, k_pe, o, lse, d_o, shape, 0.2, d_q, d_kv, d_k_pe);
+  Tensor d_q_proj = cuda_zeros({n, 2 * dq}, DType::BF16);
+  const ops::QueryRope rotate_back{rope.positions.i32(), &rope.cos, &rope.sin};
+  ops::mla_attention_backward(q, kv, k_pe, o, lse, d_o, shape, 0.2, d_q_proj, d_kv, d_k_pe,
+                              &rotate_back);
+  const std::string msg = error_at_next_wait();
+  EXPECT_NE(msg.find("position 50 at row 5 is outside the table of 50 positions"),
+            std::string::npos)
+      << msg;
+  // rope_backward_bf16 treats the row alike (and records the same error).
+  Tensor want = cuda_zeros({n, 2 * dq}, DType::BF16);
+  ops::rope_backward_bf16(d_q, {n, 2, dq, 16, 8}, rope.positions.i32(), rope.cos, rope.sin, want);
+  EXPECT_NE(error_at_next_wait(), "");
+  EXPECT_EQ(differing(d_q_proj, want), 0);
+  // Row 5 holds the rounded values unrotated; row 4 (position 3) was rotated.
+  const Tensor got = d_q_proj.to(Device::CPU), plain = rounded(d_q).to(Device::CPU);
+  const size_t row_bytes = size_t(2 * dq) * 2;
+  const auto row = [&](const Tensor& t, int64_t r) {
+    return static_cast<const char*>(t.data()) + size_t(r) * row_bytes;
+  };
+  EXPECT_EQ(std::memcmp(row(got, 5), row(plain, 5), row_bytes), 0) << "row 5 unrotated";
+  EXPECT_NE(std::memcmp(row(got, 4), row(plain, 4), row_bytes), 0) << "row 4 rotated";
 }
 
 TEST(CudaMlaAttention, DimsTheKernelsDoNotTakeAreReportedAndRefused) {

@@ -26,9 +26,11 @@ void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe
 
 void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
                             const Tensor& lse, const Tensor& d_o, const MlaAttentionShape& s,
-                            double scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe) {
+                            double scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe,
+                            const QueryRope* rotate_back) {
   need_gpu("mla_attention_backward", q);
-  cuda_ops::mla_attention_backward(q, kv, k_pe, o, lse, d_o, s, float(scale), d_q, d_kv, d_k_pe);
+  cuda_ops::mla_attention_backward(q, kv, k_pe, o, lse, d_o, s, float(scale), d_q, d_kv, d_k_pe,
+                                   rotate_back);
 }
 
 void rope_forward_bf16(const Tensor& x, const RopeSlice& s, const int32_t* positions,

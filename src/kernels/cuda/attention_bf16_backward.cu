@@ -10,7 +10,8 @@
 //   3. dq:   grid (ceil(seq / 64), bh), 128 threads; block owns 64 query rows (the last tiles
 //            first), warp w 16 of them; per key tile of 64 (two products of 32 keys) up to
 //            the diagonal: S = Q K^T,
-//            dP = dO V^T, dS = P (dP - D), dQ += dS K. d_q (float32) written once.
+//            dP = dO V^T, dS = P (dP - D), dQ += dS K. d_q written once: float32, or BF16
+//            with the query rope undone in the store (AttentionBackwardBf16::d_q_bf16).
 // S and dP are computed in both tile kernels: the price of owning every output row in one block
 // (deterministic, run-to-run identical) instead of adding dQ with atomics.
 // Operands are found through their HeadRows strides (params.h), as in the forward; the dkv
@@ -224,6 +225,37 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dkv_kernel(AttentionB
   }
 }
 
+// The dq kernel's store into d_q_bf16 (params.h): this thread's rows i0 and i0 + 8, columns
+// (col, col + 1) of each 8-column block; a rope pair is such a column pair (rope_offset even),
+// rotated back from the float32 values the plain store would write.
+template <int DQ>
+__device__ __forceinline__ void store_d_q_rotated_back(const AttentionBackwardBf16& p,
+                                                       const HeadOf& at, const float (*acc)[4],
+                                                       int64_t i0, int t4) {
+  const int64_t half = p.rope_dim / 2;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int64_t i = i0 + 8 * r;
+    if (i >= p.seq) continue;
+    const int64_t pos = p.rope_cos ? p.positions[at.b * p.seq + i] : 0;
+    const bool valid = pos >= 0 && pos < p.max_pos;
+    if (p.rope_cos && !valid && at.h == 0 && t4 == 0)
+      report_index_error(p.error, kBadPosition, at.b * p.seq + i, pos, p.max_pos);
+    uint16_t* dqr = p.d_q_bf16 + at.offset(p.d_q_rows) + i * p.d_q_rows.row;
+#pragma unroll
+    for (int nb = 0; nb < DQ / 8; ++nb) {
+      const int col = nb * 8 + 2 * t4;
+      if (col >= p.qk_dim) continue;
+      float2 v = make_float2(acc[nb][2 * r] * p.scale, acc[nb][2 * r + 1] * p.scale);
+      const int64_t j = col - p.rope_offset;
+      if (p.rope_cos && valid && j >= 0 && j < p.rope_dim)
+        v = rope_rotate_pair(v.x, v.y, p.rope_cos[pos * half + j / 2],
+                             -p.rope_sin[pos * half + j / 2]);
+      *reinterpret_cast<uint32_t*>(dqr + col) = pack2_bf16(v.x, v.y);
+    }
+  }
+}
+
 template <int DQ, int DV>
 __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBackwardBf16 p) {
   constexpr int LQ = DQ + kPad, LV = DV + kPad;
@@ -311,6 +343,10 @@ __global__ void __launch_bounds__(kThreads) attention_bf16_dq_kernel(AttentionBa
     __syncthreads();
   }
 
+  if (p.d_q_bf16) {
+    store_d_q_rotated_back<DQ>(p, at, acc, m0 + row_l0, t4);
+    return;
+  }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int64_t i = m0 + row_l0 + 8 * r;

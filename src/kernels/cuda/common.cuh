@@ -47,6 +47,15 @@ __device__ __forceinline__ void report_index_error(IndexError* e, int32_t code, 
   }
 }
 
+// RoPE's rotation of one interleaved pair (a, b) by the angle with cosine c and sine s (the
+// inverse: -s). Shared by every kernel that rotates, so that a rotation fused into another
+// kernel leaves exactly the values of rope.cu's. The fused multiply-adds are spelled out: left
+// to the compiler, a * c - b * s may be contracted one way in one kernel and another way in
+// the next.
+__device__ __forceinline__ float2 rope_rotate_pair(float a, float b, float c, float s) {
+  return make_float2(fmaf(a, c, -(b * s)), fmaf(a, s, b * c));
+}
+
 // Two values rounded to BF16 as one 32-bit word, lo in the low half (memory order).
 __device__ __forceinline__ uint32_t pack2_bf16(float lo, float hi) {
   return uint32_t(__bfloat16_as_ushort(__float2bfloat16_rn(lo))) |

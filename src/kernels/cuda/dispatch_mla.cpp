@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/context.h"
+#include "kernels/cuda/index_errors.h"
 #include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_cuda.h"
 #include "kernels/cuda/scratch.h"
@@ -107,12 +108,13 @@ void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe
 
 void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
                             const Tensor& lse, const Tensor& d_o, const ops::MlaAttentionShape& s,
-                            float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe) {
+                            float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe,
+                            const ops::QueryRope* rotate_back) {
   const char* op = "mla_attention_backward";
   check_inputs(q, kv, k_pe, lse, o, s, op);
   const MlaRows r(s);
   check_tensor(d_o, DType::BF16, o.numel(), op, "d_o");
-  check_tensor(d_q, DType::F32, q.numel(), op, "d_q");
+  check_tensor(d_q, rotate_back ? DType::BF16 : DType::F32, q.numel(), op, "d_q");
   check_tensor(d_kv, DType::BF16, kv.numel(), op, "d_kv");
   check_tensor(d_k_pe, DType::F32, k_pe.numel(), op, "d_k_pe");
   // Each head's rope-key gradient [B, H, T, rope], summed over the heads afterwards.
@@ -125,8 +127,27 @@ void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_p
   p.d_o = d_o.bf16();
   p.d_o_rows = r.o;
   p.d_rows = rows.as<float>();
-  p.d_q = d_q.f32();
   p.d_q_rows = r.q;
+  if (rotate_back) {
+    // The dq kernel rotates each rope pair in its store: the pairs start at column nope (a
+    // multiple of 8, so even) of each head.
+    const Tensor &cos = *rotate_back->cos, &sin = *rotate_back->sin;
+    DSV3_CHECK(cos.device() == Device::CUDA && sin.device() == Device::CUDA &&
+                   cos.dtype() == DType::F32 && cos.ndim() == 2 && cos.dim(1) == s.rope / 2 &&
+                   sin.shape() == cos.shape() && sin.dtype() == DType::F32,
+               "{}: rope tables cos {} and sin {} must be float32 [positions, {}] on cuda", op,
+               cos.shape().str(), sin.shape().str(), s.rope / 2);
+    p.d_q_bf16 = d_q.bf16();
+    p.positions = rotate_back->positions;
+    p.rope_cos = cos.f32();
+    p.rope_sin = sin.f32();
+    p.max_pos = cos.dim(0);
+    p.rope_offset = s.nope;
+    p.rope_dim = s.rope;
+    p.error = cuda::index_error_record();
+  } else {
+    p.d_q = d_q.f32();
+  }
   p.d_k = d_kv.bf16();
   p.d_v = d_kv.bf16() + s.nope;
   p.d_k_rows = p.d_v_rows = r.kv;

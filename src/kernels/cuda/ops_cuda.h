@@ -71,7 +71,8 @@ void mla_attention_forward(const Tensor& q, const Tensor& kv, const Tensor& k_pe
                            const ops::MlaAttentionShape& s, float scale, Tensor& lse, Tensor& o);
 void mla_attention_backward(const Tensor& q, const Tensor& kv, const Tensor& k_pe, const Tensor& o,
                             const Tensor& lse, const Tensor& d_o, const ops::MlaAttentionShape& s,
-                            float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe);
+                            float scale, Tensor& d_q, Tensor& d_kv, Tensor& d_k_pe,
+                            const ops::QueryRope* rotate_back);
 void rope_to_bf16(const Tensor& x, const ops::RopeSlice& s, const int32_t* positions,
                   const Tensor& cos, const Tensor& sin, bool inverse, Tensor& out);
 void tokens_to_heads(const float* tokens, float* heads, const ops::HeadCopy& c);

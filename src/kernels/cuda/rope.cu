@@ -1,6 +1,7 @@
 // RoPE over interleaved pairs, in place, forward and inverse (the backward pass); either one
 // also into a BF16 copy of the rows (Rope::out_bf16): the forward for MLA's attention to read,
-// the inverse for q_b_proj's backward (a matrix product's BF16 operand).
+// the inverse as the reference of the attention backward's own rotation of d_q (params.h,
+// AttentionBackwardBf16::d_q_bf16). Every rotation is common.cuh's rope_rotate_pair.
 //
 // Blocks take rows (a grid-stride loop past 65535), threads along y a row's heads and threads
 // along x a head's pairs: a warp touches consecutive pairs (two adjacent floats each: 8-byte
@@ -13,13 +14,6 @@
 
 namespace dsv3::cuda {
 namespace {
-
-// One pair's rotation, shared by both kernels so that the rounded copy holds exactly the values
-// the in-place rotation leaves. The fused multiply-adds are spelled out: left to the compiler,
-// a * c - b * s may be contracted one way in one kernel and the other way in the other.
-__device__ __forceinline__ float2 rotate_pair(float a, float b, float c, float s) {
-  return make_float2(fmaf(a, c, -(b * s)), fmaf(a, s, b * c));
-}
 
 __global__ void rope_kernel(Rope p) {
   const int64_t half = p.rope_dim / 2;
@@ -38,7 +32,7 @@ __global__ void rope_kernel(Rope p) {
         const float c = cs[i];
         const float s = p.inverse ? -sn[i] : sn[i];
         float* v = head + 2 * i;
-        const float2 r = rotate_pair(v[0], v[1], c, s);
+        const float2 r = rope_rotate_pair(v[0], v[1], c, s);
         v[0] = r.x;
         v[1] = r.y;
       }
@@ -65,7 +59,7 @@ __global__ void rope_to_bf16_kernel(Rope p) {
         if (valid && j >= 0 && j < p.rope_dim) {
           const int64_t i = j / 2;
           const float* pair = head + p.offset + 2 * i;
-          const float2 rot = rotate_pair(pair[0], pair[1], cs[i], p.inverse ? -sn[i] : sn[i]);
+          const float2 rot = rope_rotate_pair(pair[0], pair[1], cs[i], p.inverse ? -sn[i] : sn[i]);
           v = j % 2 ? rot.y : rot.x;
         }
         out[col] = __bfloat16_as_ushort(__float2bfloat16_rn(v));
