@@ -39,6 +39,10 @@ void rope(float*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Te
           uint16_t*) {
   unavailable("rope");
 }
+void rope_bf16(uint16_t*, const ops::RopeSlice&, const int32_t*, const Tensor&, const Tensor&,
+               bool) {
+  unavailable("rope");
+}
 void swiglu_forward(const Tensor&, Tensor&) { unavailable("swiglu_forward"); }
 void swiglu_backward(const Tensor&, const Tensor&, Tensor&) { unavailable("swiglu_backward"); }
 void attention_forward(const Tensor&, const Tensor&, const Tensor&, float, Tensor&, Tensor&) {

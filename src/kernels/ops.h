@@ -80,7 +80,9 @@ void rope_forward(float* x, const RopeSlice& s, const int32_t* positions, const 
 void rope_backward(float* d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
                    const Tensor& sin);
 // Tensor forms (x: the whole buffer the slice describes): float32 tensors take the pointer
-// versions above; float64 ones (the float64 step) the reference rotation, with float64 tables.
+// versions above; float64 ones (the float64 step) the reference rotation, with float64 tables;
+// BF16 ones on a GPU (MLA's queries in mixed precision) are rotated in place, each pair in
+// float32 from its BF16 values and rounded back, the other columns untouched.
 void rope_forward(Tensor& x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,
                   const Tensor& sin);
 void rope_backward(Tensor& d_x, const RopeSlice& s, const int32_t* positions, const Tensor& cos,

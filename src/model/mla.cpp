@@ -46,7 +46,6 @@ MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, in
     q_a_rstd = a.alloc({n});
     q_a_norm = a.alloc_matmul_operand({n, *c.q_lora_rank});
   }
-  q = a.alloc({n, h * dq});
   kv_a = a.alloc({n, r + dr});
   c_kv = a.alloc({n, r});
   c_kv_rstd = a.alloc({n});
@@ -54,10 +53,11 @@ MlaActivations::MlaActivations(Arena& a, const ModelConfig& c, int64_t batch, in
   k_pe = a.alloc({n, dr});
   const Shape kv_shape{n, h * (c.qk_nope_head_dim + dv)};
   if (token_major) {
-    q_roped = a.alloc_matmul_operand({n, h * dq});
+    q_roped = a.alloc_matmul_operand({n, h * dq});  // (no float32 q)
     k_pe_roped = a.alloc_matmul_operand({n, dr});
     kv = a.alloc_matmul_operand(kv_shape);
   } else {
+    q = a.alloc({n, h * dq});
     kv = a.alloc(kv_shape);
     q_heads = a.alloc_matmul_operand({batch, h, seq, dq});
     k_heads = a.alloc_matmul_operand({batch, h, seq, dq});
@@ -124,18 +124,18 @@ void mla_forward(const StepContext& ctx, const MlaWeights& w, const Tensor& x, M
   const float eps = float(c.rms_norm_eps);
   const Tensor &cos = ctx.rope->cos, &sin = ctx.rope->sin;
   const ops::RopeSlice q_rope{n, h, dn + dr, dn, dr}, k_rope{n, 1, dr, 0, dr};
-  // Queries; rope in place, or (token-major) into the BF16 copy the attention reads.
+  // Queries, rotated in place; token-major, the product writes the BF16 queries the attention
+  // reads and only their rope columns are rotated (in float32 from the BF16 values, as a BF16
+  // model's own rope computes), with no float32 copy of the queries at all.
+  Tensor& q = act.token_major ? act.q_roped : act.q;
   if (c.q_lora_rank) {
     ops::linear_forward(x, w.q_a_proj.for_matmul(), act.q_a);
     ops::rmsnorm_forward(act.q_a, w.q_a_layernorm.value, eps, act.q_a_norm, act.q_a_rstd);
-    ops::linear_forward(act.q_a_norm, w.q_b_proj.for_matmul(), act.q);
+    ops::linear_forward(act.q_a_norm, w.q_b_proj.for_matmul(), q);
   } else {
-    ops::linear_forward(x, w.q_proj.for_matmul(), act.q);
+    ops::linear_forward(x, w.q_proj.for_matmul(), q);
   }
-  if (act.token_major)
-    ops::rope_forward_bf16(act.q, q_rope, ctx.positions, cos, sin, act.q_roped);
-  else
-    ops::rope_forward(act.q, q_rope, ctx.positions, cos, sin);
+  ops::rope_forward(q, q_rope, ctx.positions, cos, sin);
   // Keys and values from the compressed latent, plus the shared rope key.
   ops::linear_forward(x, w.kv_a_proj_with_mqa.for_matmul(), act.kv_a);
   ops::copy_columns(act.kv_a, r + dr, 0, r, act.c_kv, n);

@@ -21,8 +21,9 @@ struct MlaActivations {
   Tensor q_a;        // [N, Q]      q_a_proj(x)                  (q LoRA only)
   Tensor q_a_rstd;   // [N]
   Tensor q_a_norm;   // [N, Q]      RMSNorm_q(q_a) (mm)
-  Tensor q;          // [N, H*dq]   per-head queries (rope applied in place unless token-major)
-  Tensor q_roped;    // [N, H*dq]   BF16 queries with rope applied (token-major only)
+  Tensor q;          // [N, H*dq]   per-head queries, rope applied in place (not token-major)
+  Tensor q_roped;    // [N, H*dq]   BF16 queries, the product's output with rope applied in
+                     //             place (token-major only)
   Tensor kv_a;       // [N, R+rope] kv_a_proj_with_mqa(x)
   Tensor c_kv;       // [N, R]      latent (pre-norm)
   Tensor c_kv_rstd;  // [N]

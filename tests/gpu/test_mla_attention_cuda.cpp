@@ -66,6 +66,38 @@ TEST(CudaMlaAttention, RopeIntoBf16IsTheInPlaceRotationRounded) {
     }
 }
 
+// BF16 rows rotated in place (MLA's queries as the query projection writes them): each pair
+// rotated in float32 from its BF16 values and rounded, bit for bit the float32 rotation of the
+// widened rows, rounded; the columns outside the slice come back as they were.
+TEST(CudaMlaAttention, RopeInPlaceOnBf16IsTheFloat32RotationOfItsValuesRounded) {
+  REQUIRE_GPU();
+  std::mt19937_64 rng(12);
+  for (const bool inverse : {false, true})
+    for (const ops::RopeSlice s :
+         {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
+      const int64_t max_pos = 50;
+      const Tensor x16 =
+          rounded(random_host({s.rows, s.heads * s.head_stride}, rng).to(Device::CUDA));
+      const Tensor cos = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
+      const Tensor sin = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
+      std::vector<int32_t> pos(static_cast<size_t>(s.rows));
+      for (auto& p : pos) p = int32_t(rng() % max_pos);
+      const Tensor positions = device_ints(pos);
+      Tensor want = test::widened(x16), got = x16.clone();
+      if (inverse) {
+        ops::rope_backward(want, s, positions.i32(), cos, sin);
+        ops::rope_backward(got, s, positions.i32(), cos, sin);
+      } else {
+        ops::rope_forward(want, s, positions.i32(), cos, sin);
+        ops::rope_forward(got, s, positions.i32(), cos, sin);
+      }
+      ASSERT_EQ(got.dtype(), DType::BF16);
+      EXPECT_EQ(differing(got, rounded(want)), 0)
+          << (inverse ? "inverse" : "forward") << ", head_stride " << s.head_stride;
+      EXPECT_GT(differing(got, x16), 0) << "nothing was rotated";
+    }
+}
+
 TEST(CudaMlaAttention, RopeIntoBf16RejectsTheWrongDtypes) {
   REQUIRE_GPU();
   const Tensor x = cuda_zeros({2, 8}), cos = cuda_zeros({4, 4}), sin = cuda_zeros({4, 4});

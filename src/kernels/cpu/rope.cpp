@@ -53,6 +53,8 @@ void rotate_tensor(Tensor& x, const RopeSlice& s, const int32_t* positions, cons
   if (x.dtype() == DType::F32)
     return inverse ? rope_backward(x.f32(), s, positions, cos, sin)
                    : rope_forward(x.f32(), s, positions, cos, sin);
+  if (x.dtype() == DType::BF16 && x.device() == Device::CUDA && cos.device() == Device::CUDA)
+    return cuda_ops::rope_bf16(x.bf16(), s, positions, cos, sin, inverse);
   DSV3_CHECK(x.dtype() == DType::F64 && x.device() == Device::CPU,
              "rope: {} tensors on the {} are not supported", dtype_name(x.dtype()),
              device_name(x.device()));

@@ -411,8 +411,9 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
 
 // ---- RoPE ----
 
-void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
-          const Tensor& sin, bool inverse, uint16_t* out_bf16) {
+namespace {
+cuda::Rope rope_params(float* x, const ops::RopeSlice& s, const int32_t* positions,
+                       const Tensor& cos, const Tensor& sin, bool inverse) {
   need_device(cos, "rope", "cos");
   need_device(sin, "rope", "sin");
   const int64_t half = s.rope_dim / 2, max_pos = cos.dim(0);
@@ -421,9 +422,23 @@ void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Ten
              "rope: slice (offset {}, rope_dim {}, head_stride {}) and table {} do not match",
              s.offset, s.rope_dim, s.head_stride, cos.shape().str());
   // Positions are range-checked on the device (index_errors.h): no copy back, no wait.
-  cuda::Rope p{x, positions, cos.f32(), sin.f32(), s.rows, s.heads, s.head_stride, s.offset,
-               s.rope_dim, inverse, max_pos, cuda::index_error_record()};
+  return cuda::Rope{x,          positions, cos.f32(),     sin.f32(),
+                    s.rows,     s.heads,   s.head_stride, s.offset,
+                    s.rope_dim, inverse,   max_pos,       cuda::index_error_record()};
+}
+}  // namespace
+
+void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+          const Tensor& sin, bool inverse, uint16_t* out_bf16) {
+  cuda::Rope p = rope_params(x, s, positions, cos, sin, inverse);
   p.out_bf16 = out_bf16;
+  check(cuda::rope(p, stream()), "rope");
+}
+
+void rope_bf16(uint16_t* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+               const Tensor& sin, bool inverse) {
+  cuda::Rope p = rope_params(nullptr, s, positions, cos, sin, inverse);
+  p.x_bf16 = x;
   check(cuda::rope(p, stream()), "rope");
 }
 

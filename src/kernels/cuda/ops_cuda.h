@@ -45,6 +45,9 @@ void rmsnorm_backward(const Tensor& x, const Tensor& w, const Tensor& rstd, cons
 // params.h, Rope).
 void rope(float* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
           const Tensor& sin, bool inverse, uint16_t* out_bf16 = nullptr);
+// The rotation in place on BF16 rows (Rope::x_bf16).
+void rope_bf16(uint16_t* x, const ops::RopeSlice& s, const int32_t* positions, const Tensor& cos,
+               const Tensor& sin, bool inverse);
 void swiglu_forward(const Tensor& gate_up, Tensor& h);
 void swiglu_backward(const Tensor& gate_up, const Tensor& d_h, Tensor& d_gate_up);
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, float scale,

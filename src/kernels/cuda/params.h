@@ -64,6 +64,10 @@ struct Rope {
   // go to out [rows, heads, head_stride] rounded to BF16 (either direction; a row whose position
   // is out of range is copied unrotated).
   uint16_t* out_bf16 = nullptr;
+  // Set (x null): the rows are BF16 and rotated in place, each pair in float32 from its BF16
+  // values and rounded back (MLA's queries, which the query projection writes in BF16); the
+  // columns outside the rotated slice are not touched.
+  uint16_t* x_bf16 = nullptr;
 };
 
 // h = silu(gate) * up; gate_up rows hold gate in [0, width) and up in [width, 2 width).
