@@ -533,23 +533,30 @@ std::vector<OpCase> build_op_cases() {
       [](const Dims& d) { return 0.0; }, DType::BF16});
 
   // Cross-entropy: peaked rows (logits of scale 3), left-out rows (-1), the in-place form
-  // (d_logits aliasing logits) and the loss-only form. The GPU keeps rows of up to 256 x 32,
-  // x 64 and x 128 logits in registers and reads longer ones three times: vocabularies on both
-  // sides of each limit.
+  // (d_logits aliasing logits), the loss-only form, and masked logits (-inf: each row's first
+  // 300 and every third, not the target). The GPU keeps rows of up to 256 x 32, x 64 and
+  // x 128 logits in registers and reads longer ones twice: vocabularies on both sides of each
+  // limit.
   cases.push_back(OpCase{
-      "cross_entropy", "rows, vocab, left-out rows, in place, with gradient",
-      shapes({{1, 1, 0, 0, 1}, {1, 7, 0, 1, 1}, {5, 33, 1, 0, 1}, {8, 1000, 1, 1, 1},
-              {17, 129, 1, 0, 0}, {3, 8192, 1, 1, 1}, {3, 8193, 0, 0, 1}, {2, 16385, 1, 1, 1},
-              {3, 32768, 1, 0, 1}, {3, 32769, 1, 1, 1}, {2, 40000, 0, 0, 0}},
+      "cross_entropy", "rows, vocab, left-out rows, in place, with gradient, masked",
+      shapes({{1, 1, 0, 0, 1, 0}, {1, 7, 0, 1, 1, 0}, {5, 33, 1, 0, 1, 1}, {8, 1000, 1, 1, 1, 0},
+              {17, 129, 1, 0, 0, 0}, {3, 8192, 1, 1, 1, 1}, {3, 8193, 0, 0, 1, 0},
+              {2, 16385, 1, 1, 1, 0}, {3, 32768, 1, 0, 1, 1}, {3, 32769, 1, 1, 1, 0},
+              {2, 40000, 0, 0, 0, 0}, {3, 40000, 1, 1, 1, 1}, {2, 33000, 0, 0, 1, 1}},
              4,
              [](Rng& r) {
                return Dims{uniform_int(r, 1, 40), uniform_int(r, 1, 3000), uniform_int(r, 0, 1),
-                           uniform_int(r, 0, 1), uniform_int(r, 0, 1)};
+                           uniform_int(r, 0, 1), uniform_int(r, 0, 1), uniform_int(r, 0, 1)};
              }),
       [](const Dims& d, Rng& rng) {
         Problem p;
         p.tensors["logits"] = randn({d[0], d[1]}, rng, 3.0);
         p.tensors["targets"] = random_ids(rng, d[0], d[1], d[2] ? 4 : 0);
+        if (d[5])
+          for (int64_t r = 0; r < d[0]; ++r)
+            for (int64_t j = 0; j < d[1]; ++j)
+              if ((j < 300 || j % 3 == 0) && j != p["targets"].i32()[r])
+                p["logits"].f32()[r * d[1] + j] = -INFINITY;
         p.tensors["d_logits"] =
             d[3] ? p["logits"].clone() : filled({d[0], d[1]}, d[4] ? kNaN : 0.0f);
         p.tensors["loss"] = filled({1}, kNaN);
@@ -570,7 +577,7 @@ std::vector<OpCase> build_op_cases() {
       },
       {"loss", "d_logits"}, {kElementwise, kBf16Elementwise},
       "the loss sums in float64 in both; the gradient is one float32 exp per element",
-      {64, 32000, 0, 0, 1}, [](const Dims& d) { return 0.0; },
+      {64, 32000, 0, 0, 1, 0}, [](const Dims& d) { return 0.0; },
       [](const Dims& d) { return 8.0 * d[0] * d[1]; }});
 
   // Cross-entropy's row form (the training step's: each row's loss stays on the device until

@@ -9,6 +9,9 @@
 namespace dsv3::fast {
 
 inline float exp(float x) {
+  // Below -87.3 the result is 0 (so exp(-inf), a masked logit or score, is exactly 0); the
+  // arithmetic runs on the clamped value and the select stays vectorizable.
+  const bool underflow = x < -87.3f;
   // exp(x) = 2^n * exp(r), n = round(x / ln2), r = x - n*ln2 (in two parts for accuracy).
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
   // Round to nearest by adding and subtracting 1.5 * 2^23 (vectorizes, unlike nearbyint).
@@ -25,7 +28,7 @@ inline float exp(float x) {
   const int32_t bits = (int32_t(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, 4);
-  return p * scale;
+  return underflow ? 0.0f : p * scale;
 }
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + fast::exp(-x)); }
