@@ -1,16 +1,18 @@
 // Softmax cross-entropy, forward and backward in one kernel.
 //
-// One block of 256 threads per row (vocabularies are large: 129280 for V3). Three sweeps over
-// the row: max, sum of exp, then (with a gradient) the write of scale * (softmax - onehot).
-// Every element is read and written by the same thread in the last sweep, and the target's
-// logit is read before any write, so d_logits may be the logits themselves. The per-row loss
-// is written in double; the host adds the rows in order (deterministic, like the CPU).
-//
-// Rows of at most 256 x 128 logits (32,768: bench-1b's 32,000 and the small models) are read
-// from memory once: each thread keeps its elements in registers for the three sweeps, where
-// the general kernel reads the row three times (the logits are the step's largest activation,
-// [tokens, vocab] float32). Each thread owns the same elements and sums them in the same order
-// in both kernels, so their results are the same bit for bit.
+// One block of 256 threads per row (vocabularies are large: 129280 for V3); thread t owns the
+// row's elements t, t + 256, ... The max, the sum of exp, then (with a gradient) the write of
+// scale * (softmax - onehot). Every element is read and written by the same thread, and the
+// target's logit is read before any write, so d_logits may be the logits themselves. The
+// per-row loss is written in double; the host adds the rows in order (deterministic, like the
+// CPU). The logits are the step's largest activation ([tokens, vocab] float32), so the kernels
+// read them as few times as they can:
+// - rows of at most 256 x 128 logits (32,768: bench-1b's 32,000 and the small models): once,
+//   each thread keeping its elements in registers for three sweeps (max, then sum, then the
+//   gradient);
+// - longer rows: twice, the max and the sum in one sweep (each thread's running sum rescaled
+//   whenever its running max grows, the threads' sums rescaled to the row's max), then the
+//   gradient.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -57,12 +59,20 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   const bool grad = c.grad;
   const int32_t target = c.target;
   const float target_logit = row[target];
-  float mx = -INFINITY;
-  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) mx = fmaxf(mx, row[j]);
-  mx = block_max(mx, red);
-  float sum = 0.0f;
-  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) sum += expf(row[j] - mx);
-  sum = block_sum(sum, red);
+  // This thread's max and its sum of exp(x - that max), in one sweep.
+  float m = -INFINITY, s = 0.0f;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float x = row[j];
+    if (x > m) {
+      s = s * expf(m - x) + 1.0f;  // the first element: 0 * exp(-inf) + 1
+      m = x;
+    } else if (m > -INFINITY) {  // (-inf after -inf adds nothing, not exp(-inf + inf))
+      s += expf(x - m);
+    }
+  }
+  const float mx = block_max(m, red);
+  // A thread without elements (or whose all are -inf) adds nothing.
+  const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), red);
   if (threadIdx.x == 0) p.row_loss[r] = log(double(sum)) + double(mx) - double(target_logit);
   if (grad) {
     // Every thread has read the target logit above (block_sum synchronised), so overwriting
@@ -75,8 +85,7 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   }
 }
 
-// The same arithmetic as cross_entropy_kernel on a row of at most kThreads * kPerThread
-// logits held in registers: thread t owns elements t, t + 256, ... in both kernels.
+// A row of at most kThreads * kPerThread logits held in registers (see the top of the file).
 template <int kPerThread>
 __global__ void __launch_bounds__(kThreads) cross_entropy_in_registers_kernel(CrossEntropy p) {
   __shared__ float red[32];
