@@ -237,9 +237,9 @@ __device__ __forceinline__ void store_d_q_rotated_back(const AttentionBackwardBf
   for (int r = 0; r < 2; ++r) {
     const int64_t i = i0 + 8 * r;
     if (i >= p.seq) continue;
-    const int64_t pos = p.rope_cos ? p.positions[at.b * p.seq + i] : 0;
+    const int64_t pos = p.positions[at.b * p.seq + i];
     const bool valid = pos >= 0 && pos < p.max_pos;
-    if (p.rope_cos && !valid && at.h == 0 && t4 == 0)
+    if (!valid && at.h == 0 && t4 == 0)
       report_index_error(p.error, kBadPosition, at.b * p.seq + i, pos, p.max_pos);
     uint16_t* dqr = p.d_q_bf16 + at.offset(p.d_q_rows) + i * p.d_q_rows.row;
 #pragma unroll
@@ -248,7 +248,7 @@ __device__ __forceinline__ void store_d_q_rotated_back(const AttentionBackwardBf
       if (col >= p.qk_dim) continue;
       float2 v = make_float2(acc[nb][2 * r] * p.scale, acc[nb][2 * r + 1] * p.scale);
       const int64_t j = col - p.rope_offset;
-      if (p.rope_cos && valid && j >= 0 && j < p.rope_dim)
+      if (valid && j >= 0 && j < p.rope_dim)
         v = rope_rotate_pair(v.x, v.y, p.rope_cos[pos * half + j / 2],
                              -p.rope_sin[pos * half + j / 2]);
       *reinterpret_cast<uint32_t*>(dqr + col) = pack2_bf16(v.x, v.y);

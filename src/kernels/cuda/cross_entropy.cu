@@ -54,11 +54,7 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   CrossEntropyRow c;
   if (!cross_entropy_row(p, r, c)) return;
   const float* row = c.row;
-  float* drow = c.drow;
-  uint16_t* drow_bf16 = c.drow_bf16;
-  const bool grad = c.grad;
-  const int32_t target = c.target;
-  const float target_logit = row[target];
+  const float target_logit = row[c.target];
   // This thread's max and its sum of exp(x - that max), in one sweep.
   float m = -INFINITY, s = 0.0f;
   for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
@@ -74,14 +70,13 @@ __global__ void cross_entropy_kernel(CrossEntropy p) {
   // A thread without elements (or whose all are -inf) adds nothing.
   const float sum = block_sum(m == -INFINITY ? 0.0f : s * expf(m - mx), red);
   if (threadIdx.x == 0) p.row_loss[r] = log(double(sum)) + double(mx) - double(target_logit);
-  if (grad) {
-    // Every thread has read the target logit above (block_sum synchronised), so overwriting
-    // the row in place (float32 d_logits over the logits) is safe.
-    const float inv = p.scale / sum;
-    for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
-      const float g = expf(row[j] - mx) * inv;
-      store_f32_or_bf16(drow, drow_bf16, j, j == target ? g - p.scale : g);
-    }
+  if (!c.grad) return;
+  // Every thread has read the target logit above (block_sum synchronised), so overwriting the
+  // row in place (float32 d_logits over the logits) is safe.
+  const float inv = p.scale / sum;
+  for (int64_t j = threadIdx.x; j < p.vocab; j += blockDim.x) {
+    const float g = expf(row[j] - mx) * inv;
+    store_f32_or_bf16(c.drow, c.drow_bf16, j, j == c.target ? g - p.scale : g);
   }
 }
 

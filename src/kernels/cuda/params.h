@@ -234,12 +234,12 @@ struct AttentionBackwardBf16 {
   float scale = 1.0f;
   bool o_f32 = false;
   bool d_kv_bf16 = false;  // d_k's first k_split columns and d_v rounded to bf16
-  // With d_q_bf16 set, d_q is written there (d_q_rows) instead, rounded to bf16, after each
-  // head's columns [rope_offset, rope_offset + rope_dim) are rotated back at the row's
-  // position (row t of sequence b: positions[b seq + t]): what the inverse rope into BF16
-  // (Rope with inverse and out_bf16) makes of the float32 d_q, bit for bit. rope_offset is
-  // even, so each pair lies in one thread's two columns. A position outside the tables is
-  // recorded in `error` and its row left unrotated, as the rope kernels do.
+  // With d_q_bf16 set (and the rope fields with it), d_q is written there (d_q_rows) instead,
+  // rounded to bf16, after each head's columns [rope_offset, rope_offset + rope_dim) are
+  // rotated back at the row's position (row t of sequence b: positions[b seq + t]): what the
+  // inverse rope into BF16 (Rope with inverse and out_bf16) makes of the float32 d_q, bit for bit.
+  // rope_offset is even, so each pair lies in one thread's two columns. A position outside the
+  // tables is recorded in `error` and its row left unrotated, as the rope kernels do.
   uint16_t* d_q_bf16 = nullptr;
   const int32_t* positions = nullptr;  // [batch * seq]
   const float* rope_cos = nullptr;     // [max_pos, rope_dim / 2]

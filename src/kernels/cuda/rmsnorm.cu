@@ -113,10 +113,22 @@ __global__ void __launch_bounds__(kThreads)
     p.d_w_partial[int64_t(blockIdx.x) * p.dim + c] = part[c];
 }
 
+// In a block (32, 8) where each row lane y holds a partial sum s for column x of a tile: the
+// lanes' sums added in lane order, returned to lane 0 (others get 0). Both d_w passes end so.
+// part: the block's shared [8][33] (+1: lanes of one row lane write one bank apart).
+__device__ __forceinline__ float sum_row_lanes_in_order(float s, float (*part)[33]) {
+  part[threadIdx.y][threadIdx.x] = s;
+  __syncthreads();
+  float total = 0.0f;
+  if (threadIdx.y == 0)
+    for (int l = 0; l < 8; ++l) total += part[l][threadIdx.x];
+  return total;
+}
+
 // Block (32, 8): threadIdx.x picks the column inside a tile of 32, threadIdx.y the row lane;
 // blockIdx.y the chunk of rows.
 __global__ void rmsnorm_backward_dw_partial_kernel(RmsNormBackward p, int64_t chunk_rows) {
-  __shared__ float part[8][33];  // +1: lanes of one row lane write one bank apart
+  __shared__ float part[8][33];
   const int64_t col = int64_t(blockIdx.x) * 32 + threadIdx.x;
   const int64_t r0 = int64_t(blockIdx.y) * chunk_rows;
   const int64_t r1 = r0 + chunk_rows < p.rows ? r0 + chunk_rows : p.rows;
@@ -124,13 +136,8 @@ __global__ void rmsnorm_backward_dw_partial_kernel(RmsNormBackward p, int64_t ch
   if (col < p.dim)
     for (int64_t r = r0 + threadIdx.y; r < r1; r += 8)
       s += p.d_y[r * p.dim + col] * p.x[r * p.dim + col] * p.rstd[r];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y == 0 && col < p.dim) {
-    float total = 0.0f;
-    for (int l = 0; l < 8; ++l) total += part[l][threadIdx.x];
-    p.d_w_partial[int64_t(blockIdx.y) * p.dim + col] = total;
-  }
+  const float total = sum_row_lanes_in_order(s, part);
+  if (threadIdx.y == 0 && col < p.dim) p.d_w_partial[int64_t(blockIdx.y) * p.dim + col] = total;
 }
 
 // d_w from the chunks' sums: block (32, 8) over a tile of 32 columns, row lane l adding chunks
@@ -142,12 +149,8 @@ __global__ void rmsnorm_backward_dw_sum_kernel(RmsNormBackward p, int64_t chunks
   float s = 0.0f;
   if (col < p.dim)
     for (int64_t c = threadIdx.y; c < chunks; c += 8) s += p.d_w_partial[c * p.dim + col];
-  part[threadIdx.y][threadIdx.x] = s;
-  __syncthreads();
-  if (threadIdx.y != 0 || col >= p.dim) return;
-  float total = 0.0f;
-  for (int l = 0; l < 8; ++l) total += part[l][threadIdx.x];
-  p.d_w[col] = p.accumulate_d_w ? p.d_w[col] + total : total;
+  const float total = sum_row_lanes_in_order(s, part);
+  if (threadIdx.y == 0 && col < p.dim) p.d_w[col] = p.accumulate_d_w ? p.d_w[col] + total : total;
 }
 
 }  // namespace

@@ -15,19 +15,9 @@
 namespace dsv3::cuda {
 namespace {
 
-// Element type T: float (Rope::x) or BF16 bits (Rope::x_bf16), widened and rounded around the
-// float32 rotation.
-__device__ __forceinline__ float rope_load(const float* v) { return *v; }
-__device__ __forceinline__ float rope_load(const uint16_t* v) {
-  return __uint_as_float(uint32_t(*v) << 16);
-}
-__device__ __forceinline__ void rope_store(float* v, float x) { *v = x; }
-__device__ __forceinline__ void rope_store(uint16_t* v, float x) {
-  *v = __bfloat16_as_ushort(__float2bfloat16_rn(x));
-}
-
-template <typename T>
-__global__ void rope_kernel(Rope p, T* x) {
+// In place on float32 rows (Rope::x) or BF16 ones (Rope::x_bf16: widened exactly, rotated in
+// float32, rounded back).
+__global__ void rope_kernel(Rope p) {
   const int64_t half = p.rope_dim / 2;
   for (int64_t r = blockIdx.x; r < p.rows; r += gridDim.x) {
     const int64_t pos = p.positions[r];
@@ -39,14 +29,15 @@ __global__ void rope_kernel(Rope p, T* x) {
     const float* cs = p.cos + pos * half;
     const float* sn = p.sin + pos * half;
     for (int64_t h = threadIdx.y; h < p.heads; h += blockDim.y) {
-      T* head = x + (r * p.heads + h) * p.head_stride + p.offset;
+      const int64_t head = (r * p.heads + h) * p.head_stride + p.offset;
       for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
         const float c = cs[i];
         const float s = p.inverse ? -sn[i] : sn[i];
-        T* v = head + 2 * i;
-        const float2 r = rope_rotate_pair(rope_load(v), rope_load(v + 1), c, s);
-        rope_store(v, r.x);
-        rope_store(v + 1, r.y);
+        const int64_t v = head + 2 * i;
+        const float2 r = rope_rotate_pair(load_f32_or_bf16(p.x, p.x_bf16, v),
+                                          load_f32_or_bf16(p.x, p.x_bf16, v + 1), c, s);
+        store_f32_or_bf16(p.x, p.x_bf16, v, r.x);
+        store_f32_or_bf16(p.x, p.x_bf16, v + 1, r.y);
       }
     }
   }
@@ -98,10 +89,7 @@ cudaError_t rope(const Rope& p, cudaStream_t stream) {
   const unsigned tx = unsigned(std::min<int64_t>(half, 64));
   const unsigned ty = unsigned(std::max<int64_t>(1, std::min<int64_t>(p.heads, 256 / tx)));
   const unsigned blocks = unsigned(std::min<int64_t>(p.rows, 65535 * 8));
-  if (p.x_bf16)
-    rope_kernel<uint16_t><<<blocks, dim3(tx, ty), 0, stream>>>(p, p.x_bf16);
-  else
-    rope_kernel<float><<<blocks, dim3(tx, ty), 0, stream>>>(p, p.x);
+  rope_kernel<<<blocks, dim3(tx, ty), 0, stream>>>(p);
   return cudaGetLastError();
 }
 
