@@ -33,6 +33,20 @@ uint32_t bits(const Tensor& t, int64_t i) {
   return v;
 }
 
+// Random rope tables [max_pos, rope / 2] (magnitudes not 1, as YaRN's) and a position for each
+// of n rows.
+struct RopeTables {
+  static constexpr int64_t kMaxPos = 50;
+  Tensor cos, sin, positions;
+  RopeTables(int64_t n, int64_t rope, std::mt19937_64& rng) {
+    cos = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
+    sin = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
+    std::vector<int32_t> pos(static_cast<size_t>(n));
+    for (auto& p : pos) p = int32_t(rng() % kMaxPos);
+    positions = device_ints(pos);
+  }
+};
+
 TEST(CudaMlaAttention, RopeIntoBf16IsTheInPlaceRotationRounded) {
   REQUIRE_GPU();
   std::mt19937_64 rng(11);
@@ -42,13 +56,9 @@ TEST(CudaMlaAttention, RopeIntoBf16IsTheInPlaceRotationRounded) {
   for (const bool inverse : {false, true})
     for (const ops::RopeSlice s :
          {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
-      const int64_t max_pos = 50;
       const Tensor x_host = random_host({s.rows, s.heads * s.head_stride}, rng);
-      const Tensor cos = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-      const Tensor sin = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-      std::vector<int32_t> pos(size_t(s.rows));
-      for (auto& p : pos) p = int32_t(rng() % max_pos);
-      const Tensor positions = device_ints(pos);
+      const RopeTables rope(s.rows, s.rope_dim, rng);
+      const Tensor &cos = rope.cos, &sin = rope.sin, &positions = rope.positions;
 
       Tensor in_place = x_host.to(Device::CUDA);
       const Tensor x = x_host.to(Device::CUDA);
@@ -75,14 +85,10 @@ TEST(CudaMlaAttention, RopeInPlaceOnBf16IsTheFloat32RotationOfItsValuesRounded) 
   for (const bool inverse : {false, true})
     for (const ops::RopeSlice s :
          {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
-      const int64_t max_pos = 50;
       const Tensor x16 =
           rounded(random_host({s.rows, s.heads * s.head_stride}, rng).to(Device::CUDA));
-      const Tensor cos = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-      const Tensor sin = random_host({max_pos, s.rope_dim / 2}, rng).to(Device::CUDA);
-      std::vector<int32_t> pos(static_cast<size_t>(s.rows));
-      for (auto& p : pos) p = int32_t(rng() % max_pos);
-      const Tensor positions = device_ints(pos);
+      const RopeTables rope(s.rows, s.rope_dim, rng);
+      const Tensor &cos = rope.cos, &sin = rope.sin, &positions = rope.positions;
       Tensor want = test::widened(x16), got = x16.clone();
       if (inverse) {
         ops::rope_backward(want, s, positions.i32(), cos, sin);
@@ -119,20 +125,6 @@ TEST(CudaMlaAttention, RopeIntoBf16RejectsTheWrongDtypes) {
 
 struct Case {
   int64_t batch, seq, heads, nope, rope, v;
-};
-
-// Random rope tables [max_pos, rope / 2] (magnitudes not 1, as YaRN's) and a position for each
-// of n rows.
-struct RopeTables {
-  static constexpr int64_t kMaxPos = 50;
-  Tensor cos, sin, positions;
-  RopeTables(int64_t n, int64_t rope, std::mt19937_64& rng) {
-    cos = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
-    sin = random_host({kMaxPos, rope / 2}, rng).to(Device::CUDA);
-    std::vector<int32_t> pos(static_cast<size_t>(n));
-    for (auto& p : pos) p = int32_t(rng() % kMaxPos);
-    positions = device_ints(pos);
-  }
 };
 
 // The head-major path of model/mla.cpp on the same values, and the token-major op, forward and
