@@ -371,8 +371,9 @@ __device__ __forceinline__ void embed_unit(const EmbedArgs& a, Unit u, Wait wait
 
 // The interleaved rope rotation of the pair (a, b) by (c, s), written to out[0], out[1].
 __device__ __forceinline__ void rotate_pair(float a, float b, float c, float s, float* out) {
-  out[0] = a * c - b * s;
-  out[1] = a * s + b * c;
+  const float2 r = dsv3::cuda::rope_rotate_pair(a, b, c, s);  // fused as in every kernel
+  out[0] = r.x;
+  out[1] = r.y;
 }
 
 struct NormArgs {
@@ -689,7 +690,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
     const float m_new = fmaxf(m, score);
     const float corr = expf(m - m_new);  // 0 on the first position (m = -inf)
     const float pj = expf(score - m_new);
-    l = l * corr + pj;
+    l = fmaf(l, corr, pj);  // fused explicitly: the same in every kernel that inlines this
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {  // columns past the rank are never stored
       const int c = lane_column<kVec>(lane, i);
@@ -716,7 +717,7 @@ __device__ __forceinline__ void latent_attention_row(const float* qcat, const Ca
   for (int w = 0; w < kAttnWarps; ++w) {
     const WarpState pw{sm + w * (rank + 2)};
     wscale[w] = pw.scale_to(mx);  // a warp with no positions adds nothing
-    total += pw.l() * wscale[w];
+    total = fmaf(pw.l(), wscale[w], total);
   }
   float* out;
   float norm = 1.0f;
