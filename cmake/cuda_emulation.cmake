@@ -75,7 +75,8 @@ target_link_libraries(dsv3emu PUBLIC ${DSV3_DEPENDENCIES} ${CMAKE_DL_LIBS})
 # the linker would leave it out. Each program that links the emulation compiles it in instead.
 target_sources(dsv3emu INTERFACE ${DSV3_EMU_DIR}/cublas.cpp)
 
-add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
+add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_cuda.cpp
+                              ${CMAKE_SOURCE_DIR}/tests/gpu/test_infer_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_router_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_bf16_storage_cuda.cpp
                               ${CMAKE_SOURCE_DIR}/tests/gpu/test_grouped_gemm_cuda.cpp

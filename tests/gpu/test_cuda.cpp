@@ -4,13 +4,15 @@
 // and the flash attention forward (o and lse) and backward on sequences long enough for several
 // key tiles.
 //
-// Without a device every test here fails: this executable exists to be run on a GPU machine.
+// Without a device every test here fails: dsv3_gpu_tests exists to be run on a GPU machine. The
+// same tests also run on the CUDA emulation (dsv3_emu_tests), in every build.
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -327,6 +329,32 @@ TEST(CudaErrors, MixedDevicesAreAnErrorNotAFault) {
         device::synchronize(Device::CUDA);
       },
       Error);
+}
+
+// The attention kernels take one (batch, head) pair per grid row, at most 65535: more is the
+// op's own error, in both directions and dtypes, not the launch's opaque one.
+TEST(CudaErrors, AttentionPastTheGridsRowsIsNamed) {
+  REQUIRE_GPU();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    const Shape shape{65536, 1, 1, 8};
+    Tensor q = Tensor::zeros(shape, dt, Device::CUDA), o = Tensor::zeros(shape, dt, Device::CUDA);
+    Tensor lse = Tensor::zeros({65536}, DType::F32, Device::CUDA);
+    try {
+      ops::attention_forward_lse(q, q, q, 1.0f, lse, o);
+      ADD_FAILURE() << "forward: no error for batch x heads = 65536";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("exceeds the grid's 65535"), std::string::npos)
+          << e.what();
+    }
+    Tensor g = Tensor::zeros(shape, DType::F32, Device::CUDA);
+    try {
+      ops::attention_backward_lse(q, q, q, o, lse, o, 1.0f, g, g, g);
+      ADD_FAILURE() << "backward: no error for batch x heads = 65536";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("exceeds the grid's 65535"), std::string::npos)
+          << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -491,6 +491,8 @@ AttnDims check_attention(const Tensor& q, const Tensor& k, const Tensor& v, cons
   DSV3_CHECK(d.dq <= cuda::kAttentionMaxHeadDim && d.dv <= cuda::kAttentionMaxHeadDim,
              "{}: head dims {} / {} exceed the cuda kernel's {}", op, d.dq, d.dv,
              cuda::kAttentionMaxHeadDim);
+  // The kernels take one (batch, head) pair per grid row.
+  DSV3_CHECK(d.bh <= 65535, "{}: batch x heads = {} exceeds the grid's 65535", op, d.bh);
   return d;
 }
 }  // namespace
@@ -616,8 +618,6 @@ void attention_backward_lse(const Tensor& q, const Tensor& k, const Tensor& v, c
                  d_k.shape() == k.shape() && d_v.shape() == v.shape(),
              "attention_backward_lse: lse {}, d_o {} or a gradient does not match q {} / v {}",
              lse.shape().str(), d_o.shape().str(), q.shape().str(), v.shape().str());
-  DSV3_CHECK(d.bh <= 65535, "attention_backward_lse: batch x heads = {} exceeds the grid's 65535",
-             d.bh);
   if (q.dtype() == DType::BF16)
     return attention_backward_bf16(q, k, v, o, lse, d_o, scale, d_q, d_k, d_v, d);
   // The tile kernels keep a 32-key and a 32-query tile of q, k, v, dO in shared memory.
