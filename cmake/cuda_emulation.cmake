@@ -93,6 +93,7 @@ add_executable(dsv3_emu_tests ${CMAKE_SOURCE_DIR}/tests/gpu/test_cuda.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_emulator.cpp
                               ${CMAKE_BINARY_DIR}/cuda_emulation/test_tensor_core.cpp
                               ${DSV3_EMU_DIR}/test_decode_launches.cpp
+                              ${DSV3_EMU_DIR}/test_out_of_memory.cpp
                               ${DSV3_EMU_DIR}/test_train_step_host_calls.cpp)
 target_link_libraries(dsv3_emu_tests PRIVATE dsv3emu GTest::gtest GTest::gtest_main)
 target_compile_options(dsv3_emu_tests PRIVATE -Wno-unknown-pragmas)

@@ -70,6 +70,7 @@ struct Allocation {
 std::map<uintptr_t, Allocation> g_allocations;  // by start address
 size_t g_device_bytes = 0;
 constexpr size_t kDeviceMemory = size_t(16) << 30;  // what cudaMemGetInfo reports as total
+size_t g_device_limit = kDeviceMemory;  // allocations past it fail (set_device_memory_limit)
 
 // The allocation holding [p, p + n), if one does.
 const Allocation* find_allocation(const void* p, size_t n, uintptr_t* start = nullptr) {
@@ -112,7 +113,7 @@ void poison(void* p, size_t n) {
 
 cudaError_t allocate(void** p, size_t n, Kind kind) {
   if (!p) return set_error(cudaErrorInvalidValue);
-  if (kind == Kind::Device && g_device_bytes + n > kDeviceMemory)
+  if (kind == Kind::Device && g_device_bytes + n > g_device_limit)
     return set_error(cudaErrorMemoryAllocation);
   void* mem = nullptr;
   if (posix_memalign(&mem, 256, n ? n : 1) != 0) return set_error(cudaErrorMemoryAllocation);
@@ -891,6 +892,8 @@ bool pointer_argument_ok(const char* kernel, int index, const void* p) {
 void clear_sticky_error() { g_sticky_error = g_last_error = cudaSuccess; }
 
 uint64_t kernels_run() { return g_kernels_run; }
+size_t device_bytes_in_use() { return g_device_bytes; }
+void set_device_memory_limit(size_t bytes) { g_device_limit = std::min(bytes, kDeviceMemory); }
 uint64_t blocks_run() { return g_blocks_run; }
 
 namespace {

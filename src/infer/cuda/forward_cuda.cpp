@@ -470,10 +470,15 @@ void CudaForward::run_pass(const Program* program, int depth, int64_t n, int64_t
 void CudaForward::ensure_logits(int64_t rows) {
   if (rows <= logits_rows_cap_) return;
   drop_graphs();
+  // The capacity is recorded only once the buffer exists: a failed allocation (out of memory)
+  // leaves none, and the next pass asks again instead of writing through a freed pointer.
+  logits_rows_cap_ = 0;
+  b_.logits = nullptr;
   logits_buf_ = DeviceBuffer();
-  logits_rows_cap_ = std::max<int64_t>(rows, kSmallRows);
-  logits_buf_ = DeviceBuffer(size_t(logits_rows_cap_ * c_.vocab_size) * 4);
+  const int64_t cap = std::max<int64_t>(rows, kSmallRows);
+  logits_buf_ = DeviceBuffer(size_t(cap * c_.vocab_size) * 4);
   b_.logits = reinterpret_cast<float*>(logits_buf_.get());
+  logits_rows_cap_ = cap;
 }
 
 void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
@@ -533,8 +538,14 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   take(b_.perm_rows, n * std::max<int64_t>(k, 1));
   take(b_.slot_of, n * std::max<int64_t>(k, 1));
   take(b_.expert_offsets, e + 1);
-  work_ = DeviceBuffer();  // free the old buffers before the new ones are allocated
+  // Free the old buffers before the new ones are allocated, and hold no capacity until all of
+  // them exist: a failed allocation (out of memory) leaves the forward empty, so the next pass
+  // allocates again instead of using freed buffers.
+  cap_rows_ = cap_chunks_ = 0;
+  inputs_bytes_ = 0;
+  work_ = DeviceBuffer();
   inputs_dev_ = DeviceBuffer();
+  inputs_host_ = PinnedBuffer();
   work_ = DeviceBuffer(off);
   for (const auto& set_pointer : bind) set_pointer(work_.get());
   check(cudaMemsetAsync(b_.attn_arrived, 0, size_t(kSmallRows * h) * sizeof(unsigned), nullptr),
@@ -542,9 +553,10 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   check(cudaMemsetAsync(b_.router_arrived, 0, size_t(kSmallRows) * sizeof(unsigned), nullptr),
         "inference on cuda: clearing the router counts");
   // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
-  inputs_bytes_ = size_t(n) * 8 + size_t(3 * n + nc) * 4;
-  inputs_dev_ = DeviceBuffer(inputs_bytes_);
-  inputs_host_ = PinnedBuffer(inputs_bytes_);
+  const size_t input_bytes = size_t(n) * 8 + size_t(3 * n + nc) * 4;
+  inputs_dev_ = DeviceBuffer(input_bytes);
+  inputs_host_ = PinnedBuffer(input_bytes);
+  inputs_bytes_ = input_bytes;
   char* in = inputs_dev_.get();
   b_.cache_base = reinterpret_cast<void**>(in);
   b_.ids = reinterpret_cast<int32_t*>(in + n * 8);
