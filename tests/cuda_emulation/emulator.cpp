@@ -1072,7 +1072,7 @@ cudaError_t cudaDeviceSynchronize() {
 }
 
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
-  *free_bytes = kDeviceMemory - g_device_bytes;
+  *free_bytes = g_device_limit > g_device_bytes ? g_device_limit - g_device_bytes : 0;
   *total_bytes = kDeviceMemory;
   return cudaSuccess;
 }

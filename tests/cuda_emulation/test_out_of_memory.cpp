@@ -1,6 +1,7 @@
 // What an out-of-memory error leaves behind in the GPU inference engine, on the CUDA emulation
 // (whose device memory a test can cap): the pass that could not get its buffers fails with an
-// error, and the engine afterwards runs as if it had never tried, not on freed buffers.
+// error that names them and their size, and the engine afterwards runs as if it had never
+// tried, not on freed buffers.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "infer/engine.h"
 
 namespace dsv3::infer {
@@ -50,10 +52,12 @@ std::vector<std::vector<float>> reference_steps(const std::shared_ptr<InferWeigh
 }
 
 // Runs the reference's prompt and first step on eng (its buffers then have the smallest
-// capacity, kSmallRows rows), then `fail` (which must throw for lack of device memory), then the
-// second step, which fits the old capacity: it must not run on buffers the failed pass freed.
+// capacity, kSmallRows rows), then `fail` (which must throw for lack of device memory, with an
+// error that names the buffer, `what`, and its size), then the second step, which fits the old
+// capacity: it must not run on buffers the failed pass freed.
 template <typename Fail>
-void step_fail_step(const std::shared_ptr<InferWeights>& w, Engine& eng, Fail fail) {
+void step_fail_step(const std::shared_ptr<InferWeights>& w, Engine& eng, const std::string& what,
+                    Fail fail) {
   const std::vector<std::vector<float>> want = reference_steps(w);
   const int32_t prompt[3] = {5, 6, 7};
   LatentCache cache = eng.make_cache(16, DType::F32);
@@ -62,9 +66,18 @@ void step_fail_step(const std::shared_ptr<InferWeights>& w, Engine& eng, Fail fa
   EXPECT_EQ(decode_step(eng, cache, 8), want[0]);
   {
     DeviceMemoryLimit cap(dsv3emu::device_bytes_in_use() + 1024);
-    EXPECT_THROW(fail(), std::exception);
+    try {
+      fail();
+      ADD_FAILURE() << "no error past the device's memory";
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("inference on cuda: " + what + ": cannot allocate "),
+                std::string::npos)
+          << message;
+      EXPECT_NE(message.find("MiB free (cudaErrorMemoryAllocation)"), std::string::npos) << message;
+    }
   }
-  (void)cudaGetLastError();  // the failed allocation's error, as the caller would have seen it
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);  // an allocation's failure is not left behind
   EXPECT_EQ(decode_step(eng, cache, 9), want[1]);
 }
 
@@ -74,7 +87,7 @@ TEST(CudaOutOfMemory, AFailedLongerPassLeavesTheEngineUsable) {
   // A 40-token prompt needs larger working buffers than the device has left.
   LatentCache long_cache = eng.make_cache(48, DType::F32);
   const std::vector<int32_t> ids = long_prompt();
-  step_fail_step(w, eng, [&] {
+  step_fail_step(w, eng, "the working buffers of a pass of 40 rows", [&] {
     Chunk big{&long_cache, ids.data(), int(ids.size())};
     eng.forward({&big, 1}, LogitsFor::Last);
   });
@@ -89,7 +102,7 @@ TEST(CudaOutOfMemory, AFailedLogitsBufferLeavesTheEngineUsable) {
   LatentCache first = eng.make_cache(48, DType::F32), second = eng.make_cache(48, DType::F32);
   Chunk grow{&first, ids.data(), int(ids.size())};
   eng.forward({&grow, 1}, LogitsFor::Last);
-  step_fail_step(w, eng, [&] {
+  step_fail_step(w, eng, "the logits of a pass of 40 rows", [&] {
     Chunk all{&second, ids.data(), int(ids.size())};
     eng.forward({&all, 1}, LogitsFor::All);
   });

@@ -36,6 +36,7 @@
 // separate launches. A model whose step the program cannot hold (see DecodeProgram) says so
 // once on stderr and runs the launches.
 #include <cuda_runtime.h>
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -49,6 +50,7 @@
 #include <vector>
 
 #include "core/device.h"
+#include "core/error.h"
 #include "infer/cuda/decode_kernels.h"
 #include "infer/device_forward.h"
 #include "infer/matmul.h"
@@ -66,13 +68,35 @@ cudaError_t pinned_alloc(void** p, size_t n) { return cudaMallocHost(p, n); }
 cudaError_t device_free(void* p) { return cudaFree(p); }
 cudaError_t pinned_free(void* p) { return cudaFreeHost(p); }
 
+double mib(size_t bytes) { return double(bytes) / (1 << 20); }
+
+// The error of a failed allocation of `bytes` for `what`: its size and, for device memory, what
+// the device has free, so that a prompt too long for the GPU says so.
+[[noreturn]] void fail_allocation(cudaError_t e, size_t bytes, const std::string& what,
+                                  bool device) {
+  (void)cudaGetLastError();  // an allocation's error is not sticky: the engine stays usable
+  size_t free_b = 0, total_b = 0;
+  std::string free_note;
+  if (device && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
+    free_note = fmt::format(", the GPU has {:.1f} of {:.1f} MiB free", mib(free_b), mib(total_b));
+  (void)cudaGetLastError();
+  fail("inference on cuda: {}: cannot allocate {:.1f} MiB of {} memory{} ({})", what, mib(bytes),
+       device ? "device" : "pinned host", free_note, cudaGetErrorName(e));
+}
+
 // Memory from Alloc, given back with Free on destruction: device memory for the weights and
-// working buffers, pinned host memory for the per-pass upload.
+// working buffers, pinned host memory for the per-pass upload. `what` names the buffer in the
+// error when the allocation fails.
 template <cudaError_t (*Alloc)(void**, size_t), cudaError_t (*Free)(void*)>
 class OwnedMemory {
  public:
   OwnedMemory() = default;
-  explicit OwnedMemory(size_t bytes) { check(Alloc(&p_, bytes ? bytes : 256), "inference on cuda: allocation"); }
+  OwnedMemory(size_t bytes, const std::string& what) {
+    const cudaError_t e = Alloc(&p_, bytes ? bytes : 256);
+    if (e == cudaSuccess) return;
+    p_ = nullptr;
+    fail_allocation(e, bytes, what, Alloc != pinned_alloc);
+  }
   ~OwnedMemory() {
     if (p_) Free(p_);
   }
@@ -211,7 +235,7 @@ class CudaForward final : public DeviceForward {
                "inference on cuda: the weights need {:.2f} GiB of device memory, the GPU has "
                "{:.2f} GiB free (try --dtype bf16, or a smaller model)",
                double(sizing.bytes()) / (1 << 30), double(free_b) / (1 << 30));
-    weights_ = DeviceBuffer(sizing.bytes());
+    weights_ = DeviceBuffer(sizing.bytes(), "the model's weights");
     WeightUploader copying(true, weights_.get());
     upload(copying, rope);
     check(cudaStreamCreateWithFlags(&capture_stream_, cudaStreamNonBlocking),
@@ -439,11 +463,12 @@ const CudaForward::Program* CudaForward::program_for(int key, int depth, LogitsF
     }
     if (p.program.runnable()) {
       const std::vector<gpu::DecodeStage>& st = p.program.stages();
-      p.stages = DeviceBuffer(st.size() * sizeof(gpu::DecodeStage));
+      p.stages = DeviceBuffer(st.size() * sizeof(gpu::DecodeStage), "the decode program");
       check(cudaMemcpy(p.stages.get(), st.data(), st.size() * sizeof(gpu::DecodeStage),
                        cudaMemcpyHostToDevice),
             "inference on cuda: uploading the decode program");
-      p.counters = DeviceBuffer(p.program.counters() * sizeof(unsigned));
+      p.counters =
+          DeviceBuffer(p.program.counters() * sizeof(unsigned), "the decode program's counts");
       check(cudaMemsetAsync(p.counters.get(), 0, p.program.counters() * sizeof(unsigned), nullptr),
             "inference on cuda: the decode program's counts");
     } else if (!told_not_persistent_) {
@@ -476,7 +501,8 @@ void CudaForward::ensure_logits(int64_t rows) {
   b_.logits = nullptr;
   logits_buf_ = DeviceBuffer();
   const int64_t cap = std::max<int64_t>(rows, kSmallRows);
-  logits_buf_ = DeviceBuffer(size_t(cap * c_.vocab_size) * 4);
+  logits_buf_ = DeviceBuffer(size_t(cap * c_.vocab_size) * 4,
+                             fmt::format("the logits of a pass of {} rows", cap));
   b_.logits = reinterpret_cast<float*>(logits_buf_.get());
   logits_rows_cap_ = cap;
 }
@@ -546,7 +572,7 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
   work_ = DeviceBuffer();
   inputs_dev_ = DeviceBuffer();
   inputs_host_ = PinnedBuffer();
-  work_ = DeviceBuffer(off);
+  work_ = DeviceBuffer(off, fmt::format("the working buffers of a pass of {} rows", n));
   for (const auto& set_pointer : bind) set_pointer(work_.get());
   check(cudaMemsetAsync(b_.attn_arrived, 0, size_t(kSmallRows * h) * sizeof(unsigned), nullptr),
         "inference on cuda: clearing the attention counts");
@@ -554,8 +580,8 @@ void CudaForward::ensure_capacity(int64_t rows, int64_t chunks) {
         "inference on cuda: clearing the router counts");
   // Inputs: [cache_base n (8 bytes each) | ids n | pos n | capacity n | last_rows nc].
   const size_t input_bytes = size_t(n) * 8 + size_t(3 * n + nc) * 4;
-  inputs_dev_ = DeviceBuffer(input_bytes);
-  inputs_host_ = PinnedBuffer(input_bytes);
+  inputs_dev_ = DeviceBuffer(input_bytes, "the per-row inputs of a pass");
+  inputs_host_ = PinnedBuffer(input_bytes, "the per-row inputs of a pass");
   inputs_bytes_ = input_bytes;
   char* in = inputs_dev_.get();
   b_.cache_base = reinterpret_cast<void**>(in);

@@ -84,8 +84,8 @@ void clear_sticky_error();  // for the emulation's own tests of failing launches
 uint64_t kernels_run();     // kernel executions so far (graph replays included)
 uint64_t blocks_run();      // block executions so far
 // Device memory: the bytes allocated now, and a lower limit past which cudaMalloc fails with
-// cudaErrorMemoryAllocation (for tests of what an out-of-memory error leaves behind; any value
-// above the emulated 16 GiB restores it).
+// cudaErrorMemoryAllocation and which cudaMemGetInfo's free bytes count to (for tests of what
+// an out-of-memory error leaves behind; any value above the emulated 16 GiB restores it).
 size_t device_bytes_in_use();
 void set_device_memory_limit(size_t bytes);
 // Host calls that wait for the device (synchronisations, synchronous copies other than device
