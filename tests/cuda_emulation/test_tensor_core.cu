@@ -277,8 +277,9 @@ TEST(CudaTensorCores, AsynchronousCopiesLandAtTheirWaitOrAtIssue) {
     const std::vector<float> g = download<float>(groups, 12);
     for (int i = 0; i < 4; ++i) {
       EXPECT_EQ(g[size_t(i)], 0.0f) << "the zero-filling copy of the older group";
-      if (groups_deferred)
+      if (groups_deferred) {
         EXPECT_TRUE(std::isnan(g[size_t(4 + i)])) << "the newer group landed at wait<1>";
+      }
       EXPECT_EQ(g[size_t(8 + i)], x[size_t(i)]) << "the newer group at wait<0>";
     }
   }
