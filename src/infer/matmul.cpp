@@ -282,11 +282,45 @@ struct DnnlState {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   // (plain, n, k, ld, ldy, accumulate) -> primitive (the row count m is a runtime dimension)
   std::map<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool>, dnnl::matmul> cache;
+  // oneDNN builds BF16 matmuls only for CPUs with AVX-512 (it refuses them on AVX2-only ones):
+  // then every BF16 product takes the widening path below.
+  bool no_bf16_matmul = false;
+  bool force_widened = false;  // force_widened_bf16_gemm
   std::mutex mutex;
 };
 DnnlState& dnnl_state() {
   static DnnlState s;
   return s;
+}
+
+// The product of large_bf16 where oneDNN has no BF16 matmul: the BF16 operands widened to
+// float32 (exactly) and multiplied by the float32 GEMM, the weights a block of output columns
+// at a time so that no float32 copy of a whole matrix is made. Each product of two BF16 values
+// is exact in float32, so this is large_bf16's arithmetic up to the order of the sums.
+void widened_bf16(const uint16_t* xb, int64_t m, int64_t k, int64_t n, const MatRef& w, float* y,
+                  int64_t ldy, bool accumulate, bool plain) {
+  constexpr int64_t kBlockCols = 256;
+  thread_local std::vector<float> xf, wf;
+  xf.resize(size_t(m * k));
+  wf.resize(size_t(k * std::min(n, kBlockCols)));
+  for (size_t i = 0; i < xf.size(); ++i) xf[i] = bf16_to_f32(xb[i]);
+  const uint16_t* wp = static_cast<const uint16_t*>(w.data);
+  for (int64_t c0 = 0; c0 < n; c0 += kBlockCols) {
+    const int64_t nb = std::min(kBlockCols, n - c0);
+    if (plain) {  // w [k, n]: columns c0 .. c0 + nb of each row, as wf [k, nb]
+      for (int64_t r = 0; r < k; ++r)
+        for (int64_t c = 0; c < nb; ++c)
+          wf[size_t(r * nb + c)] = bf16_to_f32(wp[r * w.ld + c0 + c]);
+      ops::gemm(false, false, m, nb, k, 1.0f, xf.data(), k, wf.data(), nb, accumulate ? 1.0f : 0.0f,
+                y + c0, ldy);
+    } else {  // w [n, k]: rows c0 .. c0 + nb, as wf [nb, k]
+      for (int64_t r = 0; r < nb; ++r)
+        for (int64_t c = 0; c < k; ++c)
+          wf[size_t(r * k + c)] = bf16_to_f32(wp[(c0 + r) * w.ld + c]);
+      ops::gemm(false, true, m, nb, k, 1.0f, xf.data(), k, wf.data(), k, accumulate ? 1.0f : 0.0f,
+                y + c0, ldy);
+    }
+  }
 }
 
 // y[m, n] (= or +=) x[m, k] . W with BF16 operands and F32 accumulation, where W [k, n] is
@@ -299,6 +333,12 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   if (xb.size() < size_t(m * k)) xb.resize(size_t(m * k));
   for (int64_t i = 0; i < m; ++i) convert_from_f32(x + i * ldx, DType::BF16, xb.data() + i * k, size_t(k));
   DnnlState& s = dnnl_state();
+  bool widen = false;
+  {
+    std::lock_guard<std::mutex> lock(s.mutex);
+    widen = s.no_bf16_matmul || s.force_widened;
+  }
+  if (widen) return widened_bf16(xb.data(), m, k, n, w, y, ldy, accumulate, plain);
   // The row count is a runtime dimension: one primitive per weight shape serves every prompt
   // length and expert group size (the cache stays small however long a session runs).
   const dnnl::memory::dim rt = DNNL_RUNTIME_DIM_VAL;
@@ -321,11 +361,16 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
       dnnl::memory::desc src_rt({rt, k}, dt::bf16, dnnl::memory::dims{k, 1});
       dnnl::memory::desc dst_rt({rt, n}, dt::f32, dnnl::memory::dims{ldy, 1});
       dnnl::matmul::desc d(src_rt, wei_md, dst_rt);
-      dnnl::matmul::primitive_desc pd(d, attr, s.engine);
-      it = s.cache.emplace(key, dnnl::matmul(pd)).first;
+      try {
+        dnnl::matmul::primitive_desc pd(d, attr, s.engine);
+        it = s.cache.emplace(key, dnnl::matmul(pd)).first;
+      } catch (const dnnl::error&) {
+        s.no_bf16_matmul = true;  // this CPU has none (every shape is refused alike)
+      }
     }
-    prim = it->second;
+    if (!s.no_bf16_matmul) prim = it->second;
   }
+  if (!prim) return widened_bf16(xb.data(), m, k, n, w, y, ldy, accumulate, plain);
   dnnl::memory src(src_md, s.engine, xb.data());
   dnnl::memory wei(wei_md, s.engine, const_cast<void*>(w.data));
   dnnl::memory dst(dst_md, s.engine, y);
@@ -337,6 +382,12 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
 }
 
 }  // namespace
+
+void force_widened_bf16_gemm(bool on) {
+  DnnlState& s = dnnl_state();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.force_widened = on;
+}
 
 void matmul_wt(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y, int64_t ldy,
                bool accumulate) {

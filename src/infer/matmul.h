@@ -7,7 +7,10 @@
 //     activations to BF16 once and multiplies pairs with vdpbf16ps (F32 accumulation), elsewhere
 //     it widens the weights exactly and keeps the activations in F32;
 //   many rows (prefill): oneDNN's BF16 matmul (activations rounded to BF16, F32 accumulation,
-//     AVX512-BF16 instructions), primitives cached by shape;
+//     AVX512-BF16 instructions), primitives cached by shape; on CPUs without AVX-512, where
+//     oneDNN has no BF16 matmul, the same rounded activations against the weights widened to
+//     F32 a block of 256 outputs at a time, through the F32 GEMM (the same products, exact in
+//     F32, summed in another order);
 //   F32 weights: the same streaming kernel for few rows, oneDNN sgemm for many.
 // Up to kSmallRows rows, every output element is computed the same way whatever the row count,
 // so a token's logits do not depend on which other tokens share the pass.
@@ -51,5 +54,9 @@ void matmul_w(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* y,
 
 // Rows below this use the streaming kernel; at or above it, the BF16 GEMM.
 constexpr int64_t kSmallRows = 8;
+
+// Tests: run the many-row BF16 products the widening way (true) even where oneDNN has a BF16
+// matmul, or let the CPU decide again (false).
+void force_widened_bf16_gemm(bool on);
 
 }  // namespace dsv3::infer

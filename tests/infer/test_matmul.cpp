@@ -2,7 +2,6 @@
 // count kernel (1..kSmallRows rows streamed, more rows through the GEMM), shapes with tails, the
 // per-row bit-for-bit independence of the streaming kernel, and job lists.
 #include <gtest/gtest.h>
-
 #include <omp.h>
 
 #include <cmath>
@@ -21,7 +20,8 @@ struct Weights {
   std::vector<uint16_t> bf16;  // [rows, ld], the same values rounded
   int64_t rows, cols, ld;
   MatRef ref(DType dt) const {
-    return {dt == DType::F32 ? static_cast<const void*>(f32.data()) : bf16.data(), dt, rows, cols, ld};
+    return {dt == DType::F32 ? static_cast<const void*>(f32.data()) : bf16.data(), dt, rows, cols,
+            ld};
   }
 };
 
@@ -76,27 +76,40 @@ bool bf16_rounds_activations(int64_t m) {
 #endif
 }
 
-TEST(Matmul, LinearMatchesFloat64ForEveryRowKernel) {
+// The many-row BF16 products both ways: oneDNN's BF16 matmul where this CPU has one (AVX-512)
+// and the widened weights through the F32 GEMM (what CPUs without AVX-512 run).
+class BF16GemmWay : public ::testing::TestWithParam<bool> {
+ protected:
+  void SetUp() override { force_widened_bf16_gemm(GetParam()); }
+  void TearDown() override { force_widened_bf16_gemm(false); }
+};
+INSTANTIATE_TEST_SUITE_P(Matmul, BF16GemmWay, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "Widened" : "AsTheCpuHas"; });
+
+TEST_P(BF16GemmWay, LinearMatchesFloat64ForEveryRowKernel) {
   // cols 200: 6 full 32-wide steps and a tail of 8; rows 37: blocks of 4 and 2 and a remainder.
-  const int64_t rows = 37, cols = 200, ld = 208;
-  const Weights w = make_weights(rows, cols, ld, 1);
-  for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 24}) {
-      const int64_t ldx = cols + 5, ldy = rows + 3;
-      const std::vector<float> x = make_x(m, ldx, uint32_t(10 + m));
-      std::vector<float> y(size_t(m * ldy), 0.0f);
-      matmul_wt(x.data(), m, ldx, w.ref(dt), y.data(), ldy);
-      const bool rounded = dt == DType::BF16 && bf16_rounds_activations(m);
-      EXPECT_LE(check_wt(x.data(), m, ldx, w, y.data(), ldy, rounded), 1e-6)
-          << dtype_name(dt) << " m=" << m;
-      // accumulate adds to what is there.
-      std::vector<float> y2 = y;
-      matmul_wt(x.data(), m, ldx, w.ref(dt), y2.data(), ldy, true);
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t r = 0; r < rows; ++r)
-          EXPECT_NEAR(y2[size_t(i * ldy + r)], 2 * y[size_t(i * ldy + r)],
-                      1e-5 * (1 + std::fabs(y[size_t(i * ldy + r)])));
-    }
+  // 300 outputs (with m > kSmallRows) are a whole 256-output block and a part of one widened.
+  for (const int64_t rows : {37, 300}) {
+    const int64_t cols = 200, ld = 208;
+    const Weights w = make_weights(rows, cols, ld, 1);
+    for (DType dt : {DType::F32, DType::BF16})
+      for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 24}) {
+        const int64_t ldx = cols + 5, ldy = rows + 3;
+        const std::vector<float> x = make_x(m, ldx, uint32_t(10 + m));
+        std::vector<float> y(size_t(m * ldy), 0.0f);
+        matmul_wt(x.data(), m, ldx, w.ref(dt), y.data(), ldy);
+        const bool rounded = dt == DType::BF16 && bf16_rounds_activations(m);
+        EXPECT_LE(check_wt(x.data(), m, ldx, w, y.data(), ldy, rounded), 1e-6)
+            << dtype_name(dt) << " m=" << m;
+        // accumulate adds to what is there.
+        std::vector<float> y2 = y;
+        matmul_wt(x.data(), m, ldx, w.ref(dt), y2.data(), ldy, true);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t r = 0; r < rows; ++r)
+            EXPECT_NEAR(y2[size_t(i * ldy + r)], 2 * y[size_t(i * ldy + r)],
+                        1e-5 * (1 + std::fabs(y[size_t(i * ldy + r)])));
+      }
+  }
 }
 
 TEST(Matmul, StreamedRowsDoNotDependOnTheirNeighbours) {
@@ -136,31 +149,35 @@ TEST(Matmul, JobsEqualSeparateProducts) {
   }
 }
 
-TEST(Matmul, PlainProductMatchesFloat64) {
+TEST_P(BF16GemmWay, PlainProductMatchesFloat64) {
   // y = x . w with w [rows, cols] (the query absorption): cols 160 is one 128-wide register
-  // block and a remainder of 32.
-  const int64_t rows = 48, cols = 160;
-  const Weights w = make_weights(rows, cols, cols + 16, 8);
-  for (DType dt : {DType::F32, DType::BF16})
-    for (int64_t m : {1, 2, 8, 9, 20}) {
-      const int64_t ldx = rows + 2, ldy = cols + 4;
-      const std::vector<float> x = make_x(m, ldx, uint32_t(20 + m));
-      std::vector<float> y(size_t(m * ldy));
-      matmul_w(x.data(), m, ldx, w.ref(dt), y.data(), ldy);
-      const bool rounded = dt == DType::BF16 && m > kSmallRows;  // the GEMM rounds them
-      double worst = 0;
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t c = 0; c < cols; ++c) {
-          double ref = 0, mag = 0;
-          for (int64_t r = 0; r < rows; ++r) {
-            const double p = double(seen(x[size_t(i * ldx + r)], rounded)) * w.f32[size_t(r * w.ld + c)];
-            ref += p;
-            mag += std::fabs(p);
+  // block and a remainder of 32; 300 (with m > kSmallRows) a whole 256-output block and a part
+  // of one widened.
+  for (const int64_t cols : {160, 300}) {
+    const int64_t rows = 48;
+    const Weights w = make_weights(rows, cols, cols + 16, 8);
+    for (DType dt : {DType::F32, DType::BF16})
+      for (int64_t m : {1, 2, 8, 9, 20}) {
+        const int64_t ldx = rows + 2, ldy = cols + 4;
+        const std::vector<float> x = make_x(m, ldx, uint32_t(20 + m));
+        std::vector<float> y(size_t(m * ldy));
+        matmul_w(x.data(), m, ldx, w.ref(dt), y.data(), ldy);
+        const bool rounded = dt == DType::BF16 && m > kSmallRows;  // the GEMM rounds them
+        double worst = 0;
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t c = 0; c < cols; ++c) {
+            double ref = 0, mag = 0;
+            for (int64_t r = 0; r < rows; ++r) {
+              const double p =
+                  double(seen(x[size_t(i * ldx + r)], rounded)) * w.f32[size_t(r * w.ld + c)];
+              ref += p;
+              mag += std::fabs(p);
+            }
+            worst = std::max(worst, std::fabs(y[size_t(i * ldy + c)] - ref) / mag);
           }
-          worst = std::max(worst, std::fabs(y[size_t(i * ldy + c)] - ref) / mag);
-        }
-      EXPECT_LE(worst, 1e-6) << dtype_name(dt) << " m=" << m;
-    }
+        EXPECT_LE(worst, 1e-6) << dtype_name(dt) << " m=" << m;
+      }
+  }
 }
 
 }  // namespace
