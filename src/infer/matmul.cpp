@@ -303,22 +303,19 @@ void widened_bf16(const uint16_t* xb, int64_t m, int64_t k, int64_t n, const Mat
   thread_local std::vector<float> xf, wf;
   xf.resize(size_t(m * k));
   wf.resize(size_t(k * std::min(n, kBlockCols)));
-  for (size_t i = 0; i < xf.size(); ++i) xf[i] = bf16_to_f32(xb[i]);
+  convert_to_f32(DType::BF16, xb, xf.data(), xf.size());
   const uint16_t* wp = static_cast<const uint16_t*>(w.data);
+  const float beta = accumulate ? 1.0f : 0.0f;
   for (int64_t c0 = 0; c0 < n; c0 += kBlockCols) {
     const int64_t nb = std::min(kBlockCols, n - c0);
     if (plain) {  // w [k, n]: columns c0 .. c0 + nb of each row, as wf [k, nb]
       for (int64_t r = 0; r < k; ++r)
-        for (int64_t c = 0; c < nb; ++c)
-          wf[size_t(r * nb + c)] = bf16_to_f32(wp[r * w.ld + c0 + c]);
-      ops::gemm(false, false, m, nb, k, 1.0f, xf.data(), k, wf.data(), nb, accumulate ? 1.0f : 0.0f,
-                y + c0, ldy);
+        convert_to_f32(DType::BF16, wp + r * w.ld + c0, wf.data() + r * nb, size_t(nb));
+      ops::gemm(false, false, m, nb, k, 1.0f, xf.data(), k, wf.data(), nb, beta, y + c0, ldy);
     } else {  // w [n, k]: rows c0 .. c0 + nb, as wf [nb, k]
       for (int64_t r = 0; r < nb; ++r)
-        for (int64_t c = 0; c < k; ++c)
-          wf[size_t(r * k + c)] = bf16_to_f32(wp[(c0 + r) * w.ld + c]);
-      ops::gemm(false, true, m, nb, k, 1.0f, xf.data(), k, wf.data(), k, accumulate ? 1.0f : 0.0f,
-                y + c0, ldy);
+        convert_to_f32(DType::BF16, wp + (c0 + r) * w.ld, wf.data() + r * k, size_t(k));
+      ops::gemm(false, true, m, nb, k, 1.0f, xf.data(), k, wf.data(), k, beta, y + c0, ldy);
     }
   }
 }
@@ -333,12 +330,6 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   if (xb.size() < size_t(m * k)) xb.resize(size_t(m * k));
   for (int64_t i = 0; i < m; ++i) convert_from_f32(x + i * ldx, DType::BF16, xb.data() + i * k, size_t(k));
   DnnlState& s = dnnl_state();
-  bool widen = false;
-  {
-    std::lock_guard<std::mutex> lock(s.mutex);
-    widen = s.no_bf16_matmul || s.force_widened;
-  }
-  if (widen) return widened_bf16(xb.data(), m, k, n, w, y, ldy, accumulate, plain);
   // The row count is a runtime dimension: one primitive per weight shape serves every prompt
   // length and expert group size (the cache stays small however long a session runs).
   const dnnl::memory::dim rt = DNNL_RUNTIME_DIM_VAL;
@@ -346,12 +337,12 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
   dnnl::memory::desc wei_md({k, n}, dt::bf16,
                             plain ? dnnl::memory::dims{w.ld, 1} : dnnl::memory::dims{1, w.ld});
   dnnl::memory::desc dst_md({m, n}, dt::f32, dnnl::memory::dims{ldy, 1});
-  dnnl::matmul prim;
+  dnnl::matmul prim;  // stays empty where the product takes the widening way
   {
     std::lock_guard<std::mutex> lock(s.mutex);
     auto key = std::make_tuple(int64_t(plain), n, k, w.ld, ldy, accumulate);
     auto it = s.cache.find(key);
-    if (it == s.cache.end()) {
+    if (it == s.cache.end() && !s.no_bf16_matmul && !s.force_widened) {
       dnnl::primitive_attr attr;
       if (accumulate) {
         dnnl::post_ops po;
@@ -368,7 +359,7 @@ void large_bf16(const float* x, int64_t m, int64_t ldx, const MatRef& w, float* 
         s.no_bf16_matmul = true;  // this CPU has none (every shape is refused alike)
       }
     }
-    if (!s.no_bf16_matmul) prim = it->second;
+    if (it != s.cache.end() && !s.force_widened) prim = it->second;
   }
   if (!prim) return widened_bf16(xb.data(), m, k, n, w, y, ldy, accumulate, plain);
   dnnl::memory src(src_md, s.engine, xb.data());

@@ -47,29 +47,33 @@ struct RopeTables {
   }
 };
 
+// The slices the rope tests rotate, [rows, heads, head_stride]: the rope part in the middle of
+// each head, and MLA's shared rope key (one head, rope over all of it).
+constexpr ops::RopeSlice kRopeSlices[] = {{37, 3, 24, 8, 10}, {37, 1, 8, 0, 8}};
+
+// x rotated in place by the forward rotation or its inverse (the query gradient's way back).
+void rotate_in_place(Tensor& x, const ops::RopeSlice& s, const RopeTables& rope, bool inverse) {
+  if (inverse)
+    ops::rope_backward(x, s, rope.positions.i32(), rope.cos, rope.sin);
+  else
+    ops::rope_forward(x, s, rope.positions.i32(), rope.cos, rope.sin);
+}
+
 TEST(CudaMlaAttention, RopeIntoBf16IsTheInPlaceRotationRounded) {
   REQUIRE_GPU();
   std::mt19937_64 rng(11);
-  // [rows, heads, head_stride] with the rope part in the middle of each head, and MLA's
-  // shared rope key (one head, rope over all of it); the forward rotation and its inverse
-  // (the query gradient's way back to q_b_proj).
   for (const bool inverse : {false, true})
-    for (const ops::RopeSlice s :
-         {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
+    for (const ops::RopeSlice& s : kRopeSlices) {
       const Tensor x_host = random_host({s.rows, s.heads * s.head_stride}, rng);
       const RopeTables rope(s.rows, s.rope_dim, rng);
-      const Tensor &cos = rope.cos, &sin = rope.sin, &positions = rope.positions;
-
       Tensor in_place = x_host.to(Device::CUDA);
+      rotate_in_place(in_place, s, rope, inverse);
       const Tensor x = x_host.to(Device::CUDA);
       Tensor out = cuda_zeros(x.shape(), DType::BF16);
-      if (inverse) {
-        ops::rope_backward(in_place, s, positions.i32(), cos, sin);
-        ops::rope_backward_bf16(x, s, positions.i32(), cos, sin, out);
-      } else {
-        ops::rope_forward(in_place, s, positions.i32(), cos, sin);
-        ops::rope_forward_bf16(x, s, positions.i32(), cos, sin, out);
-      }
+      if (inverse)
+        ops::rope_backward_bf16(x, s, rope.positions.i32(), rope.cos, rope.sin, out);
+      else
+        ops::rope_forward_bf16(x, s, rope.positions.i32(), rope.cos, rope.sin, out);
       EXPECT_EQ(differing(out, rounded(in_place)), 0)
           << (inverse ? "inverse" : "forward") << ", head_stride " << s.head_stride;
       EXPECT_EQ(differing(x, x_host.to(Device::CUDA)), 0) << "x must be left as it was";
@@ -83,20 +87,13 @@ TEST(CudaMlaAttention, RopeInPlaceOnBf16IsTheFloat32RotationOfItsValuesRounded) 
   REQUIRE_GPU();
   std::mt19937_64 rng(12);
   for (const bool inverse : {false, true})
-    for (const ops::RopeSlice s :
-         {ops::RopeSlice{37, 3, 24, 8, 10}, ops::RopeSlice{37, 1, 8, 0, 8}}) {
+    for (const ops::RopeSlice& s : kRopeSlices) {
       const Tensor x16 =
           rounded(random_host({s.rows, s.heads * s.head_stride}, rng).to(Device::CUDA));
       const RopeTables rope(s.rows, s.rope_dim, rng);
-      const Tensor &cos = rope.cos, &sin = rope.sin, &positions = rope.positions;
       Tensor want = test::widened(x16), got = x16.clone();
-      if (inverse) {
-        ops::rope_backward(want, s, positions.i32(), cos, sin);
-        ops::rope_backward(got, s, positions.i32(), cos, sin);
-      } else {
-        ops::rope_forward(want, s, positions.i32(), cos, sin);
-        ops::rope_forward(got, s, positions.i32(), cos, sin);
-      }
+      rotate_in_place(want, s, rope, inverse);
+      rotate_in_place(got, s, rope, inverse);
       ASSERT_EQ(got.dtype(), DType::BF16);
       EXPECT_EQ(differing(got, rounded(want)), 0)
           << (inverse ? "inverse" : "forward") << ", head_stride " << s.head_stride;

@@ -74,12 +74,11 @@ double mib(size_t bytes) { return double(bytes) / (1 << 20); }
 // the device has free, so that a prompt too long for the GPU says so.
 [[noreturn]] void fail_allocation(cudaError_t e, size_t bytes, const std::string& what,
                                   bool device) {
-  (void)cudaGetLastError();  // an allocation's error is not sticky: the engine stays usable
   size_t free_b = 0, total_b = 0;
   std::string free_note;
   if (device && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
     free_note = fmt::format(", the GPU has {:.1f} of {:.1f} MiB free", mib(free_b), mib(total_b));
-  (void)cudaGetLastError();
+  (void)cudaGetLastError();  // an allocation's error is not sticky: the engine stays usable
   fail("inference on cuda: {}: cannot allocate {:.1f} MiB of {} memory{} ({})", what, mib(bytes),
        device ? "device" : "pinned host", free_note, cudaGetErrorName(e));
 }

@@ -165,7 +165,7 @@ cudaError_t rmsnorm_backward(const RmsNormBackward& p, cudaStream_t stream) {
   if (p.rows == 0 || p.dim == 0) return cudaSuccess;
   if (!p.d_w_partial) return cudaErrorInvalidValue;
   const int64_t chunk_rows = rmsnorm_dw_chunk_rows(p.rows, p.dim);
-  const int64_t chunks = (p.rows + chunk_rows - 1) / chunk_rows;
+  const int64_t chunks = rmsnorm_dw_chunks(p.rows, p.dim);
   if (chunks > 65535) return cudaErrorInvalidValue;  // blocks along y (the separate pass)
   const bool with_d_x = p.d_x || p.d_x_bf16;
   if (with_d_x && p.dim <= kRmsNormFusedMaxDim) {
